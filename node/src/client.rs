@@ -1,0 +1,139 @@
+//! A small JSON WebSocket client: what `murmur sub` and `murmur pub` speak.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+/// The URL the CLI clients use when none is given.
+pub const DEFAULT_URL: &str = "ws://127.0.0.1:7400/ws";
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+    #[error("connection failed: {0}")]
+    Socket(#[from] Box<tokio_tungstenite::tungstenite::Error>),
+    #[error("the node refused the request: {code}: {message}")]
+    Refused { code: String, message: String },
+    #[error("the node closed the connection{0}")]
+    Closed(String),
+    #[error("no answer from the node within {0:?}")]
+    Timeout(Duration),
+}
+
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    welcome: Value,
+}
+
+impl Client {
+    /// Connects and reads the node's `welcome`.
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        let (ws, _) = connect_async(url)
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: url.to_owned(),
+                source: Box::new(source),
+            })?;
+        let mut client = Self {
+            ws,
+            welcome: Value::Null,
+        };
+        let welcome = tokio::time::timeout(Duration::from_secs(10), client.next_frame())
+            .await
+            .map_err(|_| ClientError::Timeout(Duration::from_secs(10)))??;
+        client.welcome = welcome;
+        Ok(client)
+    }
+
+    pub fn welcome(&self) -> &Value {
+        &self.welcome
+    }
+
+    pub async fn send(&mut self, frame: &Value) -> Result<(), ClientError> {
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .map_err(|e| ClientError::Socket(Box::new(e)))
+    }
+
+    /// The next protocol frame; WebSocket pings are answered on the way.
+    pub async fn next_frame(&mut self) -> Result<Value, ClientError> {
+        loop {
+            let message = match self.ws.next().await {
+                None => return Err(ClientError::Closed(String::new())),
+                Some(Err(e)) => return Err(ClientError::Socket(Box::new(e))),
+                Some(Ok(m)) => m,
+            };
+            match message {
+                Message::Text(text) => {
+                    if let Ok(value) = serde_json::from_str(text.as_str()) {
+                        return Ok(value);
+                    }
+                }
+                Message::Close(frame) => {
+                    let why = frame
+                        .map(|f| format!(" ({} {})", u16::from(f.code), f.reason))
+                        .unwrap_or_default();
+                    return Err(ClientError::Closed(why));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Subscribes and waits for the node's `ok`.
+    pub async fn subscribe(
+        &mut self,
+        id: &str,
+        topic: &str,
+        group: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let mut frame = json!({"op": "sub", "id": id, "topic": topic});
+        if let Some(group) = group {
+            frame["group"] = json!(group);
+        }
+        self.send(&frame).await?;
+        loop {
+            let reply = self.next_frame().await?;
+            match (reply["op"].as_str(), reply["ref"].as_str()) {
+                (Some("ok"), Some(r)) if r == id => return Ok(()),
+                (Some("error"), _) => return Err(refused(&reply)),
+                _ => {}
+            }
+        }
+    }
+}
+
+pub fn refused(frame: &Value) -> ClientError {
+    ClientError::Refused {
+        code: frame["code"].as_str().unwrap_or("unknown").to_owned(),
+        message: frame["message"].as_str().unwrap_or("").to_owned(),
+    }
+}
+
+/// How `murmur pub` reads its DATA argument: JSON if it parses, otherwise a JSON string, so
+/// `murmur pub chat.lobby hello` works without quoting.
+pub fn data_from_arg(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_argument_is_json_or_a_string() {
+        assert_eq!(data_from_arg(r#"{"a":1}"#), json!({"a": 1}));
+        assert_eq!(data_from_arg("42"), json!(42));
+        assert_eq!(data_from_arg("hello there"), json!("hello there"));
+    }
+}

@@ -1,0 +1,272 @@
+//! Node settings: defaults, overridden by a TOML file, overridden by environment variables
+//! and flags (`clap` reads a flag and its `MURMUR_…` variable as one source, the flag winning).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::routing::topic::DEFAULT_MAX_TOPIC_BYTES;
+
+/// Everything a node needs to run. Every field is a key of the TOML file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// This node's name in the cluster and in `welcome` frames.
+    pub name: String,
+    /// The HTTP + WebSocket address (WebSocket at `/ws`).
+    pub listen: SocketAddr,
+    /// The largest client frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// The most subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Events queued for one connection before it is disconnected as a slow consumer.
+    pub outbound_queue: usize,
+    /// The longest topic or pattern accepted, in bytes.
+    pub max_topic_bytes: usize,
+    /// How often the node pings each client.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A socket write that takes longer than this closes the connection as a slow consumer.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// How long a queue-group delivery waits for its `ack` before going to another member.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// On shutdown, how long to wait for clients to be told and connections to close.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Log filter, in `RUST_LOG` syntax (`info`, `murmur=debug`, …).
+    pub log: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            name: default_node_name(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            max_frame_bytes: 1024 * 1024,
+            max_subscriptions: 1024,
+            outbound_queue: 4096,
+            max_topic_bytes: DEFAULT_MAX_TOPIC_BYTES,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+            log: "info".to_owned(),
+        }
+    }
+}
+
+fn default_node_name() -> String {
+    gethostname::gethostname()
+        .into_string()
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "murmur".to_owned())
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid setting `{setting}`: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+}
+
+impl Settings {
+    /// Reads a TOML file; keys it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Refuses combinations that cannot work, with the setting's name.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.name.trim().is_empty() {
+            return invalid("name", "must not be empty");
+        }
+        if self.max_frame_bytes < 1024 {
+            return invalid("max_frame_bytes", "must be at least 1024");
+        }
+        if self.max_subscriptions == 0 {
+            return invalid("max_subscriptions", "must be at least 1");
+        }
+        if self.outbound_queue == 0 {
+            return invalid("outbound_queue", "must be at least 1");
+        }
+        if self.max_topic_bytes == 0 {
+            return invalid("max_topic_bytes", "must be at least 1");
+        }
+        if self.ping_interval.is_zero() {
+            return invalid("ping_interval", "must be more than zero");
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return invalid(
+                "idle_timeout",
+                "must be longer than ping_interval, or healthy clients are cut off",
+            );
+        }
+        if self.write_timeout.is_zero() || self.ack_timeout.is_zero() {
+            return invalid("write_timeout/ack_timeout", "must be more than zero");
+        }
+        Ok(())
+    }
+}
+
+/// The flags of `murmur serve`. Each is also read from its environment variable; both win
+/// over the config file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys are the flag names with `_`).
+    #[arg(long, env = "MURMUR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Node name shown to clients and peers [default: the host name].
+    #[arg(long, env = "MURMUR_NAME")]
+    pub name: Option<String>,
+    /// HTTP and WebSocket listen address; clients connect to ws://ADDR/ws [default: 127.0.0.1:7400].
+    #[arg(long, env = "MURMUR_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Largest client frame accepted, in bytes [default: 1048576].
+    #[arg(long, env = "MURMUR_MAX_FRAME_BYTES", value_name = "BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Most subscriptions per connection [default: 1024].
+    #[arg(long, env = "MURMUR_MAX_SUBSCRIPTIONS", value_name = "N")]
+    pub max_subscriptions: Option<usize>,
+    /// Events buffered per connection before it is disconnected as a slow consumer [default: 4096].
+    #[arg(long, env = "MURMUR_OUTBOUND_QUEUE", value_name = "N")]
+    pub outbound_queue: Option<usize>,
+    /// Longest topic or pattern, in bytes [default: 256].
+    #[arg(long, env = "MURMUR_MAX_TOPIC_BYTES", value_name = "BYTES")]
+    pub max_topic_bytes: Option<usize>,
+    /// How often the node pings each client [default: 20s].
+    #[arg(long, env = "MURMUR_PING_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub ping_interval: Option<Duration>,
+    /// Close a connection that sends nothing, not even a pong, for this long [default: 60s].
+    #[arg(long, env = "MURMUR_IDLE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection as a slow consumer when one socket write takes this long [default: 10s].
+    #[arg(long, env = "MURMUR_WRITE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub write_timeout: Option<Duration>,
+    /// Redeliver a queue-group event to another member when not acked within this [default: 30s].
+    #[arg(long, env = "MURMUR_ACK_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub ack_timeout: Option<Duration>,
+    /// On SIGTERM/SIGINT, wait this long for clients to be told and to disconnect [default: 10s].
+    #[arg(long, env = "MURMUR_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub shutdown_grace: Option<Duration>,
+    /// Log filter in RUST_LOG syntax, e.g. `info` or `murmur=debug` [default: info].
+    #[arg(long, env = "MURMUR_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+impl ServeArgs {
+    /// Defaults, then the config file, then environment and flags; validated.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let mut settings = match &self.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        macro_rules! apply {
+            ($($field:ident),*) => {$(
+                if let Some(value) = &self.$field {
+                    settings.$field = value.clone();
+                }
+            )*};
+        }
+        apply!(
+            name,
+            listen,
+            max_frame_bytes,
+            max_subscriptions,
+            outbound_queue,
+            max_topic_bytes,
+            ping_interval,
+            idle_timeout,
+            write_timeout,
+            ack_timeout,
+            shutdown_grace,
+            log
+        );
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("murmur-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        std::fs::write(
+            &path,
+            "name = \"n1\"\nlisten = \"127.0.0.1:9000\"\nping_interval = \"5s\"\noutbound_queue = 10\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            outbound_queue: Some(20),
+            ..ServeArgs::default()
+        };
+        let settings = args.settings().unwrap();
+        assert_eq!(settings.name, "n1");
+        assert_eq!(settings.listen.port(), 9000);
+        assert_eq!(settings.ping_interval, Duration::from_secs(5));
+        assert_eq!(settings.outbound_queue, 20, "flags win over the file");
+        assert_eq!(settings.max_subscriptions, 1024, "defaults fill the rest");
+
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nlisten_typo = 1\n").unwrap();
+        let err = args.settings().unwrap_err().to_string();
+        assert!(err.contains("listen_typo"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn refuses_unworkable_settings() {
+        let settings = Settings {
+            idle_timeout: Duration::from_secs(1),
+            ping_interval: Duration::from_secs(5),
+            ..Settings::default()
+        };
+        assert!(matches!(
+            settings.validate(),
+            Err(ConfigError::Invalid {
+                setting: "idle_timeout",
+                ..
+            })
+        ));
+        assert!(Settings::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,96 @@
+//! The front door: one HTTP port serving the WebSocket endpoint and the health checks.
+//!
+//! `GET /ws` upgrades to a WebSocket; each connection is then served by its own task
+//! ([`session`]). `GET /healthz` answers 200 while the process serves; `GET /readyz` answers
+//! 200 while the node accepts clients and 503 once it is draining.
+
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use crate::node::NodeState;
+use crate::protocol::Format;
+
+/// WebSocket subprotocols a client may ask for instead of `?format=`.
+pub const SUBPROTOCOL_JSON: &str = "murmur.v1.json";
+pub const SUBPROTOCOL_PROTOBUF: &str = "murmur.v1.protobuf";
+
+pub fn router(state: Arc<NodeState>) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(node): State<Arc<NodeState>>) -> (StatusCode, &'static str) {
+    if node.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct WsQuery {
+    format: Option<String>,
+}
+
+async fn upgrade(
+    State(node): State<Arc<NodeState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<WsQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !node.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "node is shutting down\n").into_response();
+    }
+    let mut format = match query.format.as_deref() {
+        None | Some("json") => Format::Json,
+        Some("protobuf" | "proto") => Format::Protobuf,
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unknown format `{other}`: use json or protobuf\n"),
+            )
+                .into_response();
+        }
+    };
+    let requested_protobuf = upgrade
+        .requested_protocols()
+        .any(|p| p.as_bytes() == SUBPROTOCOL_PROTOBUF.as_bytes());
+    if query.format.is_none() && requested_protobuf {
+        format = Format::Protobuf;
+    }
+    let subprotocol = match format {
+        Format::Json => SUBPROTOCOL_JSON,
+        Format::Protobuf => SUBPROTOCOL_PROTOBUF,
+    };
+    let settings = &node.settings;
+    upgrade
+        // Echoed only when the client asked for it.
+        .protocols([subprotocol])
+        // Frames a little over the limit still arrive, so they can be refused with an error
+        // frame while the connection stays usable; far larger ones end the connection.
+        .max_message_size(session::hard_frame_cap(settings.max_frame_bytes))
+        .max_frame_size(session::hard_frame_cap(settings.max_frame_bytes))
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024)
+        .on_upgrade(move |socket| {
+            let tracker = node.connections.clone();
+            tracker.track_future(session::serve(socket, node, format, peer))
+        })
+}

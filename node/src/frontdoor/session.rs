@@ -1,0 +1,502 @@
+//! One client connection: its own task reads frames, answers requests, and drains the
+//! connection's outbox onto the socket.
+//!
+//! The task owns the connection's state (its subscriptions and its unacknowledged queue-group
+//! deliveries), so none of it needs a lock. Replies are written by the task itself, right after
+//! the request; events come through the bounded outbox, several per socket flush.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tracing::Instrument;
+
+use crate::broker::{Outbound, Outbox, Subscription};
+use crate::event::{Delivery, Event};
+use crate::node::NodeState;
+use crate::protocol::{
+    ErrorCode, Format, Reply, Request, RequestError, ResumeFrom, json, protobuf,
+};
+use crate::routing::topic;
+
+/// Close codes the node sends (documented in `docs/protocol.md`).
+pub mod close_code {
+    /// The node is shutting down: reconnect, to another node if there is one.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame far over `max_frame_bytes`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The outbound buffer overflowed or a write stalled.
+    pub const SLOW_CONSUMER: u16 = 4001;
+    /// Nothing received within `idle_timeout`.
+    pub const IDLE_TIMEOUT: u16 = 4002;
+}
+
+/// Events written to the socket per flush, at most.
+const WRITE_BATCH: usize = 64;
+
+/// Frames up to this size are read whole (and refused with an error if over the limit);
+/// anything larger breaks the connection.
+pub fn hard_frame_cap(max_frame_bytes: usize) -> usize {
+    max_frame_bytes
+        .saturating_mul(2)
+        .max(max_frame_bytes + 64 * 1024)
+}
+
+pub(crate) async fn serve(
+    socket: WebSocket,
+    node: Arc<NodeState>,
+    format: Format,
+    peer: SocketAddr,
+) {
+    let connection = node.next_connection_id();
+    let span = tracing::info_span!("conn", id = connection, %peer);
+    async move {
+        tracing::debug!(?format, "connected");
+        let (outbox, queue) = Outbox::new(connection, node.settings.outbound_queue);
+        let (sink, stream) = socket.split();
+        let mut session = Session {
+            session_id: format!("{:016x}", rand::random::<u64>()),
+            node,
+            format,
+            outbox,
+            sink,
+            subscriptions: HashMap::new(),
+            unacked: HashMap::new(),
+            ack_deadlines: VecDeque::new(),
+        };
+        let ending = session.run(stream, queue).await;
+        tracing::debug!(?ending, "disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    ClientClosed,
+    SocketError,
+    SlowConsumer,
+    IdleTimeout,
+    FrameTooLarge,
+    ShuttingDown,
+}
+
+/// A queue-group event written to this client and not yet acknowledged.
+struct Unacked {
+    subscription: Arc<Subscription>,
+    event: Arc<Event>,
+}
+
+struct Session {
+    node: Arc<NodeState>,
+    session_id: String,
+    format: Format,
+    outbox: Arc<Outbox>,
+    sink: SplitSink<WebSocket, Message>,
+    /// By the client's subscription id.
+    subscriptions: HashMap<String, Arc<Subscription>>,
+    unacked: HashMap<u64, Unacked>,
+    /// Delivery ids in the order they were written; acked ones are skipped lazily.
+    ack_deadlines: VecDeque<(Instant, u64)>,
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        mut stream: SplitStream<WebSocket>,
+        mut queue: mpsc::Receiver<Outbound>,
+    ) -> Ending {
+        let settings = self.node.settings.clone();
+        let shutdown = self.node.shutdown.clone();
+        let outbox = self.outbox.clone();
+        let mut last_heard = Instant::now();
+        let mut next_ping = last_heard + settings.ping_interval;
+
+        let welcome = self.welcome();
+        let mut ending = self.write(welcome).await.err();
+        while ending.is_none() {
+            let next_ack_deadline = self
+                .ack_deadlines
+                .front()
+                .map_or(next_ping, |(deadline, _)| (*deadline).min(next_ping));
+            ending = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => Some(Ending::ShuttingDown),
+                () = outbox.overflowed() => Some(Ending::SlowConsumer),
+                frame = stream.next() => {
+                    last_heard = Instant::now();
+                    match frame {
+                        None => Some(Ending::ClientClosed),
+                        Some(Ok(message)) => self.on_message(message).await.err(),
+                        Some(Err(err)) => Some(read_error_ending(&err)),
+                    }
+                }
+                Some(first) = queue.recv() => self.write_events(first, &mut queue).await.err(),
+                () = sleep_until(next_ack_deadline) => {
+                    let now = Instant::now();
+                    self.redeliver_expired(now);
+                    if now >= next_ping {
+                        next_ping = now + settings.ping_interval;
+                        if now.duration_since(last_heard) >= settings.idle_timeout {
+                            Some(Ending::IdleTimeout)
+                        } else {
+                            self.write(Message::Ping(bytes::Bytes::new())).await.err()
+                        }
+                    } else {
+                        None
+                    }
+                }
+            };
+        }
+        let ending = ending.unwrap_or(Ending::SocketError);
+        self.say_goodbye(ending).await;
+        self.release(&mut queue);
+        ending
+    }
+
+    fn welcome(&self) -> Message {
+        self.encode(&Reply::Welcome {
+            node: &self.node.settings.name,
+            session: &self.session_id,
+            limits: &self.node.limits,
+        })
+    }
+
+    fn encode(&self, reply: &Reply<'_>) -> Message {
+        match self.format {
+            Format::Json => Message::Text(Utf8Bytes::from(json::encode_reply(reply))),
+            Format::Protobuf => Message::Binary(protobuf::encode_reply(reply)),
+        }
+    }
+
+    async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
+        let max = self.node.settings.max_frame_bytes;
+        let request = match message {
+            Message::Text(text) if text.len() > max => Err(too_large(text.len(), max)),
+            Message::Binary(bytes) if bytes.len() > max => Err(too_large(bytes.len(), max)),
+            Message::Text(text) => json::decode(text.as_str()),
+            Message::Binary(bytes) => protobuf::decode(bytes),
+            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+            Message::Close(_) => return Err(Ending::ClientClosed),
+        };
+        let reply = match request {
+            Ok(request) => self.handle(request),
+            Err(err) => Err(err),
+        };
+        match reply {
+            Ok(Some(message)) => self.write(message).await,
+            Ok(None) => Ok(()),
+            Err(err) => {
+                tracing::debug!(code = %err.code, message = %err.message, "request refused");
+                let message = self.encode(&err.reply());
+                self.write(message).await
+            }
+        }
+    }
+
+    /// Serves one request; the returned message (if any) answers it.
+    fn handle(&mut self, request: Request) -> Result<Option<Message>, RequestError> {
+        let settings = &self.node.settings;
+        match request {
+            Request::Hello { client, token: _ } => {
+                // Token checks arrive with client authentication; until then any token is
+                // accepted, so clients can send one already.
+                tracing::debug!(client = client.as_deref().unwrap_or(""), "hello");
+                Ok(Some(self.welcome()))
+            }
+            Request::Subscribe(sub) => {
+                let reference = Some(sub.id.as_str());
+                topic::validate_pattern(&sub.topic, settings.max_topic_bytes).map_err(|e| {
+                    RequestError::new(reference, ErrorCode::InvalidTopic, e.to_string())
+                })?;
+                if let Some(group) = &sub.group
+                    && (group.is_empty()
+                        || group.len() > settings.max_topic_bytes
+                        || group.chars().any(|c| c.is_whitespace() || c.is_control()))
+                {
+                    return Err(RequestError::new(
+                        reference,
+                        ErrorCode::InvalidRequest,
+                        "`group` must be a non-empty name without whitespace or control characters",
+                    ));
+                }
+                if self.subscriptions.contains_key(&sub.id) {
+                    return Err(RequestError::new(
+                        reference,
+                        ErrorCode::DuplicateSubscription,
+                        format!(
+                            "subscription id `{}` is already in use on this connection",
+                            sub.id
+                        ),
+                    ));
+                }
+                if self.subscriptions.len() >= settings.max_subscriptions {
+                    return Err(RequestError::new(
+                        reference,
+                        ErrorCode::TooManySubscriptions,
+                        format!(
+                            "this connection already holds the maximum of {} subscriptions",
+                            settings.max_subscriptions
+                        ),
+                    ));
+                }
+                if sub.from != ResumeFrom::Latest {
+                    return Err(RequestError::new(
+                        reference,
+                        ErrorCode::ResumeUnavailable,
+                        "this node keeps no history yet: only `from: \"latest\"` is served",
+                    ));
+                }
+                let subscription = Arc::new(Subscription {
+                    id: sub.id.as_str().into(),
+                    pattern: sub.topic.into(),
+                    group: sub.group.map(Into::into),
+                    outbox: self.outbox.clone(),
+                });
+                self.node.broker.subscribe(subscription.clone());
+                let reply = self.encode(&Reply::Ok {
+                    reference,
+                    position: None,
+                });
+                self.subscriptions.insert(sub.id, subscription);
+                Ok(Some(reply))
+            }
+            Request::Unsubscribe { id } => {
+                let Some(subscription) = self.subscriptions.remove(&id) else {
+                    return Err(RequestError::new(
+                        Some(&id),
+                        ErrorCode::UnknownSubscription,
+                        format!("no subscription `{id}` on this connection"),
+                    ));
+                };
+                self.node.broker.unsubscribe(&subscription);
+                // Its unacknowledged deliveries go to the rest of the group now.
+                let orphaned: Vec<u64> = self
+                    .unacked
+                    .iter()
+                    .filter(|(_, u)| Arc::ptr_eq(&u.subscription, &subscription))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for delivery in orphaned {
+                    if let Some(u) = self.unacked.remove(&delivery) {
+                        self.node.broker.redeliver(&u.subscription, &u.event);
+                    }
+                }
+                Ok(Some(self.encode(&Reply::Ok {
+                    reference: Some(&id),
+                    position: None,
+                })))
+            }
+            Request::Publish {
+                topic: name,
+                payload,
+                reference,
+            } => {
+                topic::validate_publish_topic(&name, settings.max_topic_bytes).map_err(|e| {
+                    RequestError::new(reference.as_deref(), ErrorCode::InvalidTopic, e.to_string())
+                })?;
+                let receipt = self.node.broker.publish(&name, payload);
+                Ok(reference.map(|reference| {
+                    self.encode(&Reply::Ok {
+                        reference: Some(&reference),
+                        position: Some((&receipt.epoch, receipt.seq)),
+                    })
+                }))
+            }
+            Request::Ack { delivery } => {
+                let known = delivery
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|id| self.unacked.remove(&id));
+                match known {
+                    Some(_) => Ok(None),
+                    None => Err(RequestError::new(
+                        Some(&delivery),
+                        ErrorCode::UnknownDelivery,
+                        format!(
+                            "delivery `{delivery}` is not awaiting an ack on this connection \
+                             (already acked, redelivered after the ack timeout, or never sent here)"
+                        ),
+                    )),
+                }
+            }
+            Request::Ping { reference } => Ok(Some(self.encode(&Reply::Pong {
+                reference: reference.as_deref(),
+            }))),
+        }
+    }
+
+    /// Writes `first` and whatever else is queued (up to a batch), then flushes once.
+    async fn write_events(
+        &mut self,
+        first: Outbound,
+        queue: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), Ending> {
+        let write_timeout = self.node.settings.write_timeout;
+        let mut batch = Vec::with_capacity(8);
+        batch.push(self.event_message(first));
+        while batch.len() < WRITE_BATCH {
+            match queue.try_recv() {
+                Ok(item) => batch.push(self.event_message(item)),
+                Err(_) => break,
+            }
+        }
+        let sink = &mut self.sink;
+        let write = async {
+            for message in batch {
+                sink.feed(message).await?;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(write_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Ending::SocketError),
+            Err(_) => Err(Ending::SlowConsumer),
+        }
+    }
+
+    fn event_message(&mut self, item: Outbound) -> Message {
+        let Outbound::Event {
+            sub,
+            event,
+            delivery,
+        } = item;
+        if let Some(Delivery { id, .. }) = delivery {
+            let deadline = Instant::now() + self.node.settings.ack_timeout;
+            self.ack_deadlines.push_back((deadline, id));
+            let message = self.encode_event(&sub.id, &event, delivery);
+            self.unacked.insert(
+                id,
+                Unacked {
+                    subscription: sub,
+                    event,
+                },
+            );
+            return message;
+        }
+        self.encode_event(&sub.id, &event, None)
+    }
+
+    fn encode_event(&self, sub: &str, event: &Event, delivery: Option<Delivery>) -> Message {
+        match self.format {
+            Format::Json => {
+                Message::Text(Utf8Bytes::from(json::encode_event(sub, event, delivery)))
+            }
+            Format::Protobuf => Message::Binary(protobuf::encode_event(sub, event, delivery)),
+        }
+    }
+
+    async fn write(&mut self, message: Message) -> Result<(), Ending> {
+        match tokio::time::timeout(self.node.settings.write_timeout, self.sink.send(message)).await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Ending::SocketError),
+            Err(_) => Err(Ending::SlowConsumer),
+        }
+    }
+
+    /// Queue-group deliveries not acked in time go to another member of their group.
+    fn redeliver_expired(&mut self, now: Instant) {
+        while let Some(&(deadline, id)) = self.ack_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.ack_deadlines.pop_front();
+            if let Some(u) = self.unacked.remove(&id) {
+                tracing::debug!(delivery = id, topic = %u.event.topic, "ack timeout; redelivering");
+                self.node.broker.redeliver(&u.subscription, &u.event);
+            }
+        }
+    }
+
+    /// Tells the client why the connection ends, when there is something to tell.
+    async fn say_goodbye(&mut self, ending: Ending) {
+        let (code, close, message) = match ending {
+            Ending::ClientClosed | Ending::SocketError => return,
+            Ending::SlowConsumer => (
+                ErrorCode::SlowConsumer,
+                close_code::SLOW_CONSUMER,
+                "the connection fell behind: its outbound buffer is full; reconnect and resume",
+            ),
+            Ending::IdleTimeout => (
+                ErrorCode::IdleTimeout,
+                close_code::IDLE_TIMEOUT,
+                "nothing received within the idle timeout",
+            ),
+            Ending::FrameTooLarge => (
+                ErrorCode::FrameTooLarge,
+                close_code::MESSAGE_TOO_BIG,
+                "frame far over max_frame_bytes",
+            ),
+            Ending::ShuttingDown => (
+                ErrorCode::ShuttingDown,
+                close_code::GOING_AWAY,
+                "node is shutting down; reconnect",
+            ),
+        };
+        let error = self.encode(&Reply::Error {
+            reference: None,
+            code,
+            message,
+        });
+        let close = Message::Close(Some(CloseFrame {
+            code: close,
+            reason: Utf8Bytes::from_static(code.as_str()),
+        }));
+        // A stalled client must not hold the task: one short, bounded attempt.
+        let goodbye = async {
+            self.sink.feed(error).await?;
+            self.sink.send(close).await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
+    }
+
+    /// Drops the connection's subscriptions and hands its unacknowledged and unsent
+    /// queue-group deliveries to the rest of each group.
+    fn release(&mut self, queue: &mut mpsc::Receiver<Outbound>) {
+        for subscription in self.subscriptions.values() {
+            self.node.broker.unsubscribe(subscription);
+        }
+        queue.close();
+        while let Ok(Outbound::Event {
+            sub,
+            event,
+            delivery,
+        }) = queue.try_recv()
+        {
+            if delivery.is_some() {
+                self.node.broker.redeliver(&sub, &event);
+            }
+        }
+        for (_, u) in self.unacked.drain() {
+            self.node.broker.redeliver(&u.subscription, &u.event);
+        }
+    }
+}
+
+fn too_large(len: usize, max: usize) -> RequestError {
+    RequestError::new(
+        None,
+        ErrorCode::FrameTooLarge,
+        format!("frame of {len} bytes is over max_frame_bytes ({max})"),
+    )
+}
+
+fn read_error_ending(err: &axum::Error) -> Ending {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(WsError::Capacity(_)) = e.downcast_ref::<WsError>() {
+            return Ending::FrameTooLarge;
+        }
+        source = e.source();
+    }
+    Ending::SocketError
+}

@@ -1,0 +1,21 @@
+//! Murmur: a distributed publish/subscribe node.
+//!
+//! - [`routing`]: the I/O-free core: topics, the subscription index, sequencing;
+//! - [`protocol`]: the client protocol v1, as JSON and as protobuf;
+//! - [`broker`]: the routing core behind locks, fanning events out to connections;
+//! - [`frontdoor`]: HTTP and WebSocket, one task per client connection;
+//! - [`node`]: starting, serving and draining a node;
+//! - [`config`]: settings from defaults, file, environment and flags;
+//! - [`client`]: the WebSocket client behind `murmur sub` and `murmur pub`.
+
+pub mod broker;
+pub mod client;
+pub mod config;
+pub mod event;
+pub mod frontdoor;
+pub mod node;
+pub mod protocol;
+pub mod routing;
+
+pub use config::Settings;
+pub use node::RunningNode;

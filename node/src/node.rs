@@ -1,0 +1,153 @@
+//! Starting and stopping a node: binds the front door, owns the shared state, drains on
+//! shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::Broker;
+use crate::config::Settings;
+use crate::frontdoor;
+use crate::protocol::Limits;
+
+/// State shared by the front door and every connection task.
+#[derive(Debug)]
+pub struct NodeState {
+    pub settings: Arc<Settings>,
+    pub broker: Broker,
+    /// What `welcome` announces; derived from the settings once.
+    pub limits: Limits,
+    /// Cancelled when the node begins to shut down.
+    pub shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    pub connections: TaskTracker,
+    ready: AtomicBool,
+    next_connection: AtomicU64,
+}
+
+impl NodeState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A node that is serving. Dropping it does not stop it; call [`RunningNode::shutdown`].
+#[derive(Debug)]
+pub struct RunningNode {
+    state: Arc<NodeState>,
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// Binds the listener and starts serving in the background.
+    pub async fn start(settings: Settings) -> Result<Self, StartError> {
+        settings.validate()?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+        let limits = Limits {
+            max_frame_bytes: settings.max_frame_bytes as u64,
+            max_subscriptions: u32::try_from(settings.max_subscriptions).unwrap_or(u32::MAX),
+            outbound_queue: u32::try_from(settings.outbound_queue).unwrap_or(u32::MAX),
+            ping_interval_ms: settings.ping_interval.as_millis() as u64,
+            idle_timeout_ms: settings.idle_timeout.as_millis() as u64,
+            max_topic_bytes: u32::try_from(settings.max_topic_bytes).unwrap_or(u32::MAX),
+        };
+        // A fresh epoch per process start: sequence numbers restart with it.
+        let epoch = format!("{:016x}", rand::random::<u64>());
+        let state = Arc::new(NodeState {
+            settings: Arc::new(settings),
+            broker: Broker::new(epoch),
+            limits,
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            ready: AtomicBool::new(true),
+            next_connection: AtomicU64::new(1),
+        });
+        tracing::info!(
+            node = %state.settings.name,
+            listen = %local_addr,
+            epoch = %state.broker.epoch(),
+            "murmur node serving: ws://{local_addr}/ws"
+        );
+        let task = tokio::spawn(serve(listener, state.clone()));
+        Ok(Self {
+            state,
+            local_addr,
+            task,
+        })
+    }
+
+    /// The address the front door listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn state(&self) -> &Arc<NodeState> {
+        &self.state
+    }
+
+    /// Begins a graceful shutdown: no new clients, every client told to reconnect.
+    pub fn shutdown(&self) {
+        self.state.ready.store(false, Ordering::Release);
+        self.state.shutdown.cancel();
+    }
+
+    /// Waits until the node has stopped (after [`Self::shutdown`]).
+    pub async fn stopped(self) {
+        let _ = self.task.await;
+    }
+}
+
+async fn serve(listener: TcpListener, state: Arc<NodeState>) {
+    let app = frontdoor::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let shutdown = state.shutdown.clone();
+    if let Err(err) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(%err, "front door stopped with an error");
+    }
+    state.connections.close();
+    let grace = state.settings.shutdown_grace;
+    if tokio::time::timeout(grace, state.connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = state.connections.len(),
+            "connections still open after the shutdown grace period; dropping them"
+        );
+    }
+    tracing::info!("node stopped");
+}

@@ -1,0 +1,491 @@
+//! JSON in WebSocket text frames: one object per frame, `op` names the operation.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::{Cursor, ErrorCode, Reply, Request, RequestError, ResumeFrom, Subscribe};
+use crate::event::{Delivery, Event, Payload};
+
+/// The fields of every client frame; which are required depends on `op`.
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(borrow)]
+    op: Option<Cow<'a, str>>,
+    id: Option<String>,
+    topic: Option<String>,
+    group: Option<String>,
+    from: Option<Value>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+    delivery: Option<String>,
+    client: Option<String>,
+    token: Option<String>,
+}
+
+/// Keeps an explicit `null` as a value (`Some("null")`) rather than as an absent field.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Decodes one text frame.
+pub fn decode(text: &str) -> Result<Request, RequestError> {
+    let frame: RawFrame<'_> = match serde_json::from_str(text) {
+        Ok(frame) => frame,
+        Err(err) => return Err(explain_unreadable(text, &err)),
+    };
+    let Some(op) = frame.op.as_deref() else {
+        let reference = frame.reference.as_deref().or(frame.id.as_deref());
+        return Err(RequestError::new(
+            reference,
+            ErrorCode::InvalidRequest,
+            "missing field `op`",
+        ));
+    };
+    match op {
+        "hello" => Ok(Request::Hello {
+            client: frame.client,
+            token: frame.token,
+        }),
+        "sub" => {
+            let id = required(frame.id, None, "sub", "id")?;
+            let topic = required(frame.topic, Some(&id), "sub", "topic")?;
+            let from = match frame.from {
+                None => ResumeFrom::Latest,
+                Some(value) => parse_from(value)
+                    .map_err(|m| RequestError::new(Some(&id), ErrorCode::InvalidRequest, m))?,
+            };
+            Ok(Request::Subscribe(Subscribe {
+                id,
+                topic,
+                group: frame.group,
+                from,
+            }))
+        }
+        "unsub" => Ok(Request::Unsubscribe {
+            id: required(frame.id, None, "unsub", "id")?,
+        }),
+        "pub" => {
+            let reference = frame.reference;
+            let topic = required(frame.topic, reference.as_deref(), "pub", "topic")?;
+            let Some(data) = frame.data else {
+                return Err(RequestError::new(
+                    reference.as_deref(),
+                    ErrorCode::InvalidRequest,
+                    "`pub` needs field `data` (any JSON value)",
+                ));
+            };
+            let payload = Payload::Json(Bytes::copy_from_slice(data.get().as_bytes()));
+            Ok(Request::Publish {
+                topic,
+                payload,
+                reference,
+            })
+        }
+        "ack" => Ok(Request::Ack {
+            delivery: required(frame.delivery, None, "ack", "delivery")?,
+        }),
+        "ping" => Ok(Request::Ping {
+            reference: frame.reference,
+        }),
+        other => Err(RequestError::new(
+            frame.reference.as_deref().or(frame.id.as_deref()),
+            ErrorCode::UnknownOp,
+            format!("unknown op `{other}` (expected hello, sub, unsub, pub, ack or ping)"),
+        )),
+    }
+}
+
+fn required(
+    value: Option<String>,
+    reference: Option<&str>,
+    op: &str,
+    field: &str,
+) -> Result<String, RequestError> {
+    match value {
+        Some(v) if !v.is_empty() => Ok(v),
+        Some(_) => Err(RequestError::new(
+            reference,
+            ErrorCode::InvalidRequest,
+            format!("`{op}` field `{field}` must not be empty"),
+        )),
+        None => Err(RequestError::new(
+            reference,
+            ErrorCode::InvalidRequest,
+            format!("`{op}` needs field `{field}`"),
+        )),
+    }
+}
+
+/// A frame that did not fit [`RawFrame`]: say whether it is JSON at all, and name the request
+/// it came from when a `ref` or `id` can still be read.
+fn explain_unreadable(text: &str, err: &serde_json::Error) -> RequestError {
+    match serde_json::from_str::<Value>(text) {
+        Err(_) => RequestError::new(None, ErrorCode::InvalidJson, format!("invalid JSON: {err}")),
+        Ok(Value::Object(map)) => {
+            let op = map.get("op").and_then(Value::as_str);
+            let key = match op {
+                Some("sub" | "unsub") => "id",
+                Some("ack") => "delivery",
+                _ => "ref",
+            };
+            let reference = map
+                .get(key)
+                .or_else(|| map.get("ref"))
+                .and_then(Value::as_str);
+            RequestError::new(
+                reference,
+                ErrorCode::InvalidRequest,
+                format!("invalid request: {err}"),
+            )
+        }
+        Ok(_) => RequestError::new(
+            None,
+            ErrorCode::InvalidRequest,
+            "a frame must be a JSON object with an `op` field",
+        ),
+    }
+}
+
+fn parse_from(value: Value) -> Result<ResumeFrom, String> {
+    match value {
+        Value::String(s) if s == "latest" => Ok(ResumeFrom::Latest),
+        Value::String(s) if s == "earliest" => Ok(ResumeFrom::Earliest),
+        Value::Object(map) if map.contains_key("topics") => {
+            let topics = match map.get("topics") {
+                Some(Value::Object(topics)) => topics
+                    .iter()
+                    .map(|(topic, cursor)| parse_cursor(cursor).map(|c| (topic.clone(), c)))
+                    .collect::<Result<BTreeMap<_, _>, _>>()?,
+                _ => return Err("`from.topics` must be an object of topic → cursor".into()),
+            };
+            let since = match map.get("since") {
+                None => 0,
+                Some(v) => v
+                    .as_i64()
+                    .ok_or("`from.since` must be a timestamp in ms (an integer)")?,
+            };
+            Ok(ResumeFrom::Topics { topics, since })
+        }
+        Value::Object(_) => parse_cursor(&value).map(ResumeFrom::Cursor),
+        _ => Err(
+            "`from` must be \"latest\", \"earliest\", {\"epoch\",\"seq\"} or {\"topics\",\"since\"}"
+                .into(),
+        ),
+    }
+}
+
+fn parse_cursor(value: &Value) -> Result<Cursor, String> {
+    let epoch = value.get("epoch").and_then(Value::as_str);
+    let seq = value.get("seq").and_then(Value::as_u64);
+    match (epoch, seq) {
+        (Some(epoch), Some(seq)) => Ok(Cursor {
+            epoch: epoch.to_owned(),
+            seq,
+        }),
+        _ => Err("a cursor is {\"epoch\": string, \"seq\": non-negative integer}".into()),
+    }
+}
+
+/// Encodes every frame but `event`.
+pub fn encode_reply(reply: &Reply<'_>) -> String {
+    let value = match reply {
+        Reply::Welcome {
+            node,
+            session,
+            limits,
+        } => serde_json::json!({
+            "op": "welcome",
+            "node": node,
+            "session": session,
+            "limits": {
+                "max_frame_bytes": limits.max_frame_bytes,
+                "max_subscriptions": limits.max_subscriptions,
+                "outbound_queue": limits.outbound_queue,
+                "ping_interval_ms": limits.ping_interval_ms,
+                "idle_timeout_ms": limits.idle_timeout_ms,
+                "max_topic_bytes": limits.max_topic_bytes,
+            },
+        }),
+        Reply::Ok {
+            reference,
+            position,
+        } => {
+            let mut v = serde_json::json!({"op": "ok"});
+            if let Some(r) = reference {
+                v["ref"] = Value::from(*r);
+            }
+            if let Some((epoch, seq)) = position {
+                v["epoch"] = Value::from(*epoch);
+                v["seq"] = Value::from(*seq);
+            }
+            v
+        }
+        Reply::Gap {
+            sub,
+            topic,
+            epoch,
+            from_seq,
+            to_seq,
+            reason,
+        } => serde_json::json!({
+            "op": "gap",
+            "sub": sub,
+            "topic": topic,
+            "epoch": epoch,
+            "from_seq": from_seq,
+            "to_seq": to_seq,
+            "reason": reason,
+        }),
+        Reply::Error {
+            reference,
+            code,
+            message,
+        } => {
+            let mut v =
+                serde_json::json!({"op": "error", "code": code.as_str(), "message": message});
+            if let Some(r) = reference {
+                v["ref"] = Value::from(*r);
+            }
+            v
+        }
+        Reply::Pong { reference } => {
+            let mut v = serde_json::json!({"op": "pong"});
+            if let Some(r) = reference {
+                v["ref"] = Value::from(*r);
+            }
+            v
+        }
+    };
+    value.to_string()
+}
+
+/// Encodes one `event` frame for one subscription. The part after `sub` is shared by all
+/// subscribers and computed once per event.
+pub fn encode_event(sub: &str, event: &Event, delivery: Option<Delivery>) -> String {
+    let tail = event.json_tail.get_or_init(|| event_tail(event));
+    let mut out = Vec::with_capacity(tail.len() + sub.len() + 64);
+    out.extend_from_slice(br#"{"op":"event","sub":"#);
+    write_json_string(&mut out, sub);
+    out.extend_from_slice(tail);
+    if let Some(d) = delivery {
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            out,
+            r#","delivery":"{}","redelivered":{}"#,
+            d.id, d.redelivered
+        );
+    }
+    out.push(b'}');
+    // Built only from UTF-8 pieces: JSON-escaped strings, digits and validated JSON text.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn event_tail(event: &Event) -> Bytes {
+    let mut out = Vec::with_capacity(event.payload.len() + event.topic.len() + 96);
+    out.extend_from_slice(br#","topic":"#);
+    write_json_string(&mut out, &event.topic);
+    out.extend_from_slice(br#","epoch":"#);
+    write_json_string(&mut out, &event.epoch);
+    let _ = write!(out, r#","seq":{},"data":"#, event.seq);
+    match &event.payload {
+        Payload::Json(text) => out.extend_from_slice(text),
+        Payload::Binary(bytes) => {
+            out.push(b'"');
+            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+            out.extend_from_slice(encoded.as_bytes());
+            out.extend_from_slice(br#"","encoding":"base64""#);
+        }
+    }
+    let _ = write!(out, r#","ts":{}"#, event.ts);
+    Bytes::from(out)
+}
+
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    // Serializing a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn err(text: &str) -> RequestError {
+        decode(text).unwrap_err()
+    }
+
+    #[test]
+    fn decodes_every_op() {
+        assert_eq!(
+            decode(r#"{"op":"hello","client":"cli"}"#).unwrap(),
+            Request::Hello {
+                client: Some("cli".into()),
+                token: None
+            }
+        );
+        assert_eq!(
+            decode(r#"{"op":"sub","id":"s1","topic":"chat.*","group":"g"}"#).unwrap(),
+            Request::Subscribe(Subscribe {
+                id: "s1".into(),
+                topic: "chat.*".into(),
+                group: Some("g".into()),
+                from: ResumeFrom::Latest
+            })
+        );
+        assert_eq!(
+            decode(r#"{"op":"unsub","id":"s1"}"#).unwrap(),
+            Request::Unsubscribe { id: "s1".into() }
+        );
+        assert_eq!(
+            decode(r#"{"op":"pub","topic":"a","data":{"x":[1,2]},"ref":"p"}"#).unwrap(),
+            Request::Publish {
+                topic: "a".into(),
+                payload: Payload::Json(Bytes::from_static(br#"{"x":[1,2]}"#)),
+                reference: Some("p".into())
+            }
+        );
+        assert_eq!(
+            decode(r#"{"op":"pub","topic":"a","data":null}"#).unwrap(),
+            Request::Publish {
+                topic: "a".into(),
+                payload: Payload::Json(Bytes::from_static(b"null")),
+                reference: None
+            }
+        );
+        assert_eq!(
+            decode(r#"{"op":"ack","delivery":"7"}"#).unwrap(),
+            Request::Ack {
+                delivery: "7".into()
+            }
+        );
+        assert_eq!(
+            decode(r#"{"op":"ping"}"#).unwrap(),
+            Request::Ping { reference: None }
+        );
+    }
+
+    #[test]
+    fn decodes_resume_points() {
+        let from = |text: &str| match decode(text).unwrap() {
+            Request::Subscribe(s) => s.from,
+            other => panic!("not a sub: {other:?}"),
+        };
+        assert_eq!(
+            from(r#"{"op":"sub","id":"s","topic":"a","from":"earliest"}"#),
+            ResumeFrom::Earliest
+        );
+        assert_eq!(
+            from(r#"{"op":"sub","id":"s","topic":"a","from":{"epoch":"e1","seq":5}}"#),
+            ResumeFrom::Cursor(Cursor {
+                epoch: "e1".into(),
+                seq: 5
+            })
+        );
+        let ResumeFrom::Topics { topics, since } = from(
+            r#"{"op":"sub","id":"s","topic":"a.*","from":{"topics":{"a.b":{"epoch":"e","seq":2}},"since":99}}"#,
+        ) else {
+            panic!("expected topics cursor")
+        };
+        assert_eq!(since, 99);
+        assert_eq!(topics["a.b"].seq, 2);
+        let bad = err(r#"{"op":"sub","id":"s","topic":"a","from":{"epoch":1}}"#);
+        assert_eq!(bad.code, ErrorCode::InvalidRequest);
+        assert_eq!(bad.reference.as_deref(), Some("s"));
+    }
+
+    #[test]
+    fn bad_input_gets_a_code_and_the_ref() {
+        assert_eq!(err("{nope").code, ErrorCode::InvalidJson);
+        assert_eq!(err("").code, ErrorCode::InvalidJson);
+        assert_eq!(err("[1,2]").code, ErrorCode::InvalidRequest);
+        let unknown = err(r#"{"op":"frobnicate","ref":"r9"}"#);
+        assert_eq!(unknown.code, ErrorCode::UnknownOp);
+        assert_eq!(unknown.reference.as_deref(), Some("r9"));
+        let missing = err(r#"{"op":"pub","topic":"a","ref":"p1"}"#);
+        assert_eq!(missing.code, ErrorCode::InvalidRequest);
+        assert_eq!(missing.reference.as_deref(), Some("p1"));
+        let no_topic = err(r#"{"op":"sub","id":"s1"}"#);
+        assert_eq!(no_topic.reference.as_deref(), Some("s1"));
+        let wrong_type = err(r#"{"op":"sub","id":"s2","topic":5}"#);
+        assert_eq!(wrong_type.code, ErrorCode::InvalidRequest);
+        assert_eq!(wrong_type.reference.as_deref(), Some("s2"));
+        assert_eq!(err(r#"{"id":"x"}"#).code, ErrorCode::InvalidRequest);
+        assert_eq!(
+            err(r#"{"op":"sub","id":"","topic":"a"}"#).code,
+            ErrorCode::InvalidRequest
+        );
+    }
+
+    #[test]
+    fn events_are_valid_json_with_every_field() {
+        let event = Event::new(
+            Arc::from("chat.lobby"),
+            Arc::from("e1"),
+            3,
+            1_764_086_400_000,
+            Payload::Json(Bytes::from_static(br#"{"text":"hi \"you\""}"#)),
+        );
+        let plain: Value = serde_json::from_str(&encode_event("s\"1", &event, None)).unwrap();
+        assert_eq!(
+            plain,
+            serde_json::json!({"op":"event","sub":"s\"1","topic":"chat.lobby","epoch":"e1","seq":3,
+                "data":{"text":"hi \"you\""},"ts":1_764_086_400_000_i64})
+        );
+        let queued: Value = serde_json::from_str(&encode_event(
+            "s2",
+            &event,
+            Some(Delivery {
+                id: 12,
+                redelivered: true,
+            }),
+        ))
+        .unwrap();
+        assert_eq!(queued["delivery"], "12");
+        assert_eq!(queued["redelivered"], true);
+        assert_eq!(queued["sub"], "s2");
+
+        let binary = Event::new(
+            Arc::from("t"),
+            Arc::from("e"),
+            1,
+            0,
+            Payload::Binary(Bytes::from_static(&[0, 255, 1])),
+        );
+        let v: Value = serde_json::from_str(&encode_event("s", &binary, None)).unwrap();
+        assert_eq!(v["data"], "AP8B");
+        assert_eq!(v["encoding"], "base64");
+    }
+
+    #[test]
+    fn replies() {
+        let ok: Value = serde_json::from_str(&encode_reply(&Reply::Ok {
+            reference: Some("p1"),
+            position: Some(("e", 4)),
+        }))
+        .unwrap();
+        assert_eq!(
+            ok,
+            serde_json::json!({"op":"ok","ref":"p1","epoch":"e","seq":4})
+        );
+        let e: Value = serde_json::from_str(&encode_reply(&Reply::Error {
+            reference: None,
+            code: ErrorCode::InvalidJson,
+            message: "bad",
+        }))
+        .unwrap();
+        assert_eq!(
+            e,
+            serde_json::json!({"op":"error","code":"invalid_json","message":"bad"})
+        );
+    }
+}

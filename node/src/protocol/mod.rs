@@ -1,0 +1,219 @@
+//! The client protocol, v1: requests, replies and error codes, independent of wire format.
+//!
+//! `json` reads and writes WebSocket text frames, `protobuf` binary frames (the types in the
+//! `murmur-proto` crate). Both decode into the same [`Request`] and encode the same
+//! [`Reply`], so JSON and protobuf clients are interchangeable. See `docs/protocol.md`.
+
+pub mod json;
+pub mod protobuf;
+
+use std::collections::BTreeMap;
+
+use crate::event::Payload;
+
+/// Which encoding a connection's node → client frames use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Protobuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Hello {
+        client: Option<String>,
+        token: Option<String>,
+    },
+    Subscribe(Subscribe),
+    Unsubscribe {
+        id: String,
+    },
+    Publish {
+        topic: String,
+        payload: Payload,
+        reference: Option<String>,
+    },
+    Ack {
+        delivery: String,
+    },
+    Ping {
+        reference: Option<String>,
+    },
+}
+
+impl Request {
+    /// The value that replies to this request carry as `ref`.
+    pub fn reference(&self) -> Option<&str> {
+        match self {
+            Self::Hello { .. } => None,
+            Self::Subscribe(s) => Some(&s.id),
+            Self::Unsubscribe { id } => Some(id),
+            Self::Publish { reference, .. } | Self::Ping { reference } => reference.as_deref(),
+            Self::Ack { delivery } => Some(delivery),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscribe {
+    pub id: String,
+    pub topic: String,
+    pub group: Option<String>,
+    pub from: ResumeFrom,
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ResumeFrom {
+    /// Only events published from now on.
+    #[default]
+    Latest,
+    /// Everything still retained, then live.
+    Earliest,
+    /// An exact topic: events after `seq` of `epoch`.
+    Cursor(Cursor),
+    /// A wildcard subscription: one cursor per topic seen, and the `ts` of the last event
+    /// received, so topics first published while the client was away are replayed too.
+    Topics {
+        topics: BTreeMap<String, Cursor>,
+        since: i64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub epoch: String,
+    pub seq: u64,
+}
+
+/// The limits a node announces in `welcome`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_frame_bytes: u64,
+    pub max_subscriptions: u32,
+    pub outbound_queue: u32,
+    pub ping_interval_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_topic_bytes: u32,
+}
+
+/// Every node → client frame except `event`, which has its own encoders because it is the
+/// one sent at volume.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply<'a> {
+    Welcome {
+        node: &'a str,
+        session: &'a str,
+        limits: &'a Limits,
+    },
+    Ok {
+        reference: Option<&'a str>,
+        /// Set for an acknowledged publish.
+        position: Option<(&'a str, u64)>,
+    },
+    Gap {
+        sub: &'a str,
+        topic: &'a str,
+        epoch: &'a str,
+        from_seq: u64,
+        to_seq: u64,
+        reason: &'a str,
+    },
+    Error {
+        reference: Option<&'a str>,
+        code: ErrorCode,
+        message: &'a str,
+    },
+    Pong {
+        reference: Option<&'a str>,
+    },
+}
+
+/// A request that could not be served, answered with an `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    pub reference: Option<String>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RequestError {
+    pub fn new(reference: Option<&str>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            reference: reference.map(str::to_owned),
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn reply(&self) -> Reply<'_> {
+        Reply::Error {
+            reference: self.reference.as_deref(),
+            code: self.code,
+            message: &self.message,
+        }
+    }
+}
+
+/// Stable error codes; clients match on these strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// A text frame that is not valid JSON.
+    InvalidJson,
+    /// A binary frame that is not a valid `ClientFrame`.
+    InvalidProtobuf,
+    /// `op` names no operation of this protocol version.
+    UnknownOp,
+    /// A field is missing, has the wrong type or an invalid value.
+    InvalidRequest,
+    /// A topic or pattern breaks the topic rules.
+    InvalidTopic,
+    /// A frame over the node's `max_frame_bytes`.
+    FrameTooLarge,
+    /// The connection already holds `max_subscriptions`.
+    TooManySubscriptions,
+    /// A `sub` reused an `id` that is still subscribed on this connection.
+    DuplicateSubscription,
+    /// An `unsub` for an `id` this connection does not hold.
+    UnknownSubscription,
+    /// An `ack` for a delivery that is not outstanding on this connection.
+    UnknownDelivery,
+    /// The connection's outgoing buffer filled up; the node disconnects it.
+    SlowConsumer,
+    /// Nothing arrived from the client within `idle_timeout`.
+    IdleTimeout,
+    /// The node is shutting down; reconnect (to another node).
+    ShuttingDown,
+    /// Resuming from a cursor is not available on this node.
+    ResumeUnavailable,
+    /// The client may not do this.
+    Unauthorized,
+}
+
+impl ErrorCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidProtobuf => "invalid_protobuf",
+            Self::UnknownOp => "unknown_op",
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidTopic => "invalid_topic",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::TooManySubscriptions => "too_many_subscriptions",
+            Self::DuplicateSubscription => "duplicate_subscription",
+            Self::UnknownSubscription => "unknown_subscription",
+            Self::UnknownDelivery => "unknown_delivery",
+            Self::SlowConsumer => "slow_consumer",
+            Self::IdleTimeout => "idle_timeout",
+            Self::ShuttingDown => "shutting_down",
+            Self::ResumeUnavailable => "resume_unavailable",
+            Self::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,316 @@
+//! Protobuf in WebSocket binary frames: `ClientFrame` in, `ServerFrame` out
+//! (`proto/proto/murmur/client/v1/client.proto`).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use murmur_proto::client::v1 as pb;
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+
+use super::{Cursor, ErrorCode, Reply, Request, RequestError, ResumeFrom, Subscribe};
+use crate::event::{Delivery, Event, Payload};
+
+/// Field numbers of `ServerFrame.event` and of the per-subscriber `Event` fields, which
+/// [`encode_event`] writes by hand around the shared body.
+const SERVER_FRAME_EVENT: u32 = 2;
+const EVENT_SUB: u32 = 1;
+const EVENT_DELIVERY: u32 = 8;
+const EVENT_REDELIVERED: u32 = 9;
+
+/// Decodes one binary frame.
+pub fn decode(frame: Bytes) -> Result<Request, RequestError> {
+    let frame = pb::ClientFrame::decode(frame).map_err(|err| {
+        RequestError::new(
+            None,
+            ErrorCode::InvalidProtobuf,
+            format!("binary frame is not a murmur.client.v1.ClientFrame: {err}"),
+        )
+    })?;
+    let Some(op) = frame.op else {
+        return Err(RequestError::new(
+            None,
+            ErrorCode::UnknownOp,
+            "binary frame carries no operation this node knows (ClientFrame.op is empty)",
+        ));
+    };
+    match op {
+        pb::client_frame::Op::Hello(h) => Ok(Request::Hello {
+            client: non_empty(h.client),
+            token: non_empty(h.token),
+        }),
+        pb::client_frame::Op::Sub(s) => {
+            let id = required(s.id, None, "sub", "id")?;
+            let topic = required(s.topic, Some(&id), "sub", "topic")?;
+            let from = match s.from.and_then(|f| f.point) {
+                None => ResumeFrom::Latest,
+                Some(pb::resume_from::Point::Start(start)) => {
+                    match pb::resume_from::Start::try_from(start) {
+                        Ok(pb::resume_from::Start::Latest) => ResumeFrom::Latest,
+                        Ok(pb::resume_from::Start::Earliest) => ResumeFrom::Earliest,
+                        Err(_) => {
+                            return Err(RequestError::new(
+                                Some(&id),
+                                ErrorCode::InvalidRequest,
+                                format!("unknown ResumeFrom.start value {start}"),
+                            ));
+                        }
+                    }
+                }
+                Some(pb::resume_from::Point::Cursor(c)) => ResumeFrom::Cursor(cursor(c)),
+                Some(pb::resume_from::Point::Topics(t)) => ResumeFrom::Topics {
+                    topics: t.topics.into_iter().map(|(k, c)| (k, cursor(c))).collect(),
+                    since: t.since,
+                },
+            };
+            Ok(Request::Subscribe(Subscribe {
+                id,
+                topic,
+                group: s.group.and_then(non_empty),
+                from,
+            }))
+        }
+        pb::client_frame::Op::Unsub(u) => Ok(Request::Unsubscribe {
+            id: required(u.id, None, "unsub", "id")?,
+        }),
+        pb::client_frame::Op::Pub(p) => {
+            let reference = p.r#ref.and_then(non_empty);
+            let topic = required(p.topic, reference.as_deref(), "pub", "topic")?;
+            let payload = match pb::Encoding::try_from(p.encoding) {
+                Ok(pb::Encoding::Binary) => Payload::Binary(p.data),
+                Ok(pb::Encoding::Json) => {
+                    if let Err(err) = serde_json::from_slice::<serde::de::IgnoredAny>(&p.data) {
+                        return Err(RequestError::new(
+                            reference.as_deref(),
+                            ErrorCode::InvalidRequest,
+                            format!(
+                                "`data` is not valid JSON but encoding is ENCODING_JSON: {err}"
+                            ),
+                        ));
+                    }
+                    Payload::Json(p.data)
+                }
+                Err(_) => {
+                    return Err(RequestError::new(
+                        reference.as_deref(),
+                        ErrorCode::InvalidRequest,
+                        format!("unknown encoding {}", p.encoding),
+                    ));
+                }
+            };
+            Ok(Request::Publish {
+                topic,
+                payload,
+                reference,
+            })
+        }
+        pb::client_frame::Op::Ack(a) => Ok(Request::Ack {
+            delivery: required(a.delivery, None, "ack", "delivery")?,
+        }),
+        pb::client_frame::Op::Ping(p) => Ok(Request::Ping {
+            reference: p.r#ref.and_then(non_empty),
+        }),
+    }
+}
+
+fn cursor(c: pb::Cursor) -> Cursor {
+    Cursor {
+        epoch: c.epoch,
+        seq: c.seq,
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn required(
+    value: String,
+    reference: Option<&str>,
+    op: &str,
+    field: &str,
+) -> Result<String, RequestError> {
+    non_empty(value).ok_or_else(|| {
+        RequestError::new(
+            reference,
+            ErrorCode::InvalidRequest,
+            format!("`{op}` needs a non-empty `{field}`"),
+        )
+    })
+}
+
+/// Encodes every frame but `event`.
+pub fn encode_reply(reply: &Reply<'_>) -> Bytes {
+    let op = match reply {
+        Reply::Welcome {
+            node,
+            session,
+            limits,
+        } => pb::server_frame::Op::Welcome(pb::Welcome {
+            node: (*node).to_owned(),
+            session: (*session).to_owned(),
+            limits: Some(pb::Limits {
+                max_frame_bytes: limits.max_frame_bytes,
+                max_subscriptions: limits.max_subscriptions,
+                outbound_queue: limits.outbound_queue,
+                ping_interval_ms: limits.ping_interval_ms,
+                idle_timeout_ms: limits.idle_timeout_ms,
+                max_topic_bytes: limits.max_topic_bytes,
+            }),
+        }),
+        Reply::Ok {
+            reference,
+            position,
+        } => pb::server_frame::Op::Ok(pb::Ok {
+            r#ref: reference.map(str::to_owned),
+            epoch: position.map(|(e, _)| e.to_owned()),
+            seq: position.map(|(_, s)| s),
+        }),
+        Reply::Gap {
+            sub,
+            topic,
+            epoch,
+            from_seq,
+            to_seq,
+            reason,
+        } => pb::server_frame::Op::Gap(pb::Gap {
+            sub: (*sub).to_owned(),
+            topic: (*topic).to_owned(),
+            epoch: (*epoch).to_owned(),
+            from_seq: *from_seq,
+            to_seq: *to_seq,
+            reason: (*reason).to_owned(),
+        }),
+        Reply::Error {
+            reference,
+            code,
+            message,
+        } => pb::server_frame::Op::Error(pb::Error {
+            r#ref: reference.map(str::to_owned),
+            code: code.as_str().to_owned(),
+            message: (*message).to_owned(),
+        }),
+        Reply::Pong { reference } => pb::server_frame::Op::Pong(pb::Pong {
+            r#ref: reference.map(str::to_owned),
+        }),
+    };
+    Bytes::from(pb::ServerFrame { op: Some(op) }.encode_to_vec())
+}
+
+/// Encodes one `ServerFrame { event }` for one subscription.
+///
+/// Protobuf lets a message's fields come in any order, so the fields every subscriber shares
+/// are encoded once per event (`Event::proto_body`) and the subscriber's own `sub` and
+/// delivery fields are written around them.
+pub fn encode_event(sub: &str, event: &Event, delivery: Option<Delivery>) -> Bytes {
+    let body = event.proto_body.get_or_init(|| event_body(event));
+    let mut own = BytesMut::with_capacity(sub.len() + 32);
+    prost::encoding::string::encode(EVENT_SUB, &sub.to_owned(), &mut own);
+    if let Some(d) = delivery {
+        prost::encoding::string::encode(EVENT_DELIVERY, &d.id.to_string(), &mut own);
+        if d.redelivered {
+            prost::encoding::bool::encode(EVENT_REDELIVERED, &true, &mut own);
+        }
+    }
+    let inner_len = own.len() + body.len();
+    let mut out = BytesMut::with_capacity(inner_len + 1 + encoded_len_varint(inner_len as u64));
+    encode_key(SERVER_FRAME_EVENT, WireType::LengthDelimited, &mut out);
+    encode_varint(inner_len as u64, &mut out);
+    out.put_slice(&own);
+    out.put_slice(body);
+    out.freeze()
+}
+
+fn event_body(event: &Event) -> Bytes {
+    let (data, encoding) = match &event.payload {
+        Payload::Json(b) => (b.clone(), pb::Encoding::Json),
+        Payload::Binary(b) => (b.clone(), pb::Encoding::Binary),
+    };
+    let message = pb::Event {
+        sub: String::new(),
+        topic: event.topic.to_string(),
+        epoch: event.epoch.to_string(),
+        seq: event.seq,
+        data,
+        encoding: encoding as i32,
+        ts: event.ts,
+        delivery: None,
+        redelivered: false,
+    };
+    Bytes::from(message.encode_to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn frame(op: pb::client_frame::Op) -> Bytes {
+        Bytes::from(pb::ClientFrame { op: Some(op) }.encode_to_vec())
+    }
+
+    #[test]
+    fn event_frames_decode_as_server_frames() {
+        let event = Event::new(
+            Arc::from("chat.lobby"),
+            Arc::from("e1"),
+            9,
+            42,
+            Payload::Binary(Bytes::from_static(b"\x00raw")),
+        );
+        for delivery in [
+            None,
+            Some(Delivery {
+                id: 5,
+                redelivered: false,
+            }),
+            Some(Delivery {
+                id: 6,
+                redelivered: true,
+            }),
+        ] {
+            let bytes = encode_event("sub-1", &event, delivery);
+            let decoded = pb::ServerFrame::decode(bytes).unwrap();
+            let Some(pb::server_frame::Op::Event(e)) = decoded.op else {
+                panic!("not an event frame")
+            };
+            assert_eq!(e.sub, "sub-1");
+            assert_eq!(e.topic, "chat.lobby");
+            assert_eq!(e.epoch, "e1");
+            assert_eq!(e.seq, 9);
+            assert_eq!(e.ts, 42);
+            assert_eq!(&e.data[..], b"\x00raw");
+            assert_eq!(e.encoding, pb::Encoding::Binary as i32);
+            assert_eq!(e.delivery, delivery.map(|d| d.id.to_string()));
+            assert_eq!(e.redelivered, delivery.is_some_and(|d| d.redelivered));
+        }
+    }
+
+    #[test]
+    fn decodes_requests_and_refuses_garbage() {
+        let request = decode(frame(pb::client_frame::Op::Pub(pb::Publish {
+            topic: "a.b".into(),
+            data: Bytes::from_static(b"[1]"),
+            encoding: pb::Encoding::Json as i32,
+            r#ref: Some("p1".into()),
+        })))
+        .unwrap();
+        assert_eq!(request.reference(), Some("p1"));
+
+        let bad_json = decode(frame(pb::client_frame::Op::Pub(pb::Publish {
+            topic: "a.b".into(),
+            data: Bytes::from_static(b"{nope"),
+            encoding: pb::Encoding::Json as i32,
+            r#ref: Some("p2".into()),
+        })))
+        .unwrap_err();
+        assert_eq!(bad_json.code, ErrorCode::InvalidRequest);
+        assert_eq!(bad_json.reference.as_deref(), Some("p2"));
+
+        let garbage = decode(Bytes::from_static(&[0xff, 0xff, 0xff, 0xff])).unwrap_err();
+        assert_eq!(garbage.code, ErrorCode::InvalidProtobuf);
+        let empty = decode(Bytes::new()).unwrap_err();
+        assert_eq!(empty.code, ErrorCode::UnknownOp);
+        let no_id = decode(frame(pb::client_frame::Op::Sub(pb::Subscribe::default()))).unwrap_err();
+        assert_eq!(no_id.code, ErrorCode::InvalidRequest);
+    }
+}

@@ -1,0 +1,12 @@
+//! The routing core: topics, the subscription index and per-topic sequencing.
+//!
+//! Plain data structures without sockets, tasks or clocks, so that they are tested directly;
+//! the broker wraps them in locks and connects them to client connections.
+
+pub mod index;
+pub mod sequence;
+pub mod topic;
+
+pub use index::{Match, QueueGroup, SubscriptionIndex};
+pub use sequence::TopicSequences;
+pub use topic::TopicError;

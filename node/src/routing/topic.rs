@@ -1,0 +1,204 @@
+//! Topic names and subscription patterns.
+//!
+//! A topic is a non-empty list of dot-separated tokens (`orders.eu.created`). Subscription
+//! patterns may use `*` for exactly one token and a final `>` for one or more remaining tokens.
+//! Publish topics never contain wildcards. Whitespace and control characters are refused so
+//! that a topic prints the same in logs, JSON and terminals.
+
+use thiserror::Error;
+
+/// The default upper bound on a topic's length in bytes.
+pub const DEFAULT_MAX_TOPIC_BYTES: usize = 256;
+
+/// The single-token wildcard.
+pub const ONE_TOKEN: &str = "*";
+/// The trailing wildcard: one or more remaining tokens.
+pub const REST: &str = ">";
+
+/// Why a topic or pattern was refused. The text is shown to clients as is.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum TopicError {
+    #[error("topic is empty")]
+    Empty,
+    #[error("topic is {len} bytes, over the limit of {max}")]
+    TooLong { len: usize, max: usize },
+    #[error(
+        "topic has an empty token at position {position} (tokens are separated by single dots)"
+    )]
+    EmptyToken { position: usize },
+    #[error("topic contains whitespace or a control character")]
+    InvalidCharacter,
+    #[error("wildcards ('*' and '>') are only allowed in subscriptions, not in a publish topic")]
+    WildcardInPublish,
+    #[error("'>' is only allowed as the last token")]
+    RestNotLast,
+    #[error("a wildcard must be a whole token, found '{token}'")]
+    PartialWildcard { token: String },
+}
+
+/// Checks a topic that events are published to: no wildcards.
+pub fn validate_publish_topic(topic: &str, max_bytes: usize) -> Result<(), TopicError> {
+    for token in checked_tokens(topic, max_bytes)? {
+        if token == ONE_TOKEN || token == REST || token.contains(['*', '>']) {
+            return Err(TopicError::WildcardInPublish);
+        }
+    }
+    Ok(())
+}
+
+/// Checks a subscription pattern: `*` as a whole token anywhere, `>` as a whole last token.
+pub fn validate_pattern(pattern: &str, max_bytes: usize) -> Result<(), TopicError> {
+    let mut tokens = checked_tokens(pattern, max_bytes)?.peekable();
+    while let Some(token) = tokens.next() {
+        match token {
+            ONE_TOKEN => {}
+            REST if tokens.peek().is_none() => {}
+            REST => return Err(TopicError::RestNotLast),
+            _ if token.contains(['*', '>']) => {
+                return Err(TopicError::PartialWildcard {
+                    token: token.to_owned(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// True when `pattern` contains a wildcard token.
+pub fn is_wildcard(pattern: &str) -> bool {
+    pattern.split('.').any(|t| t == ONE_TOKEN || t == REST)
+}
+
+/// Does `topic` (no wildcards) match `pattern`? The index does this for many patterns at
+/// once; this direct form serves history replay and tests.
+pub fn pattern_matches(pattern: &str, topic: &str) -> bool {
+    let mut topic_tokens = topic.split('.');
+    for p in pattern.split('.') {
+        match p {
+            REST => return topic_tokens.next().is_some(),
+            ONE_TOKEN => {
+                if topic_tokens.next().is_none() {
+                    return false;
+                }
+            }
+            literal => {
+                if topic_tokens.next() != Some(literal) {
+                    return false;
+                }
+            }
+        }
+    }
+    topic_tokens.next().is_none()
+}
+
+fn checked_tokens(topic: &str, max_bytes: usize) -> Result<std::str::Split<'_, char>, TopicError> {
+    if topic.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if topic.len() > max_bytes {
+        return Err(TopicError::TooLong {
+            len: topic.len(),
+            max: max_bytes,
+        });
+    }
+    if topic.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(TopicError::InvalidCharacter);
+    }
+    if let Some(position) = topic.split('.').position(str::is_empty) {
+        return Err(TopicError::EmptyToken { position });
+    }
+    Ok(topic.split('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = DEFAULT_MAX_TOPIC_BYTES;
+
+    #[test]
+    fn publish_topics() {
+        assert_eq!(validate_publish_topic("orders.eu.created", MAX), Ok(()));
+        assert_eq!(validate_publish_topic("a", MAX), Ok(()));
+        assert_eq!(validate_publish_topic("", MAX), Err(TopicError::Empty));
+        assert_eq!(
+            validate_publish_topic("a..b", MAX),
+            Err(TopicError::EmptyToken { position: 1 })
+        );
+        assert_eq!(
+            validate_publish_topic(".a", MAX),
+            Err(TopicError::EmptyToken { position: 0 })
+        );
+        assert_eq!(
+            validate_publish_topic("a.", MAX),
+            Err(TopicError::EmptyToken { position: 1 })
+        );
+        assert_eq!(
+            validate_publish_topic("a.*", MAX),
+            Err(TopicError::WildcardInPublish)
+        );
+        assert_eq!(
+            validate_publish_topic("a.>", MAX),
+            Err(TopicError::WildcardInPublish)
+        );
+        assert_eq!(
+            validate_publish_topic("a.b*", MAX),
+            Err(TopicError::WildcardInPublish)
+        );
+        assert_eq!(
+            validate_publish_topic("a b", MAX),
+            Err(TopicError::InvalidCharacter)
+        );
+        assert_eq!(
+            validate_publish_topic("a\nb", MAX),
+            Err(TopicError::InvalidCharacter)
+        );
+        let long = "x".repeat(MAX + 1);
+        assert_eq!(
+            validate_publish_topic(&long, MAX),
+            Err(TopicError::TooLong {
+                len: MAX + 1,
+                max: MAX
+            })
+        );
+        assert_eq!(validate_publish_topic("ünïcode.topic", MAX), Ok(()));
+    }
+
+    #[test]
+    fn patterns() {
+        assert_eq!(validate_pattern("a.*.c", MAX), Ok(()));
+        assert_eq!(validate_pattern("a.>", MAX), Ok(()));
+        assert_eq!(validate_pattern(">", MAX), Ok(()));
+        assert_eq!(validate_pattern("*", MAX), Ok(()));
+        assert_eq!(validate_pattern("a.>.c", MAX), Err(TopicError::RestNotLast));
+        assert_eq!(
+            validate_pattern("a.b*", MAX),
+            Err(TopicError::PartialWildcard { token: "b*".into() })
+        );
+        assert_eq!(
+            validate_pattern("a.>b", MAX),
+            Err(TopicError::PartialWildcard { token: ">b".into() })
+        );
+        assert_eq!(
+            validate_pattern("a..*", MAX),
+            Err(TopicError::EmptyToken { position: 1 })
+        );
+    }
+
+    #[test]
+    fn direct_matching() {
+        assert!(pattern_matches("a.b", "a.b"));
+        assert!(!pattern_matches("a.b", "a.b.c"));
+        assert!(!pattern_matches("a.b.c", "a.b"));
+        assert!(pattern_matches("a.*", "a.b"));
+        assert!(!pattern_matches("a.*", "a.b.c"));
+        assert!(!pattern_matches("a.*", "a"));
+        assert!(pattern_matches("a.>", "a.b"));
+        assert!(pattern_matches("a.>", "a.b.c"));
+        assert!(!pattern_matches("a.>", "a"));
+        assert!(pattern_matches(">", "a"));
+        assert!(pattern_matches("*.b.>", "x.b.y.z"));
+        assert!(!pattern_matches("*.b.>", "x.c.y"));
+    }
+}

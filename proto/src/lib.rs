@@ -1,0 +1,11 @@
+//! Protobuf types shared by Murmur nodes and clients.
+//!
+//! `client::v1` is the client protocol carried in WebSocket binary frames: the same operations
+//! as the JSON text frames, described in `docs/protocol.md`. Every client → node frame is one
+//! [`client::v1::ClientFrame`]; every node → client frame is one [`client::v1::ServerFrame`].
+
+pub mod client {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/murmur.client.v1.rs"));
+    }
+}
