@@ -1,6 +1,6 @@
 //! `murmur`: run a node, or talk to one from the command line.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -85,6 +85,7 @@ fn init_logging(default_filter: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     Ok(())
 }
