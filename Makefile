@@ -1,0 +1,30 @@
+# The verbs a newcomer types. `make help` lists them.
+CARGO ?= cargo
+ARGS ?=
+
+.PHONY: help build run test lint fmt bench-matching clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+build: ## Build everything (release binary at target/release/murmur)
+	$(CARGO) build --workspace --release
+
+run: ## Start one node on 127.0.0.1:7400 (WebSocket at ws://127.0.0.1:7400/ws); ARGS="--help" for settings
+	$(CARGO) run --release -p murmur -- serve $(ARGS)
+
+test: ## Run the whole test suite (unit, integration, CLI)
+	$(CARGO) nextest run --workspace --all-targets $(NEXTEST_ARGS)
+
+lint: ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+bench-matching: ## criterion benchmark of subscription matching (up to 100k subscriptions)
+	$(CARGO) bench -p murmur --bench matching
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,244 @@
+//! The `murmur` binary as a user runs it: `serve`, `sub`, `pub`, `--help`, and SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_murmur");
+
+/// A `murmur serve` process, killed if the test ends early.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Self {
+        Self::start_with_env(&[&["--name", "cli-test"], extra].concat(), &[])
+    }
+
+    fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        // Ask the OS for a free port, then hand it to the node.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let child = Command::new(BIN)
+            .args(["serve", "--listen", &addr.to_string()])
+            .args(extra)
+            .env_remove("MURMUR_CONFIG")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("murmur serve starts");
+        let server = Self { child, addr };
+        server.wait_healthy();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if http_status(self.addr, "/healthz") == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("murmur serve did not become healthy on {}", self.addr);
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "murmur did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn murmur(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("MURMUR_URL")
+        .output()
+        .expect("murmur runs")
+}
+
+#[test]
+fn sub_prints_events_that_pub_sends() {
+    let server = Server::start(&[]);
+    let url = server.url();
+    let mut sub = Command::new(BIN)
+        .args(["sub", "chat.*", "--url", &url, "--count", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `sub` says so on stderr once its subscription is in place.
+    let mut sub_stderr = BufReader::new(sub.stderr.take().unwrap());
+    let mut line = String::new();
+    sub_stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("subscribed to chat.*"), "{line}");
+
+    let one = murmur(&["pub", "chat.lobby", r#"{"text":"hi"}"#, "--url", &url]);
+    assert!(one.status.success(), "{one:?}");
+    let said = String::from_utf8_lossy(&one.stderr);
+    assert!(said.contains("seq 1"), "{said}");
+
+    let mut from_stdin = Command::new(BIN)
+        .args(["pub", "chat.room", "-", "--url", &url])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    from_stdin
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"plain words\n{\"n\":2}\n")
+        .unwrap();
+    let out = from_stdin.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("published 2 events"));
+
+    let out = wait_with_timeout(sub, Duration::from_secs(20));
+    assert!(out.status.success(), "{out:?}");
+    let events: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[0]["topic"], "chat.lobby");
+    assert_eq!(events[0]["data"]["text"], "hi");
+    assert_eq!(events[1]["data"], "plain words");
+    assert_eq!(events[2]["data"]["n"], 2);
+    assert_eq!(events[2]["seq"], 2);
+
+    let status = server.terminate();
+    assert!(status.success(), "SIGTERM is a clean exit: {status:?}");
+}
+
+#[test]
+fn pub_reports_refusals_and_unreachable_nodes() {
+    let server = Server::start(&[]);
+    let bad = murmur(&["pub", "no.*.wildcards", "1", "--url", &server.url()]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid_topic"));
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nowhere = murmur(&["pub", "a", "1", "--url", &format!("ws://127.0.0.1:{port}/ws")]);
+    assert!(!nowhere.status.success());
+    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("cannot connect"));
+}
+
+#[test]
+fn serve_help_explains_every_setting_and_its_environment_variable() {
+    let help = murmur(&["serve", "--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8(help.stdout).unwrap();
+    for (flag, env) in [
+        ("--config", "MURMUR_CONFIG"),
+        ("--name", "MURMUR_NAME"),
+        ("--listen", "MURMUR_LISTEN"),
+        ("--max-frame-bytes", "MURMUR_MAX_FRAME_BYTES"),
+        ("--max-subscriptions", "MURMUR_MAX_SUBSCRIPTIONS"),
+        ("--outbound-queue", "MURMUR_OUTBOUND_QUEUE"),
+        ("--max-topic-bytes", "MURMUR_MAX_TOPIC_BYTES"),
+        ("--ping-interval", "MURMUR_PING_INTERVAL"),
+        ("--idle-timeout", "MURMUR_IDLE_TIMEOUT"),
+        ("--write-timeout", "MURMUR_WRITE_TIMEOUT"),
+        ("--ack-timeout", "MURMUR_ACK_TIMEOUT"),
+        ("--shutdown-grace", "MURMUR_SHUTDOWN_GRACE"),
+        ("--log", "MURMUR_LOG"),
+    ] {
+        assert!(text.contains(flag), "--help lacks {flag}");
+        assert!(text.contains(env), "--help lacks {env}");
+    }
+}
+
+#[test]
+fn settings_come_from_file_environment_and_flags() {
+    let dir = std::env::temp_dir().join(format!("murmur-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("node.toml");
+    std::fs::write(&config, "name = \"from-file\"\nmax_subscriptions = 3\n").unwrap();
+
+    // The example config in deploy/ is a valid file.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/murmur.toml");
+    let server = Server::start(&["--config", example]);
+    drop(server);
+
+    let server = Server::start_with_env(
+        &["--config", config.to_str().unwrap()],
+        &[("MURMUR_MAX_SUBSCRIPTIONS", "5")],
+    );
+    let welcome = first_frame(&server.url());
+    assert_eq!(welcome["node"], "from-file");
+    assert_eq!(welcome["limits"]["max_subscriptions"], 5, "environment wins over the file");
+    drop(server);
+
+    std::fs::write(&config, "listen = \"127.0.0.1:1\"\nno_such_setting = 1\n").unwrap();
+    let refused = murmur(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no_such_setting"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Reads the first frame a node sends to a new WebSocket client, via `murmur sub`'s library.
+fn first_frame(url: &str) -> serde_json::Value {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        murmur::client::Client::connect(url)
+            .await
+            .expect("connects")
+            .welcome()
+            .clone()
+    })
+}
+
+fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("child did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
