@@ -667,3 +667,35 @@ async fn shutdown_tells_clients_to_go_elsewhere() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_after_the_idle_timeout_and_a_live_one_is_not() -> TestResult {
+    let node = start_node(|s| {
+        s.ping_interval = Duration::from_millis(100);
+        s.idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+    // The client library answers pings only while it reads: this one stops reading.
+    let (mut silent, _) = WsClient::connect_json(&node).await?;
+    let (mut live, _) = WsClient::connect_json(&node).await?;
+    let started = std::time::Instant::now();
+    let keep_alive = tokio::spawn(async move {
+        // Reading answers the node's pings; requests keep the connection busy as well.
+        for i in 0..10 {
+            live.ping(&format!("k{i}")).await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(live)
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let goodbye = silent.recv_json().await?;
+    expect_error(&goodbye, "idle_timeout", None);
+    match silent.recv().await? {
+        Received::Closed(Some(close)) => assert_eq!(u16::from(close.code), 4002),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    let mut live = keep_alive.await??;
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    live.ping("still-here").await?;
+    Ok(())
+}

@@ -10,7 +10,12 @@ use murmur::routing::{Match, SubscriptionIndex};
 
 /// `sensors.r{region}.d{device}.{metric}` with 10 regions × 1000 devices × 10 metrics.
 fn topic(i: usize) -> String {
-    format!("sensors.r{}.d{}.m{}", i % 10, (i / 10) % 1000, (i / 10_000) % 10)
+    format!(
+        "sensors.r{}.d{}.m{}",
+        i % 10,
+        (i / 10) % 1000,
+        (i / 10_000) % 10
+    )
 }
 
 /// A realistic mix: mostly exact topics, some one-token and trailing wildcards.
@@ -64,7 +69,12 @@ fn matching(c: &mut Criterion) {
                     b.iter(|| {
                         k = (k + 1) % probes.len();
                         let probe = &probes[k];
-                        black_box(patterns.iter().filter(|p| pattern_matches(p, probe)).count())
+                        black_box(
+                            patterns
+                                .iter()
+                                .filter(|p| pattern_matches(p, probe))
+                                .count(),
+                        )
                     })
                 },
             );

@@ -61,7 +61,10 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "murmur did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "murmur did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -77,7 +80,11 @@ impl Drop for Server {
 fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
@@ -158,7 +165,13 @@ fn pub_reports_refusals_and_unreachable_nodes() {
         .local_addr()
         .unwrap()
         .port();
-    let nowhere = murmur(&["pub", "a", "1", "--url", &format!("ws://127.0.0.1:{port}/ws")]);
+    let nowhere = murmur(&[
+        "pub",
+        "a",
+        "1",
+        "--url",
+        &format!("ws://127.0.0.1:{port}/ws"),
+    ]);
     assert!(!nowhere.status.success());
     assert!(String::from_utf8_lossy(&nowhere.stderr).contains("cannot connect"));
 }
@@ -206,7 +219,10 @@ fn settings_come_from_file_environment_and_flags() {
     );
     let welcome = first_frame(&server.url());
     assert_eq!(welcome["node"], "from-file");
-    assert_eq!(welcome["limits"]["max_subscriptions"], 5, "environment wins over the file");
+    assert_eq!(
+        welcome["limits"]["max_subscriptions"], 5,
+        "environment wins over the file"
+    );
     drop(server);
 
     std::fs::write(&config, "listen = \"127.0.0.1:1\"\nno_such_setting = 1\n").unwrap();

@@ -37,6 +37,9 @@ pub mod close_code {
     pub const IDLE_TIMEOUT: u16 = 4002;
 }
 
+/// How long a closing connection may take to deliver its last error and close frames.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Events written to the socket per flush, at most.
 const WRITE_BATCH: usize = 64;
 
@@ -156,7 +159,7 @@ impl Session {
             };
         }
         let ending = ending.unwrap_or(Ending::SocketError);
-        self.say_goodbye(ending).await;
+        self.say_goodbye(ending, &mut stream).await;
         self.release(&mut queue);
         ending
     }
@@ -417,7 +420,7 @@ impl Session {
     }
 
     /// Tells the client why the connection ends, when there is something to tell.
-    async fn say_goodbye(&mut self, ending: Ending) {
+    async fn say_goodbye(&mut self, ending: Ending, stream: &mut SplitStream<WebSocket>) {
         let (code, close, message) = match ending {
             Ending::ClientClosed | Ending::SocketError => return,
             Ending::SlowConsumer => (
@@ -450,12 +453,20 @@ impl Session {
             code: close,
             reason: Utf8Bytes::from_static(code.as_str()),
         }));
-        // A stalled client must not hold the task: one short, bounded attempt.
+        // A stalled client must not hold the task: one short, bounded attempt. Waiting for the
+        // client's own close frame (the closing handshake) before dropping the socket keeps
+        // the kernel from resetting the connection under frames the client has yet to read.
         let goodbye = async {
             self.sink.feed(error).await?;
-            self.sink.send(close).await
+            self.sink.send(close).await?;
+            while let Some(Ok(message)) = stream.next().await {
+                if let Message::Close(_) = message {
+                    break;
+                }
+            }
+            Ok::<(), axum::Error>(())
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
     }
 
     /// Drops the connection's subscriptions and hands its unacknowledged and unsent
