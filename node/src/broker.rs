@@ -9,17 +9,26 @@
 //! every matching subscription with a non-blocking `try_send`, and only then unlocks: two
 //! publishes of one topic are therefore queued everywhere in sequence order, and a full queue
 //! never blocks the publisher or any other subscriber (its owner is disconnected instead).
+//!
+//! In a cluster the broker also holds what each peer is interested in (a second index whose
+//! entries are peer links) and what this node is interested in (counts per pattern and
+//! group, announced to peers on change). A publish then also queues the event to every peer
+//! with a matching plain subscriber, and for each matching queue group picks one node —
+//! this one or a peer — so exactly one member in the whole cluster receives it.
 
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::link::{Interest, PeerLink, PeerMessage};
 use crate::event::{Delivery, Event, Payload};
+use crate::routing::topic::validate_pattern;
 use crate::routing::{Match, QueueGroup, SubscriptionIndex, TopicSequences};
 
 /// Sequence shards: enough that publishes of different topics rarely wait on each other.
@@ -116,13 +125,67 @@ pub struct Receipt {
     pub deliveries: usize,
 }
 
+/// A peer's interest as the remote index holds it.
+#[derive(Debug, Clone)]
+struct RemoteInterest {
+    link: Arc<PeerLink>,
+    interest: Interest,
+}
+
+impl PartialEq for RemoteInterest {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.link, &other.link) && self.interest == other.interest
+    }
+}
+
+/// This node's interest, announced to every attached peer.
+#[derive(Debug, Default)]
+struct InterestTable {
+    counts: HashMap<Interest, usize>,
+    links: Vec<Arc<PeerLink>>,
+}
+
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    /// Events published by this node's clients.
+    pub events_published: AtomicU64,
+    /// Events forwarded here by peers.
+    pub events_from_peers: AtomicU64,
+    /// Queue-group deliveries that found no member able to take them.
+    pub group_deliveries_lost: AtomicU64,
+}
+
+/// Longest pattern accepted from a peer; peers validate their clients' patterns already.
+const MAX_PEER_PATTERN_BYTES: usize = 4096;
+
 #[derive(Debug)]
 pub struct Broker {
     index: RwLock<SubscriptionIndex<Subscriber>>,
+    remote: RwLock<SubscriptionIndex<RemoteInterest>>,
+    interest: Mutex<InterestTable>,
     sequences: Box<[Mutex<TopicSequences>]>,
     shard_hasher: foldhash::fast::RandomState,
     epoch: Arc<str>,
     next_delivery: AtomicU64,
+    /// Round-robin over the nodes of a cluster-wide queue group.
+    group_turn: AtomicUsize,
+    pub stats: BrokerStats,
+}
+
+type Forwards = Vec<(Arc<PeerLink>, bool, Vec<Interest>)>;
+
+fn forward_entry<'f>(
+    forwards: &'f mut Forwards,
+    link: &Arc<PeerLink>,
+) -> &'f mut (Arc<PeerLink>, bool, Vec<Interest>) {
+    let i = match forwards.iter().position(|f| Arc::ptr_eq(&f.0, link)) {
+        Some(i) => i,
+        None => {
+            forwards.push((link.clone(), false, Vec::new()));
+            forwards.len() - 1
+        }
+    };
+    &mut forwards[i]
 }
 
 impl Broker {
@@ -130,12 +193,16 @@ impl Broker {
     pub fn new(epoch: impl Into<Arc<str>>) -> Self {
         Self {
             index: RwLock::new(SubscriptionIndex::new()),
+            remote: RwLock::new(SubscriptionIndex::new()),
+            interest: Mutex::new(InterestTable::default()),
             sequences: (0..SEQUENCE_SHARDS)
                 .map(|_| Mutex::new(TopicSequences::new()))
                 .collect(),
             shard_hasher: foldhash::fast::RandomState::default(),
             epoch: epoch.into(),
             next_delivery: AtomicU64::new(1),
+            group_turn: AtomicUsize::new(0),
+            stats: BrokerStats::default(),
         }
     }
 
@@ -155,14 +222,131 @@ impl Broker {
         self.index
             .write()
             .insert(&pattern, group.as_deref(), Subscriber(subscription));
+        self.interest_changed(Interest { pattern, group }, true);
     }
 
     pub fn unsubscribe(&self, subscription: &Arc<Subscription>) -> bool {
-        self.index.write().remove(
+        let removed = self.index.write().remove(
             &subscription.pattern,
             subscription.group.as_deref(),
             &Subscriber(subscription.clone()),
-        )
+        );
+        if removed {
+            let interest = Interest {
+                pattern: subscription.pattern.clone(),
+                group: subscription.group.clone(),
+            };
+            self.interest_changed(interest, false);
+        }
+        removed
+    }
+
+    /// Counts local subscriptions per interest and tells peers when one appears or goes.
+    fn interest_changed(&self, interest: Interest, added: bool) {
+        let mut table = self.interest.lock();
+        let count = table.counts.entry(interest.clone()).or_default();
+        let announce = if added {
+            *count += 1;
+            *count == 1
+        } else {
+            *count = count.saturating_sub(1);
+            *count == 0
+        };
+        if !added && *count == 0 {
+            table.counts.remove(&interest);
+        }
+        if announce {
+            for link in &table.links {
+                let (added_list, removed_list) = if added {
+                    (vec![interest.clone()], Vec::new())
+                } else {
+                    (Vec::new(), vec![interest.clone()])
+                };
+                link.send_control(PeerMessage::Delta {
+                    added: added_list,
+                    removed: removed_list,
+                });
+            }
+        }
+    }
+
+    /// Starts telling `link`'s peer this node's interest: a snapshot now, deltas after.
+    pub fn attach_peer(&self, link: &Arc<PeerLink>) {
+        let mut table = self.interest.lock();
+        let mut snapshot: Vec<Interest> = table.counts.keys().cloned().collect();
+        snapshot.sort();
+        link.send_control(PeerMessage::Snapshot(snapshot));
+        table.links.push(link.clone());
+    }
+
+    /// Forgets a peer link and everything its peer was interested in.
+    pub fn detach_peer(&self, link: &Arc<PeerLink>) {
+        link.close();
+        self.interest.lock().links.retain(|l| !Arc::ptr_eq(l, link));
+        let mut remote = self.remote.write();
+        for interest in link.interests.lock().drain() {
+            remote.remove(
+                &interest.pattern,
+                interest.group.as_deref(),
+                &RemoteInterest {
+                    link: link.clone(),
+                    interest: interest.clone(),
+                },
+            );
+        }
+    }
+
+    /// Applies a peer's interest: its full set (`snapshot`) or a change.
+    pub fn apply_peer_interest(
+        &self,
+        link: &Arc<PeerLink>,
+        snapshot: Option<Vec<Interest>>,
+        added: Vec<Interest>,
+        removed: Vec<Interest>,
+    ) {
+        let mut remote = self.remote.write();
+        if link.is_closed() {
+            return;
+        }
+        let mut known = link.interests.lock();
+        let (added, removed) = match snapshot {
+            Some(all) => {
+                let all: std::collections::HashSet<Interest> = all.into_iter().collect();
+                let gone: Vec<Interest> = known.difference(&all).cloned().collect();
+                let new: Vec<Interest> = all.difference(&known).cloned().collect();
+                (new, gone)
+            }
+            None => (added, removed),
+        };
+        for interest in removed {
+            if known.remove(&interest) {
+                remote.remove(
+                    &interest.pattern,
+                    interest.group.as_deref(),
+                    &RemoteInterest {
+                        link: link.clone(),
+                        interest: interest.clone(),
+                    },
+                );
+            }
+        }
+        for interest in added {
+            if let Err(err) = validate_pattern(&interest.pattern, MAX_PEER_PATTERN_BYTES) {
+                tracing::warn!(peer = %link.name, pattern = %interest.pattern, %err, "ignoring an invalid pattern from a peer");
+                continue;
+            }
+            if known.insert(interest.clone()) {
+                let (pattern, group) = (interest.pattern.clone(), interest.group.clone());
+                remote.insert(
+                    &pattern,
+                    group.as_deref(),
+                    RemoteInterest {
+                        link: link.clone(),
+                        interest,
+                    },
+                );
+            }
+        }
     }
 
     /// Sequences `payload` on `topic` (a validated publish topic) and queues it to every
@@ -178,30 +362,8 @@ impl Broker {
             now_ms(),
             payload,
         ));
-        let mut deliveries = 0;
-        let index = self.index.read();
-        index.for_each_match(&event.topic, |m| {
-            let delivered = match m {
-                Match::Subscriber(Subscriber(sub)) => {
-                    let item = Outbound::Event {
-                        sub: sub.clone(),
-                        event: event.clone(),
-                        delivery: None,
-                    };
-                    match sub.outbox.offer(item) {
-                        Offer::Queued => true,
-                        Offer::Full => {
-                            sub.outbox.mark_overflowed();
-                            false
-                        }
-                        Offer::Refused => false,
-                    }
-                }
-                Match::Group(group) => self.offer_to_group(group, &event, false, None),
-            };
-            deliveries += usize::from(delivered);
-        });
-        drop(index);
+        self.stats.events_published.fetch_add(1, Ordering::Relaxed);
+        let deliveries = self.fan_out(&event);
         drop(sequences);
         Receipt {
             epoch: self.epoch.clone(),
@@ -210,44 +372,207 @@ impl Broker {
         }
     }
 
+    /// Queues `event` to every matching local subscription and peer; returns how many
+    /// subscriptions and peers it was queued to.
+    fn fan_out(&self, event: &Arc<Event>) -> usize {
+        let index = self.index.read();
+        let remote = self.remote.read();
+        let mut deliveries = 0;
+        let mut local_groups = Vec::new();
+        index.for_each_match(&event.topic, |m| match m {
+            Match::Subscriber(Subscriber(sub)) => {
+                deliveries += usize::from(self.offer_plain(sub, event));
+            }
+            Match::Group(group) => local_groups.push(group),
+        });
+        if remote.is_empty() {
+            for group in local_groups {
+                if self.offer_to_group(group, event, false, None) {
+                    deliveries += 1;
+                } else {
+                    self.stats
+                        .group_deliveries_lost
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return deliveries;
+        }
+        let mut forwards = Forwards::new();
+        let mut remote_groups = Vec::new();
+        remote.for_each_match(&event.topic, |m| match m {
+            Match::Subscriber(r) => forward_entry(&mut forwards, &r.link).1 = true,
+            Match::Group(group) => remote_groups.push(group),
+        });
+        for group in local_groups {
+            let pattern = group.members().first().map(|m| m.0.pattern.clone());
+            let same_remote = remote_groups.iter().position(|r| {
+                r.name() == group.name()
+                    && r.members().first().map(|m| &m.interest.pattern) == pattern.as_ref()
+            });
+            let remote_group = same_remote.map(|i| remote_groups.swap_remove(i));
+            deliveries += self.place_group_event(event, Some(group), remote_group, &mut forwards);
+        }
+        for remote_group in remote_groups {
+            deliveries += self.place_group_event(event, None, Some(remote_group), &mut forwards);
+        }
+        for (link, plain, groups) in forwards {
+            let forward = PeerMessage::Forward {
+                event: event.clone(),
+                plain,
+                groups,
+                redelivered: false,
+            };
+            deliveries += usize::from(link.offer_event(forward));
+        }
+        deliveries
+    }
+
+    fn offer_plain(&self, sub: &Arc<Subscription>, event: &Arc<Event>) -> bool {
+        let item = Outbound::Event {
+            sub: sub.clone(),
+            event: event.clone(),
+            delivery: None,
+        };
+        match sub.outbox.offer(item) {
+            Offer::Queued => true,
+            Offer::Full => {
+                sub.outbox.mark_overflowed();
+                false
+            }
+            Offer::Refused => false,
+        }
+    }
+
+    /// Picks the node that delivers `event` to a queue group present here (`local`), on
+    /// peers (`remote`), or both: round-robin over the nodes. A peer's share is added to its
+    /// forward; returns 1 if a local member took it.
+    fn place_group_event(
+        &self,
+        event: &Arc<Event>,
+        local: Option<&QueueGroup<Subscriber>>,
+        remote: Option<&QueueGroup<RemoteInterest>>,
+        forwards: &mut Forwards,
+    ) -> usize {
+        let remote_members = remote.map_or(&[][..], QueueGroup::members);
+        let here = usize::from(local.is_some());
+        let candidates = here + remote_members.len();
+        if candidates == 0 {
+            return 0;
+        }
+        let start = self.group_turn.fetch_add(1, Ordering::Relaxed) % candidates;
+        for i in 0..candidates {
+            let choice = (start + i) % candidates;
+            match (local, choice.checked_sub(here)) {
+                (Some(group), None) => {
+                    if self.offer_to_group(group, event, false, None) {
+                        return 1;
+                    }
+                }
+                (_, Some(r)) => {
+                    let member = &remote_members[r];
+                    forward_entry(forwards, &member.link)
+                        .2
+                        .push(member.interest.clone());
+                    return 0;
+                }
+                (None, None) => {}
+            }
+        }
+        self.stats
+            .group_deliveries_lost
+            .fetch_add(1, Ordering::Relaxed);
+        0
+    }
+
+    /// Delivers an event a peer forwarded: to matching plain subscriptions if `plain`, and to
+    /// one local member of each listed queue group. Never forwarded again: the mesh is full.
+    pub fn deliver_forwarded(
+        &self,
+        event: &Arc<Event>,
+        plain: bool,
+        groups: &[Interest],
+        redelivered: bool,
+    ) {
+        self.stats.events_from_peers.fetch_add(1, Ordering::Relaxed);
+        let index = self.index.read();
+        if plain {
+            index.for_each_match(&event.topic, |m| {
+                if let Match::Subscriber(Subscriber(sub)) = m {
+                    self.offer_plain(sub, event);
+                }
+            });
+        }
+        for interest in groups {
+            let Some(name) = interest.group.as_deref() else {
+                continue;
+            };
+            let placed = index
+                .group(&interest.pattern, name)
+                .is_some_and(|group| self.offer_to_group(group, event, redelivered, None));
+            if !placed {
+                self.stats
+                    .group_deliveries_lost
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(topic = %event.topic, group = name, "forwarded queue-group event found no member here");
+            }
+        }
+    }
+
     /// Hands a queue-group event that its member did not acknowledge (timeout, disconnect) to
     /// a member of the same group, preferring one on another connection. False when the group
     /// has no member left that can take it.
-    pub fn redeliver(&self, from: &Subscription, event: &Arc<Event>) -> bool {
+    pub fn redeliver(&self, from: &Arc<Subscription>, event: &Arc<Event>) -> bool {
         let Some(name) = from.group.as_deref() else {
             return false;
         };
+        let interest = Interest {
+            pattern: from.pattern.clone(),
+            group: from.group.clone(),
+        };
         let index = self.index.read();
-        index.group(&from.pattern, name).is_some_and(|group| {
-            self.offer_to_group(group, event, true, Some(from.outbox.connection))
-        })
+        let local = index.group(&from.pattern, name);
+        if local.is_some_and(|g| self.offer_to_group(g, event, true, Some(from.outbox.connection)))
+        {
+            return true;
+        }
+        let remote = self.remote.read();
+        if let Some(group) = remote.group(&from.pattern, name) {
+            for member in group.round_robin() {
+                let forward = PeerMessage::Forward {
+                    event: event.clone(),
+                    plain: false,
+                    groups: vec![interest.clone()],
+                    redelivered: true,
+                };
+                if member.link.offer_event(forward) {
+                    return true;
+                }
+            }
+        }
+        // Nobody else: the same member gets another chance, if it is still there.
+        let again = matches!(self.offer_delivery(from, event, true), Offer::Queued);
+        if !again {
+            self.stats
+                .group_deliveries_lost
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        again
     }
 
-    /// Round-robin over the group, skipping members whose queue is full; `avoid` names a
-    /// connection to use only when no other member can take the event.
+    /// Round-robin over the group, skipping members whose queue is full and any member on
+    /// `skip_connection`.
     fn offer_to_group(
         &self,
         group: &QueueGroup<Subscriber>,
         event: &Arc<Event>,
         redelivered: bool,
-        avoid: Option<u64>,
+        skip_connection: Option<u64>,
     ) -> bool {
         let mut first_full = None;
-        let mut avoided = None;
         for Subscriber(member) in group.round_robin() {
-            if avoid == Some(member.outbox.connection) {
-                avoided.get_or_insert(member);
+            if skip_connection == Some(member.outbox.connection) {
                 continue;
             }
-            match self.offer_delivery(member, event, redelivered) {
-                Offer::Queued => return true,
-                Offer::Full => {
-                    first_full.get_or_insert(member);
-                }
-                Offer::Refused => {}
-            }
-        }
-        if let Some(member) = avoided {
             match self.offer_delivery(member, event, redelivered) {
                 Offer::Queued => return true,
                 Offer::Full => {
@@ -263,7 +588,7 @@ impl Broker {
                 topic = %event.topic,
                 seq = event.seq,
                 group = %group.name(),
-                "every queue-group member's buffer is full; delivery dropped"
+                "every queue-group member's buffer is full"
             );
         }
         false

@@ -25,6 +25,8 @@ pub enum ClientError {
     Refused { code: String, message: String },
     #[error("the node closed the connection{0}")]
     Closed(String),
+    #[error("GET {url} failed: {message}")]
+    Http { url: String, message: String },
     #[error("no answer from the node within {0:?}")]
     Timeout(Duration),
 }
@@ -118,6 +120,49 @@ pub fn refused(frame: &Value) -> ClientError {
         code: frame["code"].as_str().unwrap_or("unknown").to_owned(),
         message: frame["message"].as_str().unwrap_or("").to_owned(),
     }
+}
+
+/// A plain HTTP/1.1 GET for the node's small JSON endpoints; returns the body of a 200.
+pub async fn http_get(base_url: &str, path: &str) -> Result<String, ClientError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = base_url
+        .trim_start_matches("http://")
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let failed = |message: String| ClientError::Http {
+        url: format!("http://{authority}{path}"),
+        message,
+    };
+    let exchange = async {
+        let mut stream = TcpStream::connect(&authority)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        Ok::<_, ClientError>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| ClientError::Timeout(Duration::from_secs(10)))??;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| failed("malformed HTTP response".into()))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(failed(head.lines().next().unwrap_or_default().to_owned()));
+    }
+    Ok(body.to_owned())
 }
 
 /// How `murmur pub` reads its DATA argument: JSON if it parses, otherwise a JSON string, so

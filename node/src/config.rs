@@ -1,7 +1,7 @@
 //! Node settings: defaults, overridden by a TOML file, overridden by environment variables
 //! and flags (`clap` reads a flag and its `MURMUR_…` variable as one source, the flag winning).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,6 +18,24 @@ pub struct Settings {
     pub name: String,
     /// The HTTP + WebSocket address (WebSocket at `/ws`).
     pub listen: SocketAddr,
+    /// The UDP address for gossip (membership).
+    pub gossip: SocketAddr,
+    /// The UDP address of the QUIC mesh between nodes.
+    pub quic: SocketAddr,
+    /// Gossip addresses (`host:port`, DNS names allowed) of nodes to join through.
+    pub seeds: Vec<String>,
+    /// The shared secret that authenticates gossip and derives the cluster's TLS CA.
+    pub cluster_key: Option<Secret>,
+    /// PEM file of the CA that signs node certificates (own PKI instead of the derived CA).
+    pub tls_ca: Option<PathBuf>,
+    /// PEM file of this node's certificate chain (own PKI).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of this node's private key (own PKI).
+    pub tls_key: Option<PathBuf>,
+    /// The IP peers and clients should use to reach this node, when it listens on 0.0.0.0/[::].
+    pub advertise_ip: Option<IpAddr>,
+    /// Events queued towards one peer before further events to it are dropped.
+    pub peer_queue: usize,
     /// The largest client frame accepted, in bytes.
     pub max_frame_bytes: usize,
     /// The most subscriptions one connection may hold.
@@ -50,6 +68,15 @@ impl Default for Settings {
         Self {
             name: default_node_name(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            gossip: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            quic: SocketAddr::from(([127, 0, 0, 1], 7402)),
+            seeds: Vec::new(),
+            cluster_key: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            advertise_ip: None,
+            peer_queue: 65_536,
             max_frame_bytes: 1024 * 1024,
             max_subscriptions: 1024,
             outbound_queue: 4096,
@@ -61,6 +88,25 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(10),
             log: "info".to_owned(),
         }
+    }
+}
+
+/// A secret setting: shown masked in debug output and in printed configurations.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"****\"")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
     }
 }
 
@@ -115,6 +161,19 @@ impl Settings {
         if self.name.trim().is_empty() {
             return invalid("name", "must not be empty");
         }
+        if let Err(err) = crate::cluster::security::validate_node_name(&self.name) {
+            return invalid("name", &err.to_string());
+        }
+        let own_pki = [&self.tls_ca, &self.tls_cert, &self.tls_key];
+        if own_pki.iter().any(|p| p.is_some()) && !own_pki.iter().all(|p| p.is_some()) {
+            return invalid("tls_ca/tls_cert/tls_key", "give all three, or none");
+        }
+        if self.cluster_key.as_ref().is_some_and(|k| k.0.len() < 16) {
+            return invalid("cluster_key", "must be at least 16 characters");
+        }
+        if self.peer_queue == 0 {
+            return invalid("peer_queue", "must be at least 1");
+        }
         if self.max_frame_bytes < 1024 {
             return invalid("max_frame_bytes", "must be at least 1024");
         }
@@ -156,6 +215,44 @@ pub struct ServeArgs {
     /// HTTP and WebSocket listen address; clients connect to ws://ADDR/ws [default: 127.0.0.1:7400].
     #[arg(long, env = "MURMUR_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// UDP address for gossip (cluster membership) [default: 127.0.0.1:7401].
+    #[arg(long, env = "MURMUR_GOSSIP", value_name = "ADDR")]
+    pub gossip: Option<SocketAddr>,
+    /// UDP address for the QUIC mesh between nodes [default: 127.0.0.1:7402].
+    #[arg(long, env = "MURMUR_QUIC", value_name = "ADDR")]
+    pub quic: Option<SocketAddr>,
+    /// Comma-separated gossip addresses (host:port, DNS names re-resolved) to join through.
+    #[arg(
+        long,
+        env = "MURMUR_SEEDS",
+        value_delimiter = ',',
+        value_name = "HOST:PORT,..."
+    )]
+    pub seeds: Option<Vec<String>>,
+    /// Shared secret (16+ characters) that authenticates gossip and derives the cluster CA;
+    /// without one, peers are NOT authenticated (development only).
+    #[arg(
+        long,
+        env = "MURMUR_CLUSTER_KEY",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub cluster_key: Option<Secret>,
+    /// PEM CA certificate for node certificates (own PKI; with --tls-cert and --tls-key).
+    #[arg(long, env = "MURMUR_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM certificate chain of this node, issued for its --name (own PKI).
+    #[arg(long, env = "MURMUR_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of this node (own PKI).
+    #[arg(long, env = "MURMUR_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// IP that peers and clients use to reach this node when it listens on 0.0.0.0 or [::].
+    #[arg(long, env = "MURMUR_ADVERTISE_IP", value_name = "IP")]
+    pub advertise_ip: Option<IpAddr>,
+    /// Events queued towards one peer before further events to it are dropped [default: 65536].
+    #[arg(long, env = "MURMUR_PEER_QUEUE", value_name = "N")]
+    pub peer_queue: Option<usize>,
     /// Largest client frame accepted, in bytes [default: 1048576].
     #[arg(long, env = "MURMUR_MAX_FRAME_BYTES", value_name = "BYTES")]
     pub max_frame_bytes: Option<usize>,
@@ -205,6 +302,9 @@ impl ServeArgs {
         apply!(
             name,
             listen,
+            gossip,
+            quic,
+            peer_queue,
             max_frame_bytes,
             max_subscriptions,
             outbound_queue,
@@ -216,6 +316,18 @@ impl ServeArgs {
             shutdown_grace,
             log
         );
+        // Optional settings: a flag sets them, its absence keeps the file's value.
+        macro_rules! apply_some {
+            ($($field:ident),*) => {$(
+                if self.$field.is_some() {
+                    settings.$field = self.$field.clone();
+                }
+            )*};
+        }
+        apply_some!(cluster_key, tls_ca, tls_cert, tls_key, advertise_ip);
+        if let Some(seeds) = &self.seeds {
+            settings.seeds = seeds.iter().filter(|s| !s.is_empty()).cloned().collect();
+        }
         settings.validate()?;
         Ok(settings)
     }

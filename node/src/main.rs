@@ -1,6 +1,7 @@
 //! `murmur`: run a node, or talk to one from the command line.
 
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -23,7 +24,7 @@ struct Cli {
 enum Command {
     /// Run a node. Settings come from flags, MURMUR_* environment variables and an optional
     /// TOML file (--config), in that order of precedence.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Subscribe to a topic pattern and print each event as one JSON line on stdout.
     Sub {
         /// Topic pattern: dot-separated tokens, `*` for one token, a final `>` for the rest.
@@ -38,6 +39,19 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Show the cluster as a node sees it: every member, its state and addresses.
+    Members {
+        /// The node's HTTP address.
+        #[arg(long, env = "MURMUR_HTTP_URL", default_value = "http://127.0.0.1:7400")]
+        url: String,
+        /// Print the raw JSON of GET /v1/cluster instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make certificates for running the cluster on your own PKI instead of the CA derived
+    /// from the cluster key.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Publish one event, or one event per line of stdin.
     Pub {
         /// Topic to publish to (no wildcards).
@@ -48,6 +62,27 @@ enum Command {
         /// Node WebSocket URL.
         #[arg(long, env = "MURMUR_URL", default_value = DEFAULT_URL)]
         url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Create a cluster CA: writes ca.pem and ca.key into --out.
+    Ca {
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Issue a node certificate for NAME (the node's --name): writes NAME.pem and NAME.key.
+    Node {
+        name: String,
+        /// The CA certificate.
+        #[arg(long, default_value = "ca.pem")]
+        ca: PathBuf,
+        /// The CA private key.
+        #[arg(long, default_value = "ca.key")]
+        ca_key: PathBuf,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
     },
 }
 
@@ -72,6 +107,11 @@ fn main() -> anyhow::Result<()> {
             init_logging("warn")?;
             runtime.block_on(sub(&url, &topic, group.as_deref(), count))
         }
+        Command::Members { url, json } => {
+            init_logging("warn")?;
+            runtime.block_on(members(&url, json))
+        }
+        Command::Cert(command) => cert(command),
         Command::Pub { topic, data, url } => {
             init_logging("warn")?;
             runtime.block_on(publish(&url, &topic, &data))
@@ -206,4 +246,86 @@ async fn await_reply(client: &mut Client) -> anyhow::Result<serde_json::Value> {
             _ => {}
         }
     }
+}
+
+async fn members(url: &str, raw: bool) -> anyhow::Result<()> {
+    let body = murmur::client::http_get(url, "/v1/cluster").await?;
+    if raw {
+        println!("{body}");
+        return Ok(());
+    }
+    let view: serde_json::Value =
+        serde_json::from_str(&body).context("the node answered /v1/cluster with invalid JSON")?;
+    let me = view["self"].as_str().unwrap_or("");
+    println!(
+        "{:<24} {:<8} {:>15}  {:<22} {:<22} {:<22}",
+        "NAME", "STATE", "GENERATION", "LISTEN", "GOSSIP", "QUIC"
+    );
+    for m in view["members"].as_array().into_iter().flatten() {
+        let name = m["name"].as_str().unwrap_or("");
+        let marker = if name == me { " *" } else { "" };
+        println!(
+            "{:<24} {:<8} {:>15}  {:<22} {:<22} {:<22}",
+            format!("{name}{marker}"),
+            m["state"].as_str().unwrap_or(""),
+            m["generation"],
+            m["listen"].as_str().unwrap_or(""),
+            m["gossip"].as_str().unwrap_or(""),
+            m["quic"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+fn cert(command: CertCommand) -> anyhow::Result<()> {
+    use murmur::cluster::security::files;
+    match command {
+        CertCommand::Ca { out } => {
+            let (cert, key) = files::new_ca()?;
+            write_new(&out.join("ca.pem"), &cert)?;
+            write_secret(&out.join("ca.key"), &key)?;
+            eprintln!(
+                "wrote {} and {}",
+                out.join("ca.pem").display(),
+                out.join("ca.key").display()
+            );
+        }
+        CertCommand::Node {
+            name,
+            ca,
+            ca_key,
+            out,
+        } => {
+            let read = |p: &Path| {
+                std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            let (cert, key) = files::new_node(&name, &read(&ca)?, &read(&ca_key)?)?;
+            let (cert_path, key_path) = (
+                out.join(format!("{name}.pem")),
+                out.join(format!("{name}.key")),
+            );
+            write_new(&cert_path, &cert)?;
+            write_secret(&key_path, &key)?;
+            eprintln!("wrote {} and {}", cert_path.display(), key_path.display());
+        }
+    }
+    Ok(())
+}
+
+fn write_new(path: &Path, contents: &str) -> anyhow::Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Private keys are readable by their owner only.
+fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
 }

@@ -12,6 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
+use crate::cluster::membership::NodeId;
+use crate::cluster::security::{ClusterKey, NodeIdentity, SecurityError};
+use crate::cluster::transport::TransportError;
+use crate::cluster::{Cluster, ClusterSetup};
 use crate::config::Settings;
 use crate::frontdoor;
 use crate::protocol::Limits;
@@ -20,7 +24,8 @@ use crate::protocol::Limits;
 #[derive(Debug)]
 pub struct NodeState {
     pub settings: Arc<Settings>,
-    pub broker: Broker,
+    pub broker: Arc<Broker>,
+    pub cluster: Arc<Cluster>,
     /// What `welcome` announces; derived from the settings once.
     pub limits: Limits,
     /// Cancelled when the node begins to shut down.
@@ -49,6 +54,15 @@ pub enum StartError {
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
+    },
+    #[error("cluster security: {0}")]
+    Security(#[from] SecurityError),
+    #[error("QUIC transport: {0}")]
+    Transport(#[from] TransportError),
+    #[error("{setting} listens on {addr}, which peers cannot reach: set advertise_ip")]
+    NoAdvertiseIp {
+        setting: &'static str,
+        addr: SocketAddr,
     },
 }
 
@@ -83,11 +97,66 @@ impl RunningNode {
             idle_timeout_ms: settings.idle_timeout.as_millis() as u64,
             max_topic_bytes: u32::try_from(settings.max_topic_bytes).unwrap_or(u32::MAX),
         };
+        let gossip_socket =
+            tokio::net::UdpSocket::bind(settings.gossip)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: settings.gossip,
+                    source,
+                })?;
+        let gossip_addr = gossip_socket
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: settings.gossip,
+                source,
+            })?;
+        let key = ClusterKey::derive(settings.cluster_key.as_ref().map(|k| k.0.as_str()));
+        let identity = match (&settings.tls_ca, &settings.tls_cert, &settings.tls_key) {
+            (Some(ca), Some(cert), Some(key_file)) => NodeIdentity::from_files(ca, cert, key_file)?,
+            _ => NodeIdentity::from_cluster_key(&key, &settings.name)?,
+        };
+        if !key.authenticated {
+            tracing::warn!(
+                "NO CLUSTER KEY: gossip is not authenticated and any process can join this \
+                 cluster. Fine for a laptop; set --cluster-key (MURMUR_CLUSTER_KEY) anywhere else."
+            );
+        }
+        let endpoint = crate::cluster::transport::bind(settings.quic, &identity)?;
+        let quic_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+            addr: settings.quic,
+            source,
+        })?;
+        let advertise = |setting, addr: SocketAddr| -> Result<SocketAddr, StartError> {
+            match (addr.ip().is_unspecified(), settings.advertise_ip) {
+                (false, _) => Ok(addr),
+                (true, Some(ip)) => Ok(SocketAddr::new(ip, addr.port())),
+                (true, None) => Err(StartError::NoAdvertiseIp { setting, addr }),
+            }
+        };
+        let id = NodeId::new(
+            settings.name.clone(),
+            advertise("gossip", gossip_addr)?,
+            advertise("quic", quic_addr)?,
+            advertise("listen", local_addr)?,
+        );
         // A fresh epoch per process start: sequence numbers restart with it.
         let epoch = format!("{:016x}", rand::random::<u64>());
+        let broker = Arc::new(Broker::new(epoch));
+        let cluster = Cluster::start(
+            ClusterSetup {
+                id,
+                gossip_socket,
+                endpoint,
+                key,
+                seeds: settings.seeds.clone(),
+                peer_queue: settings.peer_queue,
+            },
+            broker.clone(),
+        );
         let state = Arc::new(NodeState {
             settings: Arc::new(settings),
-            broker: Broker::new(epoch),
+            broker,
+            cluster,
             limits,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
@@ -97,6 +166,8 @@ impl RunningNode {
         tracing::info!(
             node = %state.settings.name,
             listen = %local_addr,
+            gossip = %gossip_addr,
+            quic = %quic_addr,
             epoch = %state.broker.epoch(),
             "murmur node serving: ws://{local_addr}/ws"
         );
@@ -121,6 +192,15 @@ impl RunningNode {
     pub fn shutdown(&self) {
         self.state.ready.store(false, Ordering::Release);
         self.state.shutdown.cancel();
+    }
+
+    /// Stops at once without telling clients or peers, as a crashed process would; peers
+    /// find out through failure detection. For tests.
+    pub fn halt(&self) {
+        self.state.ready.store(false, Ordering::Release);
+        self.state.cluster.halt();
+        self.state.shutdown.cancel();
+        self.task.abort();
     }
 
     /// Waits until the node has stopped (after [`Self::shutdown`]).
@@ -149,5 +229,6 @@ async fn serve(listener: TcpListener, state: Arc<NodeState>) {
             "connections still open after the shutdown grace period; dropping them"
         );
     }
+    state.cluster.leave().await;
     tracing::info!("node stopped");
 }

@@ -25,6 +25,7 @@ impl Server {
             .expect("free port");
         let child = Command::new(BIN)
             .args(["serve", "--listen", &addr.to_string()])
+            .args(["--gossip", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
             .args(extra)
             .env_remove("MURMUR_CONFIG")
             .envs(env.iter().copied())

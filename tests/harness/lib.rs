@@ -23,6 +23,8 @@ pub async fn start_node(tweak: impl FnOnce(&mut Settings)) -> RunningNode {
     let mut settings = Settings {
         name: "test-node".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
+        gossip: "127.0.0.1:0".parse().unwrap(),
+        quic: "127.0.0.1:0".parse().unwrap(),
         ..Settings::default()
     };
     tweak(&mut settings);

@@ -29,6 +29,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/cluster", get(cluster_view))
         .with_state(state)
 }
 
@@ -42,6 +43,14 @@ async fn readyz(State(node): State<Arc<NodeState>>) -> (StatusCode, &'static str
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     }
+}
+
+/// This node's view of the cluster: `{"self": NAME, "members": [...]}`, itself included.
+async fn cluster_view(State(node): State<Arc<NodeState>>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "self": node.cluster.name(),
+        "members": node.cluster.members(),
+    }))
 }
 
 #[derive(Debug, Deserialize)]

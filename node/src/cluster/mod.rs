@@ -1,0 +1,376 @@
+//! The cluster: gossip membership ([`gossip`]), the authenticated QUIC mesh
+//! ([`transport`]), and the links through which nodes exchange interest and events
+//! ([`link`]).
+//!
+//! Membership drives connections: when gossip reports a member up, the node whose name sorts
+//! first dials it (so each pair shares one connection); when a member goes down or leaves,
+//! its link closes and its interest leaves the routing table at once. A link that breaks
+//! while its peer is still a member is redialled with backoff, and the peer's interest is
+//! rebuilt from the snapshot it sends on the new connection.
+
+pub mod gossip;
+pub mod link;
+pub mod membership;
+pub mod security;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use murmur_proto::cluster::v1 as pb;
+use parking_lot::Mutex;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::Broker;
+use gossip::{Gossip, MemberEvent};
+use link::{PeerLink, PeerMessage};
+use membership::{MemberInfo, NodeId};
+use security::ClusterKey;
+use transport::Established;
+
+/// Longest wait between attempts to reach a peer.
+const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Default)]
+struct PeerEntry {
+    link: Option<Arc<PeerLink>>,
+    /// The dial loop for this peer and the generation it dials.
+    dialer: Option<(u64, AbortHandle)>,
+}
+
+/// This node's part of the cluster.
+pub struct Cluster {
+    id: NodeId,
+    endpoint: quinn::Endpoint,
+    broker: Arc<Broker>,
+    pub gossip: Gossip,
+    peers: Mutex<HashMap<String, PeerEntry>>,
+    peer_queue: usize,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything the cluster needs from the node at start.
+pub struct ClusterSetup {
+    pub id: NodeId,
+    pub gossip_socket: UdpSocket,
+    pub endpoint: quinn::Endpoint,
+    pub key: ClusterKey,
+    pub seeds: Vec<String>,
+    pub peer_queue: usize,
+}
+
+impl Cluster {
+    pub fn start(setup: ClusterSetup, broker: Arc<Broker>) -> Arc<Self> {
+        let stop = CancellationToken::new();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let gossip = Gossip::spawn(
+            setup.gossip_socket,
+            setup.id.clone(),
+            setup.key,
+            setup.seeds,
+            events_tx,
+            stop.clone(),
+        );
+        let cluster = Arc::new(Self {
+            id: setup.id,
+            endpoint: setup.endpoint,
+            broker,
+            gossip,
+            peers: Mutex::new(HashMap::new()),
+            peer_queue: setup.peer_queue,
+            stop,
+            tasks: TaskTracker::new(),
+        });
+        cluster.tasks.spawn(cluster.clone().member_events(events));
+        cluster.tasks.spawn(cluster.clone().accept_loop());
+        cluster
+    }
+
+    pub fn name(&self) -> &str {
+        &self.id.name
+    }
+
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    /// Every member as this node sees it, itself included.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        self.gossip.view.read().members()
+    }
+
+    /// The links to peers that are connected now.
+    pub fn links(&self) -> Vec<Arc<PeerLink>> {
+        self.peers
+            .lock()
+            .values()
+            .filter_map(|p| p.link.clone())
+            .collect()
+    }
+
+    fn hello(&self) -> pb::Hello {
+        pb::Hello {
+            name: self.id.name.clone(),
+            generation: self.id.generation,
+        }
+    }
+
+    async fn member_events(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<MemberEvent>) {
+        loop {
+            let event = tokio::select! {
+                () = self.stop.cancelled() => return,
+                event = events.recv() => match event {
+                    Some(e) => e,
+                    None => return,
+                },
+            };
+            match event {
+                MemberEvent::Up(id) => self.on_member_up(id),
+                MemberEvent::Down(id) => self.on_member_down(&id),
+            }
+        }
+    }
+
+    fn on_member_up(self: &Arc<Self>, id: NodeId) {
+        if id.name == self.id.name {
+            if id.gossip != self.id.gossip {
+                tracing::error!(peer = %id.gossip, name = %id.name, "another node uses this node's name; names must be unique");
+            }
+            return;
+        }
+        // One connection per pair: the node whose name sorts first dials.
+        if self.id.name.as_str() > id.name.as_str() {
+            return;
+        }
+        let mut peers = self.peers.lock();
+        let entry = peers.entry(id.name.clone()).or_default();
+        if let Some((generation, handle)) = &entry.dialer {
+            if *generation == id.generation && !handle.is_finished() {
+                return;
+            }
+            handle.abort();
+        }
+        let handle = self.tasks.spawn(self.clone().dial_loop(id.clone()));
+        entry.dialer = Some((id.generation, handle.abort_handle()));
+    }
+
+    fn on_member_down(&self, id: &NodeId) {
+        let link = {
+            let mut peers = self.peers.lock();
+            let Some(entry) = peers.get_mut(&id.name) else {
+                return;
+            };
+            if let Some((generation, handle)) = &entry.dialer
+                && *generation <= id.generation
+            {
+                handle.abort();
+                entry.dialer = None;
+            }
+            entry.link.take_if(|l| l.generation <= id.generation)
+        };
+        if let Some(link) = link {
+            tracing::info!(peer = %link.name, "peer is down: dropping its link and interest");
+            self.broker.detach_peer(&link);
+        }
+    }
+
+    async fn dial_loop(self: Arc<Self>, peer: NodeId) {
+        let mut backoff = Duration::from_millis(50);
+        let mut failures = 0u32;
+        let hello = self.hello();
+        while !self.stop.is_cancelled() {
+            match transport::dial(&self.endpoint, peer.quic, &peer.name, &hello).await {
+                Ok(established) => {
+                    failures = 0;
+                    backoff = Duration::from_millis(50);
+                    self.clone().run_link(established).await;
+                }
+                Err(err) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(peer = %peer.name, addr = %peer.quic, %err, failures, "cannot connect to peer");
+                    }
+                }
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_REDIAL_BACKOFF);
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        let hello = self.hello();
+        loop {
+            let incoming = tokio::select! {
+                () = self.stop.cancelled() => return,
+                incoming = self.endpoint.accept() => match incoming {
+                    Some(i) => i,
+                    None => return,
+                },
+            };
+            let remote = incoming.remote_address();
+            let cluster = self.clone();
+            let hello = hello.clone();
+            self.tasks.spawn(async move {
+                match transport::accept(incoming, &hello).await {
+                    Ok(established) => cluster.run_link(established).await,
+                    Err(err) => {
+                        tracing::warn!(%remote, %err, "refused a peer connection");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Serves one established connection until it ends.
+    async fn run_link(self: Arc<Self>, established: Established) {
+        let Established {
+            connection,
+            peer,
+            writer,
+            mut reader,
+        } = established;
+        let (link, queues) = PeerLink::new(&peer.name, peer.generation, self.peer_queue);
+        let replaced = self
+            .peers
+            .lock()
+            .entry(peer.name.clone())
+            .or_default()
+            .link
+            .replace(link.clone());
+        if let Some(old) = replaced {
+            self.broker.detach_peer(&old);
+        }
+        tracing::info!(peer = %peer.name, remote = %connection.remote_address(), "peer link up");
+        self.broker.attach_peer(&link);
+        let writer = tokio::spawn(transport::write_loop(writer, queues));
+        let ended = loop {
+            tokio::select! {
+                () = link.closed() => break "closed".to_owned(),
+                () = self.stop.cancelled() => break "node stopping".to_owned(),
+                frame = reader.next() => match frame {
+                    None => break "peer closed the stream".to_owned(),
+                    Some(Err(err)) => break err.to_string(),
+                    Some(Ok(bytes)) => {
+                        if let Err(err) = self.on_frame(&link, bytes.freeze()) {
+                            tracing::warn!(peer = %peer.name, %err, "bad frame from peer; dropping the link");
+                            break err.to_string();
+                        }
+                    }
+                },
+            }
+        };
+        // Let queued frames (a `Leaving`, say) reach the peer before the connection closes.
+        let _ = tokio::time::timeout(Duration::from_millis(200), writer).await;
+        connection.close(quinn::VarInt::from_u32(0), b"bye");
+        self.broker.detach_peer(&link);
+        let mut peers = self.peers.lock();
+        if let Some(entry) = peers.get_mut(&peer.name) {
+            entry.link.take_if(|l| Arc::ptr_eq(l, &link));
+        }
+        tracing::info!(peer = %peer.name, reason = %ended, "peer link down");
+    }
+
+    fn on_frame(
+        &self,
+        link: &Arc<PeerLink>,
+        bytes: bytes::Bytes,
+    ) -> Result<(), transport::TransportError> {
+        match transport::decode(bytes)? {
+            pb::peer_frame::Msg::Hello(_) => {}
+            pb::peer_frame::Msg::Snapshot(snapshot) => {
+                let all = snapshot
+                    .interests
+                    .into_iter()
+                    .map(transport::interest_from_pb)
+                    .collect();
+                self.broker
+                    .apply_peer_interest(link, Some(all), Vec::new(), Vec::new());
+            }
+            pb::peer_frame::Msg::Delta(delta) => {
+                let added = delta
+                    .added
+                    .into_iter()
+                    .map(transport::interest_from_pb)
+                    .collect();
+                let removed = delta
+                    .removed
+                    .into_iter()
+                    .map(transport::interest_from_pb)
+                    .collect();
+                self.broker.apply_peer_interest(link, None, added, removed);
+            }
+            pb::peer_frame::Msg::Forward(forward) => {
+                let Some(event) = forward.event.and_then(transport::event_from_pb) else {
+                    tracing::warn!(peer = %link.name, "peer forwarded a malformed event; ignored");
+                    return Ok(());
+                };
+                link.stats.events_received.fetch_add(1, Ordering::Relaxed);
+                let groups: Vec<_> = forward
+                    .groups
+                    .into_iter()
+                    .map(transport::interest_from_pb)
+                    .collect();
+                self.broker.deliver_forwarded(
+                    &Arc::new(event),
+                    forward.plain,
+                    &groups,
+                    forward.redelivered,
+                );
+            }
+            pb::peer_frame::Msg::Leaving(leaving) => {
+                tracing::info!(peer = %link.name, "peer is leaving the cluster");
+                self.gossip
+                    .view
+                    .write()
+                    .mark_left(&link.name, leaving.generation);
+                link.close();
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves gracefully: tells every peer at once, then leaves the gossip cluster, then
+    /// closes the mesh.
+    pub async fn leave(&self) {
+        let generation = self
+            .gossip
+            .view
+            .read()
+            .myself()
+            .map_or(self.id.generation, |me| me.generation);
+        for link in self.links() {
+            link.send_control(PeerMessage::Leaving { generation });
+        }
+        self.gossip.leave().await;
+        self.stop.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"leaving");
+    }
+
+    /// Stops without telling anyone, as a crash would (for tests of failure detection).
+    pub fn halt(&self) {
+        self.stop.cancel();
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"halt");
+    }
+}

@@ -1,0 +1,364 @@
+//! The QUIC mesh between nodes (`quinn`), authenticated both ways with mutual TLS.
+//!
+//! One connection per pair of nodes: the node whose name sorts first dials, the other
+//! accepts. On it each side opens one unidirectional stream and writes length-prefixed
+//! protobuf `PeerFrame`s, starting with a `Hello` naming itself, which the receiver checks
+//! against the peer's verified certificate. One stream per direction keeps every event a
+//! node forwards to a peer in the order it was queued, so per-topic order survives the hop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use murmur_proto::cluster::v1 as pb;
+use prost::Message;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use thiserror::Error;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+use super::link::{Interest, LinkQueues, PeerMessage};
+use super::security::{NodeIdentity, SecurityError, certificate_names};
+use crate::event::{Event, Payload};
+
+/// Largest inter-node frame: a forwarded event carries at most one client frame's payload.
+const MAX_PEER_FRAME: usize = 64 * 1024 * 1024;
+/// Frames written per flush, at most.
+const WRITE_BATCH: usize = 128;
+/// How long the handshake (connect, hello both ways) may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+pub enum TransportError {
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    #[error("QUIC TLS setup: {0}")]
+    QuicTls(String),
+    #[error("cannot bind QUIC on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer closed the stream before saying hello")]
+    NoHello,
+    #[error("peer frame: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("peer speaks inter-node protocol version {0}, this node speaks {v}", v = pb::VERSION)]
+    Version(u32),
+    #[error("peer's first frame was not a hello")]
+    NotHello,
+    #[error("peer says it is `{claimed}` but its certificate does not name it")]
+    WrongIdentity { claimed: String },
+    #[error("expected peer `{expected}`, reached `{found}`")]
+    UnexpectedPeer { expected: String, found: String },
+    #[error("handshake timed out")]
+    Timeout,
+}
+
+/// Binds the node's QUIC endpoint, which both accepts and dials.
+pub fn bind(addr: SocketAddr, identity: &NodeIdentity) -> Result<quinn::Endpoint, TransportError> {
+    let server_tls = QuicServerConfig::try_from(identity.server_config()?)
+        .map_err(|e| TransportError::QuicTls(e.to_string()))?;
+    let client_tls = QuicClientConfig::try_from(identity.client_config()?)
+        .map_err(|e| TransportError::QuicTls(e.to_string()))?;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .max_idle_timeout(Some(quinn::VarInt::from_u32(10_000).into()))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(8))
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(0));
+    let transport = Arc::new(transport);
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
+    server.transport_config(transport.clone());
+    let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
+    client.transport_config(transport);
+    let mut endpoint = quinn::Endpoint::server(server, addr)
+        .map_err(|source| TransportError::Bind { addr, source })?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// A connection whose peer has said who it is, with one stream each way.
+pub struct Established {
+    pub connection: quinn::Connection,
+    pub peer: pb::Hello,
+    pub writer: FramedWrite<quinn::SendStream, LengthDelimitedCodec>,
+    pub reader: FramedRead<quinn::RecvStream, LengthDelimitedCodec>,
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_PEER_FRAME)
+        .new_codec()
+}
+
+fn frame(msg: pb::peer_frame::Msg) -> Bytes {
+    Bytes::from(
+        pb::PeerFrame {
+            version: pb::VERSION,
+            msg: Some(msg),
+        }
+        .encode_to_vec(),
+    )
+}
+
+/// Dials `name` at `addr`; TLS checks that the certificate names it.
+pub async fn dial(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    name: &str,
+    me: &pb::Hello,
+) -> Result<Established, TransportError> {
+    let handshake = async {
+        let connection = endpoint.connect(addr, name)?.await?;
+        let mut writer = FramedWrite::new(connection.open_uni().await?, codec());
+        writer
+            .send(frame(pb::peer_frame::Msg::Hello(me.clone())))
+            .await?;
+        // The client learns late that the server refused its certificate: the first stream
+        // operation fails. Waiting for the peer's hello makes "connected" mean "accepted".
+        let mut reader = FramedRead::new(connection.accept_uni().await?, codec());
+        let peer = read_hello(&mut reader).await?;
+        if peer.name != name {
+            return Err(TransportError::UnexpectedPeer {
+                expected: name.to_owned(),
+                found: peer.name,
+            });
+        }
+        Ok(Established {
+            connection,
+            peer,
+            writer,
+            reader,
+        })
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| TransportError::Timeout)?
+}
+
+/// Completes an incoming connection: TLS already required a cluster certificate; the hello
+/// must name the node that certificate was issued to.
+pub async fn accept(
+    incoming: quinn::Incoming,
+    me: &pb::Hello,
+) -> Result<Established, TransportError> {
+    let handshake = async {
+        let connection = incoming.await?;
+        let mut reader = FramedRead::new(connection.accept_uni().await?, codec());
+        let peer = read_hello(&mut reader).await?;
+        let certified = connection
+            .peer_identity()
+            .and_then(|any| {
+                any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|chain| chain.first().map(|c| certificate_names(c, &peer.name)))
+            .unwrap_or(false);
+        if !certified {
+            connection.close(
+                quinn::VarInt::from_u32(1),
+                b"certificate does not name the hello",
+            );
+            return Err(TransportError::WrongIdentity { claimed: peer.name });
+        }
+        let mut writer = FramedWrite::new(connection.open_uni().await?, codec());
+        writer
+            .send(frame(pb::peer_frame::Msg::Hello(me.clone())))
+            .await?;
+        Ok(Established {
+            connection,
+            peer,
+            writer,
+            reader,
+        })
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| TransportError::Timeout)?
+}
+
+async fn read_hello(
+    reader: &mut FramedRead<quinn::RecvStream, LengthDelimitedCodec>,
+) -> Result<pb::Hello, TransportError> {
+    let bytes = reader.next().await.ok_or(TransportError::NoHello)??;
+    match decode(bytes.freeze())? {
+        pb::peer_frame::Msg::Hello(hello) => Ok(hello),
+        _ => Err(TransportError::NotHello),
+    }
+}
+
+/// Decodes one frame and checks its version.
+pub fn decode(bytes: Bytes) -> Result<pb::peer_frame::Msg, TransportError> {
+    let frame = pb::PeerFrame::decode(bytes)?;
+    if frame.version != pb::VERSION {
+        return Err(TransportError::Version(frame.version));
+    }
+    frame.msg.ok_or(TransportError::NotHello)
+}
+
+/// Writes what the link's queues hold, control messages first, until both queues close or
+/// the stream fails.
+pub async fn write_loop(
+    mut writer: FramedWrite<quinn::SendStream, LengthDelimitedCodec>,
+    mut queues: LinkQueues,
+) -> Result<(), TransportError> {
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(m) = queues.control.recv() => m,
+            Some(m) = queues.events.recv() => m,
+            else => return Ok(()),
+        };
+        writer.feed(encode(&first)).await?;
+        let mut written = 1;
+        while written < WRITE_BATCH {
+            let next = match queues.control.try_recv() {
+                Ok(m) => m,
+                Err(_) => match queues.events.try_recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
+            writer.feed(encode(&next)).await?;
+            written += 1;
+        }
+        SinkExt::<Bytes>::flush(&mut writer).await?;
+    }
+}
+
+fn interest_pb(i: &Interest) -> pb::Interest {
+    pb::Interest {
+        pattern: i.pattern.to_string(),
+        group: i.group.as_deref().map(str::to_owned),
+    }
+}
+
+pub fn interest_from_pb(i: pb::Interest) -> Interest {
+    Interest {
+        pattern: i.pattern.into(),
+        group: i.group.filter(|g| !g.is_empty()).map(Into::into),
+    }
+}
+
+fn encode(message: &PeerMessage) -> Bytes {
+    let msg = match message {
+        PeerMessage::Snapshot(all) => pb::peer_frame::Msg::Snapshot(pb::InterestSnapshot {
+            interests: all.iter().map(interest_pb).collect(),
+        }),
+        PeerMessage::Delta { added, removed } => pb::peer_frame::Msg::Delta(pb::InterestDelta {
+            added: added.iter().map(interest_pb).collect(),
+            removed: removed.iter().map(interest_pb).collect(),
+        }),
+        PeerMessage::Forward {
+            event,
+            plain,
+            groups,
+            redelivered,
+        } => pb::peer_frame::Msg::Forward(pb::Forward {
+            event: Some(event_pb(event)),
+            plain: *plain,
+            groups: groups.iter().map(interest_pb).collect(),
+            redelivered: *redelivered,
+        }),
+        PeerMessage::Leaving { generation } => pb::peer_frame::Msg::Leaving(pb::Leaving {
+            generation: *generation,
+        }),
+    };
+    frame(msg)
+}
+
+fn event_pb(event: &Event) -> pb::Event {
+    let (data, encoding) = match &event.payload {
+        Payload::Json(b) => (b.clone(), pb::Encoding::Json),
+        Payload::Binary(b) => (b.clone(), pb::Encoding::Binary),
+    };
+    pb::Event {
+        topic: event.topic.to_string(),
+        epoch: event.epoch.to_string(),
+        seq: event.seq,
+        ts: event.ts,
+        data,
+        encoding: encoding as i32,
+    }
+}
+
+/// Rebuilds an event a peer forwarded; `None` if it is malformed.
+pub fn event_from_pb(event: pb::Event) -> Option<Event> {
+    let payload = match pb::Encoding::try_from(event.encoding).ok()? {
+        pb::Encoding::Json => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&event.data).ok()?;
+            Payload::Json(event.data)
+        }
+        pb::Encoding::Binary => Payload::Binary(event.data),
+    };
+    if crate::routing::topic::validate_publish_topic(&event.topic, MAX_PEER_FRAME).is_err() {
+        return None;
+    }
+    Some(Event::new(
+        event.topic.into(),
+        event.epoch.into(),
+        event.seq,
+        event.ts,
+        payload,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let event = Arc::new(Event::new(
+            "a.b".into(),
+            "e".into(),
+            4,
+            9,
+            Payload::Json(Bytes::from_static(b"{\"x\":1}")),
+        ));
+        let message = PeerMessage::Forward {
+            event,
+            plain: true,
+            groups: vec![Interest {
+                pattern: "a.*".into(),
+                group: Some("g".into()),
+            }],
+            redelivered: false,
+        };
+        let Ok(pb::peer_frame::Msg::Forward(forward)) = decode(encode(&message)) else {
+            panic!("not a forward");
+        };
+        assert!(forward.plain);
+        assert_eq!(forward.groups[0].group.as_deref(), Some("g"));
+        let back = event_from_pb(forward.event.unwrap()).unwrap();
+        assert_eq!((&*back.topic, back.seq, back.ts), ("a.b", 4, 9));
+
+        let future = pb::PeerFrame {
+            version: 99,
+            msg: Some(pb::peer_frame::Msg::Leaving(pb::Leaving { generation: 1 })),
+        };
+        assert!(matches!(
+            decode(Bytes::from(future.encode_to_vec())),
+            Err(TransportError::Version(99))
+        ));
+        assert!(decode(Bytes::from_static(&[0xff, 0xff])).is_err());
+        let bad_topic = pb::Event {
+            topic: "a.*".into(),
+            ..Default::default()
+        };
+        assert!(
+            event_from_pb(bad_topic).is_none(),
+            "wildcard topics are refused"
+        );
+    }
+}
