@@ -215,6 +215,11 @@ impl Broker {
         self.index.read().len()
     }
 
+    /// Interests peers have announced (one per peer, pattern and group).
+    pub fn peer_interests(&self) -> usize {
+        self.remote.read().len()
+    }
+
     /// Adds a subscription; its pattern must already be validated.
     pub fn subscribe(&self, subscription: Arc<Subscription>) {
         let group = subscription.group.clone();

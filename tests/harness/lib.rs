@@ -20,6 +20,13 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts a node on 127.0.0.1 with a free port; `tweak` adjusts the settings first.
 pub async fn start_node(tweak: impl FnOnce(&mut Settings)) -> RunningNode {
+    // MURMUR_TEST_LOG=murmur=debug shows the nodes' logs in failing tests.
+    if let Ok(filter) = std::env::var("MURMUR_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let mut settings = Settings {
         name: "test-node".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -29,6 +36,88 @@ pub async fn start_node(tweak: impl FnOnce(&mut Settings)) -> RunningNode {
     };
     tweak(&mut settings);
     RunningNode::start(settings).await.expect("node starts")
+}
+
+/// A cluster key for tests (any 16+ characters).
+pub const TEST_CLUSTER_KEY: &str = "test-cluster-key-0123456789";
+
+/// The gossip address a node advertises, for use as a seed.
+pub fn gossip_addr(node: &RunningNode) -> String {
+    let view = node.state().cluster.gossip.view.read();
+    view.myself()
+        .expect("a node knows itself")
+        .gossip
+        .to_string()
+}
+
+/// Names of the members `node` sees in `state` ("alive", "down", "left", "suspect").
+pub fn members_in_state(node: &RunningNode, state: &str) -> Vec<String> {
+    node.state()
+        .cluster
+        .members()
+        .into_iter()
+        .filter(|m| serde_json::to_value(m.state).ok() == Some(json!(state)))
+        .map(|m| m.name)
+        .collect()
+}
+
+/// Names of the peers `node` has a live link to.
+pub fn linked_peers(node: &RunningNode) -> Vec<String> {
+    let mut names: Vec<String> = node
+        .state()
+        .cluster
+        .links()
+        .iter()
+        .map(|l| l.name.to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Polls `condition` every 20 ms until it holds; fails after `limit`.
+pub async fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts `n` nodes named node-0.. that join through node-0, and waits for a full mesh:
+/// every node sees every other alive and holds a link to it.
+pub async fn start_cluster(n: usize, tweak: impl Fn(usize, &mut Settings)) -> Vec<RunningNode> {
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    for i in 0..n {
+        let seeds = nodes.first().map(gossip_addr).into_iter().collect();
+        let node = start_node(|s| {
+            s.name = format!("node-{i}");
+            s.seeds = seeds;
+            s.cluster_key = Some(murmur::config::Secret(TEST_CLUSTER_KEY.into()));
+            tweak(i, s);
+        })
+        .await;
+        nodes.push(node);
+    }
+    wait_for_mesh(&nodes).await;
+    nodes
+}
+
+/// Waits until every node sees all of `nodes` alive and is linked to all the others.
+pub async fn wait_for_mesh(nodes: &[RunningNode]) {
+    let n = nodes.len();
+    wait_until(
+        "the cluster is a full mesh",
+        Duration::from_secs(20),
+        || {
+            nodes.iter().all(|node| {
+                members_in_state(node, "alive").len() == n && linked_peers(node).len() == n - 1
+            })
+        },
+    )
+    .await;
 }
 
 pub fn ws_url(node: &RunningNode) -> String {

@@ -41,6 +41,8 @@ pub enum PeerMessage {
     },
     Leaving {
         generation: u64,
+        /// Told once the frame has been handed to QUIC.
+        sent: Option<tokio::sync::oneshot::Sender<()>>,
     },
 }
 

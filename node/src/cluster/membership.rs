@@ -141,10 +141,11 @@ impl MembershipView {
             .members
             .values()
             .map(|(id, state)| {
+                // A node that said goodbye over the mesh has left, whatever gossip says yet.
                 let state = match state {
+                    _ if self.has_left(id) => MemberState::Left,
                     foca::State::Alive => MemberState::Alive,
                     foca::State::Suspect => MemberState::Suspect,
-                    foca::State::Down if self.has_left(id) => MemberState::Left,
                     foca::State::Down => MemberState::Down,
                 };
                 info(id, state)
@@ -161,7 +162,9 @@ impl MembershipView {
     pub fn live_peers(&self) -> Vec<&NodeId> {
         self.members
             .values()
-            .filter(|(_, s)| matches!(s, foca::State::Alive | foca::State::Suspect))
+            .filter(|(id, s)| {
+                matches!(s, foca::State::Alive | foca::State::Suspect) && !self.has_left(id)
+            })
             .map(|(id, _)| id)
             .collect()
     }

@@ -56,6 +56,15 @@ pub struct Cluster {
     peer_queue: usize,
     stop: CancellationToken,
     tasks: TaskTracker,
+    pub stats: ClusterStats,
+}
+
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Peer connections that failed their handshake, either way (TLS, identity, version).
+    pub connections_refused: std::sync::atomic::AtomicU64,
+    /// Peer links established, either way.
+    pub links_established: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -97,6 +106,7 @@ impl Cluster {
             peer_queue: setup.peer_queue,
             stop,
             tasks: TaskTracker::new(),
+            stats: ClusterStats::default(),
         });
         cluster.tasks.spawn(cluster.clone().member_events(events));
         cluster.tasks.spawn(cluster.clone().accept_loop());
@@ -203,6 +213,9 @@ impl Cluster {
                     self.clone().run_link(established).await;
                 }
                 Err(err) => {
+                    self.stats
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
                     failures += 1;
                     if failures == 1 || failures.is_power_of_two() {
                         tracing::warn!(peer = %peer.name, addr = %peer.quic, %err, failures, "cannot connect to peer");
@@ -234,6 +247,10 @@ impl Cluster {
                 match transport::accept(incoming, &hello).await {
                     Ok(established) => cluster.run_link(established).await,
                     Err(err) => {
+                        cluster
+                            .stats
+                            .connections_refused
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%remote, %err, "refused a peer connection");
                     }
                 }
@@ -260,12 +277,18 @@ impl Cluster {
         if let Some(old) = replaced {
             self.broker.detach_peer(&old);
         }
+        self.stats.links_established.fetch_add(1, Ordering::Relaxed);
         tracing::info!(peer = %peer.name, remote = %connection.remote_address(), "peer link up");
         self.broker.attach_peer(&link);
         let writer = tokio::spawn(transport::write_loop(writer, queues));
         let ended = loop {
             tokio::select! {
-                () = link.closed() => break "closed".to_owned(),
+                () = link.closed() => {
+                    // Closed because gossip reported the peer down: its goodbye may be in
+                    // flight just behind, and tells a departure from a crash.
+                    self.read_goodbye(&link, &mut reader).await;
+                    break "closed".to_owned();
+                }
                 () = self.stop.cancelled() => break "node stopping".to_owned(),
                 frame = reader.next() => match frame {
                     None => break "peer closed the stream".to_owned(),
@@ -288,6 +311,29 @@ impl Cluster {
             entry.link.take_if(|l| Arc::ptr_eq(l, &link));
         }
         tracing::info!(peer = %peer.name, reason = %ended, "peer link down");
+    }
+
+    async fn read_goodbye(
+        &self,
+        link: &Arc<PeerLink>,
+        reader: &mut tokio_util::codec::FramedRead<
+            quinn::RecvStream,
+            tokio_util::codec::LengthDelimitedCodec,
+        >,
+    ) {
+        let wait = async {
+            while let Some(Ok(bytes)) = reader.next().await {
+                if let Ok(pb::peer_frame::Msg::Leaving(leaving)) = transport::decode(bytes.freeze())
+                {
+                    self.gossip
+                        .view
+                        .write()
+                        .mark_left(&link.name, leaving.generation);
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(300), wait).await;
     }
 
     fn on_frame(
@@ -358,9 +404,23 @@ impl Cluster {
             .read()
             .myself()
             .map_or(self.id.generation, |me| me.generation);
+        let mut sent = Vec::new();
         for link in self.links() {
-            link.send_control(PeerMessage::Leaving { generation });
+            let (done, wait) = tokio::sync::oneshot::channel();
+            link.send_control(PeerMessage::Leaving {
+                generation,
+                sent: Some(done),
+            });
+            sent.push(wait);
         }
+        // Peers should hear it over the mesh before gossip reports this node down, so they
+        // can tell a departure from a failure.
+        let _ = tokio::time::timeout(
+            Duration::from_millis(500),
+            futures_util::future::join_all(sent),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
         self.gossip.leave().await;
         self.stop.cancel();
         self.tasks.close();

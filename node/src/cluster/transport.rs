@@ -217,20 +217,29 @@ pub async fn write_loop(
             Some(m) = queues.events.recv() => m,
             else => return Ok(()),
         };
-        writer.feed(encode(&first)).await?;
-        let mut written = 1;
-        while written < WRITE_BATCH {
-            let next = match queues.control.try_recv() {
-                Ok(m) => m,
-                Err(_) => match queues.events.try_recv() {
-                    Ok(m) => m,
-                    Err(_) => break,
-                },
-            };
-            writer.feed(encode(&next)).await?;
+        let mut sent_signals = Vec::new();
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(mut message) = next.take() {
+            writer.feed(encode(&message)).await?;
+            if let PeerMessage::Leaving { sent, .. } = &mut message
+                && let Some(signal) = sent.take()
+            {
+                sent_signals.push(signal);
+            }
             written += 1;
+            if written < WRITE_BATCH {
+                next = queues
+                    .control
+                    .try_recv()
+                    .or_else(|_| queues.events.try_recv())
+                    .ok();
+            }
         }
         SinkExt::<Bytes>::flush(&mut writer).await?;
+        for signal in sent_signals {
+            let _ = signal.send(());
+        }
     }
 }
 
@@ -268,7 +277,7 @@ fn encode(message: &PeerMessage) -> Bytes {
             groups: groups.iter().map(interest_pb).collect(),
             redelivered: *redelivered,
         }),
-        PeerMessage::Leaving { generation } => pb::peer_frame::Msg::Leaving(pb::Leaving {
+        PeerMessage::Leaving { generation, .. } => pb::peer_frame::Msg::Leaving(pb::Leaving {
             generation: *generation,
         }),
     };
