@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: help build run test lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status test lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -12,6 +12,15 @@ build: ## Build everything (release binary at target/release/murmur)
 
 run: ## Start one node on 127.0.0.1:7400 (WebSocket at ws://127.0.0.1:7400/ws); ARGS="--help" for settings
 	$(CARGO) run --release -p murmur -- serve $(ARGS)
+
+cluster: ## Start three local nodes n1..n3 (WebSocket on 7400, 7410, 7420); see deploy/local-cluster.sh
+	deploy/local-cluster.sh start
+
+cluster-stop: ## Stop the local cluster (graceful leave)
+	deploy/local-cluster.sh stop
+
+cluster-status: ## Show the local cluster's members
+	deploy/local-cluster.sh status
 
 test: ## Run the whole test suite (unit, integration, CLI)
 	$(CARGO) nextest run --workspace --all-targets $(NEXTEST_ARGS)
