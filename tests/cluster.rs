@@ -374,3 +374,21 @@ async fn a_node_with_a_certificate_from_another_ca_is_refused_on_the_mesh() -> T
     std::fs::remove_dir_all(dir)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_may_be_dns_names() -> TestResult {
+    let first = start_node(|s| {
+        s.name = "dns-a".into();
+        s.cluster_key = Some(murmur::config::Secret(TEST_CLUSTER_KEY.into()));
+    })
+    .await;
+    let port = gossip_addr(&first).rsplit(':').next().unwrap().to_owned();
+    let second = start_node(|s| {
+        s.name = "dns-b".into();
+        s.seeds = vec![format!("localhost:{port}")];
+        s.cluster_key = Some(murmur::config::Secret(TEST_CLUSTER_KEY.into()));
+    })
+    .await;
+    wait_for_mesh(&[first, second]).await;
+    Ok(())
+}

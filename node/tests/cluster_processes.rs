@@ -19,11 +19,17 @@ struct Node {
 }
 
 fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 impl Node {
@@ -55,7 +61,13 @@ impl Node {
 
     fn signal(&self, signal: &str) {
         let pid = self.child.as_ref().expect("running").id().to_string();
-        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
     }
 
     fn kill(&mut self) {
@@ -67,9 +79,14 @@ impl Node {
 
     /// `name → state` as this node reports it, or None if it does not answer.
     fn states(&self) -> Option<Vec<(String, String)>> {
-        let mut stream = TcpStream::connect_timeout(&self.listen, Duration::from_millis(500)).ok()?;
+        let mut stream =
+            TcpStream::connect_timeout(&self.listen, Duration::from_millis(500)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(stream, "GET /v1/cluster HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        write!(
+            stream,
+            "GET /v1/cluster HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         let body = response.split_once("\r\n\r\n")?.1;
@@ -78,7 +95,12 @@ impl Node {
             view["members"]
                 .as_array()?
                 .iter()
-                .map(|m| (m["name"].as_str().unwrap_or("").to_owned(), m["state"].as_str().unwrap_or("").to_owned()))
+                .map(|m| {
+                    (
+                        m["name"].as_str().unwrap_or("").to_owned(),
+                        m["state"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
                 .collect(),
         )
     }
@@ -101,7 +123,10 @@ impl Drop for Node {
 fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
     while !condition() {
-        assert!(started.elapsed() < limit, "timed out after {limit:?} waiting until {what}");
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting until {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     started.elapsed()
@@ -110,8 +135,11 @@ fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) 
 fn all_alive(nodes: &[Node]) -> bool {
     nodes.iter().all(|observer| {
         observer.states().is_some_and(|states| {
-            nodes.iter().all(|n| states.iter().any(|(name, st)| name == &n.name && st == "alive"))
-                && states.iter().filter(|(_, st)| st == "alive").count() == nodes.len()
+            nodes.iter().all(|n| {
+                states
+                    .iter()
+                    .any(|(name, st)| name == &n.name && st == "alive")
+            }) && states.iter().filter(|(_, st)| st == "alive").count() == nodes.len()
         })
     })
 }
@@ -123,7 +151,11 @@ fn crash_restart_and_pause_of_real_processes() {
     for node in &mut nodes {
         node.start(seed);
     }
-    let formed = wait_until("three processes form a cluster", Duration::from_secs(20), || all_alive(&nodes));
+    let formed = wait_until(
+        "three processes form a cluster",
+        Duration::from_secs(20),
+        || all_alive(&nodes),
+    );
 
     // kill -9: the others must mark it down through failure detection.
     nodes[2].kill();
@@ -133,14 +165,24 @@ fn crash_restart_and_pause_of_real_processes() {
 
     // Restart on the same addresses: a new generation that everyone accepts.
     nodes[2].start(seed);
-    let rejoined = wait_until("the restarted p3 is back in the mesh", Duration::from_secs(15), || all_alive(&nodes));
+    let rejoined = wait_until(
+        "the restarted p3 is back in the mesh",
+        Duration::from_secs(15),
+        || all_alive(&nodes),
+    );
 
     // A pause longer than failure detection: p2 and the others declare each other down;
     // after SIGCONT both sides must find each other again by themselves.
     nodes[1].signal("-STOP");
-    wait_until("p1 sees paused p2 down", Duration::from_secs(15), || nodes[0].sees("p2", "down"));
+    wait_until("p1 sees paused p2 down", Duration::from_secs(15), || {
+        nodes[0].sees("p2", "down")
+    });
     nodes[1].signal("-CONT");
-    let healed = wait_until("the cluster reconverges after the pause", Duration::from_secs(20), || all_alive(&nodes));
+    let healed = wait_until(
+        "the cluster reconverges after the pause",
+        Duration::from_secs(20),
+        || all_alive(&nodes),
+    );
 
     eprintln!(
         "formed {formed:?}; kill -9 detected by all after {detected:?}; restart meshed after {rejoined:?}; \
