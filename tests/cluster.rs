@@ -392,3 +392,34 @@ async fn seeds_may_be_dns_names() -> TestResult {
     wait_for_mesh(&[first, second]).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_link_is_redialled_and_interest_rebuilt() -> TestResult {
+    let nodes = start_cluster(2, |_, _| {}).await;
+    let (mut subscriber, _) = WsClient::connect_json(&nodes[1]).await?;
+    subscriber.sub("s", "news").await?;
+    wait_for_peer_interests(&nodes[0], 1).await;
+    let established = |node: &murmur::RunningNode| {
+        node.state()
+            .cluster
+            .stats
+            .links_established
+            .load(Ordering::Relaxed)
+    };
+    let before = established(&nodes[0]);
+    // Either side may break it: here the accepting side does; the dialing side redials.
+    assert!(nodes[1].state().cluster.reset_link("node-0"));
+    wait_until(
+        "node-0 has redialled node-1",
+        Duration::from_secs(10),
+        || established(&nodes[0]) > before && linked_peers(&nodes[0]) == ["node-1"],
+    )
+    .await;
+    wait_for_peer_interests(&nodes[0], 1).await;
+    let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
+    publisher
+        .publish("news", json!("after the reconnect"), "p")
+        .await?;
+    assert_eq!(subscriber.recv_json().await?["data"], "after the reconnect");
+    Ok(())
+}

@@ -259,3 +259,52 @@ fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output 
     }
     child.wait_with_output().unwrap()
 }
+
+#[test]
+fn cert_commands_make_a_pki_a_node_can_run_on() {
+    let dir = std::env::temp_dir().join(format!("murmur-cert-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.to_str().unwrap();
+    let ca = murmur(&["cert", "ca", "--out", out]);
+    assert!(ca.status.success(), "{ca:?}");
+    let ca_pem = dir.join("ca.pem");
+    let ca_key = dir.join("ca.key");
+    let node = murmur(&[
+        "cert",
+        "node",
+        "cli-test",
+        "--ca",
+        ca_pem.to_str().unwrap(),
+        "--ca-key",
+        ca_key.to_str().unwrap(),
+        "--out",
+        out,
+    ]);
+    assert!(node.status.success(), "{node:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("cli-test.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "private keys are not readable by others");
+
+    let server = Server::start(&[
+        "--cluster-key",
+        "cli-test-cluster-key",
+        "--tls-ca",
+        ca_pem.to_str().unwrap(),
+        "--tls-cert",
+        dir.join("cli-test.pem").to_str().unwrap(),
+        "--tls-key",
+        dir.join("cli-test.key").to_str().unwrap(),
+    ]);
+    let members = murmur(&["members", "--url", &format!("http://{}", server.addr)]);
+    assert!(members.status.success(), "{members:?}");
+    let table = String::from_utf8(members.stdout).unwrap();
+    assert!(
+        table.contains("cli-test *") && table.contains("alive"),
+        "{table}"
+    );
+    drop(server);
+    std::fs::remove_dir_all(dir).unwrap();
+}

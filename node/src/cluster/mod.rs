@@ -428,6 +428,13 @@ impl Cluster {
         self.endpoint.close(quinn::VarInt::from_u32(0), b"leaving");
     }
 
+    /// Closes the link to `peer` (if any); the dialing side reconnects and both sides send
+    /// their interest afresh. Returns whether there was a link.
+    pub fn reset_link(&self, peer: &str) -> bool {
+        let link = self.peers.lock().get(peer).and_then(|p| p.link.clone());
+        link.inspect(|l| l.close()).is_some()
+    }
+
     /// Stops without telling anyone, as a crash would (for tests of failure detection).
     pub fn halt(&self) {
         self.stop.cancel();
