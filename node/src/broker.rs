@@ -28,7 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::link::{Interest, PeerLink, PeerMessage};
 use crate::event::{Delivery, Event, Payload};
+use crate::protocol::{Cursor, ResumeFrom};
+use crate::routing::history::{Gap, HistoryStore, Replay, Retention, reason};
 use crate::routing::topic::validate_pattern;
+use crate::routing::topic::{is_wildcard, pattern_matches};
 use crate::routing::{Match, QueueGroup, SubscriptionIndex, TopicSequences};
 
 /// Sequence shards: enough that publishes of different topics rarely wait on each other.
@@ -105,6 +108,29 @@ pub struct Subscription {
     pub pattern: Arc<str>,
     pub group: Option<Arc<str>>,
     pub outbox: Arc<Outbox>,
+    /// Cleared by `unsub`: events already queued for it are then not sent.
+    active: std::sync::atomic::AtomicBool,
+}
+
+impl Subscription {
+    pub fn new(
+        id: Arc<str>,
+        pattern: Arc<str>,
+        group: Option<Arc<str>>,
+        outbox: Arc<Outbox>,
+    ) -> Self {
+        Self {
+            id,
+            pattern,
+            group,
+            outbox,
+            active: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -163,7 +189,7 @@ pub struct Broker {
     index: RwLock<SubscriptionIndex<Subscriber>>,
     remote: RwLock<SubscriptionIndex<RemoteInterest>>,
     interest: Mutex<InterestTable>,
-    sequences: Box<[Mutex<TopicSequences>]>,
+    shards: Box<[Mutex<TopicShard>]>,
     shard_hasher: foldhash::fast::RandomState,
     epoch: Arc<str>,
     next_delivery: AtomicU64,
@@ -171,6 +197,19 @@ pub struct Broker {
     group_turn: AtomicUsize,
     pub stats: BrokerStats,
 }
+
+/// The topics whose names hash to one shard: their sequence counters and history. A
+/// publish holds its shard's lock from sequencing until the event is queued everywhere.
+#[derive(Debug)]
+struct TopicShard {
+    sequences: TopicSequences,
+    history: HistoryStore,
+}
+
+/// A `from` that does not fit the subscription.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ResumeError(pub &'static str);
 
 type Forwards = Vec<(Arc<PeerLink>, bool, Vec<Interest>)>;
 
@@ -189,14 +228,19 @@ fn forward_entry<'f>(
 }
 
 impl Broker {
-    /// A broker whose events are numbered in `epoch`.
-    pub fn new(epoch: impl Into<Arc<str>>) -> Self {
+    /// A broker whose events are numbered in `epoch` and kept as `retention` says.
+    pub fn new(epoch: impl Into<Arc<str>>, retention: Retention) -> Self {
         Self {
             index: RwLock::new(SubscriptionIndex::new()),
             remote: RwLock::new(SubscriptionIndex::new()),
             interest: Mutex::new(InterestTable::default()),
-            sequences: (0..SEQUENCE_SHARDS)
-                .map(|_| Mutex::new(TopicSequences::new()))
+            shards: (0..SEQUENCE_SHARDS)
+                .map(|_| {
+                    Mutex::new(TopicShard {
+                        sequences: TopicSequences::new(),
+                        history: HistoryStore::new(retention.clone()),
+                    })
+                })
                 .collect(),
             shard_hasher: foldhash::fast::RandomState::default(),
             epoch: epoch.into(),
@@ -231,6 +275,7 @@ impl Broker {
     }
 
     pub fn unsubscribe(&self, subscription: &Arc<Subscription>) -> bool {
+        subscription.active.store(false, Ordering::Release);
         let removed = self.index.write().remove(
             &subscription.pattern,
             subscription.group.as_deref(),
@@ -357,24 +402,136 @@ impl Broker {
     /// Sequences `payload` on `topic` (a validated publish topic) and queues it to every
     /// matching subscription and to one member of every matching queue group.
     pub fn publish(&self, topic: &str, payload: Payload) -> Receipt {
-        let shard = self.shard_hasher.hash_one(topic) as usize % self.sequences.len();
-        let mut sequences = self.sequences[shard].lock();
-        let (topic, seq) = sequences.next(topic);
-        let event = Arc::new(Event::new(
-            topic,
-            self.epoch.clone(),
-            seq,
-            now_ms(),
-            payload,
-        ));
+        let mut shard = self.shard(topic).lock();
+        let (topic, seq) = shard.sequences.next(topic);
+        let now = now_ms();
+        let event = Arc::new(Event::new(topic, self.epoch.clone(), seq, now, payload));
+        shard.history.append(event.clone(), now);
         self.stats.events_published.fetch_add(1, Ordering::Relaxed);
         let deliveries = self.fan_out(&event);
-        drop(sequences);
+        drop(shard);
         Receipt {
             epoch: self.epoch.clone(),
             seq,
             deliveries,
         }
+    }
+
+    fn shard(&self, topic: &str) -> &Mutex<TopicShard> {
+        &self.shards[self.shard_hasher.hash_one(topic) as usize % self.shards.len()]
+    }
+
+    /// What a subscription on `pattern` resuming `from` missed: per topic, gaps then events.
+    ///
+    /// Call it after the subscription is registered: an event published in between is then
+    /// both replayed and queued live, and the caller drops the live copy by its sequence
+    /// number — nothing falls between the two.
+    pub fn replay(&self, pattern: &str, from: &ResumeFrom) -> Result<Vec<Replay>, ResumeError> {
+        let wildcard = is_wildcard(pattern);
+        match from {
+            ResumeFrom::Latest => Ok(Vec::new()),
+            ResumeFrom::Cursor(_) if wildcard => Err(ResumeError(
+                "a wildcard subscription resumes with {\"topics\": {...}, \"since\": ts}, not one cursor",
+            )),
+            ResumeFrom::Cursor(cursor) => Ok(vec![self.replay_after(pattern, cursor)]),
+            ResumeFrom::Earliest if !wildcard => {
+                Ok(vec![self.shard(pattern).lock().history.earliest(pattern)])
+            }
+            ResumeFrom::Topics { topics, since } if !wildcard => {
+                Ok(vec![match topics.get(pattern) {
+                    Some(cursor) => self.replay_after(pattern, cursor),
+                    None => self.shard(pattern).lock().history.since(pattern, *since),
+                }])
+            }
+            ResumeFrom::Earliest | ResumeFrom::Topics { .. } => {
+                let mut replays = Vec::new();
+                for shard in self.shards.iter() {
+                    let shard = shard.lock();
+                    let matching: Vec<Arc<str>> = shard
+                        .history
+                        .topic_names()
+                        .filter(|t| pattern_matches(pattern, t))
+                        .cloned()
+                        .collect();
+                    for topic in matching {
+                        let replay = match from {
+                            ResumeFrom::Topics { topics, since } => match topics.get(&*topic) {
+                                Some(cursor) => self.after_in(&shard, &topic, cursor),
+                                None => shard.history.since(&topic, *since),
+                            },
+                            _ => shard.history.earliest(&topic),
+                        };
+                        replays.push(replay);
+                    }
+                }
+                // Cursors of topics that have no history left.
+                if let ResumeFrom::Topics { topics, .. } = from {
+                    for (topic, cursor) in topics {
+                        let shard = self.shard(topic).lock();
+                        if pattern_matches(pattern, topic)
+                            && !shard.history.topic_names().any(|t| &**t == topic)
+                        {
+                            replays.push(self.after_in(&shard, topic, cursor));
+                        }
+                    }
+                }
+                Ok(replays)
+            }
+        }
+    }
+
+    fn replay_after(&self, topic: &str, cursor: &Cursor) -> Replay {
+        self.after_in(&self.shard(topic).lock(), topic, cursor)
+    }
+
+    /// Replay after a cursor; when no history is left, the sequence counter still tells
+    /// whether events were missed.
+    fn after_in(&self, shard: &TopicShard, topic: &str, cursor: &Cursor) -> Replay {
+        let replay = shard.history.after(topic, &cursor.epoch, cursor.seq);
+        if !replay.gaps.is_empty() || !replay.events.is_empty() {
+            return replay;
+        }
+        if shard.history.topic_names().any(|t| &**t == topic) {
+            return replay;
+        }
+        let mut replay = Replay::default();
+        if *cursor.epoch == *self.epoch {
+            let last = shard.sequences.last(topic);
+            if last > cursor.seq {
+                replay.gaps.push(Gap {
+                    topic: topic.into(),
+                    epoch: self.epoch.clone(),
+                    from_seq: cursor.seq + 1,
+                    to_seq: last,
+                    reason: reason::RETENTION,
+                });
+            }
+        } else {
+            replay.gaps.push(Gap {
+                topic: topic.into(),
+                epoch: cursor.epoch.as_str().into(),
+                from_seq: cursor.seq + 1,
+                to_seq: 0,
+                reason: reason::EPOCH_CHANGED,
+            });
+        }
+        replay
+    }
+
+    /// Trims every topic's history by age.
+    pub fn expire_history(&self) {
+        let now = now_ms();
+        for shard in self.shards.iter() {
+            shard.lock().history.expire(now);
+        }
+    }
+
+    /// (topics with history, events retained).
+    pub fn history_size(&self) -> (usize, usize) {
+        self.shards.iter().fold((0, 0), |(t, e), shard| {
+            let shard = shard.lock();
+            (t + shard.history.topics(), e + shard.history.events())
+        })
     }
 
     /// Queues `event` to every matching local subscription and peer; returns how many
@@ -392,7 +549,7 @@ impl Broker {
         });
         if remote.is_empty() {
             for group in local_groups {
-                if self.offer_to_group(group, event, false, None) {
+                if self.offer_to_group(group, event, false, None, true) {
                     deliveries += 1;
                 } else {
                     self.stats
@@ -469,7 +626,7 @@ impl Broker {
             let choice = (start + i) % candidates;
             match (local, choice.checked_sub(here)) {
                 (Some(group), None) => {
-                    if self.offer_to_group(group, event, false, None) {
+                    if self.offer_to_group(group, event, false, None, remote_members.is_empty()) {
                         return 1;
                     }
                 }
@@ -513,7 +670,7 @@ impl Broker {
             };
             let placed = index
                 .group(&interest.pattern, name)
-                .is_some_and(|group| self.offer_to_group(group, event, redelivered, None));
+                .is_some_and(|group| self.offer_to_group(group, event, redelivered, None, true));
             if !placed {
                 self.stats
                     .group_deliveries_lost
@@ -535,12 +692,13 @@ impl Broker {
             group: from.group.clone(),
         };
         let index = self.index.read();
+        let remote = self.remote.read();
         let local = index.group(&from.pattern, name);
-        if local.is_some_and(|g| self.offer_to_group(g, event, true, Some(from.outbox.connection)))
-        {
+        let has_remote = remote.group(&from.pattern, name).is_some();
+        let skip = Some(from.outbox.connection);
+        if local.is_some_and(|g| self.offer_to_group(g, event, true, skip, !has_remote)) {
             return true;
         }
-        let remote = self.remote.read();
         if let Some(group) = remote.group(&from.pattern, name) {
             for member in group.round_robin() {
                 let forward = PeerMessage::Forward {
@@ -554,8 +712,9 @@ impl Broker {
                 }
             }
         }
-        // Nobody else: the same member gets another chance, if it is still there.
-        let again = matches!(self.offer_delivery(from, event, true), Offer::Queued);
+        // Nobody else: the same member gets another chance, if it is still subscribed.
+        let again =
+            from.is_active() && matches!(self.offer_delivery(from, event, true), Offer::Queued);
         if !again {
             self.stats
                 .group_deliveries_lost
@@ -572,6 +731,7 @@ impl Broker {
         event: &Arc<Event>,
         redelivered: bool,
         skip_connection: Option<u64>,
+        mark_slow_when_full: bool,
     ) -> bool {
         let mut first_full = None;
         for Subscriber(member) in group.round_robin() {
@@ -586,8 +746,9 @@ impl Broker {
                 Offer::Refused => {}
             }
         }
-        if let Some(member) = first_full {
-            // Every member is behind: the one whose turn it was is the slow consumer.
+        if let Some(member) = first_full.filter(|_| mark_slow_when_full) {
+            // Every member is behind and no other node can take the event: the one whose
+            // turn it was is the slow consumer.
             member.outbox.mark_overflowed();
             tracing::warn!(
                 topic = %event.topic,
@@ -637,12 +798,12 @@ mod tests {
         group: Option<&str>,
         outbox: &Arc<Outbox>,
     ) -> Arc<Subscription> {
-        let sub = Arc::new(Subscription {
-            id: id.into(),
-            pattern: pattern.into(),
-            group: group.map(Into::into),
-            outbox: outbox.clone(),
-        });
+        let sub = Arc::new(Subscription::new(
+            id.into(),
+            pattern.into(),
+            group.map(Into::into),
+            outbox.clone(),
+        ));
         broker.subscribe(sub.clone());
         sub
     }
@@ -666,7 +827,7 @@ mod tests {
 
     #[test]
     fn publish_reaches_matching_subscriptions_in_order() {
-        let broker = Broker::new("e1");
+        let broker = Broker::new("e1", Retention::default());
         let (outbox, mut rx) = Outbox::new(1, 16);
         subscription(&broker, "exact", "a.b", None, &outbox);
         subscription(&broker, "wild", "a.*", None, &outbox);
@@ -685,7 +846,7 @@ mod tests {
 
     #[test]
     fn full_queue_marks_only_that_connection() {
-        let broker = Broker::new("e");
+        let broker = Broker::new("e", Retention::default());
         let (slow, _slow_rx) = Outbox::new(1, 2);
         let (fast, mut fast_rx) = Outbox::new(2, 100);
         subscription(&broker, "s", "t", None, &slow);
@@ -700,7 +861,7 @@ mod tests {
 
     #[test]
     fn queue_group_gets_one_delivery_per_event_and_skips_full_members() {
-        let broker = Broker::new("e");
+        let broker = Broker::new("e", Retention::default());
         let (a, mut a_rx) = Outbox::new(1, 1);
         let (b, mut b_rx) = Outbox::new(2, 100);
         subscription(&broker, "qa", "jobs", Some("w"), &a);
@@ -717,7 +878,7 @@ mod tests {
 
     #[test]
     fn redelivery_prefers_another_member() {
-        let broker = Broker::new("e");
+        let broker = Broker::new("e", Retention::default());
         let (a, mut a_rx) = Outbox::new(1, 100);
         let (b, mut b_rx) = Outbox::new(2, 100);
         let qa = subscription(&broker, "qa", "jobs.*", Some("w"), &a);

@@ -59,8 +59,25 @@ pub struct Settings {
     /// On shutdown, how long to wait for clients to be told and connections to close.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Events kept per topic for resuming subscribers (0 keeps none).
+    pub history_max_events: usize,
+    /// How long events are kept for resuming subscribers.
+    #[serde(with = "humantime_serde")]
+    pub history_max_age: Duration,
+    /// Retention for topics under a prefix; the longest matching prefix wins (file only).
+    pub history_overrides: Vec<HistoryOverride>,
     /// Log filter, in `RUST_LOG` syntax (`info`, `murmur=debug`, …).
     pub log: String,
+}
+
+/// Retention for the topics that start with `prefix`; unset fields keep the defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryOverride {
+    pub prefix: String,
+    pub max_events: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -86,6 +103,9 @@ impl Default for Settings {
             write_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            history_max_events: 1000,
+            history_max_age: Duration::from_secs(600),
+            history_overrides: Vec::new(),
             log: "info".to_owned(),
         }
     }
@@ -138,6 +158,29 @@ pub enum ConfigError {
 }
 
 impl Settings {
+    /// The history retention these settings describe.
+    pub fn retention(&self) -> crate::routing::history::Retention {
+        use crate::routing::history::{Retention, RetentionPolicy};
+        let default = RetentionPolicy {
+            max_events: self.history_max_events,
+            max_age: self.history_max_age,
+        };
+        Retention {
+            default,
+            overrides: self
+                .history_overrides
+                .iter()
+                .map(|o| {
+                    let policy = RetentionPolicy {
+                        max_events: o.max_events.unwrap_or(default.max_events),
+                        max_age: o.max_age.unwrap_or(default.max_age),
+                    };
+                    (o.prefix.clone(), policy)
+                })
+                .collect(),
+        }
+    }
+
     /// Reads a TOML file; keys it leaves out keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -193,6 +236,12 @@ impl Settings {
             return invalid(
                 "idle_timeout",
                 "must be longer than ping_interval, or healthy clients are cut off",
+            );
+        }
+        if self.history_overrides.iter().any(|o| o.prefix.is_empty()) {
+            return invalid(
+                "history_overrides",
+                "every override needs a non-empty prefix",
             );
         }
         if self.write_timeout.is_zero() || self.ack_timeout.is_zero() {
@@ -280,6 +329,12 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, wait this long for clients to be told and to disconnect [default: 10s].
     #[arg(long, env = "MURMUR_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Option<Duration>,
+    /// Events kept per topic so subscribers can resume (0 keeps none) [default: 1000].
+    #[arg(long, env = "MURMUR_HISTORY_MAX_EVENTS", value_name = "N")]
+    pub history_max_events: Option<usize>,
+    /// How long events are kept so subscribers can resume [default: 10m].
+    #[arg(long, env = "MURMUR_HISTORY_MAX_AGE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub history_max_age: Option<Duration>,
     /// Log filter in RUST_LOG syntax, e.g. `info` or `murmur=debug` [default: info].
     #[arg(long, env = "MURMUR_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -314,6 +369,8 @@ impl ServeArgs {
             write_timeout,
             ack_timeout,
             shutdown_grace,
+            history_max_events,
+            history_max_age,
             log
         );
         // Optional settings: a flag sets them, its absence keeps the file's value.
@@ -344,7 +401,8 @@ mod tests {
         let path = dir.join("node.toml");
         std::fs::write(
             &path,
-            "name = \"n1\"\nlisten = \"127.0.0.1:9000\"\nping_interval = \"5s\"\noutbound_queue = 10\n",
+            "name = \"n1\"\nlisten = \"127.0.0.1:9000\"\nping_interval = \"5s\"\noutbound_queue = 10\n\
+             [[history_overrides]]\nprefix = \"chat.\"\nmax_events = 5\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -358,6 +416,13 @@ mod tests {
         assert_eq!(settings.ping_interval, Duration::from_secs(5));
         assert_eq!(settings.outbound_queue, 20, "flags win over the file");
         assert_eq!(settings.max_subscriptions, 1024, "defaults fill the rest");
+        let retention = settings.retention();
+        assert_eq!(retention.policy("chat.lobby").max_events, 5);
+        assert_eq!(
+            retention.policy("chat.lobby").max_age,
+            Duration::from_secs(600)
+        );
+        assert_eq!(retention.policy("orders").max_events, 1000);
 
         std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nlisten_typo = 1\n").unwrap();
         let err = args.settings().unwrap_err().to_string();

@@ -141,7 +141,7 @@ impl RunningNode {
         );
         // A fresh epoch per process start: sequence numbers restart with it.
         let epoch = format!("{:016x}", rand::random::<u64>());
-        let broker = Arc::new(Broker::new(epoch));
+        let broker = Arc::new(Broker::new(epoch, settings.retention()));
         let cluster = Cluster::start(
             ClusterSetup {
                 id,
@@ -171,6 +171,7 @@ impl RunningNode {
             epoch = %state.broker.epoch(),
             "murmur node serving: ws://{local_addr}/ws"
         );
+        tokio::spawn(expire_history(state.clone()));
         let task = tokio::spawn(serve(listener, state.clone()));
         Ok(Self {
             state,
@@ -206,6 +207,17 @@ impl RunningNode {
     /// Waits until the node has stopped (after [`Self::shutdown`]).
     pub async fn stopped(self) {
         let _ = self.task.await;
+    }
+}
+
+/// Trims history by age once a second, so quiet topics do not keep old events.
+async fn expire_history(state: Arc<NodeState>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            _ = tick.tick() => state.broker.expire_history(),
+        }
     }
 }
 

@@ -67,8 +67,17 @@ async fn upgrade(
     if !node.is_ready() {
         return (StatusCode::SERVICE_UNAVAILABLE, "node is shutting down\n").into_response();
     }
-    let mut format = match query.format.as_deref() {
-        None | Some("json") => Format::Json,
+    let requested = upgrade
+        .requested_protocols()
+        .find_map(|p| match p.as_bytes() {
+            b if b == SUBPROTOCOL_JSON.as_bytes() => Some(Format::Json),
+            b if b == SUBPROTOCOL_PROTOBUF.as_bytes() => Some(Format::Protobuf),
+            _ => None,
+        });
+    // `?format=` wins; otherwise the first of our subprotocols in the client's order.
+    let format = match query.format.as_deref() {
+        None => requested.unwrap_or(Format::Json),
+        Some("json") => Format::Json,
         Some("protobuf" | "proto") => Format::Protobuf,
         Some(other) => {
             return (
@@ -78,12 +87,6 @@ async fn upgrade(
                 .into_response();
         }
     };
-    let requested_protobuf = upgrade
-        .requested_protocols()
-        .any(|p| p.as_bytes() == SUBPROTOCOL_PROTOBUF.as_bytes());
-    if query.format.is_none() && requested_protobuf {
-        format = Format::Protobuf;
-    }
     let subprotocol = match format {
         Format::Json => SUBPROTOCOL_JSON,
         Format::Protobuf => SUBPROTOCOL_PROTOBUF,

@@ -20,9 +20,7 @@ use tracing::Instrument;
 use crate::broker::{Outbound, Outbox, Subscription};
 use crate::event::{Delivery, Event};
 use crate::node::NodeState;
-use crate::protocol::{
-    ErrorCode, Format, Reply, Request, RequestError, ResumeFrom, json, protobuf,
-};
+use crate::protocol::{ErrorCode, Format, Reply, Request, RequestError, json, protobuf};
 use crate::routing::topic;
 
 /// Close codes the node sends (documented in `docs/protocol.md`).
@@ -72,6 +70,7 @@ pub(crate) async fn serve(
             subscriptions: HashMap::new(),
             unacked: HashMap::new(),
             ack_deadlines: VecDeque::new(),
+            replayed_up_to: HashMap::new(),
         };
         let ending = session.run(stream, queue).await;
         tracing::debug!(?ending, "disconnected");
@@ -108,7 +107,13 @@ struct Session {
     unacked: HashMap<u64, Unacked>,
     /// Delivery ids in the order they were written; acked ones are skipped lazily.
     ack_deadlines: VecDeque<(Instant, u64)>,
+    /// For resumed subscriptions: per topic, the last event replayed. A live copy of an
+    /// event already replayed is dropped; the entry goes once the live stream passes it.
+    replayed_up_to: HashMap<Arc<str>, ReplayedUpTo>,
 }
+
+/// Per topic: the epoch and sequence number of the last event replayed.
+type ReplayedUpTo = HashMap<Arc<str>, (Arc<str>, u64)>;
 
 impl Session {
     async fn run(
@@ -125,14 +130,30 @@ impl Session {
         let welcome = self.welcome();
         let mut ending = self.write(welcome).await.err();
         while ending.is_none() {
-            let next_ack_deadline = self
+            let idle_deadline = last_heard + settings.idle_timeout;
+            let wake = self
                 .ack_deadlines
                 .front()
-                .map_or(next_ping, |(deadline, _)| (*deadline).min(next_ping));
+                .map_or(next_ping, |(deadline, _)| (*deadline).min(next_ping))
+                .min(idle_deadline);
             ending = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Some(Ending::ShuttingDown),
                 () = outbox.overflowed() => Some(Ending::SlowConsumer),
+                // Timers before traffic, so a busy connection still gets its redeliveries,
+                // pings and idle check.
+                () = sleep_until(wake) => {
+                    let now = Instant::now();
+                    self.redeliver_expired(now);
+                    if now >= idle_deadline {
+                        Some(Ending::IdleTimeout)
+                    } else if now >= next_ping {
+                        next_ping = now + settings.ping_interval;
+                        self.write(Message::Ping(bytes::Bytes::new())).await.err()
+                    } else {
+                        None
+                    }
+                }
                 frame = stream.next() => {
                     last_heard = Instant::now();
                     match frame {
@@ -142,20 +163,6 @@ impl Session {
                     }
                 }
                 Some(first) = queue.recv() => self.write_events(first, &mut queue).await.err(),
-                () = sleep_until(next_ack_deadline) => {
-                    let now = Instant::now();
-                    self.redeliver_expired(now);
-                    if now >= next_ping {
-                        next_ping = now + settings.ping_interval;
-                        if now.duration_since(last_heard) >= settings.idle_timeout {
-                            Some(Ending::IdleTimeout)
-                        } else {
-                            self.write(Message::Ping(bytes::Bytes::new())).await.err()
-                        }
-                    } else {
-                        None
-                    }
-                }
             };
         }
         let ending = ending.unwrap_or(Ending::SocketError);
@@ -194,8 +201,7 @@ impl Session {
             Err(err) => Err(err),
         };
         match reply {
-            Ok(Some(message)) => self.write(message).await,
-            Ok(None) => Ok(()),
+            Ok(messages) => self.write_all(messages).await,
             Err(err) => {
                 tracing::debug!(code = %err.code, message = %err.message, "request refused");
                 let message = self.encode(&err.reply());
@@ -204,15 +210,15 @@ impl Session {
         }
     }
 
-    /// Serves one request; the returned message (if any) answers it.
-    fn handle(&mut self, request: Request) -> Result<Option<Message>, RequestError> {
+    /// Serves one request; the returned frames answer it, in order.
+    fn handle(&mut self, request: Request) -> Result<Vec<Message>, RequestError> {
         let settings = &self.node.settings;
         match request {
             Request::Hello { client, token: _ } => {
                 // Token checks arrive with client authentication; until then any token is
                 // accepted, so clients can send one already.
                 tracing::debug!(client = client.as_deref().unwrap_or(""), "hello");
-                Ok(Some(self.welcome()))
+                Ok(vec![self.welcome()])
             }
             Request::Subscribe(sub) => {
                 let reference = Some(sub.id.as_str());
@@ -250,26 +256,53 @@ impl Session {
                         ),
                     ));
                 }
-                if sub.from != ResumeFrom::Latest {
-                    return Err(RequestError::new(
-                        reference,
-                        ErrorCode::ResumeUnavailable,
-                        "this node keeps no history yet: only `from: \"latest\"` is served",
-                    ));
-                }
-                let subscription = Arc::new(Subscription {
-                    id: sub.id.as_str().into(),
-                    pattern: sub.topic.into(),
-                    group: sub.group.map(Into::into),
-                    outbox: self.outbox.clone(),
-                });
+                let subscription = Arc::new(Subscription::new(
+                    sub.id.as_str().into(),
+                    sub.topic.into(),
+                    sub.group.map(Into::into),
+                    self.outbox.clone(),
+                ));
                 self.node.broker.subscribe(subscription.clone());
-                let reply = self.encode(&Reply::Ok {
+                // Registered first, replayed second: see `Broker::replay`.
+                let replays = match self.node.broker.replay(&subscription.pattern, &sub.from) {
+                    Ok(replays) => replays,
+                    Err(err) => {
+                        self.node.broker.unsubscribe(&subscription);
+                        return Err(RequestError::new(
+                            reference,
+                            ErrorCode::InvalidRequest,
+                            err.to_string(),
+                        ));
+                    }
+                };
+                let mut frames = vec![self.encode(&Reply::Ok {
                     reference,
                     position: None,
-                });
+                })];
+                let mut up_to = HashMap::new();
+                for replay in replays {
+                    for gap in &replay.gaps {
+                        frames.push(self.encode(&Reply::Gap {
+                            sub: &subscription.id,
+                            topic: &gap.topic,
+                            epoch: &gap.epoch,
+                            from_seq: gap.from_seq,
+                            to_seq: gap.to_seq,
+                            reason: gap.reason,
+                        }));
+                    }
+                    for event in &replay.events {
+                        frames.push(self.encode_event(&subscription.id, event, None));
+                    }
+                    if let Some(last) = replay.events.last() {
+                        up_to.insert(last.topic.clone(), (last.epoch.clone(), last.seq));
+                    }
+                }
+                if !up_to.is_empty() {
+                    self.replayed_up_to.insert(subscription.id.clone(), up_to);
+                }
                 self.subscriptions.insert(sub.id, subscription);
-                Ok(Some(reply))
+                Ok(frames)
             }
             Request::Unsubscribe { id } => {
                 let Some(subscription) = self.subscriptions.remove(&id) else {
@@ -280,6 +313,7 @@ impl Session {
                     ));
                 };
                 self.node.broker.unsubscribe(&subscription);
+                self.replayed_up_to.remove(&subscription.id);
                 // Its unacknowledged deliveries go to the rest of the group now.
                 let orphaned: Vec<u64> = self
                     .unacked
@@ -292,10 +326,10 @@ impl Session {
                         self.node.broker.redeliver(&u.subscription, &u.event);
                     }
                 }
-                Ok(Some(self.encode(&Reply::Ok {
+                Ok(vec![self.encode(&Reply::Ok {
                     reference: Some(&id),
                     position: None,
-                })))
+                })])
             }
             Request::Publish {
                 topic: name,
@@ -306,12 +340,15 @@ impl Session {
                     RequestError::new(reference.as_deref(), ErrorCode::InvalidTopic, e.to_string())
                 })?;
                 let receipt = self.node.broker.publish(&name, payload);
-                Ok(reference.map(|reference| {
-                    self.encode(&Reply::Ok {
-                        reference: Some(&reference),
-                        position: Some((&receipt.epoch, receipt.seq)),
+                Ok(reference
+                    .map(|reference| {
+                        self.encode(&Reply::Ok {
+                            reference: Some(&reference),
+                            position: Some((&receipt.epoch, receipt.seq)),
+                        })
                     })
-                }))
+                    .into_iter()
+                    .collect())
             }
             Request::Ack { delivery } => {
                 let known = delivery
@@ -319,7 +356,7 @@ impl Session {
                     .ok()
                     .and_then(|id| self.unacked.remove(&id));
                 match known {
-                    Some(_) => Ok(None),
+                    Some(_) => Ok(Vec::new()),
                     None => Err(RequestError::new(
                         Some(&delivery),
                         ErrorCode::UnknownDelivery,
@@ -330,9 +367,9 @@ impl Session {
                     )),
                 }
             }
-            Request::Ping { reference } => Ok(Some(self.encode(&Reply::Pong {
+            Request::Ping { reference } => Ok(vec![self.encode(&Reply::Pong {
                 reference: reference.as_deref(),
-            }))),
+            })]),
         }
     }
 
@@ -344,12 +381,17 @@ impl Session {
     ) -> Result<(), Ending> {
         let write_timeout = self.node.settings.write_timeout;
         let mut batch = Vec::with_capacity(8);
-        batch.push(self.event_message(first));
-        while batch.len() < WRITE_BATCH {
+        batch.extend(self.event_message(first));
+        let mut taken = 1;
+        while taken < WRITE_BATCH {
             match queue.try_recv() {
-                Ok(item) => batch.push(self.event_message(item)),
+                Ok(item) => batch.extend(self.event_message(item)),
                 Err(_) => break,
             }
+            taken += 1;
+        }
+        if batch.is_empty() {
+            return Ok(());
         }
         let sink = &mut self.sink;
         let write = async {
@@ -365,12 +407,31 @@ impl Session {
         }
     }
 
-    fn event_message(&mut self, item: Outbound) -> Message {
+    /// The frame for one queued event, or `None` when it must not be sent: its subscription
+    /// has ended (a queue delivery then goes to another member), or it was already replayed.
+    fn event_message(&mut self, item: Outbound) -> Option<Message> {
         let Outbound::Event {
             sub,
             event,
             delivery,
         } = item;
+        if !sub.is_active() {
+            if delivery.is_some() {
+                self.node.broker.redeliver(&sub, &event);
+            }
+            return None;
+        }
+        if let Some(up_to) = self.replayed_up_to.get_mut(&sub.id)
+            && let Some((epoch, seq)) = up_to.get(&event.topic)
+        {
+            if *epoch == event.epoch && event.seq <= *seq {
+                return None;
+            }
+            up_to.remove(&event.topic);
+            if up_to.is_empty() {
+                self.replayed_up_to.remove(&sub.id);
+            }
+        }
         if let Some(Delivery { id, .. }) = delivery {
             let deadline = Instant::now() + self.node.settings.ack_timeout;
             self.ack_deadlines.push_back((deadline, id));
@@ -382,9 +443,9 @@ impl Session {
                     event,
                 },
             );
-            return message;
+            return Some(message);
         }
-        self.encode_event(&sub.id, &event, None)
+        Some(self.encode_event(&sub.id, &event, None))
     }
 
     fn encode_event(&self, sub: &str, event: &Event, delivery: Option<Delivery>) -> Message {
@@ -393,6 +454,25 @@ impl Session {
                 Message::Text(Utf8Bytes::from(json::encode_event(sub, event, delivery)))
             }
             Format::Protobuf => Message::Binary(protobuf::encode_event(sub, event, delivery)),
+        }
+    }
+
+    /// Writes several frames with one flush.
+    async fn write_all(&mut self, messages: Vec<Message>) -> Result<(), Ending> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let sink = &mut self.sink;
+        let write = async {
+            for message in messages {
+                sink.feed(message).await?;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(self.node.settings.write_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Ending::SocketError),
+            Err(_) => Err(Ending::SlowConsumer),
         }
     }
 

@@ -57,7 +57,7 @@ pub fn decode(text: &str) -> Result<Request, RequestError> {
         }),
         "sub" => {
             let id = required(frame.id, None, "sub", "id")?;
-            let topic = required(frame.topic, Some(&id), "sub", "topic")?;
+            let topic = present_field(frame.topic, Some(&id), "sub", "topic")?;
             let from = match frame.from {
                 None => ResumeFrom::Latest,
                 Some(value) => parse_from(value)
@@ -75,7 +75,7 @@ pub fn decode(text: &str) -> Result<Request, RequestError> {
         }),
         "pub" => {
             let reference = frame.reference;
-            let topic = required(frame.topic, reference.as_deref(), "pub", "topic")?;
+            let topic = present_field(frame.topic, reference.as_deref(), "pub", "topic")?;
             let Some(data) = frame.data else {
                 return Err(RequestError::new(
                     reference.as_deref(),
@@ -102,6 +102,22 @@ pub fn decode(text: &str) -> Result<Request, RequestError> {
             format!("unknown op `{other}` (expected hello, sub, unsub, pub, ack or ping)"),
         )),
     }
+}
+
+/// A field that must be there; its value (an empty topic, say) is checked later.
+fn present_field(
+    value: Option<String>,
+    reference: Option<&str>,
+    op: &str,
+    field: &str,
+) -> Result<String, RequestError> {
+    value.ok_or_else(|| {
+        RequestError::new(
+            reference,
+            ErrorCode::InvalidRequest,
+            format!("`{op}` needs field `{field}`"),
+        )
+    })
 }
 
 fn required(

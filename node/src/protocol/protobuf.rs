@@ -39,7 +39,15 @@ pub fn decode(frame: Bytes) -> Result<Request, RequestError> {
         }),
         pb::client_frame::Op::Sub(s) => {
             let id = required(s.id, None, "sub", "id")?;
-            let topic = required(s.topic, Some(&id), "sub", "topic")?;
+            if s.group.as_deref() == Some("") {
+                return Err(RequestError::new(
+                    Some(&id),
+                    ErrorCode::InvalidRequest,
+                    "`group` must not be empty (leave it unset for a plain subscription)",
+                ));
+            }
+            // An empty topic is a topic error, as in JSON: the validation names it.
+            let topic = s.topic;
             let from = match s.from.and_then(|f| f.point) {
                 None => ResumeFrom::Latest,
                 Some(pb::resume_from::Point::Start(start)) => {
@@ -64,7 +72,7 @@ pub fn decode(frame: Bytes) -> Result<Request, RequestError> {
             Ok(Request::Subscribe(Subscribe {
                 id,
                 topic,
-                group: s.group.and_then(non_empty),
+                group: s.group,
                 from,
             }))
         }
@@ -72,8 +80,9 @@ pub fn decode(frame: Bytes) -> Result<Request, RequestError> {
             id: required(u.id, None, "unsub", "id")?,
         }),
         pb::client_frame::Op::Pub(p) => {
-            let reference = p.r#ref.and_then(non_empty);
-            let topic = required(p.topic, reference.as_deref(), "pub", "topic")?;
+            // A ref that is set is echoed, even empty, as in JSON.
+            let reference = p.r#ref;
+            let topic = p.topic;
             let payload = match pb::Encoding::try_from(p.encoding) {
                 Ok(pb::Encoding::Binary) => Payload::Binary(p.data),
                 Ok(pb::Encoding::Json) => {
@@ -105,9 +114,7 @@ pub fn decode(frame: Bytes) -> Result<Request, RequestError> {
         pb::client_frame::Op::Ack(a) => Ok(Request::Ack {
             delivery: required(a.delivery, None, "ack", "delivery")?,
         }),
-        pb::client_frame::Op::Ping(p) => Ok(Request::Ping {
-            reference: p.r#ref.and_then(non_empty),
-        }),
+        pb::client_frame::Op::Ping(p) => Ok(Request::Ping { reference: p.r#ref }),
     }
 }
 

@@ -3,6 +3,7 @@
 //! Plain data structures without sockets, tasks or clocks, so that they are tested directly;
 //! the broker wraps them in locks and connects them to client connections.
 
+pub mod history;
 pub mod index;
 pub mod sequence;
 pub mod topic;
