@@ -184,8 +184,6 @@ pub enum ErrorCode {
     IdleTimeout,
     /// The node is shutting down; reconnect (to another node).
     ShuttingDown,
-    /// Resuming from a cursor is not available on this node.
-    ResumeUnavailable,
     /// The client may not do this.
     Unauthorized,
 }
@@ -206,7 +204,6 @@ impl ErrorCode {
             Self::SlowConsumer => "slow_consumer",
             Self::IdleTimeout => "idle_timeout",
             Self::ShuttingDown => "shutting_down",
-            Self::ResumeUnavailable => "resume_unavailable",
             Self::Unauthorized => "unauthorized",
         }
     }
