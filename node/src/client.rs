@@ -99,9 +99,24 @@ impl Client {
         topic: &str,
         group: Option<&str>,
     ) -> Result<(), ClientError> {
+        self.subscribe_from(id, topic, group, None).await
+    }
+
+    /// Subscribes starting at `from` (a resume point, see `docs/protocol.md`) and waits for
+    /// the node's `ok`; replayed events follow it.
+    pub async fn subscribe_from(
+        &mut self,
+        id: &str,
+        topic: &str,
+        group: Option<&str>,
+        from: Option<Value>,
+    ) -> Result<(), ClientError> {
         let mut frame = json!({"op": "sub", "id": id, "topic": topic});
         if let Some(group) = group {
             frame["group"] = json!(group);
+        }
+        if let Some(from) = from {
+            frame["from"] = from;
         }
         self.send(&frame).await?;
         loop {
@@ -165,6 +180,78 @@ pub async fn http_get(base_url: &str, path: &str) -> Result<String, ClientError>
     Ok(body.to_owned())
 }
 
+/// What a subscriber has seen, as the `from` of its next `sub`: per topic the last epoch and
+/// sequence number, and the `ts` of the newest event (for topics it has not seen yet).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResumeCursor {
+    topics: std::collections::BTreeMap<String, (String, u64)>,
+    since: i64,
+}
+
+impl ResumeCursor {
+    /// A cursor for a subscription made at `since_ms` that has seen nothing yet.
+    pub fn starting_at(since_ms: i64) -> Self {
+        Self {
+            topics: Default::default(),
+            since: since_ms,
+        }
+    }
+
+    /// Takes note of an event or gap frame. Returns false for an event already seen (a
+    /// duplicate), which the caller should skip.
+    pub fn observe(&mut self, frame: &Value) -> bool {
+        let (Some(topic), Some(epoch)) = (frame["topic"].as_str(), frame["epoch"].as_str()) else {
+            return true;
+        };
+        match frame["op"].as_str() {
+            Some("event") => {
+                let Some(seq) = frame["seq"].as_u64() else {
+                    return true;
+                };
+                if let Some((known_epoch, known_seq)) = self.topics.get(topic)
+                    && known_epoch == epoch
+                    && seq <= *known_seq
+                {
+                    return false;
+                }
+                self.topics
+                    .insert(topic.to_owned(), (epoch.to_owned(), seq));
+                self.since = self.since.max(frame["ts"].as_i64().unwrap_or(0));
+                true
+            }
+            // What a gap reports as lost will not come: move past it.
+            Some("gap") => {
+                if let Some(to) = frame["to_seq"].as_u64().filter(|&to| to > 0) {
+                    let newer = self
+                        .topics
+                        .get(topic)
+                        .is_none_or(|(e, s)| e != epoch || *s < to);
+                    if newer {
+                        self.topics.insert(topic.to_owned(), (epoch.to_owned(), to));
+                    }
+                }
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// The `from` of a resuming `sub`: one cursor for an exact topic (when it has one),
+    /// otherwise the topics form, which also serves topics not seen yet.
+    pub fn to_from(&self, pattern: &str) -> Value {
+        let exact = !crate::routing::topic::is_wildcard(pattern);
+        if exact && let Some((epoch, seq)) = self.topics.get(pattern) {
+            return json!({"epoch": epoch, "seq": seq});
+        }
+        let topics: serde_json::Map<String, Value> = self
+            .topics
+            .iter()
+            .map(|(t, (e, s))| (t.clone(), json!({"epoch": e, "seq": s})))
+            .collect();
+        json!({"topics": topics, "since": self.since})
+    }
+}
+
 /// How `murmur pub` reads its DATA argument: JSON if it parses, otherwise a JSON string, so
 /// `murmur pub chat.lobby hello` works without quoting.
 pub fn data_from_arg(text: &str) -> Value {
@@ -174,6 +261,27 @@ pub fn data_from_arg(text: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cursor_tracks_topics_skips_duplicates_and_moves_past_gaps() {
+        let mut cursor = ResumeCursor::starting_at(100);
+        assert_eq!(cursor.to_from("a.*"), json!({"topics": {}, "since": 100}));
+        let event = |topic: &str, seq: u64, ts: i64| json!({"op": "event", "topic": topic, "epoch": "e", "seq": seq, "ts": ts});
+        assert!(cursor.observe(&event("a.x", 1, 200)));
+        assert!(cursor.observe(&event("a.x", 2, 210)));
+        assert!(!cursor.observe(&event("a.x", 2, 210)), "a duplicate");
+        assert!(cursor.observe(&event("a.y", 7, 205)));
+        assert_eq!(
+            cursor.to_from("a.*"),
+            json!({"topics": {"a.x": {"epoch": "e", "seq": 2}, "a.y": {"epoch": "e", "seq": 7}}, "since": 210})
+        );
+        assert_eq!(cursor.to_from("a.x"), json!({"epoch": "e", "seq": 2}));
+        cursor.observe(
+            &json!({"op": "gap", "topic": "a.x", "epoch": "e", "from_seq": 3, "to_seq": 9}),
+        );
+        assert_eq!(cursor.to_from("a.x"), json!({"epoch": "e", "seq": 9}));
+        assert!(cursor.observe(&event("a.x", 10, 300)));
+    }
 
     #[test]
     fn data_argument_is_json_or_a_string() {

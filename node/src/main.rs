@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use murmur::client::{Client, DEFAULT_URL, data_from_arg, refused};
+use murmur::client::{Client, DEFAULT_URL, ResumeCursor, data_from_arg, refused};
 use murmur::config::ServeArgs;
 use murmur::node::RunningNode;
 use serde_json::json;
@@ -25,13 +25,15 @@ enum Command {
     /// Run a node. Settings come from flags, MURMUR_* environment variables and an optional
     /// TOML file (--config), in that order of precedence.
     Serve(Box<ServeArgs>),
-    /// Subscribe to a topic pattern and print each event as one JSON line on stdout.
+    /// Subscribe to a topic pattern and print each event as one JSON line on stdout. When the
+    /// connection drops it reconnects (to the next --url, if several) and resumes where it
+    /// left off; events it can no longer get are reported as `gap` lines on stderr.
     Sub {
         /// Topic pattern: dot-separated tokens, `*` for one token, a final `>` for the rest.
         topic: String,
-        /// Node WebSocket URL.
-        #[arg(long, env = "MURMUR_URL", default_value = DEFAULT_URL)]
-        url: String,
+        /// Node WebSocket URL; several, comma-separated, to fail over between nodes.
+        #[arg(long, env = "MURMUR_URL", default_value = DEFAULT_URL, value_delimiter = ',')]
+        url: Vec<String>,
         /// Join a queue group: each event goes to one member of the group.
         #[arg(long)]
         group: Option<String>,
@@ -149,31 +151,82 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Longest wait between reconnection attempts of `murmur sub`.
+const MAX_RECONNECT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn sub(
-    url: &str,
+    urls: &[String],
     topic: &str,
     group: Option<&str>,
     count: Option<u64>,
 ) -> anyhow::Result<()> {
-    let mut client = Client::connect(url).await?;
-    client.subscribe("cli", topic, group).await?;
-    eprintln!("subscribed to {topic} on {url}");
-    let mut received = 0;
+    if urls.is_empty() {
+        bail!("give at least one --url");
+    }
+    let mut cursor = ResumeCursor::starting_at(murmur::broker::now_ms());
+    let mut received = 0u64;
+    let mut attempt = 0usize;
+    let mut backoff = std::time::Duration::from_millis(100);
+    let mut resuming = false;
+    loop {
+        let url = &urls[attempt % urls.len()];
+        attempt += 1;
+        // A queue group shares live work: a member has nothing of its own to resume.
+        let from = (resuming && group.is_none()).then(|| cursor.to_from(topic));
+        let connected = async {
+            let mut client = Client::connect(url).await?;
+            client.subscribe_from("cli", topic, group, from).await?;
+            Ok::<_, murmur::client::ClientError>(client)
+        };
+        let mut client = match connected.await {
+            Ok(client) => client,
+            Err(err @ murmur::client::ClientError::Refused { .. }) => return Err(err.into()),
+            Err(err) => {
+                eprintln!("{url}: {err}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+                continue;
+            }
+        };
+        backoff = std::time::Duration::from_millis(100);
+        let how = if resuming { " (resumed)" } else { "" };
+        eprintln!("subscribed to {topic} on {url}{how}");
+        resuming = true;
+        match relay(&mut client, &mut cursor, &mut received, count).await {
+            Ok(()) => return Ok(()),
+            Err(err) => eprintln!("{url}: {err}; reconnecting"),
+        }
+    }
+}
+
+/// Prints events until `count` is reached (Ok) or the connection fails (Err).
+async fn relay(
+    client: &mut Client,
+    cursor: &mut ResumeCursor,
+    received: &mut u64,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    while count.is_none_or(|c| received < c) {
+    while count.is_none_or(|c| *received < c) {
         let frame = client.next_frame().await?;
         match frame["op"].as_str() {
             Some("event") => {
-                writeln!(stdout, "{frame}")?;
-                stdout.flush()?;
-                received += 1;
                 if let Some(delivery) = frame["delivery"].as_str() {
                     client
                         .send(&json!({"op": "ack", "delivery": delivery}))
                         .await?;
                 }
+                if !cursor.observe(&frame) {
+                    continue;
+                }
+                writeln!(stdout, "{frame}")?;
+                stdout.flush()?;
+                *received += 1;
             }
-            Some("gap") => eprintln!("gap: {frame}"),
+            Some("gap") => {
+                cursor.observe(&frame);
+                eprintln!("gap: {frame}");
+            }
             Some("error") => eprintln!("error from node: {frame}"),
             _ => {}
         }

@@ -308,3 +308,56 @@ fn cert_commands_make_a_pki_a_node_can_run_on() {
     drop(server);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn sub_fails_over_to_the_next_url_resumes_and_reports_the_gap() {
+    let first = Server::start(&[]);
+    let second = Server::start(&[]);
+    let urls = format!("{},{}", first.url(), second.url());
+    let mut sub = Command::new(BIN)
+        .args(["sub", "feed", "--url", &urls, "--count", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sub_stderr = BufReader::new(sub.stderr.take().unwrap());
+    let mut line = String::new();
+    sub_stderr.read_line(&mut line).unwrap();
+    assert!(line.contains(&first.url()), "{line}");
+
+    let one = murmur(&["pub", "feed", "1", "--url", &first.url()]);
+    assert!(one.status.success(), "{one:?}");
+    // The first node goes away; `sub` moves to the second and resumes there. That node never
+    // sequenced the first node's events, so the resume reports what cannot be replayed.
+    let status = first.terminate();
+    assert!(status.success());
+    let mut stderr_lines = Vec::new();
+    loop {
+        line.clear();
+        assert!(
+            sub_stderr.read_line(&mut line).unwrap() > 0,
+            "sub ended early: {stderr_lines:?}"
+        );
+        stderr_lines.push(line.clone());
+        if line.contains(&second.url()) && line.contains("resumed") {
+            break;
+        }
+    }
+    let two = murmur(&["pub", "feed", "2", "--url", &second.url()]);
+    assert!(two.status.success(), "{two:?}");
+    let mut rest = String::new();
+    sub_stderr.read_to_string(&mut rest).unwrap();
+    let out = wait_with_timeout(sub, Duration::from_secs(20));
+    assert!(out.status.success(), "{out:?}");
+    let data: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["data"].clone())
+        .collect();
+    assert_eq!(data, vec![serde_json::json!(1), serde_json::json!(2)]);
+    let all_stderr = format!("{}{rest}", stderr_lines.concat());
+    assert!(
+        all_stderr.contains("gap:") && all_stderr.contains("epoch_changed"),
+        "the lost continuity is reported: {all_stderr}"
+    );
+}
