@@ -32,7 +32,8 @@ use crate::protocol::{Cursor, ResumeFrom};
 use crate::routing::history::{Gap, HistoryStore, Replay, Retention, reason};
 use crate::routing::topic::validate_pattern;
 use crate::routing::topic::{is_wildcard, pattern_matches};
-use crate::routing::{Match, QueueGroup, SubscriptionIndex, TopicSequences};
+use crate::routing::topics::{Completed, HandOverRefused, TopicTable, new_epoch};
+use crate::routing::{Match, QueueGroup, SubscriptionIndex};
 
 /// Sequence shards: enough that publishes of different topics rarely wait on each other.
 const SEQUENCE_SHARDS: usize = 64;
@@ -143,12 +144,42 @@ impl PartialEq for Subscriber {
 }
 
 /// Where an accepted publish landed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     pub epoch: Arc<str>,
     pub seq: u64,
-    /// Subscriptions (queue groups counted once) the event was queued to.
-    pub deliveries: usize,
+}
+
+/// Signalled when a sequenced event is stored on its replicas (and fanned out).
+pub type StoredSignal = tokio::sync::oneshot::Sender<()>;
+
+/// The outcome of sequencing an event on its owner.
+#[derive(Debug)]
+pub enum Sequenced {
+    /// Stored everywhere it needs to be and fanned out.
+    Done(Receipt),
+    /// Sequenced; the receiver resolves once the replicas have stored it.
+    Waiting(Receipt, tokio::sync::oneshot::Receiver<()>),
+    /// This node does not hold the topic's state (never claimed, or handed on).
+    NotReady,
+}
+
+/// What a node knows of a topic, for a new owner claiming it.
+#[derive(Debug, Clone)]
+pub struct TopicSnapshot {
+    pub epoch: Arc<str>,
+    pub last_seq: u64,
+    pub events: Vec<Arc<Event>>,
+}
+
+/// What one node can replay of one topic, with what it knows of the topic so that the
+/// newest knowledge can be chosen among nodes.
+#[derive(Debug, Clone)]
+pub struct TopicReplay {
+    pub topic: Arc<str>,
+    pub epoch: Arc<str>,
+    pub last_seq: u64,
+    pub replay: Replay,
 }
 
 /// A peer's interest as the remote index holds it.
@@ -191,7 +222,6 @@ pub struct Broker {
     interest: Mutex<InterestTable>,
     shards: Box<[Mutex<TopicShard>]>,
     shard_hasher: foldhash::fast::RandomState,
-    epoch: Arc<str>,
     next_delivery: AtomicU64,
     /// Round-robin over the nodes of a cluster-wide queue group.
     group_turn: AtomicUsize,
@@ -202,7 +232,7 @@ pub struct Broker {
 /// publish holds its shard's lock from sequencing until the event is queued everywhere.
 #[derive(Debug)]
 struct TopicShard {
-    sequences: TopicSequences,
+    topics: TopicTable<StoredSignal>,
     history: HistoryStore,
 }
 
@@ -228,8 +258,8 @@ fn forward_entry<'f>(
 }
 
 impl Broker {
-    /// A broker whose events are numbered in `epoch` and kept as `retention` says.
-    pub fn new(epoch: impl Into<Arc<str>>, retention: Retention) -> Self {
+    /// A broker that keeps history as `retention` says.
+    pub fn new(retention: Retention) -> Self {
         Self {
             index: RwLock::new(SubscriptionIndex::new()),
             remote: RwLock::new(SubscriptionIndex::new()),
@@ -237,21 +267,16 @@ impl Broker {
             shards: (0..SEQUENCE_SHARDS)
                 .map(|_| {
                     Mutex::new(TopicShard {
-                        sequences: TopicSequences::new(),
+                        topics: TopicTable::default(),
                         history: HistoryStore::new(retention.clone()),
                     })
                 })
                 .collect(),
             shard_hasher: foldhash::fast::RandomState::default(),
-            epoch: epoch.into(),
             next_delivery: AtomicU64::new(1),
             group_turn: AtomicUsize::new(0),
             stats: BrokerStats::default(),
         }
-    }
-
-    pub fn epoch(&self) -> &Arc<str> {
-        &self.epoch
     }
 
     /// Subscriptions held, across all connections.
@@ -399,110 +424,243 @@ impl Broker {
         }
     }
 
-    /// Sequences `payload` on `topic` (a validated publish topic) and queues it to every
-    /// matching subscription and to one member of every matching queue group.
-    pub fn publish(&self, topic: &str, payload: Payload) -> Receipt {
+    /// Sequences `payload` on `topic` (a validated publish topic, owned by this node), sends
+    /// copies to `replicas`, and once they have stored it — at once without replicas — queues
+    /// it to every matching subscription, peer, and one member of every matching queue group.
+    pub fn sequence(&self, topic: &str, payload: Payload, replicas: &[Arc<PeerLink>]) -> Sequenced {
         let mut shard = self.shard(topic).lock();
-        let (topic, seq) = shard.sequences.next(topic);
+        let Some((name, epoch, seq)) = shard.topics.next(topic) else {
+            return Sequenced::NotReady;
+        };
         let now = now_ms();
-        let event = Arc::new(Event::new(topic, self.epoch.clone(), seq, now, payload));
+        let event = Arc::new(Event::new(name, epoch.clone(), seq, now, payload));
         shard.history.append(event.clone(), now);
         self.stats.events_published.fetch_add(1, Ordering::Relaxed);
-        let deliveries = self.fan_out(&event);
-        drop(shard);
-        Receipt {
-            epoch: self.epoch.clone(),
-            seq,
-            deliveries,
+        for replica in replicas {
+            replica.send_control(PeerMessage::Replicate(event.clone()));
         }
+        let receipt = Receipt { epoch, seq };
+        let (signal, stored) = if replicas.is_empty() {
+            (None, None)
+        } else {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        };
+        let waiting_for = replicas.iter().map(|r| r.name.clone()).collect();
+        let done = shard.topics.hold(event, waiting_for, signal);
+        self.complete(done);
+        drop(shard);
+        match stored {
+            None => Sequenced::Done(receipt),
+            Some(rx) => Sequenced::Waiting(receipt, rx),
+        }
+    }
+
+    /// Single-node convenience: claims the topic if needed (a fresh epoch) and sequences
+    /// without replicas.
+    pub fn publish(&self, topic: &str, payload: Payload) -> Receipt {
+        if !self.is_ready(topic) {
+            self.install_topic(topic, None);
+        }
+        match self.sequence(topic, payload, &[]) {
+            Sequenced::Done(receipt) | Sequenced::Waiting(receipt, _) => receipt,
+            Sequenced::NotReady => unreachable!("installed just above"),
+        }
+    }
+
+    /// Fans out events whose replicas have all stored them, in order, and tells their
+    /// publishers. Called with the topic's shard locked, which keeps the order.
+    fn complete(&self, done: Vec<Completed<StoredSignal>>) {
+        for (event, signal) in done {
+            self.fan_out(&event);
+            if let Some(signal) = signal {
+                let _ = signal.send(());
+            }
+        }
+    }
+
+    /// A replica reports `topic` stored up to `seq` of `epoch`.
+    pub fn on_stored(&self, peer: &str, topic: &str, epoch: &str, seq: u64) {
+        let mut shard = self.shard(topic).lock();
+        let done = shard.topics.stored(peer, topic, epoch, seq);
+        self.complete(done);
+    }
+
+    /// A peer is gone: no replica acknowledgement will come from it.
+    pub fn on_peer_gone(&self, peer: &str) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let done = shard.topics.peer_gone(peer);
+            self.complete(done);
+        }
+    }
+
+    /// Stores a copy of an event its owner sequenced; returns its position.
+    pub fn store_replica(&self, event: Arc<Event>) -> Receipt {
+        let mut shard = self.shard(&event.topic).lock();
+        shard.topics.replicated(&event);
+        let receipt = Receipt {
+            epoch: event.epoch.clone(),
+            seq: event.seq,
+        };
+        shard.history.append(event, now_ms());
+        receipt
+    }
+
+    /// True when this node holds `topic`'s state and may sequence it.
+    pub fn is_ready(&self, topic: &str) -> bool {
+        self.shard(topic).lock().topics.is_ready(topic)
+    }
+
+    /// Takes ownership of `topic`: continues from `known` (the newest state found in the
+    /// cluster), or starts a new epoch when nothing is known. Returns the epoch.
+    pub fn install_topic(&self, topic: &str, known: Option<TopicSnapshot>) -> Arc<str> {
+        let mut shard = self.shard(topic).lock();
+        let now = now_ms();
+        match known {
+            Some(snapshot) => {
+                let ours = shard
+                    .topics
+                    .get(topic)
+                    .map(|t| (t.epoch.clone(), t.last_seq));
+                // Never go back from what this node itself knows.
+                let newer_here = ours.as_ref().is_some_and(|(e, s)| {
+                    crate::routing::topics::newer_epoch(e, &snapshot.epoch)
+                        || (*e == snapshot.epoch && *s > snapshot.last_seq)
+                });
+                if newer_here {
+                    let (epoch, last) = ours.unwrap_or_else(|| (snapshot.epoch.clone(), 0));
+                    shard.topics.install(topic, epoch.clone(), last);
+                    return epoch;
+                }
+                for event in snapshot.events {
+                    shard.history.append(event, now);
+                }
+                shard
+                    .topics
+                    .install(topic, snapshot.epoch.clone(), snapshot.last_seq);
+                snapshot.epoch
+            }
+            None => {
+                let epoch = new_epoch(now, rand::random());
+                shard.topics.install(topic, epoch.clone(), 0);
+                epoch
+            }
+        }
+    }
+
+    /// What this node knows of `topic`, for a node claiming it.
+    pub fn topic_snapshot(&self, topic: &str) -> Option<TopicSnapshot> {
+        let shard = self.shard(topic).lock();
+        let state = shard.topics.get(topic)?;
+        let events = shard.history.earliest(topic).events;
+        Some(TopicSnapshot {
+            epoch: state.epoch.clone(),
+            last_seq: state.last_seq,
+            events,
+        })
+    }
+
+    /// Hands `topic` to a new owner: stops sequencing it and returns what this node knows.
+    pub fn hand_over(&self, topic: &str) -> Result<Option<TopicSnapshot>, HandOverRefused> {
+        let mut shard = self.shard(topic).lock();
+        let Some((epoch, last_seq)) = shard.topics.hand_over(topic)? else {
+            return Ok(None);
+        };
+        let events = shard.history.earliest(topic).events;
+        Ok(Some(TopicSnapshot {
+            epoch,
+            last_seq,
+            events,
+        }))
     }
 
     fn shard(&self, topic: &str) -> &Mutex<TopicShard> {
         &self.shards[self.shard_hasher.hash_one(topic) as usize % self.shards.len()]
     }
 
-    /// What a subscription on `pattern` resuming `from` missed: per topic, gaps then events.
+    /// What this node can replay for a subscription on `pattern` resuming `from`: per topic
+    /// it knows, gaps then events, with its knowledge of the topic. Across a cluster the
+    /// caller keeps, per topic, the candidate with the newest knowledge.
     ///
     /// Call it after the subscription is registered: an event published in between is then
     /// both replayed and queued live, and the caller drops the live copy by its sequence
     /// number — nothing falls between the two.
-    pub fn replay(&self, pattern: &str, from: &ResumeFrom) -> Result<Vec<Replay>, ResumeError> {
+    pub fn replay_candidates(
+        &self,
+        pattern: &str,
+        from: &ResumeFrom,
+    ) -> Result<Vec<TopicReplay>, ResumeError> {
         let wildcard = is_wildcard(pattern);
-        match from {
-            ResumeFrom::Latest => Ok(Vec::new()),
-            ResumeFrom::Cursor(_) if wildcard => Err(ResumeError(
+        if wildcard && matches!(from, ResumeFrom::Cursor(_)) {
+            return Err(ResumeError(
                 "a wildcard subscription resumes with {\"topics\": {...}, \"since\": ts}, not one cursor",
-            )),
-            ResumeFrom::Cursor(cursor) => Ok(vec![self.replay_after(pattern, cursor)]),
-            ResumeFrom::Earliest if !wildcard => {
-                Ok(vec![self.shard(pattern).lock().history.earliest(pattern)])
-            }
-            ResumeFrom::Topics { topics, since } if !wildcard => {
-                Ok(vec![match topics.get(pattern) {
-                    Some(cursor) => self.replay_after(pattern, cursor),
-                    None => self.shard(pattern).lock().history.since(pattern, *since),
-                }])
-            }
-            ResumeFrom::Earliest | ResumeFrom::Topics { .. } => {
-                let mut replays = Vec::new();
-                for shard in self.shards.iter() {
-                    let shard = shard.lock();
-                    let matching: Vec<Arc<str>> = shard
-                        .history
-                        .topic_names()
-                        .filter(|t| pattern_matches(pattern, t))
-                        .cloned()
-                        .collect();
-                    for topic in matching {
-                        let replay = match from {
-                            ResumeFrom::Topics { topics, since } => match topics.get(&*topic) {
-                                Some(cursor) => self.after_in(&shard, &topic, cursor),
-                                None => shard.history.since(&topic, *since),
-                            },
-                            _ => shard.history.earliest(&topic),
-                        };
-                        replays.push(replay);
-                    }
-                }
-                // Cursors of topics that have no history left.
-                if let ResumeFrom::Topics { topics, .. } = from {
-                    for (topic, cursor) in topics {
-                        let shard = self.shard(topic).lock();
-                        if pattern_matches(pattern, topic)
-                            && !shard.history.topic_names().any(|t| &**t == topic)
-                        {
-                            replays.push(self.after_in(&shard, topic, cursor));
-                        }
-                    }
-                }
-                Ok(replays)
-            }
+            ));
         }
+        if matches!(from, ResumeFrom::Latest) {
+            return Ok(Vec::new());
+        }
+        let mut candidates = Vec::new();
+        let mut visit = |shard: &TopicShard, topic: &Arc<str>| {
+            let Some(state) = shard.topics.get(topic) else {
+                return;
+            };
+            let replay = match from {
+                ResumeFrom::Latest => return,
+                ResumeFrom::Earliest => shard.history.earliest(topic),
+                ResumeFrom::Cursor(cursor) => Self::after_in(shard, topic, cursor),
+                ResumeFrom::Topics { topics, since } => match topics.get(&**topic) {
+                    Some(cursor) => Self::after_in(shard, topic, cursor),
+                    None => shard.history.since(topic, *since),
+                },
+            };
+            candidates.push(TopicReplay {
+                topic: topic.clone(),
+                epoch: state.epoch.clone(),
+                last_seq: state.last_seq,
+                replay,
+            });
+        };
+        if wildcard {
+            for shard in self.shards.iter() {
+                let shard = shard.lock();
+                let names: Vec<Arc<str>> = shard
+                    .topics
+                    .names()
+                    .filter(|t| pattern_matches(pattern, t))
+                    .cloned()
+                    .collect();
+                for name in &names {
+                    visit(&shard, name);
+                }
+            }
+        } else {
+            let shard = self.shard(pattern).lock();
+            let name: Arc<str> = pattern.into();
+            visit(&shard, &name);
+        }
+        Ok(candidates)
     }
 
-    fn replay_after(&self, topic: &str, cursor: &Cursor) -> Replay {
-        self.after_in(&self.shard(topic).lock(), topic, cursor)
-    }
-
-    /// Replay after a cursor; when no history is left, the sequence counter still tells
+    /// Replay after a cursor; when no history is left, the topic's state still tells
     /// whether events were missed.
-    fn after_in(&self, shard: &TopicShard, topic: &str, cursor: &Cursor) -> Replay {
+    fn after_in(shard: &TopicShard, topic: &str, cursor: &Cursor) -> Replay {
+        let Some(state) = shard.topics.get(topic) else {
+            return Replay::default();
+        };
         let replay = shard.history.after(topic, &cursor.epoch, cursor.seq);
-        if !replay.gaps.is_empty() || !replay.events.is_empty() {
-            return replay;
-        }
-        if shard.history.topic_names().any(|t| &**t == topic) {
+        let has_history = shard.history.topic_names().any(|t| &**t == topic);
+        if has_history && (*state.epoch == *cursor.epoch || !replay.gaps.is_empty()) {
             return replay;
         }
         let mut replay = Replay::default();
-        if *cursor.epoch == *self.epoch {
-            let last = shard.sequences.last(topic);
-            if last > cursor.seq {
+        if *cursor.epoch == *state.epoch {
+            if state.last_seq > cursor.seq {
                 replay.gaps.push(Gap {
                     topic: topic.into(),
-                    epoch: self.epoch.clone(),
+                    epoch: state.epoch.clone(),
                     from_seq: cursor.seq + 1,
-                    to_seq: last,
+                    to_seq: state.last_seq,
                     reason: reason::RETENTION,
                 });
             }
@@ -514,6 +672,15 @@ impl Broker {
                 to_seq: 0,
                 reason: reason::EPOCH_CHANGED,
             });
+            if state.last_seq > 0 {
+                replay.gaps.push(Gap {
+                    topic: topic.into(),
+                    epoch: state.epoch.clone(),
+                    from_seq: 1,
+                    to_seq: state.last_seq,
+                    reason: reason::RETENTION,
+                });
+            }
         }
         replay
     }
@@ -827,14 +994,14 @@ mod tests {
 
     #[test]
     fn publish_reaches_matching_subscriptions_in_order() {
-        let broker = Broker::new("e1", Retention::default());
+        let broker = Broker::new(Retention::default());
         let (outbox, mut rx) = Outbox::new(1, 16);
         subscription(&broker, "exact", "a.b", None, &outbox);
         subscription(&broker, "wild", "a.*", None, &outbox);
         subscription(&broker, "other", "c", None, &outbox);
         assert_eq!(broker.publish("a.b", json("1")).seq, 1);
         let receipt = broker.publish("a.b", json("2"));
-        assert_eq!((receipt.seq, receipt.deliveries), (2, 2));
+        assert_eq!(receipt.seq, 2);
         assert_eq!(broker.publish("a.c", json("3")).seq, 1);
         let got = drain(&mut rx);
         let seqs =
@@ -846,7 +1013,7 @@ mod tests {
 
     #[test]
     fn full_queue_marks_only_that_connection() {
-        let broker = Broker::new("e", Retention::default());
+        let broker = Broker::new(Retention::default());
         let (slow, _slow_rx) = Outbox::new(1, 2);
         let (fast, mut fast_rx) = Outbox::new(2, 100);
         subscription(&broker, "s", "t", None, &slow);
@@ -861,13 +1028,13 @@ mod tests {
 
     #[test]
     fn queue_group_gets_one_delivery_per_event_and_skips_full_members() {
-        let broker = Broker::new("e", Retention::default());
+        let broker = Broker::new(Retention::default());
         let (a, mut a_rx) = Outbox::new(1, 1);
         let (b, mut b_rx) = Outbox::new(2, 100);
         subscription(&broker, "qa", "jobs", Some("w"), &a);
         subscription(&broker, "qb", "jobs", Some("w"), &b);
         for _ in 0..10 {
-            assert_eq!(broker.publish("jobs", json("0")).deliveries, 1);
+            broker.publish("jobs", json("0"));
         }
         let (got_a, got_b) = (drain(&mut a_rx), drain(&mut b_rx));
         assert_eq!(got_a.len() + got_b.len(), 10, "each event once");
@@ -878,7 +1045,7 @@ mod tests {
 
     #[test]
     fn redelivery_prefers_another_member() {
-        let broker = Broker::new("e", Retention::default());
+        let broker = Broker::new(Retention::default());
         let (a, mut a_rx) = Outbox::new(1, 100);
         let (b, mut b_rx) = Outbox::new(2, 100);
         let qa = subscription(&broker, "qa", "jobs.*", Some("w"), &a);

@@ -36,6 +36,8 @@ pub struct Settings {
     pub advertise_ip: Option<IpAddr>,
     /// Events queued towards one peer before further events to it are dropped.
     pub peer_queue: usize,
+    /// Nodes that store each topic's events, its owner included (when that many are up).
+    pub replication: usize,
     /// The largest client frame accepted, in bytes.
     pub max_frame_bytes: usize,
     /// The most subscriptions one connection may hold.
@@ -94,6 +96,7 @@ impl Default for Settings {
             tls_key: None,
             advertise_ip: None,
             peer_queue: 65_536,
+            replication: 2,
             max_frame_bytes: 1024 * 1024,
             max_subscriptions: 1024,
             outbound_queue: 4096,
@@ -214,6 +217,9 @@ impl Settings {
         if self.cluster_key.as_ref().is_some_and(|k| k.0.len() < 16) {
             return invalid("cluster_key", "must be at least 16 characters");
         }
+        if self.replication == 0 {
+            return invalid("replication", "must be at least 1 (the owner itself)");
+        }
         if self.peer_queue == 0 {
             return invalid("peer_queue", "must be at least 1");
         }
@@ -302,6 +308,9 @@ pub struct ServeArgs {
     /// Events queued towards one peer before further events to it are dropped [default: 65536].
     #[arg(long, env = "MURMUR_PEER_QUEUE", value_name = "N")]
     pub peer_queue: Option<usize>,
+    /// Nodes that store each topic's events, its owner included [default: 2].
+    #[arg(long, env = "MURMUR_REPLICATION", value_name = "N")]
+    pub replication: Option<usize>,
     /// Largest client frame accepted, in bytes [default: 1048576].
     #[arg(long, env = "MURMUR_MAX_FRAME_BYTES", value_name = "BYTES")]
     pub max_frame_bytes: Option<usize>,
@@ -360,6 +369,7 @@ impl ServeArgs {
             gossip,
             quic,
             peer_queue,
+            replication,
             max_frame_bytes,
             max_subscriptions,
             outbound_queue,

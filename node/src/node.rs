@@ -139,9 +139,7 @@ impl RunningNode {
             advertise("quic", quic_addr)?,
             advertise("listen", local_addr)?,
         );
-        // A fresh epoch per process start: sequence numbers restart with it.
-        let epoch = format!("{:016x}", rand::random::<u64>());
-        let broker = Arc::new(Broker::new(epoch, settings.retention()));
+        let broker = Arc::new(Broker::new(settings.retention()));
         let cluster = Cluster::start(
             ClusterSetup {
                 id,
@@ -150,6 +148,7 @@ impl RunningNode {
                 key,
                 seeds: settings.seeds.clone(),
                 peer_queue: settings.peer_queue,
+                replication: settings.replication,
             },
             broker.clone(),
         );
@@ -168,7 +167,6 @@ impl RunningNode {
             listen = %local_addr,
             gossip = %gossip_addr,
             quic = %quic_addr,
-            epoch = %state.broker.epoch(),
             "murmur node serving: ws://{local_addr}/ws"
         );
         tokio::spawn(expire_history(state.clone()));

@@ -39,6 +39,10 @@ pub enum PeerMessage {
         /// A queue-group event handed on after its first member did not ack it.
         redelivered: bool,
     },
+    /// A copy of a sequenced event for this replica to store.
+    Replicate(Arc<Event>),
+    /// A request or reply of the topic protocol, already in wire form.
+    Frame(murmur_proto::cluster::v1::peer_frame::Msg),
     Leaving {
         generation: u64,
         /// Told once the frame has been handed to QUIC.

@@ -12,6 +12,7 @@ pub mod gossip;
 pub mod link;
 pub mod membership;
 pub mod security;
+pub mod topics;
 pub mod transport;
 
 use std::collections::HashMap;
@@ -54,10 +55,19 @@ pub struct Cluster {
     pub gossip: Gossip,
     peers: Mutex<HashMap<String, PeerEntry>>,
     peer_queue: usize,
+    /// Copies kept of each topic's events, the owner's included.
+    replication: usize,
     stop: CancellationToken,
     tasks: TaskTracker,
     pub stats: ClusterStats,
+    /// Requests to peers awaiting their reply, by id, with the peer asked.
+    requests: Mutex<HashMap<u64, PendingRequest>>,
+    next_request: std::sync::atomic::AtomicU64,
+    /// Topics being claimed, with the publishes that wait for the claim.
+    claims: Mutex<HashMap<Arc<str>, Vec<topics::Queued>>>,
 }
+
+type PendingRequest = (Arc<str>, tokio::sync::oneshot::Sender<pb::peer_frame::Msg>);
 
 #[derive(Debug, Default)]
 pub struct ClusterStats {
@@ -83,6 +93,7 @@ pub struct ClusterSetup {
     pub key: ClusterKey,
     pub seeds: Vec<String>,
     pub peer_queue: usize,
+    pub replication: usize,
 }
 
 impl Cluster {
@@ -104,9 +115,13 @@ impl Cluster {
             gossip,
             peers: Mutex::new(HashMap::new()),
             peer_queue: setup.peer_queue,
+            replication: setup.replication.max(1),
             stop,
             tasks: TaskTracker::new(),
             stats: ClusterStats::default(),
+            requests: Mutex::new(HashMap::new()),
+            next_request: std::sync::atomic::AtomicU64::new(1),
+            claims: Mutex::new(HashMap::new()),
         });
         cluster.tasks.spawn(cluster.clone().member_events(events));
         cluster.tasks.spawn(cluster.clone().accept_loop());
@@ -199,6 +214,8 @@ impl Cluster {
             tracing::info!(peer = %link.name, "peer is down: dropping its link and interest");
             self.broker.detach_peer(&link);
         }
+        self.forget_requests_to(&id.name);
+        self.broker.on_peer_gone(&id.name);
     }
 
     async fn dial_loop(self: Arc<Self>, peer: NodeId) {
@@ -306,6 +323,8 @@ impl Cluster {
         let _ = tokio::time::timeout(Duration::from_millis(200), writer).await;
         connection.close(quinn::VarInt::from_u32(0), b"bye");
         self.broker.detach_peer(&link);
+        self.forget_requests_to(&link.name);
+        self.broker.on_peer_gone(&link.name);
         let mut peers = self.peers.lock();
         if let Some(entry) = peers.get_mut(&peer.name) {
             entry.link.take_if(|l| Arc::ptr_eq(l, &link));
@@ -337,7 +356,7 @@ impl Cluster {
     }
 
     fn on_frame(
-        &self,
+        self: &Arc<Self>,
         link: &Arc<PeerLink>,
         bytes: bytes::Bytes,
     ) -> Result<(), transport::TransportError> {
@@ -382,6 +401,32 @@ impl Cluster {
                     &groups,
                     forward.redelivered,
                 );
+            }
+            pb::peer_frame::Msg::Publish(request) => self.on_publish_request(link, request),
+            pb::peer_frame::Msg::Replicate(replicate) => {
+                match replicate.event.and_then(transport::event_from_pb) {
+                    Some(event) => self.on_replicate(link, event),
+                    None => {
+                        tracing::warn!(peer = %link.name, "peer sent a malformed replica; ignored")
+                    }
+                }
+            }
+            pb::peer_frame::Msg::Stored(stored) => {
+                self.broker
+                    .on_stored(&link.name, &stored.topic, &stored.epoch, stored.seq);
+            }
+            pb::peer_frame::Msg::StateRequest(request) => self.on_state_request(link, request),
+            pb::peer_frame::Msg::ReplayRequest(request) => self.on_replay_request(link, request),
+            reply @ (pb::peer_frame::Msg::Published(_)
+            | pb::peer_frame::Msg::StateReply(_)
+            | pb::peer_frame::Msg::ReplayReply(_)) => {
+                let id = match &reply {
+                    pb::peer_frame::Msg::Published(r) => r.id,
+                    pb::peer_frame::Msg::StateReply(r) => r.id,
+                    pb::peer_frame::Msg::ReplayReply(r) => r.id,
+                    _ => 0,
+                };
+                self.on_reply(id, reply);
             }
             pb::peer_frame::Msg::Leaving(leaving) => {
                 tracing::info!(peer = %link.name, "peer is leaving the cluster");

@@ -277,6 +277,10 @@ fn encode(message: &PeerMessage) -> Bytes {
             groups: groups.iter().map(interest_pb).collect(),
             redelivered: *redelivered,
         }),
+        PeerMessage::Replicate(event) => pb::peer_frame::Msg::Replicate(pb::Replicate {
+            event: Some(event_pb(event)),
+        }),
+        PeerMessage::Frame(msg) => msg.clone(),
         PeerMessage::Leaving { generation, .. } => pb::peer_frame::Msg::Leaving(pb::Leaving {
             generation: *generation,
         }),
@@ -284,7 +288,7 @@ fn encode(message: &PeerMessage) -> Bytes {
     frame(msg)
 }
 
-fn event_pb(event: &Event) -> pb::Event {
+pub fn event_pb(event: &Event) -> pb::Event {
     let (data, encoding) = match &event.payload {
         Payload::Json(b) => (b.clone(), pb::Encoding::Json),
         Payload::Binary(b) => (b.clone(), pb::Encoding::Binary),

@@ -18,6 +18,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
 use crate::broker::{Outbound, Outbox, Subscription};
+use crate::cluster::topics::PublishError;
 use crate::event::{Delivery, Event};
 use crate::node::NodeState;
 use crate::protocol::{ErrorCode, Format, Reply, Request, RequestError, json, protobuf};
@@ -61,7 +62,9 @@ pub(crate) async fn serve(
         tracing::debug!(?format, "connected");
         let (outbox, queue) = Outbox::new(connection, node.settings.outbound_queue);
         let (sink, stream) = socket.split();
+        let (late_replies, late) = mpsc::unbounded_channel();
         let mut session = Session {
+            late_replies,
             session_id: format!("{:016x}", rand::random::<u64>()),
             node,
             format,
@@ -72,7 +75,7 @@ pub(crate) async fn serve(
             ack_deadlines: VecDeque::new(),
             replayed_up_to: HashMap::new(),
         };
-        let ending = session.run(stream, queue).await;
+        let ending = session.run(stream, queue, late).await;
         tracing::debug!(?ending, "disconnected");
     }
     .instrument(span)
@@ -107,6 +110,8 @@ struct Session {
     unacked: HashMap<u64, Unacked>,
     /// Delivery ids in the order they were written; acked ones are skipped lazily.
     ack_deadlines: VecDeque<(Instant, u64)>,
+    /// Answers to acknowledged publishes, which complete after the request was handled.
+    late_replies: mpsc::UnboundedSender<Message>,
     /// For resumed subscriptions: per topic, the last event replayed. A live copy of an
     /// event already replayed is dropped; the entry goes once the live stream passes it.
     replayed_up_to: HashMap<Arc<str>, ReplayedUpTo>,
@@ -120,6 +125,7 @@ impl Session {
         &mut self,
         mut stream: SplitStream<WebSocket>,
         mut queue: mpsc::Receiver<Outbound>,
+        mut late: mpsc::UnboundedReceiver<Message>,
     ) -> Ending {
         let settings = self.node.settings.clone();
         let shutdown = self.node.shutdown.clone();
@@ -162,6 +168,7 @@ impl Session {
                         Some(Err(err)) => Some(read_error_ending(&err)),
                     }
                 }
+                Some(reply) = late.recv() => self.write(reply).await.err(),
                 Some(first) = queue.recv() => self.write_events(first, &mut queue).await.err(),
             };
         }
@@ -180,10 +187,7 @@ impl Session {
     }
 
     fn encode(&self, reply: &Reply<'_>) -> Message {
-        match self.format {
-            Format::Json => Message::Text(Utf8Bytes::from(json::encode_reply(reply))),
-            Format::Protobuf => Message::Binary(protobuf::encode_reply(reply)),
-        }
+        encode_reply(self.format, reply)
     }
 
     async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
@@ -197,7 +201,7 @@ impl Session {
             Message::Close(_) => return Err(Ending::ClientClosed),
         };
         let reply = match request {
-            Ok(request) => self.handle(request),
+            Ok(request) => self.handle(request).await,
             Err(err) => Err(err),
         };
         match reply {
@@ -211,7 +215,7 @@ impl Session {
     }
 
     /// Serves one request; the returned frames answer it, in order.
-    fn handle(&mut self, request: Request) -> Result<Vec<Message>, RequestError> {
+    async fn handle(&mut self, request: Request) -> Result<Vec<Message>, RequestError> {
         let settings = &self.node.settings;
         match request {
             Request::Hello { client, token: _ } => {
@@ -264,7 +268,12 @@ impl Session {
                 ));
                 self.node.broker.subscribe(subscription.clone());
                 // Registered first, replayed second: see `Broker::replay`.
-                let replays = match self.node.broker.replay(&subscription.pattern, &sub.from) {
+                let replayed = self
+                    .node
+                    .cluster
+                    .replay(&subscription.pattern, &sub.from)
+                    .await;
+                let replays = match replayed {
                     Ok(replays) => replays,
                     Err(err) => {
                         self.node.broker.unsubscribe(&subscription);
@@ -339,16 +348,31 @@ impl Session {
                 topic::validate_publish_topic(&name, settings.max_topic_bytes).map_err(|e| {
                     RequestError::new(reference.as_deref(), ErrorCode::InvalidTopic, e.to_string())
                 })?;
-                let receipt = self.node.broker.publish(&name, payload);
-                Ok(reference
-                    .map(|reference| {
-                        self.encode(&Reply::Ok {
-                            reference: Some(&reference),
-                            position: Some((&receipt.epoch, receipt.seq)),
+                let mut outcome = self.node.cluster.submit(&name, payload);
+                let Some(reference) = reference else {
+                    return Ok(Vec::new());
+                };
+                // Usually known at once (this node owns the topic and needs no replica);
+                // otherwise answered when the owner and replicas are done.
+                if let Ok(result) = outcome.try_recv() {
+                    return publish_answer(self.format, &reference, result).map(|m| vec![m]);
+                }
+                let format = self.format;
+                let late = self.late_replies.clone();
+                tokio::spawn(async move {
+                    let result = outcome.await.unwrap_or_else(|_| {
+                        Err(PublishError {
+                            code: "unavailable",
+                            message: "the node stopped before the event was stored".into(),
                         })
-                    })
-                    .into_iter()
-                    .collect())
+                    });
+                    let message = match publish_answer(format, &reference, result) {
+                        Ok(message) => message,
+                        Err(err) => encode_reply(format, &err.reply()),
+                    };
+                    let _ = late.send(message);
+                });
+                Ok(Vec::new())
             }
             Request::Ack { delivery } => {
                 let known = delivery
@@ -569,6 +593,39 @@ impl Session {
         for (_, u) in self.unacked.drain() {
             self.node.broker.redeliver(&u.subscription, &u.event);
         }
+    }
+}
+
+fn encode_reply(format: Format, reply: &Reply<'_>) -> Message {
+    match format {
+        Format::Json => Message::Text(Utf8Bytes::from(json::encode_reply(reply))),
+        Format::Protobuf => Message::Binary(protobuf::encode_reply(reply)),
+    }
+}
+
+/// The `ok` (with the event's position) or `error` answering an acknowledged publish.
+fn publish_answer(
+    format: Format,
+    reference: &str,
+    result: Result<crate::broker::Receipt, PublishError>,
+) -> Result<Message, RequestError> {
+    match result {
+        Ok(receipt) => Ok(encode_reply(
+            format,
+            &Reply::Ok {
+                reference: Some(reference),
+                position: Some((&receipt.epoch, receipt.seq)),
+            },
+        )),
+        Err(err) => Err(RequestError::new(
+            Some(reference),
+            match err.code {
+                "invalid_topic" => ErrorCode::InvalidTopic,
+                "invalid_request" => ErrorCode::InvalidRequest,
+                _ => ErrorCode::Unavailable,
+            },
+            err.message,
+        )),
     }
 }
 

@@ -186,6 +186,9 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The client may not do this.
     Unauthorized,
+    /// The event could not be sequenced and stored (owner or replicas unreachable); the
+    /// publish may be retried.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -205,6 +208,7 @@ impl ErrorCode {
             Self::IdleTimeout => "idle_timeout",
             Self::ShuttingDown => "shutting_down",
             Self::Unauthorized => "unauthorized",
+            Self::Unavailable => "unavailable",
         }
     }
 }

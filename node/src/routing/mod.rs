@@ -5,8 +5,10 @@
 
 pub mod history;
 pub mod index;
+pub mod ownership;
 pub mod sequence;
 pub mod topic;
+pub mod topics;
 
 pub use index::{Match, QueueGroup, SubscriptionIndex};
 pub use sequence::TopicSequences;

@@ -1,0 +1,707 @@
+//! Topic ownership across the cluster: who sequences a topic, how publishes reach it, how a
+//! new owner takes a topic over, and how resumes are answered from wherever history is.
+//!
+//! - The owner of a topic is the first of the live members ranked by rendezvous hashing
+//!   ([`crate::routing::ownership`]); the next `replication - 1` hold replicas.
+//! - A publish on a node that does not own the topic is sent to the owner (`PublishRequest`)
+//!   on the one ordered stream to it, so one client's publishes keep their order. The owner
+//!   sequences it, sends a copy to each replica, and fans it out — and answers — only once
+//!   every replica has stored it. Anything delivered is therefore on every replica, and a
+//!   replica that takes over after the owner fails continues the same epoch without a hole.
+//! - A node that becomes owner of a topic it holds no state for *claims* it: it asks every
+//!   peer what it knows. A peer that was sequencing the topic hands it over (once its
+//!   pending events are stored) and stops; a peer that still owns the topic in its own view
+//!   refuses, and the claimant asks again. The newest knowledge wins. If nothing is known,
+//!   or a peer kept refusing (views disagree: a partition), the topic starts a new epoch, so
+//!   two nodes never number events of the same epoch.
+//! - A resume asks every node what it can replay and keeps, per topic, the answer with the
+//!   newest knowledge.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use murmur_proto::cluster::v1 as pb;
+use tokio::sync::oneshot;
+
+use super::Cluster;
+use super::link::{PeerLink, PeerMessage};
+use super::transport::{event_from_pb, event_pb};
+use crate::broker::{Receipt, Sequenced, TopicReplay, TopicSnapshot};
+use crate::event::{Event, Payload};
+use crate::protocol::{Cursor, ResumeFrom};
+use crate::routing::history::{Gap, Replay, reason};
+use crate::routing::ownership::rank;
+use crate::routing::topic::{is_wildcard, pattern_matches};
+use crate::routing::topics::newer_epoch;
+
+/// How long a publish may wait for its owner and replicas.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause before asking again when views disagree or the owner is not reachable yet.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How long a claim keeps asking peers that refuse before starting a new epoch.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(3);
+/// How long to wait for one peer's answer to a claim or replay request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A publish that could not be sequenced and stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PublishError {
+    /// Stable code for the client's `error` frame.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl PublishError {
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            code: "unavailable",
+            message: message.into(),
+        }
+    }
+}
+
+pub type PublishResult = Result<Receipt, PublishError>;
+
+/// Where the outcome of a publish goes.
+enum ReplyTo {
+    Local(oneshot::Sender<PublishResult>),
+    Peer(Arc<PeerLink>, u64),
+}
+
+impl ReplyTo {
+    fn send(self, result: PublishResult) {
+        match self {
+            Self::Local(tx) => {
+                let _ = tx.send(result);
+            }
+            Self::Peer(link, id) => {
+                let result = match result {
+                    Ok(r) => pb::publish_reply::Result::Ok(pb::Position {
+                        epoch: r.epoch.to_string(),
+                        seq: r.seq,
+                    }),
+                    Err(e) => pb::publish_reply::Result::Failed(pb::Failure {
+                        code: e.code.to_owned(),
+                        message: e.message,
+                    }),
+                };
+                link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Published(
+                    pb::PublishReply {
+                        id,
+                        result: Some(result),
+                    },
+                )));
+            }
+        }
+    }
+}
+
+/// A publish waiting for its topic to be claimed.
+pub(super) struct Queued {
+    payload: Payload,
+    reply: ReplyTo,
+}
+
+impl Cluster {
+    /// Names of the members that can own topics now: this node and its live peers.
+    fn live_names(&self) -> Vec<String> {
+        let view = self.gossip.view.read();
+        let mut names: Vec<String> = view.live_peers().iter().map(|p| p.name.clone()).collect();
+        names.push(self.id.name.clone());
+        names
+    }
+
+    /// The owner of `topic` and its replicas, best first.
+    pub fn placement(&self, topic: &str) -> Vec<String> {
+        let names = self.live_names();
+        rank(topic, names.iter().map(String::as_str))
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn link_to(&self, name: &str) -> Option<Arc<PeerLink>> {
+        self.peers
+            .lock()
+            .get(name)
+            .and_then(|p| p.link.clone())
+            .filter(|l| !l.is_closed())
+    }
+
+    /// The replicas of `topic` this node can reach now.
+    fn replica_links(&self, topic: &str) -> Vec<Arc<PeerLink>> {
+        self.placement(topic)
+            .iter()
+            .skip(1)
+            .take(self.replication.saturating_sub(1))
+            .filter_map(|name| self.link_to(name))
+            .collect()
+    }
+
+    /// Publishes `payload` on `topic` through its owner; the receiver resolves once the event
+    /// is sequenced and stored on its replicas. The request leaves before this returns, so
+    /// successive publishes from one caller keep their order.
+    pub fn submit(
+        self: &Arc<Self>,
+        topic: &str,
+        payload: Payload,
+    ) -> oneshot::Receiver<PublishResult> {
+        let (tx, rx) = oneshot::channel();
+        self.route(topic.into(), payload, ReplyTo::Local(tx), 0);
+        rx
+    }
+
+    fn route(self: &Arc<Self>, topic: Arc<str>, payload: Payload, reply: ReplyTo, attempt: u32) {
+        let owner = self.placement(&topic).into_iter().next();
+        let Some(owner) = owner.filter(|o| *o != self.id.name) else {
+            self.publish_as_owner(topic, payload, reply);
+            return;
+        };
+        let Some(link) = self.link_to(&owner) else {
+            self.retry(
+                topic,
+                payload,
+                reply,
+                attempt,
+                format!("owner {owner} is not reachable"),
+            );
+            return;
+        };
+        let (data, encoding) = payload_pb(&payload);
+        let (id, answer) = self.request(&link);
+        link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Publish(
+            pb::PublishRequest {
+                id,
+                topic: topic.to_string(),
+                data,
+                encoding: encoding as i32,
+            },
+        )));
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let answer = tokio::time::timeout(PUBLISH_TIMEOUT, answer).await;
+            cluster.requests.lock().remove(&id);
+            let result = match answer {
+                Ok(Ok(pb::peer_frame::Msg::Published(reply))) => reply.result,
+                Ok(_) => None,
+                Err(_) => {
+                    reply.send(Err(PublishError::unavailable(format!(
+                        "no answer from {owner}, the owner of {topic}"
+                    ))));
+                    return;
+                }
+            };
+            match result {
+                Some(pb::publish_reply::Result::Ok(position)) => reply.send(Ok(Receipt {
+                    epoch: position.epoch.into(),
+                    seq: position.seq,
+                })),
+                Some(pb::publish_reply::Result::Failed(failure)) => {
+                    reply.send(Err(PublishError::unavailable(failure.message)));
+                }
+                Some(pb::publish_reply::Result::NotOwner(_)) => {
+                    cluster.retry(
+                        topic,
+                        payload,
+                        reply,
+                        attempt,
+                        "nodes disagree on the owner".into(),
+                    );
+                }
+                None => {
+                    cluster.retry(
+                        topic,
+                        payload,
+                        reply,
+                        attempt,
+                        format!("the link to {owner} closed"),
+                    );
+                }
+            }
+        });
+    }
+
+    /// Registers a request to `link`'s peer; the receiver gets the peer's reply (or an
+    /// error if the link closes first).
+    fn request(&self, link: &PeerLink) -> (u64, oneshot::Receiver<pb::peer_frame::Msg>) {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.requests.lock().insert(id, (link.name.clone(), tx));
+        (id, rx)
+    }
+
+    /// Routes a peer's reply to whoever asked.
+    pub(super) fn on_reply(&self, id: u64, msg: pb::peer_frame::Msg) {
+        if let Some((_, tx)) = self.requests.lock().remove(&id) {
+            let _ = tx.send(msg);
+        }
+    }
+
+    /// Fails every request waiting on `peer`.
+    pub(super) fn forget_requests_to(&self, peer: &str) {
+        self.requests.lock().retain(|_, (p, _)| &**p != peer);
+    }
+
+    fn retry(
+        self: &Arc<Self>,
+        topic: Arc<str>,
+        payload: Payload,
+        reply: ReplyTo,
+        attempt: u32,
+        why: String,
+    ) {
+        let limit = (PUBLISH_TIMEOUT.as_millis() / RETRY_PAUSE.as_millis()) as u32;
+        if attempt >= limit {
+            reply.send(Err(PublishError::unavailable(format!(
+                "cannot publish to {topic}: {why}"
+            ))));
+            return;
+        }
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RETRY_PAUSE).await;
+            cluster.route(topic, payload, reply, attempt + 1);
+        });
+    }
+
+    /// Sequences on this node, which owns `topic` in its view; claims it first if needed.
+    fn publish_as_owner(self: &Arc<Self>, topic: Arc<str>, payload: Payload, reply: ReplyTo) {
+        {
+            let mut claims = self.claims.lock();
+            if let Some(waiting) = claims.get_mut(&topic) {
+                waiting.push(Queued { payload, reply });
+                return;
+            }
+            if !self.broker.is_ready(&topic) && self.links().is_empty() {
+                // Alone: nobody else can know the topic; take it over at once.
+                let known = self.broker.topic_snapshot(&topic);
+                self.broker.install_topic(&topic, known);
+            } else if !self.broker.is_ready(&topic) {
+                claims.insert(topic.clone(), vec![Queued { payload, reply }]);
+                drop(claims);
+                tokio::spawn(self.clone().claim(topic));
+                return;
+            }
+        }
+        let replicas = self.replica_links(&topic);
+        match self.broker.sequence(&topic, payload.clone(), &replicas) {
+            Sequenced::Done(receipt) => reply.send(Ok(receipt)),
+            Sequenced::Waiting(receipt, stored) => {
+                tokio::spawn(async move {
+                    match tokio::time::timeout(PUBLISH_TIMEOUT, stored).await {
+                        Ok(Ok(())) => reply.send(Ok(receipt)),
+                        _ => reply.send(Err(PublishError::unavailable(
+                            "the event was sequenced but its replicas did not confirm it in time",
+                        ))),
+                    }
+                });
+            }
+            // Handed over between the check and now: route it to the new owner.
+            Sequenced::NotReady => self.retry(topic, payload, reply, 0, "the topic moved".into()),
+        }
+    }
+
+    /// Takes `topic` over: asks every peer what it knows, installs the newest state (or a
+    /// new epoch), then serves the publishes that waited.
+    async fn claim(self: Arc<Self>, topic: Arc<str>) {
+        let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
+        let mut best: Option<TopicSnapshot> = self.broker.topic_snapshot(&topic);
+        let mut refused_to_the_end = false;
+        loop {
+            let answers = self
+                .ask_all(|id| {
+                    pb::peer_frame::Msg::StateRequest(pb::TopicStateRequest {
+                        id,
+                        topic: topic.to_string(),
+                    })
+                })
+                .await;
+            let mut refused = false;
+            for answer in answers {
+                let Some(pb::peer_frame::Msg::StateReply(reply)) = answer else {
+                    continue;
+                };
+                if reply.refused {
+                    refused = true;
+                    continue;
+                }
+                if !reply.found {
+                    continue;
+                }
+                let snapshot = TopicSnapshot {
+                    epoch: reply.epoch.into(),
+                    last_seq: reply.last_seq,
+                    events: reply
+                        .events
+                        .into_iter()
+                        .filter_map(event_from_pb)
+                        .map(Arc::new)
+                        .collect(),
+                };
+                if best.as_ref().is_none_or(|b| is_newer(&snapshot, b)) {
+                    best = Some(snapshot);
+                }
+            }
+            // A live peer this node cannot ask yet may be numbering the topic right now.
+            let unlinked = {
+                let view = self.gossip.view.read();
+                view.live_peers()
+                    .iter()
+                    .any(|p| self.link_to(&p.name).is_none())
+            };
+            if !refused && !unlinked {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                refused_to_the_end = true;
+                break;
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        let still_owner = self
+            .placement(&topic)
+            .first()
+            .is_some_and(|o| *o == self.id.name);
+        if still_owner {
+            // A peer that kept the topic may still be numbering it: never share its epoch.
+            let known = if refused_to_the_end { None } else { best };
+            let epoch = self.broker.install_topic(&topic, known);
+            tracing::debug!(%topic, %epoch, refused_to_the_end, "claimed topic");
+        }
+        let waiting = self.claims.lock().remove(&topic).unwrap_or_default();
+        for queued in waiting {
+            if still_owner {
+                self.publish_as_owner(topic.clone(), queued.payload, queued.reply);
+            } else {
+                self.route(topic.clone(), queued.payload, queued.reply, 0);
+            }
+        }
+    }
+
+    /// Sends a request to every linked peer and collects the answers (None: no answer).
+    async fn ask_all(
+        &self,
+        make: impl Fn(u64) -> pb::peer_frame::Msg,
+    ) -> Vec<Option<pb::peer_frame::Msg>> {
+        let mut waits = Vec::new();
+        for link in self.links() {
+            let (id, answer) = self.request(&link);
+            link.send_control(PeerMessage::Frame(make(id)));
+            waits.push(async move {
+                let answer = tokio::time::timeout(REQUEST_TIMEOUT, answer).await;
+                (id, answer.ok().and_then(Result::ok))
+            });
+        }
+        let answers = futures_util::future::join_all(waits).await;
+        let mut requests = self.requests.lock();
+        answers
+            .into_iter()
+            .map(|(id, answer)| {
+                requests.remove(&id);
+                answer
+            })
+            .collect()
+    }
+
+    /// A peer asks this node to sequence an event.
+    pub(super) fn on_publish_request(
+        self: &Arc<Self>,
+        link: &Arc<PeerLink>,
+        request: pb::PublishRequest,
+    ) {
+        let reply = ReplyTo::Peer(link.clone(), request.id);
+        let owner = self.placement(&request.topic).into_iter().next();
+        if owner.as_deref() != Some(self.id.name.as_str()) {
+            link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Published(
+                pb::PublishReply {
+                    id: request.id,
+                    result: Some(pb::publish_reply::Result::NotOwner(
+                        owner.unwrap_or_default(),
+                    )),
+                },
+            )));
+            return;
+        }
+        let Some(payload) = payload_from_pb(request.data, request.encoding) else {
+            reply.send(Err(PublishError {
+                code: "invalid_request",
+                message: "malformed data".into(),
+            }));
+            return;
+        };
+        if crate::routing::topic::validate_publish_topic(&request.topic, 4096).is_err() {
+            reply.send(Err(PublishError {
+                code: "invalid_topic",
+                message: "invalid topic".into(),
+            }));
+            return;
+        }
+        self.publish_as_owner(request.topic.into(), payload, reply);
+    }
+
+    /// A peer claims a topic: hand it over if this node was sequencing it and no longer
+    /// owns it; refuse while this node still owns it in its own view.
+    pub(super) fn on_state_request(&self, link: &PeerLink, request: pb::TopicStateRequest) {
+        let topic = request.topic.as_str();
+        let i_own = self
+            .placement(topic)
+            .first()
+            .is_some_and(|o| *o == self.id.name);
+        let mut reply = pb::TopicStateReply {
+            id: request.id,
+            ..Default::default()
+        };
+        let known = if self.broker.is_ready(topic) {
+            if i_own || self.claims.lock().contains_key(topic) {
+                reply.refused = true;
+                None
+            } else {
+                match self.broker.hand_over(topic) {
+                    Ok(snapshot) => snapshot,
+                    Err(_) => {
+                        reply.refused = true;
+                        None
+                    }
+                }
+            }
+        } else {
+            self.broker.topic_snapshot(topic)
+        };
+        if let Some(snapshot) = known {
+            reply.found = true;
+            reply.epoch = snapshot.epoch.to_string();
+            reply.last_seq = snapshot.last_seq;
+            reply.events = snapshot.events.iter().map(|e| event_pb(e)).collect();
+        }
+        link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::StateReply(reply)));
+    }
+
+    /// A replica's copy of an event: store it and confirm.
+    pub(super) fn on_replicate(&self, link: &PeerLink, event: Event) {
+        let topic = event.topic.to_string();
+        let receipt = self.broker.store_replica(Arc::new(event));
+        link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Stored(
+            pb::Stored {
+                topic,
+                epoch: receipt.epoch.to_string(),
+                seq: receipt.seq,
+            },
+        )));
+    }
+
+    /// What a subscription on `pattern` resuming `from` missed, from the newest knowledge
+    /// anywhere in the cluster: per topic, gaps then events.
+    pub async fn replay(
+        &self,
+        pattern: &str,
+        from: &ResumeFrom,
+    ) -> Result<Vec<Replay>, crate::broker::ResumeError> {
+        let mut candidates = self.broker.replay_candidates(pattern, from)?;
+        if matches!(from, ResumeFrom::Latest) {
+            return Ok(Vec::new());
+        }
+        let request_from = replay_from_pb(from);
+        let answers = self
+            .ask_all(|id| {
+                pb::peer_frame::Msg::ReplayRequest(pb::ReplayRequest {
+                    id,
+                    pattern: pattern.to_owned(),
+                    from: request_from.clone(),
+                })
+            })
+            .await;
+        for answer in answers.into_iter().flatten() {
+            if let pb::peer_frame::Msg::ReplayReply(reply) = answer {
+                candidates.extend(reply.topics.into_iter().map(topic_replay_from_pb));
+            }
+        }
+        let mut best: HashMap<Arc<str>, TopicReplay> = HashMap::new();
+        for candidate in candidates {
+            match best.get(&candidate.topic) {
+                Some(current)
+                    if !(newer_epoch(&candidate.epoch, &current.epoch)
+                        || (candidate.epoch == current.epoch
+                            && candidate.last_seq > current.last_seq)) => {}
+                _ => {
+                    best.insert(candidate.topic.clone(), candidate);
+                }
+            }
+        }
+        // Cursors for topics nobody knows any more: what followed them is unknown.
+        let cursors: Vec<(&str, &Cursor)> = match from {
+            ResumeFrom::Cursor(c) => vec![(pattern, c)],
+            ResumeFrom::Topics { topics, .. } => topics
+                .iter()
+                .filter(|(t, _)| {
+                    if is_wildcard(pattern) {
+                        pattern_matches(pattern, t)
+                    } else {
+                        t.as_str() == pattern
+                    }
+                })
+                .map(|(t, c)| (t.as_str(), c))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let unknown: Vec<(&str, &Cursor)> = cursors
+            .into_iter()
+            .filter(|(topic, _)| !best.contains_key(*topic))
+            .collect();
+        let mut replays: Vec<Replay> = best.into_values().map(|c| c.replay).collect();
+        for (topic, cursor) in unknown {
+            {
+                replays.push(Replay {
+                    gaps: vec![Gap {
+                        topic: topic.into(),
+                        epoch: cursor.epoch.as_str().into(),
+                        from_seq: cursor.seq + 1,
+                        to_seq: 0,
+                        reason: reason::EPOCH_CHANGED,
+                    }],
+                    events: Vec::new(),
+                });
+            }
+        }
+        Ok(replays)
+    }
+
+    /// A peer asks what this node can replay.
+    pub(super) fn on_replay_request(&self, link: &PeerLink, request: pb::ReplayRequest) {
+        let from = replay_from_from_pb(request.from);
+        let topics = self
+            .broker
+            .replay_candidates(&request.pattern, &from)
+            .unwrap_or_default()
+            .into_iter()
+            .map(topic_replay_pb)
+            .collect();
+        link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::ReplayReply(
+            pb::ReplayReply {
+                id: request.id,
+                topics,
+            },
+        )));
+    }
+}
+
+fn is_newer(a: &TopicSnapshot, b: &TopicSnapshot) -> bool {
+    newer_epoch(&a.epoch, &b.epoch) || (a.epoch == b.epoch && a.last_seq > b.last_seq)
+}
+
+fn payload_pb(payload: &Payload) -> (bytes::Bytes, pb::Encoding) {
+    match payload {
+        Payload::Json(b) => (b.clone(), pb::Encoding::Json),
+        Payload::Binary(b) => (b.clone(), pb::Encoding::Binary),
+    }
+}
+
+fn payload_from_pb(data: bytes::Bytes, encoding: i32) -> Option<Payload> {
+    match pb::Encoding::try_from(encoding).ok()? {
+        pb::Encoding::Json => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&data).ok()?;
+            Some(Payload::Json(data))
+        }
+        pb::Encoding::Binary => Some(Payload::Binary(data)),
+    }
+}
+
+fn cursor_pb(c: &Cursor) -> pb::Cursor {
+    pb::Cursor {
+        epoch: c.epoch.clone(),
+        seq: c.seq,
+    }
+}
+
+fn replay_from_pb(from: &ResumeFrom) -> Option<pb::replay_request::From> {
+    match from {
+        ResumeFrom::Latest => None,
+        ResumeFrom::Earliest => Some(pb::replay_request::From::Earliest(true)),
+        ResumeFrom::Cursor(c) => Some(pb::replay_request::From::Cursor(cursor_pb(c))),
+        ResumeFrom::Topics { topics, since } => {
+            Some(pb::replay_request::From::Topics(pb::TopicsCursor {
+                topics: topics
+                    .iter()
+                    .map(|(t, c)| (t.clone(), cursor_pb(c)))
+                    .collect(),
+                since: *since,
+            }))
+        }
+    }
+}
+
+fn replay_from_from_pb(from: Option<pb::replay_request::From>) -> ResumeFrom {
+    let cursor = |c: pb::Cursor| Cursor {
+        epoch: c.epoch,
+        seq: c.seq,
+    };
+    match from {
+        None => ResumeFrom::Latest,
+        Some(pb::replay_request::From::Earliest(_)) => ResumeFrom::Earliest,
+        Some(pb::replay_request::From::Cursor(c)) => ResumeFrom::Cursor(cursor(c)),
+        Some(pb::replay_request::From::Topics(t)) => ResumeFrom::Topics {
+            topics: t.topics.into_iter().map(|(k, c)| (k, cursor(c))).collect(),
+            since: t.since,
+        },
+    }
+}
+
+fn topic_replay_pb(candidate: TopicReplay) -> pb::TopicReplay {
+    pb::TopicReplay {
+        topic: candidate.topic.to_string(),
+        epoch: candidate.epoch.to_string(),
+        last_seq: candidate.last_seq,
+        gaps: candidate
+            .replay
+            .gaps
+            .iter()
+            .map(|g| pb::Gap {
+                topic: g.topic.to_string(),
+                epoch: g.epoch.to_string(),
+                from_seq: g.from_seq,
+                to_seq: g.to_seq,
+                reason: g.reason.to_owned(),
+            })
+            .collect(),
+        events: candidate
+            .replay
+            .events
+            .iter()
+            .map(|e| event_pb(e))
+            .collect(),
+    }
+}
+
+fn topic_replay_from_pb(candidate: pb::TopicReplay) -> TopicReplay {
+    let topic: Arc<str> = candidate.topic.into();
+    TopicReplay {
+        topic: topic.clone(),
+        epoch: candidate.epoch.into(),
+        last_seq: candidate.last_seq,
+        replay: Replay {
+            gaps: candidate
+                .gaps
+                .into_iter()
+                .map(|g| Gap {
+                    topic: topic.clone(),
+                    epoch: g.epoch.into(),
+                    from_seq: g.from_seq,
+                    to_seq: g.to_seq,
+                    reason: if g.reason == reason::EPOCH_CHANGED {
+                        reason::EPOCH_CHANGED
+                    } else {
+                        reason::RETENTION
+                    },
+                })
+                .collect(),
+            events: candidate
+                .events
+                .into_iter()
+                .filter_map(event_from_pb)
+                .map(Arc::new)
+                .collect(),
+        },
+    }
+}

@@ -1,0 +1,88 @@
+//! Which node owns a topic: rendezvous (highest-random-weight) hashing over the live members.
+//!
+//! Every node ranks the members for a topic the same way from the same member list, without
+//! talking to anyone: the first is the owner (it sequences and stores the topic's events),
+//! the next ones hold replicas. When a member joins or leaves, only the topics whose top
+//! ranks involve it move — about 1/n of them.
+
+/// A fixed hasher: every node must compute the same weights.
+fn weight(topic: &str, member: &str) -> u64 {
+    // std's hashers are not promised stable across Rust releases, and nodes of different
+    // builds must agree: FNV-1a over both strings, then a mixer.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in topic.bytes().chain([0xff]).chain(member.bytes()) {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // splitmix64 finaliser: spreads FNV's weak low bits.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Members ranked for `topic`, best first; ties (practically impossible) broken by name.
+pub fn rank<'a>(topic: &str, members: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut ranked: Vec<(u64, &str)> = members.into_iter().map(|m| (weight(topic, m), m)).collect();
+    ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    ranked.dedup_by(|a, b| a.1 == b.1);
+    ranked.into_iter().map(|(_, m)| m).collect()
+}
+
+/// The owner of `topic` among `members`.
+pub fn owner<'a>(topic: &str, members: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    members.into_iter().max_by(|a, b| {
+        weight(topic, a)
+            .cmp(&weight(topic, b))
+            .then_with(|| b.cmp(a))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_is_the_first_of_the_ranking_and_stable() {
+        let members = ["n1", "n2", "n3"];
+        for i in 0..100 {
+            let topic = format!("topic.{i}");
+            let ranked = rank(&topic, members);
+            assert_eq!(ranked.len(), 3);
+            assert_eq!(owner(&topic, members), Some(ranked[0]));
+            // Order of the member list does not matter.
+            assert_eq!(rank(&topic, ["n3", "n1", "n2"]), ranked);
+        }
+        assert_eq!(owner("t", std::iter::empty()), None);
+    }
+
+    #[test]
+    fn a_new_member_takes_about_its_share_and_moves_nothing_else() {
+        let three = ["n1", "n2", "n3"];
+        let four = ["n1", "n2", "n3", "n4"];
+        let topics: Vec<String> = (0..4000).map(|i| format!("t.{i}")).collect();
+        let mut moved = 0;
+        for t in &topics {
+            let before = owner(t, three).unwrap();
+            let after = owner(t, four).unwrap();
+            if before != after {
+                assert_eq!(after, "n4", "topics only move to the newcomer");
+                moved += 1;
+            }
+        }
+        // Expect about a quarter.
+        assert!((800..1200).contains(&moved), "moved {moved} of 4000");
+    }
+
+    #[test]
+    fn losing_the_owner_promotes_the_first_replica() {
+        let all = ["a", "b", "c", "d"];
+        for i in 0..200 {
+            let topic = format!("x{i}");
+            let ranked = rank(&topic, all);
+            let survivors: Vec<&str> = all.iter().copied().filter(|m| *m != ranked[0]).collect();
+            assert_eq!(owner(&topic, survivors), Some(ranked[1]));
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Per-topic sequencing state on the node that owns (or holds a copy of) a topic.
+//!
+//! Each topic has an epoch and the last sequence number assigned in it. On the owner, an
+//! event is *pending* from the moment it is sequenced until every replica has reported it
+//! stored; pending events complete strictly in sequence order, which is when the owner fans
+//! them out and answers the publisher. Plain data: the broker holds it under its shard locks
+//! and passes in the peers to wait for.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use foldhash::fast::RandomState;
+
+use crate::event::Event;
+
+/// A new epoch name: creation time (hex ms) then a random part, so that "newer" can be told
+/// by any node (see [`newer_epoch`]).
+pub fn new_epoch(now_ms: i64, random: u32) -> Arc<str> {
+    format!("{now_ms:x}-{random:08x}").into()
+}
+
+/// True when epoch `a` was created after epoch `b`. Epochs that do not carry a time compare
+/// as text.
+pub fn newer_epoch(a: &str, b: &str) -> bool {
+    let time = |e: &str| {
+        e.split_once('-')
+            .and_then(|(t, _)| i64::from_str_radix(t, 16).ok())
+    };
+    match (time(a), time(b)) {
+        (Some(x), Some(y)) if x != y => x > y,
+        _ => a > b,
+    }
+}
+
+/// An event waiting for replicas, and whoever waits for it.
+#[derive(Debug)]
+struct Pending<W> {
+    event: Arc<Event>,
+    missing: Vec<Arc<str>>,
+    waiter: Option<W>,
+}
+
+#[derive(Debug)]
+pub struct TopicState<W> {
+    pub name: Arc<str>,
+    pub epoch: Arc<str>,
+    pub last_seq: u64,
+    /// Handed to a new owner: this node must not sequence it until it claims it again.
+    pub moved: bool,
+    pending: VecDeque<Pending<W>>,
+}
+
+impl<W> TopicState<W> {
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
+
+/// A completed event (stored on every replica asked), with its waiter.
+pub type Completed<W> = (Arc<Event>, Option<W>);
+
+#[derive(Debug)]
+pub struct TopicTable<W> {
+    topics: HashMap<Arc<str>, TopicState<W>, RandomState>,
+}
+
+impl<W> Default for TopicTable<W> {
+    fn default() -> Self {
+        Self {
+            topics: HashMap::default(),
+        }
+    }
+}
+
+impl<W> TopicTable<W> {
+    pub fn get(&self, topic: &str) -> Option<&TopicState<W>> {
+        self.topics.get(topic)
+    }
+
+    /// True when this node may sequence `topic` now (it has its state and has not handed it on).
+    pub fn is_ready(&self, topic: &str) -> bool {
+        self.topics.get(topic).is_some_and(|t| !t.moved)
+    }
+
+    /// Sets what is known of a topic: from a claim (owner) or from replication (copy).
+    pub fn install(&mut self, topic: &str, epoch: Arc<str>, last_seq: u64) {
+        match self.topics.get_mut(topic) {
+            Some(state) => {
+                state.epoch = epoch;
+                state.last_seq = last_seq;
+                state.moved = false;
+            }
+            None => {
+                let name: Arc<str> = topic.into();
+                self.topics.insert(
+                    name.clone(),
+                    TopicState {
+                        name,
+                        epoch,
+                        last_seq,
+                        moved: false,
+                        pending: VecDeque::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Assigns the next sequence number; `None` if the topic is not ready here.
+    pub fn next(&mut self, topic: &str) -> Option<(Arc<str>, Arc<str>, u64)> {
+        let state = self.topics.get_mut(topic).filter(|t| !t.moved)?;
+        state.last_seq += 1;
+        Some((state.name.clone(), state.epoch.clone(), state.last_seq))
+    }
+
+    /// Holds a sequenced event until `replicas` have stored it. With no replicas to wait
+    /// for it completes at once — after any earlier pending event of the topic.
+    pub fn hold(
+        &mut self,
+        event: Arc<Event>,
+        replicas: Vec<Arc<str>>,
+        waiter: Option<W>,
+    ) -> Vec<Completed<W>> {
+        let Some(state) = self.topics.get_mut(&*event.topic) else {
+            return vec![(event, waiter)];
+        };
+        state.pending.push_back(Pending {
+            event,
+            missing: replicas,
+            waiter,
+        });
+        Self::complete_front(state)
+    }
+
+    /// A replica reports `topic` stored up to `seq` of `epoch`.
+    pub fn stored(&mut self, peer: &str, topic: &str, epoch: &str, seq: u64) -> Vec<Completed<W>> {
+        let Some(state) = self.topics.get_mut(topic) else {
+            return Vec::new();
+        };
+        for pending in &mut state.pending {
+            if &*pending.event.epoch == epoch && pending.event.seq <= seq {
+                pending.missing.retain(|p| &**p != peer);
+            }
+        }
+        Self::complete_front(state)
+    }
+
+    /// A replica is gone: nothing more will come from it.
+    pub fn peer_gone(&mut self, peer: &str) -> Vec<Completed<W>> {
+        let mut done = Vec::new();
+        for state in self.topics.values_mut() {
+            for pending in &mut state.pending {
+                pending.missing.retain(|p| &**p != peer);
+            }
+            done.extend(Self::complete_front(state));
+        }
+        done
+    }
+
+    fn complete_front(state: &mut TopicState<W>) -> Vec<Completed<W>> {
+        let mut done = Vec::new();
+        while state.pending.front().is_some_and(|p| p.missing.is_empty()) {
+            if let Some(p) = state.pending.pop_front() {
+                done.push((p.event, p.waiter));
+            }
+        }
+        done
+    }
+
+    /// Hands the topic on: this node stops sequencing it. Refused while events are pending,
+    /// so the new owner's first event cannot overtake them.
+    pub fn hand_over(&mut self, topic: &str) -> Result<Option<(Arc<str>, u64)>, HandOverRefused> {
+        let Some(state) = self.topics.get_mut(topic) else {
+            return Ok(None);
+        };
+        if state.has_pending() {
+            return Err(HandOverRefused);
+        }
+        state.moved = true;
+        Ok(Some((state.epoch.clone(), state.last_seq)))
+    }
+
+    /// Records a replicated event's position (on a replica).
+    pub fn replicated(&mut self, event: &Event) {
+        match self.topics.get_mut(&*event.topic) {
+            Some(state) if *state.epoch == *event.epoch && event.seq <= state.last_seq => {}
+            Some(state)
+                if *state.epoch == *event.epoch || newer_epoch(&event.epoch, &state.epoch) =>
+            {
+                state.epoch = event.epoch.clone();
+                state.last_seq = event.seq;
+            }
+            Some(_) => {}
+            None => {
+                self.install(&event.topic, event.epoch.clone(), event.seq);
+                if let Some(state) = self.topics.get_mut(&*event.topic) {
+                    // A copy: the owner sequences; this node only keeps it.
+                    state.moved = true;
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.topics.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.topics.keys()
+    }
+}
+
+/// Events are still waiting for replicas: ask again shortly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandOverRefused;
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::event::Payload;
+
+    fn sequence(table: &mut TopicTable<u64>, topic: &str) -> Arc<Event> {
+        let (name, epoch, seq) = table.next(topic).unwrap();
+        Arc::new(Event::new(
+            name,
+            epoch,
+            seq,
+            0,
+            Payload::Json(Bytes::from_static(b"0")),
+        ))
+    }
+
+    fn seqs(done: &[Completed<u64>]) -> Vec<u64> {
+        done.iter().map(|(e, _)| e.seq).collect()
+    }
+
+    #[test]
+    fn epochs_order_by_creation_time() {
+        let old = new_epoch(1000, 7);
+        let new = new_epoch(2000, 1);
+        assert!(newer_epoch(&new, &old));
+        assert!(!newer_epoch(&old, &new));
+        assert!(!newer_epoch(&old, &old));
+    }
+
+    #[test]
+    fn topics_are_sequenced_only_once_installed() {
+        let mut table = TopicTable::<u64>::default();
+        assert!(table.next("t").is_none());
+        table.install("t", "e".into(), 41);
+        assert_eq!(table.next("t").map(|(_, _, s)| s), Some(42));
+    }
+
+    #[test]
+    fn pending_events_complete_in_order_when_every_replica_stored_them() {
+        let mut table = TopicTable::<u64>::default();
+        table.install("t", "e".into(), 0);
+        let r: Arc<str> = "replica".into();
+        let e1 = sequence(&mut table, "t");
+        assert!(table.hold(e1, vec![r.clone()], Some(1)).is_empty());
+        let e2 = sequence(&mut table, "t");
+        assert!(table.hold(e2, vec![r.clone()], Some(2)).is_empty());
+        // An ack for 2 alone completes nothing: acks are cumulative and 1 comes first...
+        let done = table.stored("replica", "t", "e", 2);
+        assert_eq!(
+            seqs(&done),
+            vec![1, 2],
+            "cumulative: stored up to 2 covers 1"
+        );
+        let e3 = sequence(&mut table, "t");
+        assert!(
+            table
+                .hold(e3, vec![r.clone(), "other".into()], Some(3))
+                .is_empty()
+        );
+        assert!(
+            table.stored("replica", "t", "e", 3).is_empty(),
+            "still missing `other`"
+        );
+        assert_eq!(seqs(&table.peer_gone("other")), vec![3]);
+        let e4 = sequence(&mut table, "t");
+        assert_eq!(seqs(&table.hold(e4, Vec::new(), None)), vec![4]);
+    }
+
+    #[test]
+    fn hand_over_waits_for_pending_events_then_stops_sequencing() {
+        let mut table = TopicTable::<u64>::default();
+        table.install("t", "e".into(), 5);
+        let e = sequence(&mut table, "t");
+        table.hold(e, vec!["r".into()], None);
+        assert_eq!(table.hand_over("t"), Err(HandOverRefused));
+        table.stored("r", "t", "e", 6);
+        assert_eq!(table.hand_over("t"), Ok(Some(("e".into(), 6))));
+        assert!(table.next("t").is_none(), "moved: no longer sequenced here");
+        table.install("t", "e".into(), 9);
+        assert!(table.is_ready("t"), "claimed back");
+    }
+
+    #[test]
+    fn replicas_track_the_newest_position() {
+        let mut table = TopicTable::<u64>::default();
+        let event = |epoch: &str, seq| {
+            Event::new(
+                "t".into(),
+                epoch.into(),
+                seq,
+                0,
+                Payload::Json(Bytes::from_static(b"0")),
+            )
+        };
+        let old = new_epoch(1, 1);
+        let new = new_epoch(2, 1);
+        table.replicated(&event(&old, 3));
+        assert!(!table.is_ready("t"), "a copy is not sequenced here");
+        table.replicated(&event(&old, 4));
+        table.replicated(&event(&old, 2));
+        assert_eq!(table.get("t").unwrap().last_seq, 4);
+        table.replicated(&event(&new, 1));
+        assert_eq!(
+            (
+                &*table.get("t").unwrap().epoch,
+                table.get("t").unwrap().last_seq
+            ),
+            (&*new, 1)
+        );
+        table.replicated(&event(&old, 9));
+        assert_eq!(
+            &*table.get("t").unwrap().epoch,
+            &*new,
+            "an older epoch does not win"
+        );
+    }
+}
