@@ -386,6 +386,7 @@ impl Broker {
         let mut known = link.interests.lock();
         let (added, removed) = match snapshot {
             Some(all) => {
+                link.interest_known.store(true, Ordering::Release);
                 let all: std::collections::HashSet<Interest> = all.into_iter().collect();
                 let gone: Vec<Interest> = known.difference(&all).cloned().collect();
                 let new: Vec<Interest> = all.difference(&known).cloned().collect();
@@ -434,6 +435,7 @@ impl Broker {
         };
         let now = now_ms();
         let event = Arc::new(Event::new(name, epoch.clone(), seq, now, payload));
+        tracing::trace!(topic, seq, replicas = replicas.len(), "sequenced");
         shard.history.append(event.clone(), now);
         self.stats.events_published.fetch_add(1, Ordering::Relaxed);
         for replica in replicas {
@@ -472,6 +474,7 @@ impl Broker {
     /// publishers. Called with the topic's shard locked, which keeps the order.
     fn complete(&self, done: Vec<Completed<StoredSignal>>) {
         for (event, signal) in done {
+            tracing::trace!(topic = %event.topic, seq = event.seq, "stored; fanning out");
             self.fan_out(&event);
             if let Some(signal) = signal {
                 let _ = signal.send(());
@@ -505,6 +508,11 @@ impl Broker {
         };
         shard.history.append(event, now_ms());
         receipt
+    }
+
+    /// True while some sequenced event still waits for its replicas.
+    pub fn has_pending(&self) -> bool {
+        self.shards.iter().any(|s| s.lock().topics.has_pending())
     }
 
     /// True when this node holds `topic`'s state and may sequence it.

@@ -320,3 +320,184 @@ pub fn expect_error(frame: &Value, code: &str, reference: Option<&str>) {
         "error without a message: {frame}"
     );
 }
+
+/// Waits until every node in `nodes` except `except` knows at least `count` peer interests,
+/// so that whichever node owns a topic forwards its events to the subscriber's node.
+pub async fn wait_for_interest_everywhere(nodes: &[RunningNode], except: usize, count: usize) {
+    wait_until(
+        "interest has reached every node",
+        Duration::from_secs(10),
+        || {
+            nodes
+                .iter()
+                .enumerate()
+                .all(|(i, n)| i == except || n.state().broker.peer_interests() >= count)
+        },
+    )
+    .await;
+}
+
+/// What a resuming subscriber received.
+#[derive(Debug, Default, Clone)]
+pub struct Record {
+    pub events: Vec<Value>,
+    pub gaps: Vec<Value>,
+    pub reconnects: usize,
+    /// Events that arrived after a later one of their topic, or twice: the client's cursor
+    /// rejects them, so the node must never send them.
+    pub out_of_order: Vec<Value>,
+}
+
+impl Record {
+    /// (topic, epoch, seq) of every event received.
+    pub fn positions(&self) -> std::collections::HashSet<(String, String, u64)> {
+        self.events.iter().map(position).collect()
+    }
+}
+
+pub fn position(frame: &Value) -> (String, String, u64) {
+    (
+        frame["topic"].as_str().unwrap_or_default().to_owned(),
+        frame["epoch"].as_str().unwrap_or_default().to_owned(),
+        frame["seq"].as_u64().unwrap_or_default(),
+    )
+}
+
+/// A subscriber that behaves as a careful client should: when its connection ends it
+/// reconnects to the next URL in `urls` and resumes from its cursor. Runs until `stop`.
+pub fn resuming_subscriber(
+    urls: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pattern: String,
+    record: std::sync::Arc<std::sync::Mutex<Record>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ready = Some(ready);
+        let mut cursor = murmur::client::ResumeCursor::starting_at(0);
+        let mut attempt = 0usize;
+        let mut resuming = false;
+        while !*stop.borrow() {
+            let url = {
+                let urls = urls.lock().unwrap();
+                urls[attempt % urls.len()].clone()
+            };
+            attempt += 1;
+            let Ok(mut client) = WsClient::connect_url(&url).await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            if client.recv_json().await.is_err() {
+                continue;
+            }
+            let mut sub = json!({"op": "sub", "id": "r", "topic": pattern});
+            if resuming {
+                sub["from"] = cursor.to_from(&pattern);
+                record.lock().unwrap().reconnects += 1;
+            }
+            if client.send_json(sub).await.is_err() {
+                continue;
+            }
+            resuming = true;
+            loop {
+                if *stop.borrow() {
+                    return;
+                }
+                let frame = tokio::select! {
+                    frame = client.recv() => frame,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                };
+                let frame = match frame {
+                    Ok(Received::Frame(Message::Text(text))) => {
+                        serde_json::from_str::<Value>(text.as_str()).unwrap_or_default()
+                    }
+                    _ => break,
+                };
+                match frame["op"].as_str() {
+                    Some("ok") => {
+                        if let Some(ready) = ready.take() {
+                            let _ = ready.send(());
+                        }
+                    }
+                    Some("event") => {
+                        if cursor.observe(&frame) {
+                            record.lock().unwrap().events.push(frame);
+                        } else {
+                            record.lock().unwrap().out_of_order.push(frame);
+                        }
+                    }
+                    Some("gap") => {
+                        cursor.observe(&frame);
+                        record.lock().unwrap().gaps.push(frame);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    })
+}
+
+/// Acknowledged publishes, as (topic, epoch, seq).
+pub type Acked = std::sync::Arc<std::sync::Mutex<Vec<(String, String, u64)>>>;
+
+/// A publisher that round-robins over `topics`, waits for each `ok`, and moves to the next
+/// URL when its node goes away. Runs until `stop`; returns how many publishes failed.
+pub fn steady_publisher(
+    urls: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    topics: Vec<String>,
+    acked: Acked,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut failed = 0;
+        let mut attempt = 0usize;
+        let mut n = 0usize;
+        'connect: while !*stop.borrow() {
+            let url = {
+                let urls = urls.lock().unwrap();
+                urls[attempt % urls.len()].clone()
+            };
+            attempt += 1;
+            let Ok(mut client) = WsClient::connect_url(&url).await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            if client.recv_json().await.is_err() {
+                continue;
+            }
+            while !*stop.borrow() {
+                let topic = &topics[n % topics.len()];
+                n += 1;
+                let reference = format!("p{n}");
+                if client
+                    .send_json(json!({"op": "pub", "topic": topic, "data": n, "ref": reference}))
+                    .await
+                    .is_err()
+                {
+                    failed += 1;
+                    continue 'connect;
+                }
+                let answer = loop {
+                    match client.recv_json().await {
+                        Ok(frame) if frame["ref"] == reference.as_str() => break Some(frame),
+                        Ok(_) => continue,
+                        Err(_) => break None,
+                    }
+                };
+                match answer {
+                    Some(frame) if frame["op"] == "ok" => acked.lock().unwrap().push((
+                        topic.clone(),
+                        frame["epoch"].as_str().unwrap_or_default().to_owned(),
+                        frame["seq"].as_u64().unwrap_or_default(),
+                    )),
+                    Some(_) => failed += 1,
+                    None => {
+                        failed += 1;
+                        continue 'connect;
+                    }
+                }
+            }
+        }
+        failed
+    })
+}

@@ -68,6 +68,9 @@ pub struct PeerLink {
     events: mpsc::Sender<PeerMessage>,
     /// The peer's interests, as it announced them; mirrored in the broker's remote index.
     pub(crate) interests: Mutex<HashSet<Interest>>,
+    /// Set once the peer's interest snapshot has arrived: until then this node cannot know
+    /// whether the peer's subscribers want an event.
+    pub(crate) interest_known: std::sync::atomic::AtomicBool,
     closed: CancellationToken,
     pub stats: LinkStats,
 }
@@ -89,6 +92,7 @@ impl PeerLink {
             control,
             events,
             interests: Mutex::new(HashSet::new()),
+            interest_known: std::sync::atomic::AtomicBool::new(false),
             closed: CancellationToken::new(),
             stats: LinkStats::default(),
         };
@@ -122,6 +126,10 @@ impl PeerLink {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    pub fn interest_known(&self) -> bool {
+        self.interest_known.load(Ordering::Acquire)
     }
 
     pub fn close(&self) {

@@ -65,6 +65,8 @@ pub struct Cluster {
     next_request: std::sync::atomic::AtomicU64,
     /// Topics being claimed, with the publishes that wait for the claim.
     claims: Mutex<HashMap<Arc<str>, Vec<topics::Queued>>>,
+    /// Set when the node begins to leave: it sequences nothing more.
+    leaving: std::sync::atomic::AtomicBool,
 }
 
 type PendingRequest = (Arc<str>, tokio::sync::oneshot::Sender<pb::peer_frame::Msg>);
@@ -122,6 +124,7 @@ impl Cluster {
             requests: Mutex::new(HashMap::new()),
             next_request: std::sync::atomic::AtomicU64::new(1),
             claims: Mutex::new(HashMap::new()),
+            leaving: std::sync::atomic::AtomicBool::new(false),
         });
         cluster.tasks.spawn(cluster.clone().member_events(events));
         cluster.tasks.spawn(cluster.clone().accept_loop());
@@ -443,6 +446,16 @@ impl Cluster {
     /// Leaves gracefully: tells every peer at once, then leaves the gossip cluster, then
     /// closes the mesh.
     pub async fn leave(&self) {
+        // Sequence nothing more, and let what is in flight be stored and sent on, so that
+        // whoever takes the topics over continues right after the last event delivered.
+        self.leaving.store(true, Ordering::Release);
+        let settle = async {
+            while self.broker.has_pending() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), settle).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let generation = self
             .gossip
             .view

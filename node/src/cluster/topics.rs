@@ -269,6 +269,11 @@ impl Cluster {
 
     /// Sequences on this node, which owns `topic` in its view; claims it first if needed.
     fn publish_as_owner(self: &Arc<Self>, topic: Arc<str>, payload: Payload, reply: ReplyTo) {
+        if self.leaving.load(Ordering::Acquire) {
+            // The topic moves once this node has left; the publisher asks again by then.
+            self.retry(topic, payload, reply, 0, "the owner is leaving".into());
+            return;
+        }
         {
             let mut claims = self.claims.lock();
             if let Some(waiting) = claims.get_mut(&topic) {
@@ -345,12 +350,14 @@ impl Cluster {
                     best = Some(snapshot);
                 }
             }
-            // A live peer this node cannot ask yet may be numbering the topic right now.
+            // A live peer this node cannot ask yet may be numbering the topic right now; and
+            // until a peer's interest is known, its subscribers would miss what is sequenced.
             let unlinked = {
                 let view = self.gossip.view.read();
-                view.live_peers()
-                    .iter()
-                    .any(|p| self.link_to(&p.name).is_none())
+                view.live_peers().iter().any(|p| {
+                    self.link_to(&p.name)
+                        .is_none_or(|link| !link.interest_known())
+                })
             };
             if !refused && !unlinked {
                 break;
@@ -414,7 +421,8 @@ impl Cluster {
     ) {
         let reply = ReplyTo::Peer(link.clone(), request.id);
         let owner = self.placement(&request.topic).into_iter().next();
-        if owner.as_deref() != Some(self.id.name.as_str()) {
+        let leaving = self.leaving.load(Ordering::Acquire);
+        if leaving || owner.as_deref() != Some(self.id.name.as_str()) {
             link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Published(
                 pb::PublishReply {
                     id: request.id,

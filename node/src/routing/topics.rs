@@ -205,6 +205,11 @@ impl<W> TopicTable<W> {
         self.topics.len()
     }
 
+    /// True when an event of any topic waits for replicas.
+    pub fn has_pending(&self) -> bool {
+        self.topics.values().any(TopicState::has_pending)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.topics.is_empty()
     }

@@ -1,0 +1,363 @@
+//! The no-silent-loss contract across a cluster: topic owners, replicas, resume on any
+//! node, and acknowledged events that outlive their owner.
+
+use std::time::Duration;
+
+use std::sync::{Arc, Mutex};
+
+use murmur_tests::{
+    Acked, Record, TEST_CLUSTER_KEY, WsClient, gossip_addr, members_in_state, position,
+    resuming_subscriber, start_cluster, start_node, steady_publisher, wait_for_interest_everywhere,
+    wait_for_mesh, wait_until, ws_url,
+};
+use serde_json::{Value, json};
+
+type TestResult = anyhow::Result<()>;
+
+fn seqs(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
+
+async fn recv_n(client: &mut WsClient, n: usize) -> anyhow::Result<Vec<Value>> {
+    let mut frames = Vec::with_capacity(n);
+    for _ in 0..n {
+        frames.push(client.recv_json().await?);
+    }
+    Ok(frames)
+}
+
+/// A topic whose owner (in `node`'s view) is `owner`.
+fn topic_owned_by(node: &murmur::RunningNode, prefix: &str, owner: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|t| node.state().cluster.placement(t)[0] == owner)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_on_another_node_replays_exactly_the_missed_events() -> TestResult {
+    let nodes = start_cluster(3, |_, _| {}).await;
+    // Owned by node-2, published through node-0, read on node-1 and then on node-2.
+    let topic = topic_owned_by(&nodes[0], "room.", "node-2");
+    let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
+    let (mut first, _) = WsClient::connect_json(&nodes[1]).await?;
+    first.sub("s", &topic).await?;
+    wait_for_interest_everywhere(&nodes, 1, 1).await;
+    let mut epoch = String::new();
+    for i in 1..=5 {
+        let (ok, _) = publisher
+            .publish(&topic, json!(i), &format!("p{i}"))
+            .await?;
+        epoch = ok["epoch"].as_str().unwrap().to_owned();
+        assert_eq!(ok["seq"], i);
+    }
+    assert_eq!(seqs(&recv_n(&mut first, 5).await?), vec![1, 2, 3, 4, 5]);
+    first.abandon();
+    for i in 6..=10 {
+        publisher
+            .publish(&topic, json!(i), &format!("p{i}"))
+            .await?;
+    }
+    for node in [&nodes[2], &nodes[0]] {
+        let (mut again, _) = WsClient::connect_json(node).await?;
+        let ok = again
+            .request(
+                json!({"op": "sub", "id": "s", "topic": topic, "from": {"epoch": epoch, "seq": 5}}),
+            )
+            .await?;
+        assert_eq!(ok["op"], "ok", "{ok}");
+        let replayed = recv_n(&mut again, 5).await?;
+        assert_eq!(seqs(&replayed), vec![6, 7, 8, 9, 10]);
+        assert!(replayed.iter().all(|e| e["epoch"] == epoch.as_str()));
+        again.ping("no-more").await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_resume_on_another_node_includes_new_topics() -> TestResult {
+    let nodes = start_cluster(3, |_, _| {}).await;
+    let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
+    let (mut first, _) = WsClient::connect_json(&nodes[1]).await?;
+    first.sub("w", "dev.*").await?;
+    wait_for_interest_everywhere(&nodes, 1, 1).await;
+    publisher.publish("dev.a", json!("a1"), "1").await?;
+    let seen = first.recv_json().await?;
+    first.abandon();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for (i, topic) in ["dev.a", "dev.b", "dev.c", "dev.b"].iter().enumerate() {
+        publisher
+            .publish(topic, json!(format!("x{i}")), &format!("q{i}"))
+            .await?;
+    }
+    let (mut again, _) = WsClient::connect_json(&nodes[2]).await?;
+    let from =
+        json!({"topics": {"dev.a": {"epoch": seen["epoch"], "seq": 1}}, "since": seen["ts"]});
+    let ok = again
+        .request(json!({"op": "sub", "id": "w", "topic": "dev.*", "from": from}))
+        .await?;
+    assert_eq!(ok["op"], "ok");
+    let mut got: Vec<String> = recv_n(&mut again, 4)
+        .await?
+        .iter()
+        .map(|e| format!("{}#{}", e["topic"].as_str().unwrap(), e["seq"]))
+        .collect();
+    got.sort();
+    assert_eq!(got, vec!["dev.a#2", "dev.b#1", "dev.b#2", "dev.c#1"]);
+    again.ping("no-more").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_the_loss_of_their_owner() -> TestResult {
+    let mut nodes = start_cluster(3, |_, _| {}).await;
+    let topic = topic_owned_by(&nodes[0], "orders.", "node-2");
+    let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
+    let mut epoch = String::new();
+    for i in 1..=20 {
+        let (ok, _) = publisher
+            .publish(&topic, json!(i), &format!("p{i}"))
+            .await?;
+        epoch = ok["epoch"].as_str().unwrap().to_owned();
+    }
+    let owner = nodes.pop().unwrap();
+    owner.halt();
+    wait_until(
+        "the survivors see the owner down",
+        Duration::from_secs(15),
+        || {
+            nodes
+                .iter()
+                .all(|n| members_in_state(n, "down") == ["node-2"])
+        },
+    )
+    .await;
+    // Every acknowledged event is still there, in the same epoch...
+    let (mut reader, _) = WsClient::connect_json(&nodes[1]).await?;
+    let ok = reader
+        .request(json!({"op": "sub", "id": "r", "topic": topic, "from": "earliest"}))
+        .await?;
+    assert_eq!(ok["op"], "ok");
+    let replayed = recv_n(&mut reader, 20).await?;
+    assert_eq!(seqs(&replayed), (1..=20).collect::<Vec<_>>());
+    assert!(replayed.iter().all(|e| e["epoch"] == epoch.as_str()));
+    // ...and the topic carries on from where it was, with no gap.
+    let (ok, _) = publisher.publish(&topic, json!(21), "p21").await?;
+    assert_eq!(
+        (ok["epoch"].as_str(), ok["seq"].as_u64()),
+        (Some(epoch.as_str()), Some(21))
+    );
+    assert_eq!(reader.recv_json().await?["seq"], 21);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_cluster_still_acknowledges() -> TestResult {
+    let nodes = start_cluster(1, |_, s| s.replication = 3).await;
+    let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
+    let (ok, _) = publisher.publish("solo", json!(1), "p").await?;
+    assert_eq!(ok["seq"], 1);
+    Ok(())
+}
+
+/// Checks a subscriber's record against the acknowledged publishes: no gap frame, no
+/// duplicate, every acknowledged event received, and each topic contiguous in one epoch.
+fn check_record(name: &str, record: &Record, acked: &[(String, String, u64)]) {
+    assert!(record.gaps.is_empty(), "{name} got gaps: {:?}", record.gaps);
+    assert!(
+        record.out_of_order.is_empty(),
+        "{name} got events out of order or twice: {:?}",
+        record.out_of_order.iter().map(position).collect::<Vec<_>>()
+    );
+    let positions = record.positions();
+    assert_eq!(
+        positions.len(),
+        record.events.len(),
+        "{name} got duplicates"
+    );
+    let missing: Vec<_> = acked.iter().filter(|a| !positions.contains(a)).collect();
+    assert!(
+        missing.is_empty(),
+        "{name} lacks acknowledged events: {missing:?}"
+    );
+    let mut by_topic: std::collections::BTreeMap<&str, Vec<(&str, u64)>> = Default::default();
+    for event in &record.events {
+        by_topic
+            .entry(event["topic"].as_str().unwrap())
+            .or_default()
+            .push((
+                event["epoch"].as_str().unwrap(),
+                event["seq"].as_u64().unwrap(),
+            ));
+    }
+    for (topic, seen) in by_topic {
+        let epochs: std::collections::BTreeSet<&str> = seen.iter().map(|(e, _)| *e).collect();
+        assert_eq!(epochs.len(), 1, "{name}: {topic} changed epoch: {epochs:?}");
+        let seqs: Vec<u64> = seen.iter().map(|(_, s)| *s).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "{name}: {topic} out of order or with a hole"
+        );
+    }
+}
+
+struct Load {
+    urls: Arc<Mutex<Vec<String>>>,
+    records: Vec<Arc<Mutex<Record>>>,
+    acked: Acked,
+    stop_publishers: tokio::sync::watch::Sender<bool>,
+    stop_subscribers: tokio::sync::watch::Sender<bool>,
+    subscribers: Vec<tokio::task::JoinHandle<()>>,
+    publishers: Vec<tokio::task::JoinHandle<usize>>,
+}
+
+/// Two resuming subscribers on `load.>` and two publishers over 12 topics, spread over the
+/// nodes, all moving to another node when theirs goes away.
+async fn start_load(nodes: &[murmur::RunningNode]) -> Load {
+    let urls = Arc::new(Mutex::new(nodes.iter().map(ws_url).collect::<Vec<_>>()));
+    let (stop_subscribers, subscribers_stop) = tokio::sync::watch::channel(false);
+    let (stop_publishers, publishers_stop) = tokio::sync::watch::channel(false);
+    let acked: Acked = Arc::default();
+    let mut records = Vec::new();
+    let mut subscribers = Vec::new();
+    for start in 0..2 {
+        let rotated = Arc::new(Mutex::new({
+            let mut u = urls.lock().unwrap().clone();
+            u.rotate_left(start);
+            u
+        }));
+        let record = Arc::new(Mutex::new(Record::default()));
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        subscribers.push(resuming_subscriber(
+            rotated,
+            "load.>".into(),
+            record.clone(),
+            subscribers_stop.clone(),
+            ready,
+        ));
+        is_ready.await.expect("subscriber ready");
+        records.push(record);
+    }
+    wait_for_interest_everywhere(nodes, usize::MAX, 1).await;
+    let topics: Vec<String> = (0..12).map(|i| format!("load.t{i}")).collect();
+    let mut publishers = Vec::new();
+    for start in 0..2 {
+        let rotated = Arc::new(Mutex::new({
+            let mut u = urls.lock().unwrap().clone();
+            u.rotate_left(start + 1);
+            u
+        }));
+        publishers.push(steady_publisher(
+            rotated,
+            topics.clone(),
+            acked.clone(),
+            publishers_stop.clone(),
+        ));
+    }
+    Load {
+        urls,
+        records,
+        acked,
+        stop_publishers,
+        stop_subscribers,
+        subscribers,
+        publishers,
+    }
+}
+
+impl Load {
+    /// Stops publishing, waits until every subscriber has every acknowledged event, stops.
+    async fn finish(self) -> (Vec<Record>, Vec<(String, String, u64)>) {
+        let _ = self.stop_publishers.send(true);
+        let mut failed = 0;
+        for p in self.publishers {
+            failed += p.await.unwrap_or(0);
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        assert!(
+            acked.len() > 100,
+            "the load ran: {} acknowledged, {failed} failed",
+            acked.len()
+        );
+        let records = self.records.clone();
+        let all_in = || {
+            records.iter().all(|r| {
+                let positions = r.lock().unwrap().positions();
+                acked.iter().all(|a| positions.contains(a))
+            })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !all_in() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.stop_subscribers.send(true);
+        for s in self.subscribers {
+            s.abort();
+        }
+        let records: Vec<Record> = self
+            .records
+            .iter()
+            .map(|r| r.lock().unwrap().clone())
+            .collect();
+        eprintln!(
+            "{} acknowledged, {failed} not; subscribers got {:?} events after {:?} reconnects",
+            acked.len(),
+            records.iter().map(|r| r.events.len()).collect::<Vec<_>>(),
+            records.iter().map(|r| r.reconnects).collect::<Vec<_>>()
+        );
+        (records, acked)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_node_under_load_loses_nothing_and_opens_no_gap() -> TestResult {
+    let mut nodes = start_cluster(3, |_, _| {}).await;
+    let load = start_load(&nodes).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seed = gossip_addr(&nodes[0]);
+    let newcomer = start_node(|s| {
+        s.name = "node-3".into();
+        s.seeds = vec![seed];
+        s.cluster_key = Some(murmur::config::Secret(TEST_CLUSTER_KEY.into()));
+    })
+    .await;
+    load.urls.lock().unwrap().push(ws_url(&newcomer));
+    nodes.push(newcomer);
+    wait_for_mesh(&nodes).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (records, acked) = load.finish().await;
+    for (i, record) in records.iter().enumerate() {
+        check_record(&format!("subscriber {i}"), record, &acked);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_loses_nothing_and_opens_no_gap() -> TestResult {
+    let mut nodes = start_cluster(3, |_, s| s.shutdown_grace = Duration::from_secs(2)).await;
+    let load = start_load(&nodes).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        let old = nodes.remove(i);
+        old.shutdown();
+        old.stopped().await;
+        let seed = gossip_addr(&nodes[0]);
+        let restarted = start_node(|s| {
+            s.name = format!("node-{i}");
+            s.seeds = vec![seed];
+            s.cluster_key = Some(murmur::config::Secret(TEST_CLUSTER_KEY.into()));
+            s.shutdown_grace = Duration::from_secs(2);
+        })
+        .await;
+        load.urls.lock().unwrap().push(ws_url(&restarted));
+        nodes.insert(i, restarted);
+        wait_for_mesh(&nodes).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (records, acked) = load.finish().await;
+    for (i, record) in records.iter().enumerate() {
+        check_record(&format!("subscriber {i}"), record, &acked);
+    }
+    Ok(())
+}
