@@ -699,3 +699,35 @@ async fn a_silent_client_is_closed_after_the_idle_timeout_and_a_live_one_is_not(
     live.ping("still-here").await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_of_our_subprotocols_in_the_clients_order_decides_the_format() -> TestResult {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let node = start_node(|_| {}).await;
+    for (offered, binary) in [
+        ("murmur.v1.protobuf, murmur.v1.json", true),
+        ("murmur.v1.json, murmur.v1.protobuf", false),
+        ("other, murmur.v1.protobuf", true),
+    ] {
+        let mut request = ws_url(&node).into_client_request()?;
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", offered.parse()?);
+        let (mut ws, response) = tokio_tungstenite::connect_async(request).await?;
+        let chosen = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let expected = if binary {
+            "murmur.v1.protobuf"
+        } else {
+            "murmur.v1.json"
+        };
+        assert_eq!(chosen.as_deref(), Some(expected), "offered {offered}");
+        use futures_util::StreamExt;
+        let welcome = ws.next().await.unwrap()?;
+        assert_eq!(welcome.is_binary(), binary, "offered {offered}");
+    }
+    Ok(())
+}

@@ -149,7 +149,9 @@ async fn history_expired_by_age_still_reports_what_was_missed() -> TestResult {
     let (mut publisher, _) = WsClient::connect_json(&node).await?;
     let mut epoch = String::new();
     for i in 1..=3 {
-        let (ok, _) = publisher.publish("old", json!(i), &format!("p{i}")).await?;
+        let (ok, _) = publisher
+            .publish("old.x", json!(i), &format!("p{i}"))
+            .await?;
         epoch = ok["epoch"].as_str().unwrap().to_owned();
     }
     wait_until("the history has expired", Duration::from_secs(5), || {
@@ -159,7 +161,7 @@ async fn history_expired_by_age_still_reports_what_was_missed() -> TestResult {
     let (mut reader, _) = WsClient::connect_json(&node).await?;
     reader
         .request(
-            json!({"op": "sub", "id": "r", "topic": "old", "from": {"epoch": epoch, "seq": 1}}),
+            json!({"op": "sub", "id": "r", "topic": "old.x", "from": {"epoch": epoch, "seq": 1}}),
         )
         .await?;
     let gap = reader.recv_json().await?;
@@ -172,6 +174,37 @@ async fn history_expired_by_age_still_reports_what_was_missed() -> TestResult {
         (Some("gap"), Some(2), Some(3))
     );
     assert_eq!(gap["reason"], "retention");
+    // A wildcard resumer away since before those events learns of them too.
+    let wildcard =
+        json!({"op": "sub", "id": "w", "topic": "old.*", "from": {"topics": {}, "since": 0}});
+    reader.request(wildcard).await?;
+    let gap = reader.recv_json().await?;
+    assert_eq!(
+        (
+            gap["sub"].as_str(),
+            gap["from_seq"].as_u64(),
+            gap["to_seq"].as_u64()
+        ),
+        (Some("w"), Some(1), Some(3))
+    );
+    // A new event after the expiry does not hide what came before it.
+    publisher.publish("old.x", json!(4), "p4").await?;
+    for sub in ["r", "w"] {
+        let live = reader.recv_json().await?;
+        assert_eq!(
+            (live["sub"].as_str(), live["seq"].as_u64()),
+            (Some(sub), Some(4))
+        );
+    }
+    let late =
+        json!({"op": "sub", "id": "late", "topic": "old.*", "from": {"topics": {}, "since": 0}});
+    reader.request(late).await?;
+    let gap = reader.recv_json().await?;
+    assert_eq!(
+        (gap["from_seq"].as_u64(), gap["to_seq"].as_u64()),
+        (Some(1), Some(3))
+    );
+    assert_eq!(reader.recv_json().await?["seq"], 4);
     Ok(())
 }
 

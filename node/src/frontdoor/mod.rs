@@ -62,16 +62,21 @@ async fn upgrade(
     State(node): State<Arc<NodeState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<WsQuery>,
+    headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if !node.is_ready() {
         return (StatusCode::SERVICE_UNAVAILABLE, "node is shutting down\n").into_response();
     }
-    let requested = upgrade
-        .requested_protocols()
-        .find_map(|p| match p.as_bytes() {
-            b if b == SUBPROTOCOL_JSON.as_bytes() => Some(Format::Json),
-            b if b == SUBPROTOCOL_PROTOBUF.as_bytes() => Some(Format::Protobuf),
+    // The client's own order of preference, from the raw header (the extractor sorts).
+    let requested = headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| match p.trim() {
+            SUBPROTOCOL_JSON => Some(Format::Json),
+            SUBPROTOCOL_PROTOBUF => Some(Format::Protobuf),
             _ => None,
         });
     // `?format=` wins; otherwise the first of our subprotocols in the client's order.

@@ -260,6 +260,14 @@ impl Session {
                         ),
                     ));
                 }
+                if sub.group.is_some() && sub.from != crate::protocol::ResumeFrom::Latest {
+                    return Err(RequestError::new(
+                        reference,
+                        ErrorCode::InvalidRequest,
+                        "a queue-group member cannot resume: the group shares live events, and \
+                         unacknowledged ones are redelivered to the group anyway",
+                    ));
+                }
                 let subscription = Arc::new(Subscription::new(
                     sub.id.as_str().into(),
                     sub.topic.into(),

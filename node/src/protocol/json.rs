@@ -203,11 +203,11 @@ fn parse_cursor(value: &Value) -> Result<Cursor, String> {
     let epoch = value.get("epoch").and_then(Value::as_str);
     let seq = value.get("seq").and_then(Value::as_u64);
     match (epoch, seq) {
-        (Some(epoch), Some(seq)) => Ok(Cursor {
+        (Some(epoch), Some(seq)) if !epoch.is_empty() => Ok(Cursor {
             epoch: epoch.to_owned(),
             seq,
         }),
-        _ => Err("a cursor is {\"epoch\": string, \"seq\": non-negative integer}".into()),
+        _ => Err("a cursor is {\"epoch\": non-empty string, \"seq\": non-negative integer}".into()),
     }
 }
 

@@ -63,11 +63,24 @@ pub fn decode(frame: Bytes) -> Result<Request, RequestError> {
                         }
                     }
                 }
-                Some(pb::resume_from::Point::Cursor(c)) => ResumeFrom::Cursor(cursor(c)),
-                Some(pb::resume_from::Point::Topics(t)) => ResumeFrom::Topics {
-                    topics: t.topics.into_iter().map(|(k, c)| (k, cursor(c))).collect(),
-                    since: t.since,
-                },
+                Some(pb::resume_from::Point::Cursor(c)) if !c.epoch.is_empty() => {
+                    ResumeFrom::Cursor(cursor(c))
+                }
+                Some(pb::resume_from::Point::Topics(t))
+                    if t.topics.values().all(|c| !c.epoch.is_empty()) =>
+                {
+                    ResumeFrom::Topics {
+                        topics: t.topics.into_iter().map(|(k, c)| (k, cursor(c))).collect(),
+                        since: t.since,
+                    }
+                }
+                Some(_) => {
+                    return Err(RequestError::new(
+                        Some(&id),
+                        ErrorCode::InvalidRequest,
+                        "a cursor needs a non-empty epoch",
+                    ));
+                }
             };
             Ok(Request::Subscribe(Subscribe {
                 id,

@@ -99,7 +99,7 @@ struct TopicHistory {
 
 impl TopicHistory {
     fn last_seq(&self) -> u64 {
-        self.first_seq + self.events.len() as u64 - 1
+        (self.first_seq + self.events.len() as u64).saturating_sub(1)
     }
 
     fn trim(&mut self, policy: RetentionPolicy, now_ms: i64) {
@@ -164,7 +164,9 @@ impl HistoryStore {
                 epoch: event.epoch.clone(),
                 events: VecDeque::new(),
                 first_seq: event.seq,
-                trimmed_until_ts: 0,
+                // Joining mid-sequence (a replica, a new owner): the earlier events are not
+                // here and may be as recent as this one.
+                trimmed_until_ts: if event.seq > 1 { event.ts } else { 0 },
             });
         let follows = history.epoch == event.epoch
             && (history.events.is_empty() && event.seq >= history.first_seq
@@ -175,23 +177,34 @@ impl HistoryStore {
             history.trimmed_until_ts = 0;
         }
         if history.events.is_empty() {
+            // Events skipped before this one are not here, and were published before it:
+            // as far as anyone can tell, as late as it.
+            let skipped = !follows || event.seq > history.first_seq;
+            if skipped && event.seq > 1 {
+                history.trimmed_until_ts = history.trimmed_until_ts.max(event.ts);
+            }
             history.first_seq = event.seq;
         }
         history.events.push_back(event);
         history.trim(policy, now_ms);
     }
 
-    /// Trims every topic by age; forgets topics with nothing left.
+    /// Trims every topic by age. A topic with nothing left keeps its bookkeeping (where its
+    /// sequence had reached, when its last event was trimmed), so a resume still learns
+    /// exactly what it missed.
     pub fn expire(&mut self, now_ms: i64) {
         let retention = &self.retention;
-        self.topics.retain(|topic, history| {
+        for (topic, history) in &mut self.topics {
             history.trim(retention.policy(topic), now_ms);
-            !history.events.is_empty()
-        });
+        }
     }
 
+    /// Topics with retained events.
     pub fn topics(&self) -> usize {
-        self.topics.len()
+        self.topics
+            .values()
+            .filter(|h| !h.events.is_empty())
+            .count()
     }
 
     /// Events retained in all topics.
@@ -203,7 +216,7 @@ impl HistoryStore {
     pub fn earliest(&self, topic: &str) -> Replay {
         self.topics
             .get_key_value(topic)
-            .map(|(name, h)| h.after(name, h.first_seq - 1))
+            .map(|(name, h)| h.after(name, h.first_seq.saturating_sub(1)))
             .map(|mut r| {
                 // Nothing was claimed seen: what was trimmed before is not a gap.
                 r.gaps.clear();
@@ -245,7 +258,7 @@ impl HistoryStore {
             return Replay::default();
         };
         let mut replay = Replay::default();
-        if history.trimmed_until_ts > since_ms {
+        if history.trimmed_until_ts > since_ms && history.first_seq > 1 {
             replay.gaps.push(Gap {
                 topic: name.clone(),
                 epoch: history.epoch.clone(),
@@ -350,6 +363,16 @@ mod tests {
         store.expire(30_000);
         assert_eq!(store.topics(), 0);
         assert_eq!(store.events(), 0);
+        // What was trimmed is still known.
+        let replay = store.after("old", "e", 0);
+        assert_eq!(replay.gaps.len(), 1);
+        assert_eq!((replay.gaps[0].from_seq, replay.gaps[0].to_seq), (1, 2));
+        assert_eq!(
+            store.since("old", 2_000).gaps.len(),
+            1,
+            "trimmed events were newer"
+        );
+        assert!(store.since("old", 9_000).gaps.is_empty());
     }
 
     #[test]
@@ -406,8 +429,34 @@ mod tests {
         let mut store = HistoryStore::new(r);
         store.append(event("chat.ephemeral.typing", "e", 1, 1), 1);
         assert_eq!(store.topics(), 0, "max_events 0 keeps nothing");
+        assert_eq!(store.events(), 0);
         store.append(event("chat.lobby", "e", 1, 1), 1);
         store.append(event("chat.lobby", "e", 2, 1), 1);
         assert_eq!(seqs(&store.earliest("chat.lobby")), vec![2]);
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::event::Payload;
+
+    #[test]
+    fn a_history_that_starts_mid_sequence_reports_what_came_before() {
+        let mut store = HistoryStore::new(Retention::default());
+        let event = Arc::new(Event::new(
+            "t".into(),
+            "e".into(),
+            3,
+            5_000,
+            Payload::Json(Bytes::from_static(b"0")),
+        ));
+        store.append(event, 5_000);
+        let replay = store.since("t", 1_000);
+        assert_eq!(replay.gaps.len(), 1);
+        assert_eq!((replay.gaps[0].from_seq, replay.gaps[0].to_seq), (1, 2));
+        assert!(store.since("t", 6_000).gaps.is_empty());
     }
 }
