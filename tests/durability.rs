@@ -361,3 +361,101 @@ async fn a_rolling_restart_under_load_loses_nothing_and_opens_no_gap() -> TestRe
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_deliveries_move_to_another_member_when_their_node_dies() -> TestResult {
+    let mut nodes = start_cluster(3, |_, _| {}).await;
+    let topic = topic_owned_by(&nodes[0], "work.", "node-0");
+    let (mut steady, _) = WsClient::connect_json(&nodes[1]).await?;
+    steady.sub_group("a", &topic, "workers").await?;
+    let (mut doomed, _) = WsClient::connect_json(&nodes[2]).await?;
+    doomed.sub_group("b", &topic, "workers").await?;
+    wait_until("node-0 knows both members", Duration::from_secs(10), || {
+        nodes[0].state().broker.peer_interests() == 2
+    })
+    .await;
+    let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
+    for i in 0..10 {
+        publisher
+            .publish(&topic, json!(i), &format!("p{i}"))
+            .await?;
+    }
+    // Round-robin over the two nodes: each member gets about half. The doomed one never acks.
+    let mut got_by_doomed = Vec::new();
+    let mut got_by_steady = Vec::new();
+    while got_by_doomed.len() + got_by_steady.len() < 10 {
+        tokio::select! {
+            e = doomed.recv_json() => got_by_doomed.push(e?["data"].as_u64().unwrap()),
+            e = steady.recv_json() => {
+                let e = e?;
+                steady.send_json(json!({"op": "ack", "delivery": e["delivery"]})).await?;
+                got_by_steady.push(e["data"].as_u64().unwrap());
+            }
+        }
+    }
+    assert!(!got_by_doomed.is_empty(), "both nodes got a share");
+    nodes.pop().unwrap().halt();
+    let mut redelivered = Vec::new();
+    while redelivered.len() < got_by_doomed.len() {
+        let e = steady.recv_json().await?;
+        assert_eq!(e["redelivered"], true, "{e}");
+        steady
+            .send_json(json!({"op": "ack", "delivery": e["delivery"]}))
+            .await?;
+        redelivered.push(e["data"].as_u64().unwrap());
+    }
+    redelivered.sort_unstable();
+    got_by_doomed.sort_unstable();
+    assert_eq!(
+        redelivered, got_by_doomed,
+        "every unacknowledged delivery moved"
+    );
+    steady.ping("no-more").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_more_nodes_than_replicas_starts_a_new_epoch_and_says_so() -> TestResult {
+    let mut nodes = start_cluster(3, |_, _| {}).await;
+    // A topic whose owner and replica are both about to go.
+    let topic = (0..)
+        .map(|i| format!("fragile.{i}"))
+        .find(|t| nodes[0].state().cluster.placement(t)[2] == "node-0")
+        .unwrap();
+    let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
+    let (ok, _) = publisher.publish(&topic, json!(1), "p1").await?;
+    let old_epoch = ok["epoch"].as_str().unwrap().to_owned();
+    publisher.publish(&topic, json!(2), "p2").await?;
+    nodes.pop().unwrap().halt();
+    nodes.pop().unwrap().halt();
+    wait_until("node-0 is alone", Duration::from_secs(15), || {
+        members_in_state(&nodes[0], "down").len() == 2
+    })
+    .await;
+    let (ok, _) = publisher.publish(&topic, json!(3), "p3").await?;
+    assert_ne!(
+        ok["epoch"],
+        old_epoch.as_str(),
+        "the lost continuity is a new epoch"
+    );
+    assert_eq!(ok["seq"], 1);
+    let (mut reader, _) = WsClient::connect_json(&nodes[0]).await?;
+    reader
+        .request(
+            json!({"op": "sub", "id": "r", "topic": topic, "from": {"epoch": old_epoch, "seq": 1}}),
+        )
+        .await?;
+    let gap = reader.recv_json().await?;
+    assert_eq!(gap["op"], "gap");
+    assert_eq!(gap["reason"], "epoch_changed");
+    assert_eq!(
+        (gap["epoch"].as_str(), gap["from_seq"].as_u64()),
+        (Some(old_epoch.as_str()), Some(2))
+    );
+    let event = reader.recv_json().await?;
+    assert_eq!(
+        (event["seq"].as_u64(), &event["data"]),
+        (Some(1), &json!(3))
+    );
+    Ok(())
+}

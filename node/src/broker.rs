@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::link::{Interest, PeerLink, PeerMessage};
-use crate::event::{Delivery, Event, Payload};
+use crate::event::{Delivery, Event, GroupOrigin, Payload};
 use crate::protocol::{Cursor, ResumeFrom};
 use crate::routing::history::{Gap, HistoryStore, Replay, Retention, reason};
 use crate::routing::topic::validate_pattern;
@@ -225,7 +225,29 @@ pub struct Broker {
     next_delivery: AtomicU64,
     /// Round-robin over the nodes of a cluster-wide queue group.
     group_turn: AtomicUsize,
+    /// Queue-group events this node placed on a peer, by token, until the peer reports a
+    /// member acknowledged them; re-placed if the peer cannot take them or goes away.
+    placed_on_peers: Mutex<HashMap<u64, PlacedOnPeer>>,
+    next_token: AtomicU64,
     pub stats: BrokerStats,
+}
+
+#[derive(Debug)]
+struct PlacedOnPeer {
+    peer: Arc<str>,
+    event: Arc<Event>,
+    interest: Interest,
+}
+
+/// What became of a queue-group event whose member did not acknowledge it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redelivery {
+    /// Queued to a member (this node's, or a peer's).
+    Placed,
+    /// Another node placed it here: that node must place it elsewhere.
+    ReturnToOrigin(Arc<GroupOrigin>),
+    /// No member anywhere could take it.
+    Lost,
 }
 
 /// The topics whose names hash to one shard: their sequence counters and history. A
@@ -241,12 +263,12 @@ struct TopicShard {
 #[error("{0}")]
 pub struct ResumeError(pub &'static str);
 
-type Forwards = Vec<(Arc<PeerLink>, bool, Vec<Interest>)>;
+type Forwards = Vec<(Arc<PeerLink>, bool, Vec<(Interest, u64)>)>;
 
 fn forward_entry<'f>(
     forwards: &'f mut Forwards,
     link: &Arc<PeerLink>,
-) -> &'f mut (Arc<PeerLink>, bool, Vec<Interest>) {
+) -> &'f mut (Arc<PeerLink>, bool, Vec<(Interest, u64)>) {
     let i = match forwards.iter().position(|f| Arc::ptr_eq(&f.0, link)) {
         Some(i) => i,
         None => {
@@ -275,6 +297,8 @@ impl Broker {
             shard_hasher: foldhash::fast::RandomState::default(),
             next_delivery: AtomicU64::new(1),
             group_turn: AtomicUsize::new(0),
+            placed_on_peers: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
             stats: BrokerStats::default(),
         }
     }
@@ -489,12 +513,25 @@ impl Broker {
         self.complete(done);
     }
 
-    /// A peer is gone: no replica acknowledgement will come from it.
+    /// A peer is gone: no replica acknowledgement will come from it, and the queue-group
+    /// events placed on it and not yet acknowledged go to other members.
     pub fn on_peer_gone(&self, peer: &str) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             let done = shard.topics.peer_gone(peer);
             self.complete(done);
+        }
+        let orphaned: Vec<PlacedOnPeer> = {
+            let mut placed = self.placed_on_peers.lock();
+            let tokens: Vec<u64> = placed
+                .iter()
+                .filter(|(_, p)| &*p.peer == peer)
+                .map(|(t, _)| *t)
+                .collect();
+            tokens.iter().filter_map(|t| placed.remove(t)).collect()
+        };
+        for placed in orphaned {
+            self.place_again(&placed.event, &placed.interest, Some(peer));
         }
     }
 
@@ -724,7 +761,7 @@ impl Broker {
         });
         if remote.is_empty() {
             for group in local_groups {
-                if self.offer_to_group(group, event, false, None, true) {
+                if self.offer_to_group(group, event, false, None, true, None) {
                     deliveries += 1;
                 } else {
                     self.stats
@@ -753,15 +790,96 @@ impl Broker {
             deliveries += self.place_group_event(event, None, Some(remote_group), &mut forwards);
         }
         for (link, plain, groups) in forwards {
-            let forward = PeerMessage::Forward {
-                event: event.clone(),
-                plain,
-                groups,
-                redelivered: false,
-            };
-            deliveries += usize::from(link.offer_event(forward));
+            deliveries += usize::from(self.send_forward(&link, event, plain, groups, false));
         }
         deliveries
+    }
+
+    /// Queues a forward; queue-group entries are tracked until the peer settles them, and
+    /// re-placed at once if the forward cannot be queued.
+    fn send_forward(
+        &self,
+        link: &Arc<PeerLink>,
+        event: &Arc<Event>,
+        plain: bool,
+        groups: Vec<(Interest, u64)>,
+        redelivered: bool,
+    ) -> bool {
+        {
+            let mut placed = self.placed_on_peers.lock();
+            for (interest, token) in &groups {
+                placed.insert(
+                    *token,
+                    PlacedOnPeer {
+                        peer: link.name.clone(),
+                        event: event.clone(),
+                        interest: interest.clone(),
+                    },
+                );
+            }
+        }
+        let tokens: Vec<u64> = groups.iter().map(|(_, t)| *t).collect();
+        let forward = PeerMessage::Forward {
+            event: event.clone(),
+            plain,
+            groups,
+            redelivered,
+        };
+        if link.offer_event(forward) {
+            return true;
+        }
+        for token in tokens {
+            self.settle_on_peer(&link.name, token, false);
+        }
+        false
+    }
+
+    fn new_token(&self) -> u64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A peer reports a queue-group event this node placed there: acknowledged by a member,
+    /// or not placeable there (then it goes to another member, marked redelivered).
+    pub fn settle_on_peer(&self, peer: &str, token: u64, acked: bool) {
+        let placed = {
+            let mut placed = self.placed_on_peers.lock();
+            match placed.get(&token) {
+                Some(p) if &*p.peer == peer => placed.remove(&token),
+                _ => None,
+            }
+        };
+        if let Some(placed) = placed.filter(|_| !acked) {
+            self.place_again(&placed.event, &placed.interest, Some(peer));
+        }
+    }
+
+    /// Places a queue-group event again, anywhere but on `not_on`.
+    fn place_again(&self, event: &Arc<Event>, interest: &Interest, not_on: Option<&str>) {
+        let Some(name) = interest.group.as_deref() else {
+            return;
+        };
+        let index = self.index.read();
+        let remote = self.remote.read();
+        let local = index.group(&interest.pattern, name);
+        if local.is_some_and(|g| self.offer_to_group(g, event, true, None, false, None)) {
+            return;
+        }
+        if let Some(group) = remote.group(&interest.pattern, name) {
+            for member in group.round_robin() {
+                if not_on == Some(&*member.link.name) {
+                    continue;
+                }
+                let token = self.new_token();
+                let groups = vec![(interest.clone(), token)];
+                if self.send_forward(&member.link, event, false, groups, true) {
+                    return;
+                }
+            }
+        }
+        self.stats
+            .group_deliveries_lost
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(topic = %event.topic, seq = event.seq, group = name, "queue-group event found no member able to take it");
     }
 
     fn offer_plain(&self, sub: &Arc<Subscription>, event: &Arc<Event>) -> bool {
@@ -801,15 +919,23 @@ impl Broker {
             let choice = (start + i) % candidates;
             match (local, choice.checked_sub(here)) {
                 (Some(group), None) => {
-                    if self.offer_to_group(group, event, false, None, remote_members.is_empty()) {
+                    if self.offer_to_group(
+                        group,
+                        event,
+                        false,
+                        None,
+                        remote_members.is_empty(),
+                        None,
+                    ) {
                         return 1;
                     }
                 }
                 (_, Some(r)) => {
                     let member = &remote_members[r];
+                    let token = self.new_token();
                     forward_entry(forwards, &member.link)
                         .2
-                        .push(member.interest.clone());
+                        .push((member.interest.clone(), token));
                     return 0;
                 }
                 (None, None) => {}
@@ -827,9 +953,10 @@ impl Broker {
         &self,
         event: &Arc<Event>,
         plain: bool,
-        groups: &[Interest],
+        groups: &[(Interest, u64)],
+        from_peer: &Arc<str>,
         redelivered: bool,
-    ) {
+    ) -> Vec<u64> {
         self.stats.events_from_peers.fetch_add(1, Ordering::Relaxed);
         let index = self.index.read();
         if plain {
@@ -839,28 +966,40 @@ impl Broker {
                 }
             });
         }
-        for interest in groups {
+        let mut not_placed = Vec::new();
+        for (interest, token) in groups {
             let Some(name) = interest.group.as_deref() else {
                 continue;
             };
-            let placed = index
-                .group(&interest.pattern, name)
-                .is_some_and(|group| self.offer_to_group(group, event, redelivered, None, true));
+            let origin = (*token != 0).then(|| {
+                Arc::new(GroupOrigin {
+                    peer: from_peer.clone(),
+                    token: *token,
+                })
+            });
+            let placed = index.group(&interest.pattern, name).is_some_and(|group| {
+                self.offer_to_group(group, event, redelivered, None, false, origin)
+            });
             if !placed {
-                self.stats
-                    .group_deliveries_lost
-                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(topic = %event.topic, group = name, "forwarded queue-group event found no member here");
+                not_placed.push(*token);
             }
         }
+        not_placed
     }
 
-    /// Hands a queue-group event that its member did not acknowledge (timeout, disconnect) to
-    /// a member of the same group, preferring one on another connection. False when the group
-    /// has no member left that can take it.
-    pub fn redeliver(&self, from: &Arc<Subscription>, event: &Arc<Event>) -> bool {
+    /// Hands a queue-group event that its member did not acknowledge (timeout, unsub,
+    /// disconnect) to another member: another one here, else — for an event this node placed
+    /// itself — one on a peer; an event a peer placed here goes back to that peer to place.
+    /// Only when nobody else can, the same member gets it again if still subscribed.
+    pub fn redeliver(
+        &self,
+        from: &Arc<Subscription>,
+        event: &Arc<Event>,
+        origin: Option<Arc<GroupOrigin>>,
+    ) -> Redelivery {
         let Some(name) = from.group.as_deref() else {
-            return false;
+            return Redelivery::Lost;
         };
         let interest = Interest {
             pattern: from.pattern.clone(),
@@ -869,33 +1008,30 @@ impl Broker {
         let index = self.index.read();
         let remote = self.remote.read();
         let local = index.group(&from.pattern, name);
-        let has_remote = remote.group(&from.pattern, name).is_some();
         let skip = Some(from.outbox.connection);
-        if local.is_some_and(|g| self.offer_to_group(g, event, true, skip, !has_remote)) {
-            return true;
+        if local.is_some_and(|g| self.offer_to_group(g, event, true, skip, false, origin.clone())) {
+            return Redelivery::Placed;
+        }
+        if let Some(origin) = origin {
+            return Redelivery::ReturnToOrigin(origin);
         }
         if let Some(group) = remote.group(&from.pattern, name) {
             for member in group.round_robin() {
-                let forward = PeerMessage::Forward {
-                    event: event.clone(),
-                    plain: false,
-                    groups: vec![interest.clone()],
-                    redelivered: true,
-                };
-                if member.link.offer_event(forward) {
-                    return true;
+                let groups = vec![(interest.clone(), self.new_token())];
+                if self.send_forward(&member.link, event, false, groups, true) {
+                    return Redelivery::Placed;
                 }
             }
         }
         // Nobody else: the same member gets another chance, if it is still subscribed.
-        let again =
-            from.is_active() && matches!(self.offer_delivery(from, event, true), Offer::Queued);
-        if !again {
-            self.stats
-                .group_deliveries_lost
-                .fetch_add(1, Ordering::Relaxed);
+        if from.is_active() && matches!(self.offer_delivery(from, event, true, None), Offer::Queued)
+        {
+            return Redelivery::Placed;
         }
-        again
+        self.stats
+            .group_deliveries_lost
+            .fetch_add(1, Ordering::Relaxed);
+        Redelivery::Lost
     }
 
     /// Round-robin over the group, skipping members whose queue is full and any member on
@@ -907,13 +1043,14 @@ impl Broker {
         redelivered: bool,
         skip_connection: Option<u64>,
         mark_slow_when_full: bool,
+        origin: Option<Arc<GroupOrigin>>,
     ) -> bool {
         let mut first_full = None;
         for Subscriber(member) in group.round_robin() {
             if skip_connection == Some(member.outbox.connection) {
                 continue;
             }
-            match self.offer_delivery(member, event, redelivered) {
+            match self.offer_delivery(member, event, redelivered, origin.clone()) {
                 Offer::Queued => return true,
                 Offer::Full => {
                     first_full.get_or_insert(member);
@@ -940,10 +1077,12 @@ impl Broker {
         member: &Arc<Subscription>,
         event: &Arc<Event>,
         redelivered: bool,
+        origin: Option<Arc<GroupOrigin>>,
     ) -> Offer {
         let delivery = Delivery {
             id: self.next_delivery.fetch_add(1, Ordering::Relaxed),
             redelivered,
+            origin,
         };
         member.outbox.offer(Outbound::Event {
             sub: member.clone(),
@@ -1048,7 +1187,11 @@ mod tests {
         assert_eq!(got_a.len() + got_b.len(), 10, "each event once");
         assert_eq!(got_a.len(), 1, "a full member is skipped, not disconnected");
         assert!(!a.has_overflowed());
-        assert!(got_b.iter().all(|g| g.2.is_some_and(|d| !d.redelivered)));
+        assert!(
+            got_b
+                .iter()
+                .all(|g| g.2.as_ref().is_some_and(|d| !d.redelivered))
+        );
     }
 
     #[test]
@@ -1060,11 +1203,11 @@ mod tests {
         subscription(&broker, "qb", "jobs.*", Some("w"), &b);
         subscription(&broker, "other-pattern", "jobs.>", Some("w"), &a);
         let event = Arc::new(Event::new("jobs.x".into(), "e".into(), 7, 0, json("0")));
-        assert!(broker.redeliver(&qa, &event));
+        assert_eq!(broker.redeliver(&qa, &event, None), Redelivery::Placed);
         assert!(drain(&mut a_rx).is_empty());
         let got = drain(&mut b_rx);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].1, 7);
-        assert!(got[0].2.unwrap().redelivered);
+        assert!(got[0].2.as_ref().unwrap().redelivered);
     }
 }

@@ -58,8 +58,17 @@ impl Event {
 }
 
 /// Marks a queue-group delivery, which the receiving member acknowledges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub id: u64,
     pub redelivered: bool,
+    /// Set when another node placed the event here and waits to hear it was acknowledged.
+    pub origin: Option<Arc<GroupOrigin>>,
+}
+
+/// The node that placed a queue-group event on this node, and its token for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOrigin {
+    pub peer: Arc<str>,
+    pub token: u64,
 }

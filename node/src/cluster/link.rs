@@ -34,8 +34,9 @@ pub enum PeerMessage {
         event: Arc<Event>,
         /// Deliver to the peer's matching plain subscriptions.
         plain: bool,
-        /// Deliver to one of the peer's members of each of these groups.
-        groups: Vec<Interest>,
+        /// Deliver to one of the peer's members of each of these groups; each with this node's
+        /// token for it (0: not tracked).
+        groups: Vec<(Interest, u64)>,
         /// A queue-group event handed on after its first member did not ack it.
         redelivered: bool,
     },

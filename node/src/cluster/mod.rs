@@ -393,17 +393,28 @@ impl Cluster {
                     return Ok(());
                 };
                 link.stats.events_received.fetch_add(1, Ordering::Relaxed);
+                let tokens = forward.group_tokens.into_iter().chain(std::iter::repeat(0));
                 let groups: Vec<_> = forward
                     .groups
                     .into_iter()
                     .map(transport::interest_from_pb)
+                    .zip(tokens)
                     .collect();
-                self.broker.deliver_forwarded(
+                let not_placed = self.broker.deliver_forwarded(
                     &Arc::new(event),
                     forward.plain,
                     &groups,
+                    &link.name,
                     forward.redelivered,
                 );
+                for token in not_placed.into_iter().filter(|t| *t != 0) {
+                    link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::GroupSettled(
+                        pb::GroupSettled {
+                            token,
+                            acked: false,
+                        },
+                    )));
+                }
             }
             pb::peer_frame::Msg::Publish(request) => self.on_publish_request(link, request),
             pb::peer_frame::Msg::Replicate(replicate) => {
@@ -419,6 +430,10 @@ impl Cluster {
                     .on_stored(&link.name, &stored.topic, &stored.epoch, stored.seq);
             }
             pb::peer_frame::Msg::StateRequest(request) => self.on_state_request(link, request),
+            pb::peer_frame::Msg::GroupSettled(settled) => {
+                self.broker
+                    .settle_on_peer(&link.name, settled.token, settled.acked);
+            }
             pb::peer_frame::Msg::ReplayRequest(request) => self.on_replay_request(link, request),
             reply @ (pb::peer_frame::Msg::Published(_)
             | pb::peer_frame::Msg::StateReply(_)
@@ -484,6 +499,26 @@ impl Cluster {
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
         self.endpoint.close(quinn::VarInt::from_u32(0), b"leaving");
+    }
+
+    /// Tells the node that placed a queue-group event here what became of it: acknowledged
+    /// by a member, or to be placed elsewhere.
+    pub fn settle_group(&self, origin: &crate::event::GroupOrigin, acked: bool) {
+        let link = self
+            .peers
+            .lock()
+            .get(&*origin.peer)
+            .and_then(|p| p.link.clone());
+        match link {
+            Some(link) => link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::GroupSettled(
+                pb::GroupSettled {
+                    token: origin.token,
+                    acked,
+                },
+            ))),
+            // The link is gone: the origin re-places everything it placed here anyway.
+            None => tracing::debug!(peer = %origin.peer, "cannot settle a group delivery: no link"),
+        }
     }
 
     /// Closes the link to `peer` (if any); the dialing side reconnects and both sides send

@@ -274,8 +274,9 @@ fn encode(message: &PeerMessage) -> Bytes {
         } => pb::peer_frame::Msg::Forward(pb::Forward {
             event: Some(event_pb(event)),
             plain: *plain,
-            groups: groups.iter().map(interest_pb).collect(),
+            groups: groups.iter().map(|(i, _)| interest_pb(i)).collect(),
             redelivered: *redelivered,
+            group_tokens: groups.iter().map(|(_, t)| *t).collect(),
         }),
         PeerMessage::Replicate(event) => pb::peer_frame::Msg::Replicate(pb::Replicate {
             event: Some(event_pb(event)),
@@ -342,10 +343,13 @@ mod tests {
         let message = PeerMessage::Forward {
             event,
             plain: true,
-            groups: vec![Interest {
-                pattern: "a.*".into(),
-                group: Some("g".into()),
-            }],
+            groups: vec![(
+                Interest {
+                    pattern: "a.*".into(),
+                    group: Some("g".into()),
+                },
+                9,
+            )],
             redelivered: false,
         };
         let Ok(pb::peer_frame::Msg::Forward(forward)) = decode(encode(&message)) else {
@@ -353,6 +357,7 @@ mod tests {
         };
         assert!(forward.plain);
         assert_eq!(forward.groups[0].group.as_deref(), Some("g"));
+        assert_eq!(forward.group_tokens, vec![9]);
         let back = event_from_pb(forward.event.unwrap()).unwrap();
         assert_eq!((&*back.topic, back.seq, back.ts), ("a.b", 4, 9));
 

@@ -17,9 +17,10 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
+use crate::broker::Redelivery;
 use crate::broker::{Outbound, Outbox, Subscription};
 use crate::cluster::topics::PublishError;
-use crate::event::{Delivery, Event};
+use crate::event::{Delivery, Event, GroupOrigin};
 use crate::node::NodeState;
 use crate::protocol::{ErrorCode, Format, Reply, Request, RequestError, json, protobuf};
 use crate::routing::topic;
@@ -97,6 +98,8 @@ enum Ending {
 struct Unacked {
     subscription: Arc<Subscription>,
     event: Arc<Event>,
+    /// The node that placed it here, to be told once it is acknowledged.
+    origin: Option<Arc<GroupOrigin>>,
 }
 
 struct Session {
@@ -340,7 +343,7 @@ impl Session {
                     .collect();
                 for delivery in orphaned {
                     if let Some(u) = self.unacked.remove(&delivery) {
-                        self.node.broker.redeliver(&u.subscription, &u.event);
+                        self.redeliver(&u.subscription, &u.event, u.origin);
                     }
                 }
                 Ok(vec![self.encode(&Reply::Ok {
@@ -388,7 +391,12 @@ impl Session {
                     .ok()
                     .and_then(|id| self.unacked.remove(&id));
                 match known {
-                    Some(_) => Ok(Vec::new()),
+                    Some(unacked) => {
+                        if let Some(origin) = &unacked.origin {
+                            self.node.cluster.settle_group(origin, true);
+                        }
+                        Ok(Vec::new())
+                    }
                     None => Err(RequestError::new(
                         Some(&delivery),
                         ErrorCode::UnknownDelivery,
@@ -448,8 +456,8 @@ impl Session {
             delivery,
         } = item;
         if !sub.is_active() {
-            if delivery.is_some() {
-                self.node.broker.redeliver(&sub, &event);
+            if let Some(delivery) = delivery {
+                self.redeliver(&sub, &event, delivery.origin);
             }
             return None;
         }
@@ -464,15 +472,16 @@ impl Session {
                 self.replayed_up_to.remove(&sub.id);
             }
         }
-        if let Some(Delivery { id, .. }) = delivery {
+        if let Some(delivery) = delivery {
             let deadline = Instant::now() + self.node.settings.ack_timeout;
-            self.ack_deadlines.push_back((deadline, id));
-            let message = self.encode_event(&sub.id, &event, delivery);
+            self.ack_deadlines.push_back((deadline, delivery.id));
+            let message = self.encode_event(&sub.id, &event, Some(&delivery));
             self.unacked.insert(
-                id,
+                delivery.id,
                 Unacked {
                     subscription: sub,
                     event,
+                    origin: delivery.origin,
                 },
             );
             return Some(message);
@@ -480,7 +489,22 @@ impl Session {
         Some(self.encode_event(&sub.id, &event, None))
     }
 
-    fn encode_event(&self, sub: &str, event: &Event, delivery: Option<Delivery>) -> Message {
+    /// Hands an unacknowledged queue-group event on (see `Broker::redeliver`); one that a
+    /// peer placed here goes back to it when no member here can take it.
+    fn redeliver(
+        &self,
+        subscription: &Arc<Subscription>,
+        event: &Arc<Event>,
+        origin: Option<Arc<GroupOrigin>>,
+    ) {
+        if let Redelivery::ReturnToOrigin(origin) =
+            self.node.broker.redeliver(subscription, event, origin)
+        {
+            self.node.cluster.settle_group(&origin, false);
+        }
+    }
+
+    fn encode_event(&self, sub: &str, event: &Event, delivery: Option<&Delivery>) -> Message {
         match self.format {
             Format::Json => {
                 Message::Text(Utf8Bytes::from(json::encode_event(sub, event, delivery)))
@@ -526,7 +550,7 @@ impl Session {
             self.ack_deadlines.pop_front();
             if let Some(u) = self.unacked.remove(&id) {
                 tracing::debug!(delivery = id, topic = %u.event.topic, "ack timeout; redelivering");
-                self.node.broker.redeliver(&u.subscription, &u.event);
+                self.redeliver(&u.subscription, &u.event, u.origin);
             }
         }
     }
@@ -594,12 +618,13 @@ impl Session {
             delivery,
         }) = queue.try_recv()
         {
-            if delivery.is_some() {
-                self.node.broker.redeliver(&sub, &event);
+            if let Some(delivery) = delivery {
+                self.redeliver(&sub, &event, delivery.origin);
             }
         }
-        for (_, u) in self.unacked.drain() {
-            self.node.broker.redeliver(&u.subscription, &u.event);
+        let unacked: Vec<Unacked> = self.unacked.drain().map(|(_, u)| u).collect();
+        for u in unacked {
+            self.redeliver(&u.subscription, &u.event, u.origin);
         }
     }
 }

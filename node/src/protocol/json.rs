@@ -286,7 +286,7 @@ pub fn encode_reply(reply: &Reply<'_>) -> String {
 
 /// Encodes one `event` frame for one subscription. The part after `sub` is shared by all
 /// subscribers and computed once per event.
-pub fn encode_event(sub: &str, event: &Event, delivery: Option<Delivery>) -> String {
+pub fn encode_event(sub: &str, event: &Event, delivery: Option<&Delivery>) -> String {
     let tail = event.json_tail.get_or_init(|| event_tail(event));
     let mut out = Vec::with_capacity(tail.len() + sub.len() + 64);
     out.extend_from_slice(br#"{"op":"event","sub":"#);
@@ -460,9 +460,10 @@ mod tests {
         let queued: Value = serde_json::from_str(&encode_event(
             "s2",
             &event,
-            Some(Delivery {
+            Some(&Delivery {
                 id: 12,
                 redelivered: true,
+                origin: None,
             }),
         ))
         .unwrap();

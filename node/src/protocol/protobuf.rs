@@ -220,7 +220,7 @@ pub fn encode_reply(reply: &Reply<'_>) -> Bytes {
 /// Protobuf lets a message's fields come in any order, so the fields every subscriber shares
 /// are encoded once per event (`Event::proto_body`) and the subscriber's own `sub` and
 /// delivery fields are written around them.
-pub fn encode_event(sub: &str, event: &Event, delivery: Option<Delivery>) -> Bytes {
+pub fn encode_event(sub: &str, event: &Event, delivery: Option<&Delivery>) -> Bytes {
     let body = event.proto_body.get_or_init(|| event_body(event));
     let mut own = BytesMut::with_capacity(sub.len() + 32);
     prost::encoding::string::encode(EVENT_SUB, &sub.to_owned(), &mut own);
@@ -282,13 +282,15 @@ mod tests {
             Some(Delivery {
                 id: 5,
                 redelivered: false,
+                origin: None,
             }),
             Some(Delivery {
                 id: 6,
                 redelivered: true,
+                origin: None,
             }),
         ] {
-            let bytes = encode_event("sub-1", &event, delivery);
+            let bytes = encode_event("sub-1", &event, delivery.as_ref());
             let decoded = pb::ServerFrame::decode(bytes).unwrap();
             let Some(pb::server_frame::Op::Event(e)) = decoded.op else {
                 panic!("not an event frame")
@@ -300,8 +302,11 @@ mod tests {
             assert_eq!(e.ts, 42);
             assert_eq!(&e.data[..], b"\x00raw");
             assert_eq!(e.encoding, pb::Encoding::Binary as i32);
-            assert_eq!(e.delivery, delivery.map(|d| d.id.to_string()));
-            assert_eq!(e.redelivered, delivery.is_some_and(|d| d.redelivered));
+            assert_eq!(e.delivery, delivery.as_ref().map(|d| d.id.to_string()));
+            assert_eq!(
+                e.redelivered,
+                delivery.as_ref().is_some_and(|d| d.redelivered)
+            );
         }
     }
 
