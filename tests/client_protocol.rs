@@ -442,6 +442,21 @@ async fn bad_requests_get_error_frames_and_the_connection_stays_usable() -> Test
             Some("never"),
         ),
         (r#"{"op":"ack"}"#, "invalid_request", None),
+        (
+            r#"{"op":"sub","id":"s9","topic":"a","group":"g","from":"earliest"}"#,
+            "invalid_request",
+            Some("s9"),
+        ),
+        (
+            r#"{"op":"sub","id":"s10","topic":"a","from":{"epoch":"","seq":0}}"#,
+            "invalid_request",
+            Some("s10"),
+        ),
+        (
+            r#"{"op":"pub","topic":"","data":1,"ref":"p4"}"#,
+            "invalid_topic",
+            Some("p4"),
+        ),
     ];
     for (frame, code, reference) in cases {
         let reply = client.request_text(frame).await?;
@@ -558,13 +573,18 @@ async fn a_stalled_reader_is_disconnected_and_does_not_slow_a_healthy_one() -> T
     // The stalled client now reads what reached it: fewer events than published, then the
     // end of the connection, announced as slow_consumer when the goodbye got through.
     let mut events = 0;
+    let mut last: Option<(String, u64)> = None;
     let mut error_code = None;
     let close = loop {
         match stalled.recv().await {
             Ok(Received::Frame(Message::Text(text))) => {
                 let frame: Value = serde_json::from_str(text.as_str())?;
                 match frame["op"].as_str() {
-                    Some("event") => events += 1,
+                    Some("event") => {
+                        events += 1;
+                        let epoch = frame["epoch"].as_str().unwrap().to_owned();
+                        last = Some((epoch, frame["seq"].as_u64().unwrap()));
+                    }
                     Some("error") => error_code = Some(frame["code"].clone()),
                     _ => panic!("unexpected frame {frame}"),
                 }
@@ -584,6 +604,17 @@ async fn a_stalled_reader_is_disconnected_and_does_not_slow_a_healthy_one() -> T
     }
     if let Some(close) = close {
         assert_eq!(u16::from(close.code), 4001);
+    }
+    // Like anyone else, the slow consumer resumes from its cursor and gets every event it
+    // was not sent, in order.
+    let (epoch, seen) = last.expect("it got some events before falling behind");
+    let (mut again, _) = WsClient::connect_json(&node).await?;
+    let ok = again
+        .request(json!({"op": "sub", "id": "s", "topic": "firehose", "from": {"epoch": epoch, "seq": seen}}))
+        .await?;
+    assert_eq!(ok["op"], "ok");
+    for expected in seen + 1..=EVENTS {
+        assert_eq!(again.recv_json().await?["seq"], expected);
     }
     Ok(())
 }
