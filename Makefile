@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership test lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish test lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ cluster-status: ## Show the local cluster's members
 measure-membership: ## Time failure detection, restart and partition heal on 3 local processes (partition needs root + iptables)
 	cargo build --release -p murmur
 	tests/measure/membership-timings.sh target/release/murmur
+
+measure-publish: ## Acknowledged vs fire-and-forget publishing, on 1 and 3 in-process nodes
+	$(CARGO) run --release -p murmur --example publish_cost
 
 test: ## Run the whole test suite (unit, integration, CLI)
 	$(CARGO) nextest run --workspace --all-targets $(NEXTEST_ARGS)
