@@ -1,4 +1,5 @@
-//! The routing core: topics, the subscription index and per-topic sequencing.
+//! The routing core: topics, the subscription index, topic placement, per-topic sequencing
+//! state and history.
 //!
 //! Plain data structures without sockets, tasks or clocks, so that they are tested directly;
 //! the broker wraps them in locks and connects them to client connections.
@@ -6,10 +7,8 @@
 pub mod history;
 pub mod index;
 pub mod ownership;
-pub mod sequence;
 pub mod topic;
 pub mod topics;
 
 pub use index::{Match, QueueGroup, SubscriptionIndex};
-pub use sequence::TopicSequences;
 pub use topic::TopicError;
