@@ -6,25 +6,13 @@ use std::time::Duration;
 use std::sync::{Arc, Mutex};
 
 use murmur_tests::{
-    Acked, Record, TEST_CLUSTER_KEY, WsClient, gossip_addr, members_in_state, position,
-    resuming_subscriber, start_cluster, start_node, steady_publisher, wait_for_interest_everywhere,
-    wait_for_mesh, wait_until, ws_url,
+    Acked, Record, TEST_CLUSTER_KEY, WsClient, gossip_addr, members_in_state, position, recv_n,
+    resuming_subscriber, seqs, start_cluster, start_node, steady_publisher,
+    wait_for_interest_everywhere, wait_for_mesh, wait_until, ws_url,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 type TestResult = anyhow::Result<()>;
-
-fn seqs(events: &[Value]) -> Vec<u64> {
-    events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
-}
-
-async fn recv_n(client: &mut WsClient, n: usize) -> anyhow::Result<Vec<Value>> {
-    let mut frames = Vec::with_capacity(n);
-    for _ in 0..n {
-        frames.push(client.recv_json().await?);
-    }
-    Ok(frames)
-}
 
 /// A topic whose owner (in `node`'s view) is `owner`.
 fn topic_owned_by(node: &murmur::RunningNode, prefix: &str, owner: &str) -> String {

@@ -3,22 +3,10 @@
 
 use std::time::Duration;
 
-use murmur_tests::{WsClient, start_node, wait_until};
-use serde_json::{Value, json};
+use murmur_tests::{WsClient, recv_n, seqs, start_node, wait_until};
+use serde_json::json;
 
 type TestResult = anyhow::Result<()>;
-
-fn seqs(events: &[Value]) -> Vec<u64> {
-    events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
-}
-
-async fn recv_n(client: &mut WsClient, n: usize) -> anyhow::Result<Vec<Value>> {
-    let mut frames = Vec::with_capacity(n);
-    for _ in 0..n {
-        frames.push(client.recv_json().await?);
-    }
-    Ok(frames)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_with_a_cursor_replays_exactly_what_was_missed_then_goes_live() -> TestResult {

@@ -300,6 +300,23 @@ impl WsClient {
     }
 }
 
+/// The `seq` of each event frame.
+pub fn seqs(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+/// The next `n` JSON frames.
+pub async fn recv_n(client: &mut WsClient, n: usize) -> anyhow::Result<Vec<Value>> {
+    let mut frames = Vec::with_capacity(n);
+    for _ in 0..n {
+        frames.push(client.recv_json().await?);
+    }
+    Ok(frames)
+}
+
 pub fn expect_ok(reply: &Value, reference: &str) -> anyhow::Result<()> {
     if reply["op"] != "ok" || reply["ref"] != reference {
         bail!("expected ok for {reference}, got {reply}");
