@@ -447,3 +447,64 @@ async fn losing_more_nodes_than_replicas_starts_a_new_epoch_and_says_so() -> Tes
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_receives_the_whole_history() -> TestResult {
+    use murmur::routing::ownership::rank;
+    let mut nodes = start_cluster(3, |_, _| {}).await;
+    // A topic that node-1 owns, whose replica becomes node-3 once it joins.
+    let four = ["node-0", "node-1", "node-2", "node-3"];
+    let topic = (0..)
+        .map(|i| format!("ledger.{i}"))
+        .find(|t| {
+            let r = rank(t, four);
+            r[0] == "node-1" && r[1] == "node-3"
+        })
+        .unwrap();
+    let old_replica = rank(&topic, four)[2].to_owned();
+    let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
+    for i in 1..=10 {
+        publisher
+            .publish(&topic, json!(i), &format!("p{i}"))
+            .await?;
+    }
+    let seed = gossip_addr(&nodes[0]);
+    let newcomer = start_node(|s| {
+        s.name = "node-3".into();
+        s.seeds = vec![seed];
+        s.cluster_key = Some(murmur::config::Secret(TEST_CLUSTER_KEY.into()));
+    })
+    .await;
+    nodes.push(newcomer);
+    wait_for_mesh(&nodes).await;
+    // The next event goes to the new replica, after the history it lacks.
+    publisher.publish(&topic, json!(11), "p11").await?;
+    // Lose the owner and the old replica: only node-3 has the topic now.
+    let doomed = ["node-1".to_owned(), old_replica];
+    let mut survivors = Vec::new();
+    for node in nodes {
+        if doomed.contains(&node.state().cluster.name().to_owned()) {
+            node.halt();
+        } else {
+            survivors.push(node);
+        }
+    }
+    wait_until(
+        "the survivors see two nodes down",
+        Duration::from_secs(15),
+        || {
+            survivors
+                .iter()
+                .all(|n| members_in_state(n, "down").len() == 2)
+        },
+    )
+    .await;
+    let (mut reader, _) = WsClient::connect_json(&survivors[0]).await?;
+    let ok = reader
+        .request(json!({"op": "sub", "id": "r", "topic": topic, "from": "earliest"}))
+        .await?;
+    assert_eq!(ok["op"], "ok");
+    let replayed = recv_n(&mut reader, 11).await?;
+    assert_eq!(seqs(&replayed), (1..=11).collect::<Vec<_>>());
+    Ok(())
+}

@@ -460,6 +460,27 @@ impl Broker {
         let now = now_ms();
         let event = Arc::new(Event::new(name, epoch.clone(), seq, now, payload));
         tracing::trace!(topic, seq, replicas = replicas.len(), "sequenced");
+        // A replica new to this topic first gets everything retained so far, so that it can
+        // serve resumes and take over with the whole history.
+        let ids: Vec<(Arc<str>, u64)> = replicas
+            .iter()
+            .map(|r| (r.name.clone(), r.generation))
+            .collect();
+        let fresh = shard.topics.needs_sync(topic, &ids);
+        if !fresh.is_empty() {
+            let retained = shard.history.earliest(topic).events;
+            for replica in replicas
+                .iter()
+                .filter(|r| fresh.contains(&(r.name.clone(), r.generation)))
+            {
+                replica.send_control(PeerMessage::SyncTopic {
+                    topic: event.topic.clone(),
+                    epoch: epoch.clone(),
+                    last_seq: seq - 1,
+                    events: retained.clone(),
+                });
+            }
+        }
         shard.history.append(event.clone(), now);
         self.stats.events_published.fetch_add(1, Ordering::Relaxed);
         for replica in replicas {
@@ -550,6 +571,17 @@ impl Broker {
     /// True while some sequenced event still waits for its replicas.
     pub fn has_pending(&self) -> bool {
         self.shards.iter().any(|s| s.lock().topics.has_pending())
+    }
+
+    /// Takes a whole copy of a topic from its owner, as one of its replicas.
+    pub fn store_copy(&self, topic: &str, snapshot: TopicSnapshot) {
+        let mut shard = self.shard(topic).lock();
+        if shard
+            .topics
+            .install_copy(topic, snapshot.epoch, snapshot.last_seq)
+        {
+            shard.history.replace(topic, snapshot.events, now_ms());
+        }
     }
 
     /// True when this node holds `topic`'s state and may sequence it.

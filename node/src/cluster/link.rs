@@ -42,6 +42,13 @@ pub enum PeerMessage {
     },
     /// A copy of a sequenced event for this replica to store.
     Replicate(Arc<Event>),
+    /// A topic's whole retained history, for a node that just became one of its replicas.
+    SyncTopic {
+        topic: Arc<str>,
+        epoch: Arc<str>,
+        last_seq: u64,
+        events: Vec<Arc<Event>>,
+    },
     /// A request or reply of the topic protocol, already in wire form.
     Frame(murmur_proto::cluster::v1::peer_frame::Msg),
     Leaving {

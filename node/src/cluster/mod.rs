@@ -430,6 +430,19 @@ impl Cluster {
                     .on_stored(&link.name, &stored.topic, &stored.epoch, stored.seq);
             }
             pb::peer_frame::Msg::StateRequest(request) => self.on_state_request(link, request),
+            pb::peer_frame::Msg::Sync(sync) => {
+                let snapshot = crate::broker::TopicSnapshot {
+                    epoch: sync.epoch.into(),
+                    last_seq: sync.last_seq,
+                    events: sync
+                        .events
+                        .into_iter()
+                        .filter_map(transport::event_from_pb)
+                        .map(Arc::new)
+                        .collect(),
+                };
+                self.broker.store_copy(&sync.topic, snapshot);
+            }
             pb::peer_frame::Msg::GroupSettled(settled) => {
                 self.broker
                     .settle_on_peer(&link.name, settled.token, settled.acked);

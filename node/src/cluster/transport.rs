@@ -281,6 +281,17 @@ fn encode(message: &PeerMessage) -> Bytes {
         PeerMessage::Replicate(event) => pb::peer_frame::Msg::Replicate(pb::Replicate {
             event: Some(event_pb(event)),
         }),
+        PeerMessage::SyncTopic {
+            topic,
+            epoch,
+            last_seq,
+            events,
+        } => pb::peer_frame::Msg::Sync(pb::ReplicaSync {
+            topic: topic.to_string(),
+            epoch: epoch.to_string(),
+            last_seq: *last_seq,
+            events: events.iter().map(|e| event_pb(e)).collect(),
+        }),
         PeerMessage::Frame(msg) => msg.clone(),
         PeerMessage::Leaving { generation, .. } => pb::peer_frame::Msg::Leaving(pb::Leaving {
             generation: *generation,

@@ -189,6 +189,15 @@ impl HistoryStore {
         history.trim(policy, now_ms);
     }
 
+    /// Replaces a topic's history with `events` (contiguous, oldest first): a replica
+    /// taking a whole copy from the owner.
+    pub fn replace(&mut self, topic: &str, events: Vec<Arc<Event>>, now_ms: i64) {
+        self.topics.remove(topic);
+        for event in events {
+            self.append(event, now_ms);
+        }
+    }
+
     /// Trims every topic by age. A topic with nothing left keeps its bookkeeping (where its
     /// sequence had reached, when its last event was trimmed), so a resume still learns
     /// exactly what it missed.

@@ -48,6 +48,8 @@ pub struct TopicState<W> {
     /// Handed to a new owner: this node must not sequence it until it claims it again.
     pub moved: bool,
     pending: VecDeque<Pending<W>>,
+    /// Replicas (name, generation) that have been sent the topic's whole history.
+    synced: Vec<(Arc<str>, u64)>,
 }
 
 impl<W> TopicState<W> {
@@ -100,6 +102,7 @@ impl<W> TopicTable<W> {
                         last_seq,
                         moved: false,
                         pending: VecDeque::new(),
+                        synced: Vec::new(),
                     },
                 );
             }
@@ -111,6 +114,25 @@ impl<W> TopicTable<W> {
         let state = self.topics.get_mut(topic).filter(|t| !t.moved)?;
         state.last_seq += 1;
         Some((state.name.clone(), state.epoch.clone(), state.last_seq))
+    }
+
+    /// Of `replicas`, those that have not been sent the topic's history yet; they are
+    /// counted as synced from now on.
+    pub fn needs_sync(
+        &mut self,
+        topic: &str,
+        replicas: &[(Arc<str>, u64)],
+    ) -> Vec<(Arc<str>, u64)> {
+        let Some(state) = self.topics.get_mut(topic) else {
+            return Vec::new();
+        };
+        let fresh: Vec<(Arc<str>, u64)> = replicas
+            .iter()
+            .filter(|r| !state.synced.contains(r))
+            .cloned()
+            .collect();
+        state.synced.extend(fresh.iter().cloned());
+        fresh
     }
 
     /// Holds a sequenced event until `replicas` have stored it. With no replicas to wait
@@ -178,6 +200,19 @@ impl<W> TopicTable<W> {
         }
         state.moved = true;
         Ok(Some((state.epoch.clone(), state.last_seq)))
+    }
+
+    /// Takes a whole copy of a topic from its owner (on a replica), unless this node is
+    /// sequencing the topic itself.
+    pub fn install_copy(&mut self, topic: &str, epoch: Arc<str>, last_seq: u64) -> bool {
+        if self.is_ready(topic) {
+            return false;
+        }
+        self.install(topic, epoch, last_seq);
+        if let Some(state) = self.topics.get_mut(topic) {
+            state.moved = true;
+        }
+        true
     }
 
     /// Records a replicated event's position (on a replica).
