@@ -210,6 +210,8 @@ pub struct BrokerStats {
     pub events_from_peers: AtomicU64,
     /// Queue-group deliveries that found no member able to take them.
     pub group_deliveries_lost: AtomicU64,
+    /// Subscriptions and peers each event was queued to when fanned out.
+    pub fanout: crate::metrics::CountHistogram,
 }
 
 /// Longest pattern accepted from a peer; peers validate their clients' patterns already.
@@ -520,7 +522,8 @@ impl Broker {
     fn complete(&self, done: Vec<Completed<StoredSignal>>) {
         for (event, signal) in done {
             tracing::trace!(topic = %event.topic, seq = event.seq, "stored; fanning out");
-            self.fan_out(&event);
+            let deliveries = self.fan_out(&event);
+            self.stats.fanout.observe(deliveries);
             if let Some(signal) = signal {
                 let _ = signal.send(());
             }

@@ -70,6 +70,16 @@ pub struct Settings {
     pub history_overrides: Vec<HistoryOverride>,
     /// Log filter, in `RUST_LOG` syntax (`info`, `murmur=debug`, …).
     pub log: String,
+    /// `human` (default) or `json` (one object per line, for log collectors).
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
 }
 
 /// Retention for the topics that start with `prefix`; unset fields keep the defaults.
@@ -110,6 +120,7 @@ impl Default for Settings {
             history_max_age: Duration::from_secs(600),
             history_overrides: Vec::new(),
             log: "info".to_owned(),
+            log_format: LogFormat::Human,
         }
     }
 }
@@ -143,15 +154,16 @@ fn default_node_name() -> String {
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    // The cause is part of the message (not a `source`), so it is printed once.
+    #[error("cannot read config file {path}: {reason}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
-    #[error("invalid config file {path}: {source}")]
+    #[error("invalid config file {path}: {reason}")]
     Parse {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        reason: Box<toml::de::Error>,
     },
     #[error("invalid setting `{setting}`: {reason}")]
     Invalid {
@@ -161,6 +173,15 @@ pub enum ConfigError {
 }
 
 impl Settings {
+    /// The effective settings as TOML, with secrets masked.
+    pub fn to_toml_masked(&self) -> String {
+        let mut shown = self.clone();
+        if shown.cluster_key.is_some() {
+            shown.cluster_key = Some(Secret("****".into()));
+        }
+        toml::to_string(&shown).unwrap_or_else(|err| format!("# cannot print settings: {err}\n"))
+    }
+
     /// The history retention these settings describe.
     pub fn retention(&self) -> crate::routing::history::Retention {
         use crate::routing::history::{Retention, RetentionPolicy};
@@ -186,13 +207,13 @@ impl Settings {
 
     /// Reads a TOML file; keys it leaves out keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            reason,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        toml::from_str(&text).map_err(|reason| ConfigError::Parse {
             path: path.to_owned(),
-            source: Box::new(source),
+            reason: Box::new(reason),
         })
     }
 
@@ -347,6 +368,9 @@ pub struct ServeArgs {
     /// Log filter in RUST_LOG syntax, e.g. `info` or `murmur=debug` [default: info].
     #[arg(long, env = "MURMUR_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// Log lines for people (`human`) or one JSON object per line (`json`) [default: human].
+    #[arg(long, env = "MURMUR_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 impl ServeArgs {
@@ -381,7 +405,8 @@ impl ServeArgs {
             shutdown_grace,
             history_max_events,
             history_max_age,
-            log
+            log,
+            log_format
         );
         // Optional settings: a flag sets them, its absence keeps the file's value.
         macro_rules! apply_some {

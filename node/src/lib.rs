@@ -6,6 +6,8 @@
 //! - [`frontdoor`]: HTTP and WebSocket, one task per client connection;
 //! - [`node`]: starting, serving and draining a node;
 //! - [`config`]: settings from defaults, file, environment and flags;
+//! - [`metrics`]: Prometheus metrics;
+//! - [`cluster`]: gossip membership, the QUIC mesh, topic ownership;
 //! - [`client`]: the WebSocket client behind `murmur sub` and `murmur pub`.
 
 pub mod broker;
@@ -14,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod event;
 pub mod frontdoor;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod routing;

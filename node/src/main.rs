@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use murmur::client::{Client, DEFAULT_URL, ResumeCursor, data_from_arg, refused};
-use murmur::config::ServeArgs;
+use murmur::config::{LogFormat, ServeArgs};
 use murmur::node::RunningNode;
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
@@ -54,6 +54,9 @@ enum Command {
     /// from the cluster key.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Publish one event, or one event per line of stdin.
     Pub {
         /// Topic to publish to (no wildcards).
@@ -65,6 +68,20 @@ enum Command {
         #[arg(long, env = "MURMUR_URL", default_value = DEFAULT_URL)]
         url: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a TOML file and print the effective settings (file, then MURMUR_* environment),
+    /// secrets masked; exits non-zero with the reason when something is wrong.
+    Check { file: PathBuf },
+}
+
+/// `murmur config check` reads settings exactly as `murmur serve` would.
+#[derive(Debug, Parser)]
+struct CheckSettings {
+    #[command(flatten)]
+    args: ServeArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,8 +114,16 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let settings = args.settings()?;
-            init_logging(&settings.log)?;
+            init_logging(&settings.log, settings.log_format)?;
             runtime.block_on(serve(settings))
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            let path = file.to_string_lossy().into_owned();
+            let parsed = CheckSettings::try_parse_from(["murmur", "--config", path.as_str()])?;
+            let settings = parsed.args.settings()?;
+            print!("{}", settings.to_toml_masked());
+            eprintln!("{path}: ok");
+            Ok(())
         }
         Command::Sub {
             topic,
@@ -106,29 +131,36 @@ fn main() -> anyhow::Result<()> {
             group,
             count,
         } => {
-            init_logging("warn")?;
+            init_logging("warn", LogFormat::Human)?;
             runtime.block_on(sub(&url, &topic, group.as_deref(), count))
         }
         Command::Members { url, json } => {
-            init_logging("warn")?;
+            init_logging("warn", LogFormat::Human)?;
             runtime.block_on(members(&url, json))
         }
         Command::Cert(command) => cert(command),
         Command::Pub { topic, data, url } => {
-            init_logging("warn")?;
+            init_logging("warn", LogFormat::Human)?;
             runtime.block_on(publish(&url, &topic, &data))
         }
     }
 }
 
-fn init_logging(default_filter: &str) -> anyhow::Result<()> {
+fn init_logging(default_filter: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(default_filter)
         .with_context(|| format!("invalid log filter `{default_filter}`"))?;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One JSON object per line, with the spans (a connection's id and peer) in each.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
     Ok(())
 }
 

@@ -32,13 +32,39 @@ pub struct NodeState {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub connections: TaskTracker,
+    pub metrics: crate::metrics::Metrics,
     ready: AtomicBool,
     next_connection: AtomicU64,
+    started: std::time::Instant,
 }
 
+/// How long a node with seeds waits to find a peer before it reports ready alone (the first
+/// node of a cluster whose seeds are not up yet).
+const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl NodeState {
-    pub fn is_ready(&self) -> bool {
+    /// True until the node begins to shut down: it takes new clients.
+    pub fn is_accepting(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// What `/readyz` reports: accepting clients, joined the cluster (or alone by design, or
+    /// given up waiting for seeds after a while), and linked to every live peer with its
+    /// interest known — so events published here reach subscribers everywhere.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if !self.is_accepting() {
+            return Err("draining");
+        }
+        let cluster = &self.cluster;
+        let alone_by_design = self.settings.seeds.is_empty();
+        let waited_long_enough = self.started.elapsed() >= JOIN_PATIENCE;
+        if !alone_by_design && !waited_long_enough && cluster.live_peer_count() == 0 {
+            return Err("joining the cluster");
+        }
+        if !cluster.is_settled() {
+            return Err("connecting to peers");
+        }
+        Ok(())
     }
 
     pub fn next_connection_id(&self) -> u64 {
@@ -159,8 +185,10 @@ impl RunningNode {
             limits,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
+            metrics: crate::metrics::Metrics::default(),
             ready: AtomicBool::new(true),
             next_connection: AtomicU64::new(1),
+            started: std::time::Instant::now(),
         });
         tracing::info!(
             node = %state.settings.name,

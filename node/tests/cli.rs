@@ -43,14 +43,7 @@ impl Server {
     }
 
     fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if http_status(self.addr, "/healthz") == Some(200) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("murmur serve did not become healthy on {}", self.addr);
+        wait_healthy(self.addr);
     }
 
     fn terminate(mut self) -> std::process::ExitStatus {
@@ -76,6 +69,17 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn wait_healthy(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if http_status(addr, "/healthz") == Some(200) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("murmur serve did not become healthy on {addr}");
 }
 
 fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
@@ -360,4 +364,79 @@ fn sub_fails_over_to_the_next_url_resumes_and_reports_the_gap() {
         all_stderr.contains("gap:") && all_stderr.contains("epoch_changed"),
         "the lost continuity is reported: {all_stderr}"
     );
+}
+
+#[test]
+fn config_check_prints_the_effective_settings_with_secrets_masked() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/murmur.toml");
+    let out = Command::new(BIN)
+        .args(["config", "check", example])
+        .env("MURMUR_CLUSTER_KEY", "a-very-secret-cluster-key")
+        .env("MURMUR_REPLICATION", "3")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.contains("listen = \"127.0.0.1:7400\""), "{printed}");
+    assert!(
+        printed.contains("replication = 3"),
+        "environment applies: {printed}"
+    );
+    assert!(printed.contains("cluster_key = \"****\""), "{printed}");
+    assert!(
+        !printed.contains("a-very-secret"),
+        "the secret is never printed"
+    );
+
+    let dir = std::env::temp_dir().join(format!("murmur-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "idle_timeout = \"1s\"\nping_interval = \"5s\"\n").unwrap();
+    let out = murmur(&["config", "check", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("idle_timeout"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let child = Command::new(BIN)
+        .args([
+            "serve",
+            "--name",
+            "json-logs",
+            "--listen",
+            &addr.to_string(),
+        ])
+        .args([
+            "--gossip",
+            "127.0.0.1:0",
+            "--quic",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .env_remove("MURMUR_CONFIG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_healthy(addr);
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let out = wait_with_timeout(child, Duration::from_secs(15));
+    let logs = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{logs}");
+    for line in lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            value["level"].is_string() && value["fields"].is_object(),
+            "{line}"
+        );
+    }
 }

@@ -66,6 +66,8 @@ pub struct LinkStats {
     pub events_dropped: AtomicU64,
     /// Events received from this peer.
     pub events_received: AtomicU64,
+    /// The QUIC connection's round-trip estimate, in µs, refreshed every second.
+    pub rtt_micros: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -134,6 +136,15 @@ impl PeerLink {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    pub fn rtt(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.stats.rtt_micros.load(Ordering::Relaxed))
+    }
+
+    /// Events waiting in the queue towards the peer.
+    pub fn queue_depth(&self) -> usize {
+        self.events.max_capacity() - self.events.capacity()
     }
 
     pub fn interest_known(&self) -> bool {

@@ -144,6 +144,23 @@ impl Cluster {
         self.gossip.view.read().members()
     }
 
+    /// Live peers (alive or suspect) as gossip sees them.
+    pub fn live_peer_count(&self) -> usize {
+        self.gossip.view.read().live_peers().len()
+    }
+
+    /// True when every live peer is linked and its interest known.
+    pub fn is_settled(&self) -> bool {
+        let view = self.gossip.view.read();
+        let peers = self.peers.lock();
+        view.live_peers().iter().all(|p| {
+            peers
+                .get(&p.name)
+                .and_then(|e| e.link.as_ref())
+                .is_some_and(|l| !l.is_closed() && l.interest_known())
+        })
+    }
+
     /// The links to peers that are connected now.
     pub fn links(&self) -> Vec<Arc<PeerLink>> {
         self.peers
@@ -301,8 +318,13 @@ impl Cluster {
         tracing::info!(peer = %peer.name, remote = %connection.remote_address(), "peer link up");
         self.broker.attach_peer(&link);
         let writer = tokio::spawn(transport::write_loop(writer, queues));
+        let mut rtt_tick = tokio::time::interval(Duration::from_secs(1));
         let ended = loop {
             tokio::select! {
+                _ = rtt_tick.tick() => {
+                    let micros = u64::try_from(connection.rtt().as_micros()).unwrap_or(u64::MAX);
+                    link.stats.rtt_micros.store(micros, Ordering::Relaxed);
+                }
                 () = link.closed() => {
                     // Closed because gossip reported the peer down: its goodbye may be in
                     // flight just behind, and tells a departure from a crash.

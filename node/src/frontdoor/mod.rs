@@ -2,7 +2,9 @@
 //!
 //! `GET /ws` upgrades to a WebSocket; each connection is then served by its own task
 //! ([`session`]). `GET /healthz` answers 200 while the process serves; `GET /readyz` answers
-//! 200 while the node accepts clients and 503 once it is draining.
+//! 200 once the node has joined the cluster and is linked to every live peer, and 503 (with
+//! the reason) before that and once it is draining. `GET /metrics` is Prometheus text;
+//! `GET /v1/cluster` the membership as this node sees it.
 
 pub mod session;
 
@@ -30,6 +32,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/cluster", get(cluster_view))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -37,12 +40,24 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(node): State<Arc<NodeState>>) -> (StatusCode, &'static str) {
-    if node.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+async fn readyz(State(node): State<Arc<NodeState>>) -> (StatusCode, String) {
+    match node.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
+}
+
+/// Prometheus text exposition.
+async fn metrics(State(node): State<Arc<NodeState>>) -> Response {
+    let body = node.metrics.render(&node);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// This node's view of the cluster: `{"self": NAME, "members": [...]}`, itself included.
@@ -65,7 +80,7 @@ async fn upgrade(
     headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if !node.is_ready() {
+    if !node.is_accepting() {
         return (StatusCode::SERVICE_UNAVAILABLE, "node is shutting down\n").into_response();
     }
     // The client's own order of preference, from the raw header (the extractor sorts).

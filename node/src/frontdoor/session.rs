@@ -76,7 +76,9 @@ pub(crate) async fn serve(
             ack_deadlines: VecDeque::new(),
             replayed_up_to: HashMap::new(),
         };
+        session.node.metrics.connections.inc();
         let ending = session.run(stream, queue, late).await;
+        session.node.metrics.connections.dec();
         tracing::debug!(?ending, "disconnected");
     }
     .instrument(span)
@@ -195,6 +197,12 @@ impl Session {
 
     async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
         let max = self.node.settings.max_frame_bytes;
+        let size = match &message {
+            Message::Text(t) => t.len(),
+            Message::Binary(b) => b.len(),
+            _ => 0,
+        };
+        self.node.metrics.bytes_received.inc_by(size as u64);
         let request = match message {
             Message::Text(text) if text.len() > max => Err(too_large(text.len(), max)),
             Message::Binary(bytes) if bytes.len() > max => Err(too_large(bytes.len(), max)),
@@ -301,6 +309,9 @@ impl Session {
                 })];
                 let mut up_to = HashMap::new();
                 for replay in replays {
+                    let metrics = &self.node.metrics;
+                    metrics.gaps_sent.inc_by(replay.gaps.len() as u64);
+                    metrics.deliveries.inc_by(replay.events.len() as u64);
                     for gap in &replay.gaps {
                         frames.push(self.encode(&Reply::Gap {
                             sub: &subscription.id,
@@ -359,6 +370,7 @@ impl Session {
                 topic::validate_publish_topic(&name, settings.max_topic_bytes).map_err(|e| {
                     RequestError::new(reference.as_deref(), ErrorCode::InvalidTopic, e.to_string())
                 })?;
+                self.node.metrics.events_received.inc();
                 let mut outcome = self.node.cluster.submit(&name, payload);
                 let Some(reference) = reference else {
                     return Ok(Vec::new());
@@ -366,10 +378,14 @@ impl Session {
                 // Usually known at once (this node owns the topic and needs no replica);
                 // otherwise answered when the owner and replicas are done.
                 if let Ok(result) = outcome.try_recv() {
+                    if result.is_err() {
+                        self.node.metrics.publish_errors.inc();
+                    }
                     return publish_answer(self.format, &reference, result).map(|m| vec![m]);
                 }
                 let format = self.format;
                 let late = self.late_replies.clone();
+                let node = self.node.clone();
                 tokio::spawn(async move {
                     let result = outcome.await.unwrap_or_else(|_| {
                         Err(PublishError {
@@ -377,6 +393,9 @@ impl Session {
                             message: "the node stopped before the event was stored".into(),
                         })
                     });
+                    if result.is_err() {
+                        node.metrics.publish_errors.inc();
+                    }
                     let message = match publish_answer(format, &reference, result) {
                         Ok(message) => message,
                         Err(err) => encode_reply(format, &err.reply()),
@@ -433,6 +452,8 @@ impl Session {
         if batch.is_empty() {
             return Ok(());
         }
+        self.node.metrics.deliveries.inc_by(batch.len() as u64);
+        self.count_sent(&batch);
         let sink = &mut self.sink;
         let write = async {
             for message in batch {
@@ -497,6 +518,7 @@ impl Session {
         event: &Arc<Event>,
         origin: Option<Arc<GroupOrigin>>,
     ) {
+        self.node.metrics.queue_redeliveries.inc();
         if let Redelivery::ReturnToOrigin(origin) =
             self.node.broker.redeliver(subscription, event, origin)
         {
@@ -513,11 +535,24 @@ impl Session {
         }
     }
 
+    fn count_sent(&self, messages: &[Message]) {
+        let bytes: usize = messages
+            .iter()
+            .map(|m| match m {
+                Message::Text(t) => t.len(),
+                Message::Binary(b) => b.len(),
+                _ => 0,
+            })
+            .sum();
+        self.node.metrics.bytes_sent.inc_by(bytes as u64);
+    }
+
     /// Writes several frames with one flush.
     async fn write_all(&mut self, messages: Vec<Message>) -> Result<(), Ending> {
         if messages.is_empty() {
             return Ok(());
         }
+        self.count_sent(&messages);
         let sink = &mut self.sink;
         let write = async {
             for message in messages {
@@ -533,6 +568,7 @@ impl Session {
     }
 
     async fn write(&mut self, message: Message) -> Result<(), Ending> {
+        self.count_sent(std::slice::from_ref(&message));
         match tokio::time::timeout(self.node.settings.write_timeout, self.sink.send(message)).await
         {
             Ok(Ok(())) => Ok(()),
@@ -557,6 +593,9 @@ impl Session {
 
     /// Tells the client why the connection ends, when there is something to tell.
     async fn say_goodbye(&mut self, ending: Ending, stream: &mut SplitStream<WebSocket>) {
+        if ending == Ending::SlowConsumer {
+            self.node.metrics.slow_consumer_disconnects.inc();
+        }
         let (code, close, message) = match ending {
             Ending::ClientClosed | Ending::SocketError => return,
             Ending::SlowConsumer => (

@@ -1,0 +1,373 @@
+//! Prometheus metrics on `GET /metrics`, through `prometheus-client`.
+//!
+//! Counters the connection tasks bump as things happen live in [`Metrics`]; everything that
+//! is state (subscriptions, history, peers, members, gossip, topic owners' counters) is read
+//! at scrape time, so nothing on the hot path keeps a second copy of it.
+
+use std::fmt::Write as _;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
+
+use crate::node::NodeState;
+
+/// Counted as it happens.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections: Gauge,
+    /// `pub` frames accepted from clients.
+    pub events_received: Counter,
+    /// `event` frames written to clients (replays included).
+    pub deliveries: Counter,
+    pub bytes_received: Counter,
+    pub bytes_sent: Counter,
+    pub slow_consumer_disconnects: Counter,
+    /// Queue-group events handed to another member (ack timeout, unsub, disconnect).
+    pub queue_redeliveries: Counter,
+    pub gaps_sent: Counter,
+    /// Acknowledged publishes answered with an error.
+    pub publish_errors: Counter,
+}
+
+impl Metrics {
+    fn registry(&self) -> Registry {
+        let mut registry = Registry::default();
+        let counters: [(&str, &str, &Counter); 8] = [
+            (
+                "murmur_events_received",
+                "Publish frames accepted from clients",
+                &self.events_received,
+            ),
+            (
+                "murmur_deliveries",
+                "Event frames written to clients",
+                &self.deliveries,
+            ),
+            (
+                "murmur_bytes_received",
+                "WebSocket payload bytes received from clients",
+                &self.bytes_received,
+            ),
+            (
+                "murmur_bytes_sent",
+                "WebSocket payload bytes sent to clients",
+                &self.bytes_sent,
+            ),
+            (
+                "murmur_slow_consumer_disconnects",
+                "Connections closed as slow consumers",
+                &self.slow_consumer_disconnects,
+            ),
+            (
+                "murmur_queue_redeliveries",
+                "Queue-group events handed to another member",
+                &self.queue_redeliveries,
+            ),
+            (
+                "murmur_gaps_sent",
+                "Gap frames sent to resuming subscribers",
+                &self.gaps_sent,
+            ),
+            (
+                "murmur_publish_errors",
+                "Acknowledged publishes answered with an error",
+                &self.publish_errors,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "murmur_connections",
+            "Open client WebSocket connections",
+            self.connections.clone(),
+        );
+        registry
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self, node: &NodeState) -> String {
+        let mut registry = self.registry();
+        registry.register_collector(Box::new(StateSnapshot::take(node)));
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+            let _ = writeln!(out, "# metrics encoding failed");
+        }
+        out
+    }
+}
+
+/// Node state read at scrape time.
+#[derive(Debug)]
+struct StateSnapshot {
+    subscriptions: i64,
+    history_topics: i64,
+    history_events: i64,
+    events_published: u64,
+    events_from_peers: u64,
+    group_deliveries_lost: u64,
+    fanout: Vec<(f64, u64)>,
+    fanout_sum: f64,
+    fanout_count: u64,
+    members: Vec<(&'static str, i64)>,
+    gossip: [(&'static str, u64); 3],
+    peers: Vec<PeerSnapshot>,
+}
+
+#[derive(Debug)]
+struct PeerSnapshot {
+    name: String,
+    rtt_seconds: f64,
+    queue_depth: i64,
+    events_forwarded: u64,
+    events_dropped: u64,
+}
+
+impl StateSnapshot {
+    fn take(node: &NodeState) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let broker = &node.broker;
+        let (topics, events) = broker.history_size();
+        let members = node.cluster.members();
+        let count = |state: &str| {
+            members
+                .iter()
+                .filter(|m| {
+                    serde_json::to_value(m.state)
+                        .ok()
+                        .as_ref()
+                        .and_then(|v| v.as_str())
+                        == Some(state)
+                })
+                .count() as i64
+        };
+        let gossip = &node.cluster.gossip.stats;
+        let (fanout, fanout_sum, fanout_count) = broker.stats.fanout.snapshot();
+        Self {
+            subscriptions: broker.subscriptions() as i64,
+            history_topics: topics as i64,
+            history_events: events as i64,
+            events_published: broker.stats.events_published.load(Relaxed),
+            events_from_peers: broker.stats.events_from_peers.load(Relaxed),
+            group_deliveries_lost: broker.stats.group_deliveries_lost.load(Relaxed),
+            fanout,
+            fanout_sum,
+            fanout_count,
+            members: ["alive", "suspect", "down", "left"]
+                .into_iter()
+                .map(|s| (s, count(s)))
+                .collect(),
+            gossip: [
+                ("in", gossip.packets_in.load(Relaxed)),
+                ("out", gossip.packets_out.load(Relaxed)),
+                ("rejected", gossip.packets_rejected.load(Relaxed)),
+            ],
+            peers: node
+                .cluster
+                .links()
+                .iter()
+                .map(|l| PeerSnapshot {
+                    name: l.name.to_string(),
+                    rtt_seconds: l.rtt().as_secs_f64(),
+                    queue_depth: l.queue_depth() as i64,
+                    events_forwarded: l.stats.events_forwarded.load(Relaxed),
+                    events_dropped: l.stats.events_dropped.load(Relaxed),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> std::fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for StateSnapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        gauge(
+            &mut encoder,
+            "murmur_subscriptions",
+            "Subscriptions held by this node's clients",
+            self.subscriptions,
+        )?;
+        gauge(
+            &mut encoder,
+            "murmur_history_topics",
+            "Topics with retained events on this node",
+            self.history_topics,
+        )?;
+        gauge(
+            &mut encoder,
+            "murmur_history_events",
+            "Events retained on this node (owned and replica copies)",
+            self.history_events,
+        )?;
+        counter(
+            &mut encoder,
+            "murmur_events_published",
+            "Events sequenced by this node as their topic's owner",
+            self.events_published,
+        )?;
+        counter(
+            &mut encoder,
+            "murmur_events_from_peers",
+            "Events peers forwarded to this node's subscribers",
+            self.events_from_peers,
+        )?;
+        counter(
+            &mut encoder,
+            "murmur_queue_deliveries_lost",
+            "Queue-group events no member could take",
+            self.group_deliveries_lost,
+        )?;
+
+        let histogram = encoder.encode_descriptor(
+            "murmur_fanout_subscribers",
+            "Local subscriptions (and queue groups) each fanned-out event was queued to",
+            None,
+            MetricType::Histogram,
+        )?;
+        let mut histogram = histogram;
+        histogram.encode_histogram::<Vec<(String, String)>>(
+            self.fanout_sum,
+            self.fanout_count,
+            &self.fanout,
+            None,
+        )?;
+
+        let mut members = encoder.encode_descriptor(
+            "murmur_members",
+            "Cluster members by state, as this node sees them",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, n) in &self.members {
+            let labels = [("state", *state)];
+            ConstGauge::new(*n).encode(members.encode_family(&labels)?)?;
+        }
+        let mut gossip = encoder.encode_descriptor(
+            "murmur_gossip_packets",
+            "Gossip packets, by direction (rejected: failed authentication)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (direction, n) in &self.gossip {
+            let labels = [("direction", *direction)];
+            ConstCounter::new(*n).encode(gossip.encode_family(&labels)?)?;
+        }
+        let mut rtt = encoder.encode_descriptor(
+            "murmur_peer_rtt_seconds",
+            "QUIC round-trip time to each peer",
+            None,
+            MetricType::Gauge,
+        )?;
+        for peer in &self.peers {
+            let labels = [("peer", peer.name.as_str())];
+            ConstGauge::new(peer.rtt_seconds).encode(rtt.encode_family(&labels)?)?;
+        }
+        let mut depth = encoder.encode_descriptor(
+            "murmur_peer_queue_depth",
+            "Events queued towards each peer",
+            None,
+            MetricType::Gauge,
+        )?;
+        for peer in &self.peers {
+            let labels = [("peer", peer.name.as_str())];
+            ConstGauge::new(peer.queue_depth).encode(depth.encode_family(&labels)?)?;
+        }
+        let mut forwarded = encoder.encode_descriptor(
+            "murmur_peer_events_forwarded",
+            "Events queued towards each peer",
+            None,
+            MetricType::Counter,
+        )?;
+        for peer in &self.peers {
+            let labels = [("peer", peer.name.as_str())];
+            ConstCounter::new(peer.events_forwarded).encode(forwarded.encode_family(&labels)?)?;
+        }
+        let mut dropped = encoder.encode_descriptor(
+            "murmur_peer_events_dropped",
+            "Events not sent to a peer because its queue was full",
+            None,
+            MetricType::Counter,
+        )?;
+        for peer in &self.peers {
+            let labels = [("peer", peer.name.as_str())];
+            ConstCounter::new(peer.events_dropped).encode(dropped.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A histogram of small counts (fan-out per event) that the broker fills without locking:
+/// one atomic per bucket.
+#[derive(Debug)]
+pub struct CountHistogram {
+    bounds: &'static [f64],
+    buckets: Vec<std::sync::atomic::AtomicU64>,
+    sum: std::sync::atomic::AtomicU64,
+    count: std::sync::atomic::AtomicU64,
+}
+
+const FANOUT_BOUNDS: &[f64] = &[0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0];
+
+impl Default for CountHistogram {
+    fn default() -> Self {
+        Self {
+            bounds: FANOUT_BOUNDS,
+            buckets: (0..=FANOUT_BOUNDS.len())
+                .map(|_| Default::default())
+                .collect(),
+            sum: Default::default(),
+            count: Default::default(),
+        }
+    }
+}
+
+impl CountHistogram {
+    pub fn observe(&self, value: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let v = value as f64;
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum.fetch_add(value as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// Cumulative buckets (upper bound, count), sum and count.
+    fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut cumulative = 0;
+        let mut out = Vec::with_capacity(self.buckets.len());
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Relaxed);
+            let bound = self.bounds.get(i).copied().unwrap_or(f64::INFINITY);
+            out.push((bound, cumulative));
+        }
+        (out, self.sum.load(Relaxed) as f64, self.count.load(Relaxed))
+    }
+}
