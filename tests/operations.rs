@@ -161,3 +161,167 @@ async fn readiness_waits_for_the_cluster() -> TestResult {
     drop(peer);
     Ok(())
 }
+
+/// The `murmur` binary next to this test's build (built by `make test`).
+fn murmur_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory");
+    let bin = dir.join("murmur");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p murmur`, which `make test` does)",
+        bin.display()
+    );
+    bin
+}
+
+struct Process {
+    child: std::process::Child,
+    listen: std::net::SocketAddr,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp() -> std::net::SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn spawn_node(name: &str, gossip: std::net::SocketAddr, seed: std::net::SocketAddr) -> Process {
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let child = std::process::Command::new(murmur_binary())
+        .args(["serve", "--name", name, "--listen", &listen.to_string()])
+        .args([
+            "--gossip",
+            &gossip.to_string(),
+            "--quic",
+            &free_udp().to_string(),
+        ])
+        .args(["--seeds", &seed.to_string(), "--shutdown-grace", "3s"])
+        .env("MURMUR_CLUSTER_KEY", TEST_CLUSTER_KEY)
+        .env_remove("MURMUR_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("murmur serve starts");
+    Process { child, listen }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drains_without_losing_or_gapping() -> TestResult {
+    use std::sync::{Arc, Mutex};
+
+    use murmur_tests::{Acked, Record, resuming_subscriber, steady_publisher};
+
+    let gossips: Vec<_> = (0..3).map(|_| free_udp()).collect();
+    let mut nodes: Vec<Process> = (0..3)
+        .map(|i| spawn_node(&format!("p{i}"), gossips[i], gossips[0]))
+        .collect();
+    for node in &nodes {
+        let addr = node.listen;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while http_get(addr, "/readyz").await.map(|r| r.0).unwrap_or(0) != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "{addr} never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("ws://{}/ws", n.listen))
+        .collect();
+    // The subscriber and the publisher start on the node that will be drained.
+    let (stop_subscriber, subscriber_stop) = tokio::sync::watch::channel(false);
+    let (stop_publisher, publisher_stop) = tokio::sync::watch::channel(false);
+    let record = Arc::new(Mutex::new(Record::default()));
+    let (ready, is_ready) = tokio::sync::oneshot::channel();
+    let subscriber = resuming_subscriber(
+        Arc::new(Mutex::new(urls.clone())),
+        "drain.>".into(),
+        record.clone(),
+        subscriber_stop,
+        ready,
+    );
+    is_ready.await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acked: Acked = Arc::default();
+    let topics = (0..8).map(|i| format!("drain.t{i}")).collect();
+    let publisher = steady_publisher(
+        Arc::new(Mutex::new(urls)),
+        topics,
+        acked.clone(),
+        publisher_stop,
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let drained = nodes.remove(0);
+    let pid = drained.child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()?;
+    let mut drained = drained;
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = drained.child.try_wait()? {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the node did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+    let drain_time = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop_publisher.send(true);
+    let failed = publisher.await?;
+    let acked = acked.lock().unwrap().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let positions = record.lock().unwrap().positions();
+        if acked.iter().all(|a| positions.contains(a)) || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_subscriber.send(true);
+    subscriber.abort();
+    let record = record.lock().unwrap().clone();
+    eprintln!(
+        "drained in {drain_time:?}; {} acknowledged, {failed} failed; subscriber got {} after {} reconnects",
+        acked.len(),
+        record.events.len(),
+        record.reconnects
+    );
+    assert!(
+        record.reconnects >= 1,
+        "the subscriber was moved off the drained node"
+    );
+    assert!(record.gaps.is_empty(), "gaps: {:?}", record.gaps);
+    assert!(
+        record.out_of_order.is_empty(),
+        "out of order: {:?}",
+        record.out_of_order
+    );
+    let positions = record.positions();
+    let missing: Vec<_> = acked.iter().filter(|a| !positions.contains(a)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but never received: {missing:?}"
+    );
+    assert!(acked.len() > 50, "the load ran");
+    Ok(())
+}
