@@ -1,0 +1,643 @@
+//! Judges a history against the delivery contract (`docs/guarantees.md`).
+//!
+//! Each published event is classed, per subscription that should have received it and then
+//! overall (the worst class wins):
+//! - `ok`: delivered once, in order, or named by a `gap` the subscriber received;
+//! - `lost`: acknowledged, covered by a subscription, and neither delivered nor named by a gap;
+//! - `recovered`: never acknowledged (no answer) yet delivered — allowed;
+//! - `duplicated`: delivered twice to one subscription, not as a marked queue redelivery; or
+//!   acknowledged by two members of one queue group;
+//! - `reordered`: delivered after a later event of its topic and epoch;
+//! - `unexpected`: delivered but never published, published with an error, or delivered
+//!   after its subscription ended.
+//!
+//! A subscription covers an acknowledged event when it began before the publish was sent and
+//! had not ended when the `ok` arrived.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use murmur::routing::topic::pattern_matches;
+use serde::Serialize;
+
+use crate::history::{Kind, Op};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    Ok,
+    Recovered,
+    Reordered,
+    Duplicated,
+    Lost,
+    Unexpected,
+}
+
+impl Class {
+    pub fn is_violation(self) -> bool {
+        !matches!(self, Self::Ok | Self::Recovered)
+    }
+}
+
+/// One finding, for the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub class: Class,
+    pub id: String,
+    pub sub: String,
+    pub node: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Verdict {
+    /// Each published event's class (the worst over its subscriptions).
+    pub events: BTreeMap<String, Class>,
+    /// How many events fall in each class.
+    pub counts: BTreeMap<Class, usize>,
+    /// Per subscriber node: findings by class.
+    pub per_node: BTreeMap<String, BTreeMap<Class, usize>>,
+    /// Every violation, with where and why.
+    pub findings: Vec<Finding>,
+    pub acknowledged: usize,
+    pub deliveries: usize,
+}
+
+impl Verdict {
+    pub fn is_valid(&self) -> bool {
+        self.findings.iter().all(|f| !f.class.is_violation())
+    }
+
+    pub fn count(&self, class: Class) -> usize {
+        self.counts.get(&class).copied().unwrap_or(0)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Publish {
+    topic: String,
+    invoked_at: u64,
+    acked: Option<(String, u64, u64)>,
+    failed: bool,
+}
+
+#[derive(Debug)]
+struct Subscription {
+    node: String,
+    pattern: String,
+    group: Option<String>,
+    began: u64,
+    ended: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Delivery<'a> {
+    t: u64,
+    topic: &'a str,
+    epoch: &'a str,
+    seq: u64,
+    id: &'a str,
+    redelivered: bool,
+}
+
+pub fn check(history: &[Op]) -> Verdict {
+    let mut ops: Vec<&Op> = history.iter().collect();
+    ops.sort_by_key(|op| op.t);
+
+    let mut publishes: HashMap<&str, Publish> = HashMap::new();
+    let mut subs: BTreeMap<&str, Subscription> = BTreeMap::new();
+    let mut deliveries: BTreeMap<&str, Vec<Delivery<'_>>> = BTreeMap::new();
+    let mut gaps: HashMap<&str, Vec<(&str, &str, u64, u64)>> = HashMap::new();
+    let mut acks: HashMap<&str, Vec<&str>> = HashMap::new();
+    for op in &ops {
+        match &op.kind {
+            Kind::PublishInvoke { id, topic } => {
+                let p = publishes.entry(id).or_default();
+                p.topic.clone_from(topic);
+                p.invoked_at = op.t;
+            }
+            Kind::PublishOk { id, epoch, seq, .. } => {
+                publishes.entry(id).or_default().acked = Some((epoch.clone(), *seq, op.t));
+            }
+            Kind::PublishFail { id, .. } => publishes.entry(id).or_default().failed = true,
+            Kind::Subscribe {
+                sub,
+                pattern,
+                group,
+            } => {
+                subs.entry(sub).or_insert(Subscription {
+                    node: op.node.clone(),
+                    pattern: pattern.clone(),
+                    group: group.clone(),
+                    began: op.t,
+                    ended: None,
+                });
+            }
+            Kind::Unsubscribe { sub } => {
+                if let Some(s) = subs.get_mut(sub.as_str()) {
+                    s.ended = Some(op.t);
+                }
+            }
+            Kind::Deliver {
+                sub,
+                topic,
+                epoch,
+                seq,
+                id,
+                redelivered,
+            } => deliveries.entry(sub).or_default().push(Delivery {
+                t: op.t,
+                topic,
+                epoch,
+                seq: *seq,
+                id,
+                redelivered: *redelivered,
+            }),
+            Kind::Gap {
+                sub,
+                topic,
+                epoch,
+                from_seq,
+                to_seq,
+                ..
+            } => gaps
+                .entry(sub)
+                .or_default()
+                .push((topic, epoch, *from_seq, *to_seq)),
+            Kind::Ack { sub, id } => acks.entry(id).or_default().push(sub),
+        }
+    }
+
+    let mut verdict = Verdict::default();
+    let mut worst: HashMap<String, Class> = HashMap::new();
+    let mut note =
+        |verdict: &mut Verdict, class: Class, id: &str, sub: &str, node: &str, detail: String| {
+            let entry = worst.entry(id.to_owned()).or_insert(Class::Ok);
+            *entry = (*entry).max(class);
+            if class != Class::Ok {
+                *verdict
+                    .per_node
+                    .entry(node.to_owned())
+                    .or_default()
+                    .entry(class)
+                    .or_default() += 1;
+                verdict.findings.push(Finding {
+                    class,
+                    id: id.to_owned(),
+                    sub: sub.to_owned(),
+                    node: node.to_owned(),
+                    detail,
+                });
+            }
+        };
+
+    // What each subscription received: duplicates, order, unexpected events.
+    for (sub_name, list) in &deliveries {
+        let Some(sub) = subs.get(sub_name) else {
+            for d in list {
+                note(
+                    &mut verdict,
+                    Class::Unexpected,
+                    d.id,
+                    sub_name,
+                    "",
+                    "delivered to a subscription never made".into(),
+                );
+            }
+            continue;
+        };
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut last: HashMap<(&str, &str), u64> = HashMap::new();
+        for d in list {
+            verdict.deliveries += 1;
+            if sub.ended.is_some_and(|end| d.t > end) {
+                note(
+                    &mut verdict,
+                    Class::Unexpected,
+                    d.id,
+                    sub_name,
+                    &sub.node,
+                    "delivered after its subscription ended".into(),
+                );
+                continue;
+            }
+            match publishes.get(d.id) {
+                None => {
+                    note(
+                        &mut verdict,
+                        Class::Unexpected,
+                        d.id,
+                        sub_name,
+                        &sub.node,
+                        "never published".into(),
+                    );
+                    continue;
+                }
+                Some(p) if p.failed => {
+                    note(
+                        &mut verdict,
+                        Class::Unexpected,
+                        d.id,
+                        sub_name,
+                        &sub.node,
+                        "its publish was refused".into(),
+                    );
+                    continue;
+                }
+                Some(p) if p.acked.is_none() => {
+                    note(
+                        &mut verdict,
+                        Class::Recovered,
+                        d.id,
+                        sub_name,
+                        &sub.node,
+                        "delivered, never acknowledged".into(),
+                    );
+                }
+                Some(_) => {}
+            }
+            let queue_redelivery = sub.group.is_some() && d.redelivered;
+            if !seen.insert(d.id) && !queue_redelivery {
+                note(
+                    &mut verdict,
+                    Class::Duplicated,
+                    d.id,
+                    sub_name,
+                    &sub.node,
+                    format!("{} #{} again", d.topic, d.seq),
+                );
+                continue;
+            }
+            if queue_redelivery {
+                continue;
+            }
+            let key = (d.topic, d.epoch);
+            match last.get(&key) {
+                Some(&previous) if d.seq <= previous => note(
+                    &mut verdict,
+                    Class::Reordered,
+                    d.id,
+                    sub_name,
+                    &sub.node,
+                    format!("{} #{} after #{previous}", d.topic, d.seq),
+                ),
+                _ => {
+                    last.insert(key, d.seq);
+                }
+            }
+        }
+    }
+
+    // Every acknowledged event reached every plain subscription that covered it.
+    let delivered: HashMap<&str, HashSet<&str>> = deliveries
+        .iter()
+        .map(|(sub, list)| (*sub, list.iter().map(|d| d.id).collect()))
+        .collect();
+    let mut ids: Vec<&&str> = publishes.keys().collect();
+    ids.sort();
+    for id in ids {
+        let p = &publishes[*id];
+        let Some((epoch, seq, acked_at)) = &p.acked else {
+            // Not acknowledged: nothing is owed; it is recovered if delivered (noted above).
+            note(&mut verdict, Class::Ok, id, "", "", String::new());
+            continue;
+        };
+        verdict.acknowledged += 1;
+        note(&mut verdict, Class::Ok, id, "", "", String::new());
+        let mut group_members: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+        for (sub_name, sub) in &subs {
+            let covers = sub.began < p.invoked_at
+                && sub.ended.is_none_or(|end| end > *acked_at)
+                && pattern_matches(&sub.pattern, &p.topic);
+            if !covers {
+                continue;
+            }
+            if let Some(group) = &sub.group {
+                group_members
+                    .entry((&sub.pattern, group))
+                    .or_default()
+                    .push(sub_name);
+                continue;
+            }
+            let got = delivered.get(sub_name).is_some_and(|ids| ids.contains(*id));
+            let named = gaps.get(sub_name).is_some_and(|list| {
+                list.iter().any(|(topic, gap_epoch, from, to)| {
+                    *topic == p.topic
+                        && gap_epoch == epoch
+                        && *from <= *seq
+                        && (*to == 0 || *seq <= *to)
+                })
+            });
+            if got || named {
+                note(
+                    &mut verdict,
+                    Class::Ok,
+                    id,
+                    sub_name,
+                    &sub.node,
+                    String::new(),
+                );
+            } else {
+                note(
+                    &mut verdict,
+                    Class::Lost,
+                    id,
+                    sub_name,
+                    &sub.node,
+                    format!("{} #{seq} of {epoch} never arrived", p.topic),
+                );
+            }
+        }
+        for ((pattern, group), members) in group_members {
+            let acked_by: HashSet<&str> = acks
+                .get(*id)
+                .map(|subs| {
+                    subs.iter()
+                        .copied()
+                        .filter(|s| members.contains(s))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let node = members
+                .first()
+                .and_then(|m| subs.get(m))
+                .map(|s| s.node.as_str())
+                .unwrap_or("");
+            match acked_by.len() {
+                1 => {}
+                0 => note(
+                    &mut verdict,
+                    Class::Lost,
+                    id,
+                    group,
+                    node,
+                    format!("no member of {group} on {pattern} acknowledged it"),
+                ),
+                n => note(
+                    &mut verdict,
+                    Class::Duplicated,
+                    id,
+                    group,
+                    node,
+                    format!("{n} members of {group} acknowledged it"),
+                ),
+            }
+        }
+    }
+
+    for (id, class) in worst {
+        *verdict.counts.entry(class).or_default() += 1;
+        verdict.events.insert(id, class);
+    }
+    verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Builder {
+        ops: Vec<Op>,
+        t: u64,
+    }
+
+    impl Builder {
+        fn new() -> Self {
+            Self {
+                ops: Vec::new(),
+                t: 0,
+            }
+        }
+
+        fn op(&mut self, client: &str, kind: Kind) -> &mut Self {
+            self.t += 10;
+            self.ops.push(Op {
+                t: self.t,
+                client: client.into(),
+                node: format!("node-of-{client}"),
+                kind,
+            });
+            self
+        }
+
+        fn sub(&mut self, sub: &str, pattern: &str, group: Option<&str>) -> &mut Self {
+            self.op(
+                sub,
+                Kind::Subscribe {
+                    sub: sub.into(),
+                    pattern: pattern.into(),
+                    group: group.map(Into::into),
+                },
+            )
+        }
+
+        fn publish(&mut self, id: &str, topic: &str, seq: u64) -> &mut Self {
+            self.op(
+                "p",
+                Kind::PublishInvoke {
+                    id: id.into(),
+                    topic: topic.into(),
+                },
+            );
+            self.op(
+                "p",
+                Kind::PublishOk {
+                    id: id.into(),
+                    topic: topic.into(),
+                    epoch: "e".into(),
+                    seq,
+                },
+            )
+        }
+
+        fn deliver(
+            &mut self,
+            sub: &str,
+            id: &str,
+            topic: &str,
+            seq: u64,
+            redelivered: bool,
+        ) -> &mut Self {
+            self.op(
+                sub,
+                Kind::Deliver {
+                    sub: sub.into(),
+                    topic: topic.into(),
+                    epoch: "e".into(),
+                    seq,
+                    id: id.into(),
+                    redelivered,
+                },
+            )
+        }
+    }
+
+    #[test]
+    fn a_clean_history_is_valid() {
+        let mut h = Builder::new();
+        h.sub("s", "t.>", None)
+            .publish("a", "t.x", 1)
+            .publish("b", "t.x", 2);
+        h.deliver("s", "a", "t.x", 1, false)
+            .deliver("s", "b", "t.x", 2, false);
+        let v = check(&h.ops);
+        assert!(v.is_valid(), "{:?}", v.findings);
+        assert_eq!(v.count(Class::Ok), 2);
+        assert_eq!(v.acknowledged, 2);
+    }
+
+    #[test]
+    fn flags_a_lost_a_duplicated_and_a_reordered_event() {
+        let mut h = Builder::new();
+        h.sub("s", "t", None);
+        for (id, seq) in [("a", 1), ("b", 2), ("c", 3), ("d", 4)] {
+            h.publish(id, "t", seq);
+        }
+        // a twice, c then b (b arrives after a later one), d never.
+        h.deliver("s", "a", "t", 1, false)
+            .deliver("s", "a", "t", 1, false)
+            .deliver("s", "c", "t", 3, false)
+            .deliver("s", "b", "t", 2, false);
+        let v = check(&h.ops);
+        assert!(!v.is_valid());
+        assert_eq!(v.events["a"], Class::Duplicated);
+        assert_eq!(v.events["b"], Class::Reordered);
+        assert_eq!(v.events["c"], Class::Ok);
+        assert_eq!(v.events["d"], Class::Lost);
+        assert_eq!(v.per_node["node-of-s"][&Class::Lost], 1);
+    }
+
+    #[test]
+    fn a_gap_that_names_the_event_is_not_a_loss() {
+        let mut h = Builder::new();
+        h.sub("s", "t", None)
+            .publish("a", "t", 1)
+            .publish("b", "t", 2);
+        h.op(
+            "s",
+            Kind::Gap {
+                sub: "s".into(),
+                topic: "t".into(),
+                epoch: "e".into(),
+                from_seq: 1,
+                to_seq: 1,
+                reason: "retention".into(),
+            },
+        );
+        h.deliver("s", "b", "t", 2, false);
+        assert!(check(&h.ops).is_valid());
+        // A gap for another range names nothing.
+        let mut h = Builder::new();
+        h.sub("s", "t", None).publish("a", "t", 1);
+        h.op(
+            "s",
+            Kind::Gap {
+                sub: "s".into(),
+                topic: "t".into(),
+                epoch: "e".into(),
+                from_seq: 5,
+                to_seq: 9,
+                reason: "retention".into(),
+            },
+        );
+        assert_eq!(check(&h.ops).events["a"], Class::Lost);
+    }
+
+    #[test]
+    fn unexpected_and_recovered_events_and_deliveries_after_unsub() {
+        let mut h = Builder::new();
+        h.sub("s", "t", None);
+        h.deliver("s", "ghost", "t", 1, false);
+        h.op(
+            "p",
+            Kind::PublishInvoke {
+                id: "refused".into(),
+                topic: "t".into(),
+            },
+        );
+        h.op(
+            "p",
+            Kind::PublishFail {
+                id: "refused".into(),
+                error: "unavailable".into(),
+            },
+        );
+        h.deliver("s", "refused", "t", 2, false);
+        h.op(
+            "p",
+            Kind::PublishInvoke {
+                id: "unknown".into(),
+                topic: "t".into(),
+            },
+        );
+        h.deliver("s", "unknown", "t", 3, false);
+        h.op("s", Kind::Unsubscribe { sub: "s".into() });
+        h.publish("late", "t", 4);
+        h.deliver("s", "late", "t", 4, false);
+        let v = check(&h.ops);
+        assert_eq!(v.events["ghost"], Class::Unexpected);
+        assert_eq!(v.events["refused"], Class::Unexpected);
+        assert_eq!(v.events["unknown"], Class::Recovered);
+        assert_eq!(v.events["late"], Class::Unexpected, "after unsub");
+    }
+
+    #[test]
+    fn subscriptions_cover_only_what_was_published_while_they_lived() {
+        let mut h = Builder::new();
+        h.publish("before", "t", 1);
+        h.sub("s", "t", None);
+        h.publish("during", "t", 2)
+            .deliver("s", "during", "t", 2, false);
+        h.op("s", Kind::Unsubscribe { sub: "s".into() });
+        h.publish("after", "t", 3);
+        h.sub("other", "u.*", None);
+        h.publish("elsewhere", "t", 4);
+        let v = check(&h.ops);
+        assert!(v.is_valid(), "{:?}", v.findings);
+    }
+
+    #[test]
+    fn queue_groups_need_exactly_one_acknowledging_member() {
+        let mut h = Builder::new();
+        h.sub("m1", "jobs", Some("g")).sub("m2", "jobs", Some("g"));
+        h.publish("once", "jobs", 1)
+            .publish("twice", "jobs", 2)
+            .publish("never", "jobs", 3);
+        h.publish("moved", "jobs", 4);
+        h.deliver("m1", "once", "jobs", 1, false).op(
+            "m1",
+            Kind::Ack {
+                sub: "m1".into(),
+                id: "once".into(),
+            },
+        );
+        h.deliver("m1", "twice", "jobs", 2, false).op(
+            "m1",
+            Kind::Ack {
+                sub: "m1".into(),
+                id: "twice".into(),
+            },
+        );
+        h.deliver("m2", "twice", "jobs", 2, false).op(
+            "m2",
+            Kind::Ack {
+                sub: "m2".into(),
+                id: "twice".into(),
+            },
+        );
+        h.deliver("m1", "never", "jobs", 3, false);
+        // Delivered to m1, not acked, redelivered to m2 (marked) who acks: fine.
+        h.deliver("m1", "moved", "jobs", 4, false);
+        h.deliver("m2", "moved", "jobs", 4, true).op(
+            "m2",
+            Kind::Ack {
+                sub: "m2".into(),
+                id: "moved".into(),
+            },
+        );
+        let v = check(&h.ops);
+        assert_eq!(v.events["once"], Class::Ok);
+        assert_eq!(v.events["twice"], Class::Duplicated);
+        assert_eq!(v.events["never"], Class::Lost);
+        assert_eq!(v.events["moved"], Class::Ok);
+    }
+}
