@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use murmur_tests::{
-    TEST_CLUSTER_KEY, WsClient, gossip_addr, start_cluster, start_node, wait_until,
+    TEST_CLUSTER_KEY, WsClient, gossip_addr, murmur_binary, start_cluster, start_node, wait_until,
 };
 use serde_json::json;
 
@@ -160,22 +160,6 @@ async fn readiness_waits_for_the_cluster() -> TestResult {
     }
     drop(peer);
     Ok(())
-}
-
-/// The `murmur` binary next to this test's build (built by `make test`).
-fn murmur_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target directory");
-    let bin = dir.join("murmur");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build -p murmur`, which `make test` does)",
-        bin.display()
-    );
-    bin
 }
 
 struct Process {

@@ -366,6 +366,8 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
     use murmur::cluster::security::files;
     match command {
         CertCommand::Ca { out } => {
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
             let (cert, key) = files::new_ca()?;
             write_new(&out.join("ca.pem"), &cert)?;
             write_secret(&out.join("ca.key"), &key)?;
@@ -385,6 +387,8 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
                 std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
             };
             let (cert, key) = files::new_node(&name, &read(&ca)?, &read(&ca_key)?)?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
             let (cert_path, key_path) = (
                 out.join(format!("{name}.pem")),
                 out.join(format!("{name}.key")),
@@ -397,20 +401,26 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Never overwrites: replacing a CA or a key by accident cuts nodes off.
 fn write_new(path: &Path, contents: &str) -> anyhow::Result<()> {
-    std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
 }
 
-/// Private keys are readable by their owner only.
+/// Private keys are readable by their owner only, and never overwritten.
 fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
     file.write_all(contents.as_bytes())?;
     Ok(())
 }

@@ -38,6 +38,22 @@ pub async fn start_node(tweak: impl FnOnce(&mut Settings)) -> RunningNode {
     RunningNode::start(settings).await.expect("node starts")
 }
 
+/// The `murmur` binary of this build (`make test` builds it before the tests run).
+pub fn murmur_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory");
+    let bin = dir.join("murmur");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p murmur`, which `make test` does)",
+        bin.display()
+    );
+    bin
+}
+
 /// A cluster key for tests (any 16+ characters).
 pub const TEST_CLUSTER_KEY: &str = "test-cluster-key-0123456789";
 

@@ -1,0 +1,312 @@
+//! The files in `deploy/` parse and refer only to what exists: the binary's subcommands,
+//! flags and environment variables, its ports and HTTP paths, and its metric names.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use murmur_tests::{murmur_binary, start_node};
+use serde_yaml_ng::Value;
+
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(deploy(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The environment variables and flags `murmur serve --help` documents.
+fn serve_help() -> (HashSet<String>, HashSet<String>) {
+    let out = Command::new(murmur_binary())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let envs = help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|s| s.split(['=', ']']).next())
+        .map(str::to_owned)
+        .collect();
+    let flags = help
+        .split_whitespace()
+        .filter(|w| w.starts_with("--"))
+        .map(|w| w.trim_end_matches([',', '.']).to_owned())
+        .collect();
+    (envs, flags)
+}
+
+fn subcommands() -> String {
+    let out = Command::new(murmur_binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn yaml_documents(path: &str) -> Vec<Value> {
+    let text = read(path);
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| {
+            let mut value = Value::deserialize(doc).unwrap_or_else(|e| panic!("{path}: {e}"));
+            value.apply_merge().unwrap();
+            value
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+use serde::Deserialize;
+
+/// The (container) port of `host:port`, or of a compose mapping `ip:host:container/proto`.
+fn port_of(addr: &str) -> u16 {
+    addr.split('/')
+        .next()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr}"))
+}
+
+#[test]
+fn compose_uses_only_real_settings_and_ports() {
+    let (envs, _) = serve_help();
+    let compose = &yaml_documents("docker-compose.yml")[0];
+    let services = compose["services"].as_mapping().expect("services");
+    assert_eq!(services.len(), 3, "three nodes");
+    for (name, service) in services {
+        let env = service["environment"]
+            .as_mapping()
+            .unwrap_or_else(|| panic!("{name:?}: environment"));
+        for key in env.keys() {
+            let key = key.as_str().unwrap();
+            assert!(
+                envs.contains(key),
+                "{name:?} sets {key}, which murmur does not read"
+            );
+        }
+        let listen = env
+            .get("MURMUR_LISTEN")
+            .and_then(Value::as_str)
+            .expect("MURMUR_LISTEN");
+        let ports: Vec<String> = service["ports"]
+            .as_sequence()
+            .expect("ports")
+            .iter()
+            .map(|p| p.as_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            ports.iter().any(|p| port_of(p) == port_of(listen)),
+            "{name:?} publishes {ports:?} but listens on {listen}"
+        );
+        let seeds = env
+            .get("MURMUR_SEEDS")
+            .and_then(Value::as_str)
+            .expect("seeds");
+        let gossip = port_of(env.get("MURMUR_GOSSIP").and_then(Value::as_str).unwrap());
+        assert!(
+            seeds.split(',').all(|s| port_of(s) == gossip),
+            "seeds {seeds} use the gossip port"
+        );
+        let check = service["healthcheck"]["test"]
+            .as_sequence()
+            .expect("healthcheck");
+        assert!(
+            subcommands().contains(check[2].as_str().unwrap()),
+            "healthcheck runs a real subcommand"
+        );
+    }
+}
+
+#[test]
+fn kubernetes_manifests_parse_and_fit_together() {
+    let (envs, _) = serve_help();
+    let secret = &yaml_documents("kubernetes/secret.yaml")[0];
+    let headless = &yaml_documents("kubernetes/headless-service.yaml")[0];
+    let service = &yaml_documents("kubernetes/service.yaml")[0];
+    let statefulset = &yaml_documents("kubernetes/statefulset.yaml")[0];
+    let pdb = &yaml_documents("kubernetes/pdb.yaml")[0];
+    for doc in yaml_documents("kubernetes/namespace.yaml") {
+        assert_eq!(doc["kind"], "Namespace");
+    }
+    assert_eq!(statefulset["kind"], "StatefulSet");
+    assert_eq!(pdb["kind"], "PodDisruptionBudget");
+    assert_eq!(
+        headless["spec"]["clusterIP"], "None",
+        "a headless service for DNS seeds"
+    );
+
+    let pod = &statefulset["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args = container["args"].as_sequence().unwrap();
+    assert!(subcommands().contains(args[0].as_str().unwrap()));
+    let ports: Vec<(&str, u64)> = container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let env = container["env"].as_sequence().unwrap();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("{name} is not set"))
+            .to_owned()
+    };
+    for e in env {
+        let name = e["name"].as_str().unwrap();
+        assert!(
+            !name.starts_with("MURMUR_") || envs.contains(name),
+            "{name} is not a murmur setting"
+        );
+        if let Some(secret_ref) = e["valueFrom"]["secretKeyRef"].as_mapping() {
+            assert_eq!(
+                secret_ref.get("name"),
+                secret["metadata"].get("name"),
+                "{name}: secret name"
+            );
+            let key = secret_ref.get("key").and_then(Value::as_str).unwrap();
+            assert!(
+                secret["stringData"].get(key).is_some(),
+                "{name}: secret has no {key}"
+            );
+        }
+    }
+    for (setting, port_name) in [
+        ("MURMUR_LISTEN", "http"),
+        ("MURMUR_GOSSIP", "gossip"),
+        ("MURMUR_QUIC", "quic"),
+    ] {
+        let port = u64::from(port_of(&value(setting)));
+        assert!(
+            ports.contains(&(port_name, port)),
+            "{setting} on {port}, ports {ports:?}"
+        );
+    }
+    for p in headless["spec"]["ports"].as_sequence().unwrap() {
+        let port = p["port"].as_u64().unwrap();
+        assert!(
+            ports.iter().any(|(_, c)| *c == port),
+            "headless port {port} is a container port"
+        );
+    }
+    assert!(value("MURMUR_SEEDS").contains(headless["metadata"]["name"].as_str().unwrap()));
+    let client_port = service["spec"]["ports"][0]["targetPort"].clone();
+    assert!(client_port == "http" || client_port.as_u64() == Some(7400));
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(container[probe]["httpGet"]["path"], path);
+        assert_eq!(container[probe]["httpGet"]["port"], "http");
+    }
+    let grace: u64 = humantime::parse_duration(&value("MURMUR_SHUTDOWN_GRACE"))
+        .unwrap()
+        .as_secs();
+    let termination = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        termination >= grace + 10,
+        "terminationGracePeriodSeconds {termination} leaves room to drain ({grace}s)"
+    );
+    assert_eq!(
+        statefulset["spec"]["selector"]["matchLabels"], pdb["spec"]["selector"]["matchLabels"],
+        "the budget covers the pods"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_dashboard_refer_to_paths_and_metrics_that_exist() {
+    let node = start_node(|_| {}).await;
+    let base = format!("http://{}", node.local_addr());
+    for path in ["/healthz", "/readyz", "/metrics", "/v1/cluster"] {
+        murmur::client::http_get(&base, path)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+    let metrics = murmur::client::http_get(&base, "/metrics").await.unwrap();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("grafana/murmur-dashboard.json")).unwrap();
+    let text = dashboard.to_string();
+    let mut used: HashSet<String> = HashSet::new();
+    for part in text.split("murmur_").skip(1) {
+        let name: String = part
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        used.insert(format!("murmur_{name}"));
+    }
+    assert!(used.len() > 10, "the dashboard uses the metrics: {used:?}");
+    for name in used {
+        let base_name = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name);
+        // A family without samples yet (no peers here) still has its TYPE line.
+        let family = base_name.strip_suffix("_total").unwrap_or(base_name);
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(base_name) || l.starts_with(&format!("# TYPE {family} "))),
+            "the dashboard uses {name}, which /metrics does not have"
+        );
+    }
+}
+
+#[test]
+fn systemd_unit_and_dockerfile_run_the_real_binary() {
+    let (envs, flags) = serve_help();
+    let unit = read("systemd/murmur.service");
+    let exec = unit
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .expect("ExecStart");
+    let mut words = exec
+        .trim_start_matches("ExecStart=")
+        .split_whitespace()
+        .skip(1);
+    assert!(subcommands().contains(words.next().unwrap()));
+    for flag in words.filter(|w| w.starts_with("--")) {
+        assert!(
+            flags.contains(flag),
+            "ExecStart uses {flag}, which serve does not take"
+        );
+    }
+    let stop: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.parse().ok())
+        .expect("TimeoutStopSec");
+    assert!(stop >= 20, "TimeoutStopSec leaves room to drain");
+    for line in read("systemd/murmur.env.example")
+        .lines()
+        .filter(|l| l.starts_with("MURMUR_"))
+    {
+        let key = line.split('=').next().unwrap();
+        assert!(envs.contains(key), "murmur.env.example sets {key}");
+    }
+
+    let dockerfile = read("Dockerfile");
+    assert!(dockerfile.contains("cargo build --release -p murmur --locked"));
+    assert!(dockerfile.contains("EXPOSE 7400/tcp 7401/udp 7402/udp"));
+    for word in dockerfile
+        .split_whitespace()
+        .filter(|w| w.starts_with("MURMUR_"))
+    {
+        let key = word
+            .split('=')
+            .next()
+            .unwrap()
+            .trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_');
+        assert!(envs.contains(key), "the Dockerfile sets {key}");
+    }
+    assert!(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../.dockerignore")
+            .exists()
+    );
+}
