@@ -58,7 +58,16 @@ pub(crate) async fn serve(
     peer: SocketAddr,
 ) {
     let connection = node.next_connection_id();
-    let span = tracing::info_span!("conn", id = connection, %peer);
+    let session_id = format!("{:016x}", rand::random::<u64>());
+    // One client's story across nodes: its `client` name (from `hello`) stays the same when
+    // it reconnects elsewhere; `session` is what the node told it in `welcome`.
+    let span = tracing::info_span!(
+        "conn",
+        id = connection,
+        %peer,
+        session = %session_id,
+        client = tracing::field::Empty,
+    );
     async move {
         tracing::debug!(?format, "connected");
         let (outbox, queue) = Outbox::new(connection, node.settings.outbound_queue);
@@ -66,7 +75,7 @@ pub(crate) async fn serve(
         let (late_replies, late) = mpsc::unbounded_channel();
         let mut session = Session {
             late_replies,
-            session_id: format!("{:016x}", rand::random::<u64>()),
+            session_id,
             node,
             format,
             outbox,
@@ -232,7 +241,10 @@ impl Session {
             Request::Hello { client, token: _ } => {
                 // Token checks arrive with client authentication; until then any token is
                 // accepted, so clients can send one already.
-                tracing::debug!(client = client.as_deref().unwrap_or(""), "hello");
+                if let Some(name) = client.as_deref() {
+                    tracing::Span::current().record("client", name);
+                }
+                tracing::debug!("hello");
                 Ok(vec![self.welcome()])
             }
             Request::Subscribe(sub) => {
