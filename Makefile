@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish test lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish bench test lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ measure-membership: ## Time failure detection, restart and partition heal on 3 l
 
 measure-publish: ## Acknowledged vs fire-and-forget publishing, on 1 and 3 in-process nodes
 	$(CARGO) run --release -p murmur --example publish_cost
+
+bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian), fan-out scenario; prints ratios
+	bench/run.sh
 
 test: ## Run the whole test suite (unit, integration, CLI)
 	$(CARGO) nextest run --workspace --all-targets $(NEXTEST_ARGS)
