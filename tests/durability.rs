@@ -508,3 +508,56 @@ async fn a_new_replica_receives_the_whole_history() -> TestResult {
     assert_eq!(seqs(&replayed), (1..=11).collect::<Vec<_>>());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_publishes_keep_their_order_through_a_claim() -> TestResult {
+    let nodes = start_cluster(3, |_, _| {}).await;
+    // A fresh topic node-0 owns: the first publish makes node-0 claim it while more arrive.
+    let topic = topic_owned_by(&nodes[0], "burst.", "node-0");
+    let (mut client, _) = WsClient::connect_json(&nodes[0]).await?;
+    for i in 0..200 {
+        client
+            .send_json(json!({"op": "pub", "topic": topic, "data": i, "ref": i.to_string()}))
+            .await?;
+    }
+    let mut seq_of = vec![0u64; 200];
+    for _ in 0..200 {
+        let ok = client.recv_json().await?;
+        assert_eq!(ok["op"], "ok", "{ok}");
+        let i: usize = ok["ref"].as_str().unwrap().parse()?;
+        seq_of[i] = ok["seq"].as_u64().unwrap();
+    }
+    assert_eq!(
+        seq_of,
+        (1..=200).collect::<Vec<u64>>(),
+        "sequenced in the order sent"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_member_on_another_node_gets_its_unacknowledged_event_again() -> TestResult {
+    let nodes = start_cluster(3, |_, s| s.ack_timeout = Duration::from_millis(300)).await;
+    let topic = topic_owned_by(&nodes[0], "solo.", "node-0");
+    let (mut member, _) = WsClient::connect_json(&nodes[1]).await?;
+    member.sub_group("m", &topic, "g").await?;
+    wait_until("node-0 knows the member", Duration::from_secs(10), || {
+        nodes[0].state().broker.peer_interests() == 1
+    })
+    .await;
+    let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
+    publisher.publish(&topic, json!("job"), "p").await?;
+    let first = member.recv_json().await?;
+    assert_eq!(first["redelivered"], false);
+    // Not acked: it comes back, to the only member there is.
+    let again = member.recv_json().await?;
+    assert_eq!(
+        (again["data"].as_str(), again["redelivered"].as_bool()),
+        (Some("job"), Some(true))
+    );
+    member
+        .send_json(json!({"op": "ack", "delivery": again["delivery"]}))
+        .await?;
+    member.ping("settled").await?;
+    Ok(())
+}

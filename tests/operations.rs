@@ -309,3 +309,93 @@ async fn sigterm_under_load_drains_without_losing_or_gapping() -> TestResult {
     assert!(acked.len() > 50, "the load ran");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_paused_past_failure_detection_never_reuses_a_sequence_number() -> TestResult {
+    use murmur::routing::ownership::rank;
+    let gossips: Vec<_> = (0..3).map(|_| free_udp()).collect();
+    let nodes: Vec<Process> = (0..3)
+        .map(|i| spawn_node(&format!("p{i}"), gossips[i], gossips[0]))
+        .collect();
+    for node in &nodes {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while http_get(node.listen, "/readyz")
+            .await
+            .map(|r| r.0)
+            .unwrap_or(0)
+            != 200
+        {
+            assert!(tokio::time::Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let topic = (0..)
+        .map(|i| format!("paused.{i}"))
+        .find(|t| rank(t, ["p0", "p1", "p2"])[0] == "p2")
+        .unwrap();
+    let url = format!("ws://{}/ws", nodes[0].listen);
+    let mut publisher = WsClient::connect_url(&url).await?;
+    publisher.recv_json().await?;
+    let mut positions: Vec<(String, u64)> = Vec::new();
+    let publish = async |client: &mut WsClient, n: usize| -> anyhow::Result<(String, u64)> {
+        loop {
+            let (ok, _) = client.publish(&topic, json!(n), &format!("p{n}")).await?;
+            if ok["op"] == "ok" {
+                return Ok((
+                    ok["epoch"].as_str().unwrap().to_owned(),
+                    ok["seq"].as_u64().unwrap(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    for n in 0..3 {
+        positions.push(publish(&mut publisher, n).await?);
+    }
+    let owner_pid = nodes[2].child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-STOP", &owner_pid])
+        .status()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http_get(nodes[0].listen, "/v1/cluster").await?;
+        if body.contains(r#""name":"p2","state":"down""#) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "p2 never declared down: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in 3..6 {
+        positions.push(publish(&mut publisher, n).await?);
+    }
+    std::process::Command::new("kill")
+        .args(["-CONT", &owner_pid])
+        .status()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http_get(nodes[0].listen, "/v1/cluster").await?;
+        if body.matches(r#""state":"alive""#).count() == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "p2 never came back: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in 6..9 {
+        positions.push(publish(&mut publisher, n).await?);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for p in &positions {
+        assert!(
+            seen.insert(p.clone()),
+            "{p:?} was given twice: {positions:?}"
+        );
+    }
+    Ok(())
+}

@@ -587,6 +587,14 @@ impl Broker {
         }
     }
 
+    /// Stops sequencing every topic until it is claimed again (this node was cut off: what
+    /// it holds may be stale).
+    pub fn relinquish_all(&self) {
+        for shard in self.shards.iter() {
+            shard.lock().topics.relinquish_all();
+        }
+    }
+
     /// True when this node holds `topic`'s state and may sequence it.
     pub fn is_ready(&self, topic: &str) -> bool {
         self.shard(topic).lock().topics.is_ready(topic)
@@ -900,10 +908,11 @@ impl Broker {
             return;
         }
         if let Some(group) = remote.group(&interest.pattern, name) {
-            for member in group.round_robin() {
-                if not_on == Some(&*member.link.name) {
-                    continue;
-                }
+            // Another node first; the node it came back from only when it is the only one
+            // left (its member may take it on a later try).
+            let mut members: Vec<&RemoteInterest> = group.round_robin().collect();
+            members.sort_by_key(|m| not_on == Some(&*m.link.name));
+            for member in members {
                 let token = self.new_token();
                 let groups = vec![(interest.clone(), token)];
                 if self.send_forward(&member.link, event, false, groups, true) {

@@ -39,6 +39,8 @@ const MAX_PACKET: usize = 1400;
 pub enum MemberEvent {
     Up(NodeId),
     Down(NodeId),
+    /// This node was declared down by the others and rejoined under a new generation.
+    Rejoined,
 }
 
 /// Counters of the gossip layer.
@@ -286,21 +288,23 @@ impl GossipTask {
             self.timers.push(Reverse((Instant::now() + after, id)));
             self.timer_payloads.insert(id, timer);
         }
+        // Sent once the view is refreshed, so whoever reacts sees the new membership.
+        let mut events = Vec::new();
         while let Some(notification) = self.runtime.to_notify() {
             match notification {
                 OwnedNotification::MemberUp(id) => {
                     tracing::info!(peer = %id.name, generation = id.generation, "member up");
-                    let _ = self.events.send(MemberEvent::Up(id));
+                    events.push(MemberEvent::Up(id));
                 }
                 OwnedNotification::MemberDown(id) => {
                     tracing::info!(peer = %id.name, generation = id.generation, "member down");
-                    let _ = self.events.send(MemberEvent::Down(id));
+                    events.push(MemberEvent::Down(id));
                 }
                 OwnedNotification::Rename(old, new) => {
                     tracing::info!(peer = %new.name, old = old.generation, new = new.generation, "member renamed");
-                    let _ = self.events.send(MemberEvent::Down(old));
+                    events.push(MemberEvent::Down(old));
                     if self.foca.iter_members().any(|m| m.id() == &new) {
-                        let _ = self.events.send(MemberEvent::Up(new));
+                        events.push(MemberEvent::Up(new));
                     }
                 }
                 OwnedNotification::Rejoin(id) => {
@@ -309,6 +313,7 @@ impl GossipTask {
                         "this node was declared down; rejoined with a new generation"
                     );
                     self.view.write().set_self(id);
+                    events.push(MemberEvent::Rejoined);
                 }
                 OwnedNotification::Active => tracing::info!("joined the cluster"),
                 OwnedNotification::Idle => tracing::info!("no live peers; announcing to seeds"),
@@ -317,5 +322,8 @@ impl GossipTask {
         }
         // Refreshed every step: states move between alive and suspect without notifications.
         self.view.write().refresh(self.foca.iter_membership_state());
+        for event in events {
+            let _ = self.events.send(event);
+        }
     }
 }

@@ -186,9 +186,22 @@ impl Cluster {
                     None => return,
                 },
             };
+            let had_majority = self.has_majority();
             match event {
                 MemberEvent::Up(id) => self.on_member_up(id),
                 MemberEvent::Down(id) => self.on_member_down(&id),
+                MemberEvent::Rejoined => {
+                    // The others numbered this node's topics meanwhile: claim them afresh.
+                    tracing::warn!("rejoined after being declared down: reclaiming topics");
+                    self.broker.relinquish_all();
+                }
+            }
+            if had_majority && !self.has_majority() {
+                // Cut off from most of the cluster, which may carry on with these topics.
+                tracing::warn!(
+                    "this node sees only a minority of the cluster: new epochs from here"
+                );
+                self.broker.relinquish_all();
             }
         }
     }

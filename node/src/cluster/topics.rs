@@ -291,6 +291,11 @@ impl Cluster {
                 return;
             }
         }
+        self.sequence_now(topic, payload, reply);
+    }
+
+    /// Sequences an event of a topic this node holds (no claim check).
+    fn sequence_now(self: &Arc<Self>, topic: Arc<str>, payload: Payload, reply: ReplyTo) {
         let replicas = self.replica_links(&topic);
         match self.broker.sequence(&topic, payload.clone(), &replicas) {
             Sequenced::Done(receipt) => reply.send(Ok(receipt)),
@@ -373,19 +378,62 @@ impl Cluster {
             .first()
             .is_some_and(|o| *o == self.id.name);
         if still_owner {
-            // A peer that kept the topic may still be numbering it: never share its epoch.
-            let known = if refused_to_the_end { None } else { best };
-            let epoch = self.broker.install_topic(&topic, known);
-            tracing::debug!(%topic, %epoch, refused_to_the_end, "claimed topic");
-        }
-        let waiting = self.claims.lock().remove(&topic).unwrap_or_default();
-        for queued in waiting {
-            if still_owner {
-                self.publish_as_owner(topic.clone(), queued.payload, queued.reply);
+            // A peer that kept the topic may still be numbering it, and a node that sees only
+            // a minority of the cluster may be cut off from one that is: never share an epoch
+            // then.
+            let in_minority = !self.has_majority();
+            let known = if refused_to_the_end || in_minority {
+                None
             } else {
-                self.route(topic.clone(), queued.payload, queued.reply, 0);
+                best
+            };
+            let epoch = self.broker.install_topic(&topic, known);
+            tracing::debug!(%topic, %epoch, refused_to_the_end, in_minority, "claimed topic");
+        }
+        // Serve what waited, in arrival order: the entry stays until it is empty, so a publish
+        // arriving meanwhile queues behind the others instead of overtaking them.
+        loop {
+            let batch = {
+                let mut claims = self.claims.lock();
+                match claims.get_mut(&topic) {
+                    Some(waiting) if !waiting.is_empty() => std::mem::take(waiting),
+                    _ => {
+                        claims.remove(&topic);
+                        break;
+                    }
+                }
+            };
+            for queued in batch {
+                if still_owner {
+                    self.sequence_now(topic.clone(), queued.payload, queued.reply);
+                } else {
+                    self.route(topic.clone(), queued.payload, queued.reply, 0);
+                }
             }
         }
+    }
+
+    /// True when this node sees more than half of the cluster alive, itself included. Members
+    /// that left are not counted, nor the old identities of members alive under a new one.
+    pub fn has_majority(&self) -> bool {
+        let members = self.members();
+        let alive: std::collections::HashSet<&str> = members
+            .iter()
+            .filter(|m| {
+                matches!(
+                    m.state,
+                    super::membership::MemberState::Alive | super::membership::MemberState::Suspect
+                )
+            })
+            .map(|m| m.name.as_str())
+            .collect();
+        let missing: std::collections::HashSet<&str> = members
+            .iter()
+            .filter(|m| m.state == super::membership::MemberState::Down)
+            .map(|m| m.name.as_str())
+            .filter(|name| !alive.contains(name))
+            .collect();
+        alive.len() > missing.len()
     }
 
     /// Sends a request to every linked peer and collects the answers (None: no answer).
@@ -529,10 +577,7 @@ impl Cluster {
         let mut best: HashMap<Arc<str>, TopicReplay> = HashMap::new();
         for candidate in candidates {
             match best.get(&candidate.topic) {
-                Some(current)
-                    if !(newer_epoch(&candidate.epoch, &current.epoch)
-                        || (candidate.epoch == current.epoch
-                            && candidate.last_seq > current.last_seq)) => {}
+                Some(current) if !better_replay(&candidate, current) => {}
                 _ => {
                     best.insert(candidate.topic.clone(), candidate);
                 }
@@ -595,8 +640,30 @@ impl Cluster {
     }
 }
 
+/// Newest epoch, then highest sequence number, then the longest history.
 fn is_newer(a: &TopicSnapshot, b: &TopicSnapshot) -> bool {
-    newer_epoch(&a.epoch, &b.epoch) || (a.epoch == b.epoch && a.last_seq > b.last_seq)
+    newer_epoch(&a.epoch, &b.epoch)
+        || (a.epoch == b.epoch
+            && (a.last_seq > b.last_seq
+                || (a.last_seq == b.last_seq && a.events.len() > b.events.len())))
+}
+
+/// Newest epoch, then highest sequence number, then the replay with more events (a node that
+/// kept more history) and fewer gaps.
+fn better_replay(a: &TopicReplay, b: &TopicReplay) -> bool {
+    if newer_epoch(&a.epoch, &b.epoch) {
+        return true;
+    }
+    if a.epoch != b.epoch || a.last_seq != b.last_seq {
+        return a.epoch == b.epoch && a.last_seq > b.last_seq;
+    }
+    (
+        a.replay.events.len(),
+        std::cmp::Reverse(a.replay.gaps.len()),
+    ) > (
+        b.replay.events.len(),
+        std::cmp::Reverse(b.replay.gaps.len()),
+    )
 }
 
 fn payload_pb(payload: &Payload) -> (bytes::Bytes, pb::Encoding) {

@@ -240,6 +240,13 @@ impl<W> TopicTable<W> {
         self.topics.len()
     }
 
+    /// Marks every topic as handed on: it must be claimed again before it is sequenced.
+    pub fn relinquish_all(&mut self) {
+        for state in self.topics.values_mut() {
+            state.moved = true;
+        }
+    }
+
     /// True when an event of any topic waits for replicas.
     pub fn has_pending(&self) -> bool {
         self.topics.values().any(TopicState::has_pending)
