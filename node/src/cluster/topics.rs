@@ -413,8 +413,9 @@ impl Cluster {
         }
     }
 
-    /// True when this node sees more than half of the cluster alive, itself included. Members
-    /// that left are not counted, nor the old identities of members alive under a new one.
+    /// True when this node sees more than half of the cluster alive, itself included (an even
+    /// split goes to the half with the smallest name). Members that left are not counted, nor
+    /// the old identities of members alive under a new one.
     pub fn has_majority(&self) -> bool {
         let members = self.members();
         let alive: std::collections::HashSet<&str> = members
@@ -433,7 +434,10 @@ impl Cluster {
             .map(|m| m.name.as_str())
             .filter(|name| !alive.contains(name))
             .collect();
+        // An even split is broken by name, so that exactly one side carries on.
         alive.len() > missing.len()
+            || (alive.len() == missing.len()
+                && alive.iter().min() < missing.iter().min())
     }
 
     /// Sends a request to every linked peer and collects the answers (None: no answer).
