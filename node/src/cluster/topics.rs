@@ -436,8 +436,7 @@ impl Cluster {
             .collect();
         // An even split is broken by name, so that exactly one side carries on.
         alive.len() > missing.len()
-            || (alive.len() == missing.len()
-                && alive.iter().min() < missing.iter().min())
+            || (alive.len() == missing.len() && alive.iter().min() < missing.iter().min())
     }
 
     /// Sends a request to every linked peer and collects the answers (None: no answer).

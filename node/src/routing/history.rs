@@ -153,10 +153,9 @@ impl HistoryStore {
     /// Appends a freshly sequenced event. An event of another epoch, or one that does not
     /// follow the last retained one, starts the topic's history afresh.
     pub fn append(&mut self, event: Arc<Event>, now_ms: i64) {
+        // Even a topic that keeps nothing goes through the store: trimming at once still
+        // records what was published, so resumers learn what they missed.
         let policy = self.retention.policy(&event.topic);
-        if policy.max_events == 0 {
-            return;
-        }
         let history = self
             .topics
             .entry(event.topic.clone())
@@ -439,6 +438,9 @@ mod tests {
         store.append(event("chat.ephemeral.typing", "e", 1, 1), 1);
         assert_eq!(store.topics(), 0, "max_events 0 keeps nothing");
         assert_eq!(store.events(), 0);
+        let missed = store.since("chat.ephemeral.typing", 0);
+        assert!(missed.events.is_empty());
+        assert_eq!(missed.gaps.len(), 1, "but says what was published");
         store.append(event("chat.lobby", "e", 1, 1), 1);
         store.append(event("chat.lobby", "e", 2, 1), 1);
         assert_eq!(seqs(&store.earliest("chat.lobby")), vec![2]);
