@@ -370,6 +370,26 @@ pub async fn wait_for_interest_everywhere(nodes: &[RunningNode], except: usize, 
     .await;
 }
 
+/// Connects to the next of `urls` (round-robin) and reads its welcome; None, after a short
+/// pause, when that node does not answer (it may be restarting).
+async fn connect_next(
+    urls: &std::sync::Mutex<Vec<String>>,
+    attempt: &mut usize,
+) -> Option<WsClient> {
+    let url = {
+        let urls = urls.lock().unwrap();
+        urls[*attempt % urls.len()].clone()
+    };
+    *attempt += 1;
+    match WsClient::connect_url(&url).await {
+        Ok(mut client) => client.recv_json().await.ok().map(|_| client),
+        Err(_) => {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
 /// What a resuming subscriber received.
 #[derive(Debug, Default, Clone)]
 pub struct Record {
@@ -411,18 +431,9 @@ pub fn resuming_subscriber(
         let mut attempt = 0usize;
         let mut resuming = false;
         while !*stop.borrow() {
-            let url = {
-                let urls = urls.lock().unwrap();
-                urls[attempt % urls.len()].clone()
-            };
-            attempt += 1;
-            let Ok(mut client) = WsClient::connect_url(&url).await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            let Some(mut client) = connect_next(&urls, &mut attempt).await else {
                 continue;
             };
-            if client.recv_json().await.is_err() {
-                continue;
-            }
             let mut sub = json!({"op": "sub", "id": "r", "topic": pattern});
             if resuming {
                 sub["from"] = cursor.to_from(&pattern);
@@ -486,18 +497,9 @@ pub fn steady_publisher(
         let mut attempt = 0usize;
         let mut n = 0usize;
         'connect: while !*stop.borrow() {
-            let url = {
-                let urls = urls.lock().unwrap();
-                urls[attempt % urls.len()].clone()
-            };
-            attempt += 1;
-            let Ok(mut client) = WsClient::connect_url(&url).await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            let Some(mut client) = connect_next(&urls, &mut attempt).await else {
                 continue;
             };
-            if client.recv_json().await.is_err() {
-                continue;
-            }
             while !*stop.borrow() {
                 let topic = &topics[n % topics.len()];
                 n += 1;
