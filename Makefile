@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish bench test lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish bench chaos chaos-smoke test lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -31,6 +31,14 @@ measure-publish: ## Acknowledged vs fire-and-forget publishing, on 1 and 3 in-pr
 
 bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian), fan-out scenario; prints ratios
 	bench/run.sh
+
+chaos: ## Chaos runs on namespace hosts (root): control, partition, kill -9, pause; reports in chaos-out/
+	$(CARGO) build --release -p murmur -p murmur-chaos
+	for n in none partition kill pause; do target/release/murmur-chaos run --nemesis $$n --seconds 30 --out chaos-out/$$n || exit 1; done
+
+chaos-smoke: ## A short chaos run (root): kill -9 and pause, 15 s each
+	$(CARGO) build --release -p murmur -p murmur-chaos
+	for n in kill pause; do target/release/murmur-chaos run --nemesis $$n --seconds 15 --out chaos-out/$$n || exit 1; done
 
 test: ## Run the whole test suite (unit, integration, CLI)
 	$(CARGO) nextest run --workspace --all-targets $(NEXTEST_ARGS)

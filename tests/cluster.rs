@@ -418,6 +418,12 @@ async fn a_broken_link_is_redialled_and_interest_rebuilt() -> TestResult {
         || established(&nodes[0]) > before && linked_peers(&nodes[0]) == ["node-1"],
     )
     .await;
+    // The subscriber's node lost a peer it may have missed events from: it tells its
+    // subscribers to resync (reconnect and resume).
+    let notice = subscriber.recv_json().await?;
+    assert_eq!(notice["code"], "resync", "{notice}");
+    let (mut subscriber, _) = WsClient::connect_json(&nodes[1]).await?;
+    subscriber.sub("s", "news").await?;
     wait_for_peer_interests(&nodes[0], 1).await;
     let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
     publisher

@@ -404,30 +404,47 @@ async fn queue_deliveries_move_to_another_member_when_their_node_dies() -> TestR
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_more_nodes_than_replicas_starts_a_new_epoch_and_says_so() -> TestResult {
-    let mut nodes = start_cluster(3, |_, _| {}).await;
-    // A topic whose owner and replica are both about to go.
+    let nodes = start_cluster(5, |_, _| {}).await;
+    // A topic whose owner and replica are both about to go, published through node-0.
     let topic = (0..)
         .map(|i| format!("fragile.{i}"))
-        .find(|t| nodes[0].state().cluster.placement(t)[2] == "node-0")
+        .find(|t| {
+            let placement = nodes[0].state().cluster.placement(t);
+            !placement[..2].contains(&"node-0".to_owned())
+        })
         .unwrap();
+    let doomed = nodes[0].state().cluster.placement(&topic)[..2].to_vec();
     let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
     let (ok, _) = publisher.publish(&topic, json!(1), "p1").await?;
     let old_epoch = ok["epoch"].as_str().unwrap().to_owned();
     publisher.publish(&topic, json!(2), "p2").await?;
-    nodes.pop().unwrap().halt();
-    nodes.pop().unwrap().halt();
-    wait_until("node-0 is alone", Duration::from_secs(15), || {
-        members_in_state(&nodes[0], "down").len() == 2
-    })
+    let mut survivors = Vec::new();
+    for node in nodes {
+        if doomed.contains(&node.state().cluster.name().to_owned()) {
+            node.halt();
+        } else {
+            survivors.push(node);
+        }
+    }
+    wait_until(
+        "the three survivors see two down",
+        Duration::from_secs(15),
+        || {
+            survivors
+                .iter()
+                .all(|n| members_in_state(n, "down").len() == 2)
+        },
+    )
     .await;
     let (ok, _) = publisher.publish(&topic, json!(3), "p3").await?;
+    assert_eq!(ok["op"], "ok", "a majority is still up: {ok}");
     assert_ne!(
         ok["epoch"],
         old_epoch.as_str(),
         "the lost continuity is a new epoch"
     );
     assert_eq!(ok["seq"], 1);
-    let (mut reader, _) = WsClient::connect_json(&nodes[0]).await?;
+    let (mut reader, _) = WsClient::connect_json(&survivors[1]).await?;
     reader
         .request(
             json!({"op": "sub", "id": "r", "topic": topic, "from": {"epoch": old_epoch, "seq": 1}}),
@@ -444,6 +461,28 @@ async fn losing_more_nodes_than_replicas_starts_a_new_epoch_and_says_so() -> Tes
     assert_eq!(
         (event["seq"].as_u64(), &event["data"]),
         (Some(1), &json!(3))
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_in_a_minority_refuses_publishes() -> TestResult {
+    let mut nodes = start_cluster(3, |_, _| {}).await;
+    let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
+    publisher.publish("minority.t", json!(1), "p1").await?;
+    nodes.pop().unwrap().halt();
+    nodes.pop().unwrap().halt();
+    wait_until("node-0 is alone", Duration::from_secs(15), || {
+        members_in_state(&nodes[0], "down").len() == 2
+    })
+    .await;
+    let answer = publisher
+        .request(json!({"op": "pub", "topic": "minority.t", "data": 2, "ref": "p2"}))
+        .await?;
+    assert_eq!(
+        (answer["op"].as_str(), answer["code"].as_str()),
+        (Some("error"), Some("unavailable")),
+        "{answer}"
     );
     Ok(())
 }

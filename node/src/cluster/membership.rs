@@ -130,6 +130,21 @@ impl MembershipView {
         *entry = (*entry).max(generation);
     }
 
+    /// True when `name` announced it was leaving (and has not come back since).
+    pub fn has_left_named(&self, name: &str) -> bool {
+        let generation = self
+            .members
+            .values()
+            .filter(|(id, _)| id.name == name)
+            .map(|(id, _)| id.generation)
+            .max();
+        match (self.left.get(name), generation) {
+            (Some(&left), Some(current)) => current <= left,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+
     /// True when this identity is down because it left (a later generation is a restart).
     pub fn has_left(&self, id: &NodeId) -> bool {
         self.left.get(&id.name).is_some_and(|&g| id.generation <= g)

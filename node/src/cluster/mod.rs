@@ -43,6 +43,8 @@ const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(2);
 #[derive(Debug, Default)]
 struct PeerEntry {
     link: Option<Arc<PeerLink>>,
+    /// The last link to this peer ended without a goodbye.
+    lost_unexpectedly: bool,
     /// The dial loop for this peer and the generation it dials.
     dialer: Option<(u64, AbortHandle)>,
 }
@@ -67,6 +69,9 @@ pub struct Cluster {
     claims: Mutex<HashMap<Arc<str>, Vec<topics::Queued>>>,
     /// Set when the node begins to leave: it sequences nothing more.
     leaving: std::sync::atomic::AtomicBool,
+    /// Bumped when this node may have missed events forwarded to its subscribers (a peer
+    /// link was lost, or came back after being lost): connections then resync.
+    resync: tokio::sync::watch::Sender<u64>,
 }
 
 type PendingRequest = (Arc<str>, tokio::sync::oneshot::Sender<pb::peer_frame::Msg>);
@@ -125,6 +130,7 @@ impl Cluster {
             next_request: std::sync::atomic::AtomicU64::new(1),
             claims: Mutex::new(HashMap::new()),
             leaving: std::sync::atomic::AtomicBool::new(false),
+            resync: tokio::sync::watch::Sender::new(0),
         });
         cluster.tasks.spawn(cluster.clone().member_events(events));
         cluster.tasks.spawn(cluster.clone().accept_loop());
@@ -142,6 +148,11 @@ impl Cluster {
     /// Every member as this node sees it, itself included.
     pub fn members(&self) -> Vec<MemberInfo> {
         self.gossip.view.read().members()
+    }
+
+    /// Changes whenever this node's subscribers may have missed forwarded events.
+    pub fn resync_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.resync.subscribe()
     }
 
     /// Live peers (alive or suspect) as gossip sees them.
@@ -324,8 +335,18 @@ impl Cluster {
             .or_default()
             .link
             .replace(link.clone());
+        let came_back = {
+            let mut peers = self.peers.lock();
+            let entry = peers.entry(peer.name.clone()).or_default();
+            std::mem::replace(&mut entry.lost_unexpectedly, false)
+        };
         if let Some(old) = replaced {
             self.broker.detach_peer(&old);
+        }
+        if came_back {
+            // Events it sequenced while the link was down never reached this node's
+            // subscribers: they resume, and get them from history.
+            self.resync.send_modify(|g| *g += 1);
         }
         self.stats.links_established.fetch_add(1, Ordering::Relaxed);
         tracing::info!(peer = %peer.name, remote = %connection.remote_address(), "peer link up");
@@ -360,6 +381,14 @@ impl Cluster {
         // Let queued frames (a `Leaving`, say) reach the peer before the connection closes.
         let _ = tokio::time::timeout(Duration::from_millis(200), writer).await;
         connection.close(quinn::VarInt::from_u32(0), b"bye");
+        let left = self.gossip.view.read().has_left_named(&link.name);
+        if !left && !self.stop.is_cancelled() {
+            // Lost without a goodbye: what it would have forwarded is missed from now on.
+            if let Some(entry) = self.peers.lock().get_mut(&peer.name) {
+                entry.lost_unexpectedly = true;
+            }
+            self.resync.send_modify(|g| *g += 1);
+        }
         self.broker.detach_peer(&link);
         self.forget_requests_to(&link.name);
         self.broker.on_peer_gone(&link.name);

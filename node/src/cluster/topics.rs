@@ -269,6 +269,14 @@ impl Cluster {
 
     /// Sequences on this node, which owns `topic` in its view; claims it first if needed.
     fn publish_as_owner(self: &Arc<Self>, topic: Arc<str>, payload: Payload, reply: ReplyTo) {
+        if !self.has_majority() {
+            // Cut off from most of the cluster, which carries on without this node: what
+            // this side accepted would never reach it. Refuse rather than lose it silently.
+            reply.send(Err(PublishError::unavailable(
+                "this node sees only a minority of the cluster (a partition?); publish through another node",
+            )));
+            return;
+        }
         if self.leaving.load(Ordering::Acquire) {
             // The topic moves once this node has left; the publisher asks again by then.
             self.retry(topic, payload, reply, 0, "the owner is leaving".into());
@@ -378,17 +386,10 @@ impl Cluster {
             .first()
             .is_some_and(|o| *o == self.id.name);
         if still_owner {
-            // A peer that kept the topic may still be numbering it, and a node that sees only
-            // a minority of the cluster may be cut off from one that is: never share an epoch
-            // then.
-            let in_minority = !self.has_majority();
-            let known = if refused_to_the_end || in_minority {
-                None
-            } else {
-                best
-            };
+            // A peer that kept the topic may still be numbering it: never share its epoch.
+            let known = if refused_to_the_end { None } else { best };
             let epoch = self.broker.install_topic(&topic, known);
-            tracing::debug!(%topic, %epoch, refused_to_the_end, in_minority, "claimed topic");
+            tracing::debug!(%topic, %epoch, refused_to_the_end, "claimed topic");
         }
         // Serve what waited, in arrival order: the entry stays until it is empty, so a publish
         // arriving meanwhile queues behind the others instead of overtaking them.

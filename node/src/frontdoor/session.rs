@@ -35,6 +35,9 @@ pub mod close_code {
     pub const SLOW_CONSUMER: u16 = 4001;
     /// Nothing received within `idle_timeout`.
     pub const IDLE_TIMEOUT: u16 = 4002;
+    /// This node lost contact with a peer and may have missed events for the client:
+    /// reconnect (to any node) and resume from the cursor.
+    pub const RESYNC: u16 = 4003;
 }
 
 /// How long a closing connection may take to deliver its last error and close frames.
@@ -103,6 +106,7 @@ enum Ending {
     IdleTimeout,
     FrameTooLarge,
     ShuttingDown,
+    Resync,
 }
 
 /// A queue-group event written to this client and not yet acknowledged.
@@ -144,6 +148,8 @@ impl Session {
         let settings = self.node.settings.clone();
         let shutdown = self.node.shutdown.clone();
         let outbox = self.outbox.clone();
+        let mut resync = self.node.cluster.resync_signal();
+        resync.mark_unchanged();
         let mut last_heard = Instant::now();
         let mut next_ping = last_heard + settings.ping_interval;
 
@@ -160,6 +166,11 @@ impl Session {
                 biased;
                 () = shutdown.cancelled() => Some(Ending::ShuttingDown),
                 () = outbox.overflowed() => Some(Ending::SlowConsumer),
+                // Only connections that could have missed something: plain subscriptions (queue
+                // groups get their events redelivered instead).
+                _ = resync.changed(), if self.subscriptions.values().any(|s| s.group.is_none()) => {
+                    Some(Ending::Resync)
+                }
                 // Timers before traffic, so a busy connection still gets its redeliveries,
                 // pings and idle check.
                 () = sleep_until(wake) => {
@@ -629,6 +640,12 @@ impl Session {
                 ErrorCode::ShuttingDown,
                 close_code::GOING_AWAY,
                 "node is shutting down; reconnect",
+            ),
+            Ending::Resync => (
+                ErrorCode::Resync,
+                close_code::RESYNC,
+                "this node lost contact with a peer and may have missed events for you; \
+                 reconnect and resume from your cursor",
             ),
         };
         let error = self.encode(&Reply::Error {

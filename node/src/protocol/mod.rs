@@ -184,6 +184,8 @@ pub enum ErrorCode {
     IdleTimeout,
     /// The node is shutting down; reconnect (to another node).
     ShuttingDown,
+    /// The node may have missed events for this client (it lost a peer); reconnect and resume.
+    Resync,
     /// The client may not do this.
     Unauthorized,
     /// The event could not be sequenced and stored (owner or replicas unreachable); the
@@ -207,6 +209,7 @@ impl ErrorCode {
             Self::SlowConsumer => "slow_consumer",
             Self::IdleTimeout => "idle_timeout",
             Self::ShuttingDown => "shutting_down",
+            Self::Resync => "resync",
             Self::Unauthorized => "unauthorized",
             Self::Unavailable => "unavailable",
         }

@@ -5,8 +5,8 @@
 //! - `ok`: delivered once, in order, or named by a `gap` the subscriber received;
 //! - `lost`: acknowledged, covered by a subscription, and neither delivered nor named by a gap;
 //! - `recovered`: never acknowledged (no answer) yet delivered — allowed;
-//! - `duplicated`: delivered twice to one subscription, not as a marked queue redelivery; or
-//!   acknowledged by two members of one queue group;
+//! - `duplicated`: the same event (topic, epoch, seq) delivered twice to one subscription,
+//!   not as a marked queue redelivery; or acknowledged by two members of one queue group;
 //! - `reordered`: delivered after a later event of its topic and epoch;
 //! - `unexpected`: delivered but never published, published with an error, or delivered
 //!   after its subscription ended.
@@ -118,7 +118,12 @@ pub fn check(history: &[Op]) -> Verdict {
             Kind::PublishOk { id, epoch, seq, .. } => {
                 publishes.entry(id).or_default().acked = Some((epoch.clone(), *seq, op.t));
             }
-            Kind::PublishFail { id, .. } => publishes.entry(id).or_default().failed = true,
+            // `unavailable` (timed out waiting for the owner or replicas) is indeterminate: the
+            // event may exist anyway. Any other error means it was never published.
+            Kind::PublishFail { id, error } if error != "unavailable" => {
+                publishes.entry(id).or_default().failed = true;
+            }
+            Kind::PublishFail { .. } => {}
             Kind::Subscribe {
                 sub,
                 pattern,
@@ -205,7 +210,9 @@ pub fn check(history: &[Op]) -> Verdict {
             }
             continue;
         };
-        let mut seen: HashSet<&str> = HashSet::new();
+        // A position (topic, epoch, seq) delivered twice is a duplicate. One publish sequenced
+        // twice (a retry after a lost answer: the contract allows it) is two positions.
+        let mut seen: HashSet<(&str, &str, u64)> = HashSet::new();
         let mut last: HashMap<(&str, &str), u64> = HashMap::new();
         for d in list {
             verdict.deliveries += 1;
@@ -256,7 +263,7 @@ pub fn check(history: &[Op]) -> Verdict {
                 Some(_) => {}
             }
             let queue_redelivery = sub.group.is_some() && d.redelivered;
-            if !seen.insert(d.id) && !queue_redelivery {
+            if !seen.insert((d.topic, d.epoch, d.seq)) && !queue_redelivery {
                 note(
                     &mut verdict,
                     Class::Duplicated,
@@ -558,7 +565,7 @@ mod tests {
             "p",
             Kind::PublishFail {
                 id: "refused".into(),
-                error: "unavailable".into(),
+                error: "invalid_topic".into(),
             },
         );
         h.deliver("s", "refused", "t", 2, false);
@@ -570,13 +577,33 @@ mod tests {
             },
         );
         h.deliver("s", "unknown", "t", 3, false);
+        h.op(
+            "p",
+            Kind::PublishInvoke {
+                id: "timed-out".into(),
+                topic: "t".into(),
+            },
+        );
+        h.op(
+            "p",
+            Kind::PublishFail {
+                id: "timed-out".into(),
+                error: "unavailable".into(),
+            },
+        );
+        h.deliver("s", "timed-out", "t", 4, false);
         h.op("s", Kind::Unsubscribe { sub: "s".into() });
-        h.publish("late", "t", 4);
-        h.deliver("s", "late", "t", 4, false);
+        h.publish("late", "t", 5);
+        h.deliver("s", "late", "t", 5, false);
         let v = check(&h.ops);
         assert_eq!(v.events["ghost"], Class::Unexpected);
         assert_eq!(v.events["refused"], Class::Unexpected);
         assert_eq!(v.events["unknown"], Class::Recovered);
+        assert_eq!(
+            v.events["timed-out"],
+            Class::Recovered,
+            "unavailable is indeterminate"
+        );
         assert_eq!(v.events["late"], Class::Unexpected, "after unsub");
     }
 

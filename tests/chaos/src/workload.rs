@@ -1,0 +1,204 @@
+//! A workload client: a publisher or a subscriber that records everything it does and sees
+//! as history lines. It runs as its own process inside the lab's client host.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use murmur::client::{Client, ResumeCursor};
+use serde_json::json;
+
+use crate::history::{Kind, Op};
+
+/// Microseconds since the run's start `t0` (µs since the Unix epoch), on the wall clock all
+/// the lab's processes share.
+pub fn now_us(t0: u64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    now.saturating_sub(t0)
+}
+
+pub struct Recorder {
+    client: String,
+    t0: u64,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl Recorder {
+    pub fn create(path: &std::path::Path, client: &str, t0: u64) -> std::io::Result<Self> {
+        Ok(Self {
+            client: client.to_owned(),
+            t0,
+            out: std::io::BufWriter::new(std::fs::File::create(path)?),
+        })
+    }
+
+    pub fn record(&mut self, node: &str, kind: Kind) {
+        let op = Op {
+            t: now_us(self.t0),
+            client: self.client.clone(),
+            node: node.to_owned(),
+            kind,
+        };
+        let _ = writeln!(self.out, "{}", crate::history::line(&op));
+    }
+
+    pub fn flush(&mut self) {
+        let _ = self.out.flush();
+    }
+}
+
+fn node_of(url: &str) -> String {
+    url.trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Publishes `chaos.t0..3` in turn with a ref each, about `rate` per second, until `until`
+/// (µs since t0), moving to the next URL when its node goes away.
+pub async fn publisher(urls: &[String], id: &str, rec: &mut Recorder, until: u64, rate: u64) {
+    let pause = Duration::from_micros(1_000_000 / rate.max(1));
+    let mut n = 0u64;
+    let mut attempt = 0usize;
+    'connect: while now_us(rec.t0) < until {
+        let url = &urls[attempt % urls.len()];
+        attempt += 1;
+        let node = node_of(url);
+        let Ok(Ok(mut client)) =
+            tokio::time::timeout(Duration::from_secs(2), Client::connect(url)).await
+        else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        while now_us(rec.t0) < until {
+            n += 1;
+            let event = format!("{id}-{n}");
+            let topic = format!("chaos.t{}", n % 4);
+            rec.record(
+                &node,
+                Kind::PublishInvoke {
+                    id: event.clone(),
+                    topic: topic.clone(),
+                },
+            );
+            let frame = json!({"op": "pub", "topic": topic, "data": event, "ref": event});
+            if client.send(&frame).await.is_err() {
+                continue 'connect;
+            }
+            let answer = tokio::time::timeout(Duration::from_secs(6), async {
+                loop {
+                    match client.next_frame().await {
+                        Ok(f) if f["ref"] == event.as_str() => return Some(f),
+                        Ok(_) => {}
+                        Err(_) => return None,
+                    }
+                }
+            })
+            .await;
+            match answer {
+                Ok(Some(f)) if f["op"] == "ok" => rec.record(
+                    &node,
+                    Kind::PublishOk {
+                        id: event,
+                        topic,
+                        epoch: f["epoch"].as_str().unwrap_or("").to_owned(),
+                        seq: f["seq"].as_u64().unwrap_or(0),
+                    },
+                ),
+                Ok(Some(f)) => rec.record(
+                    &node,
+                    Kind::PublishFail {
+                        id: event,
+                        error: f["code"].as_str().unwrap_or("").to_owned(),
+                    },
+                ),
+                // No answer: the outcome is unknown; the checker treats it so.
+                _ => continue 'connect,
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+    rec.flush();
+}
+
+/// Subscribes to `chaos.>` and records every event and gap until `until`, reconnecting to
+/// the next URL and resuming from its cursor whenever its connection ends.
+pub async fn subscriber(urls: &[String], id: &str, rec: &mut Recorder, until: u64) {
+    let mut cursor = ResumeCursor::starting_at(0);
+    let mut subscribed = false;
+    let mut attempt = 0usize;
+    while now_us(rec.t0) < until {
+        let url = &urls[attempt % urls.len()];
+        attempt += 1;
+        let node = node_of(url);
+        let Ok(Ok(mut client)) =
+            tokio::time::timeout(Duration::from_secs(2), Client::connect(url)).await
+        else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let from = subscribed.then(|| cursor.to_from("chaos.>"));
+        let subscribe = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.subscribe_from(id, "chaos.>", None, from),
+        )
+        .await;
+        if !matches!(subscribe, Ok(Ok(()))) {
+            continue;
+        }
+        if !subscribed {
+            subscribed = true;
+            rec.record(
+                &node,
+                Kind::Subscribe {
+                    sub: id.to_owned(),
+                    pattern: "chaos.>".into(),
+                    group: None,
+                },
+            );
+        }
+        while now_us(rec.t0) < until {
+            let frame =
+                match tokio::time::timeout(Duration::from_millis(500), client.next_frame()).await {
+                    Ok(Ok(f)) => f,
+                    Ok(Err(_)) => break,
+                    Err(_) => continue,
+                };
+            match frame["op"].as_str() {
+                Some("event") => {
+                    cursor.observe(&frame);
+                    rec.record(
+                        &node,
+                        Kind::Deliver {
+                            sub: id.to_owned(),
+                            topic: frame["topic"].as_str().unwrap_or("").to_owned(),
+                            epoch: frame["epoch"].as_str().unwrap_or("").to_owned(),
+                            seq: frame["seq"].as_u64().unwrap_or(0),
+                            id: frame["data"].as_str().unwrap_or("").to_owned(),
+                            redelivered: false,
+                        },
+                    );
+                }
+                Some("gap") => {
+                    cursor.observe(&frame);
+                    rec.record(
+                        &node,
+                        Kind::Gap {
+                            sub: id.to_owned(),
+                            topic: frame["topic"].as_str().unwrap_or("").to_owned(),
+                            epoch: frame["epoch"].as_str().unwrap_or("").to_owned(),
+                            from_seq: frame["from_seq"].as_u64().unwrap_or(0),
+                            to_seq: frame["to_seq"].as_u64().unwrap_or(0),
+                            reason: frame["reason"].as_str().unwrap_or("").to_owned(),
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+        rec.flush();
+    }
+    rec.flush();
+}
