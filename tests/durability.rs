@@ -600,3 +600,81 @@ async fn a_lone_member_on_another_node_gets_its_unacknowledged_event_again() -> 
     member.ping("settled").await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_dropped_on_the_way_to_a_node_are_recovered_through_a_resync() -> TestResult {
+    // node-0's queue towards each peer holds one event: a burst overflows it.
+    let nodes = start_cluster(2, |i, s| {
+        if i == 0 {
+            s.peer_queue = 1;
+        }
+    })
+    .await;
+    let topic = topic_owned_by(&nodes[0], "burst.drop.", "node-0");
+    let (mut subscriber, _) = WsClient::connect_json(&nodes[1]).await?;
+    subscriber.sub("s", &topic).await?;
+    wait_until(
+        "node-0 knows the subscriber",
+        Duration::from_secs(10),
+        || nodes[0].state().broker.peer_interests() == 1,
+    )
+    .await;
+    let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
+    const EVENTS: u64 = 300;
+    for i in 1..=EVENTS {
+        publisher
+            .send_json(json!({"op": "pub", "topic": topic, "data": i}))
+            .await?;
+    }
+    publisher.ping("sent").await?;
+    // The subscriber gets a prefix, then (at the first hole) a resync; resuming from its
+    // cursor brings the rest, so it ends with every event exactly once.
+    let mut got: Vec<u64> = Vec::new();
+    let mut epoch = String::new();
+    let mut resyncs = 0;
+    while (got.len() as u64) < EVENTS {
+        let frame = match subscriber.recv().await? {
+            murmur_tests::Received::Frame(tokio_tungstenite::tungstenite::Message::Text(t)) => {
+                serde_json::from_str::<serde_json::Value>(t.as_str())?
+            }
+            _ => serde_json::Value::Null,
+        };
+        match frame["op"].as_str() {
+            Some("event") => {
+                epoch = frame["epoch"].as_str().unwrap().to_owned();
+                got.push(frame["seq"].as_u64().unwrap());
+            }
+            _ => {
+                resyncs += 1;
+                assert!(resyncs < 50, "too many resyncs");
+                let (mut again, _) = WsClient::connect_json(&nodes[1]).await?;
+                let last = got.last().copied().unwrap_or(0);
+                let from = if last == 0 {
+                    json!("earliest")
+                } else {
+                    json!({"epoch": epoch, "seq": last})
+                };
+                let ok = again
+                    .request(json!({"op": "sub", "id": "s", "topic": topic, "from": from}))
+                    .await?;
+                assert_eq!(ok["op"], "ok");
+                subscriber = again;
+            }
+        }
+    }
+    assert_eq!(
+        got,
+        (1..=EVENTS).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert!(resyncs >= 1, "the overflow was noticed");
+    assert!(
+        nodes[0].state().cluster.links()[0]
+            .stats
+            .events_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "events were really dropped on the way"
+    );
+    Ok(())
+}

@@ -87,6 +87,8 @@ pub(crate) async fn serve(
             unacked: HashMap::new(),
             ack_deadlines: VecDeque::new(),
             replayed_up_to: HashMap::new(),
+            last_sent: HashMap::new(),
+            hole: false,
         };
         session.node.metrics.connections.inc();
         let ending = session.run(stream, queue, late).await;
@@ -133,10 +135,18 @@ struct Session {
     /// For resumed subscriptions: per topic, the last event replayed. A live copy of an
     /// event already replayed is dropped; the entry goes once the live stream passes it.
     replayed_up_to: HashMap<Arc<str>, ReplayedUpTo>,
+    /// Per (subscription, topic), the epoch and seq of the last event sent: a later event
+    /// that skips a number means this node missed some, and the client must resync.
+    last_sent: HashMap<(Arc<str>, Arc<str>), Position>,
+    /// Set when a hole was seen: the connection ends with `resync`.
+    hole: bool,
 }
 
-/// Per topic: the epoch and sequence number of the last event replayed.
-type ReplayedUpTo = HashMap<Arc<str>, (Arc<str>, u64)>;
+/// An event's epoch and sequence number.
+type Position = (Arc<str>, u64);
+
+/// Per topic: the position of the last event replayed.
+type ReplayedUpTo = HashMap<Arc<str>, Position>;
 
 impl Session {
     async fn run(
@@ -350,6 +360,10 @@ impl Session {
                     }
                     if let Some(last) = replay.events.last() {
                         up_to.insert(last.topic.clone(), (last.epoch.clone(), last.seq));
+                        self.last_sent.insert(
+                            (subscription.id.clone(), last.topic.clone()),
+                            (last.epoch.clone(), last.seq),
+                        );
                     }
                 }
                 if !up_to.is_empty() {
@@ -368,6 +382,7 @@ impl Session {
                 };
                 self.node.broker.unsubscribe(&subscription);
                 self.replayed_up_to.remove(&subscription.id);
+                self.last_sent.retain(|(sub, _), _| *sub != subscription.id);
                 // Its unacknowledged deliveries go to the rest of the group now.
                 let orphaned: Vec<u64> = self
                     .unacked
@@ -465,7 +480,7 @@ impl Session {
         let mut batch = Vec::with_capacity(8);
         batch.extend(self.event_message(first));
         let mut taken = 1;
-        while taken < WRITE_BATCH {
+        while taken < WRITE_BATCH && !self.hole {
             match queue.try_recv() {
                 Ok(item) => batch.extend(self.event_message(item)),
                 Err(_) => break,
@@ -473,7 +488,11 @@ impl Session {
             taken += 1;
         }
         if batch.is_empty() {
-            return Ok(());
+            return if self.hole {
+                Err(Ending::Resync)
+            } else {
+                Ok(())
+            };
         }
         self.node.metrics.deliveries.inc_by(batch.len() as u64);
         self.count_sent(&batch);
@@ -485,6 +504,7 @@ impl Session {
             sink.flush().await
         };
         match tokio::time::timeout(write_timeout, write).await {
+            Ok(Ok(())) if self.hole => Err(Ending::Resync),
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Ending::SocketError),
             Err(_) => Err(Ending::SlowConsumer),
@@ -530,6 +550,18 @@ impl Session {
             );
             return Some(message);
         }
+        let key = (sub.id.clone(), event.topic.clone());
+        if let Some((epoch, last)) = self.last_sent.get(&key)
+            && *epoch == event.epoch
+            && event.seq > last + 1
+        {
+            // Events between never reached this node (a peer link was lost): the client
+            // resumes from its cursor and gets them from history, or a gap naming them.
+            tracing::info!(topic = %event.topic, after = last, got = event.seq, "sequence hole; resync");
+            self.hole = true;
+            return None;
+        }
+        self.last_sent.insert(key, (event.epoch.clone(), event.seq));
         Some(self.encode_event(&sub.id, &event, None))
     }
 
