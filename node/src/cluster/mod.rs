@@ -69,6 +69,8 @@ pub struct Cluster {
     claims: Mutex<HashMap<Arc<str>, Vec<topics::Queued>>>,
     /// Set when the node begins to leave: it sequences nothing more.
     leaving: std::sync::atomic::AtomicBool,
+    /// Whether this node sees a majority of the cluster (see `has_majority`).
+    majority: std::sync::atomic::AtomicBool,
     /// Bumped when this node may have missed events forwarded to its subscribers (a peer
     /// link was lost, or came back after being lost): connections then resync.
     resync: tokio::sync::watch::Sender<u64>,
@@ -130,6 +132,7 @@ impl Cluster {
             next_request: std::sync::atomic::AtomicU64::new(1),
             claims: Mutex::new(HashMap::new()),
             leaving: std::sync::atomic::AtomicBool::new(false),
+            majority: std::sync::atomic::AtomicBool::new(true),
             resync: tokio::sync::watch::Sender::new(0),
         });
         cluster.tasks.spawn(cluster.clone().member_events(events));
@@ -207,7 +210,7 @@ impl Cluster {
                     self.broker.relinquish_all();
                 }
             }
-            if had_majority && !self.has_majority() {
+            if had_majority && !self.refresh_majority() {
                 // Cut off from most of the cluster, which may carry on with these topics.
                 tracing::warn!(
                     "this node sees only a minority of the cluster: new epochs from here"
@@ -415,6 +418,7 @@ impl Cluster {
                         .view
                         .write()
                         .mark_left(&link.name, leaving.generation);
+                    self.refresh_majority();
                     return;
                 }
             }
@@ -529,6 +533,8 @@ impl Cluster {
                     .view
                     .write()
                     .mark_left(&link.name, leaving.generation);
+                // A member that left no longer counts towards the cluster's size.
+                self.refresh_majority();
                 link.close();
             }
         }

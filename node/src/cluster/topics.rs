@@ -414,10 +414,24 @@ impl Cluster {
         }
     }
 
+    /// True when this node sees more than half of the cluster alive (see
+    /// [`Self::compute_majority`]); kept up to date on every membership change, so the
+    /// publish path reads one atomic.
+    pub fn has_majority(&self) -> bool {
+        self.majority.load(Ordering::Acquire)
+    }
+
+    /// Recomputes [`Self::has_majority`] from the membership view; returns the new value.
+    pub(super) fn refresh_majority(&self) -> bool {
+        let majority = self.compute_majority();
+        self.majority.store(majority, Ordering::Release);
+        majority
+    }
+
     /// True when this node sees more than half of the cluster alive, itself included (an even
     /// split goes to the half with the smallest name). Members that left are not counted, nor
     /// the old identities of members alive under a new one.
-    pub fn has_majority(&self) -> bool {
+    fn compute_majority(&self) -> bool {
         let members = self.members();
         let alive: std::collections::HashSet<&str> = members
             .iter()

@@ -341,30 +341,19 @@ fn run(
                 ),
             );
         }
-        Nemesis::Kill => {
-            signal(&nodes[target], "-KILL")?;
-            if let Some(mut child) = nodes[target].child.take() {
-                let _ = child.wait();
+        Nemesis::Kill | Nemesis::Pause => {
+            if nemesis == Nemesis::Kill {
+                signal(&nodes[target], "-KILL")?;
+                if let Some(mut child) = nodes[target].child.take() {
+                    let _ = child.wait();
+                }
+                mark(&mut timeline, &format!("kill -9 {victim}"));
+            } else {
+                signal(&nodes[target], "-STOP")?;
+                mark(&mut timeline, &format!("SIGSTOP {victim}"));
             }
-            mark(&mut timeline, &format!("kill -9 {victim}"));
             detected = Some(wait_for(
-                "the kill is seen",
-                third + Duration::from_secs(15),
-                || seen_down(&lab),
-            )?);
-            mark(
-                &mut timeline,
-                &format!(
-                    "{victim} marked down after {:.1?}",
-                    detected.unwrap_or_default()
-                ),
-            );
-        }
-        Nemesis::Pause => {
-            signal(&nodes[target], "-STOP")?;
-            mark(&mut timeline, &format!("SIGSTOP {victim}"));
-            detected = Some(wait_for(
-                "the pause is seen",
+                "the fault is seen",
                 third + Duration::from_secs(15),
                 || seen_down(&lab),
             )?);

@@ -56,6 +56,20 @@ fn node_of(url: &str) -> String {
         .to_owned()
 }
 
+/// Connects to the next of `urls` (round-robin); None, after a short pause, when that node
+/// does not answer.
+async fn connect_next(urls: &[String], attempt: &mut usize) -> Option<(Client, String)> {
+    let url = &urls[*attempt % urls.len()];
+    *attempt += 1;
+    match tokio::time::timeout(Duration::from_secs(2), Client::connect(url)).await {
+        Ok(Ok(client)) => Some((client, node_of(url))),
+        _ => {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    }
+}
+
 /// Publishes `chaos.t0..3` in turn with a ref each, about `rate` per second, until `until`
 /// (µs since t0), moving to the next URL when its node goes away.
 pub async fn publisher(urls: &[String], id: &str, rec: &mut Recorder, until: u64, rate: u64) {
@@ -63,13 +77,7 @@ pub async fn publisher(urls: &[String], id: &str, rec: &mut Recorder, until: u64
     let mut n = 0u64;
     let mut attempt = 0usize;
     'connect: while now_us(rec.t0) < until {
-        let url = &urls[attempt % urls.len()];
-        attempt += 1;
-        let node = node_of(url);
-        let Ok(Ok(mut client)) =
-            tokio::time::timeout(Duration::from_secs(2), Client::connect(url)).await
-        else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some((mut client, node)) = connect_next(urls, &mut attempt).await else {
             continue;
         };
         while now_us(rec.t0) < until {
@@ -130,13 +138,7 @@ pub async fn subscriber(urls: &[String], id: &str, rec: &mut Recorder, until: u6
     let mut subscribed = false;
     let mut attempt = 0usize;
     while now_us(rec.t0) < until {
-        let url = &urls[attempt % urls.len()];
-        attempt += 1;
-        let node = node_of(url);
-        let Ok(Ok(mut client)) =
-            tokio::time::timeout(Duration::from_secs(2), Client::connect(url)).await
-        else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some((mut client, node)) = connect_next(urls, &mut attempt).await else {
             continue;
         };
         let from = subscribed.then(|| cursor.to_from("chaos.>"));
