@@ -16,15 +16,14 @@
 //! with a matching plain subscriber, and for each matching queue group picks one node —
 //! this one or a peer — so exactly one member in the whole cluster receives it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use crate::cluster::link::{Interest, PeerLink, PeerMessage};
 use crate::event::{Delivery, Event, GroupOrigin, Payload};
@@ -38,7 +37,7 @@ use crate::routing::{Match, QueueGroup, SubscriptionIndex};
 /// Sequence shards: enough that publishes of different topics rarely wait on each other.
 const SEQUENCE_SHARDS: usize = 64;
 
-/// What a connection's task receives from the broker.
+/// What a connection's task receives through its outbox.
 #[derive(Debug)]
 pub enum Outbound {
     Event {
@@ -46,51 +45,112 @@ pub enum Outbound {
         event: Arc<Event>,
         delivery: Option<Delivery>,
     },
+    /// A reply that completed after its request was handled (the `ok` of an acknowledged
+    /// publish), written in turn with the events.
+    Reply(axum::extract::ws::Message),
 }
 
-/// The broker's handle on one client connection.
+/// The broker's handle on one client connection: a bounded queue its own task drains.
+///
+/// A plain `VecDeque` behind a lock rather than a channel: it allocates nothing while the
+/// connection is idle (most connections, most of the time), and the task takes a whole
+/// batch with one lock.
 #[derive(Debug)]
 pub struct Outbox {
     pub connection: u64,
-    queue: mpsc::Sender<Outbound>,
-    /// Cancelled when the queue overflowed: the connection must be closed as a slow consumer.
-    overflowed: CancellationToken,
+    capacity: usize,
+    queue: Mutex<OutboxQueue>,
+    /// Woken when the queue stops being empty or the outbox overflowed.
+    ready: Notify,
+    /// Set when the queue overflowed: the connection must be closed as a slow consumer.
+    overflowed: AtomicBool,
 }
 
+#[derive(Debug, Default)]
+struct OutboxQueue {
+    items: VecDeque<Outbound>,
+    closed: bool,
+}
+
+/// A queue drained to empty gives back its memory when it had grown past this many items.
+const OUTBOX_KEEP_CAPACITY: usize = 1024;
+
 impl Outbox {
-    /// A new outbox holding at most `capacity` undelivered items, and the receiving end.
-    pub fn new(connection: u64, capacity: usize) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
-        let (queue, rx) = mpsc::channel(capacity.max(1));
-        let outbox = Self {
+    /// A new outbox holding at most `capacity` undelivered events.
+    pub fn new(connection: u64, capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
             connection,
-            queue,
-            overflowed: CancellationToken::new(),
-        };
-        (Arc::new(outbox), rx)
+            capacity: capacity.max(1),
+            queue: Mutex::new(OutboxQueue::default()),
+            ready: Notify::new(),
+            overflowed: AtomicBool::new(false),
+        })
     }
 
-    /// Resolves once the queue has overflowed.
-    pub fn overflowed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.overflowed.cancelled()
+    /// Resolves once something was queued or the outbox overflowed since the queue was last
+    /// found empty (possibly at once, with nothing left to take).
+    pub fn ready(&self) -> tokio::sync::futures::Notified<'_> {
+        self.ready.notified()
     }
 
     pub fn has_overflowed(&self) -> bool {
-        self.overflowed.is_cancelled()
+        self.overflowed.load(Ordering::Acquire)
+    }
+
+    /// Moves up to `max` queued items, oldest first, into `into`. When more are left, the
+    /// next [`ready`](Self::ready) resolves at once.
+    pub fn take(&self, max: usize, into: &mut Vec<Outbound>) {
+        let mut queue = self.queue.lock();
+        let n = queue.items.len().min(max);
+        into.extend(queue.items.drain(..n));
+        if !queue.items.is_empty() {
+            self.ready.notify_one();
+        } else if queue.items.capacity() > OUTBOX_KEEP_CAPACITY {
+            queue.items = VecDeque::new();
+        }
+    }
+
+    /// Queues a reply; false when the connection is gone.
+    pub fn push_reply(&self, message: axum::extract::ws::Message) -> bool {
+        let mut queue = self.queue.lock();
+        if queue.closed {
+            return false;
+        }
+        queue.items.push_back(Outbound::Reply(message));
+        if queue.items.len() == 1 {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Refuses anything further and returns what is still queued.
+    pub fn close(&self) -> VecDeque<Outbound> {
+        let mut queue = self.queue.lock();
+        queue.closed = true;
+        std::mem::take(&mut queue.items)
     }
 
     fn offer(&self, item: Outbound) -> Offer {
-        if self.overflowed.is_cancelled() {
+        if self.has_overflowed() {
             return Offer::Refused;
         }
-        match self.queue.try_send(item) {
-            Ok(()) => Offer::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
-            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Refused,
+        let mut queue = self.queue.lock();
+        if queue.closed {
+            return Offer::Refused;
         }
+        if queue.items.len() >= self.capacity {
+            return Offer::Full;
+        }
+        queue.items.push_back(item);
+        if queue.items.len() == 1 {
+            self.ready.notify_one();
+        }
+        Offer::Queued
     }
 
     fn mark_overflowed(&self) {
-        self.overflowed.cancel();
+        self.overflowed.store(true, Ordering::Release);
+        self.ready.notify_one();
     }
 }
 
@@ -1170,23 +1230,26 @@ mod tests {
         Payload::Json(Bytes::from_static(text.as_bytes()))
     }
 
-    fn drain(rx: &mut mpsc::Receiver<Outbound>) -> Vec<(String, u64, Option<Delivery>)> {
-        let mut got = Vec::new();
-        while let Ok(Outbound::Event {
-            sub,
-            event,
-            delivery,
-        }) = rx.try_recv()
-        {
-            got.push((sub.id.to_string(), event.seq, delivery));
-        }
-        got
+    fn drain(outbox: &Outbox) -> Vec<(String, u64, Option<Delivery>)> {
+        let mut items = Vec::new();
+        outbox.take(usize::MAX, &mut items);
+        items
+            .into_iter()
+            .filter_map(|item| match item {
+                Outbound::Event {
+                    sub,
+                    event,
+                    delivery,
+                } => Some((sub.id.to_string(), event.seq, delivery)),
+                Outbound::Reply(_) => None,
+            })
+            .collect()
     }
 
     #[test]
     fn publish_reaches_matching_subscriptions_in_order() {
         let broker = Broker::new(Retention::default());
-        let (outbox, mut rx) = Outbox::new(1, 16);
+        let outbox = Outbox::new(1, 16);
         subscription(&broker, "exact", "a.b", None, &outbox);
         subscription(&broker, "wild", "a.*", None, &outbox);
         subscription(&broker, "other", "c", None, &outbox);
@@ -1194,7 +1257,7 @@ mod tests {
         let receipt = broker.publish("a.b", json("2"));
         assert_eq!(receipt.seq, 2);
         assert_eq!(broker.publish("a.c", json("3")).seq, 1);
-        let got = drain(&mut rx);
+        let got = drain(&outbox);
         let seqs =
             |id: &str| -> Vec<u64> { got.iter().filter(|g| g.0 == id).map(|g| g.1).collect() };
         assert_eq!(seqs("exact"), vec![1, 2]);
@@ -1205,8 +1268,8 @@ mod tests {
     #[test]
     fn full_queue_marks_only_that_connection() {
         let broker = Broker::new(Retention::default());
-        let (slow, _slow_rx) = Outbox::new(1, 2);
-        let (fast, mut fast_rx) = Outbox::new(2, 100);
+        let slow = Outbox::new(1, 2);
+        let fast = Outbox::new(2, 100);
         subscription(&broker, "s", "t", None, &slow);
         subscription(&broker, "f", "t", None, &fast);
         for _ in 0..5 {
@@ -1214,20 +1277,20 @@ mod tests {
         }
         assert!(slow.has_overflowed());
         assert!(!fast.has_overflowed());
-        assert_eq!(drain(&mut fast_rx).len(), 5);
+        assert_eq!(drain(&fast).len(), 5);
     }
 
     #[test]
     fn queue_group_gets_one_delivery_per_event_and_skips_full_members() {
         let broker = Broker::new(Retention::default());
-        let (a, mut a_rx) = Outbox::new(1, 1);
-        let (b, mut b_rx) = Outbox::new(2, 100);
+        let a = Outbox::new(1, 1);
+        let b = Outbox::new(2, 100);
         subscription(&broker, "qa", "jobs", Some("w"), &a);
         subscription(&broker, "qb", "jobs", Some("w"), &b);
         for _ in 0..10 {
             broker.publish("jobs", json("0"));
         }
-        let (got_a, got_b) = (drain(&mut a_rx), drain(&mut b_rx));
+        let (got_a, got_b) = (drain(&a), drain(&b));
         assert_eq!(got_a.len() + got_b.len(), 10, "each event once");
         assert_eq!(got_a.len(), 1, "a full member is skipped, not disconnected");
         assert!(!a.has_overflowed());
@@ -1241,15 +1304,15 @@ mod tests {
     #[test]
     fn redelivery_prefers_another_member() {
         let broker = Broker::new(Retention::default());
-        let (a, mut a_rx) = Outbox::new(1, 100);
-        let (b, mut b_rx) = Outbox::new(2, 100);
+        let a = Outbox::new(1, 100);
+        let b = Outbox::new(2, 100);
         let qa = subscription(&broker, "qa", "jobs.*", Some("w"), &a);
         subscription(&broker, "qb", "jobs.*", Some("w"), &b);
         subscription(&broker, "other-pattern", "jobs.>", Some("w"), &a);
         let event = Arc::new(Event::new("jobs.x".into(), "e".into(), 7, 0, json("0")));
         assert_eq!(broker.redeliver(&qa, &event, None), Redelivery::Placed);
-        assert!(drain(&mut a_rx).is_empty());
-        let got = drain(&mut b_rx);
+        assert!(drain(&a).is_empty());
+        let got = drain(&b);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].1, 7);
         assert!(got[0].2.as_ref().unwrap().redelivered);

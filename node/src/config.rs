@@ -46,6 +46,12 @@ pub struct Settings {
     pub outbound_queue: usize,
     /// The longest topic or pattern accepted, in bytes.
     pub max_topic_bytes: usize,
+    /// Bytes read from a client's socket at once: the per-connection read buffer, kept for
+    /// the connection's life (a larger frame still arrives whole).
+    pub ws_read_buffer: usize,
+    /// Bytes of events gathered before they are written to a client's socket (a flush
+    /// writes whatever is gathered sooner).
+    pub ws_write_buffer: usize,
     /// How often the node pings each client.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
@@ -111,6 +117,8 @@ impl Default for Settings {
             max_subscriptions: 1024,
             outbound_queue: 4096,
             max_topic_bytes: DEFAULT_MAX_TOPIC_BYTES,
+            ws_read_buffer: 1024,
+            ws_write_buffer: 16 * 1024,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
@@ -253,6 +261,12 @@ impl Settings {
         if self.outbound_queue == 0 {
             return invalid("outbound_queue", "must be at least 1");
         }
+        if !(64..=1024 * 1024).contains(&self.ws_read_buffer) {
+            return invalid("ws_read_buffer", "must be between 64 and 1048576 bytes");
+        }
+        if self.ws_write_buffer > 16 * 1024 * 1024 {
+            return invalid("ws_write_buffer", "must be at most 16777216 bytes");
+        }
         if self.max_topic_bytes == 0 {
             return invalid("max_topic_bytes", "must be at least 1");
         }
@@ -344,6 +358,12 @@ pub struct ServeArgs {
     /// Longest topic or pattern, in bytes [default: 256].
     #[arg(long, env = "MURMUR_MAX_TOPIC_BYTES", value_name = "BYTES")]
     pub max_topic_bytes: Option<usize>,
+    /// Per-connection socket read buffer, in bytes; kept for the connection's life [default: 1024].
+    #[arg(long, env = "MURMUR_WS_READ_BUFFER", value_name = "BYTES")]
+    pub ws_read_buffer: Option<usize>,
+    /// Event bytes gathered per connection before a socket write [default: 16384].
+    #[arg(long, env = "MURMUR_WS_WRITE_BUFFER", value_name = "BYTES")]
+    pub ws_write_buffer: Option<usize>,
     /// How often the node pings each client [default: 20s].
     #[arg(long, env = "MURMUR_PING_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub ping_interval: Option<Duration>,
@@ -398,6 +418,8 @@ impl ServeArgs {
             max_subscriptions,
             outbound_queue,
             max_topic_bytes,
+            ws_read_buffer,
+            ws_write_buffer,
             ping_interval,
             idle_timeout,
             write_timeout,

@@ -119,8 +119,8 @@ async fn upgrade(
         // frame while the connection stays usable; far larger ones end the connection.
         .max_message_size(session::hard_frame_cap(settings.max_frame_bytes))
         .max_frame_size(session::hard_frame_cap(settings.max_frame_bytes))
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(8 * 1024)
+        .read_buffer_size(settings.ws_read_buffer)
+        .write_buffer_size(settings.ws_write_buffer)
         .on_upgrade(move |socket| {
             let tracker = node.connections.clone();
             tracker.track_future(session::serve(socket, node, format, peer))

@@ -13,7 +13,6 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
@@ -22,7 +21,9 @@ use crate::broker::{Outbound, Outbox, Subscription};
 use crate::cluster::topics::PublishError;
 use crate::event::{Delivery, Event, GroupOrigin};
 use crate::node::NodeState;
-use crate::protocol::{ErrorCode, Format, Reply, Request, RequestError, json, protobuf};
+use crate::protocol::{
+    BatchLimits, ErrorCode, Format, Reply, Request, RequestError, json, protobuf,
+};
 use crate::routing::topic;
 
 /// Close codes the node sends (documented in `docs/protocol.md`).
@@ -43,8 +44,11 @@ pub mod close_code {
 /// How long a closing connection may take to deliver its last error and close frames.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Events written to the socket per flush, at most.
+/// Events written to the socket per flush, at most (without batch frames).
 const WRITE_BATCH: usize = 64;
+
+/// Events taken from the outbox per flush, at most, for a client that gets batch frames.
+const MAX_BATCHED_TAKE: usize = 1024;
 
 /// Frames up to this size are read whole (and refused with an error if over the limit);
 /// anything larger breaks the connection.
@@ -73,11 +77,9 @@ pub(crate) async fn serve(
     );
     async move {
         tracing::debug!(?format, "connected");
-        let (outbox, queue) = Outbox::new(connection, node.settings.outbound_queue);
+        let outbox = Outbox::new(connection, node.settings.outbound_queue);
         let (sink, stream) = socket.split();
-        let (late_replies, late) = mpsc::unbounded_channel();
         let mut session = Session {
-            late_replies,
             session_id,
             node,
             format,
@@ -87,11 +89,12 @@ pub(crate) async fn serve(
             unacked: HashMap::new(),
             ack_deadlines: VecDeque::new(),
             replayed_up_to: HashMap::new(),
-            last_sent: HashMap::new(),
+            last_sent: LastSent::default(),
             hole: false,
+            batch: None,
         };
         session.node.metrics.connections.inc();
-        let ending = session.run(stream, queue, late).await;
+        let ending = session.run(stream).await;
         session.node.metrics.connections.dec();
         tracing::debug!(?ending, "disconnected");
     }
@@ -130,16 +133,29 @@ struct Session {
     unacked: HashMap<u64, Unacked>,
     /// Delivery ids in the order they were written; acked ones are skipped lazily.
     ack_deadlines: VecDeque<(Instant, u64)>,
-    /// Answers to acknowledged publishes, which complete after the request was handled.
-    late_replies: mpsc::UnboundedSender<Message>,
     /// For resumed subscriptions: per topic, the last event replayed. A live copy of an
     /// event already replayed is dropped; the entry goes once the live stream passes it.
     replayed_up_to: HashMap<Arc<str>, ReplayedUpTo>,
     /// Per (subscription, topic), the epoch and seq of the last event sent: a later event
     /// that skips a number means this node missed some, and the client must resync.
-    last_sent: HashMap<(Arc<str>, Arc<str>), Position>,
+    last_sent: LastSent,
     /// Set when a hole was seen: the connection ends with `resync`.
     hole: bool,
+    /// Set once the client asked (in `hello`) for several events per frame.
+    batch: Option<BatchLimits>,
+}
+
+/// Per subscription id, then per topic, the position of the last event sent. Looked up by
+/// `&str` for every event, so no key is built or cloned on the hot path.
+type LastSent = HashMap<Arc<str>, HashMap<Arc<str>, Position, FastHash>, FastHash>;
+type FastHash = foldhash::fast::RandomState;
+
+/// An event that passed the session's checks and is to be written.
+struct Admitted {
+    sub: Arc<Subscription>,
+    event: Arc<Event>,
+    /// Queue-group deliveries: the id and redelivery flag to write.
+    delivery: Option<Delivery>,
 }
 
 /// An event's epoch and sequence number.
@@ -149,12 +165,7 @@ type Position = (Arc<str>, u64);
 type ReplayedUpTo = HashMap<Arc<str>, Position>;
 
 impl Session {
-    async fn run(
-        &mut self,
-        mut stream: SplitStream<WebSocket>,
-        mut queue: mpsc::Receiver<Outbound>,
-        mut late: mpsc::UnboundedReceiver<Message>,
-    ) -> Ending {
+    async fn run(&mut self, mut stream: SplitStream<WebSocket>) -> Ending {
         let settings = self.node.settings.clone();
         let shutdown = self.node.shutdown.clone();
         let outbox = self.outbox.clone();
@@ -175,7 +186,6 @@ impl Session {
             ending = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Some(Ending::ShuttingDown),
-                () = outbox.overflowed() => Some(Ending::SlowConsumer),
                 // Only connections that could have missed something: plain subscriptions (queue
                 // groups get their events redelivered instead).
                 _ = resync.changed(), if self.subscriptions.values().any(|s| s.group.is_none()) => {
@@ -203,13 +213,18 @@ impl Session {
                         Some(Err(err)) => Some(read_error_ending(&err)),
                     }
                 }
-                Some(reply) = late.recv() => self.write(reply).await.err(),
-                Some(first) = queue.recv() => self.write_events(first, &mut queue).await.err(),
+                () = outbox.ready() => {
+                    if outbox.has_overflowed() {
+                        Some(Ending::SlowConsumer)
+                    } else {
+                        self.write_queued().await.err()
+                    }
+                }
             };
         }
         let ending = ending.unwrap_or(Ending::SocketError);
         self.say_goodbye(ending, &mut stream).await;
-        self.release(&mut queue);
+        self.release();
         ending
     }
 
@@ -218,6 +233,7 @@ impl Session {
             node: &self.node.settings.name,
             session: &self.session_id,
             limits: &self.node.limits,
+            batch: self.batch,
         })
     }
 
@@ -259,13 +275,18 @@ impl Session {
     async fn handle(&mut self, request: Request) -> Result<Vec<Message>, RequestError> {
         let settings = &self.node.settings;
         match request {
-            Request::Hello { client, token: _ } => {
+            Request::Hello {
+                client,
+                token: _,
+                batch,
+            } => {
                 // Token checks arrive with client authentication; until then any token is
                 // accepted, so clients can send one already.
                 if let Some(name) = client.as_deref() {
                     tracing::Span::current().record("client", name);
                 }
-                tracing::debug!("hello");
+                self.batch = batch.map(BatchLimits::granted);
+                tracing::debug!(batch = ?self.batch, "hello");
                 Ok(vec![self.welcome()])
             }
             Request::Subscribe(sub) => {
@@ -360,10 +381,10 @@ impl Session {
                     }
                     if let Some(last) = replay.events.last() {
                         up_to.insert(last.topic.clone(), (last.epoch.clone(), last.seq));
-                        self.last_sent.insert(
-                            (subscription.id.clone(), last.topic.clone()),
-                            (last.epoch.clone(), last.seq),
-                        );
+                        self.last_sent
+                            .entry(subscription.id.clone())
+                            .or_default()
+                            .insert(last.topic.clone(), (last.epoch.clone(), last.seq));
                     }
                 }
                 if !up_to.is_empty() {
@@ -382,7 +403,7 @@ impl Session {
                 };
                 self.node.broker.unsubscribe(&subscription);
                 self.replayed_up_to.remove(&subscription.id);
-                self.last_sent.retain(|(sub, _), _| *sub != subscription.id);
+                self.last_sent.remove(&subscription.id);
                 // Its unacknowledged deliveries go to the rest of the group now.
                 let orphaned: Vec<u64> = self
                     .unacked
@@ -422,7 +443,7 @@ impl Session {
                     return publish_answer(self.format, &reference, result).map(|m| vec![m]);
                 }
                 let format = self.format;
-                let late = self.late_replies.clone();
+                let outbox = self.outbox.clone();
                 let node = self.node.clone();
                 tokio::spawn(async move {
                     let result = outcome.await.unwrap_or_else(|_| {
@@ -438,7 +459,7 @@ impl Session {
                         Ok(message) => message,
                         Err(err) => encode_reply(format, &err.reply()),
                     };
-                    let _ = late.send(message);
+                    outbox.push_reply(message);
                 });
                 Ok(Vec::new())
             }
@@ -470,35 +491,57 @@ impl Session {
         }
     }
 
-    /// Writes `first` and whatever else is queued (up to a batch), then flushes once.
-    async fn write_events(
-        &mut self,
-        first: Outbound,
-        queue: &mut mpsc::Receiver<Outbound>,
-    ) -> Result<(), Ending> {
-        let write_timeout = self.node.settings.write_timeout;
-        let mut batch = Vec::with_capacity(8);
-        batch.extend(self.event_message(first));
-        let mut taken = 1;
-        while taken < WRITE_BATCH && !self.hole {
-            match queue.try_recv() {
-                Ok(item) => batch.extend(self.event_message(item)),
-                Err(_) => break,
+    /// Writes what is queued (up to a batch's worth) and flushes once. A client that asked
+    /// for batches gets consecutive events in batch frames.
+    async fn write_queued(&mut self) -> Result<(), Ending> {
+        let take = self.batch.map_or(WRITE_BATCH, |b| {
+            (b.max_events as usize).clamp(WRITE_BATCH, MAX_BATCHED_TAKE)
+        });
+        let mut items = Vec::new();
+        self.outbox.take(take, &mut items);
+        let mut frames = Vec::new();
+        let mut admitted = Vec::new();
+        let mut events = 0;
+        for item in items {
+            match item {
+                Outbound::Reply(message) => {
+                    events += admitted.len();
+                    self.encode_events(&mut admitted, &mut frames);
+                    frames.push(message);
+                }
+                Outbound::Event {
+                    sub,
+                    event,
+                    delivery,
+                } if self.hole => {
+                    // The connection ends: what was taken after the hole is not written, and
+                    // queue deliveries go to the rest of their group.
+                    if let Some(delivery) = delivery {
+                        self.redeliver(&sub, &event, delivery.origin);
+                    }
+                }
+                Outbound::Event {
+                    sub,
+                    event,
+                    delivery,
+                } => admitted.extend(self.admit(sub, event, delivery)),
             }
-            taken += 1;
         }
-        if batch.is_empty() {
+        events += admitted.len();
+        self.encode_events(&mut admitted, &mut frames);
+        if frames.is_empty() {
             return if self.hole {
                 Err(Ending::Resync)
             } else {
                 Ok(())
             };
         }
-        self.node.metrics.deliveries.inc_by(batch.len() as u64);
-        self.count_sent(&batch);
+        self.node.metrics.deliveries.inc_by(events as u64);
+        self.count_sent(&frames);
+        let write_timeout = self.node.settings.write_timeout;
         let sink = &mut self.sink;
         let write = async {
-            for message in batch {
+            for message in frames {
                 sink.feed(message).await?;
             }
             sink.flush().await
@@ -511,21 +554,59 @@ impl Session {
         }
     }
 
-    /// The frame for one queued event, or `None` when it must not be sent: its subscription
-    /// has ended (a queue delivery then goes to another member), or it was already replayed.
-    fn event_message(&mut self, item: Outbound) -> Option<Message> {
-        let Outbound::Event {
-            sub,
-            event,
-            delivery,
-        } = item;
+    /// Encodes `admitted` (emptying it) into `frames`: one frame per event, or, for a client
+    /// that asked for batches, batch frames within its bounds. A batch that would hold a
+    /// single event is written as a plain `event` frame.
+    fn encode_events(&self, admitted: &mut Vec<Admitted>, frames: &mut Vec<Message>) {
+        let Some(limits) = self.batch.filter(|_| admitted.len() > 1) else {
+            for a in admitted.drain(..) {
+                frames.push(self.encode_event(&a.sub.id, &a.event, a.delivery.as_ref()));
+            }
+            return;
+        };
+        let max_events = (limits.max_events as usize).max(1);
+        let max_bytes = limits.max_bytes as usize;
+        let mut next = 0;
+        while next < admitted.len() {
+            let first = next;
+            let mut frame = BatchBuilder::new(self.format);
+            while next < admitted.len() && next - first < max_events {
+                let a = &admitted[next];
+                let mark = frame.len();
+                frame.push(&a.sub.id, &a.event, a.delivery.as_ref());
+                if next > first && frame.finished_len() > max_bytes {
+                    frame.truncate(mark);
+                    break;
+                }
+                next += 1;
+            }
+            if next - first == 1 {
+                let a = &admitted[first];
+                frames.push(self.encode_event(&a.sub.id, &a.event, a.delivery.as_ref()));
+            } else {
+                frames.push(frame.finish());
+            }
+        }
+        admitted.clear();
+    }
+
+    /// Checks one queued event: `None` when it must not be sent because its subscription
+    /// has ended (a queue delivery then goes to another member), it was already replayed,
+    /// or it reveals a hole (the connection then ends with `resync`).
+    fn admit(
+        &mut self,
+        sub: Arc<Subscription>,
+        event: Arc<Event>,
+        delivery: Option<Delivery>,
+    ) -> Option<Admitted> {
         if !sub.is_active() {
             if let Some(delivery) = delivery {
                 self.redeliver(&sub, &event, delivery.origin);
             }
             return None;
         }
-        if let Some(up_to) = self.replayed_up_to.get_mut(&sub.id)
+        if !self.replayed_up_to.is_empty()
+            && let Some(up_to) = self.replayed_up_to.get_mut(&sub.id)
             && let Some((epoch, seq)) = up_to.get(&event.topic)
         {
             if *epoch == event.epoch && event.seq <= *seq {
@@ -539,30 +620,57 @@ impl Session {
         if let Some(delivery) = delivery {
             let deadline = Instant::now() + self.node.settings.ack_timeout;
             self.ack_deadlines.push_back((deadline, delivery.id));
-            let message = self.encode_event(&sub.id, &event, Some(&delivery));
+            let written = Delivery {
+                id: delivery.id,
+                redelivered: delivery.redelivered,
+                origin: None,
+            };
             self.unacked.insert(
                 delivery.id,
                 Unacked {
-                    subscription: sub,
-                    event,
+                    subscription: sub.clone(),
+                    event: event.clone(),
                     origin: delivery.origin,
                 },
             );
-            return Some(message);
+            return Some(Admitted {
+                sub,
+                event,
+                delivery: Some(written),
+            });
         }
-        let key = (sub.id.clone(), event.topic.clone());
-        if let Some((epoch, last)) = self.last_sent.get(&key)
-            && *epoch == event.epoch
-            && event.seq > last + 1
-        {
-            // Events between never reached this node (a peer link was lost): the client
-            // resumes from its cursor and gets them from history, or a gap naming them.
-            tracing::info!(topic = %event.topic, after = last, got = event.seq, "sequence hole; resync");
-            self.hole = true;
-            return None;
+        let last = self
+            .last_sent
+            .get_mut(&*sub.id)
+            .and_then(|topics| topics.get_mut(&*event.topic));
+        match last {
+            Some((epoch, last)) => {
+                let same_epoch = Arc::ptr_eq(epoch, &event.epoch) || **epoch == *event.epoch;
+                if same_epoch && event.seq > *last + 1 {
+                    // Events between never reached this node (a peer link was lost): the
+                    // client resumes from its cursor and gets them from history, or a gap
+                    // naming them.
+                    tracing::info!(topic = %event.topic, after = *last, got = event.seq, "sequence hole; resync");
+                    self.hole = true;
+                    return None;
+                }
+                if !same_epoch {
+                    *epoch = event.epoch.clone();
+                }
+                *last = event.seq;
+            }
+            None => {
+                self.last_sent
+                    .entry(sub.id.clone())
+                    .or_default()
+                    .insert(event.topic.clone(), (event.epoch.clone(), event.seq));
+            }
         }
-        self.last_sent.insert(key, (event.epoch.clone(), event.seq));
-        Some(self.encode_event(&sub.id, &event, None))
+        Some(Admitted {
+            sub,
+            event,
+            delivery: None,
+        })
     }
 
     /// Hands an unacknowledged queue-group event on (see `Broker::redeliver`); one that a
@@ -707,18 +815,17 @@ impl Session {
 
     /// Drops the connection's subscriptions and hands its unacknowledged and unsent
     /// queue-group deliveries to the rest of each group.
-    fn release(&mut self, queue: &mut mpsc::Receiver<Outbound>) {
+    fn release(&mut self) {
         for subscription in self.subscriptions.values() {
             self.node.broker.unsubscribe(subscription);
         }
-        queue.close();
-        while let Ok(Outbound::Event {
-            sub,
-            event,
-            delivery,
-        }) = queue.try_recv()
-        {
-            if let Some(delivery) = delivery {
+        for item in self.outbox.close() {
+            if let Outbound::Event {
+                sub,
+                event,
+                delivery: Some(delivery),
+            } = item
+            {
                 self.redeliver(&sub, &event, delivery.origin);
             }
         }
@@ -780,4 +887,64 @@ fn read_error_ending(err: &axum::Error) -> Ending {
         source = e.source();
     }
     Ending::SocketError
+}
+
+/// One batch frame being built, in the connection's format.
+enum BatchBuilder {
+    Json(Vec<u8>),
+    Protobuf(protobuf::BatchFrame),
+}
+
+impl BatchBuilder {
+    fn new(format: Format) -> Self {
+        match format {
+            Format::Json => Self::Json(json::BATCH_START.to_vec()),
+            Format::Protobuf => Self::Protobuf(protobuf::BatchFrame::new()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Json(buf) => buf.len(),
+            Self::Protobuf(frame) => frame.len(),
+        }
+    }
+
+    /// The frame's size if it were finished now (at most; protobuf's header may be smaller).
+    fn finished_len(&self) -> usize {
+        match self {
+            Self::Json(buf) => buf.len() + json::BATCH_END.len(),
+            Self::Protobuf(frame) => frame.len(),
+        }
+    }
+
+    fn push(&mut self, sub: &str, event: &Event, delivery: Option<&Delivery>) {
+        match self {
+            Self::Json(buf) => {
+                if buf.len() > json::BATCH_START.len() {
+                    buf.push(json::BATCH_SEPARATOR);
+                }
+                json::append_event(buf, sub, event, delivery);
+            }
+            Self::Protobuf(frame) => frame.push(sub, event, delivery),
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Self::Json(buf) => buf.truncate(len),
+            Self::Protobuf(frame) => frame.truncate(len),
+        }
+    }
+
+    fn finish(self) -> Message {
+        match self {
+            Self::Json(mut buf) => {
+                buf.extend_from_slice(json::BATCH_END);
+                // Built only from UTF-8 pieces, like every event frame.
+                Message::Text(Utf8Bytes::from(String::from_utf8(buf).unwrap_or_default()))
+            }
+            Self::Protobuf(frame) => Message::Binary(frame.finish()),
+        }
+    }
 }

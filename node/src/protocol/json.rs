@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::{Cursor, ErrorCode, Reply, Request, RequestError, ResumeFrom, Subscribe};
+use super::{BatchRequest, Cursor, ErrorCode, Reply, Request, RequestError, ResumeFrom, Subscribe};
 use crate::event::{Delivery, Event, Payload};
 
 /// The fields of every client frame; which are required depends on `op`.
@@ -29,6 +29,7 @@ struct RawFrame<'a> {
     delivery: Option<String>,
     client: Option<String>,
     token: Option<String>,
+    batch: Option<Value>,
 }
 
 /// Keeps an explicit `null` as a value (`Some("null")`) rather than as an absent field.
@@ -54,6 +55,12 @@ pub fn decode(text: &str) -> Result<Request, RequestError> {
         "hello" => Ok(Request::Hello {
             client: frame.client,
             token: frame.token,
+            batch: frame
+                .batch
+                .map(parse_batch)
+                .transpose()
+                .map_err(|m| RequestError::new(None, ErrorCode::InvalidRequest, m))?
+                .flatten(),
         }),
         "sub" => {
             let id = required(frame.id, None, "sub", "id")?;
@@ -199,6 +206,32 @@ fn parse_from(value: Value) -> Result<ResumeFrom, String> {
     }
 }
 
+/// `"batch": true | false | {"max_events": N, "max_bytes": N}` (both optional).
+fn parse_batch(value: Value) -> Result<Option<BatchRequest>, String> {
+    const USAGE: &str = "`batch` is true, false, or {\"max_events\": positive integer, \"max_bytes\": positive integer}";
+    let bound = |value: &Value, key: &str| -> Result<Option<u32>, String> {
+        match value.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .filter(|&n| n > 0)
+                .map(|n| Some(u32::try_from(n).unwrap_or(u32::MAX)))
+                .ok_or_else(|| USAGE.to_owned()),
+        }
+    };
+    match &value {
+        Value::Bool(false) | Value::Null => Ok(None),
+        Value::Bool(true) => Ok(Some(BatchRequest::default())),
+        Value::Object(map) if map.keys().all(|k| k == "max_events" || k == "max_bytes") => {
+            Ok(Some(BatchRequest {
+                max_events: bound(&value, "max_events")?,
+                max_bytes: bound(&value, "max_bytes")?,
+            }))
+        }
+        _ => Err(USAGE.to_owned()),
+    }
+}
+
 fn parse_cursor(value: &Value) -> Result<Cursor, String> {
     let epoch = value.get("epoch").and_then(Value::as_str);
     let seq = value.get("seq").and_then(Value::as_u64);
@@ -218,19 +251,27 @@ pub fn encode_reply(reply: &Reply<'_>) -> String {
             node,
             session,
             limits,
-        } => serde_json::json!({
-            "op": "welcome",
-            "node": node,
-            "session": session,
-            "limits": {
-                "max_frame_bytes": limits.max_frame_bytes,
-                "max_subscriptions": limits.max_subscriptions,
-                "outbound_queue": limits.outbound_queue,
-                "ping_interval_ms": limits.ping_interval_ms,
-                "idle_timeout_ms": limits.idle_timeout_ms,
-                "max_topic_bytes": limits.max_topic_bytes,
-            },
-        }),
+            batch,
+        } => {
+            let mut v = serde_json::json!({
+                "op": "welcome",
+                "node": node,
+                "session": session,
+                "limits": {
+                    "max_frame_bytes": limits.max_frame_bytes,
+                    "max_subscriptions": limits.max_subscriptions,
+                    "outbound_queue": limits.outbound_queue,
+                    "ping_interval_ms": limits.ping_interval_ms,
+                    "idle_timeout_ms": limits.idle_timeout_ms,
+                    "max_topic_bytes": limits.max_topic_bytes,
+                },
+            });
+            if let Some(b) = batch {
+                v["batch"] =
+                    serde_json::json!({"max_events": b.max_events, "max_bytes": b.max_bytes});
+            }
+            v
+        }
         Reply::Ok {
             reference,
             position,
@@ -287,10 +328,18 @@ pub fn encode_reply(reply: &Reply<'_>) -> String {
 /// Encodes one `event` frame for one subscription. The part after `sub` is shared by all
 /// subscribers and computed once per event.
 pub fn encode_event(sub: &str, event: &Event, delivery: Option<&Delivery>) -> String {
+    let mut out = Vec::new();
+    append_event(&mut out, sub, event, delivery);
+    // Built only from UTF-8 pieces: JSON-escaped strings, digits and validated JSON text.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends one `event` object (as [`encode_event`] writes it) to `out`.
+pub fn append_event(out: &mut Vec<u8>, sub: &str, event: &Event, delivery: Option<&Delivery>) {
     let tail = event.json_tail.get_or_init(|| event_tail(event));
-    let mut out = Vec::with_capacity(tail.len() + sub.len() + 64);
+    out.reserve(tail.len() + sub.len() + 64);
     out.extend_from_slice(br#"{"op":"event","sub":"#);
-    write_json_string(&mut out, sub);
+    write_json_string(out, sub);
     out.extend_from_slice(tail);
     if let Some(d) = delivery {
         // Writing into a Vec cannot fail.
@@ -301,9 +350,13 @@ pub fn encode_event(sub: &str, event: &Event, delivery: Option<&Delivery>) -> St
         );
     }
     out.push(b'}');
-    // Built only from UTF-8 pieces: JSON-escaped strings, digits and validated JSON text.
-    String::from_utf8(out).unwrap_or_default()
 }
+
+/// The start of a `batch` frame; events follow, separated by [`BATCH_SEPARATOR`], and
+/// [`BATCH_END`] closes it.
+pub const BATCH_START: &[u8] = br#"{"op":"batch","events":["#;
+pub const BATCH_SEPARATOR: u8 = b',';
+pub const BATCH_END: &[u8] = b"]}";
 
 fn event_tail(event: &Event) -> Bytes {
     let mut out = Vec::with_capacity(event.payload.len() + event.topic.len() + 96);
@@ -326,6 +379,15 @@ fn event_tail(event: &Event) -> Bytes {
 }
 
 fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    // Ids and topics rarely need escaping: copy those as they are.
+    if s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Serializing a str into a Vec cannot fail.
     let _ = serde_json::to_writer(out, s);
 }
@@ -346,7 +408,8 @@ mod tests {
             decode(r#"{"op":"hello","client":"cli"}"#).unwrap(),
             Request::Hello {
                 client: Some("cli".into()),
-                token: None
+                token: None,
+                batch: None
             }
         );
         assert_eq!(

@@ -23,6 +23,8 @@ pub enum Request {
     Hello {
         client: Option<String>,
         token: Option<String>,
+        /// Set when the client accepts several events per frame.
+        batch: Option<BatchRequest>,
     },
     Subscribe(Subscribe),
     Unsubscribe {
@@ -86,6 +88,50 @@ pub struct Cursor {
     pub seq: u64,
 }
 
+/// What a client asked for in `hello` to get batch frames; `None` is the node's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchRequest {
+    pub max_events: Option<u32>,
+    pub max_bytes: Option<u32>,
+}
+
+/// The bounds of one batch frame in effect for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_events: u32,
+    pub max_bytes: u32,
+}
+
+impl BatchLimits {
+    /// Events per batch frame when the client does not say.
+    pub const DEFAULT_EVENTS: u32 = 256;
+    /// Bytes per batch frame when the client does not say.
+    pub const DEFAULT_BYTES: u32 = 64 * 1024;
+    /// The most events per batch frame a client may ask for.
+    pub const MAX_EVENTS: u32 = 4096;
+    /// The most bytes per batch frame a client may ask for.
+    pub const MAX_BYTES: u32 = 16 * 1024 * 1024;
+    /// The least bytes per batch frame a client may ask for.
+    pub const MIN_BYTES: u32 = 1024;
+
+    /// The bounds a request gets: defaults for what it leaves out, clamped to what the node
+    /// allows.
+    pub fn granted(request: BatchRequest) -> Self {
+        Self {
+            max_events: request
+                .max_events
+                .filter(|&n| n > 0)
+                .unwrap_or(Self::DEFAULT_EVENTS)
+                .min(Self::MAX_EVENTS),
+            max_bytes: request
+                .max_bytes
+                .filter(|&n| n > 0)
+                .unwrap_or(Self::DEFAULT_BYTES)
+                .clamp(Self::MIN_BYTES, Self::MAX_BYTES),
+        }
+    }
+}
+
 /// The limits a node announces in `welcome`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -105,6 +151,8 @@ pub enum Reply<'a> {
         node: &'a str,
         session: &'a str,
         limits: &'a Limits,
+        /// In the answer to a `hello` that asked for batches.
+        batch: Option<BatchLimits>,
     },
     Ok {
         reference: Option<&'a str>,

@@ -1,17 +1,19 @@
 //! Protobuf in WebSocket binary frames: `ClientFrame` in, `ServerFrame` out
 //! (`proto/proto/murmur/client/v1/client.proto`).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use murmur_proto::client::v1 as pb;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
-use super::{Cursor, ErrorCode, Reply, Request, RequestError, ResumeFrom, Subscribe};
+use super::{BatchRequest, Cursor, ErrorCode, Reply, Request, RequestError, ResumeFrom, Subscribe};
 use crate::event::{Delivery, Event, Payload};
 
 /// Field numbers of `ServerFrame.event` and of the per-subscriber `Event` fields, which
 /// [`encode_event`] writes by hand around the shared body.
 const SERVER_FRAME_EVENT: u32 = 2;
+const SERVER_FRAME_BATCH: u32 = 7;
+const EVENT_BATCH_EVENTS: u32 = 1;
 const EVENT_SUB: u32 = 1;
 const EVENT_DELIVERY: u32 = 8;
 const EVENT_REDELIVERED: u32 = 9;
@@ -36,6 +38,10 @@ pub fn decode(frame: Bytes) -> Result<Request, RequestError> {
         pb::client_frame::Op::Hello(h) => Ok(Request::Hello {
             client: non_empty(h.client),
             token: non_empty(h.token),
+            batch: h.batch.map(|b| BatchRequest {
+                max_events: (b.max_events > 0).then_some(b.max_events),
+                max_bytes: (b.max_bytes > 0).then_some(b.max_bytes),
+            }),
         }),
         pb::client_frame::Op::Sub(s) => {
             let id = required(s.id, None, "sub", "id")?;
@@ -164,7 +170,12 @@ pub fn encode_reply(reply: &Reply<'_>) -> Bytes {
             node,
             session,
             limits,
+            batch,
         } => pb::server_frame::Op::Welcome(pb::Welcome {
+            batch: batch.map(|b| pb::BatchLimits {
+                max_events: b.max_events,
+                max_bytes: b.max_bytes,
+            }),
             node: (*node).to_owned(),
             session: (*session).to_owned(),
             limits: Some(pb::Limits {
@@ -221,22 +232,98 @@ pub fn encode_reply(reply: &Reply<'_>) -> Bytes {
 /// are encoded once per event (`Event::proto_body`) and the subscriber's own `sub` and
 /// delivery fields are written around them.
 pub fn encode_event(sub: &str, event: &Event, delivery: Option<&Delivery>) -> Bytes {
+    let mut out = Vec::new();
+    append_event(&mut out, SERVER_FRAME_EVENT, sub, event, delivery);
+    Bytes::from(out)
+}
+
+/// Appends one `Event` for one subscription as field `field` (length-delimited) of the
+/// message being written to `out`.
+fn append_event(
+    out: &mut Vec<u8>,
+    field: u32,
+    sub: &str,
+    event: &Event,
+    delivery: Option<&Delivery>,
+) {
     let body = event.proto_body.get_or_init(|| event_body(event));
-    let mut own = BytesMut::with_capacity(sub.len() + 32);
-    prost::encoding::string::encode(EVENT_SUB, &sub.to_owned(), &mut own);
-    if let Some(d) = delivery {
-        prost::encoding::string::encode(EVENT_DELIVERY, &d.id.to_string(), &mut own);
+    let delivery_id = delivery.map(|d| d.id.to_string());
+    let mut own_len = 1 + encoded_len_varint(sub.len() as u64) + sub.len();
+    if let (Some(d), Some(id)) = (delivery, &delivery_id) {
+        own_len += 1 + encoded_len_varint(id.len() as u64) + id.len();
         if d.redelivered {
-            prost::encoding::bool::encode(EVENT_REDELIVERED, &true, &mut own);
+            own_len += 2;
         }
     }
-    let inner_len = own.len() + body.len();
-    let mut out = BytesMut::with_capacity(inner_len + 1 + encoded_len_varint(inner_len as u64));
-    encode_key(SERVER_FRAME_EVENT, WireType::LengthDelimited, &mut out);
-    encode_varint(inner_len as u64, &mut out);
-    out.put_slice(&own);
+    let inner_len = own_len + body.len();
+    out.reserve(inner_len + 1 + encoded_len_varint(inner_len as u64));
+    encode_key(field, WireType::LengthDelimited, out);
+    encode_varint(inner_len as u64, out);
+    encode_key(EVENT_SUB, WireType::LengthDelimited, out);
+    encode_varint(sub.len() as u64, out);
+    out.put_slice(sub.as_bytes());
+    if let (Some(d), Some(id)) = (delivery, &delivery_id) {
+        encode_key(EVENT_DELIVERY, WireType::LengthDelimited, out);
+        encode_varint(id.len() as u64, out);
+        out.put_slice(id.as_bytes());
+        if d.redelivered {
+            prost::encoding::bool::encode(EVENT_REDELIVERED, &true, out);
+        }
+    }
     out.put_slice(body);
-    out.freeze()
+}
+
+/// Builds one `ServerFrame { batch }`: events are appended as they come, and the frame's
+/// header, whose length is known only at the end, is written into room kept in front.
+#[derive(Debug)]
+pub struct BatchFrame {
+    buf: Vec<u8>,
+}
+
+/// The room kept for the `ServerFrame.batch` key and length.
+const BATCH_HEADER_ROOM: usize = 1 + 10;
+
+impl BatchFrame {
+    pub fn new() -> Self {
+        Self {
+            buf: vec![0; BATCH_HEADER_ROOM],
+        }
+    }
+
+    /// Bytes of the frame so far (with the most the header can take).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.len() == BATCH_HEADER_ROOM
+    }
+
+    pub fn push(&mut self, sub: &str, event: &Event, delivery: Option<&Delivery>) {
+        append_event(&mut self.buf, EVENT_BATCH_EVENTS, sub, event, delivery);
+    }
+
+    /// Takes back the bytes after `len` (an earlier [`len`](Self::len)).
+    pub fn truncate(&mut self, len: usize) {
+        self.buf.truncate(len.max(BATCH_HEADER_ROOM));
+    }
+
+    pub fn finish(self) -> Bytes {
+        let inner_len = (self.buf.len() - BATCH_HEADER_ROOM) as u64;
+        let mut header = Vec::with_capacity(BATCH_HEADER_ROOM);
+        encode_key(SERVER_FRAME_BATCH, WireType::LengthDelimited, &mut header);
+        encode_varint(inner_len, &mut header);
+        let start = BATCH_HEADER_ROOM - header.len();
+        let mut buf = self.buf;
+        buf[start..BATCH_HEADER_ROOM].copy_from_slice(&header);
+        Bytes::from(buf).slice(start..)
+    }
+}
+
+impl Default for BatchFrame {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 fn event_body(event: &Event) -> Bytes {
