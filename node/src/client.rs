@@ -34,6 +34,8 @@ pub enum ClientError {
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     welcome: Value,
+    /// Events of a batch frame not yet returned by [`Client::next_frame`].
+    unread: std::collections::VecDeque<Value>,
 }
 
 impl Client {
@@ -48,6 +50,7 @@ impl Client {
         let mut client = Self {
             ws,
             welcome: Value::Null,
+            unread: std::collections::VecDeque::new(),
         };
         let welcome = tokio::time::timeout(Duration::from_secs(10), client.next_frame())
             .await
@@ -67,8 +70,42 @@ impl Client {
             .map_err(|e| ClientError::Socket(Box::new(e)))
     }
 
-    /// The next protocol frame; WebSocket pings are answered on the way.
+    /// Asks the node for batch frames (see `docs/protocol.md`, `hello`), with the node's
+    /// default bounds where `max_events` or `max_bytes` is `None`, and returns the `welcome`
+    /// that answers (its `batch` holds the bounds in effect). [`Client::next_frame`] still
+    /// returns one event at a time.
+    pub async fn request_batches(
+        &mut self,
+        max_events: Option<u32>,
+        max_bytes: Option<u32>,
+    ) -> Result<Value, ClientError> {
+        let mut batch = serde_json::Map::new();
+        if let Some(n) = max_events {
+            batch.insert("max_events".into(), json!(n));
+        }
+        if let Some(n) = max_bytes {
+            batch.insert("max_bytes".into(), json!(n));
+        }
+        self.send(&json!({"op": "hello", "batch": batch})).await?;
+        loop {
+            let frame = self.next_frame().await?;
+            match frame["op"].as_str() {
+                Some("welcome") => {
+                    self.welcome = frame.clone();
+                    return Ok(frame);
+                }
+                Some("error") => return Err(refused(&frame)),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next protocol frame; WebSocket pings are answered on the way. The events of a
+    /// `batch` frame come one by one, as if each had its own frame.
     pub async fn next_frame(&mut self) -> Result<Value, ClientError> {
+        if let Some(event) = self.unread.pop_front() {
+            return Ok(event);
+        }
         loop {
             let message = match self.ws.next().await {
                 None => return Err(ClientError::Closed(String::new())),
@@ -77,9 +114,19 @@ impl Client {
             };
             match message {
                 Message::Text(text) => {
-                    if let Ok(value) = serde_json::from_str(text.as_str()) {
-                        return Ok(value);
+                    let Ok(mut value) = serde_json::from_str::<Value>(text.as_str()) else {
+                        continue;
+                    };
+                    if value["op"] == "batch" {
+                        if let Value::Array(events) = value["events"].take() {
+                            self.unread.extend(events);
+                        }
+                        match self.unread.pop_front() {
+                            Some(event) => return Ok(event),
+                            None => continue,
+                        }
                     }
+                    return Ok(value);
                 }
                 Message::Close(frame) => {
                     let why = frame
@@ -281,6 +328,37 @@ mod tests {
         );
         assert_eq!(cursor.to_from("a.x"), json!({"epoch": "e", "seq": 9}));
         assert!(cursor.observe(&event("a.x", 10, 300)));
+    }
+
+    #[tokio::test]
+    async fn batch_frames_are_read_one_event_at_a_time() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+        let node = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(socket).await.unwrap();
+            let event = |seq: u64| json!({"op": "event", "sub": "s", "topic": "t", "epoch": "e", "seq": seq});
+            for frame in [
+                json!({"op": "welcome"}),
+                json!({"op": "batch", "events": [event(1), event(2), event(3)]}),
+                event(4),
+                json!({"op": "batch", "events": [event(5), event(6)]}),
+            ] {
+                ws.send(Message::text(frame.to_string())).await.unwrap();
+            }
+            // Keeps the connection open until the client is done.
+            let _ = ws.next().await;
+        });
+        let mut client = Client::connect(&url).await.unwrap();
+        let mut seqs = Vec::new();
+        for _ in 0..6 {
+            let frame = client.next_frame().await.unwrap();
+            assert_eq!(frame["op"], "event");
+            seqs.push(frame["seq"].as_u64().unwrap());
+        }
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+        drop(client);
+        node.await.unwrap();
     }
 
     #[test]
