@@ -328,7 +328,16 @@ pub fn encode_reply(reply: &Reply<'_>) -> String {
 /// Encodes one `event` frame for one subscription. The part after `sub` is shared by all
 /// subscribers and computed once per event.
 pub fn encode_event(sub: &str, event: &Event, delivery: Option<&Delivery>) -> String {
-    let mut out = Vec::new();
+    let tail = event.json_tail.get_or_init(|| event_tail(event));
+    // The exact size in the usual case (a plain event, an id without escapes), so the frame
+    // becomes `Bytes` without another allocation; queue deliveries get room to spare.
+    let exact = EVENT_START.len() + sub.len() + 2 + tail.len() + 1;
+    let spare = if delivery.is_some() || !is_plain_json_string(sub) {
+        64
+    } else {
+        0
+    };
+    let mut out = Vec::with_capacity(exact + spare);
     append_event(&mut out, sub, event, delivery);
     // Built only from UTF-8 pieces: JSON-escaped strings, digits and validated JSON text.
     String::from_utf8(out).unwrap_or_default()
@@ -337,8 +346,8 @@ pub fn encode_event(sub: &str, event: &Event, delivery: Option<&Delivery>) -> St
 /// Appends one `event` object (as [`encode_event`] writes it) to `out`.
 pub fn append_event(out: &mut Vec<u8>, sub: &str, event: &Event, delivery: Option<&Delivery>) {
     let tail = event.json_tail.get_or_init(|| event_tail(event));
-    out.reserve(tail.len() + sub.len() + 64);
-    out.extend_from_slice(br#"{"op":"event","sub":"#);
+    out.reserve(EVENT_START.len() + sub.len() + tail.len() + 8);
+    out.extend_from_slice(EVENT_START);
     write_json_string(out, sub);
     out.extend_from_slice(tail);
     if let Some(d) = delivery {
@@ -351,6 +360,8 @@ pub fn append_event(out: &mut Vec<u8>, sub: &str, event: &Event, delivery: Optio
     }
     out.push(b'}');
 }
+
+const EVENT_START: &[u8] = br#"{"op":"event","sub":"#;
 
 /// The start of a `batch` frame; events follow, separated by [`BATCH_SEPARATOR`], and
 /// [`BATCH_END`] closes it.
@@ -376,6 +387,12 @@ fn event_tail(event: &Event) -> Bytes {
     }
     let _ = write!(out, r#","ts":{}"#, event.ts);
     Bytes::from(out)
+}
+
+/// True when `s` is written in JSON as it is, between quotes.
+fn is_plain_json_string(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
 }
 
 fn write_json_string(out: &mut Vec<u8>, s: &str) {
