@@ -73,7 +73,7 @@ struct OutboxQueue {
 }
 
 /// A queue drained to empty gives back its memory when it had grown past this many items.
-const OUTBOX_KEEP_CAPACITY: usize = 1024;
+const OUTBOX_KEEP_CAPACITY: usize = 256;
 
 impl Outbox {
     /// A new outbox holding at most `capacity` undelivered events.
@@ -102,6 +102,7 @@ impl Outbox {
     pub fn take(&self, max: usize, into: &mut Vec<Outbound>) {
         let mut queue = self.queue.lock();
         let n = queue.items.len().min(max);
+        into.reserve_exact(n);
         into.extend(queue.items.drain(..n));
         if !queue.items.is_empty() {
             self.ready.notify_one();

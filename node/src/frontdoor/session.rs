@@ -499,8 +499,9 @@ impl Session {
         });
         let mut items = Vec::new();
         self.outbox.take(take, &mut items);
-        let mut frames = Vec::new();
-        let mut admitted = Vec::new();
+        // Sized once: growing these a push at a time cost more allocations than the frames.
+        let mut frames = Vec::with_capacity(if self.batch.is_some() { 4 } else { items.len() });
+        let mut admitted = Vec::with_capacity(items.len());
         let mut events = 0;
         for item in items {
             match item {
