@@ -209,7 +209,10 @@ impl Session {
                     last_heard = Instant::now();
                     match frame {
                         None => Some(Ending::ClientClosed),
-                        Some(Ok(message)) => self.on_message(message).await.err(),
+                        // Boxed: serving a request (a `sub` with a replay awaits the
+                        // cluster) takes far more state than waiting does, and an idle
+                        // connection should not carry that room for its whole life.
+                        Some(Ok(message)) => Box::pin(self.on_message(message)).await.err(),
                         Some(Err(err)) => Some(read_error_ending(&err)),
                     }
                 }
@@ -223,7 +226,7 @@ impl Session {
             };
         }
         let ending = ending.unwrap_or(Ending::SocketError);
-        self.say_goodbye(ending, &mut stream).await;
+        Box::pin(self.say_goodbye(ending, &mut stream)).await;
         self.release();
         ending
     }
