@@ -72,8 +72,9 @@ struct OutboxQueue {
     closed: bool,
 }
 
-/// A queue drained to empty gives back its memory when it had grown past this many items.
-const OUTBOX_KEEP_CAPACITY: usize = 256;
+/// A queue drained to empty gives back the memory it had grown past this many items (a
+/// burst's worth stays, so a busy connection does not regrow it every time).
+const OUTBOX_KEEP_CAPACITY: usize = 1024;
 
 impl Outbox {
     /// A new outbox holding at most `capacity` undelivered events.
@@ -107,7 +108,7 @@ impl Outbox {
         if !queue.items.is_empty() {
             self.ready.notify_one();
         } else if queue.items.capacity() > OUTBOX_KEEP_CAPACITY {
-            queue.items = VecDeque::new();
+            queue.items.shrink_to(OUTBOX_KEEP_CAPACITY);
         }
     }
 
