@@ -32,7 +32,7 @@ use crate::broker::{Receipt, Sequenced, TopicReplay, TopicSnapshot};
 use crate::event::{Event, Payload};
 use crate::protocol::{Cursor, ResumeFrom};
 use crate::routing::history::{Gap, Replay, reason};
-use crate::routing::ownership::rank;
+use crate::routing::ownership::{owner, rank};
 use crate::routing::topic::{is_wildcard, pattern_matches};
 use crate::routing::topics::newer_epoch;
 
@@ -106,21 +106,28 @@ pub(super) struct Queued {
 }
 
 impl Cluster {
-    /// Names of the members that can own topics now: this node and its live peers.
-    fn live_names(&self) -> Vec<String> {
+    /// The owner of `topic` and its replicas, best first, among the members that can own
+    /// topics now: this node and its live peers.
+    pub fn placement(&self, topic: &str) -> Vec<String> {
         let view = self.gossip.view.read();
-        let mut names: Vec<String> = view.live_peers().iter().map(|p| p.name.clone()).collect();
-        names.push(self.id.name.clone());
-        names
+        let peers = view.live_peers();
+        let names = peers
+            .iter()
+            .map(|p| p.name.as_str())
+            .chain(std::iter::once(self.id.name.as_str()));
+        rank(topic, names).into_iter().map(str::to_owned).collect()
     }
 
-    /// The owner of `topic` and its replicas, best first.
-    pub fn placement(&self, topic: &str) -> Vec<String> {
-        let names = self.live_names();
-        rank(topic, names.iter().map(String::as_str))
-            .into_iter()
-            .map(str::to_owned)
-            .collect()
+    /// The owner of `topic`: the first of its [`placement`](Self::placement), found without
+    /// ranking the rest (this runs for every publish).
+    pub fn owner_of(&self, topic: &str) -> String {
+        let view = self.gossip.view.read();
+        let peers = view.live_peers();
+        let names = peers
+            .iter()
+            .map(|p| p.name.as_str())
+            .chain(std::iter::once(self.id.name.as_str()));
+        owner(topic, names).unwrap_or(&self.id.name).to_owned()
     }
 
     fn link_to(&self, name: &str) -> Option<Arc<PeerLink>> {
@@ -155,11 +162,11 @@ impl Cluster {
     }
 
     fn route(self: &Arc<Self>, topic: Arc<str>, payload: Payload, reply: ReplyTo, attempt: u32) {
-        let owner = self.placement(&topic).into_iter().next();
-        let Some(owner) = owner.filter(|o| *o != self.id.name) else {
+        let owner = self.owner_of(&topic);
+        if owner == self.id.name {
             self.publish_as_owner(topic, payload, reply);
             return;
-        };
+        }
         let Some(link) = self.link_to(&owner) else {
             self.retry(
                 topic,
@@ -486,15 +493,13 @@ impl Cluster {
         request: pb::PublishRequest,
     ) {
         let reply = ReplyTo::Peer(link.clone(), request.id);
-        let owner = self.placement(&request.topic).into_iter().next();
+        let owner = self.owner_of(&request.topic);
         let leaving = self.leaving.load(Ordering::Acquire);
-        if leaving || owner.as_deref() != Some(self.id.name.as_str()) {
+        if leaving || owner != self.id.name {
             link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Published(
                 pb::PublishReply {
                     id: request.id,
-                    result: Some(pb::publish_reply::Result::NotOwner(
-                        owner.unwrap_or_default(),
-                    )),
+                    result: Some(pb::publish_reply::Result::NotOwner(owner)),
                 },
             )));
             return;
