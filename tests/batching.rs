@@ -329,3 +329,56 @@ async fn the_rust_client_reads_batches_event_by_event() -> TestResult {
     assert_eq!(seqs, (1..=EVENTS as u64).collect::<Vec<_>>());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_deliveries_in_a_batch_carry_their_delivery_ids_and_can_be_acked() -> TestResult {
+    const EVENTS: usize = 50;
+    let node = start_node(|_| {}).await;
+    let mut ws = connect_json(&ws_url(&node)).await?;
+    ws.send(Message::text(r#"{"op":"hello","batch":true}"#))
+        .await?;
+    let (welcome, _) = next_json(&mut ws).await?;
+    assert_eq!(welcome["op"], "welcome");
+    ws.send(Message::text(
+        json!({"op": "sub", "id": "s", "topic": "jobs", "group": "workers"}).to_string(),
+    ))
+    .await?;
+    let (ok, _) = next_json(&mut ws).await?;
+    assert_eq!(ok["op"], "ok");
+    send_together(&mut ws, json_publishes("jobs", &json!("job"), EVENTS)).await?;
+
+    let mut deliveries = Vec::new();
+    let mut batches = 0;
+    while deliveries.len() < EVENTS {
+        let (frame, _) = next_json(&mut ws).await?;
+        let events = match frame["op"].as_str() {
+            Some("pong") => continue,
+            Some("event") => vec![frame],
+            Some("batch") => {
+                batches += 1;
+                frame["events"].as_array().cloned().unwrap_or_default()
+            }
+            _ => anyhow::bail!("unexpected frame {frame}"),
+        };
+        for event in events {
+            assert_eq!(event["redelivered"], false, "{event}");
+            let delivery = event["delivery"].as_str().expect("a delivery id");
+            deliveries.push(delivery.to_owned());
+        }
+    }
+    assert!(batches > 0, "some deliveries came in batches");
+    // Every ack is accepted: an unknown one would be answered with an error before the pong.
+    let acks = deliveries
+        .iter()
+        .map(|d| Message::text(json!({"op": "ack", "delivery": d}).to_string()))
+        .chain([Message::text(r#"{"op":"ping","ref":"acked"}"#)])
+        .collect();
+    send_together(&mut ws, acks).await?;
+    loop {
+        let (frame, _) = next_json(&mut ws).await?;
+        assert_eq!(frame["op"], "pong", "only pongs are left: {frame}");
+        if frame["ref"] == "acked" {
+            return Ok(());
+        }
+    }
+}
