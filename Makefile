@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish bench chaos chaos-smoke test lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle bench chaos chaos-smoke test lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -28,6 +28,10 @@ measure-membership: ## Time failure detection, restart and partition heal on 3 l
 
 measure-publish: ## Acknowledged vs fire-and-forget publishing, on 1 and 3 in-process nodes
 	$(CARGO) run --release -p murmur --example publish_cost
+
+measure-idle: ## Node memory per idle WebSocket connection (one subscription each), up to 19,500 connections
+	$(CARGO) build --release -p murmur --bins --example idle_connections
+	target/release/examples/idle_connections --connections 19500 --steps 5
 
 bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian), fan-out scenario; prints ratios
 	bench/run.sh
