@@ -553,13 +553,19 @@ impl Session {
         let key = (sub.id.clone(), event.topic.clone());
         if let Some((epoch, last)) = self.last_sent.get(&key)
             && *epoch == event.epoch
-            && event.seq > last + 1
         {
-            // Events between never reached this node (a peer link was lost): the client
-            // resumes from its cursor and gets them from history, or a gap naming them.
-            tracing::info!(topic = %event.topic, after = last, got = event.seq, "sequence hole; resync");
-            self.hole = true;
-            return None;
+            if event.seq <= *last {
+                // A second copy of an event this subscription already got (a forward
+                // repeated around a peer link's loss and return): once per subscription.
+                return None;
+            }
+            if event.seq > last + 1 {
+                // Events between never reached this node (a peer link was lost): the client
+                // resumes from its cursor and gets them from history, or a gap naming them.
+                tracing::info!(topic = %event.topic, after = last, got = event.seq, "sequence hole; resync");
+                self.hole = true;
+                return None;
+            }
         }
         self.last_sent.insert(key, (event.epoch.clone(), event.seq));
         Some(self.encode_event(&sub.id, &event, None))
