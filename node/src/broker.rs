@@ -32,7 +32,7 @@ use crate::protocol::{Cursor, ResumeFrom};
 use crate::routing::history::{Gap, HistoryStore, Replay, Retention, reason};
 use crate::routing::topic::validate_pattern;
 use crate::routing::topic::{is_wildcard, pattern_matches};
-use crate::routing::topics::{Completed, HandOverRefused, TopicTable, new_epoch};
+use crate::routing::topics::{Completed, HandOverRefused, TopicTable, new_epoch, newer_epoch};
 use crate::routing::{Match, QueueGroup, SubscriptionIndex};
 
 /// Sequence shards: enough that publishes of different topics rarely wait on each other.
@@ -736,6 +736,12 @@ impl Broker {
         let Some(state) = shard.topics.get(topic) else {
             return Replay::default();
         };
+        if *state.epoch != *cursor.epoch && newer_epoch(&cursor.epoch, &state.epoch) {
+            // The cursor is from an epoch newer than this node knows (the topic moved on
+            // while this node was cut off): nothing here follows it, and replaying the older
+            // epoch would hand the subscriber again what it had before that epoch began.
+            return Replay::default();
+        }
         let replay = shard.history.after(topic, &cursor.epoch, cursor.seq);
         let has_history = shard.history.topic_names().any(|t| &**t == topic);
         if has_history && (*state.epoch == *cursor.epoch || !replay.gaps.is_empty()) {
@@ -1168,6 +1174,34 @@ mod tests {
 
     fn json(text: &'static str) -> Payload {
         Payload::Json(Bytes::from_static(text.as_bytes()))
+    }
+
+    #[test]
+    fn a_cursor_from_a_newer_epoch_gets_nothing_from_an_older_one() {
+        let broker = Broker::new(Retention::default());
+        let epoch = broker.publish("t", json("1")).epoch;
+        broker.publish("t", json("2"));
+        let millis = epoch
+            .split_once('-')
+            .and_then(|(t, _)| i64::from_str_radix(t, 16).ok())
+            .unwrap();
+        let cursor_in = |millis: i64| {
+            ResumeFrom::Cursor(Cursor {
+                epoch: format!("{millis:x}-0badcafe"),
+                seq: 5,
+            })
+        };
+        // A majority started a newer epoch while this node was cut off: nothing to send.
+        let ahead = broker
+            .replay_candidates("t", &cursor_in(millis + 1000))
+            .unwrap();
+        assert!(ahead[0].replay.events.is_empty() && ahead[0].replay.gaps.is_empty());
+        // A cursor from an older epoch learns that it changed and gets this epoch's events.
+        let behind = broker
+            .replay_candidates("t", &cursor_in(millis - 1000))
+            .unwrap();
+        assert_eq!(behind[0].replay.gaps[0].reason, reason::EPOCH_CHANGED);
+        assert_eq!(behind[0].replay.events.len(), 2);
     }
 
     fn drain(rx: &mut mpsc::Receiver<Outbound>) -> Vec<(String, u64, Option<Delivery>)> {
