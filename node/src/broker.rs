@@ -32,7 +32,7 @@ use crate::protocol::{Cursor, ResumeFrom};
 use crate::routing::history::{Gap, HistoryStore, Replay, Retention, reason};
 use crate::routing::topic::validate_pattern;
 use crate::routing::topic::{is_wildcard, pattern_matches};
-use crate::routing::topics::{Completed, HandOverRefused, TopicTable, new_epoch, newer_epoch};
+use crate::routing::topics::{Completed, HandOverRefused, TopicTable, new_epoch};
 use crate::routing::{Match, QueueGroup, SubscriptionIndex};
 
 /// Sequence shards: enough that publishes of different topics rarely wait on each other.
@@ -736,7 +736,7 @@ impl Broker {
         let Some(state) = shard.topics.get(topic) else {
             return Replay::default();
         };
-        if *state.epoch != *cursor.epoch && newer_epoch(&cursor.epoch, &state.epoch) {
+        if started_later(&cursor.epoch, &state.epoch) {
             // The cursor is from an epoch newer than this node knows (the topic moved on
             // while this node was cut off): nothing here follows it, and replaying the older
             // epoch would hand the subscriber again what it had before that epoch began.
@@ -1147,6 +1147,16 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// True when both are epochs as nodes make them (`<ms since the epoch, hex>-<random>`) and
+/// `a` was started later than `b`. A cursor's epoch in any other form proves nothing.
+fn started_later(a: &str, b: &str) -> bool {
+    let started = |e: &str| {
+        e.split_once('-')
+            .and_then(|(t, _)| i64::from_str_radix(t, 16).ok())
+    };
+    matches!((started(a), started(b)), (Some(x), Some(y)) if x > y)
 }
 
 #[cfg(test)]
