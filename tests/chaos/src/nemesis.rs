@@ -458,9 +458,15 @@ impl<'a> Cluster<'a> {
         })
     }
 
-    /// The generation `observer` knows `target` by.
+    /// The generation `observer` knows `target` by (asked up to 5 times: a loaded machine
+    /// can make one `murmur members` call fail).
     fn generation_seen(&self, observer: usize, target: usize) -> Option<u64> {
-        latest(&self.view(observer)?, &Self::name(target)).map(|m| m.generation)
+        (0..5).find_map(|attempt| {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            latest(&self.view(observer)?, &Self::name(target)).map(|m| m.generation)
+        })
     }
 
     /// `GET /readyz` on node `i` answers 200.
