@@ -36,13 +36,13 @@ measure-idle: ## Node memory per idle WebSocket connection (one subscription eac
 bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian), fan-out scenario; prints ratios
 	bench/run.sh
 
-chaos: ## Chaos runs on namespace hosts (root): control, partition, kill -9, pause; reports in chaos-out/
+chaos: ## Every chaos nemesis on namespace hosts (root, ~20 min): chaos-out/<nemesis>/report.md, chaos-out/summary.md
 	$(CARGO) build --release -p murmur -p murmur-chaos
-	for n in none partition kill pause; do target/release/murmur-chaos run --nemesis $$n --seconds 30 --out chaos-out/$$n || exit 1; done
+	flock /tmp/murmur-chaos.lock target/release/murmur-chaos matrix --out chaos-out $(ARGS)
 
-chaos-smoke: ## A short chaos run (root): kill -9 and pause, 15 s each
+chaos-smoke: ## A short chaos matrix (root, ~3 min): kill -9, partition, gossip loss, 15 s of load each
 	$(CARGO) build --release -p murmur -p murmur-chaos
-	for n in kill pause; do target/release/murmur-chaos run --nemesis $$n --seconds 15 --out chaos-out/$$n || exit 1; done
+	flock /tmp/murmur-chaos.lock target/release/murmur-chaos matrix --nemeses kill,partition,gossip-loss --seconds 15 --out chaos-out $(ARGS)
 
 test: ## Run the whole test suite (unit, integration, CLI)
 	$(CARGO) nextest run --workspace --all-targets $(NEXTEST_ARGS)

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use murmur::event::{Event, Payload};
 use murmur_tests::{
     Acked, Record, TEST_CLUSTER_KEY, WsClient, gossip_addr, members_in_state, position, recv_n,
     resuming_subscriber, seqs, start_cluster, start_node, steady_publisher,
@@ -673,5 +675,32 @@ async fn events_dropped_on_the_way_to_a_node_are_recovered_through_a_resync() ->
             > 0,
         "events were really dropped on the way"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_arrives_twice_reaches_a_subscriber_once() -> TestResult {
+    // A peer may forward an event again around the loss and return of its link (seen in the
+    // chaos flapping runs): the subscriber's connection must not pass the copy on.
+    let nodes = start_cluster(1, |_, _| {}).await;
+    let (mut subscriber, _) = WsClient::connect_json(&nodes[0]).await?;
+    subscriber.sub("s", "news").await?;
+    let event = |seq: u64| {
+        Arc::new(Event::new(
+            "news".into(),
+            "e1".into(),
+            seq,
+            0,
+            Payload::Json(Bytes::from(seq.to_string())),
+        ))
+    };
+    let peer: Arc<str> = "node-9".into();
+    for seq in [1, 2, 1, 2, 3] {
+        nodes[0]
+            .state()
+            .broker
+            .deliver_forwarded(&event(seq), true, &[], &peer, false);
+    }
+    assert_eq!(seqs(&recv_n(&mut subscriber, 3).await?), vec![1, 2, 3]);
     Ok(())
 }

@@ -798,6 +798,12 @@ impl Broker {
         let Some(state) = shard.topics.get(topic) else {
             return Replay::default();
         };
+        if started_later(&cursor.epoch, &state.epoch) {
+            // The cursor is from an epoch newer than this node knows (the topic moved on
+            // while this node was cut off): nothing here follows it, and replaying the older
+            // epoch would hand the subscriber again what it had before that epoch began.
+            return Replay::default();
+        }
         let replay = shard.history.after(topic, &cursor.epoch, cursor.seq);
         let has_history = shard.history.topic_names().any(|t| &**t == topic);
         if has_history && (*state.epoch == *cursor.epoch || !replay.gaps.is_empty()) {
@@ -1205,6 +1211,16 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// True when both are epochs as nodes make them (`<ms since the epoch, hex>-<random>`) and
+/// `a` was started later than `b`. A cursor's epoch in any other form proves nothing.
+fn started_later(a: &str, b: &str) -> bool {
+    let started = |e: &str| {
+        e.split_once('-')
+            .and_then(|(t, _)| i64::from_str_radix(t, 16).ok())
+    };
+    matches!((started(a), started(b)), (Some(x), Some(y)) if x > y)
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -1230,6 +1246,34 @@ mod tests {
 
     fn json(text: &'static str) -> Payload {
         Payload::Json(Bytes::from_static(text.as_bytes()))
+    }
+
+    #[test]
+    fn a_cursor_from_a_newer_epoch_gets_nothing_from_an_older_one() {
+        let broker = Broker::new(Retention::default());
+        let epoch = broker.publish("t", json("1")).epoch;
+        broker.publish("t", json("2"));
+        let millis = epoch
+            .split_once('-')
+            .and_then(|(t, _)| i64::from_str_radix(t, 16).ok())
+            .unwrap();
+        let cursor_in = |millis: i64| {
+            ResumeFrom::Cursor(Cursor {
+                epoch: format!("{millis:x}-0badcafe"),
+                seq: 5,
+            })
+        };
+        // A majority started a newer epoch while this node was cut off: nothing to send.
+        let ahead = broker
+            .replay_candidates("t", &cursor_in(millis + 1000))
+            .unwrap();
+        assert!(ahead[0].replay.events.is_empty() && ahead[0].replay.gaps.is_empty());
+        // A cursor from an older epoch learns that it changed and gets this epoch's events.
+        let behind = broker
+            .replay_candidates("t", &cursor_in(millis - 1000))
+            .unwrap();
+        assert_eq!(behind[0].replay.gaps[0].reason, reason::EPOCH_CHANGED);
+        assert_eq!(behind[0].replay.events.len(), 2);
     }
 
     fn drain(outbox: &Outbox) -> Vec<(String, u64, Option<Delivery>)> {

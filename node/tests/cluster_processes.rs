@@ -189,3 +189,45 @@ fn crash_restart_and_pause_of_real_processes() {
          reconverged {healed:?} after SIGCONT"
     );
 }
+
+/// A node dials the peers whose names sort after its own; when such a peer is declared down
+/// without closing its connection (a pause, a partition), the dialling node must still tell
+/// its subscribers to resync: what the peer sequences meanwhile never reaches them.
+#[test]
+fn a_peer_declared_down_makes_the_node_that_dialled_it_resync_its_subscribers() {
+    let mut nodes = vec![Node::new("a"), Node::new("b"), Node::new("c")];
+    let seed = nodes[0].gossip;
+    for node in &mut nodes {
+        node.start(seed);
+    }
+    wait_until("the cluster forms", Duration::from_secs(20), || {
+        all_alive(&nodes)
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("ws://{}/ws", nodes[0].listen);
+    let mut subscriber = runtime.block_on(async {
+        let mut client = murmur::client::Client::connect(&url).await.unwrap();
+        client
+            .subscribe_from("s", "news", None, None)
+            .await
+            .unwrap();
+        client
+    });
+    // "a" dialled "c"; a stopped "c" closes nothing, so only failure detection ends the link.
+    nodes[2].signal("-STOP");
+    wait_until("a sees c down", Duration::from_secs(20), || {
+        nodes[0].sees("c", "down")
+    });
+    let notice = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), subscriber.next_frame()).await
+    });
+    nodes[2].signal("-CONT");
+    let notice = notice.expect("the subscriber is told to resync in time");
+    match notice {
+        Ok(frame) => assert_eq!(frame["code"], "resync", "{frame}"),
+        Err(closed) => assert!(closed.to_string().contains("4003"), "{closed}"),
+    }
+}

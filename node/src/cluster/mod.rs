@@ -244,22 +244,36 @@ impl Cluster {
     }
 
     fn on_member_down(&self, id: &NodeId) {
-        let link = {
+        let left = self.gossip.view.read().has_left_named(&id.name);
+        let (link, dialer_aborted) = {
             let mut peers = self.peers.lock();
             let Some(entry) = peers.get_mut(&id.name) else {
                 return;
             };
+            let mut dialer_aborted = false;
             if let Some((generation, handle)) = &entry.dialer
                 && *generation <= id.generation
             {
                 handle.abort();
                 entry.dialer = None;
+                dialer_aborted = true;
             }
-            entry.link.take_if(|l| l.generation <= id.generation)
+            let link = entry.link.take_if(|l| l.generation <= id.generation);
+            if dialer_aborted && link.is_some() && !left {
+                // The link task ran inside the dialer just aborted, so it never reaches its
+                // own cleanup: mark the loss here, for the resync when the link comes back.
+                entry.lost_unexpectedly = true;
+            }
+            (link, dialer_aborted)
         };
         if let Some(link) = link {
             tracing::info!(peer = %link.name, "peer is down: dropping its link and interest");
             self.broker.detach_peer(&link);
+            if dialer_aborted && !left {
+                // What the peer sequenced from now on never reaches this node's subscribers
+                // (a partition, or a pause): they resume elsewhere, or here once it is back.
+                self.resync.send_modify(|g| *g += 1);
+            }
         }
         self.forget_requests_to(&id.name);
         self.broker.on_peer_gone(&id.name);

@@ -650,6 +650,11 @@ impl Session {
         match last {
             Some((epoch, last)) => {
                 let same_epoch = Arc::ptr_eq(epoch, &event.epoch) || **epoch == *event.epoch;
+                if same_epoch && event.seq <= *last {
+                    // A second copy of an event this subscription already got (a forward
+                    // repeated around a peer link's loss and return): once per subscription.
+                    return None;
+                }
                 if same_epoch && event.seq > *last + 1 {
                     // Events between never reached this node (a peer link was lost): the
                     // client resumes from its cursor and gets them from history, or a gap

@@ -3,8 +3,9 @@
 //! are never touched. Every fault the harness injects is an iptables rule in a chain the lab
 //! owns in a host's namespace; healing flushes the chain.
 //!
-//! Needs root, iproute2 and iptables. Everything made is removed on drop, and stale leftovers
-//! of a crashed run (namespaces named `mc-*`) are removed when a lab is built.
+//! Needs root, iproute2 and iptables. Everything made is removed on drop — processes still
+//! running in the lab's namespaces are killed first — and stale leftovers of a crashed run
+//! (namespaces named `mc-*` and their processes) are removed when a lab is built.
 
 use std::process::{Command, Output};
 
@@ -72,7 +73,8 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Builds `nodes` node hosts (10.77.0.1..) and a client host (10.77.0.100).
+    /// Builds `nodes` node hosts (10.77.0.1..) and a client host (10.77.0.100). A run that
+    /// adds a fresh node asks for one more host than it starts nodes on.
     pub fn build(nodes: usize) -> Result<Self, LabError> {
         Self::remove_leftovers();
         let switch = format!("{PREFIX}-sw");
@@ -187,6 +189,64 @@ impl Lab {
         Ok(())
     }
 
+    /// Drops what `from` sends to `to`; what `to` sends to `from` still arrives. The rule sits
+    /// in `from`'s namespace and matches only packets leaving it.
+    pub fn drop_outbound(&self, from: &Host, to: &Host) -> Result<(), LabError> {
+        from.exec(&[
+            "iptables", "-A", "CHAOS", "-s", &from.ip, "-d", &to.ip, "-j", "DROP",
+        ])?;
+        Ok(())
+    }
+
+    /// Drops each UDP packet arriving at `host` on `port` from another lab host with
+    /// `probability` (netem is not built into every kernel; the statistic match is).
+    pub fn lose_inbound(&self, host: &Host, port: u16, probability: f64) -> Result<(), LabError> {
+        host.exec(&[
+            "iptables",
+            "-A",
+            "CHAOS",
+            "-d",
+            &host.ip,
+            "-s",
+            &format!("{SUBNET}.0/24"),
+            "-p",
+            "udp",
+            "--dport",
+            &port.to_string(),
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &format!("{probability}"),
+            "-j",
+            "DROP",
+        ])?;
+        Ok(())
+    }
+
+    /// Hands the UDP packets `from` sends to `to` to the userspace queue `queue` (a delayer
+    /// holds them there). `--queue-bypass`: while nothing listens, packets pass untouched.
+    pub fn queue_outbound(&self, from: &Host, to: &Host, queue: u16) -> Result<(), LabError> {
+        from.exec(&[
+            "iptables",
+            "-A",
+            "CHAOS",
+            "-s",
+            &from.ip,
+            "-d",
+            &to.ip,
+            "-p",
+            "udp",
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            &queue.to_string(),
+            "--queue-bypass",
+        ])?;
+        Ok(())
+    }
+
     /// Removes every fault rule.
     pub fn heal(&self) -> Result<(), LabError> {
         for host in self.hosts() {
@@ -195,15 +255,32 @@ impl Lab {
         Ok(())
     }
 
-    /// Packets dropped by fault rules on `host` so far: a fault that drops nothing did not
-    /// take effect.
+    /// Packets dropped by fault rules on `host` since the last heal: a fault that drops
+    /// nothing did not take effect.
     pub fn dropped_on(&self, host: &Host) -> Result<u64, LabError> {
+        self.matched_on(host, "DROP")
+    }
+
+    /// Packets that fault rules with `target` (`DROP`, `NFQUEUE`) matched on `host` since the
+    /// last heal.
+    pub fn matched_on(&self, host: &Host, target: &str) -> Result<u64, LabError> {
         let out = host.exec(&["iptables", "-L", "CHAOS", "-v", "-n", "-x"])?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter(|l| l.contains("DROP"))
+            .filter(|l| l.split_whitespace().nth(2) == Some(target))
             .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
             .sum())
+    }
+
+    /// Kills every process still running in namespace `name` (nodes, clients, a delayer) so
+    /// that none outlives the lab in a deleted namespace.
+    fn kill_processes_in(name: &str) {
+        let Ok(out) = run(&["ip", "netns", "pids", name]) else {
+            return;
+        };
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = run(&["kill", "-KILL", pid]);
+        }
     }
 
     fn remove_leftovers() {
@@ -213,6 +290,7 @@ impl Lab {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or("");
             if name.starts_with(&format!("{PREFIX}-")) {
+                Self::kill_processes_in(name);
                 let _ = run(&["ip", "netns", "del", name]);
             }
         }
@@ -226,6 +304,9 @@ impl Drop for Lab {
             .map(|h| h.namespace.clone())
             .chain(std::iter::once(self.switch.clone()))
             .collect();
+        for name in &names {
+            Self::kill_processes_in(name);
+        }
         for name in names {
             let _ = run(&["ip", "netns", "del", &name]);
         }

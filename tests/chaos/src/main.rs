@@ -2,36 +2,31 @@
 //! clients publish and subscribe, and check what the clients saw against the contract.
 //!
 //!   murmur-chaos run --nemesis partition --seconds 30 --out chaos-out   (as root)
+//!   murmur-chaos matrix --out chaos-out                                 (every nemesis)
 //!   murmur-chaos check chaos-out/*.jsonl
 
+mod nemesis;
+
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use murmur_chaos::checker::{Class, check};
+use murmur_chaos::checker::{Class, Verdict, check};
 use murmur_chaos::history;
 use murmur_chaos::lab::Lab;
 use murmur_chaos::workload::{self, Recorder};
+use nemesis::{Cluster, Nemesis, Outcome, Timeline, check_interrupted, pause, wait_for};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
 
 #[derive(Debug, Parser)]
 #[command(name = "murmur-chaos", version)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Nemesis {
-    /// No fault: the control run.
-    None,
-    /// Cut the last node off from the others (clients still reach it), then heal.
-    Partition,
-    /// kill -9 the last node, then start it again.
-    Kill,
-    /// SIGSTOP the last node past failure detection, then SIGCONT.
-    Pause,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,9 +37,33 @@ enum Cmd {
         nemesis: Nemesis,
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// Seconds of load; the fault starts at one third and heals at two thirds.
+        /// Seconds of load; the fault starts at about one third.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+        /// Seed of the choice of victims and of timing jitter (default: random, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Seconds the membership may take to converge after the last heal.
+        #[arg(long, default_value_t = DEFAULT_CONVERGENCE_BOUND)]
+        convergence_bound: u64,
+        #[arg(long, default_value = "target/release/murmur")]
+        murmur: PathBuf,
+        #[arg(long, default_value = "chaos-out")]
+        out: PathBuf,
+    },
+    /// Every nemesis in turn (or those of --nemeses): reports in OUT/<nemesis>/report.md and
+    /// a table of all in OUT/summary.md. Exits non-zero when any run is not valid.
+    Matrix {
+        #[arg(long, value_enum, value_delimiter = ',')]
+        nemeses: Vec<Nemesis>,
+        /// Seconds of load of every run (default: each nemesis's own).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// One seed for every run (default: a random one each, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, default_value_t = DEFAULT_CONVERGENCE_BOUND)]
+        convergence_bound: u64,
         #[arg(long, default_value = "target/release/murmur")]
         murmur: PathBuf,
         #[arg(long, default_value = "chaos-out")]
@@ -67,9 +86,29 @@ enum Cmd {
         #[arg(long)]
         until: u64,
     },
+    /// Hold each packet of an NFQUEUE for a while (started by `run` inside a node host).
+    #[command(hide = true)]
+    Delayer {
+        #[arg(long)]
+        queue: u16,
+        #[arg(long)]
+        delay_ms: u64,
+        #[arg(long)]
+        for_ms: u64,
+    },
+    /// Exit 0 when GET /readyz on host:port answers 200 (run inside the client host).
+    #[command(hide = true)]
+    Ready {
+        #[arg(long)]
+        addr: String,
+    },
     /// Check recorded histories against the delivery contract.
     Check { histories: Vec<PathBuf> },
 }
+
+/// Membership convergence after the last heal, in seconds: measured at 1–4 s on 3 and 5
+/// nodes (docs/guarantees.md); the bound leaves room for a loaded 2-core machine.
+const DEFAULT_CONVERGENCE_BOUND: u64 = 15;
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -94,9 +133,24 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Check { histories } => {
-            let valid = check_files(&histories, None)?;
-            if !valid {
+            let verdict = check_files(&histories, None)?;
+            if !verdict.is_valid() {
                 bail!("the history breaks the contract");
+            }
+            Ok(())
+        }
+        Cmd::Delayer {
+            queue,
+            delay_ms,
+            for_ms,
+        } => nemesis::run_delayer(
+            queue,
+            Duration::from_millis(delay_ms),
+            Duration::from_millis(for_ms),
+        ),
+        Cmd::Ready { addr } => {
+            if !nemesis::probe_ready(&addr)? {
+                bail!("{addr} is not ready");
             }
             Ok(())
         }
@@ -104,13 +158,52 @@ fn main() -> anyhow::Result<()> {
             nemesis,
             nodes,
             seconds,
+            seed,
+            convergence_bound,
             murmur,
             out,
-        } => run(nemesis, nodes, seconds, &murmur, &out),
+        } => {
+            nemesis::watch_signals();
+            let result = run(&RunOptions {
+                nemesis,
+                count: nodes,
+                seconds,
+                seed: seed.unwrap_or_else(rand::random),
+                convergence_bound: Duration::from_secs(convergence_bound),
+                murmur,
+                out: out.clone(),
+            })?;
+            println!("verdict: {}", result.verdict);
+            if !result.passed() {
+                bail!(
+                    "the run did not pass: see {}",
+                    out.join("report.md").display()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Matrix {
+            nemeses,
+            seconds,
+            seed,
+            convergence_bound,
+            murmur,
+            out,
+        } => {
+            nemesis::watch_signals();
+            matrix(
+                &nemeses,
+                seconds,
+                seed,
+                Duration::from_secs(convergence_bound),
+                &murmur,
+                &out,
+            )
+        }
     }
 }
 
-fn check_files(paths: &[PathBuf], report: Option<&mut String>) -> anyhow::Result<bool> {
+fn check_files(paths: &[PathBuf], report: Option<&mut String>) -> anyhow::Result<Verdict> {
     let mut ops = Vec::new();
     for path in paths {
         let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
@@ -148,92 +241,187 @@ fn check_files(paths: &[PathBuf], report: Option<&mut String>) -> anyhow::Result
     if let Some(report) = report {
         report.push_str(&text);
     }
-    Ok(verdict.is_valid())
+    Ok(verdict)
 }
 
-struct Node {
-    child: Option<Child>,
-    name: String,
-}
-
-fn start_node(lab: &Lab, i: usize, murmur: &Path, out: &Path) -> anyhow::Result<Node> {
-    let host = &lab.nodes[i];
-    let name = format!("n{}", i + 1);
-    let log = std::fs::File::create(out.join(format!("{name}.log")))?;
-    let child = host
-        .command(murmur.to_str().context("murmur path")?)
-        .args(["serve", "--name", &name])
-        .args(["--listen", &format!("{}:7400", host.ip)])
-        .args(["--gossip", &format!("{}:7401", host.ip)])
-        .args(["--quic", &format!("{}:7402", host.ip)])
-        .args([
-            "--seeds",
-            &format!("{}:7401,{}:7401", lab.nodes[0].ip, lab.nodes[1].ip),
-        ])
-        .args(["--shutdown-grace", "3s", "--log-format", "json"])
-        .env("MURMUR_CLUSTER_KEY", "chaos-cluster-key-0123456789")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("start a node")?;
-    Ok(Node {
-        child: Some(child),
-        name,
-    })
-}
-
-/// The members and their states as the node at `ip` reports them, from the client host.
-fn states(lab: &Lab, murmur: &Path, ip: &str) -> Option<Vec<(String, String)>> {
-    let out = lab
-        .client
-        .command(murmur.to_str()?)
-        .args(["members", "--json", "--url", &format!("http://{ip}:7400")])
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .ok()?;
-    let view: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some(
-        view["members"]
-            .as_array()?
-            .iter()
-            .map(|m| {
-                (
-                    m["name"].as_str().unwrap_or("").to_owned(),
-                    m["state"].as_str().unwrap_or("").to_owned(),
-                )
-            })
-            .collect(),
-    )
-}
-
-fn wait_for(
-    what: &str,
-    limit: Duration,
-    mut condition: impl FnMut() -> bool,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    while !condition() {
-        if started.elapsed() > limit {
-            bail!("timed out after {limit:?} waiting until {what}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(started.elapsed())
-}
-
-fn signal(node: &Node, signal: &str) -> anyhow::Result<()> {
-    let pid = node.child.as_ref().context("running")?.id().to_string();
-    Command::new("kill").args([signal, &pid]).status()?;
-    Ok(())
-}
-
-fn run(
+struct RunOptions {
     nemesis: Nemesis,
     count: usize,
     seconds: u64,
+    seed: u64,
+    convergence_bound: Duration,
+    murmur: PathBuf,
+    out: PathBuf,
+}
+
+impl RunOptions {
+    fn reproduce(&self) -> String {
+        format!(
+            "flock /tmp/murmur-chaos.lock target/release/murmur-chaos run --nemesis {} --nodes {} --seconds {} --seed {} --convergence-bound {} --murmur {} --out {}",
+            self.nemesis.name(),
+            self.count,
+            self.seconds,
+            self.seed,
+            self.convergence_bound.as_secs(),
+            self.murmur.display(),
+            self.out.display()
+        )
+    }
+}
+
+/// One run's result, as `result.json` and as a row of the matrix's summary.
+#[derive(Debug, Serialize)]
+struct RunResult {
+    nemesis: String,
+    seed: u64,
+    nodes: usize,
+    seconds: u64,
+    acknowledged: usize,
+    lost: usize,
+    duplicated: usize,
+    reordered: usize,
+    unexpected: usize,
+    detection_s: Option<f64>,
+    convergence_s: Option<f64>,
+    /// `valid`, `INVALID` (the histories break the contract), `FAILED` (a fault did not take
+    /// effect, or membership did not converge in time), `skipped` or `error`.
+    verdict: String,
+    reasons: Vec<String>,
+    reproduce: String,
+}
+
+impl RunResult {
+    fn passed(&self) -> bool {
+        self.verdict == "valid" || self.verdict == "skipped"
+    }
+
+    fn errored(options: &RunOptions, error: &anyhow::Error) -> Self {
+        Self {
+            nemesis: options.nemesis.name(),
+            seed: options.seed,
+            nodes: options.count,
+            seconds: options.seconds,
+            acknowledged: 0,
+            lost: 0,
+            duplicated: 0,
+            reordered: 0,
+            unexpected: 0,
+            detection_s: None,
+            convergence_s: None,
+            verdict: "error".into(),
+            reasons: vec![format!("{error:#}")],
+            reproduce: options.reproduce(),
+        }
+    }
+}
+
+fn seconds_of(d: Option<f64>) -> String {
+    d.map_or_else(|| "–".to_owned(), |s| format!("{s:.1} s"))
+}
+
+fn matrix(
+    nemeses: &[Nemesis],
+    seconds: Option<u64>,
+    seed: Option<u64>,
+    convergence_bound: Duration,
     murmur: &Path,
     out: &Path,
 ) -> anyhow::Result<()> {
+    let all: Vec<Nemesis> = if nemeses.is_empty() {
+        Nemesis::value_variants().to_vec()
+    } else {
+        nemeses.to_vec()
+    };
+    std::fs::create_dir_all(out)?;
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for &nemesis in &all {
+        let (count, own_seconds) = nemesis.matrix_shape();
+        let options = RunOptions {
+            nemesis,
+            count,
+            seconds: seconds.unwrap_or(own_seconds),
+            seed: seed.unwrap_or_else(rand::random),
+            convergence_bound,
+            murmur: murmur.to_owned(),
+            out: out.join(nemesis.name()),
+        };
+        println!("\n=== {} (seed {})", nemesis.name(), options.seed);
+        let result = match run(&options) {
+            Ok(result) => result,
+            Err(error) => {
+                check_interrupted()?;
+                eprintln!("{}: {error:#}", nemesis.name());
+                RunResult::errored(&options, &error)
+            }
+        };
+        println!("=== {}: {}", nemesis.name(), result.verdict);
+        results.push(result);
+        write_summary(out, &results, started.elapsed())?;
+    }
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| r.nemesis.as_str())
+        .collect();
+    println!("summary: {}", out.join("summary.md").display());
+    if !failed.is_empty() {
+        bail!("runs that did not pass: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn write_summary(out: &Path, results: &[RunResult], took: Duration) -> anyhow::Result<()> {
+    let mut text = format!(
+        "# chaos matrix\n\n{} runs in {:.0} min; one report per run in <nemesis>/report.md.\n\n\
+         | nemesis | nodes | seed | acknowledged | lost | duplicated | reordered | unexpected | detection | convergence | verdict |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        results.len(),
+        took.as_secs_f64() / 60.0
+    );
+    for r in results {
+        let _ = writeln!(
+            text,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.nemesis,
+            r.nodes,
+            r.seed,
+            r.acknowledged,
+            r.lost,
+            r.duplicated,
+            r.reordered,
+            r.unexpected,
+            seconds_of(r.detection_s),
+            seconds_of(r.convergence_s),
+            r.verdict
+        );
+    }
+    let mut reasons = String::new();
+    for r in results.iter().filter(|r| !r.reasons.is_empty()) {
+        let _ = writeln!(reasons, "- {}: {}", r.nemesis, r.reasons.join("; "));
+        let _ = writeln!(reasons, "  reproduce: `{}`", r.reproduce);
+    }
+    if !reasons.is_empty() {
+        let _ = write!(text, "\n## Why\n\n{reasons}");
+    }
+    std::fs::write(out.join("summary.md"), text)?;
+    Ok(())
+}
+
+fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
+    let RunOptions {
+        nemesis,
+        count,
+        seconds,
+        seed,
+        convergence_bound,
+        ref murmur,
+        ref out,
+    } = *options;
+    let out = out.as_path();
+    if count < 2 {
+        bail!("a chaos run needs at least 2 nodes");
+    }
     std::fs::create_dir_all(out)?;
     let murmur = std::fs::canonicalize(murmur).with_context(|| {
         format!(
@@ -241,28 +429,20 @@ fn run(
             murmur.display()
         )
     })?;
-    let lab =
-        Lab::build(count).context("building the namespace lab (needs root, iproute2, iptables)")?;
-    let mut timeline = String::new();
-    let started = Instant::now();
-    let mark = |timeline: &mut String, what: &str| {
-        let line = format!("{:>7.2}s {what}\n", started.elapsed().as_secs_f64());
-        print!("{line}");
-        timeline.push_str(&line);
-    };
-    let mut nodes: Vec<Node> = (0..count)
-        .map(|i| start_node(&lab, i, &murmur, out))
-        .collect::<Result<_, _>>()?;
-    let all_alive = |lab: &Lab| {
-        lab.nodes.iter().all(|h| {
-            states(lab, &murmur, &h.ip)
-                .is_some_and(|s| s.iter().filter(|(_, st)| st == "alive").count() == count)
-        })
-    };
+    let reproduce = options.reproduce();
+    println!("seed {seed}\nreproduce: {reproduce}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut timeline = Timeline::create(out)?;
+    let lab = Lab::build(count + nemesis.spare_hosts())
+        .context("building the namespace lab (needs root, iproute2, iptables)")?;
+    let mut cluster = Cluster::new(&lab, &murmur, out)?;
+    for i in 0..count {
+        cluster.start(i)?;
+    }
     let formed = wait_for("the cluster forms", Duration::from_secs(30), || {
-        all_alive(&lab)
+        cluster.converged()
     })?;
-    mark(&mut timeline, &format!("cluster formed in {formed:.1?}"));
+    timeline.note(&format!("{count} nodes formed a cluster in {formed:.1?}"));
 
     let t0 = workload::now_us(0);
     let load_us = seconds * 1_000_000;
@@ -304,108 +484,132 @@ fn run(
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-    mark(&mut timeline, "workload started");
+    timeline.start_workload(t0);
+    timeline.note("workload started");
 
-    let third = Duration::from_secs(seconds / 3);
-    std::thread::sleep(third);
-    let target = count - 1;
-    let victim = nodes[target].name.clone();
-    let observer = lab.nodes[0].ip.clone();
-    let seen_down = |lab: &Lab| {
-        states(lab, &murmur, &observer)
-            .is_some_and(|s| s.iter().any(|(n, st)| *n == victim && st == "down"))
+    // The fault starts at about a third of the load, with up to a second of seeded jitter.
+    let fault_at =
+        Duration::from_secs(seconds) / 3 + Duration::from_millis(rng.random_range(0..1000));
+    pause(fault_at.saturating_sub(Duration::from_micros(workload::now_us(t0))))?;
+    let window = Duration::from_secs(seconds / 3).max(Duration::from_secs(3));
+    let mut reasons = Vec::new();
+    let mut outcome = match nemesis::inject(&mut cluster, nemesis, &mut rng, &mut timeline, window)
+    {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            check_interrupted()?;
+            timeline.note(&format!("the fault failed: {error:#}"));
+            reasons.push(format!("fault: {error:#}"));
+            Outcome::default()
+        }
     };
-    let mut detected = None;
-    match nemesis {
-        Nemesis::None => mark(&mut timeline, "no fault (control run)"),
-        Nemesis::Partition => {
-            lab.isolate(target)?;
-            mark(
-                &mut timeline,
-                &format!("partition: {victim} cut off from the other nodes"),
-            );
-            detected = Some(wait_for(
-                "the partition is seen",
-                third + Duration::from_secs(15),
-                || seen_down(&lab),
-            )?);
-            let dropped = lab.dropped_on(&lab.nodes[target])?;
-            if dropped == 0 {
-                bail!("the partition dropped no packet: the fault did not take effect");
-            }
-            mark(
-                &mut timeline,
-                &format!(
-                    "partition seen after {:.1?}; {dropped} packets dropped",
-                    detected.unwrap_or_default()
-                ),
-            );
+    let convergence = match wait_for("the membership converges", convergence_bound, || {
+        cluster.converged()
+    }) {
+        Ok(took) => {
+            timeline.note(&format!(
+                "membership converged {took:.1?} after the last heal"
+            ));
+            Some(took)
         }
-        Nemesis::Kill | Nemesis::Pause => {
-            if nemesis == Nemesis::Kill {
-                signal(&nodes[target], "-KILL")?;
-                if let Some(mut child) = nodes[target].child.take() {
-                    let _ = child.wait();
-                }
-                mark(&mut timeline, &format!("kill -9 {victim}"));
-            } else {
-                signal(&nodes[target], "-STOP")?;
-                mark(&mut timeline, &format!("SIGSTOP {victim}"));
-            }
-            detected = Some(wait_for(
-                "the fault is seen",
-                third + Duration::from_secs(15),
-                || seen_down(&lab),
-            )?);
-            mark(
-                &mut timeline,
-                &format!(
-                    "{victim} marked down after {:.1?}",
-                    detected.unwrap_or_default()
-                ),
-            );
+        Err(error) => {
+            check_interrupted()?;
+            let views = cluster.views();
+            timeline.note(&format!("{error:#}"));
+            reasons.push(format!(
+                "membership did not converge within {convergence_bound:?} of the last heal:\n{views}"
+            ));
+            None
         }
+    };
+    if convergence.is_some()
+        && let Err(error) = outcome.verify_restarts(&cluster)
+    {
+        reasons.push(format!("restart: {error:#}"));
     }
-    std::thread::sleep(third.saturating_sub(detected.unwrap_or_default()));
-    match nemesis {
-        Nemesis::None => {}
-        Nemesis::Partition => lab.heal()?,
-        Nemesis::Kill => nodes[target] = start_node(&lab, target, &murmur, out)?,
-        Nemesis::Pause => signal(&nodes[target], "-CONT")?,
-    }
-    mark(&mut timeline, "healed");
-    let converged = wait_for("the cluster reconverges", Duration::from_secs(30), || {
-        all_alive(&lab)
-    })?;
-    mark(
-        &mut timeline,
-        &format!("membership converged {converged:.1?} after the heal"),
-    );
 
-    for mut client in clients {
+    // Clients stop by themselves (subscribers 15 s after the load); bounded all the same.
+    let deadline = Instant::now()
+        + Duration::from_micros((load_us + 15_000_000).saturating_sub(workload::now_us(t0)))
+        + Duration::from_secs(30);
+    for client in &mut clients {
+        while matches!(client.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = client.kill();
+                reasons.push("a client did not stop in time".into());
+                break;
+            }
+            pause(Duration::from_millis(200))?;
+        }
         let _ = client.wait();
     }
-    mark(&mut timeline, "workload done");
-    for node in &nodes {
-        let _ = signal(node, "-TERM");
+    timeline.note("workload done");
+    cluster.stop_all();
+
+    let mut report = format!(
+        "# chaos run: {}, {count} nodes, {seconds} s of load, seed {seed}\n\n\
+         reproduce (as root, from the repository): `{reproduce}`\n\n## timeline\n\n```\n{}```\n\n\
+         ## fault checks\n\n",
+        nemesis.name(),
+        timeline.human
+    );
+    for check in &outcome.checks {
+        let _ = writeln!(report, "- {check}");
     }
-    for node in &mut nodes {
-        if let Some(mut child) = node.child.take() {
-            let _ = child.wait();
+    if let Some(why) = &outcome.skipped {
+        let _ = writeln!(report, "- skipped: {why}");
+    }
+    let _ = write!(
+        report,
+        "\n## membership\n\n- detection (fault until every other node sees the victim down or gone): {}\n\
+         - convergence after the last heal: {} (bound {} s)\n\n## verdict\n\n```\n",
+        detection_text(outcome.detection),
+        detection_text(convergence),
+        convergence_bound.as_secs()
+    );
+    let verdict = check_files(&histories, Some(&mut report))?;
+    report.push_str("```\n");
+    let status = if outcome.skipped.is_some() {
+        reasons.extend(outcome.skipped.clone());
+        "skipped"
+    } else if !verdict.is_valid() {
+        "INVALID"
+    } else if !reasons.is_empty() {
+        "FAILED"
+    } else {
+        "valid"
+    };
+    if !reasons.is_empty() {
+        report.push_str("\nwhy:\n");
+        for reason in &reasons {
+            let _ = writeln!(report, "- {reason}");
         }
     }
-    let mut report = format!(
-        "# chaos run: {nemesis:?}, {count} nodes, {seconds} s of load\n\nreproduce: murmur-chaos run --nemesis {} --nodes {count} --seconds {seconds}\n\n## timeline\n{timeline}\n## verdict\n",
-        format!("{nemesis:?}").to_lowercase()
-    );
-    let valid = check_files(&histories, Some(&mut report))?;
+    let _ = writeln!(report, "\nrun verdict: **{status}**");
     std::fs::write(out.join("report.md"), &report)?;
-    drop(lab);
-    if !valid {
-        bail!(
-            "the run broke the contract: see {}",
-            out.join("report.md").display()
-        );
-    }
-    Ok(())
+    let result = RunResult {
+        nemesis: nemesis.name(),
+        seed,
+        nodes: count,
+        seconds,
+        acknowledged: verdict.acknowledged,
+        lost: verdict.count(Class::Lost),
+        duplicated: verdict.count(Class::Duplicated),
+        reordered: verdict.count(Class::Reordered),
+        unexpected: verdict.count(Class::Unexpected),
+        detection_s: outcome.detection.map(|d| d.as_secs_f64()),
+        convergence_s: convergence.map(|d| d.as_secs_f64()),
+        verdict: status.to_owned(),
+        reasons,
+        reproduce,
+    };
+    std::fs::write(
+        out.join("result.json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
+    Ok(result)
+}
+
+fn detection_text(d: Option<Duration>) -> String {
+    d.map_or_else(|| "–".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))
 }
