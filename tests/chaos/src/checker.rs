@@ -6,13 +6,19 @@
 //! - `lost`: acknowledged, covered by a subscription, and neither delivered nor named by a gap;
 //! - `recovered`: never acknowledged (no answer) yet delivered — allowed;
 //! - `duplicated`: the same event (topic, epoch, seq) delivered twice to one subscription,
-//!   not as a marked queue redelivery; or acknowledged by two members of one queue group;
+//!   not as a marked queue redelivery; delivered unmarked to two members of one queue group;
+//!   or acknowledged by two members of one queue group;
 //! - `reordered`: delivered after a later event of its topic and epoch;
-//! - `unexpected`: delivered but never published, published with an error, or delivered
-//!   after its subscription ended.
+//! - `unexpected`: delivered but never published, published with an error, delivered to a
+//!   subscription whose pattern does not match its topic, or delivered after its
+//!   subscription ended.
 //!
-//! A subscription covers an acknowledged event when it began before the publish was sent and
-//! had not ended when the `ok` arrived.
+//! A subscription covers an acknowledged event when it began before the publish was sent, had
+//! not ended when the `ok` arrived, and its pattern (exact or wildcard) matches the topic. A
+//! queue group (pattern and name) covers it when one of its members does; it then owes
+//! exactly one acknowledging member. An `ack` whose confirmation was cut off by the end of
+//! the connection may or may not have counted: with no confirmed `ack`, one such `ack`
+//! settles the event; it never makes a second one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -108,6 +114,7 @@ pub fn check(history: &[Op]) -> Verdict {
     let mut deliveries: BTreeMap<&str, Vec<Delivery<'_>>> = BTreeMap::new();
     let mut gaps: HashMap<&str, Vec<(&str, &str, u64, u64)>> = HashMap::new();
     let mut acks: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut unconfirmed_acks: HashMap<&str, Vec<&str>> = HashMap::new();
     for op in &ops {
         match &op.kind {
             Kind::PublishInvoke { id, topic } => {
@@ -169,6 +176,9 @@ pub fn check(history: &[Op]) -> Verdict {
                 .or_default()
                 .push((topic, epoch, *from_seq, *to_seq)),
             Kind::Ack { sub, id } => acks.entry(id).or_default().push(sub),
+            Kind::AckUnconfirmed { sub, id } => unconfirmed_acks.entry(id).or_default().push(sub),
+            // A refused ack did not count; the event went on to another delivery.
+            Kind::AckRefused { .. } => {}
         }
     }
 
@@ -261,6 +271,17 @@ pub fn check(history: &[Op]) -> Verdict {
                     );
                 }
                 Some(_) => {}
+            }
+            if !pattern_matches(&sub.pattern, d.topic) {
+                note(
+                    &mut verdict,
+                    Class::Unexpected,
+                    d.id,
+                    sub_name,
+                    &sub.node,
+                    format!("{} does not match {}", d.topic, sub.pattern),
+                );
+                continue;
             }
             let queue_redelivery = sub.group.is_some() && d.redelivered;
             if !seen.insert((d.topic, d.epoch, d.seq)) && !queue_redelivery {
@@ -355,29 +376,63 @@ pub fn check(history: &[Op]) -> Verdict {
             }
         }
         for ((pattern, group), members) in group_members {
-            let acked_by: HashSet<&str> = acks
-                .get(*id)
-                .map(|subs| {
-                    subs.iter()
-                        .copied()
-                        .filter(|s| members.contains(s))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let acked_by = acked_by_members(&acks, id, &members);
+            let maybe_acked_by = acked_by_members(&unconfirmed_acks, id, &members);
             let node = members
                 .first()
                 .and_then(|m| subs.get(m))
                 .map(|s| s.node.as_str())
                 .unwrap_or("");
+            // Unmarked deliveries of this event to the group's members: the first placement
+            // is the only one that may come without `redelivered`.
+            let unmarked: Vec<&str> = members
+                .iter()
+                .copied()
+                .filter(|m| {
+                    deliveries
+                        .get(m)
+                        .is_some_and(|list| list.iter().any(|d| d.id == *id && !d.redelivered))
+                })
+                .collect();
+            if unmarked.len() > 1 {
+                note(
+                    &mut verdict,
+                    Class::Duplicated,
+                    id,
+                    group,
+                    node,
+                    format!(
+                        "delivered unmarked to {} members of {group}: {}",
+                        unmarked.len(),
+                        unmarked.join(", ")
+                    ),
+                );
+            }
+            let handed_to = members
+                .iter()
+                .filter(|m| delivered.get(*m).is_some_and(|ids| ids.contains(*id)))
+                .count();
             match acked_by.len() {
                 1 => {}
+                0 if !maybe_acked_by.is_empty() => {}
+                0 if handed_to == 0 => note(
+                    &mut verdict,
+                    Class::Lost,
+                    id,
+                    group,
+                    node,
+                    format!("never delivered to a member of {group} on {pattern}"),
+                ),
                 0 => note(
                     &mut verdict,
                     Class::Lost,
                     id,
                     group,
                     node,
-                    format!("no member of {group} on {pattern} acknowledged it"),
+                    format!(
+                        "delivered to {handed_to} member(s) of {group} on {pattern}, \
+                         acknowledged by none"
+                    ),
                 ),
                 n => note(
                     &mut verdict,
@@ -396,6 +451,23 @@ pub fn check(history: &[Op]) -> Verdict {
         verdict.events.insert(id, class);
     }
     verdict
+}
+
+/// The members among `members` that acknowledged event `id`, per `table` (event → subs).
+fn acked_by_members<'a>(
+    table: &HashMap<&str, Vec<&'a str>>,
+    id: &str,
+    members: &[&str],
+) -> HashSet<&'a str> {
+    table
+        .get(id)
+        .map(|subs| {
+            subs.iter()
+                .copied()
+                .filter(|s| members.contains(s))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -666,5 +738,177 @@ mod tests {
         assert_eq!(v.events["twice"], Class::Duplicated);
         assert_eq!(v.events["never"], Class::Lost);
         assert_eq!(v.events["moved"], Class::Ok);
+    }
+
+    fn gap(h: &mut Builder, sub: &str, topic: &str, from_seq: u64, to_seq: u64) {
+        h.op(
+            sub,
+            Kind::Gap {
+                sub: sub.into(),
+                topic: topic.into(),
+                epoch: "e".into(),
+                from_seq,
+                to_seq,
+                reason: "epoch_changed".into(),
+            },
+        );
+    }
+
+    fn ack(h: &mut Builder, sub: &str, id: &str) {
+        h.op(
+            sub,
+            Kind::Ack {
+                sub: sub.into(),
+                id: id.into(),
+            },
+        );
+    }
+
+    #[test]
+    fn wildcards_are_owed_exactly_the_topics_they_match() {
+        let mut h = Builder::new();
+        h.sub("one", "chaos.*", None)
+            .sub("all", "chaos.>", None)
+            .sub("deep", "chaos.deep.*", None);
+        h.publish("a", "chaos.t0", 1)
+            .publish("b", "chaos.t1", 1)
+            .publish("c", "chaos.deep.d0", 1)
+            .publish("d", "other.t0", 1);
+        // `one` misses b; `all` gets everything under chaos.; `deep` misses c but a gap
+        // names it.
+        h.deliver("one", "a", "chaos.t0", 1, false);
+        h.deliver("all", "a", "chaos.t0", 1, false)
+            .deliver("all", "b", "chaos.t1", 1, false)
+            .deliver("all", "c", "chaos.deep.d0", 1, false);
+        gap(&mut h, "deep", "chaos.deep.d0", 1, 0);
+        let v = check(&h.ops);
+        assert_eq!(v.events["a"], Class::Ok);
+        assert_eq!(v.events["b"], Class::Lost, "{:?}", v.findings);
+        assert_eq!(v.events["c"], Class::Ok, "named by an epoch_changed gap");
+        assert_eq!(v.events["d"], Class::Ok, "covered by no subscription");
+        let lost: Vec<&str> = v
+            .findings
+            .iter()
+            .filter(|f| f.class == Class::Lost)
+            .map(|f| f.sub.as_str())
+            .collect();
+        assert_eq!(lost, ["one"]);
+    }
+
+    #[test]
+    fn a_delivery_outside_the_pattern_is_unexpected() {
+        let mut h = Builder::new();
+        h.sub("one", "chaos.*", None)
+            .publish("deep", "chaos.deep.d0", 1)
+            .deliver("one", "deep", "chaos.deep.d0", 1, false);
+        let v = check(&h.ops);
+        assert_eq!(v.events["deep"], Class::Unexpected);
+        assert!(!v.is_valid());
+    }
+
+    #[test]
+    fn a_queue_event_acknowledged_by_two_members_is_a_duplicate() {
+        let mut h = Builder::new();
+        h.sub("m1", "chaos.>", Some("g"))
+            .sub("m2", "chaos.>", Some("g"))
+            .publish("x", "chaos.t0", 1);
+        // Redelivered (marked) to m2 after m1's ack was taken: both acks count.
+        h.deliver("m1", "x", "chaos.t0", 1, false);
+        ack(&mut h, "m1", "x");
+        h.deliver("m2", "x", "chaos.t0", 1, true);
+        ack(&mut h, "m2", "x");
+        let v = check(&h.ops);
+        assert_eq!(v.events["x"], Class::Duplicated);
+        assert!(
+            v.findings[0].detail.contains("2 members"),
+            "{:?}",
+            v.findings
+        );
+    }
+
+    #[test]
+    fn a_queue_event_never_acknowledged_is_lost_unless_an_ack_was_cut_off() {
+        let mut h = Builder::new();
+        h.sub("m1", "chaos.>", Some("g"))
+            .sub("m2", "chaos.>", Some("g"));
+        h.publish("unacked", "chaos.t0", 1)
+            .publish("undelivered", "chaos.t1", 1)
+            .publish("refused", "chaos.t2", 1)
+            .publish("cut-off", "chaos.t3", 1);
+        h.deliver("m1", "unacked", "chaos.t0", 1, false);
+        h.deliver("m1", "refused", "chaos.t2", 1, false).op(
+            "m1",
+            Kind::AckRefused {
+                sub: "m1".into(),
+                id: "refused".into(),
+            },
+        );
+        h.deliver("m2", "cut-off", "chaos.t3", 1, false).op(
+            "m2",
+            Kind::AckUnconfirmed {
+                sub: "m2".into(),
+                id: "cut-off".into(),
+            },
+        );
+        let v = check(&h.ops);
+        assert_eq!(v.events["unacked"], Class::Lost);
+        assert_eq!(v.events["undelivered"], Class::Lost);
+        assert_eq!(
+            v.events["refused"],
+            Class::Lost,
+            "a refused ack does not count"
+        );
+        assert_eq!(v.events["cut-off"], Class::Ok, "the ack may have counted");
+        let details: Vec<&str> = v.findings.iter().map(|f| f.detail.as_str()).collect();
+        assert!(
+            details.iter().any(|d| d.starts_with("never delivered")),
+            "{details:?}"
+        );
+        assert!(
+            details.iter().any(|d| d.contains("acknowledged by none")),
+            "{details:?}"
+        );
+        // A cut-off ack never makes a second acknowledgement.
+        let mut h = Builder::new();
+        h.sub("m1", "chaos.>", Some("g"))
+            .sub("m2", "chaos.>", Some("g"));
+        h.publish("x", "chaos.t0", 1)
+            .deliver("m1", "x", "chaos.t0", 1, false)
+            .op(
+                "m1",
+                Kind::AckUnconfirmed {
+                    sub: "m1".into(),
+                    id: "x".into(),
+                },
+            )
+            .deliver("m2", "x", "chaos.t0", 1, true);
+        ack(&mut h, "m2", "x");
+        assert_eq!(check(&h.ops).events["x"], Class::Ok);
+    }
+
+    #[test]
+    fn an_unmarked_queue_delivery_to_a_second_member_is_a_duplicate() {
+        let mut h = Builder::new();
+        h.sub("m1", "chaos.>", Some("g"))
+            .sub("m2", "chaos.>", Some("g"))
+            .publish("x", "chaos.t0", 1);
+        h.deliver("m1", "x", "chaos.t0", 1, false);
+        h.deliver("m2", "x", "chaos.t0", 1, false);
+        ack(&mut h, "m2", "x");
+        let v = check(&h.ops);
+        assert_eq!(v.events["x"], Class::Duplicated);
+        assert!(
+            v.findings[0].detail.contains("unmarked to 2 members"),
+            "{:?}",
+            v.findings
+        );
+        // The same to one member twice, the second unmarked, is a duplicate too.
+        let mut h = Builder::new();
+        h.sub("m1", "chaos.>", Some("g"))
+            .publish("y", "chaos.t0", 1)
+            .deliver("m1", "y", "chaos.t0", 1, false)
+            .deliver("m1", "y", "chaos.t0", 1, false);
+        ack(&mut h, "m1", "y");
+        assert_eq!(check(&h.ops).events["y"], Class::Duplicated);
     }
 }
