@@ -5,9 +5,13 @@
 //! - `ok`: delivered once, in order, or named by a `gap` the subscriber received;
 //! - `lost`: acknowledged, covered by a subscription, and neither delivered nor named by a gap;
 //! - `recovered`: never acknowledged (no answer) yet delivered — allowed;
+//! - `reprocessed`: acknowledged by two members of a queue group, every later one on a
+//!   delivery marked `redelivered` — allowed: the protocol's at-least-once exception when the
+//!   first member's `ack` cannot reach the node that placed the event (its link dropped);
 //! - `duplicated`: the same event (topic, epoch, seq) delivered twice to one subscription,
 //!   not as a marked queue redelivery; delivered unmarked to two members of one queue group;
-//!   or acknowledged by two members of one queue group;
+//!   acknowledged by two members of one queue group without a marked redelivery; or two
+//!   acknowledged publishes given the same position (topic, epoch, seq) — a split brain;
 //! - `reordered`: delivered after a later event of its topic and epoch;
 //! - `unexpected`: delivered but never published, published with an error, delivered to a
 //!   subscription whose pattern does not match its topic, or delivered after its
@@ -32,6 +36,7 @@ use crate::history::{Kind, Op};
 pub enum Class {
     Ok,
     Recovered,
+    Reprocessed,
     Reordered,
     Duplicated,
     Lost,
@@ -40,7 +45,7 @@ pub enum Class {
 
 impl Class {
     pub fn is_violation(self) -> bool {
-        !matches!(self, Self::Ok | Self::Recovered)
+        !matches!(self, Self::Ok | Self::Recovered | Self::Reprocessed)
     }
 }
 
@@ -83,6 +88,8 @@ struct Publish {
     topic: String,
     invoked_at: u64,
     acked: Option<(String, u64, u64)>,
+    /// The node the publisher was connected to when its `ok` came.
+    acked_on: String,
     failed: bool,
 }
 
@@ -123,7 +130,9 @@ pub fn check(history: &[Op]) -> Verdict {
                 p.invoked_at = op.t;
             }
             Kind::PublishOk { id, epoch, seq, .. } => {
-                publishes.entry(id).or_default().acked = Some((epoch.clone(), *seq, op.t));
+                let p = publishes.entry(id).or_default();
+                p.acked = Some((epoch.clone(), *seq, op.t));
+                p.acked_on.clone_from(&op.node);
             }
             // `unavailable` (timed out waiting for the owner or replicas) is indeterminate: the
             // event may exist anyway. Any other error means it was never published.
@@ -315,6 +324,35 @@ pub fn check(history: &[Op]) -> Verdict {
         }
     }
 
+    // One position, one event: two acknowledged publishes at the same (topic, epoch, seq)
+    // mean two nodes numbered the same epoch at once.
+    let mut positions: BTreeMap<(&str, &str, u64), Vec<&str>> = BTreeMap::new();
+    for (id, p) in &publishes {
+        if let Some((epoch, seq, _)) = &p.acked {
+            positions
+                .entry((p.topic.as_str(), epoch.as_str(), *seq))
+                .or_default()
+                .push(id);
+        }
+    }
+    for ((topic, epoch, seq), mut ids) in positions {
+        ids.sort_unstable();
+        for id in ids.iter().skip(1) {
+            note(
+                &mut verdict,
+                Class::Duplicated,
+                id,
+                "",
+                &publishes[id].acked_on,
+                format!(
+                    "acknowledged at {topic} #{seq} of {epoch}, the position of {}: one \
+                     position given to two publishes",
+                    ids[0]
+                ),
+            );
+        }
+    }
+
     // Every acknowledged event reached every plain subscription that covered it.
     let delivered: HashMap<&str, HashSet<&str>> = deliveries
         .iter()
@@ -378,6 +416,11 @@ pub fn check(history: &[Op]) -> Verdict {
         for ((pattern, group), members) in group_members {
             let acked_by = acked_by_members(&acks, id, &members);
             let maybe_acked_by = acked_by_members(&unconfirmed_acks, id, &members);
+            let redelivered_to = |member: &str| {
+                deliveries
+                    .get(member)
+                    .is_some_and(|list| list.iter().any(|d| d.id == *id && d.redelivered))
+            };
             let node = members
                 .first()
                 .and_then(|m| subs.get(m))
@@ -434,13 +477,29 @@ pub fn check(history: &[Op]) -> Verdict {
                          acknowledged by none"
                     ),
                 ),
+                n if acked_by[1..].iter().all(|m| redelivered_to(m)) => note(
+                    &mut verdict,
+                    Class::Reprocessed,
+                    id,
+                    group,
+                    node,
+                    format!(
+                        "{n} members of {group} acknowledged it ({}), the later ones on \
+                         redeliveries",
+                        acked_by.join(", ")
+                    ),
+                ),
                 n => note(
                     &mut verdict,
                     Class::Duplicated,
                     id,
                     group,
                     node,
-                    format!("{n} members of {group} acknowledged it"),
+                    format!(
+                        "{n} members of {group} acknowledged it ({}), not all after a marked \
+                         redelivery",
+                        acked_by.join(", ")
+                    ),
                 ),
             }
         }
@@ -453,21 +512,20 @@ pub fn check(history: &[Op]) -> Verdict {
     verdict
 }
 
-/// The members among `members` that acknowledged event `id`, per `table` (event → subs).
+/// The members among `members` that acknowledged event `id`, per `table` (event → subs in
+/// the order of their acks), each once, in the order of their first ack.
 fn acked_by_members<'a>(
     table: &HashMap<&str, Vec<&'a str>>,
     id: &str,
     members: &[&str],
-) -> HashSet<&'a str> {
-    table
-        .get(id)
-        .map(|subs| {
-            subs.iter()
-                .copied()
-                .filter(|s| members.contains(s))
-                .collect()
-        })
-        .unwrap_or_default()
+) -> Vec<&'a str> {
+    let mut ackers: Vec<&'a str> = Vec::new();
+    for sub in table.get(id).into_iter().flatten() {
+        if members.contains(sub) && !ackers.contains(sub) {
+            ackers.push(sub);
+        }
+    }
+    ackers
 }
 
 #[cfg(test)]
@@ -807,22 +865,59 @@ mod tests {
     }
 
     #[test]
-    fn a_queue_event_acknowledged_by_two_members_is_a_duplicate() {
+    fn a_queue_event_acknowledged_by_two_members_is_a_duplicate_unless_redelivered() {
         let mut h = Builder::new();
         h.sub("m1", "chaos.>", Some("g"))
             .sub("m2", "chaos.>", Some("g"))
-            .publish("x", "chaos.t0", 1);
-        // Redelivered (marked) to m2 after m1's ack was taken: both acks count.
+            .sub("m3", "chaos.>", Some("g"))
+            .publish("x", "chaos.t0", 1)
+            .publish("y", "chaos.t1", 1);
+        // x: m1 acks, yet m2 gets it unmarked and acks too.
         h.deliver("m1", "x", "chaos.t0", 1, false);
         ack(&mut h, "m1", "x");
-        h.deliver("m2", "x", "chaos.t0", 1, true);
+        h.deliver("m2", "x", "chaos.t0", 1, false);
         ack(&mut h, "m2", "x");
+        // y: m1's ack is taken but never reaches the placing node, which redelivers (marked)
+        // to m3, who acks: the at-least-once exception, allowed.
+        h.deliver("m1", "y", "chaos.t1", 1, false);
+        ack(&mut h, "m1", "y");
+        h.deliver("m3", "y", "chaos.t1", 1, true);
+        ack(&mut h, "m3", "y");
         let v = check(&h.ops);
         assert_eq!(v.events["x"], Class::Duplicated);
         assert!(
-            v.findings[0].detail.contains("2 members"),
+            v.findings.iter().any(
+                |f| f.id == "x" && f.detail.contains("2 members of g acknowledged it (m1, m2)")
+            ),
             "{:?}",
             v.findings
+        );
+        assert_eq!(v.events["y"], Class::Reprocessed);
+        assert!(!Class::Reprocessed.is_violation());
+    }
+
+    #[test]
+    fn one_position_given_to_two_publishes_is_a_duplicate() {
+        let mut h = Builder::new();
+        h.sub("s", "chaos.>", None);
+        // Two sides of a partition both number chaos.t0 #7 in epoch e.
+        h.publish("left", "chaos.t0", 7)
+            .publish("right", "chaos.t0", 7);
+        h.deliver("s", "left", "chaos.t0", 7, false);
+        let v = check(&h.ops);
+        assert_eq!(v.events["left"], Class::Ok);
+        // `right` is also lost to `s`, which cannot get two events at one position; the
+        // worse class wins.
+        assert_eq!(v.events["right"], Class::Lost, "{:?}", v.findings);
+        let finding = v
+            .findings
+            .iter()
+            .find(|f| f.id == "right" && f.class == Class::Duplicated)
+            .unwrap();
+        assert!(
+            finding.detail.contains("the position of left"),
+            "{}",
+            finding.detail
         );
     }
 

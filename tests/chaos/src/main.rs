@@ -142,11 +142,12 @@ fn check_files(paths: &[PathBuf], report: Option<&mut String>) -> anyhow::Result
     }
     let verdict = check(&ops);
     let mut text = format!(
-        "acknowledged {} | deliveries {} | ok {} | recovered {} | lost {} | duplicated {} | reordered {} | unexpected {}\n",
+        "acknowledged {} | deliveries {} | ok {} | recovered {} | reprocessed {} | lost {} | duplicated {} | reordered {} | unexpected {}\n",
         verdict.acknowledged,
         verdict.deliveries,
         verdict.count(Class::Ok),
         verdict.count(Class::Recovered),
+        verdict.count(Class::Reprocessed),
         verdict.count(Class::Lost),
         verdict.count(Class::Duplicated),
         verdict.count(Class::Reordered),
