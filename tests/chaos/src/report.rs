@@ -63,6 +63,8 @@ pub struct Mark {
 pub enum MarkKind {
     Fault,
     Heal,
+    /// Anything else: shown on the timeline, no change of phase.
+    #[serde(other)]
     Note,
 }
 
@@ -990,7 +992,9 @@ mod tests {
         let marks = read_timeline(&path).unwrap();
         assert_eq!(marks[0], mark_with(1, MarkKind::Fault, "kill n3"));
         assert_eq!(marks[1].phase, MarkKind::Heal);
-        std::fs::write(&path, "{\"t\":1,\"phase\":\"explode\"}\n").unwrap();
+        std::fs::write(&path, "{\"t\":1,\"phase\":\"measure\"}\n").unwrap();
+        assert_eq!(read_timeline(&path).unwrap()[0].phase, MarkKind::Note);
+        std::fs::write(&path, "{\"phase\":\"fault\"}\n").unwrap();
         let error = read_timeline(&path).unwrap_err().to_string();
         assert!(error.contains("line 1"), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
