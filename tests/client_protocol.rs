@@ -762,3 +762,35 @@ async fn the_first_of_our_subprotocols_in_the_clients_order_decides_the_format()
     }
     Ok(())
 }
+
+/// Frames the node writes back to back (here the `ok` of a publish and then its event) are
+/// not held back by Nagle's algorithm until the client's delayed TCP acknowledgement of the
+/// first one (about 40 ms on Linux): both sides turn it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_written_back_to_back_are_not_delayed_by_nagle() -> TestResult {
+    let node = start_node(|_| {}).await;
+    let mut client = murmur::client::Client::connect(&ws_url(&node)).await?;
+    client.subscribe("s", "nagle.t", None).await?;
+    let mut round_trips = Vec::new();
+    for i in 0..40 {
+        let started = std::time::Instant::now();
+        let reference = format!("p{i}");
+        client
+            .send(&json!({"op": "pub", "topic": "nagle.t", "data": i, "ref": reference}))
+            .await?;
+        let (mut ok, mut event) = (false, false);
+        while !(ok && event) {
+            let frame = tokio::time::timeout(Duration::from_secs(5), client.next_frame()).await??;
+            ok |= frame["op"] == "ok" && frame["ref"] == reference.as_str();
+            event |= frame["op"] == "event" && frame["data"] == i;
+        }
+        round_trips.push(started.elapsed());
+    }
+    round_trips.sort();
+    let median = round_trips[round_trips.len() / 2];
+    assert!(
+        median < Duration::from_millis(15),
+        "median publish round trip {median:?}: {round_trips:?}"
+    );
+    Ok(())
+}

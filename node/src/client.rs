@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 
 /// The URL the CLI clients use when none is given.
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:7400/ws";
@@ -39,9 +39,11 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects and reads the node's `welcome`.
+    /// Connects and reads the node's `welcome`. Nagle's algorithm is off: a client sends
+    /// small frames back to back (an `ack` and then a `ping`, say), and with it on the
+    /// second one waits for the node's delayed TCP acknowledgement of the first (tens of ms).
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
-        let (ws, _) = connect_async(url)
+        let (ws, _) = connect_async_with_config(url, None, true)
             .await
             .map_err(|source| ClientError::Connect {
                 url: url.to_owned(),
@@ -359,6 +361,25 @@ mod tests {
         assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
         drop(client);
         node.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn connections_turn_nagle_off() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            ws.send(Message::text(r#"{"op":"welcome"}"#)).await.unwrap();
+            ws
+        });
+        let client = Client::connect(&format!("ws://{addr}/ws")).await.unwrap();
+        assert_eq!(client.welcome()["op"], "welcome");
+        let MaybeTlsStream::Plain(tcp) = client.ws.get_ref() else {
+            panic!("a plain TCP connection")
+        };
+        assert!(tcp.nodelay().unwrap());
+        drop(server.await);
     }
 
     #[test]

@@ -248,6 +248,14 @@ async fn expire_history(state: Arc<NodeState>) {
 }
 
 async fn serve(listener: TcpListener, state: Arc<NodeState>) {
+    use axum::serve::ListenerExt;
+    // Nagle's algorithm would hold a frame written right after another (a publish's `ok`
+    // and then its event, say) until the client's delayed TCP acknowledgement: ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, "cannot turn Nagle's algorithm off");
+        }
+    });
     let app = frontdoor::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = state.shutdown.clone();
     if let Err(err) = axum::serve(listener, app)

@@ -5,14 +5,27 @@
 //! - `ok`: delivered once, in order, or named by a `gap` the subscriber received;
 //! - `lost`: acknowledged, covered by a subscription, and neither delivered nor named by a gap;
 //! - `recovered`: never acknowledged (no answer) yet delivered — allowed;
+//! - `reprocessed`: acknowledged by two members of a queue group, all but one of them on a
+//!   delivery marked `redelivered` — allowed: the protocol's at-least-once exception when the
+//!   first member's copy or its `ack` is cut off from the node that placed the event (its
+//!   link dropped, its node paused), which then places it again. Without a failure a second
+//!   member gets an event only once the first one's delivery is void, and its late `ack` is
+//!   refused, so two taken acks do mean a failure;
 //! - `duplicated`: the same event (topic, epoch, seq) delivered twice to one subscription,
-//!   not as a marked queue redelivery; or acknowledged by two members of one queue group;
+//!   not as a marked queue redelivery; delivered unmarked to two members of one queue group;
+//!   acknowledged by more than one member of a group without a marked redelivery; or two
+//!   acknowledged publishes given the same position (topic, epoch, seq) — a split brain;
 //! - `reordered`: delivered after a later event of its topic and epoch;
-//! - `unexpected`: delivered but never published, published with an error, or delivered
-//!   after its subscription ended.
+//! - `unexpected`: delivered but never published, published with an error, delivered to a
+//!   subscription whose pattern does not match its topic, or delivered after its
+//!   subscription ended.
 //!
-//! A subscription covers an acknowledged event when it began before the publish was sent and
-//! had not ended when the `ok` arrived.
+//! A subscription covers an acknowledged event when it began before the publish was sent, had
+//! not ended when the `ok` arrived, and its pattern (exact or wildcard) matches the topic. A
+//! queue group (pattern and name) covers it when one of its members does; it then owes
+//! exactly one acknowledging member. An `ack` whose confirmation was cut off by the end of
+//! the connection may or may not have counted: with no confirmed `ack`, one such `ack`
+//! settles the event; it never makes a second one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -26,6 +39,7 @@ use crate::history::{Kind, Op};
 pub enum Class {
     Ok,
     Recovered,
+    Reprocessed,
     Reordered,
     Duplicated,
     Lost,
@@ -34,7 +48,7 @@ pub enum Class {
 
 impl Class {
     pub fn is_violation(self) -> bool {
-        !matches!(self, Self::Ok | Self::Recovered)
+        !matches!(self, Self::Ok | Self::Recovered | Self::Reprocessed)
     }
 }
 
@@ -77,6 +91,8 @@ struct Publish {
     topic: String,
     invoked_at: u64,
     acked: Option<(String, u64, u64)>,
+    /// The node the publisher was connected to when its `ok` came.
+    acked_on: String,
     failed: bool,
 }
 
@@ -108,6 +124,7 @@ pub fn check(history: &[Op]) -> Verdict {
     let mut deliveries: BTreeMap<&str, Vec<Delivery<'_>>> = BTreeMap::new();
     let mut gaps: HashMap<&str, Vec<(&str, &str, u64, u64)>> = HashMap::new();
     let mut acks: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut unconfirmed_acks: HashMap<&str, Vec<&str>> = HashMap::new();
     for op in &ops {
         match &op.kind {
             Kind::PublishInvoke { id, topic } => {
@@ -116,7 +133,9 @@ pub fn check(history: &[Op]) -> Verdict {
                 p.invoked_at = op.t;
             }
             Kind::PublishOk { id, epoch, seq, .. } => {
-                publishes.entry(id).or_default().acked = Some((epoch.clone(), *seq, op.t));
+                let p = publishes.entry(id).or_default();
+                p.acked = Some((epoch.clone(), *seq, op.t));
+                p.acked_on.clone_from(&op.node);
             }
             // `unavailable` (timed out waiting for the owner or replicas) is indeterminate: the
             // event may exist anyway. Any other error means it was never published.
@@ -169,6 +188,9 @@ pub fn check(history: &[Op]) -> Verdict {
                 .or_default()
                 .push((topic, epoch, *from_seq, *to_seq)),
             Kind::Ack { sub, id } => acks.entry(id).or_default().push(sub),
+            Kind::AckUnconfirmed { sub, id } => unconfirmed_acks.entry(id).or_default().push(sub),
+            // A refused ack did not count; the event went on to another delivery.
+            Kind::AckRefused { .. } => {}
         }
     }
 
@@ -262,6 +284,17 @@ pub fn check(history: &[Op]) -> Verdict {
                 }
                 Some(_) => {}
             }
+            if !pattern_matches(&sub.pattern, d.topic) {
+                note(
+                    &mut verdict,
+                    Class::Unexpected,
+                    d.id,
+                    sub_name,
+                    &sub.node,
+                    format!("{} does not match {}", d.topic, sub.pattern),
+                );
+                continue;
+            }
             let queue_redelivery = sub.group.is_some() && d.redelivered;
             if !seen.insert((d.topic, d.epoch, d.seq)) && !queue_redelivery {
                 note(
@@ -291,6 +324,35 @@ pub fn check(history: &[Op]) -> Verdict {
                     last.insert(key, d.seq);
                 }
             }
+        }
+    }
+
+    // One position, one event: two acknowledged publishes at the same (topic, epoch, seq)
+    // mean two nodes numbered the same epoch at once.
+    let mut positions: BTreeMap<(&str, &str, u64), Vec<&str>> = BTreeMap::new();
+    for (id, p) in &publishes {
+        if let Some((epoch, seq, _)) = &p.acked {
+            positions
+                .entry((p.topic.as_str(), epoch.as_str(), *seq))
+                .or_default()
+                .push(id);
+        }
+    }
+    for ((topic, epoch, seq), mut ids) in positions {
+        ids.sort_unstable();
+        for id in ids.iter().skip(1) {
+            note(
+                &mut verdict,
+                Class::Duplicated,
+                id,
+                "",
+                &publishes[id].acked_on,
+                format!(
+                    "acknowledged at {topic} #{seq} of {epoch}, the position of {}: one \
+                     position given to two publishes",
+                    ids[0]
+                ),
+            );
         }
     }
 
@@ -355,29 +417,80 @@ pub fn check(history: &[Op]) -> Verdict {
             }
         }
         for ((pattern, group), members) in group_members {
-            let acked_by: HashSet<&str> = acks
-                .get(*id)
-                .map(|subs| {
-                    subs.iter()
-                        .copied()
-                        .filter(|s| members.contains(s))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let acked_by = acked_by_members(&acks, id, &members);
+            let maybe_acked_by = acked_by_members(&unconfirmed_acks, id, &members);
+            let redelivered_to = |member: &str| {
+                deliveries
+                    .get(member)
+                    .is_some_and(|list| list.iter().any(|d| d.id == *id && d.redelivered))
+            };
             let node = members
                 .first()
                 .and_then(|m| subs.get(m))
                 .map(|s| s.node.as_str())
                 .unwrap_or("");
+            // Unmarked deliveries of this event to the group's members: the first placement
+            // is the only one that may come without `redelivered`.
+            let unmarked: Vec<&str> = members
+                .iter()
+                .copied()
+                .filter(|m| {
+                    deliveries
+                        .get(m)
+                        .is_some_and(|list| list.iter().any(|d| d.id == *id && !d.redelivered))
+                })
+                .collect();
+            if unmarked.len() > 1 {
+                note(
+                    &mut verdict,
+                    Class::Duplicated,
+                    id,
+                    group,
+                    node,
+                    format!(
+                        "delivered unmarked to {} members of {group}: {}",
+                        unmarked.len(),
+                        unmarked.join(", ")
+                    ),
+                );
+            }
+            let handed_to = members
+                .iter()
+                .filter(|m| delivered.get(*m).is_some_and(|ids| ids.contains(*id)))
+                .count();
             match acked_by.len() {
                 1 => {}
+                0 if !maybe_acked_by.is_empty() => {}
+                0 if handed_to == 0 => note(
+                    &mut verdict,
+                    Class::Lost,
+                    id,
+                    group,
+                    node,
+                    format!("never delivered to a member of {group} on {pattern}"),
+                ),
                 0 => note(
                     &mut verdict,
                     Class::Lost,
                     id,
                     group,
                     node,
-                    format!("no member of {group} on {pattern} acknowledged it"),
+                    format!(
+                        "delivered to {handed_to} member(s) of {group} on {pattern}, \
+                         acknowledged by none"
+                    ),
+                ),
+                n if acked_by.iter().filter(|m| !redelivered_to(m)).count() <= 1 => note(
+                    &mut verdict,
+                    Class::Reprocessed,
+                    id,
+                    group,
+                    node,
+                    format!(
+                        "{n} members of {group} acknowledged it ({}), all but one on marked \
+                         redeliveries",
+                        acked_by.join(", ")
+                    ),
                 ),
                 n => note(
                     &mut verdict,
@@ -385,7 +498,11 @@ pub fn check(history: &[Op]) -> Verdict {
                     id,
                     group,
                     node,
-                    format!("{n} members of {group} acknowledged it"),
+                    format!(
+                        "{n} members of {group} acknowledged it ({}), more than one without a \
+                         marked redelivery",
+                        acked_by.join(", ")
+                    ),
                 ),
             }
         }
@@ -396,6 +513,22 @@ pub fn check(history: &[Op]) -> Verdict {
         verdict.events.insert(id, class);
     }
     verdict
+}
+
+/// The members among `members` that acknowledged event `id`, per `table` (event → subs in
+/// the order of their acks), each once, in the order of their first ack.
+fn acked_by_members<'a>(
+    table: &HashMap<&str, Vec<&'a str>>,
+    id: &str,
+    members: &[&str],
+) -> Vec<&'a str> {
+    let mut ackers: Vec<&'a str> = Vec::new();
+    for sub in table.get(id).into_iter().flatten() {
+        if members.contains(sub) && !ackers.contains(sub) {
+            ackers.push(sub);
+        }
+    }
+    ackers
 }
 
 #[cfg(test)]
@@ -666,5 +799,222 @@ mod tests {
         assert_eq!(v.events["twice"], Class::Duplicated);
         assert_eq!(v.events["never"], Class::Lost);
         assert_eq!(v.events["moved"], Class::Ok);
+    }
+
+    fn gap(h: &mut Builder, sub: &str, topic: &str, from_seq: u64, to_seq: u64) {
+        h.op(
+            sub,
+            Kind::Gap {
+                sub: sub.into(),
+                topic: topic.into(),
+                epoch: "e".into(),
+                from_seq,
+                to_seq,
+                reason: "epoch_changed".into(),
+            },
+        );
+    }
+
+    fn ack(h: &mut Builder, sub: &str, id: &str) {
+        h.op(
+            sub,
+            Kind::Ack {
+                sub: sub.into(),
+                id: id.into(),
+            },
+        );
+    }
+
+    #[test]
+    fn wildcards_are_owed_exactly_the_topics_they_match() {
+        let mut h = Builder::new();
+        h.sub("one", "chaos.*", None)
+            .sub("all", "chaos.>", None)
+            .sub("deep", "chaos.deep.*", None);
+        h.publish("a", "chaos.t0", 1)
+            .publish("b", "chaos.t1", 1)
+            .publish("c", "chaos.deep.d0", 1)
+            .publish("d", "other.t0", 1);
+        // `one` misses b; `all` gets everything under chaos.; `deep` misses c but a gap
+        // names it.
+        h.deliver("one", "a", "chaos.t0", 1, false);
+        h.deliver("all", "a", "chaos.t0", 1, false)
+            .deliver("all", "b", "chaos.t1", 1, false)
+            .deliver("all", "c", "chaos.deep.d0", 1, false);
+        gap(&mut h, "deep", "chaos.deep.d0", 1, 0);
+        let v = check(&h.ops);
+        assert_eq!(v.events["a"], Class::Ok);
+        assert_eq!(v.events["b"], Class::Lost, "{:?}", v.findings);
+        assert_eq!(v.events["c"], Class::Ok, "named by an epoch_changed gap");
+        assert_eq!(v.events["d"], Class::Ok, "covered by no subscription");
+        let lost: Vec<&str> = v
+            .findings
+            .iter()
+            .filter(|f| f.class == Class::Lost)
+            .map(|f| f.sub.as_str())
+            .collect();
+        assert_eq!(lost, ["one"]);
+    }
+
+    #[test]
+    fn a_delivery_outside_the_pattern_is_unexpected() {
+        let mut h = Builder::new();
+        h.sub("one", "chaos.*", None)
+            .publish("deep", "chaos.deep.d0", 1)
+            .deliver("one", "deep", "chaos.deep.d0", 1, false);
+        let v = check(&h.ops);
+        assert_eq!(v.events["deep"], Class::Unexpected);
+        assert!(!v.is_valid());
+    }
+
+    #[test]
+    fn a_queue_event_acknowledged_by_two_members_is_a_duplicate_unless_redelivered() {
+        let mut h = Builder::new();
+        h.sub("m1", "chaos.>", Some("g"))
+            .sub("m2", "chaos.>", Some("g"))
+            .sub("m3", "chaos.>", Some("g"))
+            .publish("x", "chaos.t0", 1)
+            .publish("y", "chaos.t1", 1);
+        // x: m1 acks, yet m2 gets it unmarked and acks too.
+        h.deliver("m1", "x", "chaos.t0", 1, false);
+        ack(&mut h, "m1", "x");
+        h.deliver("m2", "x", "chaos.t0", 1, false);
+        ack(&mut h, "m2", "x");
+        // y: m1's ack is taken but never reaches the placing node, which redelivers (marked)
+        // to m3, who acks: the at-least-once exception, allowed.
+        h.deliver("m1", "y", "chaos.t1", 1, false);
+        ack(&mut h, "m1", "y");
+        h.deliver("m3", "y", "chaos.t1", 1, true);
+        ack(&mut h, "m3", "y");
+        // z: placed on m1's paused node, redelivered (marked) to m2 who acks; then m1's node
+        // resumes and writes its stale copy, which m1 acks: still the one original copy.
+        h.publish("z", "chaos.t2", 1)
+            .deliver("m2", "z", "chaos.t2", 1, true);
+        ack(&mut h, "m2", "z");
+        h.deliver("m1", "z", "chaos.t2", 1, false);
+        ack(&mut h, "m1", "z");
+        let v = check(&h.ops);
+        assert_eq!(v.events["x"], Class::Duplicated);
+        assert!(
+            v.findings.iter().any(
+                |f| f.id == "x" && f.detail.contains("2 members of g acknowledged it (m1, m2)")
+            ),
+            "{:?}",
+            v.findings
+        );
+        assert_eq!(v.events["y"], Class::Reprocessed);
+        assert_eq!(v.events["z"], Class::Reprocessed, "{:?}", v.findings);
+        assert!(!Class::Reprocessed.is_violation());
+    }
+
+    #[test]
+    fn one_position_given_to_two_publishes_is_a_duplicate() {
+        let mut h = Builder::new();
+        h.sub("s", "chaos.>", None);
+        // Two sides of a partition both number chaos.t0 #7 in epoch e.
+        h.publish("left", "chaos.t0", 7)
+            .publish("right", "chaos.t0", 7);
+        h.deliver("s", "left", "chaos.t0", 7, false);
+        let v = check(&h.ops);
+        assert_eq!(v.events["left"], Class::Ok);
+        // `right` is also lost to `s`, which cannot get two events at one position; the
+        // worse class wins.
+        assert_eq!(v.events["right"], Class::Lost, "{:?}", v.findings);
+        let finding = v
+            .findings
+            .iter()
+            .find(|f| f.id == "right" && f.class == Class::Duplicated)
+            .unwrap();
+        assert!(
+            finding.detail.contains("the position of left"),
+            "{}",
+            finding.detail
+        );
+    }
+
+    #[test]
+    fn a_queue_event_never_acknowledged_is_lost_unless_an_ack_was_cut_off() {
+        let mut h = Builder::new();
+        h.sub("m1", "chaos.>", Some("g"))
+            .sub("m2", "chaos.>", Some("g"));
+        h.publish("unacked", "chaos.t0", 1)
+            .publish("undelivered", "chaos.t1", 1)
+            .publish("refused", "chaos.t2", 1)
+            .publish("cut-off", "chaos.t3", 1);
+        h.deliver("m1", "unacked", "chaos.t0", 1, false);
+        h.deliver("m1", "refused", "chaos.t2", 1, false).op(
+            "m1",
+            Kind::AckRefused {
+                sub: "m1".into(),
+                id: "refused".into(),
+            },
+        );
+        h.deliver("m2", "cut-off", "chaos.t3", 1, false).op(
+            "m2",
+            Kind::AckUnconfirmed {
+                sub: "m2".into(),
+                id: "cut-off".into(),
+            },
+        );
+        let v = check(&h.ops);
+        assert_eq!(v.events["unacked"], Class::Lost);
+        assert_eq!(v.events["undelivered"], Class::Lost);
+        assert_eq!(
+            v.events["refused"],
+            Class::Lost,
+            "a refused ack does not count"
+        );
+        assert_eq!(v.events["cut-off"], Class::Ok, "the ack may have counted");
+        let details: Vec<&str> = v.findings.iter().map(|f| f.detail.as_str()).collect();
+        assert!(
+            details.iter().any(|d| d.starts_with("never delivered")),
+            "{details:?}"
+        );
+        assert!(
+            details.iter().any(|d| d.contains("acknowledged by none")),
+            "{details:?}"
+        );
+        // A cut-off ack never makes a second acknowledgement.
+        let mut h = Builder::new();
+        h.sub("m1", "chaos.>", Some("g"))
+            .sub("m2", "chaos.>", Some("g"));
+        h.publish("x", "chaos.t0", 1)
+            .deliver("m1", "x", "chaos.t0", 1, false)
+            .op(
+                "m1",
+                Kind::AckUnconfirmed {
+                    sub: "m1".into(),
+                    id: "x".into(),
+                },
+            )
+            .deliver("m2", "x", "chaos.t0", 1, true);
+        ack(&mut h, "m2", "x");
+        assert_eq!(check(&h.ops).events["x"], Class::Ok);
+    }
+
+    #[test]
+    fn an_unmarked_queue_delivery_to_a_second_member_is_a_duplicate() {
+        let mut h = Builder::new();
+        h.sub("m1", "chaos.>", Some("g"))
+            .sub("m2", "chaos.>", Some("g"))
+            .publish("x", "chaos.t0", 1);
+        h.deliver("m1", "x", "chaos.t0", 1, false);
+        h.deliver("m2", "x", "chaos.t0", 1, false);
+        ack(&mut h, "m2", "x");
+        let v = check(&h.ops);
+        assert_eq!(v.events["x"], Class::Duplicated);
+        assert!(
+            v.findings[0].detail.contains("unmarked to 2 members"),
+            "{:?}",
+            v.findings
+        );
+        // The same to one member twice, the second unmarked, is a duplicate too.
+        let mut h = Builder::new();
+        h.sub("m1", "chaos.>", Some("g"))
+            .publish("y", "chaos.t0", 1)
+            .deliver("m1", "y", "chaos.t0", 1, false)
+            .deliver("m1", "y", "chaos.t0", 1, false);
+        ack(&mut h, "m1", "y");
+        assert_eq!(check(&h.ops).events["y"], Class::Duplicated);
     }
 }

@@ -54,8 +54,15 @@ pub enum Kind {
         #[serde(default)]
         redelivered: bool,
     },
-    /// A queue-group delivery was acknowledged.
+    /// A queue-group delivery was acknowledged, and the node took the `ack`: a `ping` sent
+    /// after it was answered without an `unknown_delivery` error first (one connection's
+    /// requests are handled in order).
     Ack { sub: String, id: String },
+    /// The node refused the `ack` (`unknown_delivery`: redelivered or handed on before it).
+    AckRefused { sub: String, id: String },
+    /// The `ack` was sent but the connection ended before it was confirmed or refused: it may
+    /// or may not have counted.
+    AckUnconfirmed { sub: String, id: String },
     /// A gap arrived for a subscription.
     Gap {
         sub: String,

@@ -9,4 +9,5 @@
 pub mod checker;
 pub mod history;
 pub mod lab;
+pub mod report;
 pub mod workload;

@@ -29,6 +29,16 @@ struct Cli {
     command: Cmd,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Role {
+    /// Publishes to the chaos topics, each with a ref, and records the answers.
+    Publisher,
+    /// A plain subscription that resumes from its cursor after every reconnect.
+    Subscriber,
+    /// A queue-group member that acknowledges every delivery.
+    Member,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// One chaos run (needs root, iproute2 and iptables).
@@ -71,8 +81,8 @@ enum Cmd {
     },
     /// A workload client (started by `run` inside the client host).
     Client {
-        #[arg(long)]
-        role: String,
+        #[arg(long, value_enum)]
+        role: Role,
         #[arg(long)]
         id: String,
         #[arg(long, value_delimiter = ',')]
@@ -85,6 +95,12 @@ enum Cmd {
         /// Stop at this many µs after t0.
         #[arg(long)]
         until: u64,
+        /// What a subscriber or queue member subscribes to: a topic or a wildcard pattern.
+        #[arg(long, default_value = "chaos.>")]
+        pattern: String,
+        /// The queue group of a member.
+        #[arg(long, default_value = "workers")]
+        group: String,
     },
     /// Hold each packet of an NFQUEUE for a while (started by `run` inside a node host).
     #[command(hide = true)]
@@ -119,15 +135,23 @@ fn main() -> anyhow::Result<()> {
             out,
             t0,
             until,
+            pattern,
+            group,
         } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let mut recorder = Recorder::create(&out, &id, t0)?;
+            let rec = &mut recorder;
             runtime.block_on(async {
-                match role.as_str() {
-                    "publisher" => workload::publisher(&urls, &id, &mut recorder, until, 50).await,
-                    _ => workload::subscriber(&urls, &id, &mut recorder, until).await,
+                match role {
+                    Role::Publisher => workload::publisher(&urls, &id, rec, until, 50).await,
+                    Role::Subscriber => {
+                        workload::subscriber(&urls, &id, &pattern, rec, until).await;
+                    }
+                    Role::Member => {
+                        workload::queue_member(&urls, &id, &pattern, &group, rec, until).await;
+                    }
                 }
             });
             Ok(())
@@ -211,11 +235,12 @@ fn check_files(paths: &[PathBuf], report: Option<&mut String>) -> anyhow::Result
     }
     let verdict = check(&ops);
     let mut text = format!(
-        "acknowledged {} | deliveries {} | ok {} | recovered {} | lost {} | duplicated {} | reordered {} | unexpected {}\n",
+        "acknowledged {} | deliveries {} | ok {} | recovered {} | reprocessed {} | lost {} | duplicated {} | reordered {} | unexpected {}\n",
         verdict.acknowledged,
         verdict.deliveries,
         verdict.count(Class::Ok),
         verdict.count(Class::Recovered),
+        verdict.count(Class::Reprocessed),
         verdict.count(Class::Lost),
         verdict.count(Class::Duplicated),
         verdict.count(Class::Reordered),
@@ -454,35 +479,41 @@ fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
     let self_exe = std::env::current_exe()?;
     let mut clients = Vec::new();
     let mut histories = Vec::new();
-    for (role, id, first, until) in [
-        ("subscriber", "s1", 0, load_us + 15_000_000),
-        ("subscriber", "s2", count - 1, load_us + 15_000_000),
-        ("publisher", "p1", 1 % count, load_us),
-        ("publisher", "p2", count - 1, load_us),
-    ] {
+    // Each client starts on its own node (an index into the nodes, taken modulo their
+    // number) and moves on to the next ones in turn. Subscribers and queue members start
+    // first and stay 15 s past the load to receive what is still on its way.
+    let drain_us = load_us + 15_000_000;
+    let client_table = [
+        ("subscriber", "s1", 0, "chaos.>", drain_us),
+        ("subscriber", "s2", count - 1, "chaos.*", drain_us),
+        ("subscriber", "s3", 1, "chaos.t1", drain_us),
+        ("subscriber", "s4", 2, "chaos.deep.*", drain_us),
+        ("member", "q1", 0, "chaos.>", drain_us),
+        ("member", "q2", 1, "chaos.>", drain_us),
+        ("member", "q3", count - 1, "chaos.>", drain_us),
+        ("publisher", "p1", 1, "", load_us),
+        ("publisher", "p2", count - 1, "", load_us),
+    ];
+    let mut publishing = false;
+    for (role, id, first, pattern, until) in client_table {
+        if role == "publisher" && !publishing {
+            // Before the first publisher: let the subscriptions' interest spread.
+            publishing = true;
+            std::thread::sleep(Duration::from_millis(1500));
+        }
         let mut rotated = urls.clone();
-        rotated.rotate_left(first);
+        rotated.rotate_left(first % count);
         let file = out.join(format!("{id}.jsonl"));
         clients.push(
             lab.client
                 .command(self_exe.to_str().context("path")?)
-                .args([
-                    "client",
-                    "--role",
-                    role,
-                    "--id",
-                    id,
-                    "--urls",
-                    &rotated.join(","),
-                ])
+                .args(["client", "--role", role, "--id", id, "--pattern", pattern])
+                .args(["--urls", &rotated.join(",")])
                 .args(["--out", file.to_str().context("path")?])
                 .args(["--t0", &t0.to_string(), "--until", &until.to_string()])
                 .spawn()?,
         );
         histories.push(file);
-        if role == "subscriber" {
-            std::thread::sleep(Duration::from_millis(500));
-        }
     }
     timeline.start_workload(t0);
     timeline.note("workload started");
@@ -584,6 +615,11 @@ fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
         for reason in &reasons {
             let _ = writeln!(report, "- {reason}");
         }
+    }
+    let title = format!("chaos run: {}, {count} nodes, {seconds} s", nemesis.name());
+    match murmur_chaos::report::write(out, &histories, &title) {
+        Ok(section) => report.push_str(&format!("\n{section}")),
+        Err(e) => report.push_str(&format!("\nno latency report: {e}\n")),
     }
     let _ = writeln!(report, "\nrun verdict: **{status}**");
     std::fs::write(out.join("report.md"), &report)?;

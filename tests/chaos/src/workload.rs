@@ -70,7 +70,19 @@ async fn connect_next(urls: &[String], attempt: &mut usize) -> Option<(Client, S
     }
 }
 
-/// Publishes `chaos.t0..3` in turn with a ref each, about `rate` per second, until `until`
+/// The topics the publishers cycle through: one-token topics under `chaos.` (matched by
+/// `chaos.*` and `chaos.>`) and deeper ones that only `chaos.>` and `chaos.deep.*` match, so
+/// wildcard subscriptions are owed different subsets of what is published.
+pub const TOPICS: [&str; 6] = [
+    "chaos.t0",
+    "chaos.t1",
+    "chaos.t2",
+    "chaos.t3",
+    "chaos.deep.d0",
+    "chaos.deep.d1",
+];
+
+/// Publishes to [`TOPICS`] in turn with a ref each, about `rate` per second, until `until`
 /// (µs since t0), moving to the next URL when its node goes away.
 pub async fn publisher(urls: &[String], id: &str, rec: &mut Recorder, until: u64, rate: u64) {
     let pause = Duration::from_micros(1_000_000 / rate.max(1));
@@ -83,7 +95,7 @@ pub async fn publisher(urls: &[String], id: &str, rec: &mut Recorder, until: u64
         while now_us(rec.t0) < until {
             n += 1;
             let event = format!("{id}-{n}");
-            let topic = format!("chaos.t{}", n % 4);
+            let topic = TOPICS[usize::try_from(n).unwrap_or(0) % TOPICS.len()].to_owned();
             rec.record(
                 &node,
                 Kind::PublishInvoke {
@@ -131,20 +143,41 @@ pub async fn publisher(urls: &[String], id: &str, rec: &mut Recorder, until: u64
     rec.flush();
 }
 
-/// Subscribes to `chaos.>` and records every event and gap until `until`, reconnecting to
-/// the next URL and resuming from its cursor whenever its connection ends.
-pub async fn subscriber(urls: &[String], id: &str, rec: &mut Recorder, until: u64) {
-    let mut cursor = ResumeCursor::starting_at(0);
+/// Wall-clock milliseconds since the Unix epoch, the clock of an event's `ts`.
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn deliver_kind(sub: &str, frame: &serde_json::Value) -> Kind {
+    Kind::Deliver {
+        sub: sub.to_owned(),
+        topic: frame["topic"].as_str().unwrap_or("").to_owned(),
+        epoch: frame["epoch"].as_str().unwrap_or("").to_owned(),
+        seq: frame["seq"].as_u64().unwrap_or(0),
+        id: frame["data"].as_str().unwrap_or("").to_owned(),
+        redelivered: frame["redelivered"].as_bool().unwrap_or(false),
+    }
+}
+
+/// Subscribes to `pattern` (an exact topic or a wildcard) and records every event and gap
+/// until `until`, reconnecting to the next URL and resuming from its cursor whenever its
+/// connection ends. The first `sub` already carries a `from` (the topics form with `since`
+/// set to the client's start), so an event published while the new interest is still on its
+/// way to the topic's owner comes from history instead of being missed.
+pub async fn subscriber(urls: &[String], id: &str, pattern: &str, rec: &mut Recorder, until: u64) {
+    let mut cursor = ResumeCursor::starting_at(wall_ms());
     let mut subscribed = false;
     let mut attempt = 0usize;
     while now_us(rec.t0) < until {
         let Some((mut client, node)) = connect_next(urls, &mut attempt).await else {
             continue;
         };
-        let from = subscribed.then(|| cursor.to_from("chaos.>"));
+        let from = cursor.to_from(pattern);
         let subscribe = tokio::time::timeout(
             Duration::from_secs(5),
-            client.subscribe_from(id, "chaos.>", None, from),
+            client.subscribe_from(id, pattern, None, Some(from)),
         )
         .await;
         if !matches!(subscribe, Ok(Ok(()))) {
@@ -156,7 +189,7 @@ pub async fn subscriber(urls: &[String], id: &str, rec: &mut Recorder, until: u6
                 &node,
                 Kind::Subscribe {
                     sub: id.to_owned(),
-                    pattern: "chaos.>".into(),
+                    pattern: pattern.to_owned(),
                     group: None,
                 },
             );
@@ -171,17 +204,7 @@ pub async fn subscriber(urls: &[String], id: &str, rec: &mut Recorder, until: u6
             match frame["op"].as_str() {
                 Some("event") => {
                     cursor.observe(&frame);
-                    rec.record(
-                        &node,
-                        Kind::Deliver {
-                            sub: id.to_owned(),
-                            topic: frame["topic"].as_str().unwrap_or("").to_owned(),
-                            epoch: frame["epoch"].as_str().unwrap_or("").to_owned(),
-                            seq: frame["seq"].as_u64().unwrap_or(0),
-                            id: frame["data"].as_str().unwrap_or("").to_owned(),
-                            redelivered: false,
-                        },
-                    );
+                    rec.record(&node, deliver_kind(id, &frame));
                 }
                 Some("gap") => {
                     cursor.observe(&frame);
@@ -199,6 +222,121 @@ pub async fn subscriber(urls: &[String], id: &str, rec: &mut Recorder, until: u6
                 }
                 _ => {}
             }
+        }
+        rec.flush();
+    }
+    rec.flush();
+}
+
+/// The `ref` of the `ping` that confirms the `ack` of `delivery`.
+fn ack_probe(delivery: &str) -> String {
+    format!("ack:{delivery}")
+}
+
+/// A member of queue group `group` on `pattern`: acknowledges every delivery and records the
+/// deliveries (with their `redelivered` flag) and what became of each `ack`, until `until`.
+/// Each `ack` is followed by a `ping`: its `pong` confirms the node took the `ack`, an
+/// `unknown_delivery` error before it says the node refused it, and a connection that ends in
+/// between leaves it unconfirmed. A member cannot resume, so after its connection ends it
+/// joins the group again on the next node, from the live stream.
+pub async fn queue_member(
+    urls: &[String],
+    id: &str,
+    pattern: &str,
+    group: &str,
+    rec: &mut Recorder,
+    until: u64,
+) {
+    let mut subscribed = false;
+    let mut attempt = 0usize;
+    while now_us(rec.t0) < until {
+        let Some((mut client, node)) = connect_next(urls, &mut attempt).await else {
+            continue;
+        };
+        let subscribe = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.subscribe(id, pattern, Some(group)),
+        )
+        .await;
+        if !matches!(subscribe, Ok(Ok(()))) {
+            continue;
+        }
+        if !subscribed {
+            subscribed = true;
+            rec.record(
+                &node,
+                Kind::Subscribe {
+                    sub: id.to_owned(),
+                    pattern: pattern.to_owned(),
+                    group: Some(group.to_owned()),
+                },
+            );
+        }
+        // Probe ref → (delivery, event id) of the acks sent and not yet confirmed.
+        let mut pending: std::collections::HashMap<String, (String, String)> =
+            std::collections::HashMap::new();
+        while now_us(rec.t0) < until {
+            let frame =
+                match tokio::time::timeout(Duration::from_millis(500), client.next_frame()).await {
+                    Ok(Ok(f)) => f,
+                    Ok(Err(_)) => break,
+                    Err(_) => continue,
+                };
+            match frame["op"].as_str() {
+                Some("event") => {
+                    rec.record(&node, deliver_kind(id, &frame));
+                    let delivery = frame["delivery"].as_str().unwrap_or("").to_owned();
+                    let event = frame["data"].as_str().unwrap_or("").to_owned();
+                    let probe = ack_probe(&delivery);
+                    let sent = client
+                        .send(&json!({"op": "ack", "delivery": delivery}))
+                        .await
+                        .is_ok();
+                    pending.insert(probe.clone(), (delivery, event));
+                    if !sent
+                        || client
+                            .send(&json!({"op": "ping", "ref": probe}))
+                            .await
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+                Some("pong") => {
+                    let probe = frame["ref"].as_str().unwrap_or("");
+                    if let Some((_, event)) = pending.remove(probe) {
+                        rec.record(
+                            &node,
+                            Kind::Ack {
+                                sub: id.to_owned(),
+                                id: event,
+                            },
+                        );
+                    }
+                }
+                Some("error") if frame["code"] == "unknown_delivery" => {
+                    let probe = ack_probe(frame["ref"].as_str().unwrap_or(""));
+                    if let Some((_, event)) = pending.remove(&probe) {
+                        rec.record(
+                            &node,
+                            Kind::AckRefused {
+                                sub: id.to_owned(),
+                                id: event,
+                            },
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (_, (_, event)) in pending {
+            rec.record(
+                &node,
+                Kind::AckUnconfirmed {
+                    sub: id.to_owned(),
+                    id: event,
+                },
+            );
         }
         rec.flush();
     }
