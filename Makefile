@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish bench chaos chaos-smoke test lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish bench bench-smoke chaos chaos-smoke test lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -29,8 +29,11 @@ measure-membership: ## Time failure detection, restart and partition heal on 3 l
 measure-publish: ## Acknowledged vs fire-and-forget publishing, on 1 and 3 in-process nodes
 	$(CARGO) run --release -p murmur --example publish_cost
 
-bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian), fan-out scenario; prints ratios
-	bench/run.sh
+bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian): every scenario, writes docs/benchmarks.md (~5 min)
+	flock /tmp/murmur-bench.lock bench/run.sh
+
+bench-smoke: ## A short bench run (small counts, under a minute once built) that fails on any loss or error
+	flock /tmp/murmur-bench.lock bench/run.sh --smoke
 
 chaos: ## Chaos runs on namespace hosts (root): control, partition, kill -9, pause; reports in chaos-out/
 	$(CARGO) build --release -p murmur -p murmur-chaos
