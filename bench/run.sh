@@ -22,7 +22,7 @@ mode=full
 began=$(date +%s)
 
 if [ "$mode" = full ]; then
-  ROUNDS=${ROUNDS:-2}
+  ROUNDS=${ROUNDS:-3}
   SUBSCRIBERS=${SUBSCRIBERS:-1000}
   MESSAGES=${MESSAGES:-2000}
   RATE=${RATE:-100}
@@ -111,7 +111,12 @@ CONF
   sleep 2
 }
 
+# stop_clusters PHASE: stops both clusters, keeping the Murmur nodes' logs in $out/logs/.
 stop_clusters() {
+  mkdir -p "$out/logs"
+  for i in 1 2 3; do
+    [ -f ".cluster/n$i.log" ] && cp ".cluster/n$i.log" "$out/logs/murmur-n$i.${1:-end}.log"
+  done
   for pid in "${nats_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${nats_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   nats_pids=()
@@ -119,7 +124,7 @@ stop_clusters() {
 }
 
 cleanup() {
-  stop_clusters
+  stop_clusters end
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
@@ -167,7 +172,7 @@ done
 
 # Idle connections on freshly started nodes, so memory freed by the runs above can't be
 # reused and hide the per-connection cost. One round: it is the slow scenario.
-stop_clusters
+stop_clusters rounds
 start_clusters
 for system in $systems; do
   if [ "$system" = murmur ]; then
@@ -180,7 +185,7 @@ for system in $systems; do
   run "$system" "$url" idle --server-pid "$pid" --steps "$IDLE_STEPS" \
     --settle-ms "$IDLE_SETTLE_MS" --label "fresh nodes"
 done
-stop_clusters
+stop_clusters idle
 
 seconds=$(($(date +%s) - began))
 echo "$mode run took ${seconds} s; $failures failed runs; results in $results"

@@ -88,12 +88,39 @@ pub struct Received {
     pub latency: Latency,
     /// When the last measured message arrived, ns since the start.
     pub last_ns: Option<u128>,
+    /// Why the connection ended early, if it did (a close frame's code and reason, an I/O
+    /// error), rather than going quiet.
+    pub ended: Option<String>,
 }
 
 /// How long a subscriber waits for the next message once publishing started before it
 /// counts the rest as lost, and before publishing started at all.
 const QUIET_WHILE_PUBLISHING: Duration = Duration::from_secs(5);
 const QUIET_BEFORE_PUBLISHING: Duration = Duration::from_secs(120);
+
+/// Connections that ended early, and one of their reasons, for the report.
+#[derive(Debug, Default)]
+pub struct Endings {
+    pub count: usize,
+    pub sample: Option<String>,
+}
+
+impl Endings {
+    pub fn add(&mut self, ended: Option<String>) {
+        if let Some(reason) = ended {
+            self.count += 1;
+            self.sample.get_or_insert(reason);
+        }
+    }
+
+    /// ` ended early N (reason)` for the table row, or nothing.
+    pub fn row(&self) -> String {
+        match &self.sample {
+            Some(sample) => format!("  ended early {} ({sample})", self.count),
+            None => String::new(),
+        }
+    }
+}
 
 /// Reads until `expected` measured messages arrived or the stream went quiet.
 pub async fn receive(
@@ -108,6 +135,7 @@ pub async fn receive(
         count: 0,
         latency: Latency::new(),
         last_ns: None,
+        ended: None,
     };
     while received.count < expected {
         let quiet = if publishing.load(Ordering::Relaxed) {
@@ -115,8 +143,13 @@ pub async fn receive(
         } else {
             QUIET_BEFORE_PUBLISHING
         };
-        let Ok(Ok(incoming)) = tokio::time::timeout(quiet, conn.next()).await else {
-            break;
+        let incoming = match tokio::time::timeout(quiet, conn.next()).await {
+            Ok(Ok(incoming)) => incoming,
+            Ok(Err(e)) => {
+                received.ended = Some(format!("{e:#}"));
+                break;
+            }
+            Err(_) => break,
         };
         let Incoming::Event { payload, .. } = incoming else {
             continue;

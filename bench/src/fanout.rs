@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 use crate::client::{Incoming, System};
-use crate::common::{Common, Warmth, connect_subscribed, receive};
+use crate::common::{Common, Endings, Warmth, connect_subscribed, receive};
 use crate::report::{Latency, WARMUP, emit, payload};
 
 const TOPIC: &str = "bench.fanout";
@@ -138,8 +138,10 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     let mut received = 0usize;
     let mut latency = Latency::new();
     let mut last = first_send;
+    let mut endings = Endings::default();
     for task in tasks {
         let result = task.await?;
+        endings.add(result.ended);
         received += result.count;
         latency.merge(&result.latency);
         last = last.max(result.last_ns.unwrap_or(0));
@@ -166,7 +168,7 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
         args.messages,
         args.size,
         latency.row(),
-    );
+    ) + &endings.row();
     emit(
         &row,
         json!({
@@ -175,6 +177,7 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
             "size": args.size, "rate": args.rate, "acked": args.acked,
             "deliveries_per_s": per_second, "publish_seconds": publish_seconds,
             "publish_errors": publish_errors, "lost": lost, "latency_ms": latency.json(),
+            "ended_early": endings.count, "ended_sample": endings.sample,
         }),
         &args.common.label,
     );

@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::sync::Barrier;
 
 use crate::client::{Conn, Target};
-use crate::common::{Common, Warmth, connect_subscribed, receive};
+use crate::common::{Common, Endings, Warmth, connect_subscribed, receive};
 use crate::report::{Latency, WARMUP, emit, payload};
 
 const FLUSH_EVERY: usize = 64;
@@ -89,8 +89,10 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     let mut received = 0usize;
     let mut latency = Latency::new();
     let mut last = first_send;
+    let mut endings = Endings::default();
     for task in tasks {
         let result = task.await?;
+        endings.add(result.ended);
         received += result.count;
         latency.merge(&result.latency);
         last = last.max(result.last_ns.unwrap_or(0));
@@ -105,13 +107,14 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
         args.messages,
         args.size,
         latency.row(),
-    );
+    ) + &endings.row();
     emit(
         &row,
         json!({
             "scenario": "topics", "case": "topics", "system": name, "topics": args.topics,
             "nodes": nodes, "messages_per_topic": args.messages, "size": args.size,
             "deliveries_per_s": per_second, "lost": lost, "latency_ms": latency.json(),
+            "ended_early": endings.count, "ended_sample": endings.sample,
         }),
         &args.common.label,
     );
