@@ -60,8 +60,13 @@ def get(run, key):
 
 
 def median(runs, system, case, key):
+    """The median over the rounds; for `lost` and `duplicates`, the sum: one bad round counts."""
     values = [get(r, key) for r in runs if r["system"] == system and r["case"] == case]
-    return statistics.median(values) if values else None
+    if not values:
+        return None
+    if key in ("lost", "duplicates"):
+        return sum(values)
+    return statistics.median(values)
 
 
 def count(runs, system, case):
@@ -71,6 +76,8 @@ def count(runs, system, case):
 def fmt(value, digits=2):
     if value is None:
         return "—"
+    if isinstance(value, int):
+        return f"{value:,}"
     if abs(value) >= 1000:
         return f"{value:,.0f}"
     return f"{value:,.{digits}f}"
@@ -158,7 +165,7 @@ def render(runs, rows, failed, args):
     m = median(runs, M, "fanout-full", "deliveries_per_s")
     n = median(runs, N, "fanout-full", "deliveries_per_s")
     r = ratio(m, n)
-    w(f"| fan-out to {subs} subscribers over {nodes} nodes, {size} B, full speed: deliveries/s | {fmt(m)} | {fmt(n)} | "
+    w(f"| fan-out to {fmt(subs)} subscribers over {nodes} nodes, {size} B, full speed: deliveries/s | {fmt(m)} | {fmt(n)} | "
       f"{fmt(r)} | ≥ 1.2× | {verdict(r is not None and r >= 1.2)} |")
     m = median(runs, M, "fanout-rate", "latency_ms.p99")
     n = median(runs, N, "fanout-rate", "latency_ms.p99")
@@ -169,7 +176,7 @@ def render(runs, rows, failed, args):
     n = median(runs, N, "topics", "deliveries_per_s")
     r = ratio(m, n)
     topics = first("topics", "topics")
-    w(f"| {topics} topics, one subscriber each, publishers on other nodes: deliveries/s | {fmt(m)} | {fmt(n)} | "
+    w(f"| {fmt(topics)} topics, one subscriber each, publishers on other nodes: deliveries/s | {fmt(m)} | {fmt(n)} | "
       f"{fmt(r)} | ≥ 1.5× | {verdict(r is not None and r >= 1.5)} |")
     m = median(runs, M, "idle", "per_connection_kib")
     n = median(runs, N, "idle", "per_connection_kib")
@@ -182,20 +189,26 @@ def render(runs, rows, failed, args):
         flat = bool(slopes) and min(slopes) > 0 and max(slopes) / min(slopes) <= 1.5
         w(f"| one node holds {i['connections']:,} idle connections (open-file limit 20,000), memory per connection flat "
           f"(slopes between steps: {', '.join(fmt(s) for s in slopes)} KiB) | {i['connections']:,} held, "
-          f"{i['lost']} dropped | {first('idle', 'connections', N) or '—'} | | flat (max/min slope ≤ 1.5) | "
+          f"{i['lost']} dropped | {fmt(first('idle', 'connections', N))} held | | flat (max/min slope ≤ 1.5) | "
           f"{verdict(flat and i['lost'] == 0)} |")
         n_proj = first("idle", "projected_100k_mib", N)
         w(f"| 100,000 idle connections, projected from the slope (MiB) | {fmt(i['projected_100k_mib'])} | {fmt(n_proj)} | "
           f"{fmt(ratio(i['projected_100k_mib'], n_proj))} | | |")
     lost_m = sum(x.get("lost", 0) for x in runs if x["system"] == M)
     lost_n = sum(x.get("lost", 0) for x in runs if x["system"] == N)
-    w(f"| messages lost, all runs (idle: connections dropped) | {lost_m} | {lost_n} | | 0 | {verdict(lost_m == 0)} |")
+    w(f"| messages lost, all runs (idle: connections dropped) | {fmt(lost_m)} | {fmt(lost_n)} | | 0 | {verdict(lost_m == 0)} |")
     mf = median(runs, M, "fanout-full", "deliveries_per_s")
     ma = median(runs, M, "fanout-acked", "deliveries_per_s")
     cost = ratio(mf, ma)
     w(f"| fan-out through acknowledged publishing (stored and replicated), deliveries/s | {fmt(ma)} | — | | reported | "
       f"{'costs ' + fmt(cost) + '× fire-and-forget' if cost else '—'} |")
     w("")
+    lossy = [x for x in runs if x.get("lost", 0)]
+    for x in lossy:
+        why = f"; {x['ended_early']} connections ended early: {x['ended_sample']}" if x.get("ended_early") else ""
+        w(f"- Loss: {x['system']} {x['case']} ({x.get('label', '')}): {x['lost']:,} lost{why}.")
+    if lossy:
+        w("")
     if failed:
         w("Runs that failed: " + "; ".join(f"`{f}`" for f in failed) + ".")
         w("")
@@ -209,6 +222,10 @@ def render(runs, rows, failed, args):
       f"{first('fanout-acked', 'messages')} messages with a `ref` each, up to 256 in flight, each answered "
       "once sequenced by the topic's owner and stored on its replica (core NATS has no equivalent; "
       "JetStream was not measured).")
+    w("")
+    w("At full speed the publisher outruns the machine (both clusters and the 1,000 subscribers' "
+      "connections in the load generator share 2 cores), so the latency there is queueing; the fixed "
+      "rate shows the latency of an unsaturated system. `lost` is summed over the rounds.")
     w("")
     w("| case | figure | Murmur | NATS | Murmur / NATS |")
     w("|---|---|---:|---:|---:|")
@@ -250,8 +267,7 @@ def render(runs, rows, failed, args):
     w(f"One publisher on the third node, a group of {first('queue', 'members')} members spread over the "
       f"nodes (Murmur: `sub` with a `group`, every delivery acked; NATS: `SUB subject queue sid`), "
       f"{first('queue', 'messages')} messages at full speed. Share: a member's count relative to an even "
-      "split (1.00 = fair); cv: coefficient of variation of the members' counts. NATS prefers queue "
-      "members on the publisher's own server, so its share is uneven by design.")
+      "split (1.00 = fair); cv: coefficient of variation of the members' counts.")
     w("")
     w("| figure | Murmur | NATS | Murmur / NATS |")
     w("|---|---:|---:|---:|")

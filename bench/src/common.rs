@@ -137,20 +137,36 @@ pub async fn receive(
         last_ns: None,
         ended: None,
     };
-    while received.count < expected {
-        let quiet = if publishing.load(Ordering::Relaxed) {
+    // One timer for the whole loop, pushed back at most every 100 ms: a timeout per read
+    // would cost more than the read itself at full speed.
+    let quiet = |publishing: &AtomicBool| {
+        if publishing.load(Ordering::Relaxed) {
             QUIET_WHILE_PUBLISHING
         } else {
             QUIET_BEFORE_PUBLISHING
+        }
+    };
+    let deadline = tokio::time::sleep(quiet(&publishing));
+    tokio::pin!(deadline);
+    let mut pushed_back = Instant::now();
+    while received.count < expected {
+        let incoming = tokio::select! {
+            biased;
+            next = conn.next() => match next {
+                Ok(incoming) => incoming,
+                Err(e) => {
+                    received.ended = Some(format!("{e:#}"));
+                    break;
+                }
+            },
+            () = &mut deadline => break,
         };
-        let incoming = match tokio::time::timeout(quiet, conn.next()).await {
-            Ok(Ok(incoming)) => incoming,
-            Ok(Err(e)) => {
-                received.ended = Some(format!("{e:#}"));
-                break;
-            }
-            Err(_) => break,
-        };
+        if pushed_back.elapsed() > Duration::from_millis(100) {
+            pushed_back = Instant::now();
+            deadline
+                .as_mut()
+                .reset((pushed_back + quiet(&publishing)).into());
+        }
         let Incoming::Event { payload, .. } = incoming else {
             continue;
         };
