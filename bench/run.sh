@@ -23,7 +23,7 @@ mode=full
 began=$(date +%s)
 
 if [ "$mode" = full ]; then
-  ROUNDS=${ROUNDS:-3}
+  ROUNDS=${ROUNDS:-5}
   SUBSCRIBERS=${SUBSCRIBERS:-1000}
   MESSAGES=${MESSAGES:-2000}
   RATE=${RATE:-100}

@@ -94,7 +94,9 @@ pub struct Conn {
 
 impl Conn {
     pub async fn connect(target: &Target, url: &str) -> anyhow::Result<Self> {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        // Without Nagle, as NATS's and most clients' sockets: a small frame (an ack, a
+        // publish at a fixed rate) goes out at once instead of waiting for the peer's ACK.
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .with_context(|| format!("connect {url}"))?;
         let mut conn = Self {
