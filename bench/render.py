@@ -206,7 +206,10 @@ def render(runs, rows, failed, args):
     lossy = [x for x in runs if x.get("lost", 0)]
     for x in lossy:
         why = f"; {x['ended_early']} connections ended early: {x['ended_sample']}" if x.get("ended_early") else ""
-        w(f"- Loss: {x['system']} {x['case']} ({x.get('label', '')}): {x['lost']:,} lost{why}.")
+        ended = ""
+        if x.get("at"):
+            ended = datetime.datetime.fromtimestamp(x["at"], datetime.timezone.utc).strftime(", run ended %H:%M:%S UTC")
+        w(f"- Loss: {x['system']} {x['case']} ({x.get('label', '')}{ended}): {x['lost']:,} lost{why}.")
     if lossy:
         w("")
     if failed:

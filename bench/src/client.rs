@@ -169,9 +169,12 @@ impl Conn {
             match self.ws.next().await {
                 Some(Ok(Message::Text(t))) => return Ok(Bytes::from(t)),
                 Some(Ok(Message::Binary(b))) => return Ok(b),
-                Some(Ok(Message::Close(frame))) => {
-                    bail!("connection closed by the server: {frame:?}")
-                }
+                Some(Ok(Message::Close(Some(frame)))) => bail!(
+                    "closed by the server: {} {}",
+                    u16::from(frame.code),
+                    frame.reason
+                ),
+                Some(Ok(Message::Close(None))) => bail!("closed by the server"),
                 None => bail!("connection closed"),
                 Some(Err(e)) => return Err(e.into()),
                 // WebSocket pings are answered by tungstenite on the next read.

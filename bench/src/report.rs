@@ -65,9 +65,14 @@ impl Latency {
     }
 }
 
-/// Prints the table row, then the JSON line (which gets `label` added).
+/// Prints the table row, then the JSON line (which gets `label` added, and `at`: when the
+/// run ended, in seconds since the Unix epoch, to match it with the servers' logs).
 pub fn emit(row: &str, mut line: Value, label: &str) {
     line["label"] = json!(label);
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    line["at"] = json!(at);
     println!("{row}");
     println!("{line}");
 }
