@@ -48,6 +48,9 @@ else
   IDLE_SETTLE_MS=${IDLE_SETTLE_MS:-300}
 fi
 SIZE=${SIZE:-128}
+# Seconds between runs, so one run's closing connections don't overlap the next one's start.
+PAUSE=${PAUSE:-2}
+[ "$mode" = smoke ] && PAUSE=${PAUSE_SMOKE:-0}
 
 # Every node and the load generator may hold up to 20,000 files (the idle scenario drives one
 # node to ~19,000 connections, from several generator processes).
@@ -151,6 +154,7 @@ run() {
     [ "$mode" = smoke ] && exit 1
     failures=$((failures + 1))
   fi
+  sleep "$PAUSE"
 }
 
 start_clusters
