@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle bench chaos chaos-smoke test lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle bench bench-smoke chaos chaos-smoke test lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -33,8 +33,11 @@ measure-idle: ## Node memory per idle WebSocket connection (one subscription eac
 	$(CARGO) build --release -p murmur --bins --example idle_connections
 	target/release/examples/idle_connections --connections 19500 --steps 5
 
-bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian), fan-out scenario; prints ratios
-	bench/run.sh
+bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian): every scenario, writes docs/benchmarks.md (~5 min)
+	flock /tmp/murmur-bench.lock bench/run.sh
+
+bench-smoke: ## A short bench run (small counts, under a minute once built) that fails on any loss or error
+	flock /tmp/murmur-bench.lock bench/run.sh --smoke
 
 chaos: ## Every chaos nemesis on namespace hosts (root, ~20 min): chaos-out/<nemesis>/report.md, chaos-out/summary.md
 	$(CARGO) build --release -p murmur -p murmur-chaos

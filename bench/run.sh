@@ -1,39 +1,103 @@
 #!/usr/bin/env bash
 # The side-by-side: a three-node Murmur cluster and a three-node NATS cluster (Debian's
-# nats-server, WebSocket listener without TLS), all on 127.0.0.1, the same scenarios run
-# against both, alternating. Prints each run's table row and JSON line, then Murmur/NATS.
+# nats-server, WebSocket listener without TLS), all on 127.0.0.1, every scenario of
+# murmur-bench run against both, alternating, in rounds; then bench/render.py writes the
+# generated section of docs/benchmarks.md (medians of the rounds, Murmur/NATS per figure,
+# the issue's targets met or missed).
 #
-#   bench/run.sh                      # the default run (a few minutes)
-#   SUBSCRIBERS=1000 MESSAGES=2000 bench/run.sh
+#   bench/run.sh            # `make bench`: the full run (about 5 minutes on 2 cores)
+#   bench/run.sh --smoke    # `make bench-smoke`: small counts, checks only that nothing is
+#                           # lost and nothing fails (non-zero exit otherwise); NATS is
+#                           # skipped when nats-server is not installed and can't be
+#                           # (or when NATS=no)
+#   ROUNDS=3 SUBSCRIBERS=500 bench/run.sh   # counts can be overridden, see below
 #
+# Run it under `flock /tmp/murmur-bench.lock` on a shared machine: the ports are fixed.
 # Ports: Murmur 7400/7410/7420 (WebSocket), 7401.. gossip, 7402.. QUIC;
 #        NATS 4222/4223/4224 (clients), 6222/6223/6224 (routes), 8222/8223/8224 (WebSocket).
+# Results (one JSON line per run, plus the table rows): target/bench/<mode>.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUBSCRIBERS=${SUBSCRIBERS:-200}
-MESSAGES=${MESSAGES:-2000}
-SIZE=${SIZE:-128}
-RATE=${RATE:-100}
-RATE_MESSAGES=${RATE_MESSAGES:-300}
-ROUNDS=${ROUNDS:-2}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  MURMUR_BIN=target/release/murmur deploy/local-cluster.sh stop >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+mode=full
+[ "${1:-}" = --smoke ] && mode=smoke
+began=$(date +%s)
 
-if ! command -v nats-server >/dev/null; then
-  echo "installing nats-server (Debian package)"
-  { apt-get update -qq && apt-get install -y -qq nats-server; } >/dev/null
+if [ "$mode" = full ]; then
+  ROUNDS=${ROUNDS:-5}
+  SUBSCRIBERS=${SUBSCRIBERS:-1000}
+  MESSAGES=${MESSAGES:-2000}
+  RATE=${RATE:-100}
+  RATE_MESSAGES=${RATE_MESSAGES:-300}
+  TOPICS=${TOPICS:-1000}
+  TOPIC_MESSAGES=${TOPIC_MESSAGES:-100}
+  MEMBERS=${MEMBERS:-30}
+  QUEUE_MESSAGES=${QUEUE_MESSAGES:-20000}
+  IDLE_STEPS=${IDLE_STEPS:-1000,5000,10000,19000}
+  IDLE_SETTLE_MS=${IDLE_SETTLE_MS:-2000}
+else
+  ROUNDS=${ROUNDS:-1}
+  SUBSCRIBERS=${SUBSCRIBERS:-20}
+  MESSAGES=${MESSAGES:-2000}
+  RATE=${RATE:-100}
+  RATE_MESSAGES=${RATE_MESSAGES:-100}
+  TOPICS=${TOPICS:-50}
+  TOPIC_MESSAGES=${TOPIC_MESSAGES:-40}
+  MEMBERS=${MEMBERS:-3}
+  QUEUE_MESSAGES=${QUEUE_MESSAGES:-2000}
+  IDLE_STEPS=${IDLE_STEPS:-100,200}
+  IDLE_SETTLE_MS=${IDLE_SETTLE_MS:-300}
 fi
-cargo build --release -p murmur -p murmur-bench
+SIZE=${SIZE:-128}
+# Seconds between runs, so one run's closing connections don't overlap the next one's start.
+PAUSE=${PAUSE:-2}
+[ "$mode" = smoke ] && PAUSE=${PAUSE_SMOKE:-0}
 
-for i in 0 1 2; do
-  cat >"$work/nats$i.conf" <<CONF
+# Every node and the load generator may hold up to 20,000 files (the idle scenario drives one
+# node to ~19,000 connections, from several generator processes).
+open_files=20000
+hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt "$open_files" ]; then open_files=$hard; fi
+ulimit -n "$open_files"
+# Leave the node room for its own files: drop idle steps beyond the limit.
+IDLE_STEPS=$(echo "$IDLE_STEPS" | tr , '\n' | awk -v max=$((open_files - 500)) '$1 <= max' | paste -sd,)
+
+systems="murmur nats"
+nats_note=""
+if [ "$mode" = smoke ] && [ "${NATS:-auto}" = no ]; then
+  systems="murmur"
+  nats_note="NATS skipped: NATS=no"
+elif ! command -v nats-server >/dev/null; then
+  echo "nats-server is missing: installing Debian's package"
+  limit=300
+  [ "$mode" = smoke ] && limit=60
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { timeout $limit apt-get update -qq && timeout $limit apt-get install -y -qq nats-server; } >/dev/null 2>&1 || true
+  fi
+  if ! command -v nats-server >/dev/null; then
+    if [ "$mode" = full ]; then
+      echo "nats-server could not be installed (needs root, apt-get and the Debian archive)" >&2
+      exit 1
+    fi
+    systems="murmur"
+    nats_note="NATS skipped: nats-server is not installed and could not be installed"
+  fi
+fi
+[ -n "$nats_note" ] && echo "$nats_note"
+
+cargo build --release -p murmur -p murmur-bench
+bench=target/release/murmur-bench
+out=target/bench
+mkdir -p "$out"
+results="$out/$mode.jsonl"
+: >"$results"
+work=$(mktemp -d)
+nats_pids=()
+
+start_clusters() {
+  if [[ " $systems " == *" nats "* ]]; then
+    nats_pids=()
+    for i in 0 1 2; do
+      cat >"$work/nats$i.conf" <<CONF
 listen: 127.0.0.1:$((4222 + i))
 server_name: nats$i
 websocket { listen: "127.0.0.1:$((8222 + i))", no_tls: true }
@@ -43,40 +107,108 @@ cluster {
   routes: [nats-route://127.0.0.1:6222, nats-route://127.0.0.1:6223, nats-route://127.0.0.1:6224]
 }
 CONF
-  nats-server -c "$work/nats$i.conf" >"$work/nats$i.log" 2>&1 &
-  pids+=($!)
-done
-MURMUR_BIN=target/release/murmur deploy/local-cluster.sh start >/dev/null
-sleep 2
+      nats-server -c "$work/nats$i.conf" >"$work/nats$i.log" 2>&1 &
+      nats_pids+=($!)
+    done
+    for port in 8222 8223 8224; do
+      for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+      done
+    done
+  fi
+  MURMUR_BIN=target/release/murmur deploy/local-cluster.sh start >/dev/null
+  sleep 2
+}
+
+# stop_clusters PHASE: stops both clusters, keeping the Murmur nodes' logs in $out/logs/.
+stop_clusters() {
+  mkdir -p "$out/logs"
+  for i in 1 2 3; do
+    [ -f ".cluster/n$i.log" ] && cp ".cluster/n$i.log" "$out/logs/murmur-n$i.${1:-end}.log"
+  done
+  for pid in "${nats_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${nats_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  nats_pids=()
+  MURMUR_BIN=target/release/murmur deploy/local-cluster.sh stop >/dev/null 2>&1 || true
+}
+
+cleanup() {
+  stop_clusters end
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
 
 murmur_urls=ws://127.0.0.1:7400/ws,ws://127.0.0.1:7410/ws,ws://127.0.0.1:7420/ws
 nats_urls=ws://127.0.0.1:8222,ws://127.0.0.1:8223,ws://127.0.0.1:8224
-bench=target/release/murmur-bench
-results="$work/results.jsonl"
+strict=()
+[ "$mode" = smoke ] && strict=(--fail-on-loss)
+failures=0
+
+# run SYSTEM URLS SCENARIO ARGS...: one run; its rows and JSON line go to the results.
+run() {
+  local system=$1 urls=$2
+  shift 2
+  if ! "$bench" "$@" --system "$system" --url "$urls" "${strict[@]}" | tee -a "$results"; then
+    echo "FAILED: $system $*" | tee -a "$results"
+    [ "$mode" = smoke ] && exit 1
+    failures=$((failures + 1))
+  fi
+  sleep "$PAUSE"
+}
+
+start_clusters
 for round in $(seq 1 "$ROUNDS"); do
-  for system in murmur nats; do
-    urls=$murmur_urls; [ "$system" = nats ] && urls=$nats_urls
-    "$bench" fanout --system "$system" --url "$urls" --subscribers "$SUBSCRIBERS" \
-      --messages "$MESSAGES" --size "$SIZE" --label "round $round" | tee -a "$results"
-    "$bench" fanout --system "$system" --url "$urls" --subscribers "$SUBSCRIBERS" \
-      --messages "$RATE_MESSAGES" --size "$SIZE" --rate "$RATE" --label "round $round" | tee -a "$results"
+  order=$systems
+  # Alternate which system goes first in each round.
+  if [ $((round % 2)) = 0 ]; then order=$(echo "$systems" | tr ' ' '\n' | tac | paste -sd' '); fi
+  for system in $order; do
+    urls=$murmur_urls
+    [ "$system" = nats ] && urls=$nats_urls
+    label="round $round"
+    run "$system" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$MESSAGES" \
+      --size "$SIZE" --label "$label"
+    run "$system" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$RATE_MESSAGES" \
+      --size "$SIZE" --rate "$RATE" --label "$label"
+    if [ "$system" = murmur ]; then
+      run "$system" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$MESSAGES" \
+        --size "$SIZE" --acked --label "$label"
+    fi
+    run "$system" "$urls" topics --topics "$TOPICS" --messages "$TOPIC_MESSAGES" \
+      --size "$SIZE" --label "$label"
+    run "$system" "$urls" queue --members "$MEMBERS" --messages "$QUEUE_MESSAGES" \
+      --size "$SIZE" --label "$label"
   done
 done
 
-python3 - "$results" <<'PY'
-import json, statistics, sys
-runs = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-def median(system, rate, key):
-    values = [r[key] if not isinstance(key, tuple) else r[key[0]][key[1]]
-              for r in runs if r["system"] == system and r["rate"] == rate]
-    return statistics.median(values) if values else float("nan")
-print()
-print("| figure | murmur | nats | murmur / nats |")
-print("|---|---:|---:|---:|")
-for rate, label in [(None, "full speed"), (runs[1]["rate"] if len(runs) > 1 else None, "fixed rate")]:
-    for key, name in [("deliveries_per_s", "deliveries/s"), (("latency_ms", "p50"), "p50 ms"), (("latency_ms", "p99"), "p99 ms")]:
-        m, n = median("murmur", rate, key), median("nats", rate, key)
-        print(f"| {label} {name} | {m:,.2f} | {n:,.2f} | {m / n:.2f} |")
-lost = sum(r["lost"] for r in runs if r["system"] == "murmur")
-print(f"\nmurmur lost {lost} messages in all runs")
-PY
+# Idle connections on freshly started nodes, so memory freed by the runs above can't be
+# reused and hide the per-connection cost. One round: it is the slow scenario.
+stop_clusters rounds
+start_clusters
+for system in $systems; do
+  if [ "$system" = murmur ]; then
+    url=ws://127.0.0.1:7400/ws
+    pid=$(cat .cluster/n1.pid)
+  else
+    url=ws://127.0.0.1:8222
+    pid=${nats_pids[0]}
+  fi
+  run "$system" "$url" idle --server-pid "$pid" --steps "$IDLE_STEPS" \
+    --settle-ms "$IDLE_SETTLE_MS" --label "fresh nodes"
+done
+stop_clusters idle
+
+seconds=$(($(date +%s) - began))
+echo "$mode run took ${seconds} s; $failures failed runs; results in $results"
+if [ "$mode" = full ]; then
+  python3 bench/render.py --results "$results" --out docs/benchmarks.md \
+    --seconds "$seconds" --murmur-version "$(target/release/murmur --version)" \
+    --nats-version "$(nats-server --version)" --git "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --settings "ROUNDS=$ROUNDS SUBSCRIBERS=$SUBSCRIBERS MESSAGES=$MESSAGES SIZE=$SIZE RATE=$RATE RATE_MESSAGES=$RATE_MESSAGES TOPICS=$TOPICS TOPIC_MESSAGES=$TOPIC_MESSAGES MEMBERS=$MEMBERS QUEUE_MESSAGES=$QUEUE_MESSAGES IDLE_STEPS=$IDLE_STEPS"
+  echo "wrote docs/benchmarks.md"
+else
+  python3 bench/render.py --results "$results" --check
+  [ -n "$nats_note" ] && echo "$nats_note"
+  echo "bench-smoke passed in ${seconds} s (systems: $systems)"
+fi
+[ "$failures" = 0 ]

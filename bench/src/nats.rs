@@ -2,11 +2,13 @@
 //! `nats-server`'s WebSocket listener speaks it: a byte stream cut into frames anywhere, so
 //! incoming bytes go through an incremental parser.
 
+use bytes::{Bytes, BytesMut};
+
 /// What the server sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
     Info,
-    Msg { subject: String, payload: Vec<u8> },
+    Msg { subject: String, payload: Bytes },
     Ping,
     Pong,
     Ok,
@@ -16,7 +18,7 @@ pub enum Incoming {
 /// Accumulates bytes and yields whole protocol messages.
 #[derive(Debug, Default)]
 pub struct Parser {
-    buffer: Vec<u8>,
+    buffer: BytesMut,
 }
 
 impl Parser {
@@ -27,34 +29,35 @@ impl Parser {
     /// The next whole message, if the buffer holds one.
     pub fn next(&mut self) -> Option<Incoming> {
         let line_end = self.buffer.windows(2).position(|w| w == b"\r\n")?;
-        let line = String::from_utf8_lossy(&self.buffer[..line_end]).into_owned();
-        let mut words = line.split_whitespace();
-        let op = words.next().unwrap_or("").to_ascii_uppercase();
-        let (message, consumed) = match op.as_str() {
-            "MSG" => {
-                // MSG <subject> <sid> [reply-to] <#bytes>
-                let parts: Vec<&str> = words.collect();
-                let size: usize = parts.last()?.parse().ok()?;
-                let start = line_end + 2;
-                if self.buffer.len() < start + size + 2 {
-                    return None;
-                }
-                let payload = self.buffer[start..start + size].to_vec();
-                (
-                    Incoming::Msg {
-                        subject: parts.first().copied().unwrap_or("").to_owned(),
-                        payload,
-                    },
-                    start + size + 2,
-                )
+        let line = std::str::from_utf8(&self.buffer[..line_end]).unwrap_or("");
+        let mut words = line.split_ascii_whitespace();
+        let op = words.next().unwrap_or("");
+        if op.eq_ignore_ascii_case("MSG") {
+            // MSG <subject> <sid> [reply-to] <#bytes>
+            let subject = words.next().unwrap_or("").to_owned();
+            let size: usize = words.last()?.parse().ok()?;
+            let start = line_end + 2;
+            if self.buffer.len() < start + size + 2 {
+                return None;
             }
-            "INFO" => (Incoming::Info, line_end + 2),
-            "PING" => (Incoming::Ping, line_end + 2),
-            "PONG" => (Incoming::Pong, line_end + 2),
-            "+OK" => (Incoming::Ok, line_end + 2),
-            _ => (Incoming::Err(line.clone()), line_end + 2),
+            let whole = self.buffer.split_to(start + size + 2).freeze();
+            return Some(Incoming::Msg {
+                subject,
+                payload: whole.slice(start..start + size),
+            });
+        }
+        let message = if op.eq_ignore_ascii_case("INFO") {
+            Incoming::Info
+        } else if op.eq_ignore_ascii_case("PING") {
+            Incoming::Ping
+        } else if op.eq_ignore_ascii_case("PONG") {
+            Incoming::Pong
+        } else if op.eq_ignore_ascii_case("+OK") {
+            Incoming::Ok
+        } else {
+            Incoming::Err(line.to_owned())
         };
-        self.buffer.drain(..consumed);
+        let _ = self.buffer.split_to(line_end + 2);
         Some(message)
     }
 }
@@ -63,8 +66,12 @@ pub fn connect() -> &'static str {
     "CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":false,\"protocol\":1,\"name\":\"murmur-bench\"}\r\n"
 }
 
-pub fn sub(subject: &str, sid: u64) -> String {
-    format!("SUB {subject} {sid}\r\n")
+/// `SUB`, as a member of queue group `queue` when given.
+pub fn sub(subject: &str, queue: Option<&str>, sid: u64) -> String {
+    match queue {
+        Some(queue) => format!("SUB {subject} {queue} {sid}\r\n"),
+        None => format!("SUB {subject} {sid}\r\n"),
+    }
 }
 
 pub fn publish(subject: &str, payload: &[u8]) -> Vec<u8> {
@@ -81,7 +88,7 @@ mod tests {
     #[test]
     fn parses_messages_split_anywhere() {
         let stream =
-            b"INFO {\"x\":1}\r\nMSG a.b 1 5\r\nhello\r\nPING\r\nMSG a.c 1 r 0\r\n\r\n+OK\r\n";
+            b"INFO {\"x\":1}\r\nMSG a.b 1 5\r\nhello\r\nPING\r\nMSG a.c 1 r 0\r\n\r\n+OK\r\n-ERR 'x'\r\n";
         for split in 1..stream.len() {
             let mut parser = Parser::default();
             let mut got = Vec::new();
@@ -97,14 +104,15 @@ mod tests {
                     Incoming::Info,
                     Incoming::Msg {
                         subject: "a.b".into(),
-                        payload: b"hello".to_vec()
+                        payload: Bytes::from_static(b"hello")
                     },
                     Incoming::Ping,
                     Incoming::Msg {
                         subject: "a.c".into(),
-                        payload: Vec::new()
+                        payload: Bytes::new()
                     },
                     Incoming::Ok,
+                    Incoming::Err("-ERR 'x'".into()),
                 ],
                 "split every {split} bytes"
             );
@@ -113,7 +121,8 @@ mod tests {
 
     #[test]
     fn encodes_commands() {
-        assert_eq!(sub("x.y", 3), "SUB x.y 3\r\n");
+        assert_eq!(sub("x.y", None, 3), "SUB x.y 3\r\n");
+        assert_eq!(sub("x.y", Some("workers"), 3), "SUB x.y workers 3\r\n");
         assert_eq!(publish("x", b"ab"), b"PUB x 2\r\nab\r\n");
         assert!(connect().ends_with("}\r\n"));
     }

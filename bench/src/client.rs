@@ -1,0 +1,414 @@
+//! One client connection to either system, behind one interface: connect (Murmur's `hello`,
+//! NATS's `CONNECT`), subscribe (optionally in a queue group), publish (optionally
+//! acknowledged), ack, round trip, and the next thing the server sent.
+//!
+//! Murmur's per-connection options live in [`MurmurOptions`]: they are sent in the `hello`
+//! frame, so a protocol opt-in (for example batching several events per frame) is one more
+//! field there plus, if its frames look different, one more case in [`decode_murmur`].
+
+use std::collections::VecDeque;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::ValueEnum;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::nats;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum System {
+    Murmur,
+    Nats,
+}
+
+/// Per-connection settings of the Murmur target, sent in `hello`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MurmurOptions {
+    /// Client name sent in Murmur's `hello` (the node logs it).
+    #[arg(long, default_value = "murmur-bench")]
+    pub client_name: String,
+}
+
+impl MurmurOptions {
+    fn hello(&self) -> String {
+        json!({"op": "hello", "client": self.client_name}).to_string()
+    }
+
+    /// The command-line arguments that reproduce these options (for child processes).
+    pub fn to_args(&self) -> Vec<String> {
+        vec!["--client-name".to_owned(), self.client_name.clone()]
+    }
+
+    /// What distinguishes this mode in reports (empty for the default protocol).
+    fn variant(&self) -> &'static str {
+        ""
+    }
+}
+
+/// The system under test and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub system: System,
+    pub murmur: MurmurOptions,
+}
+
+impl Target {
+    /// The name used in reports: `murmur` or `nats`, plus the Murmur mode if not the default.
+    pub fn name(&self) -> String {
+        match self.system {
+            System::Murmur => format!("murmur{}", self.murmur.variant()),
+            System::Nats => "nats".to_owned(),
+        }
+    }
+}
+
+/// Something the server sent that a scenario cares about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A delivered message; `delivery` is Murmur's queue-group id to `ack`.
+    Event {
+        payload: Bytes,
+        delivery: Option<String>,
+    },
+    /// Murmur's `ok` (with its `ref`), NATS's `+OK`.
+    Ok {
+        reference: Option<String>,
+    },
+    Pong,
+    /// An error frame, verbatim.
+    Error(String),
+}
+
+pub struct Conn {
+    system: System,
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    nats: nats::Parser,
+    /// Decoded but not yet consumed, in arrival order.
+    pending: VecDeque<Incoming>,
+    unflushed: bool,
+}
+
+impl Conn {
+    pub async fn connect(target: &Target, url: &str) -> anyhow::Result<Self> {
+        // Without Nagle, as NATS's and most clients' sockets: a small frame (an ack, a
+        // publish at a fixed rate) goes out at once instead of waiting for the peer's ACK.
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+            .await
+            .with_context(|| format!("connect {url}"))?;
+        let mut conn = Self {
+            system: target.system,
+            ws,
+            nats: nats::Parser::default(),
+            pending: VecDeque::new(),
+            unflushed: false,
+        };
+        match target.system {
+            System::Murmur => {
+                // The node greets first; `hello` carries the options and is answered by
+                // another `welcome`.
+                conn.expect_murmur_op("welcome").await?;
+                conn.send(target.murmur.hello().into_bytes()).await?;
+                conn.expect_murmur_op("welcome").await?;
+            }
+            System::Nats => {
+                loop {
+                    if let nats::Incoming::Info = conn.next_nats_raw().await? {
+                        break;
+                    }
+                }
+                conn.send(nats::connect().as_bytes().to_vec()).await?;
+            }
+        }
+        Ok(conn)
+    }
+
+    async fn expect_murmur_op(&mut self, op: &str) -> anyhow::Result<()> {
+        loop {
+            let frame = self.next_frame().await?;
+            let text = std::str::from_utf8(&frame)?;
+            if json_str_field(text, "op") == Some(op) {
+                return Ok(());
+            }
+            if json_str_field(text, "op") == Some("error") {
+                bail!("expected `{op}`, got {text}");
+            }
+        }
+    }
+
+    /// Queues a frame without flushing.
+    async fn feed(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
+        let message = match self.system {
+            System::Murmur => Message::text(String::from_utf8(bytes)?),
+            System::Nats => Message::binary(bytes),
+        };
+        self.ws.feed(message).await?;
+        self.unflushed = true;
+        Ok(())
+    }
+
+    async fn send(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.feed(bytes).await?;
+        self.flush().await
+    }
+
+    pub async fn flush(&mut self) -> anyhow::Result<()> {
+        if self.unflushed {
+            self.ws.flush().await?;
+            self.unflushed = false;
+        }
+        Ok(())
+    }
+
+    /// The next WebSocket data frame's bytes.
+    async fn next_frame(&mut self) -> anyhow::Result<Bytes> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => return Ok(Bytes::from(t)),
+                Some(Ok(Message::Binary(b))) => return Ok(b),
+                Some(Ok(Message::Close(Some(frame)))) => bail!(
+                    "closed by the server: {} {}",
+                    u16::from(frame.code),
+                    frame.reason
+                ),
+                Some(Ok(Message::Close(None))) => bail!("closed by the server"),
+                None => bail!("connection closed"),
+                Some(Err(e)) => return Err(e.into()),
+                // WebSocket pings are answered by tungstenite on the next read.
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// The next NATS protocol message, PINGs included.
+    async fn next_nats_raw(&mut self) -> anyhow::Result<nats::Incoming> {
+        loop {
+            if let Some(message) = self.nats.next() {
+                return Ok(message);
+            }
+            let frame = self.next_frame().await?;
+            self.nats.push(&frame);
+        }
+    }
+
+    /// The next thing the server sent (NATS PINGs are answered here).
+    pub async fn next(&mut self) -> anyhow::Result<Incoming> {
+        loop {
+            if let Some(incoming) = self.pending.pop_front() {
+                return Ok(incoming);
+            }
+            // Acks and other queued writes go out before waiting for the server.
+            self.flush().await?;
+            match self.system {
+                System::Murmur => {
+                    let frame = self.next_frame().await?;
+                    decode_murmur(&frame, &mut self.pending);
+                }
+                System::Nats => match self.next_nats_raw().await? {
+                    nats::Incoming::Msg { payload, .. } => {
+                        self.pending.push_back(Incoming::Event {
+                            payload,
+                            delivery: None,
+                        });
+                    }
+                    nats::Incoming::Ping => self.send(b"PONG\r\n".to_vec()).await?,
+                    nats::Incoming::Pong => self.pending.push_back(Incoming::Pong),
+                    nats::Incoming::Ok => self.pending.push_back(Incoming::Ok { reference: None }),
+                    nats::Incoming::Err(e) => self.pending.push_back(Incoming::Error(e)),
+                    nats::Incoming::Info => {}
+                },
+            }
+        }
+    }
+
+    /// Reads until `wanted` matches, keeping everything else for [`Conn::next`].
+    async fn wait_for(&mut self, wanted: impl Fn(&Incoming) -> bool) -> anyhow::Result<Incoming> {
+        let mut kept = VecDeque::new();
+        let found = loop {
+            let incoming = self.next().await?;
+            if wanted(&incoming) {
+                break incoming;
+            }
+            if let Incoming::Error(e) = &incoming {
+                bail!("server error: {e}");
+            }
+            kept.push_back(incoming);
+        };
+        kept.append(&mut self.pending);
+        self.pending = kept;
+        Ok(found)
+    }
+
+    /// Subscribes (as a member of `group` when given) and waits until the server confirmed.
+    pub async fn subscribe(&mut self, topic: &str, group: Option<&str>) -> anyhow::Result<()> {
+        match self.system {
+            System::Murmur => {
+                let mut sub = json!({"op": "sub", "id": "b", "topic": topic});
+                if let Some(group) = group {
+                    sub["group"] = json!(group);
+                }
+                self.send(sub.to_string().into_bytes()).await?;
+                self.wait_for(|i| matches!(i, Incoming::Ok { reference: Some(r) } if r == "b"))
+                    .await?;
+                Ok(())
+            }
+            System::Nats => {
+                self.send(nats::sub(topic, group, 1).into_bytes()).await?;
+                self.round_trip().await
+            }
+        }
+    }
+
+    /// A ping answered: everything sent before has been read by the server.
+    pub async fn round_trip(&mut self) -> anyhow::Result<()> {
+        let ping = match self.system {
+            System::Murmur => br#"{"op":"ping","ref":"rt"}"#.to_vec(),
+            System::Nats => b"PING\r\n".to_vec(),
+        };
+        self.send(ping).await?;
+        self.wait_for(|i| *i == Incoming::Pong).await?;
+        Ok(())
+    }
+
+    /// Queues a publish (call [`Conn::flush`] to send). With `reference`, Murmur answers
+    /// `ok` once the event is sequenced and stored on its replicas; NATS has no such answer.
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        reference: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let bytes = match self.system {
+            // The payload is ASCII without quotes or backslashes, so it is a JSON string as is.
+            System::Murmur => {
+                let data = std::str::from_utf8(payload)?;
+                match reference {
+                    Some(r) => {
+                        format!(r#"{{"op":"pub","topic":"{topic}","data":"{data}","ref":"{r}"}}"#)
+                    }
+                    None => format!(r#"{{"op":"pub","topic":"{topic}","data":"{data}"}}"#),
+                }
+                .into_bytes()
+            }
+            System::Nats => {
+                if reference.is_some() {
+                    bail!("core NATS has no acknowledged publish");
+                }
+                nats::publish(topic, payload)
+            }
+        };
+        self.feed(bytes).await
+    }
+
+    /// Acknowledges a Murmur queue-group delivery (queued; sent with the next read or flush).
+    pub async fn ack(&mut self, delivery: &str) -> anyhow::Result<()> {
+        self.feed(format!(r#"{{"op":"ack","delivery":"{delivery}"}}"#).into_bytes())
+            .await
+    }
+}
+
+/// The string value of `"key":"…"` in a JSON object written without spaces, as the node
+/// writes it. Only for values without escapes (names, ids, the bench's own payloads).
+/// Allocation-free: it runs for every frame the load generator reads.
+fn json_str_field<'a>(frame: &'a str, key: &str) -> Option<&'a str> {
+    let mut from = 0;
+    while let Some(found) = frame[from..].find(key) {
+        let at = from + found;
+        let after = &frame[at + key.len()..];
+        if at > 0 && frame.as_bytes()[at - 1] == b'"' && after.starts_with("\":\"") {
+            let value = &after[3..];
+            return value.find('"').map(|end| &value[..end]);
+        }
+        from = at + key.len();
+    }
+    None
+}
+
+/// Decodes one Murmur JSON frame into what the scenarios need.
+fn decode_murmur(frame: &Bytes, out: &mut VecDeque<Incoming>) {
+    let Ok(text) = std::str::from_utf8(frame) else {
+        out.push_back(Incoming::Error("a frame that is not UTF-8".to_owned()));
+        return;
+    };
+    // The node writes `op` first; events are nearly every frame, so they skip the search.
+    let op = if text.starts_with(r#"{"op":"event","#) {
+        Some("event")
+    } else {
+        json_str_field(text, "op")
+    };
+    match op {
+        Some("event") => {
+            let Some(data) = json_str_field(text, "data") else {
+                out.push_back(Incoming::Error(format!(
+                    "event without string data: {text}"
+                )));
+                return;
+            };
+            let start = data.as_ptr() as usize - text.as_ptr() as usize;
+            let end = start + data.len();
+            out.push_back(Incoming::Event {
+                payload: frame.slice(start..end),
+                // JSON events carry `delivery` after `data`.
+                delivery: json_str_field(&text[end..], "delivery").map(str::to_owned),
+            });
+        }
+        Some("ok") => out.push_back(Incoming::Ok {
+            reference: json_str_field(text, "ref").map(str::to_owned),
+        }),
+        Some("pong") => out.push_back(Incoming::Pong),
+        Some("error") => out.push_back(Incoming::Error(text.to_owned())),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_string_fields() {
+        let frame = r#"{"op":"event","sub":"data","topic":"x","data":"t=1;","delivery":"7"}"#;
+        assert_eq!(json_str_field(frame, "op"), Some("event"));
+        assert_eq!(json_str_field(frame, "data"), Some("t=1;"));
+        assert_eq!(json_str_field(frame, "delivery"), Some("7"));
+        assert_eq!(json_str_field(frame, "ref"), None);
+        assert_eq!(json_str_field(r#"{"seq":1}"#, "seq"), None);
+    }
+
+    #[test]
+    fn decodes_murmur_frames() {
+        let mut out = VecDeque::new();
+        for frame in [
+            r#"{"op":"event","sub":"b","topic":"t","epoch":"e","seq":1,"data":"t=5;x","ts":1}"#,
+            r#"{"op":"event","sub":"b","topic":"t","epoch":"e","seq":2,"data":"q","ts":1,"delivery":"17","redelivered":false}"#,
+            r#"{"op":"ok","ref":"p1","epoch":"e","seq":3}"#,
+            r#"{"op":"pong","ref":"rt"}"#,
+            r#"{"op":"welcome","node":"n1"}"#,
+            r#"{"op":"error","code":"unavailable","ref":"p2"}"#,
+        ] {
+            decode_murmur(&Bytes::from(frame), &mut out);
+        }
+        let got: Vec<_> = out.into_iter().collect();
+        assert_eq!(
+            got,
+            vec![
+                Incoming::Event {
+                    payload: Bytes::from_static(b"t=5;x"),
+                    delivery: None
+                },
+                Incoming::Event {
+                    payload: Bytes::from_static(b"q"),
+                    delivery: Some("17".into())
+                },
+                Incoming::Ok {
+                    reference: Some("p1".into())
+                },
+                Incoming::Pong,
+                Incoming::Error(r#"{"op":"error","code":"unavailable","ref":"p2"}"#.into()),
+            ]
+        );
+    }
+}

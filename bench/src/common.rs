@@ -1,0 +1,185 @@
+//! Pieces the scenarios share: the arguments every scenario takes, connecting many clients,
+//! warm-up tracking, and the subscriber loop that counts and times deliveries.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use crate::client::{Conn, Incoming, MurmurOptions, System, Target};
+use crate::report::{Latency, WARMUP, parse_payload};
+
+/// Arguments every scenario takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    #[arg(long, value_enum)]
+    pub system: System,
+    /// WebSocket URLs of the nodes, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub url: Vec<String>,
+    /// Label for the report (e.g. the round).
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// Exit with status 3 when a message (or an idle connection) was lost.
+    #[arg(long)]
+    pub fail_on_loss: bool,
+    #[command(flatten)]
+    pub murmur: MurmurOptions,
+}
+
+impl Common {
+    pub fn target(&self) -> Target {
+        Target {
+            system: self.system,
+            murmur: self.murmur.clone(),
+        }
+    }
+}
+
+/// How many connection handshakes run at once.
+const CONNECT_CONCURRENCY: usize = 64;
+
+/// Connects one client per `(url, topic)` and subscribes it (to `group` when given), at most
+/// [`CONNECT_CONCURRENCY`] at a time; the result is in the order given.
+pub async fn connect_subscribed(
+    target: &Target,
+    plan: Vec<(String, String)>,
+    group: Option<&str>,
+) -> anyhow::Result<Vec<Conn>> {
+    futures_util::stream::iter(plan)
+        .map(|(url, topic)| async move {
+            let mut conn = Conn::connect(target, &url).await?;
+            conn.subscribe(&topic, group).await?;
+            anyhow::Ok(conn)
+        })
+        .buffered(CONNECT_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Which subscribers have seen a warm-up message: interest travels between nodes
+/// asynchronously, so publishers send warm-ups until every subscriber heard one.
+pub struct Warmth(Vec<AtomicBool>);
+
+impl Warmth {
+    pub fn new(slots: usize) -> Arc<Self> {
+        Arc::new(Self((0..slots).map(|_| AtomicBool::new(false)).collect()))
+    }
+
+    pub fn mark(&self, slot: usize) {
+        self.0[slot].store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_warm(&self, slot: usize) -> bool {
+        self.0[slot].load(Ordering::Relaxed)
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.iter().filter(|w| w.load(Ordering::Relaxed)).count()
+    }
+}
+
+/// What one subscriber got.
+pub struct Received {
+    pub count: usize,
+    pub latency: Latency,
+    /// When the last measured message arrived, ns since the start.
+    pub last_ns: Option<u128>,
+    /// Why the connection ended early, if it did (a close frame's code and reason, an I/O
+    /// error), rather than going quiet.
+    pub ended: Option<String>,
+}
+
+/// How long a subscriber waits for the next message once publishing started before it
+/// counts the rest as lost, and before publishing started at all.
+const QUIET_WHILE_PUBLISHING: Duration = Duration::from_secs(5);
+const QUIET_BEFORE_PUBLISHING: Duration = Duration::from_secs(120);
+
+/// Connections that ended early, and one of their reasons, for the report.
+#[derive(Debug, Default)]
+pub struct Endings {
+    pub count: usize,
+    pub sample: Option<String>,
+}
+
+impl Endings {
+    pub fn add(&mut self, ended: Option<String>) {
+        if let Some(reason) = ended {
+            self.count += 1;
+            self.sample.get_or_insert(reason);
+        }
+    }
+
+    /// ` ended early N (reason)` for the table row, or nothing.
+    pub fn row(&self) -> String {
+        match &self.sample {
+            Some(sample) => format!("  ended early {} ({sample})", self.count),
+            None => String::new(),
+        }
+    }
+}
+
+/// Reads until `expected` measured messages arrived or the stream went quiet.
+pub async fn receive(
+    mut conn: Conn,
+    expected: usize,
+    start: Instant,
+    warmth: Arc<Warmth>,
+    slot: usize,
+    publishing: Arc<AtomicBool>,
+) -> Received {
+    let mut received = Received {
+        count: 0,
+        latency: Latency::new(),
+        last_ns: None,
+        ended: None,
+    };
+    // One timer for the whole loop, pushed back at most every 100 ms: a timeout per read
+    // would cost more than the read itself at full speed.
+    let quiet = |publishing: &AtomicBool| {
+        if publishing.load(Ordering::Relaxed) {
+            QUIET_WHILE_PUBLISHING
+        } else {
+            QUIET_BEFORE_PUBLISHING
+        }
+    };
+    let deadline = tokio::time::sleep(quiet(&publishing));
+    tokio::pin!(deadline);
+    let mut pushed_back = Instant::now();
+    while received.count < expected {
+        let incoming = tokio::select! {
+            biased;
+            next = conn.next() => match next {
+                Ok(incoming) => incoming,
+                Err(e) => {
+                    received.ended = Some(format!("{e:#}"));
+                    break;
+                }
+            },
+            () = &mut deadline => break,
+        };
+        if pushed_back.elapsed() > Duration::from_millis(100) {
+            pushed_back = Instant::now();
+            deadline
+                .as_mut()
+                .reset((pushed_back + quiet(&publishing)).into());
+        }
+        let Incoming::Event { payload, .. } = incoming else {
+            continue;
+        };
+        if payload == WARMUP {
+            warmth.mark(slot);
+            continue;
+        }
+        let now = start.elapsed().as_nanos();
+        if let Some((sent, _)) = parse_payload(&payload) {
+            received.latency.record(sent, now);
+        }
+        received.count += 1;
+        received.last_ns = Some(now);
+    }
+    received
+}

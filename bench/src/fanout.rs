@@ -1,0 +1,185 @@
+//! Scenario `fanout`: S subscribers spread over the nodes on one topic; one publisher on the
+//! last node sends M messages of P bytes, at full speed or at a fixed rate, fire-and-forget
+//! or acknowledged (Murmur's `pub` with a `ref`: answered once the event is sequenced and
+//! stored on its replicas, with up to `window` publishes in flight).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+use crate::client::{Incoming, System};
+use crate::common::{Common, Endings, Warmth, connect_subscribed, receive};
+use crate::report::{Latency, WARMUP, emit, payload};
+
+const TOPIC: &str = "bench.fanout";
+/// Fire-and-forget publishes queued before a flush at full speed.
+const FLUSH_EVERY: usize = 64;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    #[arg(long, default_value_t = 2_000)]
+    pub messages: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    /// Messages per second; full speed when absent.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Publish acknowledged (Murmur only): each `pub` carries a `ref` and counts once its
+    /// `ok` came back.
+    #[arg(long)]
+    pub acked: bool,
+    /// Acknowledged publishes in flight at most.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+}
+
+/// Runs the scenario; returns the number of deliveries lost.
+pub async fn run(args: Args) -> anyhow::Result<u64> {
+    let target = args.common.target();
+    let urls = &args.common.url;
+    if args.acked && target.system == System::Nats {
+        bail!("acknowledged publishing is measured for Murmur only (core NATS has none)");
+    }
+    let start = Instant::now();
+    let plan = (0..args.subscribers)
+        .map(|i| (urls[i % urls.len()].clone(), TOPIC.to_owned()))
+        .collect();
+    let subscribers = connect_subscribed(&target, plan, None).await?;
+    let warmth = Warmth::new(args.subscribers);
+    let publishing = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = subscribers
+        .into_iter()
+        .enumerate()
+        .map(|(slot, conn)| {
+            tokio::spawn(receive(
+                conn,
+                args.messages,
+                start,
+                warmth.clone(),
+                slot,
+                publishing.clone(),
+            ))
+        })
+        .collect();
+
+    let mut publisher =
+        crate::client::Conn::connect(&target, urls.last().context("a URL")?).await?;
+    publishing.store(true, Ordering::Relaxed);
+    let warm_deadline = Instant::now() + Duration::from_secs(30);
+    while warmth.count() < args.subscribers {
+        if Instant::now() > warm_deadline {
+            bail!(
+                "only {} of {} subscribers heard the warm-up",
+                warmth.count(),
+                args.subscribers
+            );
+        }
+        publisher.publish(TOPIC, WARMUP, None).await?;
+        publisher.round_trip().await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let first_send = start.elapsed().as_nanos();
+    let mut publish_errors = 0usize;
+    if args.acked {
+        // Up to `window` publishes in flight; each `ok` (or `unavailable`) frees a slot.
+        let (mut sent, mut answered) = (0usize, 0usize);
+        while answered < args.messages {
+            while sent < args.messages && sent - answered < args.window {
+                let reference = sent.to_string();
+                publisher
+                    .publish(TOPIC, &payload(start, sent, args.size), Some(&reference))
+                    .await?;
+                sent += 1;
+            }
+            publisher.flush().await?;
+            match tokio::time::timeout(Duration::from_secs(10), publisher.next()).await {
+                Ok(Ok(Incoming::Ok { .. })) => answered += 1,
+                Ok(Ok(Incoming::Error(_))) => {
+                    answered += 1;
+                    publish_errors += 1;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => bail!("no answer to an acknowledged publish for 10 s"),
+            }
+        }
+    } else {
+        let interval = args
+            .rate
+            .map(|r| Duration::from_nanos(1_000_000_000 / r.max(1)));
+        let mut next = Instant::now();
+        for index in 0..args.messages {
+            if let Some(interval) = interval {
+                next += interval;
+                tokio::time::sleep_until(next.into()).await;
+            }
+            publisher
+                .publish(TOPIC, &payload(start, index, args.size), None)
+                .await?;
+            if interval.is_some() || index % FLUSH_EVERY == FLUSH_EVERY - 1 {
+                publisher.flush().await?;
+            }
+        }
+        publisher.flush().await?;
+    }
+    let publish_seconds = (start.elapsed().as_nanos() - first_send) as f64 / 1e9;
+    publisher.round_trip().await?;
+
+    let mut received = 0usize;
+    let mut latency = Latency::new();
+    let mut last = first_send;
+    let mut endings = Endings::default();
+    for task in tasks {
+        let result = task.await?;
+        endings.add(result.ended);
+        received += result.count;
+        latency.merge(&result.latency);
+        last = last.max(result.last_ns.unwrap_or(0));
+    }
+    let expected = args.subscribers * args.messages;
+    let lost = (expected - received) as u64;
+    let seconds = ((last - first_send) as f64 / 1e9).max(1e-9);
+    let per_second = received as f64 / seconds;
+    let name = target.name();
+    let mode = match (args.acked, args.rate) {
+        (true, _) => "acked".to_owned(),
+        (false, Some(r)) => format!("{r}/s"),
+        (false, None) => "full speed".to_owned(),
+    };
+    let case = match (args.acked, args.rate) {
+        (true, _) => "fanout-acked",
+        (false, Some(_)) => "fanout-rate",
+        (false, None) => "fanout-full",
+    };
+    let row = format!(
+        "{name:<7} fanout {} subs / {} nodes x {} msgs x {} B @ {mode:<10} {per_second:>12.0} deliveries/s  {}  lost {lost}",
+        args.subscribers,
+        urls.len(),
+        args.messages,
+        args.size,
+        latency.row(),
+    ) + &endings.row();
+    emit(
+        &row,
+        json!({
+            "scenario": "fanout", "case": case, "system": name,
+            "subscribers": args.subscribers, "nodes": urls.len(), "messages": args.messages,
+            "size": args.size, "rate": args.rate, "acked": args.acked,
+            "deliveries_per_s": per_second, "publish_seconds": publish_seconds,
+            "publish_errors": publish_errors, "lost": lost, "latency_ms": latency.json(),
+            "ended_early": endings.count, "ended_sample": endings.sample,
+        }),
+        &args.common.label,
+    );
+    Ok(lost)
+}

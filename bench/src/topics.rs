@@ -1,0 +1,172 @@
+//! Scenario `topics`: T topics with one subscriber each, the subscriber of topic i on node
+//! i mod N; one publisher per node, which publishes to the topics whose subscribers are on
+//! the NEXT node, so every message crosses from one node to another. Each topic gets M
+//! messages, interleaved over the topics, at full speed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use serde_json::json;
+use tokio::sync::Barrier;
+
+use crate::client::{Conn, Target};
+use crate::common::{Common, Endings, Warmth, connect_subscribed, receive};
+use crate::report::{Latency, WARMUP, emit, payload};
+
+const FLUSH_EVERY: usize = 64;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 1_000)]
+    pub topics: usize,
+    /// Messages per topic.
+    #[arg(long, default_value_t = 100)]
+    pub messages: usize,
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+}
+
+fn topic(i: usize) -> String {
+    format!("bench.topics.{i}")
+}
+
+/// Runs the scenario; returns the number of deliveries lost.
+pub async fn run(args: Args) -> anyhow::Result<u64> {
+    let target = args.common.target();
+    let urls = args.common.url.clone();
+    let nodes = urls.len();
+    let start = Instant::now();
+    let plan = (0..args.topics)
+        .map(|i| (urls[i % nodes].clone(), topic(i)))
+        .collect();
+    let subscribers = connect_subscribed(&target, plan, None).await?;
+    let warmth = Warmth::new(args.topics);
+    let publishing = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = subscribers
+        .into_iter()
+        .enumerate()
+        .map(|(slot, conn)| {
+            tokio::spawn(receive(
+                conn,
+                args.messages,
+                start,
+                warmth.clone(),
+                slot,
+                publishing.clone(),
+            ))
+        })
+        .collect();
+
+    publishing.store(true, Ordering::Relaxed);
+    let barrier = Arc::new(Barrier::new(nodes));
+    let publishers: Vec<_> = (0..nodes)
+        .map(|node| {
+            // Publisher on `node` serves the topics subscribed on the next node.
+            let mine: Vec<usize> = (0..args.topics)
+                .filter(|i| i % nodes == (node + 1) % nodes)
+                .collect();
+            tokio::spawn(publish(
+                target.clone(),
+                urls[node].clone(),
+                mine,
+                args.messages,
+                args.size,
+                start,
+                warmth.clone(),
+                barrier.clone(),
+            ))
+        })
+        .collect();
+    let mut first_send = u128::MAX;
+    for publisher in publishers {
+        first_send = first_send.min(publisher.await??);
+    }
+
+    let mut received = 0usize;
+    let mut latency = Latency::new();
+    let mut last = first_send;
+    let mut endings = Endings::default();
+    for task in tasks {
+        let result = task.await?;
+        endings.add(result.ended);
+        received += result.count;
+        latency.merge(&result.latency);
+        last = last.max(result.last_ns.unwrap_or(0));
+    }
+    let expected = args.topics * args.messages;
+    let lost = (expected - received) as u64;
+    let per_second = received as f64 / ((last - first_send) as f64 / 1e9).max(1e-9);
+    let name = target.name();
+    let row = format!(
+        "{name:<7} topics {} topics / {nodes} nodes x {} msgs x {} B, publishers on other nodes {per_second:>12.0} deliveries/s  {}  lost {lost}",
+        args.topics,
+        args.messages,
+        args.size,
+        latency.row(),
+    ) + &endings.row();
+    emit(
+        &row,
+        json!({
+            "scenario": "topics", "case": "topics", "system": name, "topics": args.topics,
+            "nodes": nodes, "messages_per_topic": args.messages, "size": args.size,
+            "deliveries_per_s": per_second, "lost": lost, "latency_ms": latency.json(),
+            "ended_early": endings.count, "ended_sample": endings.sample,
+        }),
+        &args.common.label,
+    );
+    Ok(lost)
+}
+
+/// One publisher: warms its topics up, waits for the others, then publishes M rounds over
+/// its topics. Returns when it started measuring (ns since the start).
+#[allow(clippy::too_many_arguments)]
+async fn publish(
+    target: Target,
+    url: String,
+    topics: Vec<usize>,
+    messages: usize,
+    size: usize,
+    start: Instant,
+    warmth: Arc<Warmth>,
+    barrier: Arc<Barrier>,
+) -> anyhow::Result<u128> {
+    let mut conn = Conn::connect(&target, &url).await?;
+    let names: Vec<String> = topics.iter().map(|&i| topic(i)).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let cold: Vec<usize> = (0..topics.len())
+            .filter(|&k| !warmth.is_warm(topics[k]))
+            .collect();
+        if cold.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{} topics never heard the warm-up from {url}", cold.len());
+        }
+        for k in cold {
+            conn.publish(&names[k], WARMUP, None).await?;
+        }
+        conn.round_trip().await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    barrier.wait().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let first_send = start.elapsed().as_nanos();
+    let mut queued = 0usize;
+    for round in 0..messages {
+        for (k, name) in names.iter().enumerate() {
+            conn.publish(name, &payload(start, round * topics.len() + k, size), None)
+                .await?;
+            queued += 1;
+            if queued.is_multiple_of(FLUSH_EVERY) {
+                conn.flush().await?;
+            }
+        }
+    }
+    conn.round_trip().await?;
+    Ok(first_send)
+}
