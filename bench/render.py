@@ -117,7 +117,7 @@ def machine_facts():
 
 def render(runs, rows, failed, args):
     facts = machine_facts()
-    M, N = "murmur", "nats"
+    M, N, MB = "murmur", "nats", "murmur-batch"
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     settings = dict(s.split("=", 1) for s in args.settings.split())
     out = []
@@ -167,11 +167,20 @@ def render(runs, rows, failed, args):
     r = ratio(m, n)
     w(f"| fan-out to {fmt(subs)} subscribers over {nodes} nodes, {size} B, full speed: deliveries/s | {fmt(m)} | {fmt(n)} | "
       f"{fmt(r)} | ≥ 1.2× | {verdict(r is not None and r >= 1.2)} |")
-    m = median(runs, M, "fanout-rate", "latency_ms.p99")
+    m = median(runs, MB, "fanout-full", "deliveries_per_s")
+    if m is not None:
+        r = ratio(m, n)
+        w(f"| the same, Murmur with batch frames (`hello` with `batch`) | {fmt(m)} | {fmt(n)} | "
+          f"{fmt(r)} | ≥ 1.2× | {verdict(r is not None and r >= 1.2)} |")
     n = median(runs, N, "fanout-rate", "latency_ms.p99")
-    r = ratio(m, n)
-    w(f"| the same at {rate} msg/s: p99 latency (ms) | {fmt(m)} | {fmt(n)} | {fmt(r)} | ≤ 0.5× | "
-      f"{verdict(r is not None and r <= 0.5)} |")
+    for system, label in [(M, f"the same at {rate} msg/s: p99 latency (ms)"),
+                          (MB, f"the same at {rate} msg/s, batch frames: p99 latency (ms)")]:
+        m = median(runs, system, "fanout-rate", "latency_ms.p99")
+        if m is None:
+            continue
+        r = ratio(m, n)
+        w(f"| {label} | {fmt(m)} | {fmt(n)} | {fmt(r)} | ≤ 0.5× | "
+          f"{verdict(r is not None and r <= 0.5)} |")
     m = median(runs, M, "topics", "deliveries_per_s")
     n = median(runs, N, "topics", "deliveries_per_s")
     r = ratio(m, n)
@@ -237,10 +246,12 @@ def render(runs, rows, failed, args):
         for key, name in [("deliveries_per_s", "deliveries/s"), ("latency_ms.p50", "p50 ms"),
                           ("latency_ms.p90", "p90 ms"), ("latency_ms.p99", "p99 ms"),
                           ("latency_ms.p999", "p99.9 ms"), ("latency_ms.max", "max ms"), ("lost", "lost")]:
-            m, n = median(runs, M, case, key), median(runs, N, case, key)
-            if m is None and n is None:
-                continue
-            w(f"| {label} | {name} | {fmt(m)} | {fmt(n)} | {fmt(ratio(m, n)) if key != 'lost' else ''} |")
+            n = median(runs, N, case, key)
+            for system, suffix in [(M, ""), (MB, ", batch frames")]:
+                m = median(runs, system, case, key)
+                if m is None and (n is None or system == MB):
+                    continue
+                w(f"| {label}{suffix} | {name} | {fmt(m)} | {fmt(n)} | {fmt(ratio(m, n)) if key != 'lost' else ''} |")
     if cost:
         w("")
         w(f"Acknowledged publishing costs {fmt(cost)}× the time of fire-and-forget for the same fan-out "

@@ -171,6 +171,11 @@ for round in $(seq 1 "$ROUNDS"); do
     run "$system" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$RATE_MESSAGES" \
       --size "$SIZE" --rate "$RATE" --label "$label"
     if [ "$system" = murmur ]; then
+      # The opt-in batch frames (several queued events per WebSocket frame).
+      run "$system" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$MESSAGES" \
+        --size "$SIZE" --batch --label "$label"
+      run "$system" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$RATE_MESSAGES" \
+        --size "$SIZE" --rate "$RATE" --batch --label "$label"
       run "$system" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$MESSAGES" \
         --size "$SIZE" --acked --label "$label"
     fi

@@ -31,21 +31,33 @@ pub struct MurmurOptions {
     /// Client name sent in Murmur's `hello` (the node logs it).
     #[arg(long, default_value = "murmur-bench")]
     pub client_name: String,
+    /// Ask for batch frames: several queued events in one WebSocket frame (`hello` with
+    /// `batch`, docs/protocol.md).
+    #[arg(long)]
+    pub batch: bool,
 }
 
 impl MurmurOptions {
     fn hello(&self) -> String {
-        json!({"op": "hello", "client": self.client_name}).to_string()
+        let mut hello = json!({"op": "hello", "client": self.client_name});
+        if self.batch {
+            hello["batch"] = json!(true);
+        }
+        hello.to_string()
     }
 
     /// The command-line arguments that reproduce these options (for child processes).
     pub fn to_args(&self) -> Vec<String> {
-        vec!["--client-name".to_owned(), self.client_name.clone()]
+        let mut args = vec!["--client-name".to_owned(), self.client_name.clone()];
+        if self.batch {
+            args.push("--batch".to_owned());
+        }
+        args
     }
 
     /// What distinguishes this mode in reports (empty for the default protocol).
     fn variant(&self) -> &'static str {
-        ""
+        if self.batch { "-batch" } else { "" }
     }
 }
 
@@ -340,6 +352,7 @@ fn decode_murmur(frame: &Bytes, out: &mut VecDeque<Incoming>) {
         json_str_field(text, "op")
     };
     match op {
+        Some("batch") => decode_batch(frame, text, out),
         Some("event") => {
             let Some(data) = json_str_field(text, "data") else {
                 out.push_back(Incoming::Error(format!(
@@ -364,6 +377,25 @@ fn decode_murmur(frame: &Bytes, out: &mut VecDeque<Incoming>) {
     }
 }
 
+/// A batch frame, `{"op":"batch","events":[{"op":"event",...},...]}`: each element is an
+/// event object as a plain frame would carry it, so each is decoded as one.
+fn decode_batch(frame: &Bytes, text: &str, out: &mut VecDeque<Incoming>) {
+    let Some(start) = text.find('[') else {
+        out.push_back(Incoming::Error(format!("batch without events: {text}")));
+        return;
+    };
+    let mut rest = start + 1;
+    while let Some(offset) = text[rest..].find(r#"{"op":"event","#) {
+        let begin = rest + offset;
+        // The next element starts at the next event object; the last one ends the array.
+        let end = text[begin + 1..]
+            .find(r#"{"op":"event","#)
+            .map_or(text.len(), |next| begin + 1 + next);
+        decode_murmur(&frame.slice(begin..end), out);
+        rest = end;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,6 +408,27 @@ mod tests {
         assert_eq!(json_str_field(frame, "delivery"), Some("7"));
         assert_eq!(json_str_field(frame, "ref"), None);
         assert_eq!(json_str_field(r#"{"seq":1}"#, "seq"), None);
+    }
+
+    #[test]
+    fn decodes_batch_frames_event_by_event() {
+        let mut out = VecDeque::new();
+        let frame = r#"{"op":"batch","events":[{"op":"event","sub":"b","topic":"t","epoch":"e","seq":1,"data":"one","ts":1},{"op":"event","sub":"b","topic":"t","epoch":"e","seq":2,"data":"two","ts":1,"delivery":"9"}]}"#;
+        decode_murmur(&Bytes::from(frame), &mut out);
+        let got: Vec<_> = out.into_iter().collect();
+        assert_eq!(
+            got,
+            [
+                Incoming::Event {
+                    payload: Bytes::from("one"),
+                    delivery: None
+                },
+                Incoming::Event {
+                    payload: Bytes::from("two"),
+                    delivery: Some("9".to_owned())
+                },
+            ]
+        );
     }
 
     #[test]
