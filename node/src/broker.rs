@@ -604,8 +604,16 @@ impl Broker {
     pub fn on_peer_gone(&self, peer: &str) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
-            let done = shard.topics.peer_gone(peer);
-            self.complete(done);
+            let gone = shard.topics.peer_gone(peer);
+            self.complete(gone.completed);
+            // Not stored on enough replicas: never fanned out nor replayed from here, and
+            // their publishers learn it (a dropped signal is answered `unavailable`).
+            for (event, _signal) in gone.failed {
+                tracing::debug!(topic = %event.topic, seq = event.seq, peer, "replica gone before storing; the event fails");
+                shard
+                    .history
+                    .forget_from(&event.topic, &event.epoch, event.seq);
+            }
         }
         let orphaned: Vec<PlacedOnPeer> = {
             let mut placed = self.placed_on_peers.lock();
@@ -678,6 +686,17 @@ impl Broker {
                     crate::routing::topics::newer_epoch(e, &snapshot.epoch)
                         || (*e == snapshot.epoch && *s > snapshot.last_seq)
                 });
+                let known_further = ours.as_ref().is_none_or(|(e, s)| {
+                    crate::routing::topics::newer_epoch(&snapshot.epoch, e)
+                        || (*e == snapshot.epoch && snapshot.last_seq > *s)
+                });
+                if shard.topics.must_renew_epoch(topic) && !known_further {
+                    // Events failed here at the end of this epoch, and a replica's copy may
+                    // hold them or others may have numbered their positions: never reuse them.
+                    let epoch = new_epoch(now, rand::random());
+                    shard.topics.install(topic, epoch.clone(), 0);
+                    return epoch;
+                }
                 if newer_here {
                     let (epoch, last) = ours.unwrap_or_else(|| (snapshot.epoch.clone(), 0));
                     shard.topics.install(topic, epoch.clone(), last);
