@@ -1312,6 +1312,36 @@ mod tests {
     }
 
     #[test]
+    fn an_event_whose_replica_left_before_storing_it_is_never_delivered_nor_renumbered() {
+        let broker = Broker::new(Retention::default());
+        let epoch = broker.install_topic("t", None);
+        let outbox = Outbox::new(1, 16);
+        subscription(&broker, "s", "t", None, &outbox);
+        let (replica, _queues) = PeerLink::new("r", 1, 16);
+        let Sequenced::Waiting(receipt, mut stored) = broker.sequence("t", json("1"), &[replica])
+        else {
+            panic!("a replica to wait for");
+        };
+        assert_eq!((&*receipt.epoch, receipt.seq), (&*epoch, 1));
+        broker.on_peer_gone("r");
+        assert_eq!(
+            stored.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed),
+            "the publisher is told it failed"
+        );
+        assert!(drain(&outbox).is_empty(), "never fanned out");
+        assert!(!broker.is_ready("t"), "claimed again before numbering more");
+        let snapshot = broker.topic_snapshot("t").unwrap();
+        assert!(snapshot.events.is_empty(), "never replayed from here");
+        // Claimed again with nothing newer known: position 1 of this epoch is not reused.
+        let renewed = broker.install_topic("t", Some(snapshot));
+        assert_ne!(renewed, epoch);
+        let next = broker.publish("t", json("2"));
+        assert_eq!((&*next.epoch, next.seq), (&*renewed, 1));
+        assert_eq!(drain(&outbox).len(), 1);
+    }
+
+    #[test]
     fn publish_reaches_matching_subscriptions_in_order() {
         let broker = Broker::new(Retention::default());
         let outbox = Outbox::new(1, 16);
