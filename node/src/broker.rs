@@ -604,8 +604,16 @@ impl Broker {
     pub fn on_peer_gone(&self, peer: &str) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
-            let done = shard.topics.peer_gone(peer);
-            self.complete(done);
+            let gone = shard.topics.peer_gone(peer);
+            self.complete(gone.completed);
+            // Not stored on enough replicas: never fanned out nor replayed from here, and
+            // their publishers learn it (a dropped signal is answered `unavailable`).
+            for (event, _signal) in gone.failed {
+                tracing::debug!(topic = %event.topic, seq = event.seq, peer, "replica gone before storing; the event fails");
+                shard
+                    .history
+                    .forget_from(&event.topic, &event.epoch, event.seq);
+            }
         }
         let orphaned: Vec<PlacedOnPeer> = {
             let mut placed = self.placed_on_peers.lock();
@@ -678,6 +686,17 @@ impl Broker {
                     crate::routing::topics::newer_epoch(e, &snapshot.epoch)
                         || (*e == snapshot.epoch && *s > snapshot.last_seq)
                 });
+                let known_further = ours.as_ref().is_none_or(|(e, s)| {
+                    crate::routing::topics::newer_epoch(&snapshot.epoch, e)
+                        || (*e == snapshot.epoch && snapshot.last_seq > *s)
+                });
+                if shard.topics.must_renew_epoch(topic) && !known_further {
+                    // Events failed here at the end of this epoch, and a replica's copy may
+                    // hold them or others may have numbered their positions: never reuse them.
+                    let epoch = new_epoch(now, rand::random());
+                    shard.topics.install(topic, epoch.clone(), 0);
+                    return epoch;
+                }
                 if newer_here {
                     let (epoch, last) = ours.unwrap_or_else(|| (snapshot.epoch.clone(), 0));
                     shard.topics.install(topic, epoch.clone(), last);
@@ -1290,6 +1309,36 @@ mod tests {
                 Outbound::Reply(_) => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn an_event_whose_replica_left_before_storing_it_is_never_delivered_nor_renumbered() {
+        let broker = Broker::new(Retention::default());
+        let epoch = broker.install_topic("t", None);
+        let outbox = Outbox::new(1, 16);
+        subscription(&broker, "s", "t", None, &outbox);
+        let (replica, _queues) = PeerLink::new("r", 1, 16);
+        let Sequenced::Waiting(receipt, mut stored) = broker.sequence("t", json("1"), &[replica])
+        else {
+            panic!("a replica to wait for");
+        };
+        assert_eq!((&*receipt.epoch, receipt.seq), (&*epoch, 1));
+        broker.on_peer_gone("r");
+        assert_eq!(
+            stored.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed),
+            "the publisher is told it failed"
+        );
+        assert!(drain(&outbox).is_empty(), "never fanned out");
+        assert!(!broker.is_ready("t"), "claimed again before numbering more");
+        let snapshot = broker.topic_snapshot("t").unwrap();
+        assert!(snapshot.events.is_empty(), "never replayed from here");
+        // Claimed again with nothing newer known: position 1 of this epoch is not reused.
+        let renewed = broker.install_topic("t", Some(snapshot));
+        assert_ne!(renewed, epoch);
+        let next = broker.publish("t", json("2"));
+        assert_eq!((&*next.epoch, next.seq), (&*renewed, 1));
+        assert_eq!(drain(&outbox).len(), 1);
     }
 
     #[test]

@@ -40,6 +40,9 @@ use crate::routing::topics::newer_epoch;
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before asking again when views disagree or the owner is not reachable yet.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Why a node cut off from most of the cluster refuses publishes.
+const MINORITY: &str =
+    "this node sees only a minority of the cluster (a partition?); publish through another node";
 /// How long a claim keeps asking peers that refuse before starting a new epoch.
 const CLAIM_PATIENCE: Duration = Duration::from_secs(3);
 /// How long to wait for one peer's answer to a claim or replay request.
@@ -139,12 +142,15 @@ impl Cluster {
     }
 
     /// The replicas of `topic` this node can reach now.
-    fn replica_links(&self, topic: &str) -> Vec<Arc<PeerLink>> {
+    /// Links to `topic`'s replicas (the placement after the owner, up to `replication`), or
+    /// the name of one this node has no link to: an event is stored on every replica of the
+    /// placement before it is acknowledged, never on fewer because a link is down.
+    fn replica_links(&self, topic: &str) -> Result<Vec<Arc<PeerLink>>, String> {
         self.placement(topic)
-            .iter()
+            .into_iter()
             .skip(1)
             .take(self.replication.saturating_sub(1))
-            .filter_map(|name| self.link_to(name))
+            .map(|name| self.link_to(&name).ok_or(name))
             .collect()
     }
 
@@ -164,7 +170,7 @@ impl Cluster {
     fn route(self: &Arc<Self>, topic: Arc<str>, payload: Payload, reply: ReplyTo, attempt: u32) {
         let owner = self.owner_of(&topic);
         if owner == self.id.name {
-            self.publish_as_owner(topic, payload, reply);
+            self.publish_as_owner(topic, payload, reply, attempt);
             return;
         }
         let Some(link) = self.link_to(&owner) else {
@@ -275,13 +281,17 @@ impl Cluster {
     }
 
     /// Sequences on this node, which owns `topic` in its view; claims it first if needed.
-    fn publish_as_owner(self: &Arc<Self>, topic: Arc<str>, payload: Payload, reply: ReplyTo) {
+    fn publish_as_owner(
+        self: &Arc<Self>,
+        topic: Arc<str>,
+        payload: Payload,
+        reply: ReplyTo,
+        attempt: u32,
+    ) {
         if !self.has_majority() {
             // Cut off from most of the cluster, which carries on without this node: what
             // this side accepted would never reach it. Refuse rather than lose it silently.
-            reply.send(Err(PublishError::unavailable(
-                "this node sees only a minority of the cluster (a partition?); publish through another node",
-            )));
+            reply.send(Err(PublishError::unavailable(MINORITY)));
             return;
         }
         if self.leaving.load(Ordering::Acquire) {
@@ -306,19 +316,38 @@ impl Cluster {
                 return;
             }
         }
-        self.sequence_now(topic, payload, reply);
+        self.sequence_now(topic, payload, reply, attempt);
     }
 
-    /// Sequences an event of a topic this node holds (no claim check).
-    fn sequence_now(self: &Arc<Self>, topic: Arc<str>, payload: Payload, reply: ReplyTo) {
-        let replicas = self.replica_links(&topic);
+    /// Sequences an event of a topic this node holds (no claim check); `attempt` counts the
+    /// tries so far, to give up in time.
+    fn sequence_now(
+        self: &Arc<Self>,
+        topic: Arc<str>,
+        payload: Payload,
+        reply: ReplyTo,
+        attempt: u32,
+    ) {
+        let replicas = match self.replica_links(&topic) {
+            Ok(replicas) => replicas,
+            Err(replica) => {
+                // Until the link is back, or the replica is declared down and the placement
+                // moves on, the event could not be stored on enough replicas.
+                let why = format!("no link to {replica}, a replica of {topic}");
+                self.retry(topic, payload, reply, attempt, why);
+                return;
+            }
+        };
         match self.broker.sequence(&topic, payload.clone(), &replicas) {
             Sequenced::Done(receipt) => reply.send(Ok(receipt)),
             Sequenced::Waiting(receipt, stored) => {
                 tokio::spawn(async move {
                     match tokio::time::timeout(PUBLISH_TIMEOUT, stored).await {
                         Ok(Ok(())) => reply.send(Ok(receipt)),
-                        _ => reply.send(Err(PublishError::unavailable(
+                        Ok(Err(_)) => reply.send(Err(PublishError::unavailable(
+                            "a replica went away before confirming the event stored; publish it again",
+                        ))),
+                        Err(_) => reply.send(Err(PublishError::unavailable(
                             "the event was sequenced but its replicas did not confirm it in time",
                         ))),
                     }
@@ -388,10 +417,15 @@ impl Cluster {
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
-        let still_owner = self
-            .placement(&topic)
-            .first()
-            .is_some_and(|o| *o == self.id.name);
+        // Asked afresh from the view: the peers this claim waited for may have just been
+        // declared down, before the membership task updated the cached majority; numbering
+        // the topic now, with no replica left, would acknowledge events only this side has.
+        let majority = self.compute_majority();
+        let still_owner = majority
+            && self
+                .placement(&topic)
+                .first()
+                .is_some_and(|o| *o == self.id.name);
         if still_owner {
             // A peer that kept the topic may still be numbering it: never share its epoch.
             let known = if refused_to_the_end { None } else { best };
@@ -413,7 +447,9 @@ impl Cluster {
             };
             for queued in batch {
                 if still_owner {
-                    self.sequence_now(topic.clone(), queued.payload, queued.reply);
+                    self.sequence_now(topic.clone(), queued.payload, queued.reply, 0);
+                } else if !majority {
+                    queued.reply.send(Err(PublishError::unavailable(MINORITY)));
                 } else {
                     self.route(topic.clone(), queued.payload, queued.reply, 0);
                 }
@@ -518,7 +554,7 @@ impl Cluster {
             }));
             return;
         }
-        self.publish_as_owner(request.topic.into(), payload, reply);
+        self.publish_as_owner(request.topic.into(), payload, reply, 0);
     }
 
     /// A peer claims a topic: hand it over if this node was sequencing it and no longer

@@ -188,6 +188,20 @@ impl HistoryStore {
         history.trim(policy, now_ms);
     }
 
+    /// Forgets the topic's events of `epoch` from `seq` on: they failed on this node (their
+    /// replicas did not confirm them) and must not be replayed from here.
+    pub fn forget_from(&mut self, topic: &str, epoch: &str, seq: u64) {
+        let Some(history) = self.topics.get_mut(topic) else {
+            return;
+        };
+        if *history.epoch != *epoch {
+            return;
+        }
+        while history.events.back().is_some_and(|e| e.seq >= seq) {
+            history.events.pop_back();
+        }
+    }
+
     /// Replaces a topic's history with `events` (contiguous, oldest first): a replica
     /// taking a whole copy from the owner.
     pub fn replace(&mut self, topic: &str, events: Vec<Arc<Event>>, now_ms: i64) {

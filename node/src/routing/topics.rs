@@ -5,6 +5,11 @@
 //! stored; pending events complete strictly in sequence order, which is when the owner fans
 //! them out and answers the publisher. Plain data: the broker holds it under its shard locks
 //! and passes in the peers to wait for.
+//!
+//! A replica that goes away before reporting an event stored never counts as having stored
+//! it: the event fails (never acknowledged, never fanned out), and the topic must be claimed
+//! again, in a new epoch unless the cluster knows more of it, because the positions of the
+//! failed events may meanwhile be numbered by others from a replica's copy.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -47,6 +52,10 @@ pub struct TopicState<W> {
     pub last_seq: u64,
     /// Handed to a new owner: this node must not sequence it until it claims it again.
     pub moved: bool,
+    /// Events of this epoch failed here after a replica went away: whether they are stored
+    /// elsewhere is unknown, so this node must not number after them in this epoch unless
+    /// another node knows the epoch further.
+    renew_epoch: bool,
     pending: VecDeque<Pending<W>>,
     /// Replicas (name, generation) that have been sent the topic's whole history.
     synced: Vec<(Arc<str>, u64)>,
@@ -60,6 +69,15 @@ impl<W> TopicState<W> {
 
 /// A completed event (stored on every replica asked), with its waiter.
 pub type Completed<W> = (Arc<Event>, Option<W>);
+
+/// What a peer's departure settled: events every other replica had stored complete; events
+/// that waited for the departed peer fail (their waiters are dropped unanswered), and so do
+/// the events sequenced after them, which must not overtake them.
+#[derive(Debug)]
+pub struct PeerGone<W> {
+    pub completed: Vec<Completed<W>>,
+    pub failed: Vec<Completed<W>>,
+}
 
 #[derive(Debug)]
 pub struct TopicTable<W> {
@@ -91,6 +109,7 @@ impl<W> TopicTable<W> {
                 state.epoch = epoch;
                 state.last_seq = last_seq;
                 state.moved = false;
+                state.renew_epoch = false;
             }
             None => {
                 let name: Arc<str> = topic.into();
@@ -101,6 +120,7 @@ impl<W> TopicTable<W> {
                         epoch,
                         last_seq,
                         moved: false,
+                        renew_epoch: false,
                         pending: VecDeque::new(),
                         synced: Vec::new(),
                     },
@@ -174,16 +194,37 @@ impl<W> TopicTable<W> {
         Self::complete_front(state)
     }
 
-    /// A replica is gone: nothing more will come from it.
-    pub fn peer_gone(&mut self, peer: &str) -> Vec<Completed<W>> {
-        let mut done = Vec::new();
+    /// A replica is gone: nothing more will come from it, and what it did not confirm is
+    /// not stored as far as this node knows. Events that waited for it fail, with every later
+    /// pending event of their topic, and the topic must be claimed again (see
+    /// [`Self::must_renew_epoch`]). It is no longer counted as synced: if it comes back it
+    /// gets the whole history again.
+    pub fn peer_gone(&mut self, peer: &str) -> PeerGone<W> {
+        let mut gone = PeerGone {
+            completed: Vec::new(),
+            failed: Vec::new(),
+        };
         for state in self.topics.values_mut() {
-            for pending in &mut state.pending {
-                pending.missing.retain(|p| &**p != peer);
+            state.synced.retain(|(name, _)| &**name != peer);
+            if let Some(first) = state
+                .pending
+                .iter()
+                .position(|p| p.missing.iter().any(|m| &**m == peer))
+            {
+                gone.failed
+                    .extend(state.pending.drain(first..).map(|p| (p.event, p.waiter)));
+                state.moved = true;
+                state.renew_epoch = true;
             }
-            done.extend(Self::complete_front(state));
+            gone.completed.extend(Self::complete_front(state));
         }
-        done
+        gone
+    }
+
+    /// True when events of the topic's epoch failed here: a claim may continue the epoch only
+    /// from a node that knows it further than this one; otherwise it starts a new epoch.
+    pub fn must_renew_epoch(&self, topic: &str) -> bool {
+        self.topics.get(topic).is_some_and(|t| t.renew_epoch)
     }
 
     fn complete_front(state: &mut TopicState<W>) -> Vec<Completed<W>> {
@@ -351,9 +392,68 @@ mod tests {
             table.stored("replica", "t", "e", 3).is_empty(),
             "still missing `other`"
         );
-        assert_eq!(seqs(&table.peer_gone("other")), vec![3]);
+        assert_eq!(seqs(&table.stored("other", "t", "e", 3)), vec![3]);
         let e4 = sequence(&mut table, "t");
         assert_eq!(seqs(&table.hold(e4, Vec::new(), None)), vec![4]);
+    }
+
+    #[test]
+    fn a_pending_event_whose_only_replica_is_gone_fails_instead_of_completing() {
+        let mut table = TopicTable::<u64>::default();
+        table.install("t", "e".into(), 0);
+        let e1 = sequence(&mut table, "t");
+        assert!(table.hold(e1, vec!["replica".into()], Some(1)).is_empty());
+        let e2 = sequence(&mut table, "t");
+        assert!(table.hold(e2, vec!["replica".into()], Some(2)).is_empty());
+        let gone = table.peer_gone("replica");
+        assert!(
+            gone.completed.is_empty(),
+            "stored nowhere else: neither acknowledged nor fanned out"
+        );
+        assert_eq!(seqs(&gone.failed), vec![1, 2]);
+        assert_eq!(
+            gone.failed.iter().map(|(_, w)| *w).collect::<Vec<_>>(),
+            vec![Some(1), Some(2)],
+            "the waiters are handed back to be told"
+        );
+        assert!(!table.has_pending());
+        assert!(
+            table.next("t").is_none(),
+            "another node may number positions 1 and 2 of this epoch meanwhile"
+        );
+        assert!(table.must_renew_epoch("t"));
+        assert!(
+            table.stored("replica", "t", "e", 2).is_empty(),
+            "a late confirmation changes nothing"
+        );
+        table.install("t", "e2".into(), 0);
+        assert!(table.is_ready("t") && !table.must_renew_epoch("t"));
+    }
+
+    #[test]
+    fn a_departed_peer_fails_only_the_events_that_waited_for_it_and_those_after() {
+        let mut table = TopicTable::<u64>::default();
+        table.install("t", "e".into(), 0);
+        table.install("u", "e".into(), 0);
+        let t1 = sequence(&mut table, "t");
+        assert!(table.hold(t1, vec!["a".into()], None).is_empty());
+        let t2 = sequence(&mut table, "t");
+        assert!(
+            table
+                .hold(t2, vec!["a".into(), "b".into()], None)
+                .is_empty()
+        );
+        let t3 = sequence(&mut table, "t");
+        assert!(table.hold(t3, vec!["a".into()], None).is_empty());
+        let u1 = sequence(&mut table, "u");
+        assert!(table.hold(u1, vec!["a".into()], None).is_empty());
+        let gone = table.peer_gone("b");
+        assert!(gone.completed.is_empty());
+        assert_eq!(seqs(&gone.failed), vec![2, 3], "1 did not wait for `b`");
+        assert!(!table.is_ready("t") && table.is_ready("u"));
+        assert!(!table.must_renew_epoch("u"));
+        assert_eq!(seqs(&table.stored("a", "t", "e", 3)), vec![1]);
+        assert_eq!(seqs(&table.stored("a", "u", "e", 1)), vec![1]);
     }
 
     #[test]
