@@ -159,8 +159,10 @@ impl<W> TopicTable<W> {
         let Some(state) = self.topics.get_mut(topic) else {
             return Vec::new();
         };
+        // The number first: under a backlog most pending events are beyond `seq`, and
+        // comparing their epochs (strings) made every confirmation scan the backlog slowly.
         for pending in &mut state.pending {
-            if &*pending.event.epoch == epoch && pending.event.seq <= seq {
+            if pending.event.seq <= seq && &*pending.event.epoch == epoch {
                 pending.missing.retain(|p| &**p != peer);
             }
         }
