@@ -346,7 +346,9 @@ pub fn encode_event(sub: &str, event: &Event, delivery: Option<&Delivery>) -> St
 /// Appends one `event` object (as [`encode_event`] writes it) to `out`.
 pub fn append_event(out: &mut Vec<u8>, sub: &str, event: &Event, delivery: Option<&Delivery>) {
     let tail = event.json_tail.get_or_init(|| event_tail(event));
-    out.reserve(EVENT_START.len() + sub.len() + tail.len() + 8);
+    // Exactly what a plain event with a plain id takes (the quotes, the closing brace), the
+    // size `encode_event` allocates: asking for more here reallocated every event frame.
+    out.reserve(EVENT_START.len() + sub.len() + 2 + tail.len() + 1);
     out.extend_from_slice(EVENT_START);
     write_json_string(out, sub);
     out.extend_from_slice(tail);
@@ -520,6 +522,19 @@ mod tests {
             err(r#"{"op":"sub","id":"","topic":"a"}"#).code,
             ErrorCode::InvalidRequest
         );
+    }
+
+    #[test]
+    fn a_plain_event_frame_is_allocated_once_at_its_exact_size() {
+        let event = Event::new(
+            Arc::from("chat.lobby"),
+            Arc::from("e1"),
+            3,
+            1_764_086_400_000,
+            Payload::Json(Bytes::from_static(br#"{"text":"hi"}"#)),
+        );
+        let frame = encode_event("sub-1", &event, None);
+        assert_eq!(frame.capacity(), frame.len(), "{frame}");
     }
 
     #[test]
