@@ -43,9 +43,9 @@ chaos: ## Every chaos nemesis on namespace hosts (root, ~20 min): chaos-out/<nem
 	$(CARGO) build --release -p murmur -p murmur-chaos
 	flock /tmp/murmur-chaos.lock target/release/murmur-chaos matrix --out chaos-out $(ARGS)
 
-chaos-smoke: ## A short chaos matrix (root, ~3 min): kill -9, a short partition, gossip loss, 15 s of load each
+chaos-smoke: ## A short chaos matrix (root, ~3 min): kill -9, a short partition, QUIC packet loss, 15 s of load each
 	$(CARGO) build --release -p murmur -p murmur-chaos
-	flock /tmp/murmur-chaos.lock target/release/murmur-chaos matrix --nemeses kill,partition-short,gossip-loss --seconds 15 --out chaos-out $(ARGS)
+	flock /tmp/murmur-chaos.lock target/release/murmur-chaos matrix --nemeses kill,partition-short,quic-loss --seconds 15 --out chaos-out $(ARGS)
 
 test: ## Run the whole test suite (unit, integration, CLI)
 	$(CARGO) nextest run --workspace --all-targets $(NEXTEST_ARGS)
