@@ -578,6 +578,29 @@ pub fn inject(
     result
 }
 
+/// Waits until every node of `others` sees `victim` down (the fault's detection, recorded in
+/// `outcome`), then keeps the fault on for the rest of `window`, at least 2 s.
+fn hold_until_seen_down(
+    cluster: &Cluster<'_>,
+    others: &[usize],
+    victim: usize,
+    tl: &mut Timeline,
+    outcome: &mut Outcome,
+    window: Duration,
+) -> anyhow::Result<()> {
+    let name = Cluster::name(victim);
+    let detection = wait_for(
+        &format!("the others see {name} down"),
+        DETECTION_LIMIT,
+        || cluster.seen(others, &[victim], is_down),
+    )?;
+    tl.note(&format!(
+        "{name} seen down by every other node after {detection:.1?}"
+    ));
+    outcome.detection = Some(detection);
+    pause(window.saturating_sub(detection).max(Duration::from_secs(2)))
+}
+
 fn inject_and_heal(
     cluster: &mut Cluster<'_>,
     nemesis: Nemesis,
@@ -665,16 +688,7 @@ fn inject_and_heal(
                 "partition: {name} cut off from {} (clients still reach it)",
                 Cluster::names(&others)
             ));
-            let detection = wait_for(
-                &format!("the others see {name} down"),
-                DETECTION_LIMIT,
-                || cluster.seen(&others, &[victim], is_down),
-            )?;
-            tl.note(&format!(
-                "{name} seen down by every other node after {detection:.1?}"
-            ));
-            outcome.detection = Some(detection);
-            pause(window.saturating_sub(detection).max(Duration::from_secs(2)))?;
+            hold_until_seen_down(cluster, &others, victim, tl, &mut outcome, window)?;
             let dropped = lab.dropped_on(&lab.nodes[victim])?;
             if dropped == 0 {
                 bail!("the partition dropped no packet: it did not take effect");
@@ -798,16 +812,7 @@ fn inject_and_heal(
                 "one-way: everything {name} sends to {} is dropped; what they send arrives",
                 Cluster::names(&others)
             ));
-            let detection = wait_for(
-                &format!("the others see {name} down"),
-                DETECTION_LIMIT,
-                || cluster.seen(&others, &[victim], is_down),
-            )?;
-            tl.note(&format!(
-                "{name} seen down by every other node after {detection:.1?}"
-            ));
-            outcome.detection = Some(detection);
-            pause(window.saturating_sub(detection).max(Duration::from_secs(2)))?;
+            hold_until_seen_down(cluster, &others, victim, tl, &mut outcome, window)?;
             let dropped = lab.dropped_on(&lab.nodes[victim])?;
             if dropped == 0 {
                 bail!("the one-way cut dropped no packet: it did not take effect");
@@ -888,16 +893,7 @@ fn inject_and_heal(
                 .context("the victim's generation")?;
             cluster.kill(victim)?;
             tl.fault(&format!("kill -9 {name} (pid {before})"));
-            let detection = wait_for(
-                &format!("the others see {name} down"),
-                DETECTION_LIMIT,
-                || cluster.seen(&others, &[victim], is_down),
-            )?;
-            tl.note(&format!(
-                "{name} seen down by every other node after {detection:.1?}"
-            ));
-            outcome.detection = Some(detection);
-            pause(window.saturating_sub(detection).max(Duration::from_secs(2)))?;
+            hold_until_seen_down(cluster, &others, victim, tl, &mut outcome, window)?;
             let after = cluster.start(victim)?;
             tl.heal(&format!("{name} restarted (pid {after})"));
             if after == before {
@@ -920,16 +916,7 @@ fn inject_and_heal(
                 Duration::from_secs(2),
                 || process_state(pid) == Some('T'),
             )?;
-            let detection = wait_for(
-                &format!("the others see {name} down"),
-                DETECTION_LIMIT,
-                || cluster.seen(&others, &[victim], is_down),
-            )?;
-            tl.note(&format!(
-                "{name} seen down by every other node after {detection:.1?}"
-            ));
-            outcome.detection = Some(detection);
-            pause(window.saturating_sub(detection).max(Duration::from_secs(2)))?;
+            hold_until_seen_down(cluster, &others, victim, tl, &mut outcome, window)?;
             cluster.signal(victim, "-CONT")?;
             tl.heal(&format!("SIGCONT {name}"));
             outcome.checks.push(format!(
