@@ -122,6 +122,30 @@ impl Endings {
     }
 }
 
+/// One receiving task per subscriber connection, each expecting `expected` measured messages.
+pub fn spawn_receivers(
+    subscribers: Vec<Conn>,
+    expected: usize,
+    start: Instant,
+    warmth: &Arc<Warmth>,
+    publishing: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Received>> {
+    subscribers
+        .into_iter()
+        .enumerate()
+        .map(|(slot, conn)| {
+            tokio::spawn(receive(
+                conn,
+                expected,
+                start,
+                warmth.clone(),
+                slot,
+                publishing.clone(),
+            ))
+        })
+        .collect()
+}
+
 /// Reads until `expected` measured messages arrived or the stream went quiet.
 pub async fn receive(
     mut conn: Conn,

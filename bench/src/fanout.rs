@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 use crate::client::{Incoming, System};
-use crate::common::{Common, Endings, Warmth, connect_subscribed, receive};
+use crate::common::{Common, Endings, Warmth, connect_subscribed, spawn_receivers};
 use crate::report::{Latency, WARMUP, emit, payload};
 
 const TOPIC: &str = "bench.fanout";
@@ -55,20 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     let subscribers = connect_subscribed(&target, plan, None).await?;
     let warmth = Warmth::new(args.subscribers);
     let publishing = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = subscribers
-        .into_iter()
-        .enumerate()
-        .map(|(slot, conn)| {
-            tokio::spawn(receive(
-                conn,
-                args.messages,
-                start,
-                warmth.clone(),
-                slot,
-                publishing.clone(),
-            ))
-        })
-        .collect();
+    let tasks = spawn_receivers(subscribers, args.messages, start, &warmth, &publishing);
 
     let mut publisher =
         crate::client::Conn::connect(&target, urls.last().context("a URL")?).await?;

@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::sync::Barrier;
 
 use crate::client::{Conn, Target};
-use crate::common::{Common, Endings, Warmth, connect_subscribed, receive};
+use crate::common::{Common, Endings, Warmth, connect_subscribed, spawn_receivers};
 use crate::report::{Latency, WARMUP, emit, payload};
 
 const FLUSH_EVERY: usize = 64;
@@ -46,20 +46,7 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     let subscribers = connect_subscribed(&target, plan, None).await?;
     let warmth = Warmth::new(args.topics);
     let publishing = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = subscribers
-        .into_iter()
-        .enumerate()
-        .map(|(slot, conn)| {
-            tokio::spawn(receive(
-                conn,
-                args.messages,
-                start,
-                warmth.clone(),
-                slot,
-                publishing.clone(),
-            ))
-        })
-        .collect();
+    let tasks = spawn_receivers(subscribers, args.messages, start, &warmth, &publishing);
 
     publishing.store(true, Ordering::Relaxed);
     let barrier = Arc::new(Barrier::new(nodes));
