@@ -151,6 +151,47 @@ async fn events_go_only_to_nodes_with_interest_and_keep_their_order() -> TestRes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_without_ref_through_a_non_owner_arrive_in_order_and_get_no_answer() -> TestResult
+{
+    let nodes = start_cluster(3, |_, _| {}).await;
+    let (mut subscriber, _) = WsClient::connect_json(&nodes[1]).await?;
+    subscriber.sub("s", "unanswered.>").await?;
+    wait_for_peer_interests(&nodes[0], 1).await;
+    wait_for_peer_interests(&nodes[2], 1).await;
+
+    // Published on node-2, sequenced by node-0, stored on a replica, delivered on node-1.
+    let topic = (0..)
+        .map(|i| format!("unanswered.t{i}"))
+        .find(|t| nodes[2].state().cluster.placement(t)[0] == "node-0")
+        .unwrap();
+    const EVENTS: u64 = 500;
+    let (mut publisher, _) = WsClient::connect_json(&nodes[2]).await?;
+    for i in 0..EVENTS {
+        publisher
+            .send_json(json!({"op": "pub", "topic": &topic, "data": i}))
+            .await?;
+    }
+    // Fails on any frame but this `ok`: the publishes without `ref` are never answered.
+    let (ok, _) = publisher.publish(&topic, json!("last"), "last").await?;
+    assert_eq!(
+        ok["seq"],
+        EVENTS + 1,
+        "sequenced after every unanswered one"
+    );
+    publisher.ping("after").await?;
+    for i in 0..EVENTS {
+        let event = subscriber.recv_json().await?;
+        assert_eq!(
+            (&event["seq"], &event["data"]),
+            (&json!(i + 1), &json!(i)),
+            "every unanswered publish, in the order sent"
+        );
+    }
+    assert_eq!(subscriber.recv_json().await?["data"], "last");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_group_spread_over_nodes_gets_each_event_exactly_once() -> TestResult {
     let nodes = start_cluster(3, |_, _| {}).await;
     let mut members = Vec::new();

@@ -218,7 +218,8 @@ pub type StoredSignal = tokio::sync::oneshot::Sender<()>;
 /// The outcome of sequencing an event on its owner.
 #[derive(Debug)]
 pub enum Sequenced {
-    /// Stored everywhere it needs to be and fanned out.
+    /// Nothing to wait for: stored everywhere it needs to be and fanned out, or sequenced
+    /// for a publisher that asked not to know when it is stored.
     Done(Receipt),
     /// Sequenced; the receiver resolves once the replicas have stored it.
     Waiting(Receipt, tokio::sync::oneshot::Receiver<()>),
@@ -516,7 +517,15 @@ impl Broker {
     /// Sequences `payload` on `topic` (a validated publish topic, owned by this node), sends
     /// copies to `replicas`, and once they have stored it — at once without replicas — queues
     /// it to every matching subscription, peer, and one member of every matching queue group.
-    pub fn sequence(&self, topic: &str, payload: Payload, replicas: &[Arc<PeerLink>]) -> Sequenced {
+    /// With `confirm`, the outcome says when the replicas have stored it; without, nobody
+    /// waits for that (a publish without an answer) and the outcome is `Done` at once.
+    pub fn sequence(
+        &self,
+        topic: &str,
+        payload: Payload,
+        replicas: &[Arc<PeerLink>],
+        confirm: bool,
+    ) -> Sequenced {
         let mut shard = self.shard(topic).lock();
         let Some((name, epoch, seq)) = shard.topics.next(topic) else {
             return Sequenced::NotReady;
@@ -551,7 +560,7 @@ impl Broker {
             replica.send_control(PeerMessage::Replicate(event.clone()));
         }
         let receipt = Receipt { epoch, seq };
-        let (signal, stored) = if replicas.is_empty() {
+        let (signal, stored) = if replicas.is_empty() || !confirm {
             (None, None)
         } else {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -573,7 +582,7 @@ impl Broker {
         if !self.is_ready(topic) {
             self.install_topic(topic, None);
         }
-        match self.sequence(topic, payload, &[]) {
+        match self.sequence(topic, payload, &[], true) {
             Sequenced::Done(receipt) | Sequenced::Waiting(receipt, _) => receipt,
             Sequenced::NotReady => unreachable!("installed just above"),
         }
@@ -1318,7 +1327,8 @@ mod tests {
         let outbox = Outbox::new(1, 16);
         subscription(&broker, "s", "t", None, &outbox);
         let (replica, _queues) = PeerLink::new("r", 1, 16);
-        let Sequenced::Waiting(receipt, mut stored) = broker.sequence("t", json("1"), &[replica])
+        let Sequenced::Waiting(receipt, mut stored) =
+            broker.sequence("t", json("1"), &[replica], true)
         else {
             panic!("a replica to wait for");
         };

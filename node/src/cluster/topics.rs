@@ -72,11 +72,19 @@ pub type PublishResult = Result<Receipt, PublishError>;
 enum ReplyTo {
     Local(oneshot::Sender<PublishResult>),
     Peer(Arc<PeerLink>, u64),
+    /// Nowhere: the client published without `ref`, so no one waits for the outcome and
+    /// nothing is kept to tell it (no reply from the owner, no timer, no task).
+    Nobody,
 }
 
 impl ReplyTo {
+    fn wanted(&self) -> bool {
+        !matches!(self, Self::Nobody)
+    }
+
     fn send(self, result: PublishResult) {
         match self {
+            Self::Nobody => {}
             Self::Local(tx) => {
                 let _ = tx.send(result);
             }
@@ -167,6 +175,13 @@ impl Cluster {
         rx
     }
 
+    /// Publishes `payload` on `topic` through its owner for a publisher that wants no answer:
+    /// the same route and order as [`submit`](Self::submit), without anything waiting for the
+    /// outcome. A publish that cannot be stored is dropped (docs/protocol.md, `pub`).
+    pub fn submit_unanswered(self: &Arc<Self>, topic: &str, payload: Payload) {
+        self.route(topic.into(), payload, ReplyTo::Nobody, 0);
+    }
+
     fn route(self: &Arc<Self>, topic: Arc<str>, payload: Payload, reply: ReplyTo, attempt: u32) {
         let owner = self.owner_of(&topic);
         if owner == self.id.name {
@@ -184,6 +199,19 @@ impl Cluster {
             return;
         };
         let (data, encoding) = payload_pb(&payload);
+        if !reply.wanted() {
+            // The owner routes it on itself if it turns out not to own the topic.
+            link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Publish(
+                pb::PublishRequest {
+                    id: 0,
+                    topic: topic.to_string(),
+                    data,
+                    encoding: encoding as i32,
+                    attempt,
+                },
+            )));
+            return;
+        }
         let (id, answer) = self.request(&link);
         link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Publish(
             pb::PublishRequest {
@@ -191,6 +219,7 @@ impl Cluster {
                 topic: topic.to_string(),
                 data,
                 encoding: encoding as i32,
+                attempt,
             },
         )));
         let cluster = self.clone();
@@ -268,6 +297,7 @@ impl Cluster {
     ) {
         let limit = (PUBLISH_TIMEOUT.as_millis() / RETRY_PAUSE.as_millis()) as u32;
         if attempt >= limit {
+            tracing::debug!(%topic, %why, answered = reply.wanted(), "publish given up");
             reply.send(Err(PublishError::unavailable(format!(
                 "cannot publish to {topic}: {why}"
             ))));
@@ -338,7 +368,10 @@ impl Cluster {
                 return;
             }
         };
-        match self.broker.sequence(&topic, payload.clone(), &replicas) {
+        match self
+            .broker
+            .sequence(&topic, payload.clone(), &replicas, reply.wanted())
+        {
             Sequenced::Done(receipt) => reply.send(Ok(receipt)),
             Sequenced::Waiting(receipt, stored) => {
                 tokio::spawn(async move {
@@ -528,10 +561,14 @@ impl Cluster {
         link: &Arc<PeerLink>,
         request: pb::PublishRequest,
     ) {
-        let reply = ReplyTo::Peer(link.clone(), request.id);
+        let reply = if request.id == 0 {
+            ReplyTo::Nobody
+        } else {
+            ReplyTo::Peer(link.clone(), request.id)
+        };
         let owner = self.owner_of(&request.topic);
         let leaving = self.leaving.load(Ordering::Acquire);
-        if leaving || owner != self.id.name {
+        if (leaving || owner != self.id.name) && reply.wanted() {
             link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Published(
                 pb::PublishReply {
                     id: request.id,
@@ -552,6 +589,13 @@ impl Cluster {
                 code: "invalid_topic",
                 message: "invalid topic".into(),
             }));
+            return;
+        }
+        if leaving || owner != self.id.name {
+            // Nobody to tell that views disagree: route it on from here, within the same
+            // retry budget the publishing node had.
+            let why = format!("nodes disagree on the owner ({owner} here)");
+            self.retry(request.topic.into(), payload, reply, request.attempt, why);
             return;
         }
         self.publish_as_owner(request.topic.into(), payload, reply, 0);

@@ -433,10 +433,11 @@ impl Session {
                     RequestError::new(reference.as_deref(), ErrorCode::InvalidTopic, e.to_string())
                 })?;
                 self.node.metrics.events_received.inc();
-                let mut outcome = self.node.cluster.submit(&name, payload);
                 let Some(reference) = reference else {
+                    self.node.cluster.submit_unanswered(&name, payload);
                     return Ok(Vec::new());
                 };
+                let mut outcome = self.node.cluster.submit(&name, payload);
                 // Usually known at once (this node owns the topic and needs no replica);
                 // otherwise answered when the owner and replicas are done.
                 if let Ok(result) = outcome.try_recv() {
