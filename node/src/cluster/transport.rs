@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use murmur_proto::cluster::v1 as pb;
-use prost::Message;
+use prost::{Message, encoding};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use thiserror::Error;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
@@ -258,7 +258,8 @@ pub async fn write_loop(
         let mut next = Some(first);
         let mut written = 0;
         while let Some(mut message) = next.take() {
-            writer.feed(encode(&message)).await?;
+            // Straight into the stream's buffer: no frame built and copied per message.
+            put_frame(writer.write_buffer_mut(), &message);
             if let PeerMessage::Leaving { sent, .. } = &mut message
                 && let Some(signal) = sent.take()
             {
@@ -294,8 +295,148 @@ pub fn interest_from_pb(i: pb::Interest) -> Interest {
     }
 }
 
-fn encode(message: &PeerMessage) -> Bytes {
-    let msg = match message {
+/// Appends `message` to `buf` as one length-prefixed `PeerFrame`, the framing
+/// [`LengthDelimitedCodec`] reads (a 4-byte big-endian length). Events, the bulk of the
+/// traffic, are encoded from the shared [`Event`] without building a `pb::Event`.
+fn put_frame(buf: &mut BytesMut, message: &PeerMessage) {
+    match message {
+        PeerMessage::Replicate(event) => {
+            let event = EventFields(event);
+            let body = event.field_len(1);
+            put_frame_header(buf, 9, body);
+            event.put_field(1, buf);
+        }
+        PeerMessage::Forward {
+            event,
+            plain,
+            groups,
+            redelivered,
+        } => {
+            let event = EventFields(event);
+            let rest = pb::Forward {
+                event: None,
+                plain: *plain,
+                groups: groups.iter().map(|(i, _)| interest_pb(i)).collect(),
+                redelivered: *redelivered,
+                group_tokens: groups.iter().map(|(_, t)| *t).collect(),
+            };
+            // Fields may come in any order: the event first, then the rest as prost writes it.
+            let body = event.field_len(1) + rest.encoded_len();
+            put_frame_header(buf, 5, body);
+            event.put_field(1, buf);
+            rest.encode_raw(buf);
+        }
+        PeerMessage::Frame(msg) => put_msg(buf, msg),
+        other => put_msg(buf, &message_pb(other)),
+    }
+}
+
+/// A `PeerFrame` holding `msg`.
+fn put_msg(buf: &mut BytesMut, msg: &pb::peer_frame::Msg) {
+    let len = VERSION_FIELD_LEN + msg.encoded_len();
+    buf.reserve(4 + len);
+    buf.put_u32(frame_len(len));
+    encoding::uint32::encode(1, &pb::VERSION, buf);
+    msg.encode(buf);
+}
+
+/// The length prefix, the version, and the key and length of the `msg` field numbered `tag`
+/// whose body is `body` bytes long.
+fn put_frame_header(buf: &mut BytesMut, tag: u32, body: usize) {
+    let len = VERSION_FIELD_LEN
+        + encoding::key_len(tag)
+        + encoding::encoded_len_varint(body as u64)
+        + body;
+    buf.reserve(4 + len);
+    buf.put_u32(frame_len(len));
+    encoding::uint32::encode(1, &pb::VERSION, buf);
+    encoding::encode_key(tag, encoding::WireType::LengthDelimited, buf);
+    encoding::encode_varint(body as u64, buf);
+}
+
+const VERSION_FIELD_LEN: usize = 2;
+const _: () = assert!(
+    pb::VERSION > 0 && pb::VERSION < 128,
+    "the version field is 2 bytes"
+);
+
+fn frame_len(len: usize) -> u32 {
+    // A frame that large cannot be built: an event carries at most one client frame.
+    u32::try_from(len).expect("peer frame under 4 GiB")
+}
+
+/// Encodes an event's `pb::Event` fields by reference, as prost would (defaults omitted).
+struct EventFields<'a>(&'a Event);
+
+impl EventFields<'_> {
+    fn parts(&self) -> (&[u8], i32) {
+        match &self.0.payload {
+            Payload::Json(b) => (b, pb::Encoding::Json as i32),
+            Payload::Binary(b) => (b, pb::Encoding::Binary as i32),
+        }
+    }
+
+    fn body_len(&self) -> usize {
+        let e = self.0;
+        let (data, kind) = self.parts();
+        let bytes = |tag: u32, b: &[u8]| {
+            if b.is_empty() {
+                0
+            } else {
+                encoding::key_len(tag) + encoding::encoded_len_varint(b.len() as u64) + b.len()
+            }
+        };
+        let varint = |tag: u32, v: u64| {
+            if v == 0 {
+                0
+            } else {
+                encoding::key_len(tag) + encoding::encoded_len_varint(v)
+            }
+        };
+        bytes(1, e.topic.as_bytes())
+            + bytes(2, e.epoch.as_bytes())
+            + varint(3, e.seq)
+            + varint(4, e.ts as u64)
+            + bytes(5, data)
+            + varint(6, kind as u64)
+    }
+
+    /// Length of the event as field `tag` of its parent.
+    fn field_len(&self, tag: u32) -> usize {
+        let body = self.body_len();
+        encoding::key_len(tag) + encoding::encoded_len_varint(body as u64) + body
+    }
+
+    fn put_field(&self, tag: u32, buf: &mut BytesMut) {
+        let e = self.0;
+        let (data, kind) = self.parts();
+        encoding::encode_key(tag, encoding::WireType::LengthDelimited, buf);
+        encoding::encode_varint(self.body_len() as u64, buf);
+        let bytes = |tag: u32, b: &[u8], buf: &mut BytesMut| {
+            if !b.is_empty() {
+                encoding::encode_key(tag, encoding::WireType::LengthDelimited, buf);
+                encoding::encode_varint(b.len() as u64, buf);
+                buf.put_slice(b);
+            }
+        };
+        let varint = |tag: u32, v: u64, buf: &mut BytesMut| {
+            if v != 0 {
+                encoding::encode_key(tag, encoding::WireType::Varint, buf);
+                encoding::encode_varint(v, buf);
+            }
+        };
+        bytes(1, e.topic.as_bytes(), buf);
+        bytes(2, e.epoch.as_bytes(), buf);
+        varint(3, e.seq, buf);
+        varint(4, e.ts as u64, buf);
+        bytes(5, data, buf);
+        varint(6, kind as u64, buf);
+    }
+}
+
+/// The wire form of a message, built the plain way (the rare, small messages).
+fn message_pb(message: &PeerMessage) -> pb::peer_frame::Msg {
+    match message {
         PeerMessage::Snapshot(all) => pb::peer_frame::Msg::Snapshot(pb::InterestSnapshot {
             interests: all.iter().map(interest_pb).collect(),
         }),
@@ -333,8 +474,7 @@ fn encode(message: &PeerMessage) -> Bytes {
         PeerMessage::Leaving { generation, .. } => pb::peer_frame::Msg::Leaving(pb::Leaving {
             generation: *generation,
         }),
-    };
-    frame(msg)
+    }
 }
 
 pub fn event_pb(event: &Event) -> pb::Event {
@@ -379,6 +519,96 @@ mod tests {
 
     use super::*;
 
+    /// One frame as `write_loop` writes it, without its length prefix (checked here).
+    fn framed(message: &PeerMessage) -> Bytes {
+        let mut buf = BytesMut::new();
+        put_frame(&mut buf, message);
+        let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, buf.len() - 4, "the prefix is the frame's length");
+        buf.freeze().slice(4..)
+    }
+
+    #[test]
+    fn events_are_written_exactly_as_prost_writes_them() {
+        let events = [
+            Event::new(
+                "a.b".into(),
+                "e1".into(),
+                4,
+                1_795_000_000_000,
+                Payload::Json(Bytes::from_static(b"{\"x\":1}")),
+            ),
+            Event::new("t".into(), "".into(), 0, -5, Payload::Binary(Bytes::new())),
+            Event::new(
+                "big".into(),
+                "e".into(),
+                u64::MAX,
+                0,
+                Payload::Binary(Bytes::from(vec![7u8; 70_000])),
+            ),
+        ];
+        for event in events.map(Arc::new) {
+            let groups = vec![(
+                Interest {
+                    pattern: "a.*".into(),
+                    group: Some("g".into()),
+                },
+                9,
+            )];
+            for (message, expected) in [
+                (
+                    PeerMessage::Replicate(event.clone()),
+                    pb::peer_frame::Msg::Replicate(pb::Replicate {
+                        event: Some(event_pb(&event)),
+                    }),
+                ),
+                (
+                    PeerMessage::Forward {
+                        event: event.clone(),
+                        plain: true,
+                        groups: Vec::new(),
+                        redelivered: false,
+                    },
+                    pb::peer_frame::Msg::Forward(pb::Forward {
+                        event: Some(event_pb(&event)),
+                        plain: true,
+                        ..Default::default()
+                    }),
+                ),
+                (
+                    PeerMessage::Forward {
+                        event: event.clone(),
+                        plain: false,
+                        groups: groups.clone(),
+                        redelivered: true,
+                    },
+                    pb::peer_frame::Msg::Forward(pb::Forward {
+                        event: Some(event_pb(&event)),
+                        plain: false,
+                        groups: vec![interest_pb(&groups[0].0)],
+                        redelivered: true,
+                        group_tokens: vec![9],
+                    }),
+                ),
+            ] {
+                let prost = pb::PeerFrame {
+                    version: pb::VERSION,
+                    msg: Some(expected),
+                }
+                .encode_to_vec();
+                assert_eq!(&framed(&message)[..], &prost[..], "{message:?}");
+            }
+        }
+        let leaving = PeerMessage::Leaving {
+            generation: 3,
+            sent: None,
+        };
+        assert!(matches!(
+            decode(framed(&leaving)),
+            Ok(pb::peer_frame::Msg::Leaving(pb::Leaving { generation: 3 }))
+        ));
+    }
+
     #[test]
     fn frames_round_trip() {
         let event = Arc::new(Event::new(
@@ -400,7 +630,7 @@ mod tests {
             )],
             redelivered: false,
         };
-        let Ok(pb::peer_frame::Msg::Forward(forward)) = decode(encode(&message)) else {
+        let Ok(pb::peer_frame::Msg::Forward(forward)) = decode(framed(&message)) else {
             panic!("not a forward");
         };
         assert!(forward.plain);
