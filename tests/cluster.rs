@@ -473,3 +473,53 @@ async fn a_broken_link_is_redialled_and_interest_rebuilt() -> TestResult {
     assert_eq!(subscriber.recv_json().await?["data"], "after the reconnect");
     Ok(())
 }
+
+/// A node too busy to run its tasks for longer than failure detection takes (3 s of
+/// suspicion after a missed probe) is still alive: its gossip has a thread of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_runtime_is_saturated_is_not_declared_down() -> TestResult {
+    let watcher = start_node(|s| {
+        s.name = "watcher".into();
+        s.cluster_key = Some(murmur::config::Secret(TEST_CLUSTER_KEY.into()));
+    })
+    .await;
+    let seed = gossip_addr(&watcher);
+    // The busy node on a runtime of its own, with one worker this test can block.
+    let busy_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let busy = busy_runtime
+        .spawn(start_node(|s| {
+            s.name = "busy".into();
+            s.seeds = vec![seed];
+            s.cluster_key = Some(murmur::config::Secret(TEST_CLUSTER_KEY.into()));
+        }))
+        .await?;
+    wait_until("both see each other alive", Duration::from_secs(10), || {
+        members_in_state(&watcher, "alive").len() == 2
+            && members_in_state(&busy, "alive").len() == 2
+    })
+    .await;
+
+    // Its only worker is taken for 5 s: past a probe, its suspicion and a margin.
+    let blocked_for = Duration::from_secs(5);
+    busy_runtime.spawn(async move { std::thread::sleep(blocked_for) });
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while started.elapsed() < blocked_for + Duration::from_secs(1) {
+        for state in ["suspect", "down"] {
+            if members_in_state(&watcher, state).contains(&"busy".to_owned()) {
+                seen.push((state, started.elapsed()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen.is_empty(),
+        "the watcher doubted the busy node: {seen:?}"
+    );
+    busy.halt();
+    busy_runtime.shutdown_background();
+    Ok(())
+}

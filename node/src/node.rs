@@ -123,13 +123,13 @@ impl RunningNode {
             idle_timeout_ms: settings.idle_timeout.as_millis() as u64,
             max_topic_bytes: u32::try_from(settings.max_topic_bytes).unwrap_or(u32::MAX),
         };
-        let gossip_socket =
-            tokio::net::UdpSocket::bind(settings.gossip)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: settings.gossip,
-                    source,
-                })?;
+        // A std socket: gossip runs on its own thread and runtime (cluster::gossip).
+        let gossip_socket = std::net::UdpSocket::bind(settings.gossip)
+            .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
+            .map_err(|source| StartError::Bind {
+                addr: settings.gossip,
+                source,
+            })?;
         let gossip_addr = gossip_socket
             .local_addr()
             .map_err(|source| StartError::Bind {

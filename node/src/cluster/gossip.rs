@@ -1,5 +1,11 @@
 //! Membership by gossip: one task owns the `foca` SWIM state machine and its UDP socket.
 //!
+//! The task runs on a thread of its own, with its own single-threaded runtime: failure
+//! detection must keep its timing when the node is saturated. On the node's runtime, probes
+//! and acks waited behind thousands of busy connection tasks, and a node that was merely busy
+//! was declared down (then every subscriber resynced). The OS schedules this thread fairly
+//! against the runtime's workers instead.
+//!
 //! Every packet is sealed with the cluster key ([`ClusterKey::seal`]); packets that fail the
 //! check are dropped and counted before foca sees them. Timers foca asks for are kept in a
 //! heap and handed back in due order (foca needs them in order). Seeds — `host:port`, DNS
@@ -92,9 +98,10 @@ pub fn foca_config() -> foca::Config {
 }
 
 impl Gossip {
-    /// Starts the gossip task on `socket` as `identity`.
+    /// Starts the gossip task on `socket` (non-blocking) as `identity`, on its own thread; it
+    /// ends when `stop` is cancelled or this handle is dropped.
     pub fn spawn(
-        socket: UdpSocket,
+        socket: std::net::UdpSocket,
         identity: NodeId,
         key: ClusterKey,
         seeds: Vec<String>,
@@ -105,27 +112,49 @@ impl Gossip {
         let view = Arc::new(RwLock::new(MembershipView::default()));
         view.write().set_self(identity.clone());
         let stats = Arc::new(GossipStats::default());
-        let task = GossipTask {
-            foca: Foca::new(
-                identity,
-                foca_config(),
-                rand::make_rng::<StdRng>(),
-                PostcardCodec,
-            ),
-            runtime: AccumulatingRuntime::new(),
-            socket,
-            key,
-            seeds,
-            resolved: Vec::new(),
-            last_resolve: None,
-            timers: BinaryHeap::new(),
-            timer_payloads: HashMap::new(),
-            next_timer: 0,
-            events,
-            view: view.clone(),
-            stats: stats.clone(),
+        let task_view = view.clone();
+        let task_stats = stats.clone();
+        let name = identity.name.clone();
+        let run = move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let task = GossipTask {
+                    foca: Foca::new(
+                        identity,
+                        foca_config(),
+                        rand::make_rng::<StdRng>(),
+                        PostcardCodec,
+                    ),
+                    runtime: AccumulatingRuntime::new(),
+                    socket: UdpSocket::from_std(socket)?,
+                    key,
+                    seeds,
+                    resolved: Vec::new(),
+                    last_resolve: None,
+                    timers: BinaryHeap::new(),
+                    timer_payloads: HashMap::new(),
+                    next_timer: 0,
+                    events,
+                    view: task_view,
+                    stats: task_stats,
+                };
+                task.run(command_rx, stop).await;
+                Ok::<(), std::io::Error>(())
+            })
         };
-        tokio::spawn(task.run(command_rx, stop));
+        let spawned = std::thread::Builder::new()
+            .name("murmur-gossip".into())
+            .spawn(move || {
+                if let Err(err) = run() {
+                    // The node carries on without membership: it sees every peer as gone.
+                    tracing::error!(node = %name, %err, "gossip could not start");
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::error!(%err, "cannot start the gossip thread");
+        }
         Self {
             commands,
             view,
@@ -180,6 +209,8 @@ impl GossipTask {
                 .map_or_else(|| Instant::now() + Duration::from_secs(3600), |(at, _)| *at);
             tokio::select! {
                 () = stop.cancelled() => break,
+                // The node is gone (its runtime shut down without a stop): so is this thread.
+                () = self.events.closed() => break,
                 () = sleep_until(linger_until), if leaving.is_some() => {
                     if let Some((_, done)) = leaving.take() {
                         let _ = done.send(());

@@ -24,7 +24,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use murmur_proto::cluster::v1 as pb;
 use parking_lot::Mutex;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -97,7 +96,8 @@ impl std::fmt::Debug for Cluster {
 /// Everything the cluster needs from the node at start.
 pub struct ClusterSetup {
     pub id: NodeId,
-    pub gossip_socket: UdpSocket,
+    /// Non-blocking; gossip moves it to its own thread.
+    pub gossip_socket: std::net::UdpSocket,
     pub endpoint: quinn::Endpoint,
     pub key: ClusterKey,
     pub seeds: Vec<String>,
