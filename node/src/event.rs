@@ -38,7 +38,7 @@ pub struct Event {
     pub ts: i64,
     pub payload: Payload,
     /// The JSON encoding of every field after `sub` (see `protocol::json`).
-    pub(crate) json_tail: OnceLock<Bytes>,
+    pub(crate) json_tail: OnceLock<Box<str>>,
     /// The protobuf encoding of the `Event` message without `sub` and delivery fields.
     pub(crate) proto_body: OnceLock<Bytes>,
 }

@@ -901,14 +901,14 @@ fn read_error_ending(err: &axum::Error) -> Ending {
 
 /// One batch frame being built, in the connection's format.
 enum BatchBuilder {
-    Json(Vec<u8>),
+    Json(String),
     Protobuf(protobuf::BatchFrame),
 }
 
 impl BatchBuilder {
     fn new(format: Format) -> Self {
         match format {
-            Format::Json => Self::Json(json::BATCH_START.to_vec()),
+            Format::Json => Self::Json(json::BATCH_START.to_owned()),
             Format::Protobuf => Self::Protobuf(protobuf::BatchFrame::new()),
         }
     }
@@ -950,9 +950,8 @@ impl BatchBuilder {
     fn finish(self) -> Message {
         match self {
             Self::Json(mut buf) => {
-                buf.extend_from_slice(json::BATCH_END);
-                // Built only from UTF-8 pieces, like every event frame.
-                Message::Text(Utf8Bytes::from(String::from_utf8(buf).unwrap_or_default()))
+                buf.push_str(json::BATCH_END);
+                Message::Text(Utf8Bytes::from(buf))
             }
             Self::Protobuf(frame) => Message::Binary(frame.finish()),
         }

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::fmt::Write;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -337,21 +337,20 @@ pub fn encode_event(sub: &str, event: &Event, delivery: Option<&Delivery>) -> St
     } else {
         0
     };
-    let mut out = Vec::with_capacity(exact + spare);
+    let mut out = String::with_capacity(exact + spare);
     append_event(&mut out, sub, event, delivery);
-    // Built only from UTF-8 pieces: JSON-escaped strings, digits and validated JSON text.
-    String::from_utf8(out).unwrap_or_default()
+    out
 }
 
 /// Appends one `event` object (as [`encode_event`] writes it) to `out`.
-pub fn append_event(out: &mut Vec<u8>, sub: &str, event: &Event, delivery: Option<&Delivery>) {
+pub fn append_event(out: &mut String, sub: &str, event: &Event, delivery: Option<&Delivery>) {
     let tail = event.json_tail.get_or_init(|| event_tail(event));
     // Exactly what a plain event with a plain id takes (the quotes, the closing brace), the
     // size `encode_event` allocates: asking for more here reallocated every event frame.
     out.reserve(EVENT_START.len() + sub.len() + 2 + tail.len() + 1);
-    out.extend_from_slice(EVENT_START);
+    out.push_str(EVENT_START);
     write_json_string(out, sub);
-    out.extend_from_slice(tail);
+    out.push_str(tail);
     if let Some(d) = delivery {
         // Writing into a Vec cannot fail.
         let _ = write!(
@@ -360,35 +359,36 @@ pub fn append_event(out: &mut Vec<u8>, sub: &str, event: &Event, delivery: Optio
             d.id, d.redelivered
         );
     }
-    out.push(b'}');
+    out.push('}');
 }
 
-const EVENT_START: &[u8] = br#"{"op":"event","sub":"#;
+const EVENT_START: &str = r#"{"op":"event","sub":"#;
 
 /// The start of a `batch` frame; events follow, separated by [`BATCH_SEPARATOR`], and
 /// [`BATCH_END`] closes it.
-pub const BATCH_START: &[u8] = br#"{"op":"batch","events":["#;
-pub const BATCH_SEPARATOR: u8 = b',';
-pub const BATCH_END: &[u8] = b"]}";
+pub const BATCH_START: &str = r#"{"op":"batch","events":["#;
+pub const BATCH_SEPARATOR: char = ',';
+pub const BATCH_END: &str = "]}";
 
-fn event_tail(event: &Event) -> Bytes {
-    let mut out = Vec::with_capacity(event.payload.len() + event.topic.len() + 96);
-    out.extend_from_slice(br#","topic":"#);
+/// Text, so that each subscriber's frame is put together without checking its UTF-8 again.
+fn event_tail(event: &Event) -> Box<str> {
+    let mut out = String::with_capacity(event.payload.len() + event.topic.len() + 96);
+    out.push_str(r#","topic":"#);
     write_json_string(&mut out, &event.topic);
-    out.extend_from_slice(br#","epoch":"#);
+    out.push_str(r#","epoch":"#);
     write_json_string(&mut out, &event.epoch);
     let _ = write!(out, r#","seq":{},"data":"#, event.seq);
     match &event.payload {
-        Payload::Json(text) => out.extend_from_slice(text),
+        // Validated JSON text when it was accepted; checked once more here, once per event.
+        Payload::Json(text) => out.push_str(std::str::from_utf8(text).unwrap_or("null")),
         Payload::Binary(bytes) => {
-            out.push(b'"');
-            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
-            out.extend_from_slice(encoded.as_bytes());
-            out.extend_from_slice(br#"","encoding":"base64""#);
+            out.push('"');
+            base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut out);
+            out.push_str(r#"","encoding":"base64""#);
         }
     }
     let _ = write!(out, r#","ts":{}"#, event.ts);
-    Bytes::from(out)
+    out.into_boxed_str()
 }
 
 /// True when `s` is written in JSON as it is, between quotes.
@@ -397,18 +397,16 @@ fn is_plain_json_string(s: &str) -> bool {
         .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
 }
 
-fn write_json_string(out: &mut Vec<u8>, s: &str) {
+fn write_json_string(out: &mut String, s: &str) {
     // Ids and topics rarely need escaping: copy those as they are.
-    if s.bytes()
-        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
-    {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+    if is_plain_json_string(s) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
         return;
     }
-    // Serializing a str into a Vec cannot fail.
-    let _ = serde_json::to_writer(out, s);
+    // Serializing a str cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
 }
 
 #[cfg(test)]
