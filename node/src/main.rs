@@ -12,9 +12,6 @@ use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use tracing_subscriber::EnvFilter;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Murmur: publish/subscribe over WebSocket, with no silent loss.
 #[derive(Debug, Parser)]
 #[command(name = "murmur", version, propagate_version = true)]
