@@ -352,6 +352,9 @@ async fn an_owner_paused_past_failure_detection_never_reuses_a_sequence_number()
     for n in 0..3 {
         positions.push(publish(&mut publisher, n).await?);
     }
+    // A client of the owner itself: its publish will wait in the paused owner's socket.
+    let mut stalled = WsClient::connect_url(&format!("ws://{}/ws", nodes[2].listen)).await?;
+    stalled.recv_json().await?;
     let owner_pid = nodes[2].child.id().to_string();
     std::process::Command::new("kill")
         .args(["-STOP", &owner_pid])
@@ -371,9 +374,24 @@ async fn an_owner_paused_past_failure_detection_never_reuses_a_sequence_number()
     for n in 3..6 {
         positions.push(publish(&mut publisher, n).await?);
     }
+    // Read by the owner when it wakes, before it learns the others carried on without it.
+    stalled
+        .send_json(json!({"op": "pub", "topic": &topic, "data": "stalled", "ref": "stalled"}))
+        .await?;
     std::process::Command::new("kill")
         .args(["-CONT", &owner_pid])
         .status()?;
+    // Refused (`unavailable`) or sequenced after the owner caught up, never at a position
+    // the others gave meanwhile.
+    let answer = tokio::time::timeout(Duration::from_secs(10), stalled.recv_json()).await;
+    if let Ok(Ok(answer)) = answer
+        && answer["op"] == "ok"
+    {
+        positions.push((
+            answer["epoch"].as_str().unwrap().to_owned(),
+            answer["seq"].as_u64().unwrap(),
+        ));
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let (_, body) = http_get(nodes[0].listen, "/v1/cluster").await?;

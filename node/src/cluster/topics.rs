@@ -11,9 +11,11 @@
 //! - A node that becomes owner of a topic it holds no state for *claims* it: it asks every
 //!   peer what it knows. A peer that was sequencing the topic hands it over (once its
 //!   pending events are stored) and stops; a peer that still owns the topic in its own view
-//!   refuses, and the claimant asks again. The newest knowledge wins. If nothing is known,
-//!   or a peer kept refusing (views disagree: a partition), the topic starts a new epoch, so
-//!   two nodes never number events of the same epoch.
+//!   refuses, and the claimant asks again; so does a peer that does not answer (its link is
+//!   being replaced, say, as after a generation change), since it may hold the newest
+//!   position. The newest knowledge wins. If nothing is known, or a peer kept refusing or
+//!   stayed silent until the claim's patience ran out, the topic starts a new epoch, so two
+//!   nodes never number events of the same epoch.
 //! - A resume asks every node what it can replay and keeps, per topic, the answer with the
 //!   newest knowledge.
 
@@ -396,7 +398,7 @@ impl Cluster {
     async fn claim(self: Arc<Self>, topic: Arc<str>) {
         let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
         let mut best: Option<TopicSnapshot> = self.broker.topic_snapshot(&topic);
-        let mut refused_to_the_end = false;
+        let mut unsettled = false;
         loop {
             let answers = self
                 .ask_all(|id| {
@@ -406,32 +408,7 @@ impl Cluster {
                     })
                 })
                 .await;
-            let mut refused = false;
-            for answer in answers {
-                let Some(pb::peer_frame::Msg::StateReply(reply)) = answer else {
-                    continue;
-                };
-                if reply.refused {
-                    refused = true;
-                    continue;
-                }
-                if !reply.found {
-                    continue;
-                }
-                let snapshot = TopicSnapshot {
-                    epoch: reply.epoch.into(),
-                    last_seq: reply.last_seq,
-                    events: reply
-                        .events
-                        .into_iter()
-                        .filter_map(event_from_pb)
-                        .map(Arc::new)
-                        .collect(),
-                };
-                if best.as_ref().is_none_or(|b| is_newer(&snapshot, b)) {
-                    best = Some(snapshot);
-                }
-            }
+            let heard = weigh_claim_answers(answers, &mut best);
             // A live peer this node cannot ask yet may be numbering the topic right now; and
             // until a peer's interest is known, its subscribers would miss what is sequenced.
             let unlinked = {
@@ -441,11 +418,11 @@ impl Cluster {
                         .is_none_or(|link| !link.interest_known())
                 })
             };
-            if !refused && !unlinked {
+            if !heard.refused && !heard.silent && !unlinked {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                refused_to_the_end = true;
+                unsettled = true;
                 break;
             }
             tokio::time::sleep(RETRY_PAUSE).await;
@@ -461,9 +438,9 @@ impl Cluster {
                 .is_some_and(|o| *o == self.id.name);
         if still_owner {
             // A peer that kept the topic may still be numbering it: never share its epoch.
-            let known = if refused_to_the_end { None } else { best };
+            let known = if unsettled { None } else { best };
             let epoch = self.broker.install_topic(&topic, known);
-            tracing::debug!(%topic, %epoch, refused_to_the_end, "claimed topic");
+            tracing::debug!(%topic, %epoch, unsettled, "claimed topic");
         }
         // Serve what waited, in arrival order: the entry stays until it is empty, so a publish
         // arriving meanwhile queues behind the others instead of overtaking them.
@@ -536,7 +513,9 @@ impl Cluster {
         make: impl Fn(u64) -> pb::peer_frame::Msg,
     ) -> Vec<Option<pb::peer_frame::Msg>> {
         let mut waits = Vec::new();
-        for link in self.links() {
+        // A closed link is on its way out of the peer table; its peer is asked again over the
+        // next one, or is down.
+        for link in self.links().into_iter().filter(|l| !l.is_closed()) {
             let (id, answer) = self.request(&link);
             link.send_control(PeerMessage::Frame(make(id)));
             waits.push(async move {
@@ -751,6 +730,51 @@ fn is_newer(a: &TopicSnapshot, b: &TopicSnapshot) -> bool {
                 || (a.last_seq == b.last_seq && a.events.len() > b.events.len())))
 }
 
+/// What one round of a claim heard from the peers it asked.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Heard {
+    /// A peer still owns the topic in its own view.
+    refused: bool,
+    /// A peer gave no answer (timed out, or its link closed meanwhile): it may hold a newer
+    /// position than any answer, so the claim cannot settle on what it heard.
+    silent: bool,
+}
+
+/// Folds one round of answers to a claim into `best`, the newest state known so far.
+fn weigh_claim_answers(
+    answers: Vec<Option<pb::peer_frame::Msg>>,
+    best: &mut Option<TopicSnapshot>,
+) -> Heard {
+    let mut heard = Heard::default();
+    for answer in answers {
+        let Some(pb::peer_frame::Msg::StateReply(reply)) = answer else {
+            heard.silent = true;
+            continue;
+        };
+        if reply.refused {
+            heard.refused = true;
+            continue;
+        }
+        if !reply.found {
+            continue;
+        }
+        let snapshot = TopicSnapshot {
+            epoch: reply.epoch.into(),
+            last_seq: reply.last_seq,
+            events: reply
+                .events
+                .into_iter()
+                .filter_map(event_from_pb)
+                .map(Arc::new)
+                .collect(),
+        };
+        if best.as_ref().is_none_or(|b| is_newer(&snapshot, b)) {
+            *best = Some(snapshot);
+        }
+    }
+    heard
+}
+
 /// Newest epoch, then highest sequence number, then the replay with more events (a node that
 /// kept more history) and fewer gaps.
 fn better_replay(a: &TopicReplay, b: &TopicReplay) -> bool {
@@ -881,5 +905,66 @@ fn topic_replay_from_pb(candidate: pb::TopicReplay) -> TopicReplay {
                 .map(Arc::new)
                 .collect(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(
+        found: bool,
+        refused: bool,
+        epoch: &str,
+        last_seq: u64,
+    ) -> Option<pb::peer_frame::Msg> {
+        Some(pb::peer_frame::Msg::StateReply(pb::TopicStateReply {
+            id: 1,
+            found,
+            refused,
+            epoch: epoch.into(),
+            last_seq,
+            events: Vec::new(),
+        }))
+    }
+
+    fn known(epoch: &str, last_seq: u64) -> Option<TopicSnapshot> {
+        Some(TopicSnapshot {
+            epoch: epoch.into(),
+            last_seq,
+            events: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_claim_settles_only_when_every_peer_answered_without_refusing() {
+        // Everyone answered: the newest position wins.
+        let mut best = known("e1", 3);
+        let heard = weigh_claim_answers(
+            vec![reply(false, false, "", 0), reply(true, false, "e1", 6)],
+            &mut best,
+        );
+        assert_eq!(heard, Heard::default());
+        assert_eq!(best.as_ref().map(|b| b.last_seq), Some(6));
+
+        // An older answer does not replace what this node knows.
+        let heard = weigh_claim_answers(vec![reply(true, false, "e1", 2)], &mut best);
+        assert_eq!(heard, Heard::default());
+        assert_eq!(best.as_ref().map(|b| b.last_seq), Some(6));
+
+        // A peer that said nothing may hold a newer position than anyone who answered (the
+        // claim that numbered #4–#6 twice after a pause: its link was being replaced).
+        let mut best = known("e1", 3);
+        let heard = weigh_claim_answers(vec![reply(false, false, "", 0), None], &mut best);
+        assert!(heard.silent && !heard.refused);
+        assert_eq!(best.as_ref().map(|b| b.last_seq), Some(3));
+
+        // A peer still owning the topic refuses.
+        let heard = weigh_claim_answers(vec![reply(false, true, "", 0)], &mut best);
+        assert!(heard.refused && !heard.silent);
+
+        // An answer of another kind is no answer.
+        let odd = Some(pb::peer_frame::Msg::Leaving(pb::Leaving { generation: 1 }));
+        assert!(weigh_claim_answers(vec![odd], &mut best).silent);
     }
 }
