@@ -704,3 +704,58 @@ async fn an_event_that_arrives_twice_reaches_a_subscriber_once() -> TestResult {
     assert_eq!(seqs(&recv_n(&mut subscriber, 3).await?), vec![1, 2, 3]);
     Ok(())
 }
+
+/// A live subscriber whose topic moves to a new epoch cannot know whether the old epoch had
+/// more events it never got: it is told to resync, and its resume names them with an
+/// `epoch_changed` gap, then replays the new epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_moving_to_a_new_epoch_mid_stream_makes_its_subscribers_resync() -> TestResult {
+    let node = start_node(|_| {}).await;
+    let (mut subscriber, _) = WsClient::connect_json(&node).await?;
+    subscriber.sub("s", "moved.t").await?;
+    let (mut publisher, _) = WsClient::connect_json(&node).await?;
+    publisher.publish("moved.t", json!(1), "p1").await?;
+    let (ok, _) = publisher.publish("moved.t", json!(2), "p2").await?;
+    let old_epoch = ok["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(seqs(&recv_n(&mut subscriber, 2).await?), [1, 2]);
+
+    // The topic's state is given up and taken again with nothing known: a new epoch, as
+    // after a partition whose sides could not agree.
+    node.state().broker.relinquish_all();
+    let new_epoch = node.state().broker.install_topic("moved.t", None);
+    assert_ne!(*new_epoch, *old_epoch);
+    publisher.publish("moved.t", json!(3), "p3").await?;
+    let notice = subscriber.recv_json().await?;
+    assert_eq!(notice["code"], "resync", "{notice}");
+
+    let (mut resumed, _) = WsClient::connect_json(&node).await?;
+    let ok = resumed
+        .request(json!({"op": "sub", "id": "s", "topic": "moved.t",
+            "from": {"epoch": old_epoch, "seq": 2}}))
+        .await?;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    let gap = resumed.recv_json().await?;
+    assert_eq!(
+        (
+            &gap["op"],
+            &gap["epoch"],
+            &gap["from_seq"],
+            &gap["to_seq"],
+            &gap["reason"]
+        ),
+        (
+            &json!("gap"),
+            &json!(old_epoch),
+            &json!(3),
+            &json!(0),
+            &json!("epoch_changed")
+        ),
+        "{gap}"
+    );
+    let event = resumed.recv_json().await?;
+    assert_eq!(
+        (&event["epoch"], &event["seq"], &event["data"]),
+        (&json!(*new_epoch), &json!(1), &json!(3))
+    );
+    Ok(())
+}

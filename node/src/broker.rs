@@ -667,10 +667,18 @@ impl Broker {
     }
 
     /// Stops sequencing every topic until it is claimed again (this node was cut off: what
-    /// it holds may be stale).
+    /// it holds may be stale). Events still waiting for their replicas fail, as when a
+    /// replica is gone: never fanned out nor replayed from here, their publishers answered
+    /// `unavailable`.
     pub fn relinquish_all(&self) {
         for shard in self.shards.iter() {
-            shard.lock().topics.relinquish_all();
+            let mut shard = shard.lock();
+            for (event, _signal) in shard.topics.relinquish_all() {
+                tracing::debug!(topic = %event.topic, seq = event.seq, "relinquished before stored; the event fails");
+                shard
+                    .history
+                    .forget_from(&event.topic, &event.epoch, event.seq);
+            }
         }
     }
 
@@ -1349,6 +1357,72 @@ mod tests {
         let next = broker.publish("t", json("2"));
         assert_eq!((&*next.epoch, next.seq), (&*renewed, 1));
         assert_eq!(drain(&outbox).len(), 1);
+    }
+
+    /// The chaos `flap` run that gave one position to two publishes: an owner cut off from
+    /// its replica kept #2 pending, was declared down, rejoined and claimed the topic again
+    /// from the node that had numbered #2–#3 meanwhile; a `Stored` for #4 then completed its
+    /// own stale #2, fanned out and acknowledged at a position another event had.
+    #[test]
+    fn events_pending_when_the_node_relinquishes_its_topics_fail_and_stay_failed() {
+        let broker = Broker::new(Retention::default());
+        let epoch = broker.install_topic("t", None);
+        let outbox = Outbox::new(1, 16);
+        subscription(&broker, "s", "t", None, &outbox);
+        let (replica, _queues) = PeerLink::new("r", 1, 16);
+        assert!(matches!(
+            broker.sequence("t", json("1"), &[replica.clone()], true),
+            Sequenced::Waiting(..)
+        ));
+        broker.on_stored("r", "t", &epoch, 1);
+        let Sequenced::Waiting(_, mut stored) =
+            broker.sequence("t", json("stale"), &[replica.clone()], true)
+        else {
+            panic!("a replica to wait for");
+        };
+        broker.relinquish_all();
+        assert_eq!(
+            stored.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed),
+            "the publisher is told it failed"
+        );
+        let snapshot = broker.topic_snapshot("t").unwrap();
+        assert_eq!(
+            snapshot.events.len(),
+            1,
+            "the failed event is not replayed from here"
+        );
+
+        // Another node numbered #2 and #3 meanwhile and hands the topic back.
+        let theirs = |seq: u64| {
+            Arc::new(Event::new(
+                "t".into(),
+                epoch.clone(),
+                seq,
+                0,
+                json("theirs"),
+            ))
+        };
+        let installed = broker.install_topic(
+            "t",
+            Some(TopicSnapshot {
+                epoch: epoch.clone(),
+                last_seq: 3,
+                events: vec![theirs(2), theirs(3)],
+            }),
+        );
+        assert_eq!(installed, epoch, "the newer knowledge continues the epoch");
+        let Sequenced::Waiting(next, _) = broker.sequence("t", json("4"), &[replica], true) else {
+            panic!("a replica to wait for");
+        };
+        assert_eq!(next.seq, 4);
+        broker.on_stored("r", "t", &epoch, 4);
+        let delivered = drain(&outbox);
+        assert_eq!(
+            delivered.iter().map(|d| d.1).collect::<Vec<_>>(),
+            vec![1, 4],
+            "the stale #2 is never fanned out"
+        );
     }
 
     #[test]

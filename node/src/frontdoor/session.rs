@@ -665,7 +665,13 @@ impl Session {
                     return None;
                 }
                 if !same_epoch {
-                    *epoch = event.epoch.clone();
+                    // The topic moved to a new epoch (its state was lost, or the nodes could
+                    // not agree on its owner): whatever followed `last` in the old epoch may
+                    // never come, and so may the new epoch's first events. The client's
+                    // resume names the first with an `epoch_changed` gap and replays the others.
+                    tracing::info!(topic = %event.topic, after = *last, got = event.seq, "epoch changed mid-stream; resync");
+                    self.hole = true;
+                    return None;
                 }
                 *last = event.seq;
             }

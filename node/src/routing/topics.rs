@@ -289,10 +289,21 @@ impl<W> TopicTable<W> {
     }
 
     /// Marks every topic as handed on: it must be claimed again before it is sequenced.
-    pub fn relinquish_all(&mut self) {
+    /// Events still waiting for replicas fail: the others may already have numbered their
+    /// positions with other events, and a `Stored` arriving later (from a replica this node
+    /// re-synced after claiming the topic again) must not complete them. A topic that lost
+    /// some must start a new epoch unless another node knows it further (see
+    /// [`Self::must_renew_epoch`]).
+    pub fn relinquish_all(&mut self) -> Vec<Completed<W>> {
+        let mut failed = Vec::new();
         for state in self.topics.values_mut() {
             state.moved = true;
+            if state.has_pending() {
+                failed.extend(state.pending.drain(..).map(|p| (p.event, p.waiter)));
+                state.renew_epoch = true;
+            }
         }
+        failed
     }
 
     /// True when an event of any topic waits for replicas.
