@@ -1371,12 +1371,12 @@ mod tests {
         subscription(&broker, "s", "t", None, &outbox);
         let (replica, _queues) = PeerLink::new("r", 1, 16);
         assert!(matches!(
-            broker.sequence("t", json("1"), &[replica.clone()], true),
+            broker.sequence("t", json("1"), std::slice::from_ref(&replica), true),
             Sequenced::Waiting(..)
         ));
         broker.on_stored("r", "t", &epoch, 1);
         let Sequenced::Waiting(_, mut stored) =
-            broker.sequence("t", json("stale"), &[replica.clone()], true)
+            broker.sequence("t", json("stale"), std::slice::from_ref(&replica), true)
         else {
             panic!("a replica to wait for");
         };
