@@ -184,11 +184,21 @@ impl Cluster {
             .collect()
     }
 
+    /// This node's identity as it is now: a node declared down rejoins under a new
+    /// generation, and peers accept links only from the generation they see alive.
     fn hello(&self) -> pb::Hello {
         pb::Hello {
             name: self.id.name.clone(),
-            generation: self.id.generation,
+            generation: self.current_generation(),
         }
+    }
+
+    fn current_generation(&self) -> u64 {
+        self.gossip
+            .view
+            .read()
+            .myself()
+            .map_or(self.id.generation, |me| me.generation)
     }
 
     async fn member_events(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<MemberEvent>) {
@@ -279,11 +289,22 @@ impl Cluster {
         self.broker.on_peer_gone(&id.name);
     }
 
+    /// True when this node's membership view has `name` alive (or suspect) under
+    /// `generation`.
+    fn is_live_member(&self, name: &str, generation: u64) -> bool {
+        self.gossip
+            .view
+            .read()
+            .live_peers()
+            .iter()
+            .any(|p| p.name == name && p.generation == generation)
+    }
+
     async fn dial_loop(self: Arc<Self>, peer: NodeId) {
         let mut backoff = Duration::from_millis(50);
         let mut failures = 0u32;
-        let hello = self.hello();
         while !self.stop.is_cancelled() {
+            let hello = self.hello();
             match transport::dial(&self.endpoint, peer.quic, &peer.name, &hello).await {
                 Ok(established) => {
                     failures = 0;
@@ -309,7 +330,6 @@ impl Cluster {
     }
 
     async fn accept_loop(self: Arc<Self>) {
-        let hello = self.hello();
         loop {
             let incoming = tokio::select! {
                 () = self.stop.cancelled() => return,
@@ -320,7 +340,7 @@ impl Cluster {
             };
             let remote = incoming.remote_address();
             let cluster = self.clone();
-            let hello = hello.clone();
+            let hello = self.hello();
             self.tasks.spawn(async move {
                 match transport::accept(incoming, &hello).await {
                     Ok(established) => cluster.run_link(established).await,
@@ -344,6 +364,18 @@ impl Cluster {
             writer,
             mut reader,
         } = established;
+        if !self.is_live_member(&peer.name, peer.generation) {
+            // A peer this node declared down (or has not seen join yet) may still see itself
+            // as an owner, with this node as its replica: storing its events would let it
+            // acknowledge positions the rest of the cluster numbers too. It dials again; by
+            // then it has learnt it was declared down and rejoined under a new generation.
+            tracing::info!(peer = %peer.name, generation = peer.generation, "refused a link: not a live member in this node's view");
+            self.stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            connection.close(quinn::VarInt::from_u32(2), b"not a live member here");
+            return;
+        }
         let (link, queues) = PeerLink::new(&peer.name, peer.generation, self.peer_queue);
         let replaced = self
             .peers
@@ -568,12 +600,7 @@ impl Cluster {
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), settle).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let generation = self
-            .gossip
-            .view
-            .read()
-            .myself()
-            .map_or(self.id.generation, |me| me.generation);
+        let generation = self.current_generation();
         let mut sent = Vec::new();
         for link in self.links() {
             let (done, wait) = tokio::sync::oneshot::channel();
