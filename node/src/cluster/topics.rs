@@ -201,29 +201,21 @@ impl Cluster {
             return;
         };
         let (data, encoding) = payload_pb(&payload);
-        if !reply.wanted() {
-            // The owner routes it on itself if it turns out not to own the topic.
-            link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Publish(
-                pb::PublishRequest {
-                    id: 0,
-                    topic: topic.to_string(),
-                    data,
-                    encoding: encoding as i32,
-                    attempt,
-                },
-            )));
-            return;
-        }
-        let (id, answer) = self.request(&link);
+        // Id 0 asks for no reply: the owner routes it on itself if it turns out not to own
+        // the topic.
+        let request = reply.wanted().then(|| self.request(&link));
         link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Publish(
             pb::PublishRequest {
-                id,
+                id: request.as_ref().map_or(0, |(id, _)| *id),
                 topic: topic.to_string(),
                 data,
                 encoding: encoding as i32,
                 attempt,
             },
         )));
+        let Some((id, answer)) = request else {
+            return;
+        };
         let cluster = self.clone();
         tokio::spawn(async move {
             let answer = tokio::time::timeout(PUBLISH_TIMEOUT, answer).await;
