@@ -272,3 +272,49 @@ async fn a_cursor_from_another_epoch_gets_an_epoch_changed_gap() -> TestResult {
     );
     Ok(())
 }
+
+/// A resume whose replay has nothing after the cursor (the node that had the next events was
+/// not reachable from here yet, as right after a restart) must not let the live stream skip
+/// them: an event past the cursor sends the client to resume again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_event_past_a_resume_cursor_the_replay_could_not_fill_makes_the_client_resync()
+-> TestResult {
+    let node = start_node(|_| {}).await;
+    let (mut publisher, _) = WsClient::connect_json(&node).await?;
+    for i in 1..=3 {
+        publisher
+            .publish("held.t", json!(i), &format!("p{i}"))
+            .await?;
+    }
+    let (ok, _) = publisher.publish("held.t", json!(3), "again").await?;
+    let epoch = ok["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(ok["seq"], 4);
+
+    // Resumed right after #4: nothing to replay.
+    let (mut subscriber, _) = WsClient::connect_json(&node).await?;
+    let ok = subscriber
+        .request(json!({"op": "sub", "id": "s", "topic": "held.t",
+            "from": {"epoch": epoch, "seq": 4}}))
+        .await?;
+    assert_eq!(ok["op"], "ok", "{ok}");
+
+    // Another node numbered #5, which this one never saw; then this one numbers #6.
+    let broker = &node.state().broker;
+    broker.relinquish_all();
+    broker.install_topic(
+        "held.t",
+        Some(murmur::broker::TopicSnapshot {
+            epoch: epoch.as_str().into(),
+            last_seq: 5,
+            events: Vec::new(),
+        }),
+    );
+    let (ok, _) = publisher.publish("held.t", json!(6), "p6").await?;
+    assert_eq!(ok["seq"], 6);
+    let notice = subscriber.recv_json().await?;
+    assert_eq!(
+        notice["code"], "resync",
+        "not #6 past the missing #5: {notice}"
+    );
+    Ok(())
+}

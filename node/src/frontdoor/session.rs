@@ -365,7 +365,12 @@ impl Session {
                     position: None,
                 })];
                 let mut up_to = HashMap::new();
+                // Topics the replay said something about (a gap or an event).
+                let mut answered: std::collections::HashSet<Arc<str>> =
+                    std::collections::HashSet::new();
                 for replay in replays {
+                    answered.extend(replay.gaps.iter().map(|g| g.topic.clone()));
+                    answered.extend(replay.events.iter().map(|e| e.topic.clone()));
                     let metrics = &self.node.metrics;
                     metrics.gaps_sent.inc_by(replay.gaps.len() as u64);
                     metrics.deliveries.inc_by(replay.events.len() as u64);
@@ -392,6 +397,19 @@ impl Session {
                 }
                 if !up_to.is_empty() {
                     self.replayed_up_to.insert(subscription.id.clone(), up_to);
+                }
+                // A cursor the replay said nothing about is where the live stream must go on
+                // from: a live event past it means the replay missed events (the nodes that
+                // had them were not reachable from here yet, as right after a restart), and
+                // the hole check sends the client to resume again instead of skipping them.
+                for (topic, cursor) in resume_cursors(&subscription.pattern, &sub.from) {
+                    if !answered.contains(topic) {
+                        self.last_sent
+                            .entry(subscription.id.clone())
+                            .or_default()
+                            .entry(topic.into())
+                            .or_insert_with(|| (cursor.epoch.as_str().into(), cursor.seq));
+                    }
                 }
                 self.subscriptions.insert(sub.id, subscription);
                 Ok(frames)
@@ -860,6 +878,29 @@ fn encode_reply(format: Format, reply: &Reply<'_>) -> Message {
 }
 
 /// The `ok` (with the event's position) or `error` answering an acknowledged publish.
+/// The cursors a resume carries for topics `pattern` covers.
+fn resume_cursors<'a>(
+    pattern: &'a str,
+    from: &'a crate::protocol::ResumeFrom,
+) -> Vec<(&'a str, &'a crate::protocol::Cursor)> {
+    use crate::protocol::ResumeFrom;
+    match from {
+        ResumeFrom::Cursor(cursor) if !topic::is_wildcard(pattern) => vec![(pattern, cursor)],
+        ResumeFrom::Topics { topics, .. } => topics
+            .iter()
+            .filter(|(t, _)| {
+                if topic::is_wildcard(pattern) {
+                    topic::pattern_matches(pattern, t)
+                } else {
+                    t.as_str() == pattern
+                }
+            })
+            .map(|(t, c)| (t.as_str(), c))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn publish_answer(
     format: Format,
     reference: &str,
