@@ -81,6 +81,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start gossip: {0}")]
+    Gossip(std::io::Error),
     #[error("cluster security: {0}")]
     Security(#[from] SecurityError),
     #[error("QUIC transport: {0}")]
@@ -177,7 +179,8 @@ impl RunningNode {
                 replication: settings.replication,
             },
             broker.clone(),
-        );
+        )
+        .map_err(StartError::Gossip)?;
         let state = Arc::new(NodeState {
             settings: Arc::new(settings),
             broker,

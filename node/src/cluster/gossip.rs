@@ -107,59 +107,71 @@ impl Gossip {
         seeds: Vec<String>,
         events: mpsc::UnboundedSender<MemberEvent>,
         stop: CancellationToken,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let view = Arc::new(RwLock::new(MembershipView::default()));
         view.write().set_self(identity.clone());
         let stats = Arc::new(GossipStats::default());
         let task_view = view.clone();
         let task_stats = stats.clone();
-        let name = identity.name.clone();
+        // The thread reports whether its runtime and socket are set up, so that a failure
+        // stops the node's start instead of leaving it without membership.
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<std::io::Result<()>>(1);
         let run = move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            let setup = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let task = GossipTask {
-                    foca: Foca::new(
-                        identity,
-                        foca_config(),
-                        rand::make_rng::<StdRng>(),
-                        PostcardCodec,
-                    ),
-                    runtime: AccumulatingRuntime::new(),
-                    socket: UdpSocket::from_std(socket)?,
-                    key,
-                    seeds,
-                    resolved: Vec::new(),
-                    last_resolve: None,
-                    timers: BinaryHeap::new(),
-                    timer_payloads: HashMap::new(),
-                    next_timer: 0,
-                    events,
-                    view: task_view,
-                    stats: task_stats,
-                };
-                task.run(command_rx, stop).await;
-                Ok::<(), std::io::Error>(())
-            })
-        };
-        let spawned = std::thread::Builder::new()
-            .name("murmur-gossip".into())
-            .spawn(move || {
-                if let Err(err) = run() {
-                    // The node carries on without membership: it sees every peer as gone.
-                    tracing::error!(node = %name, %err, "gossip could not start");
+                .build()
+                .and_then(|runtime| {
+                    let socket = {
+                        let _in_runtime = runtime.enter();
+                        UdpSocket::from_std(socket)?
+                    };
+                    Ok((runtime, socket))
+                });
+            let (runtime, socket) = match setup {
+                Ok(ready) => {
+                    let _ = ready_tx.send(Ok(()));
+                    ready
                 }
-            });
-        if let Err(err) = spawned {
-            tracing::error!(%err, "cannot start the gossip thread");
-        }
-        Self {
+                Err(err) => {
+                    let _ = ready_tx.send(Err(err));
+                    return;
+                }
+            };
+            let task = GossipTask {
+                foca: Foca::new(
+                    identity,
+                    foca_config(),
+                    rand::make_rng::<StdRng>(),
+                    PostcardCodec,
+                ),
+                runtime: AccumulatingRuntime::new(),
+                socket,
+                key,
+                seeds,
+                resolved: Vec::new(),
+                last_resolve: None,
+                timers: BinaryHeap::new(),
+                timer_payloads: HashMap::new(),
+                next_timer: 0,
+                events,
+                view: task_view,
+                stats: task_stats,
+            };
+            runtime.block_on(task.run(command_rx, stop));
+        };
+        std::thread::Builder::new()
+            .name("murmur-gossip".into())
+            .spawn(run)?;
+        // Answered within moments: building a runtime and registering one socket.
+        ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the gossip thread ended while starting"))??;
+        Ok(Self {
             commands,
             view,
             stats,
-        }
+        })
     }
 
     /// Leaves the cluster gracefully; resolves once the departure has been gossiped.

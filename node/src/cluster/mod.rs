@@ -106,7 +106,8 @@ pub struct ClusterSetup {
 }
 
 impl Cluster {
-    pub fn start(setup: ClusterSetup, broker: Arc<Broker>) -> Arc<Self> {
+    /// Starts gossip and the mesh; fails only when the gossip thread cannot start.
+    pub fn start(setup: ClusterSetup, broker: Arc<Broker>) -> std::io::Result<Arc<Self>> {
         let stop = CancellationToken::new();
         let (events_tx, events) = mpsc::unbounded_channel();
         let gossip = Gossip::spawn(
@@ -116,7 +117,7 @@ impl Cluster {
             setup.seeds,
             events_tx,
             stop.clone(),
-        );
+        )?;
         let cluster = Arc::new(Self {
             id: setup.id,
             endpoint: setup.endpoint,
@@ -137,7 +138,7 @@ impl Cluster {
         });
         cluster.tasks.spawn(cluster.clone().member_events(events));
         cluster.tasks.spawn(cluster.clone().accept_loop());
-        cluster
+        Ok(cluster)
     }
 
     pub fn name(&self) -> &str {
