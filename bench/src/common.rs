@@ -146,6 +146,44 @@ pub fn spawn_receivers(
         .collect()
 }
 
+/// What all the receivers got together.
+pub struct Gathered {
+    pub received: usize,
+    pub latency: Latency,
+    /// When the last measured message arrived anywhere (at least `first_send`), ns since the
+    /// start.
+    pub last_ns: u128,
+    pub endings: Endings,
+}
+
+impl Gathered {
+    /// Deliveries per second from `first_send` to the last arrival.
+    pub fn per_second(&self, first_send: u128) -> f64 {
+        self.received as f64 / ((self.last_ns - first_send) as f64 / 1e9).max(1e-9)
+    }
+}
+
+/// Waits for every receiver of [`spawn_receivers`] and adds up what they got.
+pub async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<Received>>,
+    first_send: u128,
+) -> anyhow::Result<Gathered> {
+    let mut all = Gathered {
+        received: 0,
+        latency: Latency::new(),
+        last_ns: first_send,
+        endings: Endings::default(),
+    };
+    for task in tasks {
+        let result = task.await?;
+        all.endings.add(result.ended);
+        all.received += result.count;
+        all.latency.merge(&result.latency);
+        all.last_ns = all.last_ns.max(result.last_ns.unwrap_or(0));
+    }
+    Ok(all)
+}
+
 /// Reads until `expected` measured messages arrived or the stream went quiet.
 pub async fn receive(
     mut conn: Conn,

@@ -11,8 +11,8 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 use crate::client::{Incoming, System};
-use crate::common::{Common, Endings, Warmth, connect_subscribed, spawn_receivers};
-use crate::report::{Latency, WARMUP, emit, payload};
+use crate::common::{Common, Warmth, connect_subscribed, gather, spawn_receivers};
+use crate::report::{WARMUP, emit, payload};
 
 const TOPIC: &str = "bench.fanout";
 /// Fire-and-forget publishes queued before a flush at full speed.
@@ -122,21 +122,11 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     let publish_seconds = (start.elapsed().as_nanos() - first_send) as f64 / 1e9;
     publisher.round_trip().await?;
 
-    let mut received = 0usize;
-    let mut latency = Latency::new();
-    let mut last = first_send;
-    let mut endings = Endings::default();
-    for task in tasks {
-        let result = task.await?;
-        endings.add(result.ended);
-        received += result.count;
-        latency.merge(&result.latency);
-        last = last.max(result.last_ns.unwrap_or(0));
-    }
+    let gathered = gather(tasks, first_send).await?;
+    let (received, latency, endings) = (gathered.received, &gathered.latency, &gathered.endings);
+    let per_second = gathered.per_second(first_send);
     let expected = args.subscribers * args.messages;
     let lost = (expected - received) as u64;
-    let seconds = ((last - first_send) as f64 / 1e9).max(1e-9);
-    let per_second = received as f64 / seconds;
     let name = target.name();
     let mode = match (args.acked, args.rate) {
         (true, _) => "acked".to_owned(),

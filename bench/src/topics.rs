@@ -12,8 +12,8 @@ use serde_json::json;
 use tokio::sync::Barrier;
 
 use crate::client::{Conn, Target};
-use crate::common::{Common, Endings, Warmth, connect_subscribed, spawn_receivers};
-use crate::report::{Latency, WARMUP, emit, payload};
+use crate::common::{Common, Warmth, connect_subscribed, gather, spawn_receivers};
+use crate::report::{WARMUP, emit, payload};
 
 const FLUSH_EVERY: usize = 64;
 
@@ -73,20 +73,11 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
         first_send = first_send.min(publisher.await??);
     }
 
-    let mut received = 0usize;
-    let mut latency = Latency::new();
-    let mut last = first_send;
-    let mut endings = Endings::default();
-    for task in tasks {
-        let result = task.await?;
-        endings.add(result.ended);
-        received += result.count;
-        latency.merge(&result.latency);
-        last = last.max(result.last_ns.unwrap_or(0));
-    }
+    let gathered = gather(tasks, first_send).await?;
+    let (received, latency, endings) = (gathered.received, &gathered.latency, &gathered.endings);
+    let per_second = gathered.per_second(first_send);
     let expected = args.topics * args.messages;
     let lost = (expected - received) as u64;
-    let per_second = received as f64 / ((last - first_send) as f64 / 1e9).max(1e-9);
     let name = target.name();
     let row = format!(
         "{name:<7} topics {} topics / {nodes} nodes x {} msgs x {} B, publishers on other nodes {per_second:>12.0} deliveries/s  {}  lost {lost}",
