@@ -39,6 +39,18 @@ enum Role {
     Member,
 }
 
+/// What a run and a matrix share: the bound, the binary, where the reports go.
+#[derive(Debug, clap::Args)]
+struct Setup {
+    /// Seconds the membership may take to converge after the last heal.
+    #[arg(long, default_value_t = DEFAULT_CONVERGENCE_BOUND)]
+    convergence_bound: u64,
+    #[arg(long, default_value = "target/release/murmur")]
+    murmur: PathBuf,
+    #[arg(long, default_value = "chaos-out")]
+    out: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// One chaos run (needs root, iproute2 and iptables).
@@ -53,13 +65,8 @@ enum Cmd {
         /// Seed of the choice of victims and of timing jitter (default: random, printed).
         #[arg(long)]
         seed: Option<u64>,
-        /// Seconds the membership may take to converge after the last heal.
-        #[arg(long, default_value_t = DEFAULT_CONVERGENCE_BOUND)]
-        convergence_bound: u64,
-        #[arg(long, default_value = "target/release/murmur")]
-        murmur: PathBuf,
-        #[arg(long, default_value = "chaos-out")]
-        out: PathBuf,
+        #[command(flatten)]
+        setup: Setup,
     },
     /// Every nemesis in turn (or those of --nemeses): reports in OUT/<nemesis>/report.md and
     /// a table of all in OUT/summary.md. Exits non-zero when any run is not valid.
@@ -72,12 +79,8 @@ enum Cmd {
         /// One seed for every run (default: a random one each, printed).
         #[arg(long)]
         seed: Option<u64>,
-        #[arg(long, default_value_t = DEFAULT_CONVERGENCE_BOUND)]
-        convergence_bound: u64,
-        #[arg(long, default_value = "target/release/murmur")]
-        murmur: PathBuf,
-        #[arg(long, default_value = "chaos-out")]
-        out: PathBuf,
+        #[command(flatten)]
+        setup: Setup,
     },
     /// A workload client (started by `run` inside the client host).
     Client {
@@ -183,19 +186,18 @@ fn main() -> anyhow::Result<()> {
             nodes,
             seconds,
             seed,
-            convergence_bound,
-            murmur,
-            out,
+            setup,
         } => {
             nemesis::watch_signals();
+            let out = setup.out.clone();
             let result = run(&RunOptions {
                 nemesis,
                 count: nodes,
                 seconds,
                 seed: seed.unwrap_or_else(rand::random),
-                convergence_bound: Duration::from_secs(convergence_bound),
-                murmur,
-                out: out.clone(),
+                convergence_bound: Duration::from_secs(setup.convergence_bound),
+                murmur: setup.murmur,
+                out: setup.out,
             })?;
             println!("verdict: {}", result.verdict);
             if !result.passed() {
@@ -210,19 +212,10 @@ fn main() -> anyhow::Result<()> {
             nemeses,
             seconds,
             seed,
-            convergence_bound,
-            murmur,
-            out,
+            setup,
         } => {
             nemesis::watch_signals();
-            matrix(
-                &nemeses,
-                seconds,
-                seed,
-                Duration::from_secs(convergence_bound),
-                &murmur,
-                &out,
-            )
+            matrix(&nemeses, seconds, seed, &setup)
         }
     }
 }
@@ -348,10 +341,9 @@ fn matrix(
     nemeses: &[Nemesis],
     seconds: Option<u64>,
     seed: Option<u64>,
-    convergence_bound: Duration,
-    murmur: &Path,
-    out: &Path,
+    setup: &Setup,
 ) -> anyhow::Result<()> {
+    let out = setup.out.as_path();
     let all: Vec<Nemesis> = if nemeses.is_empty() {
         Nemesis::value_variants().to_vec()
     } else {
@@ -367,8 +359,8 @@ fn matrix(
             count,
             seconds: seconds.unwrap_or(own_seconds),
             seed: seed.unwrap_or_else(rand::random),
-            convergence_bound,
-            murmur: murmur.to_owned(),
+            convergence_bound: Duration::from_secs(setup.convergence_bound),
+            murmur: setup.murmur.clone(),
             out: out.join(nemesis.name()),
         };
         println!("\n=== {} (seed {})", nemesis.name(), options.seed);
