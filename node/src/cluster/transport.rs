@@ -327,7 +327,40 @@ fn put_frame(buf: &mut BytesMut, message: &PeerMessage) {
             rest.encode_raw(buf);
         }
         PeerMessage::Frame(msg) => put_msg(buf, msg),
-        other => put_msg(buf, &message_pb(other)),
+        // The rare, small messages, built the plain way.
+        PeerMessage::Snapshot(all) => put_msg(
+            buf,
+            &pb::peer_frame::Msg::Snapshot(pb::InterestSnapshot {
+                interests: all.iter().map(interest_pb).collect(),
+            }),
+        ),
+        PeerMessage::Delta { added, removed } => put_msg(
+            buf,
+            &pb::peer_frame::Msg::Delta(pb::InterestDelta {
+                added: added.iter().map(interest_pb).collect(),
+                removed: removed.iter().map(interest_pb).collect(),
+            }),
+        ),
+        PeerMessage::SyncTopic {
+            topic,
+            epoch,
+            last_seq,
+            events,
+        } => put_msg(
+            buf,
+            &pb::peer_frame::Msg::Sync(pb::ReplicaSync {
+                topic: topic.to_string(),
+                epoch: epoch.to_string(),
+                last_seq: *last_seq,
+                events: events.iter().map(|e| event_pb(e)).collect(),
+            }),
+        ),
+        PeerMessage::Leaving { generation, .. } => put_msg(
+            buf,
+            &pb::peer_frame::Msg::Leaving(pb::Leaving {
+                generation: *generation,
+            }),
+        ),
     }
 }
 
@@ -431,49 +464,6 @@ impl EventFields<'_> {
         varint(4, e.ts as u64, buf);
         bytes(5, data, buf);
         varint(6, kind as u64, buf);
-    }
-}
-
-/// The wire form of a message, built the plain way (the rare, small messages).
-fn message_pb(message: &PeerMessage) -> pb::peer_frame::Msg {
-    match message {
-        PeerMessage::Snapshot(all) => pb::peer_frame::Msg::Snapshot(pb::InterestSnapshot {
-            interests: all.iter().map(interest_pb).collect(),
-        }),
-        PeerMessage::Delta { added, removed } => pb::peer_frame::Msg::Delta(pb::InterestDelta {
-            added: added.iter().map(interest_pb).collect(),
-            removed: removed.iter().map(interest_pb).collect(),
-        }),
-        PeerMessage::Forward {
-            event,
-            plain,
-            groups,
-            redelivered,
-        } => pb::peer_frame::Msg::Forward(pb::Forward {
-            event: Some(event_pb(event)),
-            plain: *plain,
-            groups: groups.iter().map(|(i, _)| interest_pb(i)).collect(),
-            redelivered: *redelivered,
-            group_tokens: groups.iter().map(|(_, t)| *t).collect(),
-        }),
-        PeerMessage::Replicate(event) => pb::peer_frame::Msg::Replicate(pb::Replicate {
-            event: Some(event_pb(event)),
-        }),
-        PeerMessage::SyncTopic {
-            topic,
-            epoch,
-            last_seq,
-            events,
-        } => pb::peer_frame::Msg::Sync(pb::ReplicaSync {
-            topic: topic.to_string(),
-            epoch: epoch.to_string(),
-            last_seq: *last_seq,
-            events: events.iter().map(|e| event_pb(e)).collect(),
-        }),
-        PeerMessage::Frame(msg) => msg.clone(),
-        PeerMessage::Leaving { generation, .. } => pb::peer_frame::Msg::Leaving(pb::Leaving {
-            generation: *generation,
-        }),
     }
 }
 
