@@ -35,7 +35,6 @@ use crate::event::{Event, Payload};
 use crate::protocol::{Cursor, ResumeFrom};
 use crate::routing::history::{Gap, Replay, reason};
 use crate::routing::ownership::{owner, rank};
-use crate::routing::topic::{is_wildcard, pattern_matches};
 use crate::routing::topics::newer_epoch;
 
 /// How long a publish may wait for its owner and replicas.
@@ -658,21 +657,7 @@ impl Cluster {
             }
         }
         // Cursors for topics nobody knows any more: what followed them is unknown.
-        let cursors: Vec<(&str, &Cursor)> = match from {
-            ResumeFrom::Cursor(c) => vec![(pattern, c)],
-            ResumeFrom::Topics { topics, .. } => topics
-                .iter()
-                .filter(|(t, _)| {
-                    if is_wildcard(pattern) {
-                        pattern_matches(pattern, t)
-                    } else {
-                        t.as_str() == pattern
-                    }
-                })
-                .map(|(t, c)| (t.as_str(), c))
-                .collect(),
-            _ => Vec::new(),
-        };
+        let cursors = from.cursors(pattern);
         let unknown: Vec<(&str, &Cursor)> = cursors
             .into_iter()
             .filter(|(topic, _)| !best.contains_key(*topic))

@@ -402,7 +402,7 @@ impl Session {
                 // from: a live event past it means the replay missed events (the nodes that
                 // had them were not reachable from here yet, as right after a restart), and
                 // the hole check sends the client to resume again instead of skipping them.
-                for (topic, cursor) in resume_cursors(&subscription.pattern, &sub.from) {
+                for (topic, cursor) in sub.from.cursors(&subscription.pattern) {
                     if !answered.contains(topic) {
                         self.last_sent
                             .entry(subscription.id.clone())
@@ -878,29 +878,6 @@ fn encode_reply(format: Format, reply: &Reply<'_>) -> Message {
 }
 
 /// The `ok` (with the event's position) or `error` answering an acknowledged publish.
-/// The cursors a resume carries for topics `pattern` covers.
-fn resume_cursors<'a>(
-    pattern: &'a str,
-    from: &'a crate::protocol::ResumeFrom,
-) -> Vec<(&'a str, &'a crate::protocol::Cursor)> {
-    use crate::protocol::ResumeFrom;
-    match from {
-        ResumeFrom::Cursor(cursor) if !topic::is_wildcard(pattern) => vec![(pattern, cursor)],
-        ResumeFrom::Topics { topics, .. } => topics
-            .iter()
-            .filter(|(t, _)| {
-                if topic::is_wildcard(pattern) {
-                    topic::pattern_matches(pattern, t)
-                } else {
-                    t.as_str() == pattern
-                }
-            })
-            .map(|(t, c)| (t.as_str(), c))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 fn publish_answer(
     format: Format,
     reference: &str,

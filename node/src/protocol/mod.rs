@@ -82,6 +82,29 @@ pub enum ResumeFrom {
     },
 }
 
+impl ResumeFrom {
+    /// The cursors this resume carries for topics a subscription on `pattern` covers: the
+    /// exact topic's cursor, or each of `topics` that the pattern matches.
+    pub fn cursors<'a>(&'a self, pattern: &'a str) -> Vec<(&'a str, &'a Cursor)> {
+        use crate::routing::topic::{is_wildcard, pattern_matches};
+        match self {
+            Self::Cursor(cursor) if !is_wildcard(pattern) => vec![(pattern, cursor)],
+            Self::Topics { topics, .. } => topics
+                .iter()
+                .filter(|(t, _)| {
+                    if is_wildcard(pattern) {
+                        pattern_matches(pattern, t)
+                    } else {
+                        t.as_str() == pattern
+                    }
+                })
+                .map(|(t, c)| (t.as_str(), c))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     pub epoch: String,
