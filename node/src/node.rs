@@ -180,6 +180,7 @@ impl RunningNode {
             },
             broker.clone(),
         )
+        .await
         .map_err(StartError::Gossip)?;
         let state = Arc::new(NodeState {
             settings: Arc::new(settings),

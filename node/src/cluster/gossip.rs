@@ -100,7 +100,7 @@ pub fn foca_config() -> foca::Config {
 impl Gossip {
     /// Starts the gossip task on `socket` (non-blocking) as `identity`, on its own thread; it
     /// ends when `stop` is cancelled or this handle is dropped.
-    pub fn spawn(
+    pub async fn spawn(
         socket: std::net::UdpSocket,
         identity: NodeId,
         key: ClusterKey,
@@ -116,7 +116,7 @@ impl Gossip {
         let task_stats = stats.clone();
         // The thread reports whether its runtime and socket are set up, so that a failure
         // stops the node's start instead of leaving it without membership.
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<std::io::Result<()>>(1);
+        let (ready_tx, ready_rx) = oneshot::channel::<std::io::Result<()>>();
         let run = move || {
             let setup = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -163,9 +163,8 @@ impl Gossip {
         std::thread::Builder::new()
             .name("murmur-gossip".into())
             .spawn(run)?;
-        // Answered within moments: building a runtime and registering one socket.
         ready_rx
-            .recv()
+            .await
             .map_err(|_| std::io::Error::other("the gossip thread ended while starting"))??;
         Ok(Self {
             commands,

@@ -107,7 +107,7 @@ pub struct ClusterSetup {
 
 impl Cluster {
     /// Starts gossip and the mesh; fails only when the gossip thread cannot start.
-    pub fn start(setup: ClusterSetup, broker: Arc<Broker>) -> std::io::Result<Arc<Self>> {
+    pub async fn start(setup: ClusterSetup, broker: Arc<Broker>) -> std::io::Result<Arc<Self>> {
         let stop = CancellationToken::new();
         let (events_tx, events) = mpsc::unbounded_channel();
         let gossip = Gossip::spawn(
@@ -117,7 +117,8 @@ impl Cluster {
             setup.seeds,
             events_tx,
             stop.clone(),
-        )?;
+        )
+        .await?;
         let cluster = Arc::new(Self {
             id: setup.id,
             endpoint: setup.endpoint,
