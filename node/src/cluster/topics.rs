@@ -123,11 +123,10 @@ impl Cluster {
     pub fn placement(&self, topic: &str) -> Vec<String> {
         let view = self.gossip.view.read();
         let peers = view.live_peers();
-        let names = peers
-            .iter()
-            .map(|p| p.name.as_str())
-            .chain(std::iter::once(self.id.name.as_str()));
-        rank(topic, names).into_iter().map(str::to_owned).collect()
+        rank(topic, self.member_names(&peers))
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The owner of `topic`: the first of its [`placement`](Self::placement), found without
@@ -135,11 +134,20 @@ impl Cluster {
     pub fn owner_of(&self, topic: &str) -> String {
         let view = self.gossip.view.read();
         let peers = view.live_peers();
-        let names = peers
+        owner(topic, self.member_names(&peers))
+            .unwrap_or(&self.id.name)
+            .to_owned()
+    }
+
+    /// The names of `peers` and of this node: the members that can own topics now.
+    fn member_names<'a>(
+        &'a self,
+        peers: &'a [&'a super::membership::NodeId],
+    ) -> impl Iterator<Item = &'a str> {
+        peers
             .iter()
             .map(|p| p.name.as_str())
-            .chain(std::iter::once(self.id.name.as_str()));
-        owner(topic, names).unwrap_or(&self.id.name).to_owned()
+            .chain(std::iter::once(self.id.name.as_str()))
     }
 
     fn link_to(&self, name: &str) -> Option<Arc<PeerLink>> {
@@ -150,16 +158,18 @@ impl Cluster {
             .filter(|l| !l.is_closed())
     }
 
-    /// The replicas of `topic` this node can reach now.
     /// Links to `topic`'s replicas (the placement after the owner, up to `replication`), or
     /// the name of one this node has no link to: an event is stored on every replica of the
-    /// placement before it is acknowledged, never on fewer because a link is down.
+    /// placement before it is acknowledged, never on fewer because a link is down. Runs for
+    /// every sequenced event, so the names stay borrowed.
     fn replica_links(&self, topic: &str) -> Result<Vec<Arc<PeerLink>>, String> {
-        self.placement(topic)
+        let view = self.gossip.view.read();
+        let peers = view.live_peers();
+        rank(topic, self.member_names(&peers))
             .into_iter()
             .skip(1)
             .take(self.replication.saturating_sub(1))
-            .map(|name| self.link_to(&name).ok_or(name))
+            .map(|name| self.link_to(name).ok_or_else(|| name.to_owned()))
             .collect()
     }
 
