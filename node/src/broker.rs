@@ -294,6 +294,9 @@ pub struct Broker {
     /// member acknowledged them; re-placed if the peer cannot take them or goes away.
     placed_on_peers: Mutex<HashMap<u64, PlacedOnPeer>>,
     next_token: AtomicU64,
+    /// Limits the log line for queue-group events that no member could take.
+    lost_log: crate::limits::LogLimiter,
+    full_group_log: crate::limits::LogLimiter,
     pub stats: BrokerStats,
 }
 
@@ -302,7 +305,14 @@ struct PlacedOnPeer {
     peer: Arc<str>,
     event: Arc<Event>,
     interest: Interest,
+    /// How often peers gave this event back unplaced.
+    bounces: u32,
 }
+
+/// How often a queue-group event may come back from peers unplaced before it counts as lost:
+/// enough for members to drain a full buffer between tries, not so many that an event no
+/// member will take circles between nodes for long.
+const MAX_GROUP_BOUNCES: u32 = 16;
 
 /// What became of a queue-group event whose member did not acknowledge it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,6 +374,8 @@ impl Broker {
             group_turn: AtomicUsize::new(0),
             placed_on_peers: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
+            lost_log: crate::limits::LogLimiter::new(std::time::Duration::from_secs(1)),
+            full_group_log: crate::limits::LogLimiter::new(std::time::Duration::from_secs(1)),
             stats: BrokerStats::default(),
         }
     }
@@ -634,7 +646,7 @@ impl Broker {
             tokens.iter().filter_map(|t| placed.remove(t)).collect()
         };
         for placed in orphaned {
-            self.place_again(&placed.event, &placed.interest, Some(peer));
+            self.place_again(&placed.event, &placed.interest, Some(peer), placed.bounces);
         }
     }
 
@@ -936,14 +948,27 @@ impl Broker {
         for remote_group in remote_groups {
             deliveries += self.place_group_event(event, None, Some(remote_group), &mut forwards);
         }
+        let mut refused = Vec::new();
         for (link, plain, groups) in forwards {
-            deliveries += usize::from(self.send_forward(&link, event, plain, groups, false));
+            let interests: Vec<Interest> = groups.iter().map(|(i, _)| i.clone()).collect();
+            if self.send_forward(&link, event, plain, groups, false, 0) {
+                deliveries += 1;
+            } else {
+                refused.extend(interests.into_iter().map(|i| (i, link.name.clone())));
+            }
+        }
+        drop((index, remote));
+        // The queue-group shares of a peer whose queue was full go to another member.
+        for (interest, peer) in refused {
+            self.place_again(event, &interest, Some(&peer), 0);
         }
         deliveries
     }
 
-    /// Queues a forward; queue-group entries are tracked until the peer settles them, and
-    /// re-placed at once if the forward cannot be queued.
+    /// Queues a forward; its queue-group entries are tracked until the peer settles them.
+    /// When the peer's queue is full nothing is queued, the entries are forgotten again and
+    /// false is returned: placing them elsewhere is the caller's business. This never places
+    /// anything itself, so no chain of full queues can make it recurse.
     fn send_forward(
         &self,
         link: &Arc<PeerLink>,
@@ -951,6 +976,7 @@ impl Broker {
         plain: bool,
         groups: Vec<(Interest, u64)>,
         redelivered: bool,
+        bounces: u32,
     ) -> bool {
         {
             let mut placed = self.placed_on_peers.lock();
@@ -961,6 +987,7 @@ impl Broker {
                         peer: link.name.clone(),
                         event: event.clone(),
                         interest: interest.clone(),
+                        bounces,
                     },
                 );
             }
@@ -975,8 +1002,9 @@ impl Broker {
         if link.offer_event(forward) {
             return true;
         }
+        let mut placed = self.placed_on_peers.lock();
         for token in tokens {
-            self.settle_on_peer(&link.name, token, false);
+            placed.remove(&token);
         }
         false
     }
@@ -996,12 +1024,28 @@ impl Broker {
             }
         };
         if let Some(placed) = placed.filter(|_| !acked) {
-            self.place_again(&placed.event, &placed.interest, Some(peer));
+            self.place_again(
+                &placed.event,
+                &placed.interest,
+                Some(peer),
+                placed.bounces + 1,
+            );
         }
     }
 
-    /// Places a queue-group event again, anywhere but on `not_on`.
-    fn place_again(&self, event: &Arc<Event>, interest: &Interest, not_on: Option<&str>) {
+    /// Places a queue-group event again, anywhere but on `not_on` unless it is the only node
+    /// left with members. `bounces` counts how often peers gave it back: an event that no
+    /// member anywhere has room for would otherwise travel between nodes for as long as they
+    /// stay full. Tries each candidate once, in a loop: nothing here recurses.
+    ///
+    /// Must not be called with the index or the remote index locked (it reads both).
+    fn place_again(
+        &self,
+        event: &Arc<Event>,
+        interest: &Interest,
+        not_on: Option<&str>,
+        bounces: u32,
+    ) {
         let Some(name) = interest.group.as_deref() else {
             return;
         };
@@ -1011,7 +1055,9 @@ impl Broker {
         if local.is_some_and(|g| self.offer_to_group(g, event, true, None, false, None)) {
             return;
         }
-        if let Some(group) = remote.group(&interest.pattern, name) {
+        if bounces <= MAX_GROUP_BOUNCES
+            && let Some(group) = remote.group(&interest.pattern, name)
+        {
             // Another node first; the node it came back from only when it is the only one
             // left (its member may take it on a later try).
             let mut members: Vec<&RemoteInterest> = group.round_robin().collect();
@@ -1019,15 +1065,25 @@ impl Broker {
             for member in members {
                 let token = self.new_token();
                 let groups = vec![(interest.clone(), token)];
-                if self.send_forward(&member.link, event, false, groups, true) {
+                if self.send_forward(&member.link, event, false, groups, true, bounces) {
                     return;
                 }
             }
         }
+        drop((index, remote));
+        self.group_event_lost(event, name);
+    }
+
+    /// Counts a queue-group event that no member anywhere could take, with a log line at
+    /// most once a second (one per event would flood the log under exactly the load that
+    /// causes it).
+    fn group_event_lost(&self, event: &Event, group: &str) {
         self.stats
             .group_deliveries_lost
             .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(topic = %event.topic, seq = event.seq, group = name, "queue-group event found no member able to take it");
+        if let Some(suppressed) = self.lost_log.allow() {
+            tracing::warn!(topic = %event.topic, seq = event.seq, group, suppressed, "queue-group event found no member able to take it (`suppressed` more since the last line)");
+        }
     }
 
     fn offer_plain(&self, sub: &Arc<Subscription>, event: &Arc<Event>) -> bool {
@@ -1166,7 +1222,7 @@ impl Broker {
         if let Some(group) = remote.group(&from.pattern, name) {
             for member in group.round_robin() {
                 let groups = vec![(interest.clone(), self.new_token())];
-                if self.send_forward(&member.link, event, false, groups, true) {
+                if self.send_forward(&member.link, event, false, groups, true, 0) {
                     return Redelivery::Placed;
                 }
             }
@@ -1210,12 +1266,15 @@ impl Broker {
             // Every member is behind and no other node can take the event: the one whose
             // turn it was is the slow consumer.
             member.outbox.mark_overflowed();
-            tracing::warn!(
-                topic = %event.topic,
-                seq = event.seq,
-                group = %group.name(),
-                "every queue-group member's buffer is full"
-            );
+            if let Some(suppressed) = self.full_group_log.allow() {
+                tracing::warn!(
+                    topic = %event.topic,
+                    seq = event.seq,
+                    group = %group.name(),
+                    suppressed,
+                    "every queue-group member's buffer is full"
+                );
+            }
         }
         false
     }
@@ -1477,6 +1536,77 @@ mod tests {
             got_b
                 .iter()
                 .all(|g| g.2.as_ref().is_some_and(|d| !d.redelivered))
+        );
+    }
+
+    /// The remote crash of issue 12: a queue-group member on a peer whose queue is full made
+    /// `send_forward` → `settle_on_peer` → `place_again` → `send_forward` recurse until the
+    /// stack overflowed. Now the event is tried on each candidate once and counted as lost.
+    #[test]
+    fn a_queue_group_event_for_a_peer_with_a_full_queue_is_tried_once_not_recursively() {
+        let broker = Broker::new(Retention::default());
+        let (peer, _queues) = PeerLink::new("p", 1, 1);
+        broker.apply_peer_interest(
+            &peer,
+            Some(vec![Interest {
+                pattern: "jobs".into(),
+                group: Some("w".into()),
+            }]),
+            Vec::new(),
+            Vec::new(),
+        );
+        let filler = Arc::new(Event::new("x".into(), "e".into(), 1, 0, json("0")));
+        assert!(peer.offer_event(PeerMessage::Replicate(filler)));
+        for _ in 0..1000 {
+            broker.publish("jobs", json("1"));
+        }
+        assert_eq!(
+            broker.stats.group_deliveries_lost.load(Ordering::Relaxed),
+            1000
+        );
+        assert!(
+            broker.placed_on_peers.lock().is_empty(),
+            "nothing left tracked"
+        );
+
+        // The ack-timeout path: a local member that never acks hands its event on.
+        let outbox = Outbox::new(1, 16);
+        let member = subscription(&broker, "q", "jobs", Some("w"), &outbox);
+        let event = Arc::new(Event::new("jobs".into(), "e".into(), 9, 0, json("0")));
+        assert_eq!(
+            broker.redeliver(&member, &event, None),
+            Redelivery::Placed,
+            "the same member gets it again when nobody else can"
+        );
+    }
+
+    #[test]
+    fn a_queue_group_event_peers_keep_giving_back_stops_circling() {
+        let broker = Broker::new(Retention::default());
+        let (peer, mut queues) = PeerLink::new("p", 1, 1024);
+        broker.apply_peer_interest(
+            &peer,
+            Some(vec![Interest {
+                pattern: "jobs".into(),
+                group: Some("w".into()),
+            }]),
+            Vec::new(),
+            Vec::new(),
+        );
+        broker.publish("jobs", json("1"));
+        let mut bounces = 0;
+        // The peer's member never has room: it gives every forward back at once.
+        while let Ok(PeerMessage::Forward { groups, .. }) = queues.events.try_recv() {
+            for (_, token) in groups {
+                broker.settle_on_peer("p", token, false);
+            }
+            bounces += 1;
+            assert!(bounces < 100, "the event circles without end");
+        }
+        assert_eq!(bounces, MAX_GROUP_BOUNCES as usize + 1);
+        assert_eq!(
+            broker.stats.group_deliveries_lost.load(Ordering::Relaxed),
+            1
         );
     }
 

@@ -8,7 +8,8 @@
 //! - [`config`]: settings from defaults, file, environment and flags;
 //! - [`metrics`]: Prometheus metrics;
 //! - [`cluster`]: gossip membership, the QUIC mesh, topic ownership;
-//! - [`client`]: the WebSocket client behind `murmur sub` and `murmur pub`.
+//! - [`client`]: the WebSocket client behind `murmur sub` and `murmur pub`;
+//! - [`limits`]: rate limiters for log lines and publishes.
 
 pub mod broker;
 pub mod client;
@@ -16,6 +17,7 @@ pub mod cluster;
 pub mod config;
 pub mod event;
 pub mod frontdoor;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod protocol;
