@@ -159,6 +159,9 @@ impl Outbox {
 enum Offer {
     Queued,
     Full,
+    /// A queue-group member holding `max_unacked` deliveries: skipped until it acks, never
+    /// disconnected for it (it is not behind on reading, only on acknowledging).
+    AtLimit,
     /// Closed, or already being disconnected as a slow consumer.
     Refused,
 }
@@ -173,6 +176,10 @@ pub struct Subscription {
     pub outbox: Arc<Outbox>,
     /// Cleared by `unsub`: events already queued for it are then not sent.
     active: std::sync::atomic::AtomicBool,
+    /// Queue-group deliveries queued or written to this member and not yet acknowledged
+    /// (or handed on): at `max_unacked` it is offered no more.
+    unacked: AtomicUsize,
+    max_unacked: usize,
 }
 
 impl Subscription {
@@ -188,11 +195,32 @@ impl Subscription {
             group,
             outbox,
             active: std::sync::atomic::AtomicBool::new(true),
+            unacked: AtomicUsize::new(0),
+            max_unacked: usize::MAX,
         }
+    }
+
+    /// Bounds the queue-group deliveries this member may hold unacknowledged.
+    #[must_use]
+    pub fn with_max_unacked(mut self, max: usize) -> Self {
+        self.max_unacked = max.max(1);
+        self
     }
 
     pub fn is_active(&self) -> bool {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// Queue-group deliveries this member holds unacknowledged.
+    pub fn unacked(&self) -> usize {
+        self.unacked.load(Ordering::Acquire)
+    }
+
+    /// One of this member's deliveries was acknowledged or handed on: it may take another.
+    pub fn delivery_settled(&self) {
+        let _ = self
+            .unacked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 }
 
@@ -1098,7 +1126,7 @@ impl Broker {
                 sub.outbox.mark_overflowed();
                 false
             }
-            Offer::Refused => false,
+            Offer::AtLimit | Offer::Refused => false,
         }
     }
 
@@ -1259,7 +1287,7 @@ impl Broker {
                 Offer::Full => {
                     first_full.get_or_insert(member);
                 }
-                Offer::Refused => {}
+                Offer::AtLimit | Offer::Refused => {}
             }
         }
         if let Some(member) = first_full.filter(|_| mark_slow_when_full) {
@@ -1286,16 +1314,29 @@ impl Broker {
         redelivered: bool,
         origin: Option<Arc<GroupOrigin>>,
     ) -> Offer {
+        // Counted before it is queued, so that two publishers cannot both take the last slot.
+        let reserved = member
+            .unacked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < member.max_unacked).then_some(n + 1)
+            });
+        if reserved.is_err() {
+            return Offer::AtLimit;
+        }
         let delivery = Delivery {
             id: self.next_delivery.fetch_add(1, Ordering::Relaxed),
             redelivered,
             origin,
         };
-        member.outbox.offer(Outbound::Event {
+        let offer = member.outbox.offer(Outbound::Event {
             sub: member.clone(),
             event: event.clone(),
             delivery: Some(delivery),
-        })
+        });
+        if !matches!(offer, Offer::Queued) {
+            member.delivery_settled();
+        }
+        offer
     }
 }
 

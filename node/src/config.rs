@@ -64,6 +64,17 @@ pub struct Settings {
     /// How long a queue-group delivery waits for its `ack` before going to another member.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
+    /// Queue-group deliveries one member may hold unacknowledged; at the bound it gets no
+    /// more until it acks (other members get them).
+    pub max_unacked: usize,
+    /// The longest subscription id, `ref`, delivery id, group or client name accepted, in
+    /// bytes.
+    pub max_id_bytes: usize,
+    /// Publishes per second one connection may make (0: no limit); over it a publish is
+    /// refused with `rate_limited`.
+    pub publish_rate: u32,
+    /// Publishes one connection may make at once above `publish_rate` (the bucket's size).
+    pub publish_burst: u32,
     /// On shutdown, how long to wait for clients to be told and connections to close.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -123,6 +134,10 @@ impl Default for Settings {
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(30),
+            max_unacked: 1000,
+            max_id_bytes: 256,
+            publish_rate: 0,
+            publish_burst: 1000,
             shutdown_grace: Duration::from_secs(10),
             history_max_events: 1000,
             history_max_age: Duration::from_secs(600),
@@ -285,6 +300,18 @@ impl Settings {
                 "every override needs a non-empty prefix",
             );
         }
+        if !(1..=1_000_000).contains(&self.max_unacked) {
+            return invalid("max_unacked", "must be between 1 and 1000000");
+        }
+        if !(16..=4096).contains(&self.max_id_bytes) {
+            return invalid("max_id_bytes", "must be between 16 and 4096");
+        }
+        if self.publish_rate > 0 && self.publish_burst == 0 {
+            return invalid(
+                "publish_burst",
+                "must be at least 1 when publish_rate is set",
+            );
+        }
         if self.write_timeout.is_zero() || self.ack_timeout.is_zero() {
             return invalid("write_timeout/ack_timeout", "must be more than zero");
         }
@@ -376,6 +403,18 @@ pub struct ServeArgs {
     /// Redeliver a queue-group event to another member when not acked within this [default: 30s].
     #[arg(long, env = "MURMUR_ACK_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub ack_timeout: Option<Duration>,
+    /// Queue-group deliveries one member may hold unacknowledged [default: 1000].
+    #[arg(long, env = "MURMUR_MAX_UNACKED", value_name = "N")]
+    pub max_unacked: Option<usize>,
+    /// Longest subscription id, ref, delivery id, group or client name, in bytes [default: 256].
+    #[arg(long, env = "MURMUR_MAX_ID_BYTES", value_name = "BYTES")]
+    pub max_id_bytes: Option<usize>,
+    /// Publishes per second per connection, 0 for no limit [default: 0].
+    #[arg(long, env = "MURMUR_PUBLISH_RATE", value_name = "N")]
+    pub publish_rate: Option<u32>,
+    /// Publishes a connection may make at once above --publish-rate [default: 1000].
+    #[arg(long, env = "MURMUR_PUBLISH_BURST", value_name = "N")]
+    pub publish_burst: Option<u32>,
     /// On SIGTERM/SIGINT, wait this long for clients to be told and to disconnect [default: 10s].
     #[arg(long, env = "MURMUR_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Option<Duration>,
@@ -424,6 +463,10 @@ impl ServeArgs {
             idle_timeout,
             write_timeout,
             ack_timeout,
+            max_unacked,
+            max_id_bytes,
+            publish_rate,
+            publish_burst,
             shutdown_grace,
             history_max_events,
             history_max_age,

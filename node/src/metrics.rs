@@ -31,12 +31,16 @@ pub struct Metrics {
     pub gaps_sent: Counter,
     /// Acknowledged publishes answered with an error.
     pub publish_errors: Counter,
+    /// Publishes refused because their connection went over `publish_rate`.
+    pub publishes_rate_limited: Counter,
+    /// Connections and requests refused by authentication or permissions.
+    pub auth_refusals: Counter,
 }
 
 impl Metrics {
     fn registry(&self) -> Registry {
         let mut registry = Registry::default();
-        let counters: [(&str, &str, &Counter); 8] = [
+        let counters: [(&str, &str, &Counter); 10] = [
             (
                 "murmur_events_received",
                 "Publish frames accepted from clients",
@@ -76,6 +80,16 @@ impl Metrics {
                 "murmur_publish_errors",
                 "Acknowledged publishes answered with an error",
                 &self.publish_errors,
+            ),
+            (
+                "murmur_publishes_rate_limited",
+                "Publishes refused because their connection went over publish_rate",
+                &self.publishes_rate_limited,
+            ),
+            (
+                "murmur_auth_refusals",
+                "Connections and requests refused by authentication or permissions",
+                &self.auth_refusals,
             ),
         ];
         for (name, help, counter) in counters {

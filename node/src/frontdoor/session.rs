@@ -78,6 +78,7 @@ pub(crate) async fn serve(
     async move {
         tracing::debug!(?format, "connected");
         let outbox = Outbox::new(connection, node.settings.outbound_queue);
+        let node_settings = node.settings.clone();
         let (sink, stream) = socket.split();
         let mut session = Session {
             session_id,
@@ -92,6 +93,13 @@ pub(crate) async fn serve(
             last_sent: LastSent::default(),
             hole: false,
             batch: None,
+            publish_bucket: (node_settings.publish_rate > 0).then(|| {
+                crate::limits::TokenBucket::new(
+                    node_settings.publish_rate,
+                    node_settings.publish_burst,
+                    std::time::Instant::now(),
+                )
+            }),
         };
         session.node.metrics.connections.inc();
         let ending = session.run(stream).await;
@@ -143,6 +151,8 @@ struct Session {
     hole: bool,
     /// Set once the client asked (in `hello`) for several events per frame.
     batch: Option<BatchLimits>,
+    /// The connection's publish allowance, when `publish_rate` is set.
+    publish_bucket: Option<crate::limits::TokenBucket>,
 }
 
 /// Per subscription id, then per topic, the position of the last event sent. Looked up by
@@ -260,7 +270,7 @@ impl Session {
             Message::Ping(_) | Message::Pong(_) => return Ok(()),
             Message::Close(_) => return Err(Ending::ClientClosed),
         };
-        let reply = match request {
+        let reply = match request.and_then(|r| self.admit_request(r)) {
             Ok(request) => self.handle(request).await,
             Err(err) => Err(err),
         };
@@ -272,6 +282,38 @@ impl Session {
                 self.write(message).await
             }
         }
+    }
+
+    /// The checks every request passes before it is served: the length of the names it
+    /// makes the node keep or echo, and the connection's publish rate.
+    fn admit_request(&mut self, request: Request) -> Result<Request, RequestError> {
+        let settings = &self.node.settings;
+        if request.longest_id() > settings.max_id_bytes {
+            return Err(RequestError::new(
+                None,
+                ErrorCode::InvalidRequest,
+                format!(
+                    "an id, ref, group or client name is longer than max_id_bytes ({})",
+                    settings.max_id_bytes
+                ),
+            ));
+        }
+        if let (Request::Publish { reference, .. }, Some(bucket)) =
+            (&request, self.publish_bucket.as_mut())
+            && !bucket.try_take(Instant::now().into_std())
+        {
+            self.node.metrics.publishes_rate_limited.inc();
+            return Err(RequestError::new(
+                reference.as_deref(),
+                ErrorCode::RateLimited,
+                format!(
+                    "this connection publishes faster than publish_rate ({}/s, burst {}); \
+                     the event was not published",
+                    settings.publish_rate, settings.publish_burst
+                ),
+            ));
+        }
+        Ok(request)
     }
 
     /// Serves one request; the returned frames answer it, in order.
@@ -336,12 +378,15 @@ impl Session {
                          unacknowledged ones are redelivered to the group anyway",
                     ));
                 }
-                let subscription = Arc::new(Subscription::new(
-                    sub.id.as_str().into(),
-                    sub.topic.into(),
-                    sub.group.map(Into::into),
-                    self.outbox.clone(),
-                ));
+                let subscription = Arc::new(
+                    Subscription::new(
+                        sub.id.as_str().into(),
+                        sub.topic.into(),
+                        sub.group.map(Into::into),
+                        self.outbox.clone(),
+                    )
+                    .with_max_unacked(settings.max_unacked),
+                );
                 self.node.broker.subscribe(subscription.clone());
                 // Registered first, replayed second: see `Broker::replay`.
                 let replayed = self
@@ -492,6 +537,7 @@ impl Session {
                     .and_then(|id| self.unacked.remove(&id));
                 match known {
                     Some(unacked) => {
+                        unacked.subscription.delivery_settled();
                         if let Some(origin) = &unacked.origin {
                             self.node.cluster.settle_group(origin, true);
                         }
@@ -715,6 +761,8 @@ impl Session {
         event: &Arc<Event>,
         origin: Option<Arc<GroupOrigin>>,
     ) {
+        // It leaves this member, which may take another.
+        subscription.delivery_settled();
         self.node.metrics.queue_redeliveries.inc();
         if let Redelivery::ReturnToOrigin(origin) =
             self.node.broker.redeliver(subscription, event, origin)

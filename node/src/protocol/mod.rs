@@ -44,6 +44,20 @@ pub enum Request {
 }
 
 impl Request {
+    /// The longest client-chosen name in the request (subscription id, `ref`, delivery id,
+    /// group, client name), in bytes: every one of them is kept or echoed by the node.
+    pub fn longest_id(&self) -> usize {
+        match self {
+            Self::Hello { client, .. } => client.as_deref().map_or(0, str::len),
+            Self::Subscribe(s) => s.id.len().max(s.group.as_deref().map_or(0, str::len)),
+            Self::Unsubscribe { id } => id.len(),
+            Self::Publish { reference, .. } | Self::Ping { reference } => {
+                reference.as_deref().map_or(0, str::len)
+            }
+            Self::Ack { delivery } => delivery.len(),
+        }
+    }
+
     /// The value that replies to this request carry as `ref`.
     pub fn reference(&self) -> Option<&str> {
         match self {
@@ -257,8 +271,14 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The node may have missed events for this client (it lost a peer); reconnect and resume.
     Resync,
-    /// The client may not do this.
+    /// The connection has no valid token (none, malformed, bad signature, wrong audience…).
     Unauthorized,
+    /// The token is valid but does not allow this operation on this topic.
+    Forbidden,
+    /// The connection's token expired; refresh it or reconnect with a new one.
+    TokenExpired,
+    /// The connection publishes faster than `publish_rate` allows.
+    RateLimited,
     /// The event could not be sequenced and stored (owner or replicas unreachable); the
     /// publish may be retried.
     Unavailable,
@@ -282,6 +302,9 @@ impl ErrorCode {
             Self::ShuttingDown => "shutting_down",
             Self::Resync => "resync",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::TokenExpired => "token_expired",
+            Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
         }
     }

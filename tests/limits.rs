@@ -1,0 +1,137 @@
+//! The bounds a node keeps whatever clients do: the findings of the adversarial pass in
+//! issue 12, each as a regression test against real nodes over real sockets.
+
+use std::time::Duration;
+
+use murmur_tests::{
+    WsClient, expect_error, expect_ok, start_cluster, start_node, wait_for_interest_everywhere,
+};
+use serde_json::json;
+
+type TestResult = anyhow::Result<()>;
+
+/// The remote crash: a queue-group member on one node that never reads, and fire-and-forget
+/// publishes into the topic's owner, made the owner recurse until its stack overflowed
+/// (in-process here, so the overflow would abort this test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_reads_cannot_crash_the_owner() -> TestResult {
+    let nodes = start_cluster(2, |_, s| {
+        s.peer_queue = 8;
+        s.outbound_queue = 16;
+    })
+    .await;
+    let topic = "jobs.crash";
+    let owner_name = nodes[0].state().cluster.owner_of(topic);
+    let owner = nodes
+        .iter()
+        .position(|n| n.state().settings.name == owner_name)
+        .expect("the owner is one of the nodes");
+    let other = 1 - owner;
+
+    let (mut member, _) = WsClient::connect_json(&nodes[other]).await?;
+    member.sub_group("q", "jobs.>", "workers").await?;
+    wait_for_interest_everywhere(&nodes, other, 1).await;
+
+    let (mut publisher, _) = WsClient::connect_json(&nodes[owner]).await?;
+    for i in 0..20_000 {
+        publisher
+            .send_json(json!({"op": "pub", "topic": topic, "data": i}))
+            .await?;
+    }
+    // Still serving: the publisher's connection answers, and so does the owner.
+    publisher.ping("alive").await?;
+    let (mut fresh, _) = WsClient::connect_json(&nodes[owner]).await?;
+    fresh.ping("still").await?;
+    member.abandon();
+    Ok(())
+}
+
+/// A member that reads but never acknowledges holds at most `max_unacked` deliveries; the
+/// rest of the group gets the others (it used to grow its node by gigabytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_acks_holds_at_most_max_unacked() -> TestResult {
+    let node = start_node(|s| s.max_unacked = 3).await;
+    let (mut lazy, _) = WsClient::connect_json(&node).await?;
+    lazy.sub_group("q", "work", "g").await?;
+    let (mut busy, _) = WsClient::connect_json(&node).await?;
+    busy.sub_group("q", "work", "g").await?;
+    // The other member acks each event before the next is published, so it is never at
+    // its bound: only the lazy member's bound decides where events go.
+    let (mut publisher, _) = WsClient::connect_json(&node).await?;
+    let mut busy_got = 0;
+    for i in 0..20 {
+        publisher
+            .publish("work", json!(i), &format!("p{i}"))
+            .await?;
+        if let Ok(frame) = tokio::time::timeout(Duration::from_millis(200), busy.recv_json()).await
+        {
+            let frame = frame?;
+            assert_eq!(frame["op"], "event", "{frame}");
+            busy.send_json(json!({"op": "ack", "delivery": frame["delivery"]}))
+                .await?;
+            busy.ping(&format!("acked{i}")).await?;
+            busy_got += 1;
+        }
+    }
+    let mut lazy_got = 0;
+    while let Ok(Ok(frame)) =
+        tokio::time::timeout(Duration::from_millis(500), lazy.recv_json()).await
+    {
+        assert_eq!(frame["op"], "event", "{frame}");
+        lazy_got += 1;
+    }
+    assert_eq!(lazy_got, 3, "the member that never acks holds max_unacked");
+    assert_eq!(busy_got, 17, "the rest of the group gets the others");
+    Ok(())
+}
+
+/// Ids, refs and group names the node keeps or echoes have a length limit (1 MiB ids times
+/// 1,024 subscriptions grew a node by 1.7 GiB); the connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_long_ids_are_refused_and_the_connection_stays() -> TestResult {
+    let node = start_node(|s| s.max_id_bytes = 64).await;
+    let (mut client, _) = WsClient::connect_json(&node).await?;
+    let long = "x".repeat(65);
+    let reply = client
+        .request(json!({"op": "sub", "id": long, "topic": "t"}))
+        .await?;
+    expect_error(&reply, "invalid_request", None);
+    let reply = client
+        .request(json!({"op": "sub", "id": "s", "topic": "t", "group": long}))
+        .await?;
+    expect_error(&reply, "invalid_request", None);
+    let reply = client
+        .request(json!({"op": "pub", "topic": "t", "data": 1, "ref": long}))
+        .await?;
+    expect_error(&reply, "invalid_request", None);
+    let fits = "y".repeat(64);
+    let reply = client
+        .request(json!({"op": "sub", "id": fits, "topic": "t"}))
+        .await?;
+    expect_ok(&reply, &fits)?;
+    Ok(())
+}
+
+/// `publish_rate` and `publish_burst`: a token bucket per connection; a publish over it is
+/// refused with `rate_limited`, and the connection stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_over_the_rate_are_refused_with_rate_limited() -> TestResult {
+    let node = start_node(|s| {
+        s.publish_rate = 2;
+        s.publish_burst = 3;
+    })
+    .await;
+    let (mut client, _) = WsClient::connect_json(&node).await?;
+    for i in 0..3 {
+        client.publish("t", json!(i), &format!("p{i}")).await?;
+    }
+    let reply = client
+        .request(json!({"op": "pub", "topic": "t", "data": 3, "ref": "over"}))
+        .await?;
+    expect_error(&reply, "rate_limited", Some("over"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    client.publish("t", json!(4), "later").await?;
+    // Other requests are not rate limited.
+    client.ping("still").await?;
+    Ok(())
+}
