@@ -135,3 +135,118 @@ async fn publishes_over_the_rate_are_refused_with_rate_limited() -> TestResult {
     client.ping("still").await?;
     Ok(())
 }
+
+/// A publish flood into a node that does not own the topic, while the owner does not read:
+/// the queue towards the owner used to grow without bound (1.5 GiB in 27 s). Now the node
+/// holds at most `publish_buffer_bytes` of publishes in flight; publishing connections wait
+/// (their sockets are not read) and, after 5 s without room, are answered `unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_towards_a_stalled_owner_waits_then_is_refused_not_buffered() -> TestResult {
+    use murmur_tests::{TEST_CLUSTER_KEY, gossip_addr, members_in_state, wait_until};
+    let entry = start_node(|s| {
+        s.name = "entry".into();
+        s.cluster_key = Some(murmur::config::Secret(TEST_CLUSTER_KEY.into()));
+        s.publish_buffer_bytes = 1024 * 1024;
+        s.max_frame_bytes = 128 * 1024;
+        s.replication = 1;
+    })
+    .await;
+    let seed = gossip_addr(&entry);
+    // The owner on a runtime of its own, with one worker this test can block; gossip runs on
+    // a thread of its own, so it is not declared down meanwhile.
+    let owner_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let owner = owner_runtime
+        .spawn(start_node(|s| {
+            s.name = "owner".into();
+            s.seeds = vec![seed];
+            s.cluster_key = Some(murmur::config::Secret(TEST_CLUSTER_KEY.into()));
+            s.replication = 1;
+        }))
+        .await?;
+    wait_until("both alive and linked", Duration::from_secs(10), || {
+        members_in_state(&entry, "alive").len() == 2
+            && murmur_tests::linked_peers(&entry).len() == 1
+    })
+    .await;
+    let topic = (0..)
+        .map(|i| format!("flood.{i}"))
+        .find(|t| entry.state().cluster.owner_of(t) == "owner")
+        .expect("some topic is the owner's");
+    let (mut publisher, _) = WsClient::connect_json(&entry).await?;
+    publisher.publish(&topic, json!("first"), "first").await?;
+
+    owner_runtime.spawn(async { std::thread::sleep(Duration::from_secs(12)) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let data = "x".repeat(60 * 1024);
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sent_by_flood = sent.clone();
+    let flood = tokio::spawn(async move {
+        // 60 MiB offered; the node takes what its buffer and the stream to the owner hold,
+        // then stops reading this socket.
+        for _ in 0..1000 {
+            let frame = json!({"op": "pub", "topic": topic, "data": data});
+            if tokio::time::timeout(Duration::from_secs(20), publisher.send_json(frame))
+                .await
+                .is_err()
+            {
+                anyhow::bail!("a send waited 20 s: the node stopped reading for good");
+            }
+            sent_by_flood.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        anyhow::Ok(publisher)
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!flood.is_finished(), "the node did not push back");
+    // A publish as large as the flood's, from another connection: it waits its turn for
+    // room, which does not come while the owner is stalled, and is told.
+    let (mut other, _) = WsClient::connect_json(&entry).await?;
+    let started = std::time::Instant::now();
+    let big = "y".repeat(60 * 1024);
+    let reply = other
+        .request(json!({"op": "pub", "topic": "flood.other", "data": big, "ref": "p"}))
+        .await?;
+    expect_error(&reply, "unavailable", Some("p"));
+    assert!(
+        reply["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("publish buffer")),
+        "{reply}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "it waited first"
+    );
+    let offered = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        offered < 300,
+        "the node kept reading the flood ({offered} frames of 60 KiB) instead of pushing back"
+    );
+    // Once the owner reads again, the flood goes on over the same connection; the
+    // publishes that found no room in time were each answered, not dropped silently.
+    let mut publisher = flood.await??;
+    publisher
+        .send_json(json!({"op": "ping", "ref": "after"}))
+        .await?;
+    let mut refused = 0;
+    loop {
+        let frame = publisher.recv_json().await?;
+        match frame["op"].as_str() {
+            Some("pong") => break,
+            Some("error") => {
+                expect_error(&frame, "unavailable", None);
+                refused += 1;
+            }
+            _ => anyhow::bail!("unexpected {frame}"),
+        }
+    }
+    assert!(
+        refused >= 1,
+        "the flood's publishes that waited 5 s were refused"
+    );
+    drop(owner);
+    owner_runtime.shutdown_background();
+    Ok(())
+}

@@ -36,6 +36,9 @@ pub struct Settings {
     pub advertise_ip: Option<IpAddr>,
     /// Events queued towards one peer before further events to it are dropped.
     pub peer_queue: usize,
+    /// Bytes of publishes this node's clients may have on their way to the topics' owners
+    /// at once; beyond it publishing connections wait (up to 5 s, then `unavailable`).
+    pub publish_buffer_bytes: usize,
     /// Nodes that store each topic's events, its owner included (when that many are up).
     pub replication: usize,
     /// The largest client frame accepted, in bytes.
@@ -123,6 +126,7 @@ impl Default for Settings {
             tls_key: None,
             advertise_ip: None,
             peer_queue: 65_536,
+            publish_buffer_bytes: 64 * 1024 * 1024,
             replication: 2,
             max_frame_bytes: 1024 * 1024,
             max_subscriptions: 1024,
@@ -264,6 +268,18 @@ impl Settings {
         if self.replication == 0 {
             return invalid("replication", "must be at least 1 (the owner itself)");
         }
+        if !(1024 * 1024..=4 * 1024 * 1024 * 1024).contains(&self.publish_buffer_bytes) {
+            return invalid(
+                "publish_buffer_bytes",
+                "must be between 1048576 (1 MiB) and 4294967296 (4 GiB)",
+            );
+        }
+        if self.publish_buffer_bytes < 2 * self.max_frame_bytes {
+            return invalid(
+                "publish_buffer_bytes",
+                "must hold at least two frames of max_frame_bytes",
+            );
+        }
         if self.peer_queue == 0 {
             return invalid("peer_queue", "must be at least 1");
         }
@@ -370,6 +386,9 @@ pub struct ServeArgs {
     /// Events queued towards one peer before further events to it are dropped [default: 65536].
     #[arg(long, env = "MURMUR_PEER_QUEUE", value_name = "N")]
     pub peer_queue: Option<usize>,
+    /// Bytes of publishes in flight towards owners before publishers wait [default: 67108864].
+    #[arg(long, env = "MURMUR_PUBLISH_BUFFER_BYTES", value_name = "BYTES")]
+    pub publish_buffer_bytes: Option<usize>,
     /// Nodes that store each topic's events, its owner included [default: 2].
     #[arg(long, env = "MURMUR_REPLICATION", value_name = "N")]
     pub replication: Option<usize>,
@@ -452,6 +471,7 @@ impl ServeArgs {
             gossip,
             quic,
             peer_queue,
+            publish_buffer_bytes,
             replication,
             max_frame_bytes,
             max_subscriptions,

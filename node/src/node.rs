@@ -176,6 +176,7 @@ impl RunningNode {
                 key,
                 seeds: settings.seeds.clone(),
                 peer_queue: settings.peer_queue,
+                publish_buffer_bytes: settings.publish_buffer_bytes,
                 replication: settings.replication,
             },
             broker.clone(),

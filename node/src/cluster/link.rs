@@ -51,6 +51,12 @@ pub enum PeerMessage {
     },
     /// A request or reply of the topic protocol, already in wire form.
     Frame(murmur_proto::cluster::v1::peer_frame::Msg),
+    /// A publish for the topic's owner, with the share of this node's publish buffer it
+    /// holds until it is written to the stream.
+    Publish {
+        msg: murmur_proto::cluster::v1::peer_frame::Msg,
+        permit: Option<crate::cluster::topics::PublishPermit>,
+    },
     Leaving {
         generation: u64,
         /// Told once the frame has been handed to QUIC.

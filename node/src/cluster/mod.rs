@@ -56,6 +56,9 @@ pub struct Cluster {
     pub gossip: Gossip,
     peers: Mutex<HashMap<String, PeerEntry>>,
     peer_queue: usize,
+    /// Bytes of publishes this node's clients may have in flight (see `reserve_publish`).
+    publish_buffer_bytes: usize,
+    publish_budget: Arc<tokio::sync::Semaphore>,
     /// Copies kept of each topic's events, the owner's included.
     replication: usize,
     stop: CancellationToken,
@@ -102,6 +105,7 @@ pub struct ClusterSetup {
     pub key: ClusterKey,
     pub seeds: Vec<String>,
     pub peer_queue: usize,
+    pub publish_buffer_bytes: usize,
     pub replication: usize,
 }
 
@@ -126,6 +130,8 @@ impl Cluster {
             gossip,
             peers: Mutex::new(HashMap::new()),
             peer_queue: setup.peer_queue,
+            publish_buffer_bytes: setup.publish_buffer_bytes,
+            publish_budget: Arc::new(tokio::sync::Semaphore::new(setup.publish_buffer_bytes)),
             replication: setup.replication.max(1),
             stop,
             tasks: TaskTracker::new(),

@@ -69,8 +69,16 @@ impl PublishError {
 
 pub type PublishResult = Result<Receipt, PublishError>;
 
-/// Where the outcome of a publish goes.
-enum ReplyTo {
+/// Where the outcome of a publish goes, and the share of the node's publish buffer it holds
+/// until then.
+struct ReplyTo {
+    answer: Answer,
+    /// Held from the publishing connection until the publish is sequenced here, handed to
+    /// the link towards its owner, or answered: what bounds publishes in flight on a node.
+    permit: Option<PublishPermit>,
+}
+
+enum Answer {
     Local(oneshot::Sender<PublishResult>),
     Peer(Arc<PeerLink>, u64),
     /// Nowhere: the client published without `ref`, so no one waits for the outcome and
@@ -80,16 +88,16 @@ enum ReplyTo {
 
 impl ReplyTo {
     fn wanted(&self) -> bool {
-        !matches!(self, Self::Nobody)
+        !matches!(self.answer, Answer::Nobody)
     }
 
     fn send(self, result: PublishResult) {
-        match self {
-            Self::Nobody => {}
-            Self::Local(tx) => {
+        match self.answer {
+            Answer::Nobody => {}
+            Answer::Local(tx) => {
                 let _ = tx.send(result);
             }
-            Self::Peer(link, id) => {
+            Answer::Peer(link, id) => {
                 let result = match result {
                     Ok(r) => pb::publish_reply::Result::Ok(pb::Position {
                         epoch: r.epoch.to_string(),
@@ -110,6 +118,11 @@ impl ReplyTo {
         }
     }
 }
+
+/// A share of the node's publish buffer (`publish_buffer_bytes`), in bytes: a publish holds
+/// it from the moment its connection hands it over until it leaves the node's queues.
+#[derive(Debug)]
+pub struct PublishPermit(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 /// A publish waiting for its topic to be claimed.
 pub(super) struct Queued {
@@ -180,17 +193,52 @@ impl Cluster {
         self: &Arc<Self>,
         topic: &str,
         payload: Payload,
+        permit: Option<PublishPermit>,
     ) -> oneshot::Receiver<PublishResult> {
         let (tx, rx) = oneshot::channel();
-        self.route(topic.into(), payload, ReplyTo::Local(tx), 0);
+        let reply = ReplyTo {
+            answer: Answer::Local(tx),
+            permit,
+        };
+        self.route(topic.into(), payload, reply, 0);
         rx
     }
 
     /// Publishes `payload` on `topic` through its owner for a publisher that wants no answer:
     /// the same route and order as [`submit`](Self::submit), without anything waiting for the
     /// outcome. A publish that cannot be stored is dropped (docs/protocol.md, `pub`).
-    pub fn submit_unanswered(self: &Arc<Self>, topic: &str, payload: Payload) {
-        self.route(topic.into(), payload, ReplyTo::Nobody, 0);
+    pub fn submit_unanswered(
+        self: &Arc<Self>,
+        topic: &str,
+        payload: Payload,
+        permit: Option<PublishPermit>,
+    ) {
+        let reply = ReplyTo {
+            answer: Answer::Nobody,
+            permit,
+        };
+        self.route(topic.into(), payload, reply, 0);
+    }
+
+    /// Waits for room in the node's publish buffer for a publish of `bytes`: the
+    /// backpressure a publishing connection feels when the way to an owner is congested (its
+    /// socket is not read meanwhile). After the publish timeout it gives up: the publish is
+    /// answered `unavailable` instead of queued without bound.
+    pub async fn reserve_publish(&self, bytes: usize) -> Result<PublishPermit, PublishError> {
+        let wanted = u32::try_from(bytes.min(self.publish_buffer_bytes))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let budget = self.publish_budget.clone();
+        match tokio::time::timeout(PUBLISH_TIMEOUT, budget.acquire_many_owned(wanted)).await {
+            Ok(Ok(permit)) => Ok(PublishPermit(permit)),
+            Ok(Err(_)) => Err(PublishError::unavailable("the node is stopping")),
+            Err(_) => Err(PublishError::unavailable(format!(
+                "this node's publish buffer ({} bytes) stayed full for {} s: the topics' \
+                 owners are not keeping up; publish again later",
+                self.publish_buffer_bytes,
+                PUBLISH_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     fn route(self: &Arc<Self>, topic: Arc<str>, payload: Payload, reply: ReplyTo, attempt: u32) {
@@ -213,15 +261,24 @@ impl Cluster {
         // Id 0 asks for no reply: the owner routes it on itself if it turns out not to own
         // the topic.
         let request = reply.wanted().then(|| self.request(&link));
-        link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Publish(
-            pb::PublishRequest {
+        let mut reply = reply;
+        // A publish nobody waits for gives its share of the buffer back once written towards
+        // the owner; one with an answer keeps it until answered.
+        let permit = if reply.wanted() {
+            None
+        } else {
+            reply.permit.take()
+        };
+        link.send_control(PeerMessage::Publish {
+            msg: pb::peer_frame::Msg::Publish(pb::PublishRequest {
                 id: request.as_ref().map_or(0, |(id, _)| *id),
                 topic: topic.to_string(),
                 data,
                 encoding: encoding as i32,
                 attempt,
-            },
-        )));
+            }),
+            permit,
+        });
         let Some((id, answer)) = request else {
             return;
         };
@@ -541,10 +598,14 @@ impl Cluster {
         link: &Arc<PeerLink>,
         request: pb::PublishRequest,
     ) {
-        let reply = if request.id == 0 {
-            ReplyTo::Nobody
+        let answer = if request.id == 0 {
+            Answer::Nobody
         } else {
-            ReplyTo::Peer(link.clone(), request.id)
+            Answer::Peer(link.clone(), request.id)
+        };
+        let reply = ReplyTo {
+            answer,
+            permit: None,
         };
         let owner = self.owner_of(&request.topic);
         let leaving = self.leaving.load(Ordering::Acquire);

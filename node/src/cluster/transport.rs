@@ -326,7 +326,7 @@ fn put_frame(buf: &mut BytesMut, message: &PeerMessage) {
             event.put_field(1, buf);
             rest.encode_raw(buf);
         }
-        PeerMessage::Frame(msg) => put_msg(buf, msg),
+        PeerMessage::Frame(msg) | PeerMessage::Publish { msg, .. } => put_msg(buf, msg),
         // The rare, small messages, built the plain way.
         PeerMessage::Snapshot(all) => put_msg(
             buf,

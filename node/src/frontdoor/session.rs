@@ -47,6 +47,10 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Events written to the socket per flush, at most (without batch frames).
 const WRITE_BATCH: usize = 64;
 
+/// What a publish costs in the node's publish buffer beyond its topic and data: the request
+/// around them.
+const PUBLISH_OVERHEAD_BYTES: usize = 64;
+
 /// Events taken from the outbox per flush, at most, for a client that gets batch frames.
 const MAX_BATCHED_TAKE: usize = 1024;
 
@@ -496,11 +500,27 @@ impl Session {
                     RequestError::new(reference.as_deref(), ErrorCode::InvalidTopic, e.to_string())
                 })?;
                 self.node.metrics.events_received.inc();
+                // Backpressure: while the node's publish buffer is full this connection is
+                // read no further; a publish that cannot get room in time is refused, told.
+                let bytes = payload.len() + name.len() + PUBLISH_OVERHEAD_BYTES;
+                let permit = match self.node.cluster.reserve_publish(bytes).await {
+                    Ok(permit) => permit,
+                    Err(err) => {
+                        self.node.metrics.publish_errors.inc();
+                        return Err(RequestError::new(
+                            reference.as_deref(),
+                            ErrorCode::Unavailable,
+                            format!("not published to {name}: {}", err.message),
+                        ));
+                    }
+                };
                 let Some(reference) = reference else {
-                    self.node.cluster.submit_unanswered(&name, payload);
+                    self.node
+                        .cluster
+                        .submit_unanswered(&name, payload, Some(permit));
                     return Ok(Vec::new());
                 };
-                let mut outcome = self.node.cluster.submit(&name, payload);
+                let mut outcome = self.node.cluster.submit(&name, payload, Some(permit));
                 // Usually known at once (this node owns the topic and needs no replica);
                 // otherwise answered when the owner and replicas are done.
                 if let Ok(result) = outcome.try_recv() {
