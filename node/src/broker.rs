@@ -271,6 +271,75 @@ pub struct TopicReplay {
     pub epoch: Arc<str>,
     pub last_seq: u64,
     pub replay: Replay,
+    /// The page ended before this topic's replay did (see [`ReplayPage`]).
+    pub more: bool,
+}
+
+/// The bounds of one page of a replay: a resume is served page by page, so that no answer
+/// between nodes and no write to a client grows with the history it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayPage {
+    /// Events per page; 0 is unbounded.
+    pub max_events: usize,
+    /// Bytes of event data per page, beyond its first event; 0 is unbounded.
+    pub max_bytes: usize,
+}
+
+impl ReplayPage {
+    pub const UNBOUNDED: Self = Self {
+        max_events: 0,
+        max_bytes: 0,
+    };
+
+    /// Cuts `candidates` to one page: topics in name order, each with its gaps and as many
+    /// of its events as still fit. A topic reached with no room left keeps its knowledge but
+    /// no gaps nor events; both it and a topic cut short are marked `more`. Every page holds
+    /// at least one event when there is one, so paging always advances.
+    pub fn fit(self, candidates: &mut [TopicReplay]) {
+        if self == Self::UNBOUNDED {
+            return;
+        }
+        let max_events = if self.max_events == 0 {
+            usize::MAX
+        } else {
+            self.max_events
+        };
+        let max_bytes = if self.max_bytes == 0 {
+            usize::MAX
+        } else {
+            self.max_bytes
+        };
+        candidates.sort_by(|a, b| a.topic.cmp(&b.topic));
+        let (mut events, mut bytes) = (0usize, 0usize);
+        for candidate in candidates {
+            let room = |events: usize, bytes: usize, next: usize| {
+                events == 0 || (events < max_events && bytes.saturating_add(next) <= max_bytes)
+            };
+            let first = candidate
+                .replay
+                .events
+                .first()
+                .map_or(0, |e| e.payload.len());
+            if !candidate.replay.events.is_empty() && !room(events, bytes, first) {
+                candidate.replay = Replay::default();
+                candidate.more = true;
+                continue;
+            }
+            let mut keep = 0;
+            for event in &candidate.replay.events {
+                if !room(events, bytes, event.payload.len()) {
+                    break;
+                }
+                events += 1;
+                bytes = bytes.saturating_add(event.payload.len());
+                keep += 1;
+            }
+            if keep < candidate.replay.events.len() {
+                candidate.replay.events.truncate(keep);
+                candidate.more = true;
+            }
+        }
+    }
 }
 
 /// A peer's interest as the remote index holds it.
@@ -816,6 +885,7 @@ impl Broker {
         &self,
         pattern: &str,
         from: &ResumeFrom,
+        page: ReplayPage,
     ) -> Result<Vec<TopicReplay>, ResumeError> {
         let wildcard = is_wildcard(pattern);
         if wildcard && matches!(from, ResumeFrom::Cursor(_)) {
@@ -837,6 +907,9 @@ impl Broker {
                 ResumeFrom::Cursor(cursor) => Self::after_in(shard, topic, cursor),
                 ResumeFrom::Topics { topics, since } => match topics.get(&**topic) {
                     Some(cursor) => Self::after_in(shard, topic, cursor),
+                    None if *since == crate::protocol::SINCE_EARLIEST => {
+                        shard.history.earliest(topic)
+                    }
                     None => shard.history.since(topic, *since),
                 },
             };
@@ -845,6 +918,7 @@ impl Broker {
                 epoch: state.epoch.clone(),
                 last_seq: state.last_seq,
                 replay,
+                more: false,
             });
         };
         if wildcard {
@@ -865,6 +939,7 @@ impl Broker {
             let name: Arc<str> = pattern.into();
             visit(&shard, &name);
         }
+        page.fit(&mut candidates);
         Ok(candidates)
     }
 
@@ -1401,12 +1476,12 @@ mod tests {
         };
         // A majority started a newer epoch while this node was cut off: nothing to send.
         let ahead = broker
-            .replay_candidates("t", &cursor_in(millis + 1000))
+            .replay_candidates("t", &cursor_in(millis + 1000), ReplayPage::UNBOUNDED)
             .unwrap();
         assert!(ahead[0].replay.events.is_empty() && ahead[0].replay.gaps.is_empty());
         // A cursor from an older epoch learns that it changed and gets this epoch's events.
         let behind = broker
-            .replay_candidates("t", &cursor_in(millis - 1000))
+            .replay_candidates("t", &cursor_in(millis - 1000), ReplayPage::UNBOUNDED)
             .unwrap();
         assert_eq!(behind[0].replay.gaps[0].reason, reason::EPOCH_CHANGED);
         assert_eq!(behind[0].replay.events.len(), 2);
@@ -1649,6 +1724,40 @@ mod tests {
             broker.stats.group_deliveries_lost.load(Ordering::Relaxed),
             1
         );
+    }
+
+    #[test]
+    fn a_replay_page_holds_its_bound_and_marks_what_is_left() {
+        let broker = Broker::new(Retention::default());
+        for topic in ["p.c", "p.a", "p.b"] {
+            for _ in 0..5 {
+                broker.publish(topic, json("1"));
+            }
+        }
+        let page = ReplayPage {
+            max_events: 7,
+            max_bytes: 0,
+        };
+        let got = broker
+            .replay_candidates("p.*", &ResumeFrom::Earliest, page)
+            .unwrap();
+        let summary: Vec<(&str, usize, bool)> = got
+            .iter()
+            .map(|c| (&*c.topic, c.replay.events.len(), c.more))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![("p.a", 5, false), ("p.b", 2, true), ("p.c", 0, true)]
+        );
+        // A page always advances: one event even when it alone is over the byte bound.
+        let tiny = ReplayPage {
+            max_events: 0,
+            max_bytes: 1,
+        };
+        let got = broker
+            .replay_candidates("p.a", &ResumeFrom::Earliest, tiny)
+            .unwrap();
+        assert_eq!((got[0].replay.events.len(), got[0].more), (1, true));
     }
 
     #[test]

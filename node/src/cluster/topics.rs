@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use super::Cluster;
 use super::link::{PeerLink, PeerMessage};
 use super::transport::{event_from_pb, event_pb};
-use crate::broker::{Receipt, Sequenced, TopicReplay, TopicSnapshot};
+use crate::broker::{Receipt, ReplayPage, Sequenced, TopicReplay, TopicSnapshot};
 use crate::event::{Event, Payload};
 use crate::protocol::{Cursor, ResumeFrom};
 use crate::routing::history::{Gap, Replay, reason};
@@ -46,6 +46,12 @@ const MINORITY: &str =
     "this node sees only a minority of the cluster (a partition?); publish through another node";
 /// How long a claim keeps asking peers that refuse before starting a new epoch.
 const CLAIM_PATIENCE: Duration = Duration::from_secs(3);
+/// The largest page of a replay this node answers a peer with, whatever the peer asks: well
+/// within the largest peer frame.
+const MAX_REPLAY_PAGE: ReplayPage = ReplayPage {
+    max_events: 10_000,
+    max_bytes: 16 * 1024 * 1024,
+};
 /// How long to wait for one peer's answer to a claim or replay request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -698,8 +704,9 @@ impl Cluster {
         &self,
         pattern: &str,
         from: &ResumeFrom,
-    ) -> Result<Vec<Replay>, crate::broker::ResumeError> {
-        let mut candidates = self.broker.replay_candidates(pattern, from)?;
+        page: ReplayPage,
+    ) -> Result<Vec<TopicReplay>, crate::broker::ResumeError> {
+        let mut candidates = self.broker.replay_candidates(pattern, from, page)?;
         if matches!(from, ResumeFrom::Latest) {
             return Ok(Vec::new());
         }
@@ -710,6 +717,8 @@ impl Cluster {
                     id,
                     pattern: pattern.to_owned(),
                     from: request_from.clone(),
+                    max_events: u32::try_from(page.max_events).unwrap_or(u32::MAX),
+                    max_bytes: page.max_bytes as u64,
                 })
             })
             .await;
@@ -733,30 +742,44 @@ impl Cluster {
             .into_iter()
             .filter(|(topic, _)| !best.contains_key(*topic))
             .collect();
-        let mut replays: Vec<Replay> = best.into_values().map(|c| c.replay).collect();
+        let mut replays: Vec<TopicReplay> = best.into_values().collect();
         for (topic, cursor) in unknown {
-            {
-                replays.push(Replay {
+            let topic: Arc<str> = topic.into();
+            replays.push(TopicReplay {
+                topic: topic.clone(),
+                epoch: "".into(),
+                last_seq: 0,
+                replay: Replay {
                     gaps: vec![Gap {
-                        topic: topic.into(),
+                        topic,
                         epoch: cursor.epoch.as_str().into(),
                         from_seq: cursor.seq + 1,
                         to_seq: 0,
                         reason: reason::EPOCH_CHANGED,
                     }],
                     events: Vec::new(),
-                });
-            }
+                },
+                more: false,
+            });
         }
+        replays.sort_by(|a, b| a.topic.cmp(&b.topic));
         Ok(replays)
     }
 
-    /// A peer asks what this node can replay.
     pub(super) fn on_replay_request(&self, link: &PeerLink, request: pb::ReplayRequest) {
         let from = replay_from_from_pb(request.from);
+        // A peer's page bound, within this node's own: an answer never outgrows a frame.
+        let bounded = |asked: usize, ours: usize| if asked == 0 { ours } else { asked.min(ours) };
+        let page = ReplayPage {
+            max_events: bounded(request.max_events as usize, MAX_REPLAY_PAGE.max_events),
+            max_bytes: bounded(
+                usize::try_from(request.max_bytes).unwrap_or(usize::MAX),
+                MAX_REPLAY_PAGE.max_bytes,
+            ),
+        };
         let topics = self
             .broker
-            .replay_candidates(&request.pattern, &from)
+            .replay_candidates(&request.pattern, &from, page)
             .unwrap_or_default()
             .into_iter()
             .map(topic_replay_pb)
@@ -921,6 +944,7 @@ fn topic_replay_pb(candidate: TopicReplay) -> pb::TopicReplay {
             .iter()
             .map(|e| event_pb(e))
             .collect(),
+        more: candidate.more,
     }
 }
 
@@ -953,6 +977,7 @@ fn topic_replay_from_pb(candidate: pb::TopicReplay) -> TopicReplay {
                 .map(Arc::new)
                 .collect(),
         },
+        more: candidate.more,
     }
 }
 

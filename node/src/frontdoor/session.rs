@@ -17,7 +17,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
 use crate::broker::Redelivery;
-use crate::broker::{Outbound, Outbox, Subscription};
+use crate::broker::{Outbound, Outbox, Subscription, TopicReplay};
 use crate::cluster::topics::PublishError;
 use crate::event::{Delivery, Event, GroupOrigin};
 use crate::node::NodeState;
@@ -97,6 +97,7 @@ pub(crate) async fn serve(
             last_sent: LastSent::default(),
             hole: false,
             batch: None,
+            replay_in_progress: None,
             publish_bucket: (node_settings.publish_rate > 0).then(|| {
                 crate::limits::TokenBucket::new(
                     node_settings.publish_rate,
@@ -157,7 +158,50 @@ struct Session {
     batch: Option<BatchLimits>,
     /// The connection's publish allowance, when `publish_rate` is set.
     publish_bucket: Option<crate::limits::TokenBucket>,
+    /// A `sub`'s replay with pages still to write (after its `ok` and first page).
+    replay_in_progress: Option<ReplayInProgress>,
 }
+
+/// A resume being replayed page by page.
+struct ReplayInProgress {
+    subscription: Arc<Subscription>,
+    /// Where the subscription asked to start.
+    from: crate::protocol::ResumeFrom,
+    /// Per topic, the last event replayed so far: where the next page starts.
+    cursors: std::collections::BTreeMap<String, crate::protocol::Cursor>,
+    /// Topics whose replay is complete.
+    done: std::collections::HashSet<Arc<str>>,
+    /// Topics the replay said something about (a gap or an event).
+    answered: std::collections::HashSet<Arc<str>>,
+}
+
+impl ReplayInProgress {
+    /// Where the next page starts: the original start, with each topic's cursor moved past
+    /// what was replayed.
+    fn next_from(&self) -> crate::protocol::ResumeFrom {
+        use crate::protocol::{ResumeFrom, SINCE_EARLIEST};
+        let pattern = &*self.subscription.pattern;
+        if !topic::is_wildcard(pattern) {
+            return match self.cursors.get(pattern) {
+                Some(cursor) => ResumeFrom::Cursor(cursor.clone()),
+                None => self.from.clone(),
+            };
+        }
+        let (mut topics, since) = match &self.from {
+            ResumeFrom::Topics { topics, since } => (topics.clone(), *since),
+            _ => (std::collections::BTreeMap::new(), SINCE_EARLIEST),
+        };
+        topics.extend(self.cursors.iter().map(|(t, c)| (t.clone(), c.clone())));
+        ResumeFrom::Topics { topics, since }
+    }
+}
+
+/// One page of a resume's replay: enough to keep a fast client busy, small enough that a
+/// client that does not read pins little.
+const REPLAY_PAGE: crate::broker::ReplayPage = crate::broker::ReplayPage {
+    max_events: 1000,
+    max_bytes: 1024 * 1024,
+};
 
 /// Per subscription id, then per topic, the position of the last event sent. Looked up by
 /// `&str` for every event, so no key is built or cloned on the hot path.
@@ -279,7 +323,13 @@ impl Session {
             Err(err) => Err(err),
         };
         match reply {
-            Ok(messages) => self.write_all(messages).await,
+            Ok(messages) => {
+                self.write_all(messages).await?;
+                match self.replay_in_progress.take() {
+                    Some(replay) => self.continue_replay(replay).await,
+                    None => Ok(()),
+                }
+            }
             Err(err) => {
                 tracing::debug!(code = %err.code, message = %err.message, "request refused");
                 let message = self.encode(&err.reply());
@@ -392,14 +442,16 @@ impl Session {
                     .with_max_unacked(settings.max_unacked),
                 );
                 self.node.broker.subscribe(subscription.clone());
-                // Registered first, replayed second: see `Broker::replay`.
-                let replayed = self
+                // Registered first, replayed second: see `Broker::replay`. The replay comes
+                // page by page, so neither the answers between nodes nor one write to this
+                // client grows with the history it covers.
+                let first_page = self
                     .node
                     .cluster
-                    .replay(&subscription.pattern, &sub.from)
+                    .replay(&subscription.pattern, &sub.from, REPLAY_PAGE)
                     .await;
-                let replays = match replayed {
-                    Ok(replays) => replays,
+                let page = match first_page {
+                    Ok(page) => page,
                     Err(err) => {
                         self.node.broker.unsubscribe(&subscription);
                         return Err(RequestError::new(
@@ -413,54 +465,20 @@ impl Session {
                     reference,
                     position: None,
                 })];
-                let mut up_to = HashMap::new();
-                // Topics the replay said something about (a gap or an event).
-                let mut answered: std::collections::HashSet<Arc<str>> =
-                    std::collections::HashSet::new();
-                for replay in replays {
-                    answered.extend(replay.gaps.iter().map(|g| g.topic.clone()));
-                    answered.extend(replay.events.iter().map(|e| e.topic.clone()));
-                    let metrics = &self.node.metrics;
-                    metrics.gaps_sent.inc_by(replay.gaps.len() as u64);
-                    metrics.deliveries.inc_by(replay.events.len() as u64);
-                    for gap in &replay.gaps {
-                        frames.push(self.encode(&Reply::Gap {
-                            sub: &subscription.id,
-                            topic: &gap.topic,
-                            epoch: &gap.epoch,
-                            from_seq: gap.from_seq,
-                            to_seq: gap.to_seq,
-                            reason: gap.reason,
-                        }));
-                    }
-                    for event in &replay.events {
-                        frames.push(self.encode_event(&subscription.id, event, None));
-                    }
-                    if let Some(last) = replay.events.last() {
-                        up_to.insert(last.topic.clone(), (last.epoch.clone(), last.seq));
-                        self.last_sent
-                            .entry(subscription.id.clone())
-                            .or_default()
-                            .insert(last.topic.clone(), (last.epoch.clone(), last.seq));
-                    }
-                }
-                if !up_to.is_empty() {
-                    self.replayed_up_to.insert(subscription.id.clone(), up_to);
-                }
-                // A cursor the replay said nothing about is where the live stream must go on
-                // from: a live event past it means the replay missed events (the nodes that
-                // had them were not reachable from here yet, as right after a restart), and
-                // the hole check sends the client to resume again instead of skipping them.
-                for (topic, cursor) in sub.from.cursors(&subscription.pattern) {
-                    if !answered.contains(topic) {
-                        self.last_sent
-                            .entry(subscription.id.clone())
-                            .or_default()
-                            .entry(topic.into())
-                            .or_insert_with(|| (cursor.epoch.as_str().into(), cursor.seq));
-                    }
-                }
+                let mut replay = ReplayInProgress {
+                    subscription: subscription.clone(),
+                    from: sub.from,
+                    cursors: std::collections::BTreeMap::new(),
+                    done: std::collections::HashSet::new(),
+                    answered: std::collections::HashSet::new(),
+                };
+                let more = self.replay_page(&mut replay, page, &mut frames);
                 self.subscriptions.insert(sub.id, subscription);
+                if more {
+                    self.replay_in_progress = Some(replay);
+                } else {
+                    self.finish_replay(&replay);
+                }
                 Ok(frames)
             }
             Request::Unsubscribe { id } => {
@@ -576,6 +594,115 @@ impl Session {
             Request::Ping { reference } => Ok(vec![self.encode(&Reply::Pong {
                 reference: reference.as_deref(),
             })]),
+        }
+    }
+
+    /// Turns one page of a replay into frames (gaps, then events, topic by topic) and
+    /// records how far each topic got; true when more pages follow.
+    fn replay_page(
+        &mut self,
+        replay: &mut ReplayInProgress,
+        page: Vec<TopicReplay>,
+        frames: &mut Vec<Message>,
+    ) -> bool {
+        let sub_id = replay.subscription.id.clone();
+        let mut more = false;
+        for topic_replay in page {
+            if replay.done.contains(&topic_replay.topic) {
+                continue;
+            }
+            let TopicReplay {
+                topic,
+                replay: events,
+                more: topic_more,
+                ..
+            } = topic_replay;
+            if !events.gaps.is_empty() || !events.events.is_empty() {
+                replay.answered.insert(topic.clone());
+            }
+            let metrics = &self.node.metrics;
+            metrics.gaps_sent.inc_by(events.gaps.len() as u64);
+            metrics.deliveries.inc_by(events.events.len() as u64);
+            for gap in &events.gaps {
+                frames.push(self.encode(&Reply::Gap {
+                    sub: &sub_id,
+                    topic: &gap.topic,
+                    epoch: &gap.epoch,
+                    from_seq: gap.from_seq,
+                    to_seq: gap.to_seq,
+                    reason: gap.reason,
+                }));
+            }
+            for event in &events.events {
+                frames.push(self.encode_event(&sub_id, event, None));
+            }
+            if let Some(last) = events.events.last() {
+                let position = (last.epoch.clone(), last.seq);
+                self.replayed_up_to
+                    .entry(sub_id.clone())
+                    .or_default()
+                    .insert(last.topic.clone(), position.clone());
+                self.last_sent
+                    .entry(sub_id.clone())
+                    .or_default()
+                    .insert(last.topic.clone(), position);
+                replay.cursors.insert(
+                    last.topic.to_string(),
+                    crate::protocol::Cursor {
+                        epoch: last.epoch.to_string(),
+                        seq: last.seq,
+                    },
+                );
+            }
+            if topic_more {
+                more = true;
+            } else {
+                replay.done.insert(topic);
+            }
+        }
+        more
+    }
+
+    /// Writes the pages of a replay after its first, each as asked for and written before
+    /// the next is asked for.
+    async fn continue_replay(&mut self, mut replay: ReplayInProgress) -> Result<(), Ending> {
+        loop {
+            let from = replay.next_from();
+            let pattern = replay.subscription.pattern.clone();
+            let page = match self.node.cluster.replay(&pattern, &from, REPLAY_PAGE).await {
+                Ok(page) => page,
+                Err(err) => {
+                    // The first page passed the same checks: only a bug gets here. The client
+                    // resumes from what it got, so nothing is skipped silently.
+                    tracing::warn!(%err, "a replay page failed; the client resyncs");
+                    return Err(Ending::Resync);
+                }
+            };
+            let mut frames = Vec::new();
+            let more = self.replay_page(&mut replay, page, &mut frames);
+            self.write_all(frames).await?;
+            if !more || !replay.subscription.is_active() {
+                break;
+            }
+        }
+        self.finish_replay(&replay);
+        Ok(())
+    }
+
+    /// After the last page: a cursor the replay said nothing about is where the live stream
+    /// must go on from. A live event past it means the replay missed events (the nodes that
+    /// had them were not reachable from here yet, as right after a restart), and the hole
+    /// check sends the client to resume again instead of skipping them.
+    fn finish_replay(&mut self, replay: &ReplayInProgress) {
+        let subscription = &replay.subscription;
+        for (topic, cursor) in replay.from.cursors(&subscription.pattern) {
+            if !replay.answered.contains(topic) {
+                self.last_sent
+                    .entry(subscription.id.clone())
+                    .or_default()
+                    .entry(topic.into())
+                    .or_insert_with(|| (cursor.epoch.as_str().into(), cursor.seq));
+            }
         }
     }
 

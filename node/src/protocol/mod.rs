@@ -96,6 +96,11 @@ pub enum ResumeFrom {
     },
 }
 
+/// A `since` for [`ResumeFrom::Topics`] that means "everything retained" for the topics it
+/// has no cursor for (a wildcard `earliest` continued page by page). Never sent by clients:
+/// their `since` is a timestamp.
+pub const SINCE_EARLIEST: i64 = i64::MIN;
+
 impl ResumeFrom {
     /// The cursors this resume carries for topics a subscription on `pattern` covers: the
     /// exact topic's cursor, or each of `topics` that the pattern matches.
