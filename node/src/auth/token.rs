@@ -157,9 +157,11 @@ struct VerifiedClaims {
 /// What trying a set of keys on a token came to.
 enum Attempt {
     Verified(VerifiedClaims),
-    /// No key fits the token's `alg` and `kid`; `alg_known` when some key fits the `alg`.
+    /// No key fits the token's `alg` and `kid`; `alg_known` when some key may verify the
+    /// `alg`, `kid_known` when some key has the token's `kid`.
     NoKey {
         alg_known: bool,
+        kid_known: bool,
     },
     /// Keys fit, but none verified the signature.
     BadSignature,
@@ -271,11 +273,28 @@ impl TokenVerifier {
             (Attempt::BadSignature, _) | (_, Some(Attempt::BadSignature)) => {
                 return Err(AuthError::BadSignature);
             }
-            (Attempt::NoKey { alg_known }, jwks) => {
-                let alg_known =
-                    alg_known || matches!(jwks, Some(Attempt::NoKey { alg_known: true }));
-                return Err(match (alg_known, header.kid) {
-                    (true, Some(kid)) => AuthError::UnknownKid(shortened(&kid)),
+            (
+                Attempt::NoKey {
+                    alg_known,
+                    kid_known,
+                },
+                jwks,
+            ) => {
+                let jwks_consulted = jwks.is_some();
+                let (jwks_alg, jwks_kid) = match jwks {
+                    Some(Attempt::NoKey {
+                        alg_known,
+                        kid_known,
+                    }) => (alg_known, kid_known),
+                    _ => (false, false),
+                };
+                // An unknown kid is named as such where a key for it could exist: a key set
+                // that may verify this alg (or a JWKS, which may gain such keys).
+                let could_exist = alg_known || jwks_alg || jwks_consulted;
+                return Err(match header.kid {
+                    Some(kid) if could_exist && !kid_known && !jwks_kid => {
+                        AuthError::UnknownKid(shortened(&kid))
+                    }
                     _ => AuthError::AlgorithmNotAllowed(format!("{:?}", header.alg)),
                 });
             }
@@ -354,7 +373,14 @@ fn attempt(
         .peekable();
     if fitting.peek().is_none() {
         let alg_known = keys.iter().any(|k| k.algorithms.contains(&header.alg));
-        return Ok(Attempt::NoKey { alg_known });
+        let kid_known = header
+            .kid
+            .as_deref()
+            .is_some_and(|kid| keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
+        return Ok(Attempt::NoKey {
+            alg_known,
+            kid_known,
+        });
     }
     for key in fitting {
         match jsonwebtoken::decode::<VerifiedClaims>(token, &key.key, validation) {
@@ -380,9 +406,11 @@ fn claims_error(err: &jsonwebtoken::errors::Error) -> AuthError {
         ErrorKind::ImmatureSignature => AuthError::NotYetValid,
         ErrorKind::InvalidAudience => AuthError::WrongAudience,
         ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
-        ErrorKind::MissingRequiredClaim(claim) => {
-            AuthError::InvalidClaims(format!("the claim `{claim}` is required"))
-        }
+        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+            "aud" => AuthError::WrongAudience,
+            "iss" => AuthError::WrongIssuer,
+            _ => AuthError::InvalidClaims(format!("the claim `{claim}` is required")),
+        },
         ErrorKind::InvalidClaimFormat(claim) => {
             AuthError::InvalidClaims(format!("the claim `{claim}` has the wrong type"))
         }
