@@ -669,6 +669,82 @@ mod tests {
     }
 
     #[test]
+    fn auth_settings_from_file_and_flags() {
+        let dir = std::env::temp_dir().join(format!("murmur-config-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        std::fs::write(
+            &path,
+            "auth = \"token\"\ntoken_hmac_secret = \"0123456789abcdef0123456789abcdef\"\n\
+             token_audience = \"murmur\"\ntoken_leeway = \"10s\"\n\
+             token_public_keys = [\"keys/2026-12.pem\"]\n\
+             [anonymous_permissions]\nsub = [\"public.>\"]\ndeny = { sub = [\"public.secret\"] }\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            hello_timeout: Some(Duration::from_secs(2)),
+            token_issuer: Some("https://issuer.test".into()),
+            ..ServeArgs::default()
+        };
+        let settings = args.settings().unwrap();
+        assert_eq!(settings.auth, AuthMode::Token);
+        assert_eq!(settings.token_leeway, Duration::from_secs(10));
+        assert_eq!(settings.hello_timeout, Duration::from_secs(2));
+        assert_eq!(
+            settings.token_issuer.as_deref(),
+            Some("https://issuer.test")
+        );
+        assert_eq!(
+            settings.token_public_keys,
+            [PathBuf::from("keys/2026-12.pem")]
+        );
+        let anonymous = settings.anonymous_permissions.clone().unwrap();
+        assert_eq!(anonymous.subscribe, ["public.>"]);
+        assert_eq!(anonymous.deny.subscribe, ["public.secret"]);
+        let shown = settings.to_toml_masked();
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        assert_eq!(
+            toml::from_str::<Settings>(&shown).unwrap().auth,
+            AuthMode::Token
+        );
+
+        let flag_claim = parse_permission_claim(r#"{"sub":["a.>"],"history":["a.>"]}"#).unwrap();
+        assert_eq!(flag_claim.history, ["a.>"]);
+        assert!(parse_permission_claim(r#"{"subs":["a"]}"#).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+
+        let refused = |settings: Settings| settings.validate().unwrap_err().to_string();
+        let token = |s: Settings| Settings {
+            auth: AuthMode::Token,
+            token_jwks: Some("jwks.json".into()),
+            ..s
+        };
+        let long_leeway = token(Settings {
+            token_leeway: Duration::from_secs(3600),
+            ..Settings::default()
+        });
+        assert!(refused(long_leeway).contains("token_leeway"));
+        let no_hello = token(Settings {
+            hello_timeout: Duration::ZERO,
+            ..Settings::default()
+        });
+        assert!(refused(no_hello).contains("hello_timeout"));
+        let bad_anonymous = token(Settings {
+            anonymous_permissions: Some(parse_permission_claim(r#"{"sub":["a.>.b"]}"#).unwrap()),
+            ..Settings::default()
+        });
+        assert!(refused(bad_anonymous).contains("'a.>.b'"));
+        let both_secrets = token(Settings {
+            token_hmac_secret: Some(Secret("0123456789abcdef0123456789abcdef".into())),
+            token_hmac_secret_file: Some("secret".into()),
+            ..Settings::default()
+        });
+        assert!(refused(both_secrets).contains("not both"));
+        assert!(token(Settings::default()).validate().is_ok());
+    }
+
+    #[test]
     fn refuses_unworkable_settings() {
         let settings = Settings {
             idle_timeout: Duration::from_secs(1),

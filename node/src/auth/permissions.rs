@@ -29,14 +29,16 @@ pub const MAX_PATTERNS_PER_LIST: usize = 256;
 #[serde(default, deny_unknown_fields)]
 pub struct PermissionClaim {
     /// Topic patterns the holder may publish to.
-    #[serde(rename = "pub")]
+    #[serde(rename = "pub", skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<String>,
     /// Topic patterns the holder may subscribe to (a subscription must lie within them).
-    #[serde(rename = "sub")]
+    #[serde(rename = "sub", skip_serializing_if = "Vec::is_empty")]
     pub subscribe: Vec<String>,
     /// Topic patterns whose retained events the holder may replay (`sub` with `from`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<String>,
     /// Exceptions that win over every allow.
+    #[serde(skip_serializing_if = "DenyClaim::is_empty")]
     pub deny: DenyClaim,
 }
 
@@ -44,10 +46,16 @@ pub struct PermissionClaim {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DenyClaim {
-    #[serde(rename = "pub")]
+    #[serde(rename = "pub", skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<String>,
-    #[serde(rename = "sub")]
+    #[serde(rename = "sub", skip_serializing_if = "Vec::is_empty")]
     pub subscribe: Vec<String>,
+}
+
+impl DenyClaim {
+    pub fn is_empty(&self) -> bool {
+        self.publish.is_empty() && self.subscribe.is_empty()
+    }
 }
 
 /// Why a permission claim was refused. The text names the list and the pattern.
