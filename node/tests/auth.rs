@@ -695,3 +695,52 @@ async fn jwks_from_a_file() {
         AuthError::AlgorithmNotAllowed(_) | AuthError::UnknownKid(_)
     ));
 }
+
+#[test]
+fn the_authenticator_can_be_shared_across_tasks() {
+    fn shared<T: Send + Sync>(_: &T) {}
+    fn sendable<T: Send>(_: T) {}
+    let auth = Authenticator::from_settings(&with_secret()).unwrap();
+    shared(&auth);
+    sendable(auth.verify("token"));
+    sendable(auth.authenticate(None));
+}
+
+#[tokio::test]
+async fn an_https_jwks_is_verified_against_trusted_roots() {
+    // A loopback TLS server with a self-signed certificate: the fetch must fail on it (the
+    // certificate is not trusted), proving TLS is in use and verified.
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key)
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (socket, _) = listener.accept().unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let connection = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+        let mut stream = rustls::StreamOwned::new(connection, socket);
+        let mut buf = [0u8; 64];
+        // The client gives up during the handshake.
+        std::io::Read::read(&mut stream, &mut buf).is_err()
+    });
+    let settings = jwks_settings(&format!("https://localhost:{port}/jwks.json"));
+    let auth = Authenticator::from_settings(&settings).unwrap();
+    let err = auth.prefetch_keys().await.unwrap_err();
+    assert!(matches!(err, AuthError::KeysUnavailable(_)), "{err:?}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    assert!(server.join().unwrap(), "the handshake was refused");
+}

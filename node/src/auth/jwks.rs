@@ -284,7 +284,7 @@ async fn fetch(
         .header("accept", "application/json")
         .send()
         .await
-        .map_err(|err| format!("fetch failed: {err}"))?;
+        .map_err(|err| format!("fetch failed: {}", with_causes(&err)))?;
     if !response.status().is_success() {
         return Err(format!("the server answered {}", response.status()));
     }
@@ -292,7 +292,7 @@ async fn fetch(
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|err| format!("reading the response failed: {err}"))?
+        .map_err(|err| format!("reading the response failed: {}", with_causes(&err)))?
     {
         if body.len() + chunk.len() > max_bytes {
             return Err(format!("the key set is over {max_bytes} bytes"));
@@ -300,6 +300,18 @@ async fn fetch(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// An error and its causes on one line (reqwest's own text leaves out why a request failed).
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 /// The usable signature keys of a JWKS document; keys that cannot be used are skipped (and

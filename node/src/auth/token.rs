@@ -147,9 +147,8 @@ struct VerifiedClaims {
     sub: Option<String>,
     exp: f64,
     // Read so that a non-numeric `iat` is refused rather than ignored.
-    #[serde(default)]
-    #[allow(dead_code)]
-    iat: Option<f64>,
+    #[serde(default, rename = "iat")]
+    _issued_at: Option<f64>,
     #[serde(default)]
     murmur: Option<PermissionClaim>,
 }
