@@ -232,7 +232,8 @@ impl TokenVerifier {
                 validation(AlgorithmFamily::Ec),
                 validation(AlgorithmFamily::Ed),
             ],
-            leeway: settings.token_leeway,
+            // Whole seconds, as jsonwebtoken compares them, so expiry here matches its check.
+            leeway: Duration::from_secs(settings.token_leeway.as_secs()),
             max_topic_bytes: settings.max_topic_bytes,
         })
     }
