@@ -8,7 +8,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::auth::permissions::PermissionClaim;
 use crate::routing::topic::DEFAULT_MAX_TOPIC_BYTES;
+
+/// The longest `token_leeway` accepted: more would keep expired tokens alive for long.
+pub const MAX_TOKEN_LEEWAY: Duration = Duration::from_secs(300);
+/// The longest `hello_timeout` accepted.
+pub const MAX_HELLO_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Everything a node needs to run. Every field is a key of the TOML file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +98,41 @@ pub struct Settings {
     pub log: String,
     /// `human` (default) or `json` (one object per line, for log collectors).
     pub log_format: LogFormat,
+    /// Client authentication: `none` (every connection may do everything) or `token` (JWTs).
+    pub auth: AuthMode,
+    /// Shared secret for HS256/HS384/HS512 tokens.
+    pub token_hmac_secret: Option<Secret>,
+    /// A file holding the HMAC secret (surrounding whitespace is ignored), instead of
+    /// `token_hmac_secret`.
+    pub token_hmac_secret_file: Option<PathBuf>,
+    /// PEM public keys (RSA, EC P-256/P-384, Ed25519), one per file; a key's `kid` is its file
+    /// name without the extension (`keys/2026-12.pem` has kid `2026-12`).
+    pub token_public_keys: Vec<PathBuf>,
+    /// A JWKS: a file path, or an `https://` URL (`http://` only for loopback hosts).
+    pub token_jwks: Option<String>,
+    /// When set, tokens must carry this `aud`.
+    pub token_audience: Option<String>,
+    /// When set, tokens must carry this `iss`.
+    pub token_issuer: Option<String>,
+    /// Clock skew allowed when checking `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub token_leeway: Duration,
+    /// With `auth = token`, what a connection without a token may do; unset refuses it.
+    pub anonymous_permissions: Option<PermissionClaim>,
+    /// With `auth = token`, a connection that has not said a valid `hello` by then is closed.
+    #[serde(with = "humantime_serde")]
+    pub hello_timeout: Duration,
+}
+
+/// How clients are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No authentication: every connection may do everything (development on loopback).
+    #[default]
+    None,
+    /// A JWT in `hello` (or `Authorization: Bearer`), with per-topic permissions.
+    Token,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -148,6 +189,16 @@ impl Default for Settings {
             history_overrides: Vec::new(),
             log: "info".to_owned(),
             log_format: LogFormat::Human,
+            auth: AuthMode::None,
+            token_hmac_secret: None,
+            token_hmac_secret_file: None,
+            token_public_keys: Vec::new(),
+            token_jwks: None,
+            token_audience: None,
+            token_issuer: None,
+            token_leeway: Duration::from_secs(30),
+            anonymous_permissions: None,
+            hello_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -205,6 +256,9 @@ impl Settings {
         let mut shown = self.clone();
         if shown.cluster_key.is_some() {
             shown.cluster_key = Some(Secret("****".into()));
+        }
+        if shown.token_hmac_secret.is_some() {
+            shown.token_hmac_secret = Some(Secret("****".into()));
         }
         toml::to_string(&shown).unwrap_or_else(|err| format!("# cannot print settings: {err}\n"))
     }
@@ -331,6 +385,62 @@ impl Settings {
         if self.write_timeout.is_zero() || self.ack_timeout.is_zero() {
             return invalid("write_timeout/ack_timeout", "must be more than zero");
         }
+        self.validate_auth()
+    }
+
+    /// The client-authentication settings (key files are read later, by the authenticator).
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: String| Err(ConfigError::Invalid { setting, reason });
+        if self.token_leeway > MAX_TOKEN_LEEWAY {
+            return invalid(
+                "token_leeway",
+                format!(
+                    "must be at most {}",
+                    humantime::format_duration(MAX_TOKEN_LEEWAY)
+                ),
+            );
+        }
+        if self.hello_timeout.is_zero() || self.hello_timeout > MAX_HELLO_TIMEOUT {
+            return invalid(
+                "hello_timeout",
+                format!(
+                    "must be more than zero and at most {}",
+                    humantime::format_duration(MAX_HELLO_TIMEOUT)
+                ),
+            );
+        }
+        if self.token_hmac_secret.is_some() && self.token_hmac_secret_file.is_some() {
+            return invalid(
+                "token_hmac_secret/token_hmac_secret_file",
+                "give one of them, not both".into(),
+            );
+        }
+        if let Some(secret) = &self.token_hmac_secret {
+            crate::auth::check_hmac_secret(secret.0.as_bytes())
+                .or_else(|reason| invalid("token_hmac_secret", reason))?;
+        }
+        if let Some(claim) = &self.anonymous_permissions
+            && let Err(err) = crate::auth::Permissions::from_claim(claim, self.max_topic_bytes)
+        {
+            return invalid("anonymous_permissions", err.to_string());
+        }
+        if let Some(jwks) = &self.token_jwks
+            && let Err(err) = crate::auth::jwks::JwksSource::parse(jwks)
+        {
+            return invalid("token_jwks", err.to_string());
+        }
+        let has_key_source = self.token_hmac_secret.is_some()
+            || self.token_hmac_secret_file.is_some()
+            || !self.token_public_keys.is_empty()
+            || self.token_jwks.is_some();
+        if self.auth == AuthMode::Token && !has_key_source {
+            return invalid(
+                "auth",
+                "`token` needs a key to check tokens with: token_hmac_secret, \
+                 token_hmac_secret_file, token_public_keys or token_jwks"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -449,6 +559,55 @@ pub struct ServeArgs {
     /// Log lines for people (`human`) or one JSON object per line (`json`) [default: human].
     #[arg(long, env = "MURMUR_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Client authentication: `none` (anyone may do anything; for loopback) or `token` (a JWT
+    /// in `hello`, with per-topic permissions) [default: none].
+    #[arg(long, env = "MURMUR_AUTH", value_name = "MODE")]
+    pub auth: Option<AuthMode>,
+    /// Shared secret for HS256/HS384/HS512 client tokens; prefer the environment variable or
+    /// --token-hmac-secret-file, since flags show in `ps`.
+    #[arg(
+        long,
+        env = "MURMUR_TOKEN_HMAC_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub token_hmac_secret: Option<Secret>,
+    /// File holding the HMAC secret for client tokens.
+    #[arg(long, env = "MURMUR_TOKEN_HMAC_SECRET_FILE", value_name = "FILE")]
+    pub token_hmac_secret_file: Option<PathBuf>,
+    /// Comma-separated PEM public keys for RS/PS, ES and EdDSA tokens; a key's kid is its file
+    /// name without the extension.
+    #[arg(
+        long,
+        env = "MURMUR_TOKEN_PUBLIC_KEYS",
+        value_delimiter = ',',
+        value_name = "FILE,..."
+    )]
+    pub token_public_keys: Option<Vec<PathBuf>>,
+    /// JWKS file, or https:// URL (fetched and cached; http:// only on loopback).
+    #[arg(long, env = "MURMUR_TOKEN_JWKS", value_name = "FILE|URL")]
+    pub token_jwks: Option<String>,
+    /// Require this `aud` in client tokens.
+    #[arg(long, env = "MURMUR_TOKEN_AUDIENCE", value_name = "AUD")]
+    pub token_audience: Option<String>,
+    /// Require this `iss` in client tokens.
+    #[arg(long, env = "MURMUR_TOKEN_ISSUER", value_name = "ISS")]
+    pub token_issuer: Option<String>,
+    /// Clock skew allowed on a token's `exp` and `nbf`, at most 5m [default: 30s].
+    #[arg(long, env = "MURMUR_TOKEN_LEEWAY", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub token_leeway: Option<Duration>,
+    /// What a connection without a token may do when auth is `token`, as JSON:
+    /// '{"sub":["public.>"],"history":["public.>"]}'; unset refuses such connections.
+    #[arg(long, env = "MURMUR_ANONYMOUS_PERMISSIONS", value_parser = parse_permission_claim, value_name = "JSON")]
+    pub anonymous_permissions: Option<PermissionClaim>,
+    /// Close a connection that has not said a valid `hello` within this, when auth is
+    /// `token` [default: 5s].
+    #[arg(long, env = "MURMUR_HELLO_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub hello_timeout: Option<Duration>,
+}
+
+fn parse_permission_claim(text: &str) -> Result<PermissionClaim, String> {
+    serde_json::from_str(text).map_err(|err| format!("not a permission object: {err}"))
 }
 
 impl ServeArgs {
@@ -491,7 +650,10 @@ impl ServeArgs {
             history_max_events,
             history_max_age,
             log,
-            log_format
+            log_format,
+            auth,
+            token_leeway,
+            hello_timeout
         );
         // Optional settings: a flag sets them, its absence keeps the file's value.
         macro_rules! apply_some {
@@ -501,7 +663,26 @@ impl ServeArgs {
                 }
             )*};
         }
-        apply_some!(cluster_key, tls_ca, tls_cert, tls_key, advertise_ip);
+        apply_some!(
+            cluster_key,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            advertise_ip,
+            token_hmac_secret,
+            token_hmac_secret_file,
+            token_jwks,
+            token_audience,
+            token_issuer,
+            anonymous_permissions
+        );
+        if let Some(keys) = &self.token_public_keys {
+            settings.token_public_keys = keys
+                .iter()
+                .filter(|k| !k.as_os_str().is_empty())
+                .cloned()
+                .collect();
+        }
         if let Some(seeds) = &self.seeds {
             settings.seeds = seeds.iter().filter(|s| !s.is_empty()).cloned().collect();
         }
@@ -548,6 +729,82 @@ mod tests {
         let err = args.settings().unwrap_err().to_string();
         assert!(err.contains("listen_typo"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn auth_settings_from_file_and_flags() {
+        let dir = std::env::temp_dir().join(format!("murmur-config-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        std::fs::write(
+            &path,
+            "auth = \"token\"\ntoken_hmac_secret = \"0123456789abcdef0123456789abcdef\"\n\
+             token_audience = \"murmur\"\ntoken_leeway = \"10s\"\n\
+             token_public_keys = [\"keys/2026-12.pem\"]\n\
+             [anonymous_permissions]\nsub = [\"public.>\"]\ndeny = { sub = [\"public.secret\"] }\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            hello_timeout: Some(Duration::from_secs(2)),
+            token_issuer: Some("https://issuer.test".into()),
+            ..ServeArgs::default()
+        };
+        let settings = args.settings().unwrap();
+        assert_eq!(settings.auth, AuthMode::Token);
+        assert_eq!(settings.token_leeway, Duration::from_secs(10));
+        assert_eq!(settings.hello_timeout, Duration::from_secs(2));
+        assert_eq!(
+            settings.token_issuer.as_deref(),
+            Some("https://issuer.test")
+        );
+        assert_eq!(
+            settings.token_public_keys,
+            [PathBuf::from("keys/2026-12.pem")]
+        );
+        let anonymous = settings.anonymous_permissions.clone().unwrap();
+        assert_eq!(anonymous.subscribe, ["public.>"]);
+        assert_eq!(anonymous.deny.subscribe, ["public.secret"]);
+        let shown = settings.to_toml_masked();
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        assert_eq!(
+            toml::from_str::<Settings>(&shown).unwrap().auth,
+            AuthMode::Token
+        );
+
+        let flag_claim = parse_permission_claim(r#"{"sub":["a.>"],"history":["a.>"]}"#).unwrap();
+        assert_eq!(flag_claim.history, ["a.>"]);
+        assert!(parse_permission_claim(r#"{"subs":["a"]}"#).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+
+        let refused = |settings: Settings| settings.validate().unwrap_err().to_string();
+        let token = |s: Settings| Settings {
+            auth: AuthMode::Token,
+            token_jwks: Some("jwks.json".into()),
+            ..s
+        };
+        let long_leeway = token(Settings {
+            token_leeway: Duration::from_secs(3600),
+            ..Settings::default()
+        });
+        assert!(refused(long_leeway).contains("token_leeway"));
+        let no_hello = token(Settings {
+            hello_timeout: Duration::ZERO,
+            ..Settings::default()
+        });
+        assert!(refused(no_hello).contains("hello_timeout"));
+        let bad_anonymous = token(Settings {
+            anonymous_permissions: Some(parse_permission_claim(r#"{"sub":["a.>.b"]}"#).unwrap()),
+            ..Settings::default()
+        });
+        assert!(refused(bad_anonymous).contains("'a.>.b'"));
+        let both_secrets = token(Settings {
+            token_hmac_secret: Some(Secret("0123456789abcdef0123456789abcdef".into())),
+            token_hmac_secret_file: Some("secret".into()),
+            ..Settings::default()
+        });
+        assert!(refused(both_secrets).contains("not both"));
+        assert!(token(Settings::default()).validate().is_ok());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Murmur: a distributed publish/subscribe node.
 //!
+//! - [`auth`]: client tokens (JWT) and per-topic permissions;
 //! - [`routing`]: the I/O-free core: topics, the subscription index, sequencing;
 //! - [`protocol`]: the client protocol v1, as JSON and as protobuf;
 //! - [`broker`]: the routing core behind locks, fanning events out to connections;
@@ -11,6 +12,7 @@
 //! - [`client`]: the WebSocket client behind `murmur sub` and `murmur pub`;
 //! - [`limits`]: rate limiters for log lines and publishes.
 
+pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod cluster;

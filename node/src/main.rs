@@ -57,6 +57,9 @@ enum Command {
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Mint a client token (a JWT signed with the HMAC secret of `auth = token` nodes) and
+    /// print it; for development and tests: production tokens come from your own issuer.
+    Token(Box<TokenArgs>),
     /// Publish one event, or one event per line of stdin.
     Pub {
         /// Topic to publish to (no wildcards).
@@ -68,6 +71,51 @@ enum Command {
         #[arg(long, env = "MURMUR_URL", default_value = DEFAULT_URL)]
         url: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// The nodes' token_hmac_secret (32+ bytes).
+    #[arg(
+        long,
+        env = "MURMUR_TOKEN_HMAC_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    secret: murmur::config::Secret,
+    /// The user (the `sub` claim), echoed in `welcome`.
+    #[arg(long, value_name = "USER")]
+    sub: String,
+    /// A topic pattern the user may publish to; repeat for more.
+    #[arg(long, value_name = "PATTERN")]
+    allow_pub: Vec<String>,
+    /// A topic pattern the user may subscribe within; repeat for more.
+    #[arg(long, value_name = "PATTERN")]
+    allow_sub: Vec<String>,
+    /// A topic pattern whose history the user may replay (`sub` with `from`); repeat for more.
+    #[arg(long, value_name = "PATTERN")]
+    allow_history: Vec<String>,
+    /// A topic pattern the user may never publish to, whatever the allows say.
+    #[arg(long, value_name = "PATTERN")]
+    deny_pub: Vec<String>,
+    /// A topic pattern the user may never subscribe to or replay.
+    #[arg(long, value_name = "PATTERN")]
+    deny_sub: Vec<String>,
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    ttl: std::time::Duration,
+    /// The `aud` claim (nodes with token_audience require it).
+    #[arg(long, value_name = "AUD")]
+    aud: Option<String>,
+    /// The `iss` claim (nodes with token_issuer require it).
+    #[arg(long, value_name = "ISS")]
+    iss: Option<String>,
+    /// The signing algorithm.
+    #[arg(long, default_value = "HS256", value_parser = ["HS256", "HS384", "HS512"])]
+    alg: String,
+    /// A `kid` for the header.
+    #[arg(long, value_name = "KID")]
+    kid: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +187,10 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(members(&url, json))
         }
         Command::Cert(command) => cert(command),
+        Command::Token(args) => {
+            println!("{}", mint_token(&args)?);
+            Ok(())
+        }
         Command::Pub { topic, data, url } => {
             init_logging("warn", LogFormat::Human)?;
             runtime.block_on(publish(&url, &topic, &data))
@@ -399,6 +451,37 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn mint_token(args: &TokenArgs) -> anyhow::Result<String> {
+    use murmur::auth::token::{Algorithm, EncodingKey, TokenClaims, mint};
+    use murmur::auth::{DenyClaim, PermissionClaim, Permissions};
+    let secret = args.secret.0.as_bytes();
+    murmur::auth::check_hmac_secret(secret)
+        .map_err(|reason| anyhow::anyhow!("--secret {reason}"))?;
+    let permissions = PermissionClaim {
+        publish: args.allow_pub.clone(),
+        subscribe: args.allow_sub.clone(),
+        history: args.allow_history.clone(),
+        deny: DenyClaim {
+            publish: args.deny_pub.clone(),
+            subscribe: args.deny_sub.clone(),
+        },
+    };
+    // Refuse what a node would refuse, rather than mint a token that cannot be used.
+    Permissions::from_claim(
+        &permissions,
+        murmur::routing::topic::DEFAULT_MAX_TOPIC_BYTES,
+    )?;
+    if args.ttl.is_zero() {
+        bail!("--ttl must be more than zero");
+    }
+    let mut claims = TokenClaims::new(&args.sub, args.ttl, permissions);
+    claims.aud = args.aud.clone();
+    claims.iss = args.iss.clone();
+    let alg: Algorithm = args.alg.parse().context("--alg")?;
+    let key = EncodingKey::from_secret(secret).context("--secret")?;
+    Ok(mint(&claims, alg, args.kid.as_deref(), &key)?)
 }
 
 /// Never overwrites: replacing a CA or a key by accident cuts nodes off.
