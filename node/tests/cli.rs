@@ -294,7 +294,7 @@ fn cert_commands_make_a_pki_a_node_can_run_on() {
 
     let server = Server::start(&[
         "--cluster-key",
-        "cli-test-cluster-key",
+        "tB445vswuOfoP7VyQ62-1Doe-VFKUiOi1_-RZvR0rPg",
         "--tls-ca",
         ca_pem.to_str().unwrap(),
         "--tls-cert",
@@ -371,7 +371,10 @@ fn config_check_prints_the_effective_settings_with_secrets_masked() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/murmur.toml");
     let out = Command::new(BIN)
         .args(["config", "check", example])
-        .env("MURMUR_CLUSTER_KEY", "a-very-secret-cluster-key")
+        .env(
+            "MURMUR_CLUSTER_KEY",
+            "pCDuiudpUNcg9LKFyNPZ2KKWmNEbbfzbugOWnLo_j7g",
+        )
         .env("MURMUR_REPLICATION", "3")
         .output()
         .unwrap();
@@ -384,7 +387,7 @@ fn config_check_prints_the_effective_settings_with_secrets_masked() {
     );
     assert!(printed.contains("cluster_key = \"****\""), "{printed}");
     assert!(
-        !printed.contains("a-very-secret"),
+        !printed.contains("pCDuiudpUNcg9LKFyNPZ2KKWmNEbbfzbugOWnLo_j7g"),
         "the secret is never printed"
     );
 
