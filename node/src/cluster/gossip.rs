@@ -434,7 +434,8 @@ impl GossipTask {
             .last_resolve
             .is_none_or(|t| t.elapsed() >= RESOLVE_INTERVAL || self.resolved.is_empty());
         if due {
-            self.last_resolve = Some(Instant::now());
+            let resolved_at = Instant::now();
+            self.last_resolve = Some(resolved_at);
             let mut resolved = Vec::new();
             for seed in &self.seeding.seeds {
                 match tokio::time::timeout(
@@ -451,7 +452,7 @@ impl GossipTask {
             resolved.sort_unstable();
             resolved.dedup();
             self.resolved = resolved;
-            self.watch_for_seeds_naming_only_self();
+            self.watch_for_seeds_naming_only_self(resolved_at);
         }
         let own = self.foca.identity().gossip;
         let alive: Vec<std::net::SocketAddr> =
@@ -465,7 +466,7 @@ impl GossipTask {
 
     /// A node whose seeds resolve to nothing but its own address, for long enough, is alone
     /// by design: it serves without waiting to join anyone.
-    fn watch_for_seeds_naming_only_self(&mut self) {
+    fn watch_for_seeds_naming_only_self(&mut self, resolved_at: Instant) {
         if self.seeding.alone_by_design() {
             return;
         }
@@ -475,8 +476,8 @@ impl GossipTask {
             self.seeds_only_self_since = None;
             return;
         }
-        let since = *self.seeds_only_self_since.get_or_insert_with(Instant::now);
-        if since.elapsed() >= ALONE_PATIENCE {
+        let since = *self.seeds_only_self_since.get_or_insert(resolved_at);
+        if resolved_at.duration_since(since) >= ALONE_PATIENCE {
             tracing::info!("the seeds name only this node: serving alone");
             self.seeding.alone_by_design.store(true, Ordering::Release);
             let _ = self.events.send(MemberEvent::AloneByDesign);

@@ -262,7 +262,10 @@ impl Cluster {
                 // Nothing to tear down: the majority below is computed afresh.
                 MemberEvent::AloneByDesign => {}
             }
-            if had_majority && !self.refresh_majority() {
+            // Refreshed after every event, so that a node regains it too (it rejoined, or
+            // found the cluster it was seeded with).
+            let has_majority = self.refresh_majority();
+            if had_majority && !has_majority {
                 // Cut off from most of the cluster, which may carry on with these topics.
                 tracing::warn!(
                     "this node sees only a minority of the cluster: new epochs from here"
