@@ -543,3 +543,37 @@ impl GossipTask {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_counted_by_reason_and_described_for_operators() {
+        let refused = RefusedPackets::default();
+        assert_eq!(refused.describe(), None);
+        refused.count(Refusal::BadKey);
+        assert_eq!(
+            refused.describe().as_deref(),
+            Some("1 gossip packet refused: bad key (the sender holds another cluster key)")
+        );
+        for _ in 0..11 {
+            refused.count(Refusal::BadKey);
+        }
+        refused.count(Refusal::TooOld { age_ms: 40_000 });
+        refused.count(Refusal::Version(1));
+        let described = refused.describe().unwrap();
+        assert!(
+            described.starts_with("14 gossip packets refused: 12 bad key"),
+            "{described}"
+        );
+        assert!(described.contains("1 too old"), "{described}");
+        assert!(described.contains("1 malformed"), "{described}");
+        let counts: Vec<(&str, u64)> = refused
+            .by_reason()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        assert_eq!(counts, [("bad_key", 12), ("malformed", 1), ("too_old", 1)]);
+    }
+}
