@@ -9,22 +9,29 @@
 #   n1    7400            7401          7402
 #   n2    7410            7411          7412
 #   n3    7420            7421          7422
-# Logs and pid files: .cluster/ in the repository.
+# Logs and pid files: .cluster/ in the repository. The cluster key is MURMUR_CLUSTER_KEY when
+# set; otherwise one is generated (`murmur keygen`) into .cluster/cluster.key (mode 0600) on the
+# first start and reused after, and the nodes read it with --cluster-key-file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=.cluster
 bin=${MURMUR_BIN:-target/release/murmur}
-key=${MURMUR_CLUSTER_KEY:-local-cluster-key-change-me}
+key_file=$dir/cluster.key
 
 start() {
   [ -n "${MURMUR_BIN:-}" ] || cargo build --release -p murmur
   mkdir -p "$dir"
+  if [ -z "${MURMUR_CLUSTER_KEY:-}" ] && [ ! -s "$key_file" ]; then
+    (umask 077; "$bin" keygen >"$key_file")
+    echo "generated a cluster key in $key_file"
+  fi
   for i in 1 2 3; do
     if [ -f "$dir/n$i.pid" ] && kill -0 "$(cat "$dir/n$i.pid")" 2>/dev/null; then
       echo "n$i already running (pid $(cat "$dir/n$i.pid"))"; continue
     fi
     base=$((7400 + (i - 1) * 10))
-    MURMUR_CLUSTER_KEY="$key" "$bin" serve --name "n$i" \
+    if [ -n "${MURMUR_CLUSTER_KEY:-}" ]; then key_args=(); else key_args=(--cluster-key-file "$key_file"); fi
+    "$bin" serve --name "n$i" ${key_args[@]+"${key_args[@]}"} \
       --listen "127.0.0.1:$base" --gossip "127.0.0.1:$((base + 1))" --quic "127.0.0.1:$((base + 2))" \
       --seeds 127.0.0.1:7401,127.0.0.1:7411 >"$dir/n$i.log" 2>&1 &
     echo $! >"$dir/n$i.pid"

@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use murmur_tests::{
-    TEST_CLUSTER_KEY, WsClient, gossip_addr, linked_peers, members_in_state, start_cluster,
-    start_node, wait_for_mesh, wait_until,
+    OTHER_CLUSTER_KEY, TEST_CLUSTER_KEY, WsClient, gossip_addr, linked_peers, members_in_state,
+    start_cluster, start_node, wait_for_mesh, wait_until,
 };
 use serde_json::json;
 
@@ -339,7 +339,7 @@ async fn a_node_with_the_wrong_cluster_key_is_refused() -> TestResult {
     let intruder = start_node(|s| {
         s.name = "intruder".into();
         s.seeds = vec![gossip_addr(&nodes[0])];
-        s.cluster_key = Some(murmur::config::Secret("some-other-cluster-key".into()));
+        s.cluster_key = Some(murmur::config::Secret(OTHER_CLUSTER_KEY.into()));
     })
     .await;
     let rejected = |node: &murmur::RunningNode| {

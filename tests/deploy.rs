@@ -24,7 +24,12 @@ fn serve_help() -> (HashSet<String>, HashSet<String>) {
         .args(["serve", "--help"])
         .output()
         .unwrap();
-    let help = String::from_utf8(out.stdout).unwrap();
+    // Help text is wrapped to the terminal's width: `[env:` may end a line.
+    let help = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     let envs = help
         .split("[env: ")
         .skip(1)
@@ -308,5 +313,49 @@ fn systemd_unit_and_dockerfile_run_the_real_binary() {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../.dockerignore")
             .exists()
+    );
+}
+
+/// The example keys shipped in deploy/ are placeholders a node refuses to start with, and
+/// the compose file has no default key at all: nobody runs a cluster on a published key.
+#[test]
+fn placeholder_cluster_keys_in_deploy_are_refused() {
+    let secret = &yaml_documents("kubernetes/secret.yaml")[0];
+    let mut placeholders = vec![
+        secret["stringData"]["cluster-key"]
+            .as_str()
+            .expect("the secret's placeholder")
+            .to_owned(),
+    ];
+    placeholders.extend(
+        read("systemd/murmur.env.example")
+            .lines()
+            .filter_map(|l| l.strip_prefix("MURMUR_CLUSTER_KEY="))
+            .map(str::to_owned),
+    );
+    assert_eq!(placeholders.len(), 2, "{placeholders:?}");
+    for key in &placeholders {
+        let out = Command::new(murmur_binary())
+            .args(["config", "check"])
+            .arg(deploy("murmur.toml"))
+            .env("MURMUR_CLUSTER_KEY", key)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{key} is accepted");
+        assert!(stderr.contains("too weak"), "{key}: {stderr}");
+    }
+    let compose = &yaml_documents("docker-compose.yml")[0];
+    let key = compose["services"]["n1"]["environment"]["MURMUR_CLUSTER_KEY"]
+        .as_str()
+        .expect("compose passes the key through");
+    assert!(
+        key.starts_with("${MURMUR_CLUSTER_KEY:?"),
+        "compose refuses to start without a key rather than use a default: {key}"
+    );
+    let script = read("local-cluster.sh");
+    assert!(
+        script.contains("keygen") && !script.contains("change-me"),
+        "local-cluster.sh generates its key"
     );
 }

@@ -109,7 +109,10 @@ fn measure(options: &Options) {
         .args(["--gossip", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
         .args(["--log", "warn"])
         .args(&options.serve_args)
-        .env("MURMUR_CLUSTER_KEY", "idle-connections-measurement")
+        .env(
+            "MURMUR_CLUSTER_KEY",
+            "suyuTZqbu3lr9ynxhO_hkHS-A4JHPCn_5kPn1QWziCQ",
+        )
         .stdin(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", options.murmur));

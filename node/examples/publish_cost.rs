@@ -25,7 +25,7 @@ async fn node(name: &str, seeds: Vec<String>) -> RunningNode {
         gossip: "127.0.0.1:0".parse().unwrap(),
         quic: "127.0.0.1:0".parse().unwrap(),
         seeds,
-        cluster_key: Some(Secret("publish-cost-cluster-key".into())),
+        cluster_key: Some(Secret("kKDqibjKP6q35CdizaZgt5fZaJ7arAGkreGgPTWpROg".into())),
         log: "warn".into(),
         ..Settings::default()
     };

@@ -30,8 +30,15 @@ pub struct Settings {
     pub quic: SocketAddr,
     /// Gossip addresses (`host:port`, DNS names allowed) of nodes to join through.
     pub seeds: Vec<String>,
-    /// The shared secret that authenticates gossip and derives the cluster's TLS CA.
+    /// The shared secret that authenticates gossip and derives the cluster's TLS CA (32+
+    /// characters, not a placeholder: see `cluster::key_rules`).
     pub cluster_key: Option<Secret>,
+    /// A file holding the cluster key (one trailing newline ignored), instead of `cluster_key`.
+    pub cluster_key_file: Option<PathBuf>,
+    /// Gossip packets stamped further than this from this node's clock are refused (replay
+    /// protection); node clocks must agree to within it.
+    #[serde(with = "humantime_serde")]
+    pub gossip_replay_window: Duration,
     /// PEM file of the CA that signs node certificates (own PKI instead of the derived CA).
     pub tls_ca: Option<PathBuf>,
     /// PEM file of this node's certificate chain (own PKI).
@@ -162,6 +169,8 @@ impl Default for Settings {
             quic: SocketAddr::from(([127, 0, 0, 1], 7402)),
             seeds: Vec::new(),
             cluster_key: None,
+            cluster_key_file: None,
+            gossip_replay_window: crate::cluster::envelope::DEFAULT_REPLAY_WINDOW,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -222,6 +231,36 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// Bounds of `gossip_replay_window`: under a second, ordinary scheduling delays would be
+/// taken for replays; over ten minutes, a replay has all the time it needs.
+const MIN_REPLAY_WINDOW: Duration = Duration::from_secs(1);
+const MAX_REPLAY_WINDOW: Duration = Duration::from_secs(600);
+
+/// Reads a key file: its contents without the trailing newline (`echo KEY > file` adds one).
+fn read_key_file(path: &Path) -> Result<Secret, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        setting: "cluster_key_file",
+        reason,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| invalid(format!("cannot read {}: {err}", path.display())))?;
+    let key = text
+        .strip_suffix('\n')
+        .map_or(text.as_str(), |k| k.strip_suffix('\r').unwrap_or(k));
+    if key.is_empty() {
+        return Err(invalid(format!("{} is empty", path.display())));
+    }
+    Ok(Secret(key.to_owned()))
+}
+
+/// The permission bits of a key file when group or others may read it (a warning at start:
+/// any local user could join the cluster).
+pub fn key_file_readable_by_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o044 != 0).then_some(mode)
+}
+
 fn default_node_name() -> String {
     gethostname::gethostname()
         .into_string()
@@ -261,6 +300,32 @@ impl Settings {
             shown.token_hmac_secret = Some(Secret("****".into()));
         }
         toml::to_string(&shown).unwrap_or_else(|err| format!("# cannot print settings: {err}\n"))
+    }
+
+    /// The cluster key in effect: `cluster_key`, or what `cluster_key_file` holds (without
+    /// its trailing newline); None for the unauthenticated development cluster. Refuses a
+    /// weak key, naming the rule it breaks.
+    pub fn effective_cluster_key(&self) -> Result<Option<Secret>, ConfigError> {
+        let (key, setting) = match (&self.cluster_key, &self.cluster_key_file) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    setting: "cluster_key/cluster_key_file",
+                    reason: "give one or the other, not both".to_owned(),
+                });
+            }
+            (Some(key), None) => (key.clone(), "cluster_key"),
+            (None, Some(path)) => (read_key_file(path)?, "cluster_key_file"),
+        };
+        crate::cluster::key_rules::check_key_strength(&key.0).map_err(|weak| {
+            ConfigError::Invalid {
+                setting,
+                reason: format!(
+                    "the cluster key is too weak: {weak}. Generate one with `murmur keygen`"
+                ),
+            }
+        })?;
+        Ok(Some(key))
     }
 
     /// The history retention these settings describe.
@@ -316,8 +381,12 @@ impl Settings {
         if own_pki.iter().any(|p| p.is_some()) && !own_pki.iter().all(|p| p.is_some()) {
             return invalid("tls_ca/tls_cert/tls_key", "give all three, or none");
         }
-        if self.cluster_key.as_ref().is_some_and(|k| k.0.len() < 16) {
-            return invalid("cluster_key", "must be at least 16 characters");
+        self.effective_cluster_key()?;
+        if !(MIN_REPLAY_WINDOW..=MAX_REPLAY_WINDOW).contains(&self.gossip_replay_window) {
+            return invalid(
+                "gossip_replay_window",
+                "must be between 1s and 10m (node clocks must agree to within it)",
+            );
         }
         if self.replication == 0 {
             return invalid("replication", "must be at least 1 (the owner itself)");
@@ -472,8 +541,9 @@ pub struct ServeArgs {
         value_name = "HOST:PORT,..."
     )]
     pub seeds: Option<Vec<String>>,
-    /// Shared secret (16+ characters) that authenticates gossip and derives the cluster CA;
-    /// without one, peers are NOT authenticated (development only).
+    /// Shared secret (32+ characters; `murmur keygen` makes one) that authenticates gossip and
+    /// derives the cluster CA; without one, peers are NOT authenticated (development only).
+    /// Prefer the variable or --cluster-key-file: a flag shows in `ps`.
     #[arg(
         long,
         env = "MURMUR_CLUSTER_KEY",
@@ -481,6 +551,13 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub cluster_key: Option<Secret>,
+    /// File holding the cluster key (a trailing newline is ignored; keep it mode 0600).
+    #[arg(long, env = "MURMUR_CLUSTER_KEY_FILE", value_name = "FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// Refuse gossip packets stamped further than this from the local clock (replay
+    /// protection; node clocks must agree to within it) [default: 30s].
+    #[arg(long, env = "MURMUR_GOSSIP_REPLAY_WINDOW", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub gossip_replay_window: Option<Duration>,
     /// PEM CA certificate for node certificates (own PKI; with --tls-cert and --tls-key).
     #[arg(long, env = "MURMUR_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
@@ -649,6 +726,7 @@ impl ServeArgs {
             shutdown_grace,
             history_max_events,
             history_max_age,
+            gossip_replay_window,
             log,
             log_format,
             auth,
@@ -664,7 +742,6 @@ impl ServeArgs {
             )*};
         }
         apply_some!(
-            cluster_key,
             tls_ca,
             tls_cert,
             tls_key,
@@ -682,6 +759,27 @@ impl ServeArgs {
                 .filter(|k| !k.as_os_str().is_empty())
                 .cloned()
                 .collect();
+        }
+        // The key and the key file are one setting given two ways: whichever a flag or
+        // variable gives replaces both of the file's.
+        match (&self.cluster_key, &self.cluster_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    setting: "cluster_key/cluster_key_file",
+                    reason: "give --cluster-key (MURMUR_CLUSTER_KEY) or --cluster-key-file \
+                             (MURMUR_CLUSTER_KEY_FILE), not both"
+                        .to_owned(),
+                });
+            }
+            (Some(key), None) => {
+                settings.cluster_key = Some(key.clone());
+                settings.cluster_key_file = None;
+            }
+            (None, Some(path)) => {
+                settings.cluster_key = None;
+                settings.cluster_key_file = Some(path.clone());
+            }
+            (None, None) => {}
         }
         if let Some(seeds) = &self.seeds {
             settings.seeds = seeds.iter().filter(|s| !s.is_empty()).cloned().collect();
@@ -822,5 +920,109 @@ mod tests {
             })
         ));
         assert!(Settings::default().validate().is_ok());
+    }
+
+    const STRONG_KEY: &str = "rhzr6uV9q-itgxq40nPRrBj37lcLzbdepBsYOaJZ57E";
+
+    fn refusal(settings: &Settings) -> (&'static str, String) {
+        match settings.validate() {
+            Err(ConfigError::Invalid { setting, reason }) => (setting, reason),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn weak_cluster_keys_are_refused_with_the_rule_they_break() {
+        let with_key = |key: &str| Settings {
+            cluster_key: Some(Secret(key.to_owned())),
+            ..Settings::default()
+        };
+        let (setting, reason) = refusal(&with_key(&"a".repeat(16)));
+        assert_eq!(setting, "cluster_key");
+        assert!(reason.contains("at least 32"), "{reason}");
+        assert!(reason.contains("murmur keygen"), "{reason}");
+        let (_, reason) = refusal(&with_key("change-me-to-a-long-random-secret"));
+        assert!(reason.contains("placeholder"), "{reason}");
+        let (_, reason) = refusal(&with_key(&"abc".repeat(12)));
+        assert!(reason.contains("distinct"), "{reason}");
+        assert!(with_key(STRONG_KEY).validate().is_ok());
+        assert_eq!(
+            with_key(STRONG_KEY).effective_cluster_key().unwrap(),
+            Some(Secret(STRONG_KEY.into()))
+        );
+        assert_eq!(Settings::default().effective_cluster_key().unwrap(), None);
+    }
+
+    #[test]
+    fn the_cluster_key_may_come_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("murmur-keyfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cluster.key");
+        let from_file = Settings {
+            cluster_key_file: Some(path.clone()),
+            ..Settings::default()
+        };
+        for contents in [
+            STRONG_KEY.to_owned(),
+            format!("{STRONG_KEY}\n"),
+            format!("{STRONG_KEY}\r\n"),
+        ] {
+            std::fs::write(&path, contents).unwrap();
+            assert_eq!(
+                from_file.effective_cluster_key().unwrap(),
+                Some(Secret(STRONG_KEY.into())),
+                "one trailing newline is not part of the key"
+            );
+        }
+        std::fs::write(&path, "short\n").unwrap();
+        let (setting, reason) = refusal(&from_file);
+        assert_eq!(setting, "cluster_key_file");
+        assert!(reason.contains("at least 32"), "{reason}");
+        std::fs::write(&path, "").unwrap();
+        assert!(refusal(&from_file).1.contains("empty"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(refusal(&from_file).1.contains("cannot read"));
+
+        let both = Settings {
+            cluster_key: Some(Secret(STRONG_KEY.into())),
+            ..from_file.clone()
+        };
+        assert_eq!(refusal(&both).0, "cluster_key/cluster_key_file");
+
+        // A flag or variable for one replaces the file's setting of the other.
+        std::fs::write(&path, STRONG_KEY).unwrap();
+        let config = dir.join("node.toml");
+        std::fs::write(&config, format!("cluster_key = \"{}\"\n", "x".repeat(40))).unwrap();
+        let args = ServeArgs {
+            config: Some(config.clone()),
+            cluster_key_file: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        let settings = args.settings().unwrap();
+        assert_eq!(settings.cluster_key, None);
+        assert_eq!(settings.cluster_key_file, Some(path.clone()));
+        let both_flags = ServeArgs {
+            cluster_key: Some(Secret(STRONG_KEY.into())),
+            ..args
+        };
+        assert!(both_flags.settings().is_err());
+
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(key_file_readable_by_others(&path), Some(0o644));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(key_file_readable_by_others(&path), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_replay_window_is_bounded() {
+        for (window, ok) in [(0, false), (1, true), (30, true), (600, true), (601, false)] {
+            let settings = Settings {
+                gossip_replay_window: Duration::from_secs(window),
+                ..Settings::default()
+            };
+            assert_eq!(settings.validate().is_ok(), ok, "{window}s");
+        }
     }
 }

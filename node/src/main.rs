@@ -4,7 +4,8 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use murmur::client::{Client, DEFAULT_URL, ResumeCursor, data_from_arg, refused};
 use murmur::config::{LogFormat, ServeArgs};
 use murmur::node::RunningNode;
@@ -60,6 +61,9 @@ enum Command {
     /// Mint a client token (a JWT signed with the HMAC secret of `auth = token` nodes) and
     /// print it; for development and tests: production tokens come from your own issuer.
     Token(Box<TokenArgs>),
+    /// Print a new random cluster key (32 random bytes, base64url) for MURMUR_CLUSTER_KEY or
+    /// a --cluster-key-file: `(umask 077; murmur keygen > cluster.key)`.
+    Keygen,
     /// Publish one event, or one event per line of stdin.
     Pub {
         /// Topic to publish to (no wildcards).
@@ -154,7 +158,13 @@ enum CertCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // Parsed by hand, not with `Cli::parse`, to tell where the cluster key came from.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    let key_on_command_line = matches
+        .subcommand_matches("serve")
+        .and_then(|serve| serve.value_source("cluster_key"))
+        == Some(ValueSource::CommandLine);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -163,7 +173,17 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let settings = args.settings()?;
             init_logging(&settings.log, settings.log_format)?;
+            if key_on_command_line {
+                tracing::warn!(
+                    "the cluster key was given with --cluster-key: every local user can read it \
+                     in `ps` and /proc. Use MURMUR_CLUSTER_KEY or --cluster-key-file instead."
+                );
+            }
             runtime.block_on(serve(settings))
+        }
+        Command::Keygen => {
+            println!("{}", murmur::cluster::key_rules::generate_key()?);
+            Ok(())
         }
         Command::Config(ConfigCommand::Check { file }) => {
             let path = file.to_string_lossy().into_owned();

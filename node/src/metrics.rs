@@ -129,6 +129,7 @@ struct StateSnapshot {
     fanout_count: u64,
     members: Vec<(&'static str, i64)>,
     gossip: [(&'static str, u64); 3],
+    gossip_refused: [(&'static str, u64); 6],
     peers: Vec<PeerSnapshot>,
 }
 
@@ -180,6 +181,7 @@ impl StateSnapshot {
                 ("out", gossip.packets_out.load(Relaxed)),
                 ("rejected", gossip.packets_rejected.load(Relaxed)),
             ],
+            gossip_refused: gossip.refused.by_reason(),
             peers: node
                 .cluster
                 .links()
@@ -281,13 +283,23 @@ impl Collector for StateSnapshot {
         }
         let mut gossip = encoder.encode_descriptor(
             "murmur_gossip_packets",
-            "Gossip packets, by direction (rejected: failed authentication)",
+            "Gossip packets, by direction (rejected: refused before membership saw them, for any reason)",
             None,
             MetricType::Counter,
         )?;
         for (direction, n) in &self.gossip {
             let labels = [("direction", *direction)];
             ConstCounter::new(*n).encode(gossip.encode_family(&labels)?)?;
+        }
+        let mut refused = encoder.encode_descriptor(
+            "murmur_gossip_packets_refused",
+            "Gossip packets refused, by reason: bad_key, malformed, too_old, from_future, replayed, memory_full",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in &self.gossip_refused {
+            let labels = [("reason", *reason)];
+            ConstCounter::new(*n).encode(refused.encode_family(&labels)?)?;
         }
         let mut rtt = encoder.encode_descriptor(
             "murmur_peer_rtt_seconds",

@@ -1,6 +1,7 @@
 //! Starting and stopping a node: binds the front door, owns the shared state, drains on
 //! shutdown.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,12 +36,7 @@ pub struct NodeState {
     pub metrics: crate::metrics::Metrics,
     ready: AtomicBool,
     next_connection: AtomicU64,
-    started: std::time::Instant,
 }
-
-/// How long a node with seeds waits to find a peer before it reports ready alone (the first
-/// node of a cluster whose seeds are not up yet).
-const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl NodeState {
     /// True until the node begins to shut down: it takes new clients.
@@ -48,21 +44,24 @@ impl NodeState {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// What `/readyz` reports: accepting clients, joined the cluster (or alone by design, or
-    /// given up waiting for seeds after a while), and linked to every live peer with its
-    /// interest known — so events published here reach subscribers everywhere.
-    pub fn readiness(&self) -> Result<(), &'static str> {
+    /// What `/readyz` reports: accepting clients, joined the cluster it was seeded with (or
+    /// alone by design: no seeds, or seeds naming only itself), and linked to every live peer
+    /// with its interest known — so events published here reach subscribers everywhere. A
+    /// seeded node that never found its cluster (seeds down, another cluster key) stays
+    /// unready, and refuses publishes, however long it waits: it is not an island.
+    pub fn readiness(&self) -> Result<(), Cow<'static, str>> {
         if !self.is_accepting() {
-            return Err("draining");
+            return Err("draining".into());
         }
         let cluster = &self.cluster;
-        let alone_by_design = self.settings.seeds.is_empty();
-        let waited_long_enough = self.started.elapsed() >= JOIN_PATIENCE;
-        if !alone_by_design && !waited_long_enough && cluster.live_peer_count() == 0 {
-            return Err("joining the cluster");
+        if !cluster.has_joined() {
+            return Err(cluster.not_joined_reason().into());
+        }
+        if !cluster.has_majority() {
+            return Err("cut off: this node sees only a minority of the cluster".into());
         }
         if !cluster.is_settled() {
-            return Err("connecting to peers");
+            return Err("connecting to peers".into());
         }
         Ok(())
     }
@@ -138,22 +137,30 @@ impl RunningNode {
                 addr: settings.gossip,
                 source,
             })?;
-        let key = ClusterKey::derive(settings.cluster_key.as_ref().map(|k| k.0.as_str()));
+        let secret = settings.effective_cluster_key()?;
+        if let Some(path) = &settings.cluster_key_file
+            && let Some(mode) = crate::config::key_file_readable_by_others(path)
+        {
+            tracing::warn!(
+                file = %path.display(),
+                mode = format!("{mode:o}"),
+                "the cluster key file is readable by other users, who could join this \
+                 cluster with it: `chmod 600` it"
+            );
+        }
+        let key = ClusterKey::derive(secret.as_ref().map(|k| k.0.as_str()));
         let identity = match (&settings.tls_ca, &settings.tls_cert, &settings.tls_key) {
             (Some(ca), Some(cert), Some(key_file)) => NodeIdentity::from_files(ca, cert, key_file)?,
             _ => NodeIdentity::from_cluster_key(&key, &settings.name)?,
         };
-        if !key.authenticated {
-            tracing::warn!(
-                "NO CLUSTER KEY: gossip is not authenticated and any process can join this \
-                 cluster. Fine for a laptop; set --cluster-key (MURMUR_CLUSTER_KEY) anywhere else."
-            );
-        }
         let endpoint = crate::cluster::transport::bind(settings.quic, &identity)?;
         let quic_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
             addr: settings.quic,
             source,
         })?;
+        if !key.authenticated {
+            warn_unauthenticated(gossip_addr, quic_addr);
+        }
         let advertise = |setting, addr: SocketAddr| -> Result<SocketAddr, StartError> {
             match (addr.ip().is_unspecified(), settings.advertise_ip) {
                 (false, _) => Ok(addr),
@@ -175,6 +182,7 @@ impl RunningNode {
                 endpoint,
                 key,
                 seeds: settings.seeds.clone(),
+                replay_window: settings.gossip_replay_window,
                 peer_queue: settings.peer_queue,
                 publish_buffer_bytes: settings.publish_buffer_bytes,
                 replication: settings.replication,
@@ -193,7 +201,6 @@ impl RunningNode {
             metrics: crate::metrics::Metrics::default(),
             ready: AtomicBool::new(true),
             next_connection: AtomicU64::new(1),
-            started: std::time::Instant::now(),
         });
         tracing::info!(
             node = %state.settings.name,
@@ -238,6 +245,27 @@ impl RunningNode {
     /// Waits until the node has stopped (after [`Self::shutdown`]).
     pub async fn stopped(self) {
         let _ = self.task.await;
+    }
+}
+
+/// The development cluster (no key): fine on loopback, where only local processes reach
+/// it; anywhere else any host that can send a UDP packet can join it, so say so loudly.
+fn warn_unauthenticated(gossip: SocketAddr, quic: SocketAddr) {
+    if gossip.ip().is_loopback() && quic.ip().is_loopback() {
+        tracing::warn!(
+            "no cluster key: gossip and the mesh are not authenticated (the development \
+             cluster). Fine on loopback; set MURMUR_CLUSTER_KEY or --cluster-key-file \
+             (`murmur keygen` makes a key) anywhere else."
+        );
+    } else {
+        tracing::error!(
+            %gossip,
+            %quic,
+            "NO CLUSTER KEY ON A NETWORK ADDRESS: gossip and the QUIC mesh listen beyond \
+             loopback WITHOUT AUTHENTICATION. Any host that can reach these ports can join \
+             this cluster, read every event and declare nodes down. Set MURMUR_CLUSTER_KEY or \
+             --cluster-key-file on every node (`murmur keygen` makes a key)."
+        );
     }
 }
 

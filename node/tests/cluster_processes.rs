@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_murmur");
-const KEY: &str = "process-test-cluster-key";
+const KEY: &str = "8zZBlvNQmFXFa3dlht_p6CYvDWd0WWpVLsP2LOurU9U";
 
 struct Node {
     name: String,

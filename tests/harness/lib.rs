@@ -54,8 +54,12 @@ pub fn murmur_binary() -> std::path::PathBuf {
     bin
 }
 
-/// A cluster key for tests (any 16+ characters).
-pub const TEST_CLUSTER_KEY: &str = "test-cluster-key-0123456789";
+/// The cluster key of test clusters (made with `murmur keygen`; it only ever guards nodes
+/// on 127.0.0.1 that a test starts).
+pub const TEST_CLUSTER_KEY: &str = "rhzr6uV9q-itgxq40nPRrBj37lcLzbdepBsYOaJZ57E";
+
+/// A second valid cluster key, for nodes that must not be able to join a test cluster.
+pub const OTHER_CLUSTER_KEY: &str = "5lW7SwywQn9VWnVByoIyWJBv42pQzqKlsmBTm_UPpYI";
 
 /// The gossip address a node advertises, for use as a seed.
 pub fn gossip_addr(node: &RunningNode) -> String {

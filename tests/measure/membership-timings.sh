@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${1:-target/release/murmur}
 [ -x "$bin" ] || cargo build --release -p murmur
-key=measure-membership-key
+key=${MURMUR_CLUSTER_KEY:-$("$bin" keygen)}
 pids=()
 rules=()
 cleanup() {

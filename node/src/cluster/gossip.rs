@@ -6,8 +6,9 @@
 //! was declared down (then every subscriber resynced). The OS schedules this thread fairly
 //! against the runtime's workers instead.
 //!
-//! Every packet is sealed with the cluster key ([`ClusterKey::seal`]); packets that fail the
-//! check are dropped and counted before foca sees them. Timers foca asks for are kept in a
+//! Every packet is sealed with the cluster key, a timestamp and a nonce ([`super::envelope`]);
+//! packets that fail the tag, fall outside the replay window or repeat a nonce are dropped
+//! and counted by reason before foca sees them. Timers foca asks for are kept in a
 //! heap and handed back in due order (foca needs them in order). Seeds — `host:port`, DNS
 //! names included — are re-resolved periodically and announced to whenever they are not
 //! known alive, so an isolated node, or either side of a healed partition, finds its way
@@ -17,19 +18,21 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, Timer};
 use parking_lot::RwLock;
+use rand::Rng as _;
 use rand::rngs::StdRng;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use super::envelope::{ENVELOPE_OVERHEAD, Refusal, ReplayWindow, Stamp, wall_clock_ms};
 use super::membership::{MembershipView, NodeId};
-use super::security::{ClusterKey, ENVELOPE_OVERHEAD};
+use super::security::ClusterKey;
 
 /// How often seeds that are not known alive are announced to.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -39,6 +42,10 @@ const RESOLVE_INTERVAL: Duration = Duration::from_secs(10);
 const LEAVE_LINGER: Duration = Duration::from_millis(300);
 /// Largest UDP payload foca may produce, leaving room for the envelope under a 1500 MTU.
 const MAX_PACKET: usize = 1400;
+/// How long seeds must name nothing but this node before it counts as alone by design.
+pub const ALONE_PATIENCE: Duration = Duration::from_secs(10);
+/// At most one warning about refused packets per this interval (they may come in floods).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A membership change, for the part of the node that keeps connections to peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +54,8 @@ pub enum MemberEvent {
     Down(NodeId),
     /// This node was declared down by the others and rejoined under a new generation.
     Rejoined,
+    /// The seeds have named only this node for [`ALONE_PATIENCE`]: it is alone by design.
+    AloneByDesign,
 }
 
 /// Counters of the gossip layer.
@@ -54,8 +63,119 @@ pub enum MemberEvent {
 pub struct GossipStats {
     pub packets_in: AtomicU64,
     pub packets_out: AtomicU64,
-    /// Packets dropped because they failed authentication (wrong cluster key, forgery).
+    /// Packets dropped before foca saw them, whatever the reason (the sum of `refused`).
     pub packets_rejected: AtomicU64,
+    /// Packets dropped, by reason.
+    pub refused: RefusedPackets,
+}
+
+/// Refused gossip packets by reason (see [`Refusal::label`]).
+#[derive(Debug, Default)]
+pub struct RefusedPackets {
+    /// Failed the tag: a sender with another cluster key, or a forgery.
+    pub bad_key: AtomicU64,
+    /// Too short, or an unknown envelope version.
+    pub malformed: AtomicU64,
+    /// Stamped before the replay window: a replay, or a sender whose clock is behind.
+    pub too_old: AtomicU64,
+    /// Stamped after the replay window: a sender whose clock is ahead.
+    pub from_future: AtomicU64,
+    /// A nonce already received within the window: a replay.
+    pub replayed: AtomicU64,
+    /// The replay memory was full (see [`ReplayWindow`]).
+    pub memory_full: AtomicU64,
+}
+
+impl RefusedPackets {
+    fn count(&self, refusal: Refusal) {
+        let counter = match refusal {
+            Refusal::Truncated | Refusal::Version(_) => &self.malformed,
+            Refusal::BadKey => &self.bad_key,
+            Refusal::TooOld { .. } => &self.too_old,
+            Refusal::FromFuture { .. } => &self.from_future,
+            Refusal::Replayed => &self.replayed,
+            Refusal::MemoryFull => &self.memory_full,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(reason label, count)` for every reason, in a fixed order.
+    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
+        [
+            ("bad_key", &self.bad_key),
+            ("malformed", &self.malformed),
+            ("too_old", &self.too_old),
+            ("from_future", &self.from_future),
+            ("replayed", &self.replayed),
+            ("memory_full", &self.memory_full),
+        ]
+        .map(|(label, n)| (label, n.load(Ordering::Relaxed)))
+    }
+
+    /// The refusals so far as an operator reads them (`/readyz`, errors), or None if none:
+    /// "12 gossip packets refused: bad key (…)", or with several reasons
+    /// "15 gossip packets refused: 12 bad key (…), 3 too old (…)".
+    pub fn describe(&self) -> Option<String> {
+        let refused: Vec<(&str, u64)> = self
+            .by_reason()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let total: u64 = refused.iter().map(|(_, n)| n).sum();
+        let noun = if total == 1 { "packet" } else { "packets" };
+        match refused.as_slice() {
+            [] => None,
+            [(label, _)] => Some(format!(
+                "{total} gossip {noun} refused: {}",
+                in_words(label)
+            )),
+            several => Some(format!(
+                "{total} gossip {noun} refused: {}",
+                several
+                    .iter()
+                    .map(|(label, n)| format!("{n} {}", in_words(label)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}
+
+/// A refusal reason as an operator reads it.
+fn in_words(label: &str) -> &'static str {
+    match label {
+        "bad_key" => "bad key (the sender holds another cluster key)",
+        "too_old" => "too old (replays, or a sender whose clock is behind)",
+        "from_future" => "from the future (a sender whose clock is ahead)",
+        "replayed" => "replayed",
+        "memory_full" => "refused by a full replay memory",
+        _ => "malformed",
+    }
+}
+
+/// What this node's seeds say about whether it is meant to have company.
+#[derive(Debug)]
+pub struct Seeding {
+    /// The seeds as configured.
+    pub seeds: Vec<String>,
+    alone_by_design: AtomicBool,
+}
+
+impl Seeding {
+    fn new(seeds: Vec<String>) -> Self {
+        let alone = seeds.is_empty();
+        Self {
+            seeds,
+            alone_by_design: AtomicBool::new(alone),
+        }
+    }
+
+    /// True when the node has no seeds, or its seeds have named nothing but itself for
+    /// [`ALONE_PATIENCE`] (the one replica of a StatefulSet, a seed list naming itself):
+    /// then it need not join anyone to serve.
+    pub fn alone_by_design(&self) -> bool {
+        self.alone_by_design.load(Ordering::Acquire)
+    }
 }
 
 enum Command {
@@ -68,6 +188,7 @@ pub struct Gossip {
     commands: mpsc::UnboundedSender<Command>,
     pub view: Arc<RwLock<MembershipView>>,
     pub stats: Arc<GossipStats>,
+    pub seeding: Arc<Seeding>,
 }
 
 impl std::fmt::Debug for Command {
@@ -99,12 +220,14 @@ pub fn foca_config() -> foca::Config {
 
 impl Gossip {
     /// Starts the gossip task on `socket` (non-blocking) as `identity`, on its own thread; it
-    /// ends when `stop` is cancelled or this handle is dropped.
+    /// ends when `stop` is cancelled or this handle is dropped. Packets stamped more than
+    /// `replay_window` away from this node's clock are refused.
     pub async fn spawn(
         socket: std::net::UdpSocket,
         identity: NodeId,
         key: ClusterKey,
         seeds: Vec<String>,
+        replay_window: Duration,
         events: mpsc::UnboundedSender<MemberEvent>,
         stop: CancellationToken,
     ) -> std::io::Result<Self> {
@@ -112,8 +235,10 @@ impl Gossip {
         let view = Arc::new(RwLock::new(MembershipView::default()));
         view.write().set_self(identity.clone());
         let stats = Arc::new(GossipStats::default());
+        let seeding = Arc::new(Seeding::new(seeds));
         let task_view = view.clone();
         let task_stats = stats.clone();
+        let task_seeding = seeding.clone();
         // The thread reports whether its runtime and socket are set up, so that a failure
         // stops the node's start instead of leaving it without membership.
         let (ready_tx, ready_rx) = oneshot::channel::<std::io::Result<()>>();
@@ -148,7 +273,10 @@ impl Gossip {
                 runtime: AccumulatingRuntime::new(),
                 socket,
                 key,
-                seeds,
+                replay_window: ReplayWindow::new(replay_window),
+                nonces: rand::make_rng::<StdRng>(),
+                seeding: task_seeding,
+                seeds_only_self_since: None,
                 resolved: Vec::new(),
                 last_resolve: None,
                 timers: BinaryHeap::new(),
@@ -170,6 +298,7 @@ impl Gossip {
             commands,
             view,
             stats,
+            seeding,
         })
     }
 
@@ -187,7 +316,12 @@ struct GossipTask {
     runtime: AccumulatingRuntime<NodeId>,
     socket: UdpSocket,
     key: ClusterKey,
-    seeds: Vec<String>,
+    replay_window: ReplayWindow,
+    /// Draws the envelope nonces.
+    nonces: StdRng,
+    seeding: Arc<Seeding>,
+    /// Since when every seed has resolved to this node's own address.
+    seeds_only_self_since: Option<Instant>,
     resolved: Vec<std::net::SocketAddr>,
     last_resolve: Option<Instant>,
     /// Due time and insertion order: equal due times fire in the order they were asked for.
@@ -231,18 +365,24 @@ impl GossipTask {
                 received = self.socket.recv_from(&mut buf) => {
                     let Ok((len, from)) = received else { continue };
                     self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
-                    match self.key.open(&buf[..len]) {
+                    match self.open_fresh(&buf[..len]) {
                         Ok(payload) => {
                             if let Err(err) = self.foca.handle_data(payload, &mut self.runtime) {
                                 tracing::debug!(%from, %err, "gossip packet refused by foca");
                             }
                         }
-                        Err(err) => {
+                        Err(refusal) => {
                             self.stats.packets_rejected.fetch_add(1, Ordering::Relaxed);
+                            self.stats.refused.count(refusal);
                             let now = Instant::now();
-                            if rejected_logged_at.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
+                            if rejected_logged_at.is_none_or(|t| now.duration_since(t) > REFUSAL_LOG_INTERVAL) {
                                 rejected_logged_at = Some(now);
-                                tracing::warn!(%from, %err, "refused a gossip packet: the sender does not hold this cluster's key");
+                                tracing::warn!(
+                                    %from,
+                                    reason = refusal.label(),
+                                    refused_so_far = self.stats.packets_rejected.load(Ordering::Relaxed),
+                                    "refused a gossip packet: {refusal}"
+                                );
                             }
                         }
                     }
@@ -263,6 +403,14 @@ impl GossipTask {
         }
     }
 
+    /// Authenticates a packet and checks it is neither stale nor a replay; returns the
+    /// payload for foca.
+    fn open_fresh<'a>(&mut self, packet: &'a [u8]) -> Result<&'a [u8], Refusal> {
+        let opened = self.key.open(packet)?;
+        self.replay_window.check(opened.stamp, wall_clock_ms())?;
+        Ok(opened.payload)
+    }
+
     fn fire_due_timers(&mut self) {
         let now = Instant::now();
         while let Some(Reverse((at, id))) = self.timers.peek().copied() {
@@ -279,16 +427,17 @@ impl GossipTask {
     }
 
     async fn announce_to_seeds(&mut self) {
-        if self.seeds.is_empty() {
+        if self.seeding.seeds.is_empty() {
             return;
         }
         let due = self
             .last_resolve
             .is_none_or(|t| t.elapsed() >= RESOLVE_INTERVAL || self.resolved.is_empty());
         if due {
-            self.last_resolve = Some(Instant::now());
+            let resolved_at = Instant::now();
+            self.last_resolve = Some(resolved_at);
             let mut resolved = Vec::new();
-            for seed in &self.seeds {
+            for seed in &self.seeding.seeds {
                 match tokio::time::timeout(
                     Duration::from_secs(2),
                     tokio::net::lookup_host(seed.as_str()),
@@ -303,6 +452,7 @@ impl GossipTask {
             resolved.sort_unstable();
             resolved.dedup();
             self.resolved = resolved;
+            self.watch_for_seeds_naming_only_self(resolved_at);
         }
         let own = self.foca.identity().gossip;
         let alive: Vec<std::net::SocketAddr> =
@@ -314,10 +464,34 @@ impl GossipTask {
         }
     }
 
+    /// A node whose seeds resolve to nothing but its own address, for long enough, is alone
+    /// by design: it serves without waiting to join anyone.
+    fn watch_for_seeds_naming_only_self(&mut self, resolved_at: Instant) {
+        if self.seeding.alone_by_design() {
+            return;
+        }
+        let own = self.foca.identity().gossip;
+        let only_self = !self.resolved.is_empty() && self.resolved.iter().all(|a| *a == own);
+        if !only_self {
+            self.seeds_only_self_since = None;
+            return;
+        }
+        let since = *self.seeds_only_self_since.get_or_insert(resolved_at);
+        if resolved_at.duration_since(since) >= ALONE_PATIENCE {
+            tracing::info!("the seeds name only this node: serving alone");
+            self.seeding.alone_by_design.store(true, Ordering::Release);
+            let _ = self.events.send(MemberEvent::AloneByDesign);
+        }
+    }
+
     /// Carries out what foca asked for: packets, timers, notifications.
     async fn drain_runtime(&mut self) {
         while let Some((to, data)) = self.runtime.to_send() {
-            let packet = self.key.seal(&data);
+            let stamp = Stamp {
+                sent_at_ms: wall_clock_ms(),
+                nonce: self.nonces.next_u64(),
+            };
+            let packet = self.key.seal(&data, stamp);
             if let Err(err) = self.socket.send_to(&packet, to.gossip).await {
                 tracing::debug!(to = %to.gossip, %err, "gossip send failed");
             } else {
@@ -367,5 +541,39 @@ impl GossipTask {
         for event in events {
             let _ = self.events.send(event);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_counted_by_reason_and_described_for_operators() {
+        let refused = RefusedPackets::default();
+        assert_eq!(refused.describe(), None);
+        refused.count(Refusal::BadKey);
+        assert_eq!(
+            refused.describe().as_deref(),
+            Some("1 gossip packet refused: bad key (the sender holds another cluster key)")
+        );
+        for _ in 0..11 {
+            refused.count(Refusal::BadKey);
+        }
+        refused.count(Refusal::TooOld { age_ms: 40_000 });
+        refused.count(Refusal::Version(1));
+        let described = refused.describe().unwrap();
+        assert!(
+            described.starts_with("14 gossip packets refused: 12 bad key"),
+            "{described}"
+        );
+        assert!(described.contains("1 too old"), "{described}");
+        assert!(described.contains("1 malformed"), "{described}");
+        let counts: Vec<(&str, u64)> = refused
+            .by_reason()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        assert_eq!(counts, [("bad_key", 12), ("malformed", 1), ("too_old", 1)]);
     }
 }

@@ -101,6 +101,8 @@ pub struct MembershipView {
     members: BTreeMap<SocketAddr, (NodeId, foca::State)>,
     /// Nodes that announced their departure, with the generation they left as.
     left: HashMap<String, u64>,
+    /// Whether another node has ever been seen alive: this node found its cluster.
+    joined: bool,
 }
 
 impl MembershipView {
@@ -122,6 +124,13 @@ impl MembershipView {
             }
             self.members.insert(id.gossip, (id.clone(), member.state()));
         }
+        self.joined = self.joined || !self.live_peers().is_empty();
+    }
+
+    /// True once another node has been seen alive (it stays true after that node goes:
+    /// losing peers is the majority rule's concern, not joining's).
+    pub fn has_joined(&self) -> bool {
+        self.joined
     }
 
     /// Records that `name` said goodbye as `generation`.
@@ -248,5 +257,20 @@ mod tests {
             ]
         );
         assert_eq!(view.live_peers(), vec![&b]);
+        assert!(view.has_joined());
+        view.refresh(std::iter::empty());
+        assert!(view.has_joined(), "once joined, always joined");
+        let mut alone = MembershipView::default();
+        alone.refresh(
+            [
+                foca::Member::down(c),
+                foca::Member::alive(NodeId::seed(addr(41))),
+            ]
+            .iter(),
+        );
+        assert!(
+            !alone.has_joined(),
+            "a down member or a seed placeholder is no company"
+        );
     }
 }

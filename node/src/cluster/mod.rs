@@ -8,7 +8,9 @@
 //! while its peer is still a member is redialled with backoff, and the peer's interest is
 //! rebuilt from the snapshot it sends on the new connection.
 
+pub mod envelope;
 pub mod gossip;
+pub mod key_rules;
 pub mod link;
 pub mod membership;
 pub mod security;
@@ -104,6 +106,8 @@ pub struct ClusterSetup {
     pub endpoint: quinn::Endpoint,
     pub key: ClusterKey,
     pub seeds: Vec<String>,
+    /// Gossip packets stamped further than this from this node's clock are refused.
+    pub replay_window: Duration,
     pub peer_queue: usize,
     pub publish_buffer_bytes: usize,
     pub replication: usize,
@@ -114,11 +118,15 @@ impl Cluster {
     pub async fn start(setup: ClusterSetup, broker: Arc<Broker>) -> std::io::Result<Arc<Self>> {
         let stop = CancellationToken::new();
         let (events_tx, events) = mpsc::unbounded_channel();
+        // A node given seeds has a cluster to find: until it does, it is as cut off as a
+        // node in a minority, and refuses publishes rather than become an island.
+        let alone_by_design = setup.seeds.is_empty();
         let gossip = Gossip::spawn(
             setup.gossip_socket,
             setup.id.clone(),
             setup.key,
             setup.seeds,
+            setup.replay_window,
             events_tx,
             stop.clone(),
         )
@@ -140,7 +148,7 @@ impl Cluster {
             next_request: std::sync::atomic::AtomicU64::new(1),
             claims: Mutex::new(HashMap::new()),
             leaving: std::sync::atomic::AtomicBool::new(false),
-            majority: std::sync::atomic::AtomicBool::new(true),
+            majority: std::sync::atomic::AtomicBool::new(alone_by_design),
             resync: tokio::sync::watch::Sender::new(0),
         });
         cluster.tasks.spawn(cluster.clone().member_events(events));
@@ -164,6 +172,36 @@ impl Cluster {
     /// Changes whenever this node's subscribers may have missed forwarded events.
     pub fn resync_signal(&self) -> tokio::sync::watch::Receiver<u64> {
         self.resync.subscribe()
+    }
+
+    /// True when this node has seen another member alive, or has no cluster to find: no
+    /// seeds, or seeds that name only itself (see [`gossip::Seeding`]). A node seeded with a
+    /// cluster it cannot reach (down, unreachable, another cluster key) has not; the
+    /// majority rule (`has_majority`) then holds it cut off, so it refuses publishes.
+    pub fn has_joined(&self) -> bool {
+        self.gossip.seeding.alone_by_design() || self.gossip.view.read().has_joined()
+    }
+
+    /// Why publishes are refused while this node is cut off.
+    pub fn cut_off_reason(&self) -> String {
+        if self.has_joined() {
+            topics::MINORITY.to_owned()
+        } else {
+            format!(
+                "this node has not joined its cluster ({}); publish through another node",
+                self.not_joined_reason()
+            )
+        }
+    }
+
+    /// What keeps a seeded node from joining, as far as it can tell: no seed answered, and
+    /// what it refused of the gossip it did receive (another cluster key, skewed clocks).
+    pub fn not_joined_reason(&self) -> String {
+        let seeds = self.gossip.seeding.seeds.join(", ");
+        match self.gossip.stats.refused.describe() {
+            Some(refused) => format!("not joined: no seed answered (seeds: {seeds}); {refused}"),
+            None => format!("not joined: no seed answered (seeds: {seeds})"),
+        }
     }
 
     /// Live peers (alive or suspect) as gossip sees them.
@@ -227,8 +265,13 @@ impl Cluster {
                     tracing::warn!("rejoined after being declared down: reclaiming topics");
                     self.broker.relinquish_all();
                 }
+                // Nothing to tear down: the majority below is computed afresh.
+                MemberEvent::AloneByDesign => {}
             }
-            if had_majority && !self.refresh_majority() {
+            // Refreshed after every event, so that a node regains it too (it rejoined, or
+            // found the cluster it was seeded with).
+            let has_majority = self.refresh_majority();
+            if had_majority && !has_majority {
                 // Cut off from most of the cluster, which may carry on with these topics.
                 tracing::warn!(
                     "this node sees only a minority of the cluster: new epochs from here"

@@ -99,36 +99,9 @@ impl ClusterKey {
         }
     }
 
-    /// Wraps a gossip packet: `[version][HMAC-SHA256 tag of version ‖ payload][payload]`.
-    pub fn seal(&self, payload: &[u8]) -> Vec<u8> {
-        let mut context = hmac::Context::with_key(&self.gossip);
-        context.update(&[ENVELOPE_VERSION]);
-        context.update(payload);
-        let tag = context.sign();
-        let mut packet = Vec::with_capacity(1 + TAG_LEN + payload.len());
-        packet.push(ENVELOPE_VERSION);
-        packet.extend_from_slice(tag.as_ref());
-        packet.extend_from_slice(payload);
-        packet
-    }
-
-    /// Checks a gossip packet and returns its payload.
-    pub fn open<'a>(&self, packet: &'a [u8]) -> Result<&'a [u8], EnvelopeError> {
-        let Some((&version, rest)) = packet.split_first() else {
-            return Err(EnvelopeError::Truncated);
-        };
-        if version != ENVELOPE_VERSION {
-            return Err(EnvelopeError::Version(version));
-        }
-        if rest.len() < TAG_LEN {
-            return Err(EnvelopeError::Truncated);
-        }
-        let (tag, payload) = rest.split_at(TAG_LEN);
-        let mut signed = Vec::with_capacity(1 + payload.len());
-        signed.push(version);
-        signed.extend_from_slice(payload);
-        hmac::verify(&self.gossip, &signed, tag).map_err(|_| EnvelopeError::BadTag)?;
-        Ok(payload)
+    /// The HMAC key of the gossip envelope ([`super::envelope`]).
+    pub(super) fn gossip_key(&self) -> &hmac::Key {
+        &self.gossip
     }
 
     /// The cluster CA every node derives from this key: certificate and issuer.
@@ -143,22 +116,6 @@ impl ClusterKey {
         let cert = params.self_signed(&key)?;
         Ok((cert.der().clone(), Issuer::new(params, key)))
     }
-}
-
-const ENVELOPE_VERSION: u8 = 1;
-const TAG_LEN: usize = 32;
-
-/// Bytes the gossip envelope adds to every packet.
-pub const ENVELOPE_OVERHEAD: usize = 1 + TAG_LEN;
-
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum EnvelopeError {
-    #[error("packet too short")]
-    Truncated,
-    #[error("unknown envelope version {0}")]
-    Version(u8),
-    #[error("authentication failed (wrong cluster key?)")]
-    BadTag,
 }
 
 /// PKCS#8 v1 for an Ed25519 private key given by its 32-byte seed (RFC 8410).
@@ -373,27 +330,6 @@ pub mod files {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn envelope_round_trip_and_refusals() {
-        let key = ClusterKey::derive(Some("secret"));
-        let packet = key.seal(b"swim");
-        assert_eq!(key.open(&packet), Ok(&b"swim"[..]));
-        let other = ClusterKey::derive(Some("other"));
-        assert_eq!(other.open(&packet), Err(EnvelopeError::BadTag));
-        assert_eq!(
-            ClusterKey::derive(None).open(&packet),
-            Err(EnvelopeError::BadTag)
-        );
-        let mut tampered = packet.clone();
-        *tampered.last_mut().unwrap() ^= 1;
-        assert_eq!(key.open(&tampered), Err(EnvelopeError::BadTag));
-        assert_eq!(key.open(&packet[..10]), Err(EnvelopeError::Truncated));
-        assert_eq!(key.open(&[]), Err(EnvelopeError::Truncated));
-        let mut wrong_version = packet;
-        wrong_version[0] = 9;
-        assert_eq!(key.open(&wrong_version), Err(EnvelopeError::Version(9)));
-    }
 
     #[test]
     fn nodes_sharing_a_key_share_a_ca() {

@@ -42,7 +42,7 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before asking again when views disagree or the owner is not reachable yet.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Why a node cut off from most of the cluster refuses publishes.
-const MINORITY: &str =
+pub(super) const MINORITY: &str =
     "this node sees only a minority of the cluster (a partition?); publish through another node";
 /// How long a claim keeps asking peers that refuse before starting a new epoch.
 const CLAIM_PATIENCE: Duration = Duration::from_secs(3);
@@ -385,9 +385,10 @@ impl Cluster {
         attempt: u32,
     ) {
         if !self.has_majority() {
-            // Cut off from most of the cluster, which carries on without this node: what
-            // this side accepted would never reach it. Refuse rather than lose it silently.
-            reply.send(Err(PublishError::unavailable(MINORITY)));
+            // Cut off from most of the cluster, which carries on without this node (or never
+            // found it): what this side accepted would never reach it. Refuse rather than
+            // lose it silently.
+            reply.send(Err(PublishError::unavailable(self.cut_off_reason())));
             return;
         }
         if self.leaving.load(Ordering::Acquire) {
@@ -523,7 +524,9 @@ impl Cluster {
                 if still_owner {
                     self.sequence_now(topic.clone(), queued.payload, queued.reply, 0);
                 } else if !majority {
-                    queued.reply.send(Err(PublishError::unavailable(MINORITY)));
+                    queued
+                        .reply
+                        .send(Err(PublishError::unavailable(self.cut_off_reason())));
                 } else {
                     self.route(topic.clone(), queued.payload, queued.reply, 0);
                 }
@@ -545,10 +548,14 @@ impl Cluster {
         majority
     }
 
-    /// True when this node sees more than half of the cluster alive, itself included (an even
+    /// True when this node has found the cluster it was seeded with (see
+    /// [`Self::has_joined`]) and sees more than half of it alive, itself included (an even
     /// split goes to the half with the smallest name). Members that left are not counted, nor
     /// the old identities of members alive under a new one.
     fn compute_majority(&self) -> bool {
+        if !self.has_joined() {
+            return false;
+        }
         let members = self.members();
         let alive: std::collections::HashSet<&str> = members
             .iter()

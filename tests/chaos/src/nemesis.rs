@@ -25,6 +25,8 @@ use rand::seq::SliceRandom;
 pub const WS_PORT: u16 = 7400;
 pub const GOSSIP_PORT: u16 = 7401;
 pub const QUIC_PORT: u16 = 7402;
+/// The lab cluster's key (made with `murmur keygen`; the lab's network is private).
+const CHAOS_CLUSTER_KEY: &str = "9GuVAF3Xkr05mDoK2dm9jHgenwTujU3mpdP1X7Eg_n8";
 /// The userspace queue the delay nemesis uses.
 const DELAY_QUEUE: u16 = 7;
 /// Probability of each packet lost by the loss nemeses.
@@ -308,7 +310,7 @@ impl<'a> Cluster<'a> {
             .args(["--quic", &format!("{}:{QUIC_PORT}", host.ip)])
             .args(["--seeds", &seeds])
             .args(["--shutdown-grace", "3s", "--log-format", "json"])
-            .env("MURMUR_CLUSTER_KEY", "chaos-cluster-key-0123456789")
+            .env("MURMUR_CLUSTER_KEY", CHAOS_CLUSTER_KEY)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
