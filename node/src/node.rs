@@ -34,6 +34,8 @@ pub struct NodeState {
     /// Every connection task, so shutdown can wait for them.
     pub connections: TaskTracker,
     pub metrics: crate::metrics::Metrics,
+    /// Checks clients' tokens (every connection is unrestricted with `auth = none`).
+    pub auth: Arc<crate::auth::Authenticator>,
     ready: AtomicBool,
     next_connection: AtomicU64,
 }
@@ -84,6 +86,8 @@ pub enum StartError {
     Gossip(std::io::Error),
     #[error("cluster security: {0}")]
     Security(#[from] SecurityError),
+    #[error("client authentication: {0}")]
+    Auth(#[from] crate::auth::AuthSetupError),
     #[error("QUIC transport: {0}")]
     Transport(#[from] TransportError),
     #[error("{setting} listens on {addr}, which peers cannot reach: set advertise_ip")]
@@ -105,6 +109,14 @@ impl RunningNode {
     /// Binds the listener and starts serving in the background.
     pub async fn start(settings: Settings) -> Result<Self, StartError> {
         settings.validate()?;
+        let auth = Arc::new(crate::auth::Authenticator::from_settings(&settings)?);
+        for warning in crate::auth::setup_warnings(&settings) {
+            tracing::warn!("{warning}");
+        }
+        if let Err(err) = auth.prefetch_keys().await {
+            // Retried when a token needs the keys; said now so a wrong URL shows at start.
+            tracing::warn!(%err, "cannot fetch token_jwks yet");
+        }
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -199,6 +211,7 @@ impl RunningNode {
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             metrics: crate::metrics::Metrics::default(),
+            auth,
             ready: AtomicBool::new(true),
             next_connection: AtomicU64::new(1),
         });

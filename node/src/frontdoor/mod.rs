@@ -68,6 +68,19 @@ async fn cluster_view(State(node): State<Arc<NodeState>>) -> axum::Json<serde_js
     }))
 }
 
+/// The token of an `Authorization: Bearer …` header, if there is one.
+fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 #[derive(Debug, Deserialize)]
 struct WsQuery {
     format: Option<String>,
@@ -107,6 +120,22 @@ async fn upgrade(
                 .into_response();
         }
     };
+    // A server-side client may bring its token on the upgrade (`Authorization: Bearer`):
+    // refused here with 401 (503 when the keys cannot be fetched), before any WebSocket.
+    let identity = match bearer_token(&headers) {
+        None => None,
+        Some(token) => match node.auth.authenticate(Some(token)).await {
+            Ok(identity) => Some(identity),
+            Err(err) => {
+                node.metrics.auth_refusals.inc();
+                let status = match err.code() {
+                    crate::auth::AuthErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::UNAUTHORIZED,
+                };
+                return (status, format!("{}: {err}\n", err.code())).into_response();
+            }
+        },
+    };
     let subprotocol = match format {
         Format::Json => SUBPROTOCOL_JSON,
         Format::Protobuf => SUBPROTOCOL_PROTOBUF,
@@ -123,6 +152,6 @@ async fn upgrade(
         .write_buffer_size(settings.ws_write_buffer)
         .on_upgrade(move |socket| {
             let tracker = node.connections.clone();
-            tracker.track_future(session::serve(socket, node, format, peer))
+            tracker.track_future(session::serve(socket, node, format, peer, identity))
         })
 }

@@ -103,10 +103,14 @@ pub fn decode(text: &str) -> Result<Request, RequestError> {
         "ping" => Ok(Request::Ping {
             reference: frame.reference,
         }),
+        "refresh" => Ok(Request::Refresh {
+            token: required(frame.token, frame.reference.as_deref(), "refresh", "token")?,
+            reference: frame.reference,
+        }),
         other => Err(RequestError::new(
             frame.reference.as_deref().or(frame.id.as_deref()),
             ErrorCode::UnknownOp,
-            format!("unknown op `{other}` (expected hello, sub, unsub, pub, ack or ping)"),
+            format!("unknown op `{other}` (expected hello, sub, unsub, pub, ack, ping or refresh)"),
         )),
     }
 }
@@ -252,6 +256,8 @@ pub fn encode_reply(reply: &Reply<'_>) -> String {
             session,
             limits,
             batch,
+            user,
+            expires_at_ms,
         } => {
             let mut v = serde_json::json!({
                 "op": "welcome",
@@ -270,8 +276,28 @@ pub fn encode_reply(reply: &Reply<'_>) -> String {
                 v["batch"] =
                     serde_json::json!({"max_events": b.max_events, "max_bytes": b.max_bytes});
             }
+            if let Some(user) = user {
+                v["user"] = Value::from(*user);
+            }
+            if let Some(at) = expires_at_ms {
+                v["expires_at"] = Value::from(*at);
+            }
             v
         }
+        Reply::Refreshed {
+            reference,
+            expires_at_ms,
+        } => {
+            let mut v = serde_json::json!({"op": "ok"});
+            if let Some(r) = reference {
+                v["ref"] = Value::from(*r);
+            }
+            if let Some(at) = expires_at_ms {
+                v["expires_at"] = Value::from(*at);
+            }
+            v
+        }
+        Reply::Expiring { in_ms } => serde_json::json!({"op": "expiring", "in_ms": in_ms}),
         Reply::Ok {
             reference,
             position,

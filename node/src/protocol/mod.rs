@@ -41,6 +41,11 @@ pub enum Request {
     Ping {
         reference: Option<String>,
     },
+    /// A new token for the connection, before the current one expires.
+    Refresh {
+        token: String,
+        reference: Option<String>,
+    },
 }
 
 impl Request {
@@ -55,6 +60,7 @@ impl Request {
                 reference.as_deref().map_or(0, str::len)
             }
             Self::Ack { delivery } => delivery.len(),
+            Self::Refresh { reference, .. } => reference.as_deref().map_or(0, str::len),
         }
     }
 
@@ -64,7 +70,9 @@ impl Request {
             Self::Hello { .. } => None,
             Self::Subscribe(s) => Some(&s.id),
             Self::Unsubscribe { id } => Some(id),
-            Self::Publish { reference, .. } | Self::Ping { reference } => reference.as_deref(),
+            Self::Publish { reference, .. }
+            | Self::Ping { reference }
+            | Self::Refresh { reference, .. } => reference.as_deref(),
             Self::Ack { delivery } => Some(delivery),
         }
     }
@@ -195,6 +203,19 @@ pub enum Reply<'a> {
         limits: &'a Limits,
         /// In the answer to a `hello` that asked for batches.
         batch: Option<BatchLimits>,
+        /// The token's `sub`, once the connection has a token.
+        user: Option<&'a str>,
+        /// When the connection's token stops being accepted (ms since the Unix epoch).
+        expires_at_ms: Option<u64>,
+    },
+    /// The answer to a `refresh`: the new token's expiry.
+    Refreshed {
+        reference: Option<&'a str>,
+        expires_at_ms: Option<u64>,
+    },
+    /// The connection's token expires in `in_ms`.
+    Expiring {
+        in_ms: u64,
     },
     Ok {
         reference: Option<&'a str>,

@@ -35,6 +35,17 @@ pub fn decode(frame: Bytes) -> Result<Request, RequestError> {
         ));
     };
     match op {
+        pb::client_frame::Op::Refresh(r) => match non_empty(r.token) {
+            Some(token) => Ok(Request::Refresh {
+                token,
+                reference: r.r#ref,
+            }),
+            None => Err(RequestError::new(
+                r.r#ref.as_deref(),
+                ErrorCode::InvalidRequest,
+                "`refresh` needs a non-empty `token`",
+            )),
+        },
         pb::client_frame::Op::Hello(h) => Ok(Request::Hello {
             client: non_empty(h.client),
             token: non_empty(h.token),
@@ -171,7 +182,11 @@ pub fn encode_reply(reply: &Reply<'_>) -> Bytes {
             session,
             limits,
             batch,
+            user,
+            expires_at_ms,
         } => pb::server_frame::Op::Welcome(pb::Welcome {
+            user: user.map(str::to_owned),
+            expires_at: *expires_at_ms,
             batch: batch.map(|b| pb::BatchLimits {
                 max_events: b.max_events,
                 max_bytes: b.max_bytes,
@@ -194,7 +209,18 @@ pub fn encode_reply(reply: &Reply<'_>) -> Bytes {
             r#ref: reference.map(str::to_owned),
             epoch: position.map(|(e, _)| e.to_owned()),
             seq: position.map(|(_, s)| s),
+            expires_at: None,
         }),
+        Reply::Refreshed {
+            reference,
+            expires_at_ms,
+        } => pb::server_frame::Op::Ok(pb::Ok {
+            r#ref: reference.map(str::to_owned),
+            epoch: None,
+            seq: None,
+            expires_at: *expires_at_ms,
+        }),
+        Reply::Expiring { in_ms } => pb::server_frame::Op::Expiring(pb::Expiring { in_ms: *in_ms }),
         Reply::Gap {
             sub,
             topic,

@@ -26,6 +26,8 @@ use crate::protocol::{
 };
 use crate::routing::topic;
 
+mod auth;
+
 /// Close codes the node sends (documented in `docs/protocol.md`).
 pub mod close_code {
     /// The node is shutting down: reconnect, to another node if there is one.
@@ -39,6 +41,13 @@ pub mod close_code {
     /// This node lost contact with a peer and may have missed events for the client:
     /// reconnect (to any node) and resume from the cursor.
     pub const RESYNC: u16 = 4003;
+    /// 4000–4499: reconnect (with backoff). 4500–4999: do not reconnect without a new token.
+    pub const FIRST_TERMINAL: u16 = 4500;
+    /// No valid token: missing, malformed, badly signed, for another audience…, or no valid
+    /// `hello` within `hello_timeout`.
+    pub const UNAUTHORIZED: u16 = 4500;
+    /// The token expired without a `refresh`.
+    pub const TOKEN_EXPIRED: u16 = 4501;
 }
 
 /// How long a closing connection may take to deliver its last error and close frames.
@@ -67,6 +76,7 @@ pub(crate) async fn serve(
     node: Arc<NodeState>,
     format: Format,
     peer: SocketAddr,
+    identity: Option<crate::auth::Identity>,
 ) {
     let connection = node.next_connection_id();
     let session_id = format!("{:016x}", rand::random::<u64>());
@@ -83,6 +93,12 @@ pub(crate) async fn serve(
         tracing::debug!(?format, "connected");
         let outbox = Outbox::new(connection, node.settings.outbound_queue);
         let node_settings = node.settings.clone();
+        // Without a token from the upgrade: unrestricted with `auth = none`, the anonymous
+        // permissions if there are any, else nothing until a `hello` brings a valid token.
+        let identity = match identity {
+            Some(identity) => Some(identity),
+            None => node.auth.authenticate(None).await.ok(),
+        };
         let (sink, stream) = socket.split();
         let mut session = Session {
             session_id,
@@ -98,6 +114,7 @@ pub(crate) async fn serve(
             hole: false,
             batch: None,
             replay_in_progress: None,
+            auth: auth::ConnectionAuth::new(identity),
             publish_bucket: (node_settings.publish_rate > 0).then(|| {
                 crate::limits::TokenBucket::new(
                     node_settings.publish_rate,
@@ -125,6 +142,10 @@ enum Ending {
     FrameTooLarge,
     ShuttingDown,
     Resync,
+    /// No valid token (a refused `hello`, or none within `hello_timeout`).
+    Unauthorized,
+    /// The token expired without a `refresh`.
+    TokenExpired,
 }
 
 /// A queue-group event written to this client and not yet acknowledged.
@@ -160,6 +181,8 @@ struct Session {
     publish_bucket: Option<crate::limits::TokenBucket>,
     /// A `sub`'s replay with pages still to write (after its `ok` and first page).
     replay_in_progress: Option<ReplayInProgress>,
+    /// Who the client is, what it may do, until when.
+    auth: auth::ConnectionAuth,
 }
 
 /// A resume being replayed page by page.
@@ -234,13 +257,20 @@ impl Session {
 
         let welcome = self.welcome();
         let mut ending = self.write(welcome).await.err();
+        let hello_deadline = self
+            .node
+            .auth
+            .requires_token()
+            .then(|| Instant::now() + self.node.auth.hello_timeout());
         while ending.is_none() {
             let idle_deadline = last_heard + settings.idle_timeout;
+            let auth_deadline = self.auth.next_deadline(hello_deadline);
             let wake = self
                 .ack_deadlines
                 .front()
                 .map_or(next_ping, |(deadline, _)| (*deadline).min(next_ping))
-                .min(idle_deadline);
+                .min(idle_deadline)
+                .min(auth_deadline.unwrap_or(idle_deadline));
             ending = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Some(Ending::ShuttingDown),
@@ -256,6 +286,8 @@ impl Session {
                     self.redeliver_expired(now);
                     if now >= idle_deadline {
                         Some(Ending::IdleTimeout)
+                    } else if auth_deadline.is_some_and(|d| now >= d) {
+                        self.on_auth_deadline(hello_deadline).await.err()
                     } else if now >= next_ping {
                         next_ping = now + settings.ping_interval;
                         self.write(Message::Ping(bytes::Bytes::new())).await.err()
@@ -295,6 +327,8 @@ impl Session {
             session: &self.session_id,
             limits: &self.node.limits,
             batch: self.batch,
+            user: self.auth.user(),
+            expires_at_ms: self.auth.expires_at_ms(),
         })
     }
 
@@ -333,9 +367,37 @@ impl Session {
             Err(err) => {
                 tracing::debug!(code = %err.code, message = %err.message, "request refused");
                 let message = self.encode(&err.reply());
-                self.write(message).await
+                self.write(message).await?;
+                // A refused token ends the connection once the client has been told why.
+                match self.auth.take_closing() {
+                    Some(ending) => Err(ending),
+                    None => Ok(()),
+                }
             }
         }
+    }
+
+    /// Ends subscription `id`: its unacknowledged deliveries go to the rest of its group.
+    /// False when this connection holds no such subscription.
+    fn end_subscription(&mut self, id: &str) -> bool {
+        let Some(subscription) = self.subscriptions.remove(id) else {
+            return false;
+        };
+        self.node.broker.unsubscribe(&subscription);
+        self.replayed_up_to.remove(&subscription.id);
+        self.last_sent.remove(&subscription.id);
+        let orphaned: Vec<u64> = self
+            .unacked
+            .iter()
+            .filter(|(_, u)| Arc::ptr_eq(&u.subscription, &subscription))
+            .map(|(id, _)| *id)
+            .collect();
+        for delivery in orphaned {
+            if let Some(u) = self.unacked.remove(&delivery) {
+                self.redeliver(&u.subscription, &u.event, u.origin);
+            }
+        }
+        true
     }
 
     /// The checks every request passes before it is served: the length of the names it
@@ -372,21 +434,25 @@ impl Session {
 
     /// Serves one request; the returned frames answer it, in order.
     async fn handle(&mut self, request: Request) -> Result<Vec<Message>, RequestError> {
+        self.check_allowed(&request)?;
         let settings = &self.node.settings;
         match request {
+            Request::Refresh { token, reference } => {
+                self.refresh(&token, reference.as_deref()).await
+            }
             Request::Hello {
                 client,
-                token: _,
+                token,
                 batch,
             } => {
-                // Token checks arrive with client authentication; until then any token is
-                // accepted, so clients can send one already.
+                let mut frames = self.hello_token(token.as_deref()).await?;
                 if let Some(name) = client.as_deref() {
                     tracing::Span::current().record("client", name);
                 }
                 self.batch = batch.map(BatchLimits::granted);
                 tracing::debug!(batch = ?self.batch, "hello");
-                Ok(vec![self.welcome()])
+                frames.push(self.welcome());
+                Ok(frames)
             }
             Request::Subscribe(sub) => {
                 let reference = Some(sub.id.as_str());
@@ -482,27 +548,12 @@ impl Session {
                 Ok(frames)
             }
             Request::Unsubscribe { id } => {
-                let Some(subscription) = self.subscriptions.remove(&id) else {
+                if !self.end_subscription(&id) {
                     return Err(RequestError::new(
                         Some(&id),
                         ErrorCode::UnknownSubscription,
                         format!("no subscription `{id}` on this connection"),
                     ));
-                };
-                self.node.broker.unsubscribe(&subscription);
-                self.replayed_up_to.remove(&subscription.id);
-                self.last_sent.remove(&subscription.id);
-                // Its unacknowledged deliveries go to the rest of the group now.
-                let orphaned: Vec<u64> = self
-                    .unacked
-                    .iter()
-                    .filter(|(_, u)| Arc::ptr_eq(&u.subscription, &subscription))
-                    .map(|(id, _)| *id)
-                    .collect();
-                for delivery in orphaned {
-                    if let Some(u) = self.unacked.remove(&delivery) {
-                        self.redeliver(&u.subscription, &u.event, u.origin);
-                    }
                 }
                 Ok(vec![self.encode(&Reply::Ok {
                     reference: Some(&id),
@@ -1016,11 +1067,16 @@ impl Session {
                 "this node lost contact with a peer and may have missed events for you; \
                  reconnect and resume from your cursor",
             ),
+            // The error frame saying why was written already (see `auth`).
+            Ending::Unauthorized => (ErrorCode::Unauthorized, close_code::UNAUTHORIZED, ""),
+            Ending::TokenExpired => (ErrorCode::TokenExpired, close_code::TOKEN_EXPIRED, ""),
         };
-        let error = self.encode(&Reply::Error {
-            reference: None,
-            code,
-            message,
+        let error = (!message.is_empty()).then(|| {
+            self.encode(&Reply::Error {
+                reference: None,
+                code,
+                message,
+            })
         });
         let close = Message::Close(Some(CloseFrame {
             code: close,
@@ -1030,7 +1086,9 @@ impl Session {
         // client's own close frame (the closing handshake) before dropping the socket keeps
         // the kernel from resetting the connection under frames the client has yet to read.
         let goodbye = async {
-            self.sink.feed(error).await?;
+            if let Some(error) = error {
+                self.sink.feed(error).await?;
+            }
             self.sink.send(close).await?;
             while let Some(Ok(message)) = stream.next().await {
                 if let Message::Close(_) = message {
