@@ -5,10 +5,10 @@
 #   deploy/local-cluster.sh status  # the cluster as n1 sees it
 #
 # Ports (all on 127.0.0.1):
-#   node  WebSocket/HTTP  gossip (UDP)  QUIC (UDP)
-#   n1    7400            7401          7402
-#   n2    7410            7411          7412
-#   n3    7420            7421          7422
+#   node  WebSocket/HTTP  gossip (UDP)  QUIC (UDP)  admin (/metrics, /v1/cluster)
+#   n1    7400            7401          7402        7403
+#   n2    7410            7411          7412        7413
+#   n3    7420            7421          7422        7423
 # Logs and pid files: .cluster/ in the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,13 +26,14 @@ start() {
     base=$((7400 + (i - 1) * 10))
     MURMUR_CLUSTER_KEY="$key" "$bin" serve --name "n$i" \
       --listen "127.0.0.1:$base" --gossip "127.0.0.1:$((base + 1))" --quic "127.0.0.1:$((base + 2))" \
+      --admin-listen "127.0.0.1:$((base + 3))" \
       --seeds 127.0.0.1:7401,127.0.0.1:7411 >"$dir/n$i.log" 2>&1 &
     echo $! >"$dir/n$i.pid"
     echo "n$i: ws://127.0.0.1:$base/ws (pid $!, log $dir/n$i.log)"
   done
   for _ in $(seq 1 100); do
-    if "$bin" members --url http://127.0.0.1:7400 2>/dev/null | grep -c ' alive ' | grep -q '^3$'; then
-      "$bin" members --url http://127.0.0.1:7400; return 0
+    if "$bin" members --url http://127.0.0.1:7403 2>/dev/null | grep -c ' alive ' | grep -q '^3$'; then
+      "$bin" members --url http://127.0.0.1:7403; return 0
     fi
     sleep 0.1
   done
@@ -55,6 +56,6 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  status) "$bin" members --url http://127.0.0.1:7400 ;;
+  status) "$bin" members --url http://127.0.0.1:7403 ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

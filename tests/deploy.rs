@@ -222,13 +222,19 @@ fn kubernetes_manifests_parse_and_fit_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_and_dashboard_refer_to_paths_and_metrics_that_exist() {
     let node = start_node(|_| {}).await;
-    let base = format!("http://{}", node.local_addr());
-    for path in ["/healthz", "/readyz", "/metrics", "/v1/cluster"] {
-        murmur::client::http_get(&base, path)
+    let client = format!("http://{}", node.local_addr());
+    let admin = murmur_tests::admin_url(&node);
+    for (base, path) in [
+        (&client, "/healthz"),
+        (&client, "/readyz"),
+        (&admin, "/metrics"),
+        (&admin, "/v1/cluster"),
+    ] {
+        murmur::client::http_get(base, path)
             .await
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
+            .unwrap_or_else(|e| panic!("{base}{path}: {e}"));
     }
-    let metrics = murmur::client::http_get(&base, "/metrics").await.unwrap();
+    let metrics = murmur::client::http_get(&admin, "/metrics").await.unwrap();
     let dashboard: serde_json::Value =
         serde_json::from_str(&read("grafana/murmur-dashboard.json")).unwrap();
     let text = dashboard.to_string();
