@@ -25,10 +25,11 @@ fn serve_help() -> (HashSet<String>, HashSet<String>) {
         .output()
         .unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
+    // `[env: NAME=]`, which help wrapping may break after `[env:`.
     let envs = help
-        .split("[env: ")
+        .split("[env:")
         .skip(1)
-        .filter_map(|s| s.split(['=', ']']).next())
+        .filter_map(|s| s.trim_start().split(['=', ']']).next())
         .map(str::to_owned)
         .collect();
     let flags = help
