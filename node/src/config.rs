@@ -608,4 +608,37 @@ mod tests {
         ));
         assert!(Settings::default().validate().is_ok());
     }
+
+    #[test]
+    fn refuses_unworkable_transport_settings() {
+        let refused = |settings: Settings| match settings.validate() {
+            Err(ConfigError::Invalid { setting, .. }) => setting,
+            other => panic!("accepted: {other:?}"),
+        };
+        let half_tls = Settings {
+            client_tls_cert: Some("cert.pem".into()),
+            ..Settings::default()
+        };
+        assert_eq!(refused(half_tls), "client_tls_cert/client_tls_key");
+        let bad_origin = Settings {
+            allowed_origins: vec!["example.com".into()],
+            ..Settings::default()
+        };
+        assert_eq!(refused(bad_origin), "allowed_origins");
+        let no_deadline = Settings {
+            handshake_timeout: Duration::ZERO,
+            ..Settings::default()
+        };
+        assert_eq!(refused(no_deadline), "handshake_timeout");
+        let no_connections = Settings {
+            max_connections: 0,
+            ..Settings::default()
+        };
+        assert_eq!(refused(no_connections), "max_connections");
+        let same_port = Settings {
+            admin_listen: Settings::default().listen,
+            ..Settings::default()
+        };
+        assert_eq!(refused(same_port), "admin_listen");
+    }
 }
