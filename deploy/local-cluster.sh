@@ -5,10 +5,10 @@
 #   deploy/local-cluster.sh status  # the cluster as n1 sees it
 #
 # Ports (all on 127.0.0.1):
-#   node  WebSocket/HTTP  gossip (UDP)  QUIC (UDP)
-#   n1    7400            7401          7402
-#   n2    7410            7411          7412
-#   n3    7420            7421          7422
+#   node  WebSocket/HTTP  gossip (UDP)  QUIC (UDP)  admin (/metrics, /v1/cluster)
+#   n1    7400            7401          7402        7403
+#   n2    7410            7411          7412        7413
+#   n3    7420            7421          7422        7423
 # Logs and pid files: .cluster/ in the repository. The cluster key is MURMUR_CLUSTER_KEY when
 # set; otherwise one is generated (`murmur keygen`) into .cluster/cluster.key (mode 0600) on the
 # first start and reused after, and the nodes read it with --cluster-key-file.
@@ -33,13 +33,14 @@ start() {
     if [ -n "${MURMUR_CLUSTER_KEY:-}" ]; then key_args=(); else key_args=(--cluster-key-file "$key_file"); fi
     "$bin" serve --name "n$i" ${key_args[@]+"${key_args[@]}"} \
       --listen "127.0.0.1:$base" --gossip "127.0.0.1:$((base + 1))" --quic "127.0.0.1:$((base + 2))" \
+      --admin-listen "127.0.0.1:$((base + 3))" \
       --seeds 127.0.0.1:7401,127.0.0.1:7411 >"$dir/n$i.log" 2>&1 &
     echo $! >"$dir/n$i.pid"
     echo "n$i: ws://127.0.0.1:$base/ws (pid $!, log $dir/n$i.log)"
   done
   for _ in $(seq 1 100); do
-    if "$bin" members --url http://127.0.0.1:7400 2>/dev/null | grep -c ' alive ' | grep -q '^3$'; then
-      "$bin" members --url http://127.0.0.1:7400; return 0
+    if "$bin" members --url http://127.0.0.1:7403 2>/dev/null | grep -c ' alive ' | grep -q '^3$'; then
+      "$bin" members --url http://127.0.0.1:7403; return 0
     fi
     sleep 0.1
   done
@@ -62,6 +63,6 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  status) "$bin" members --url http://127.0.0.1:7400 ;;
+  status) "$bin" members --url http://127.0.0.1:7403 ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

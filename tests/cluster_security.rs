@@ -19,7 +19,7 @@ type TestResult = anyhow::Result<()>;
 async fn http_get(node: &RunningNode, path: &str) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(node.local_addr()).await?;
+        let mut stream = tokio::net::TcpStream::connect(node.admin_addr()).await?;
         stream
             .write_all(
                 format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),

@@ -24,16 +24,12 @@ fn serve_help() -> (HashSet<String>, HashSet<String>) {
         .args(["serve", "--help"])
         .output()
         .unwrap();
-    // Help text is wrapped to the terminal's width: `[env:` may end a line.
-    let help = String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let help = String::from_utf8(out.stdout).unwrap();
+    // `[env: NAME=]`, which help wrapping may break after `[env:`.
     let envs = help
-        .split("[env: ")
+        .split("[env:")
         .skip(1)
-        .filter_map(|s| s.split(['=', ']']).next())
+        .filter_map(|s| s.trim_start().split(['=', ']']).next())
         .map(str::to_owned)
         .collect();
     let flags = help
@@ -227,13 +223,19 @@ fn kubernetes_manifests_parse_and_fit_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_and_dashboard_refer_to_paths_and_metrics_that_exist() {
     let node = start_node(|_| {}).await;
-    let base = format!("http://{}", node.local_addr());
-    for path in ["/healthz", "/readyz", "/metrics", "/v1/cluster"] {
-        murmur::client::http_get(&base, path)
+    let client = format!("http://{}", node.local_addr());
+    let admin = murmur_tests::admin_url(&node);
+    for (base, path) in [
+        (&client, "/healthz"),
+        (&client, "/readyz"),
+        (&admin, "/metrics"),
+        (&admin, "/v1/cluster"),
+    ] {
+        murmur::client::http_get(base, path)
             .await
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
+            .unwrap_or_else(|e| panic!("{base}{path}: {e}"));
     }
-    let metrics = murmur::client::http_get(&base, "/metrics").await.unwrap();
+    let metrics = murmur::client::http_get(&admin, "/metrics").await.unwrap();
     let dashboard: serde_json::Value =
         serde_json::from_str(&read("grafana/murmur-dashboard.json")).unwrap();
     let text = dashboard.to_string();

@@ -56,9 +56,9 @@ async fn metrics_expose_the_named_series_and_they_move_under_load() -> TestResul
     for _ in 0..50 {
         subscriber.recv_json().await?;
     }
-    let (status, publisher_side) = http_get(nodes[0].local_addr(), "/metrics").await?;
+    let (status, publisher_side) = http_get(nodes[0].admin_addr(), "/metrics").await?;
     assert_eq!(status, 200);
-    let (_, subscriber_side) = http_get(nodes[1].local_addr(), "/metrics").await?;
+    let (_, subscriber_side) = http_get(nodes[1].admin_addr(), "/metrics").await?;
     for series in [
         "murmur_connections",
         "murmur_subscriptions",
@@ -165,6 +165,8 @@ async fn readiness_waits_for_the_cluster() -> TestResult {
 struct Process {
     child: std::process::Child,
     listen: std::net::SocketAddr,
+    /// `/v1/cluster` and `/metrics`.
+    admin: std::net::SocketAddr,
 }
 
 impl Drop for Process {
@@ -181,13 +183,18 @@ fn free_udp() -> std::net::SocketAddr {
         .unwrap()
 }
 
-fn spawn_node(name: &str, gossip: std::net::SocketAddr, seed: std::net::SocketAddr) -> Process {
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+fn free_tcp() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
-        .unwrap();
+        .unwrap()
+}
+
+fn spawn_node(name: &str, gossip: std::net::SocketAddr, seed: std::net::SocketAddr) -> Process {
+    let (listen, admin) = (free_tcp(), free_tcp());
     let child = std::process::Command::new(murmur_binary())
         .args(["serve", "--name", name, "--listen", &listen.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
         .args([
             "--gossip",
             &gossip.to_string(),
@@ -201,7 +208,11 @@ fn spawn_node(name: &str, gossip: std::net::SocketAddr, seed: std::net::SocketAd
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("murmur serve starts");
-    Process { child, listen }
+    Process {
+        child,
+        listen,
+        admin,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,7 +372,7 @@ async fn an_owner_paused_past_failure_detection_never_reuses_a_sequence_number()
         .status()?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, body) = http_get(nodes[0].listen, "/v1/cluster").await?;
+        let (_, body) = http_get(nodes[0].admin, "/v1/cluster").await?;
         if body.contains(r#""name":"p2","state":"down""#) {
             break;
         }
@@ -394,7 +405,7 @@ async fn an_owner_paused_past_failure_detection_never_reuses_a_sequence_number()
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, body) = http_get(nodes[0].listen, "/v1/cluster").await?;
+        let (_, body) = http_get(nodes[0].admin, "/v1/cluster").await?;
         if body.matches(r#""state":"alive""#).count() == 3 {
             break;
         }

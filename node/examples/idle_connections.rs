@@ -107,6 +107,9 @@ fn measure(options: &Options) {
             &listen.to_string(),
         ])
         .args(["--gossip", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        // Every connection comes from 127.0.0.1.
+        .args(["--max-connections-per-ip", "0"])
         .args(["--log", "warn"])
         .args(&options.serve_args)
         .env(

@@ -1,5 +1,8 @@
-//! A small JSON WebSocket client: what `murmur sub` and `murmur pub` speak.
+//! A small JSON WebSocket client: what `murmur sub` and `murmur pub` speak, over `ws://` or
+//! `wss://`.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -7,7 +10,9 @@ use serde_json::{Value, json};
 use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
+use tokio_tungstenite::{
+    Connector, MaybeTlsStream, WebSocketStream, connect_async_tls_with_config,
+};
 
 /// The URL the CLI clients use when none is given.
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:7400/ws";
@@ -29,6 +34,63 @@ pub enum ClientError {
     Http { url: String, message: String },
     #[error("no answer from the node within {0:?}")]
     Timeout(Duration),
+    #[error("cannot use {path} as the CA: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    #[error(
+        "no root certificates found on this system to check the node's certificate: \
+         pass --ca FILE ({0})"
+    )]
+    NoSystemRoots(String),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The TLS settings for `wss://` URLs: certificates are checked against `ca` (a PEM file of
+/// one or more CA certificates) when given, otherwise against the system's roots. TLS 1.3,
+/// with the `ring` provider the node uses.
+pub fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let ca_error = |reason: String| ClientError::CaFile {
+                path: path.to_owned(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            let certs = rustls_pemfile::certs(&mut pem.as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ca_error(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_error("no PEM certificate in it".into()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found
+                    .errors
+                    .first()
+                    .map_or_else(|| "none installed".to_owned(), ToString::to_string);
+                return Err(ClientError::NoSystemRoots(why));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Whether `url` asks for TLS (`wss://` or `https://`).
+pub fn wants_tls(url: &str) -> bool {
+    let scheme = url.split("://").next().unwrap_or_default();
+    scheme.eq_ignore_ascii_case("wss") || scheme.eq_ignore_ascii_case("https")
 }
 
 pub struct Client {
@@ -43,7 +105,21 @@ impl Client {
     /// small frames back to back (an `ack` and then a `ping`, say), and with it on the
     /// second one waits for the node's delayed TCP acknowledgement of the first (tens of ms).
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
-        let (ws, _) = connect_async_with_config(url, None, true)
+        Self::connect_with(url, None).await
+    }
+
+    /// Connects as [`Client::connect`]; a `wss://` URL uses `tls` (see [`tls_config`]),
+    /// or the system's roots when it is None.
+    pub async fn connect_with(
+        url: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, ClientError> {
+        let tls = match tls {
+            Some(config) => Some(config),
+            None if wants_tls(url) => Some(tls_config(None)?),
+            None => None,
+        };
+        let (ws, _) = connect_async_tls_with_config(url, None, true, tls.map(Connector::Rustls))
             .await
             .map_err(|source| ClientError::Connect {
                 url: url.to_owned(),
@@ -189,6 +265,13 @@ pub fn refused(frame: &Value) -> ClientError {
 /// A plain HTTP/1.1 GET for the node's small JSON endpoints; returns the body of a 200.
 pub async fn http_get(base_url: &str, path: &str) -> Result<String, ClientError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if wants_tls(base_url) {
+        return Err(ClientError::Http {
+            url: format!("{base_url}{path}"),
+            message: "only plain http:// is supported here (the admin port does not speak TLS)"
+                .into(),
+        });
+    }
     let authority = base_url
         .trim_start_matches("http://")
         .trim_start_matches("ws://")

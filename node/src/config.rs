@@ -22,8 +22,26 @@ pub const MAX_HELLO_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Settings {
     /// This node's name in the cluster and in `welcome` frames.
     pub name: String,
-    /// The HTTP + WebSocket address (WebSocket at `/ws`).
+    /// The client address: WebSocket at `/ws`, and `/healthz` and `/readyz`.
     pub listen: SocketAddr,
+    /// PEM certificate chain for the client listener; with `client_tls_key` the listener
+    /// speaks TLS only (`wss://`, `https://`). Reloaded on SIGHUP.
+    pub client_tls_cert: Option<PathBuf>,
+    /// PEM private key of `client_tls_cert`.
+    pub client_tls_key: Option<PathBuf>,
+    /// Origins a WebSocket upgrade that carries an `Origin` header may come from
+    /// (`https://app.example.com`, `https://*.example.com`, `*`); empty: same origin only.
+    pub allowed_origins: Vec<String>,
+    /// The operators' address: `/metrics`, `/v1/cluster` (and `/healthz`, `/readyz`).
+    pub admin_listen: SocketAddr,
+    /// Client connections held at once (also capped by the open-file limit).
+    pub max_connections: usize,
+    /// Client connections held at once from one IPv4 address or IPv6 /64 (0: no limit).
+    pub max_connections_per_ip: usize,
+    /// A client connection that has not finished its TLS handshake and its WebSocket
+    /// upgrade within this is closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
     /// The UDP address for gossip (membership).
     pub gossip: SocketAddr,
     /// The UDP address of the QUIC mesh between nodes.
@@ -142,6 +160,12 @@ pub enum AuthMode {
     Token,
 }
 
+/// The most `max_connections` (and `max_connections_per_ip`) accepted.
+const MAX_CONNECTIONS_BOUND: usize = 10_000_000;
+/// The longest `handshake_timeout` accepted: longer only helps idle sockets hold file
+/// descriptors.
+const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(300);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -165,6 +189,13 @@ impl Default for Settings {
         Self {
             name: default_node_name(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            client_tls_cert: None,
+            client_tls_key: None,
+            allowed_origins: Vec::new(),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 7403)),
+            max_connections: 100_000,
+            max_connections_per_ip: 1000,
+            handshake_timeout: Duration::from_secs(10),
             gossip: SocketAddr::from(([127, 0, 0, 1], 7401)),
             quic: SocketAddr::from(([127, 0, 0, 1], 7402)),
             seeds: Vec::new(),
@@ -381,6 +412,28 @@ impl Settings {
         if own_pki.iter().any(|p| p.is_some()) && !own_pki.iter().all(|p| p.is_some()) {
             return invalid("tls_ca/tls_cert/tls_key", "give all three, or none");
         }
+        if self.client_tls_cert.is_some() != self.client_tls_key.is_some() {
+            return invalid("client_tls_cert/client_tls_key", "give both, or neither");
+        }
+        if let Err(reason) = crate::frontdoor::origin::AllowedOrigins::parse(&self.allowed_origins)
+        {
+            return invalid("allowed_origins", &reason.to_string());
+        }
+        if self.admin_listen == self.listen && self.listen.port() != 0 {
+            return invalid("admin_listen", "must differ from listen");
+        }
+        if !(1..=MAX_CONNECTIONS_BOUND).contains(&self.max_connections) {
+            return invalid("max_connections", "must be between 1 and 10000000");
+        }
+        if self.max_connections_per_ip > MAX_CONNECTIONS_BOUND {
+            return invalid(
+                "max_connections_per_ip",
+                "must be at most 10000000 (0: no limit)",
+            );
+        }
+        if self.handshake_timeout.is_zero() || self.handshake_timeout > MAX_HANDSHAKE_TIMEOUT {
+            return invalid("handshake_timeout", "must be more than zero and at most 5m");
+        }
         self.effective_cluster_key()?;
         if !(MIN_REPLAY_WINDOW..=MAX_REPLAY_WINDOW).contains(&self.gossip_replay_window) {
             return invalid(
@@ -524,9 +577,41 @@ pub struct ServeArgs {
     /// Node name shown to clients and peers [default: the host name].
     #[arg(long, env = "MURMUR_NAME")]
     pub name: Option<String>,
-    /// HTTP and WebSocket listen address; clients connect to ws://ADDR/ws [default: 127.0.0.1:7400].
+    /// Client listen address: ws://ADDR/ws (wss:// with --client-tls-cert), /healthz, /readyz
+    /// [default: 127.0.0.1:7400].
     #[arg(long, env = "MURMUR_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// PEM certificate chain for the client listener (with --client-tls-key): clients then
+    /// connect with wss://. Reloaded on SIGHUP.
+    #[arg(long, env = "MURMUR_CLIENT_TLS_CERT", value_name = "FILE")]
+    pub client_tls_cert: Option<PathBuf>,
+    /// PEM private key for --client-tls-cert.
+    #[arg(long, env = "MURMUR_CLIENT_TLS_KEY", value_name = "FILE")]
+    pub client_tls_key: Option<PathBuf>,
+    /// Comma-separated origins browsers may open WebSockets from: `https://app.example.com`,
+    /// `https://*.example.com`, `*` [default: none, same origin only].
+    #[arg(
+        long,
+        env = "MURMUR_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN,..."
+    )]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Admin listen address: /metrics and /v1/cluster; keep it off the public network
+    /// [default: 127.0.0.1:7403].
+    #[arg(long, env = "MURMUR_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Client connections held at once; also capped below the open-file limit [default: 100000].
+    #[arg(long, env = "MURMUR_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Client connections held at once from one IPv4 address or IPv6 /64; 0 for no limit
+    /// [default: 1000].
+    #[arg(long, env = "MURMUR_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Close a client connection that has not finished its TLS handshake and WebSocket
+    /// upgrade within this [default: 10s].
+    #[arg(long, env = "MURMUR_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub handshake_timeout: Option<Duration>,
     /// UDP address for gossip (cluster membership) [default: 127.0.0.1:7401].
     #[arg(long, env = "MURMUR_GOSSIP", value_name = "ADDR")]
     pub gossip: Option<SocketAddr>,
@@ -704,6 +789,10 @@ impl ServeArgs {
         apply!(
             name,
             listen,
+            admin_listen,
+            max_connections,
+            max_connections_per_ip,
+            handshake_timeout,
             gossip,
             quic,
             peer_queue,
@@ -751,7 +840,9 @@ impl ServeArgs {
             token_jwks,
             token_audience,
             token_issuer,
-            anonymous_permissions
+            anonymous_permissions,
+            client_tls_cert,
+            client_tls_key
         );
         if let Some(keys) = &self.token_public_keys {
             settings.token_public_keys = keys
@@ -783,6 +874,14 @@ impl ServeArgs {
         }
         if let Some(seeds) = &self.seeds {
             settings.seeds = seeds.iter().filter(|s| !s.is_empty()).cloned().collect();
+        }
+        if let Some(origins) = &self.allowed_origins {
+            settings.allowed_origins = origins
+                .iter()
+                .map(|o| o.trim())
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
         settings.validate()?;
         Ok(settings)
@@ -1024,5 +1123,38 @@ mod tests {
             };
             assert_eq!(settings.validate().is_ok(), ok, "{window}s");
         }
+    }
+
+    #[test]
+    fn refuses_unworkable_transport_settings() {
+        let refused = |settings: Settings| match settings.validate() {
+            Err(ConfigError::Invalid { setting, .. }) => setting,
+            other => panic!("accepted: {other:?}"),
+        };
+        let half_tls = Settings {
+            client_tls_cert: Some("cert.pem".into()),
+            ..Settings::default()
+        };
+        assert_eq!(refused(half_tls), "client_tls_cert/client_tls_key");
+        let bad_origin = Settings {
+            allowed_origins: vec!["example.com".into()],
+            ..Settings::default()
+        };
+        assert_eq!(refused(bad_origin), "allowed_origins");
+        let no_deadline = Settings {
+            handshake_timeout: Duration::ZERO,
+            ..Settings::default()
+        };
+        assert_eq!(refused(no_deadline), "handshake_timeout");
+        let no_connections = Settings {
+            max_connections: 0,
+            ..Settings::default()
+        };
+        assert_eq!(refused(no_connections), "max_connections");
+        let same_port = Settings {
+            admin_listen: Settings::default().listen,
+            ..Settings::default()
+        };
+        assert_eq!(refused(same_port), "admin_listen");
     }
 }

@@ -32,9 +32,14 @@ enum Command {
     Sub {
         /// Topic pattern: dot-separated tokens, `*` for one token, a final `>` for the rest.
         topic: String,
-        /// Node WebSocket URL; several, comma-separated, to fail over between nodes.
+        /// Node WebSocket URL (ws:// or wss://); several, comma-separated, to fail over
+        /// between nodes.
         #[arg(long, env = "MURMUR_URL", default_value = DEFAULT_URL, value_delimiter = ',')]
         url: Vec<String>,
+        /// PEM file of the CA that signed the node's certificate, for wss:// URLs [default:
+        /// the system's root certificates].
+        #[arg(long, env = "MURMUR_CA", value_name = "FILE")]
+        ca: Option<PathBuf>,
         /// Join a queue group: each event goes to one member of the group.
         #[arg(long)]
         group: Option<String>,
@@ -44,8 +49,12 @@ enum Command {
     },
     /// Show the cluster as a node sees it: every member, its state and addresses.
     Members {
-        /// The node's HTTP address.
-        #[arg(long, env = "MURMUR_HTTP_URL", default_value = "http://127.0.0.1:7400")]
+        /// The node's admin address (its admin_listen).
+        #[arg(
+            long,
+            env = "MURMUR_ADMIN_URL",
+            default_value = "http://127.0.0.1:7403"
+        )]
         url: String,
         /// Print the raw JSON of GET /v1/cluster instead of a table.
         #[arg(long)]
@@ -71,9 +80,13 @@ enum Command {
         /// The event data: JSON (`{"text":"hi"}`, `42`), any other text is sent as a JSON
         /// string; `-` publishes each line of stdin as one event.
         data: String,
-        /// Node WebSocket URL.
+        /// Node WebSocket URL (ws:// or wss://).
         #[arg(long, env = "MURMUR_URL", default_value = DEFAULT_URL)]
         url: String,
+        /// PEM file of the CA that signed the node's certificate, for wss:// URLs [default:
+        /// the system's root certificates].
+        #[arg(long, env = "MURMUR_CA", value_name = "FILE")]
+        ca: Option<PathBuf>,
     },
 }
 
@@ -196,11 +209,13 @@ fn main() -> anyhow::Result<()> {
         Command::Sub {
             topic,
             url,
+            ca,
             group,
             count,
         } => {
             init_logging("warn", LogFormat::Human)?;
-            runtime.block_on(sub(&url, &topic, group.as_deref(), count))
+            let tls = tls_for(&url, ca.as_deref())?;
+            runtime.block_on(sub(&url, tls, &topic, group.as_deref(), count))
         }
         Command::Members { url, json } => {
             init_logging("warn", LogFormat::Human)?;
@@ -211,9 +226,15 @@ fn main() -> anyhow::Result<()> {
             println!("{}", mint_token(&args)?);
             Ok(())
         }
-        Command::Pub { topic, data, url } => {
+        Command::Pub {
+            topic,
+            data,
+            url,
+            ca,
+        } => {
             init_logging("warn", LogFormat::Human)?;
-            runtime.block_on(publish(&url, &topic, &data))
+            let tls = tls_for(std::slice::from_ref(&url), ca.as_deref())?;
+            runtime.block_on(publish(&url, tls, &topic, &data))
         }
     }
 }
@@ -236,22 +257,43 @@ fn init_logging(default_filter: &str, format: LogFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The TLS settings for the URLs when one of them is `wss://` (or `--ca` is given): the CA
+/// file is read once, not at every reconnection.
+fn tls_for(
+    urls: &[String],
+    ca: Option<&Path>,
+) -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+    if ca.is_none() && !urls.iter().any(|u| murmur::client::wants_tls(u)) {
+        return Ok(None);
+    }
+    Ok(Some(murmur::client::tls_config(ca)?))
+}
+
 async fn serve(settings: murmur::Settings) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let node = RunningNode::start(settings).await?;
-    wait_for_signal().await?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    loop {
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => {
+                result.context("cannot listen for SIGINT")?;
+                break;
+            }
+            _ = terminate.recv() => break,
+            _ = hangup.recv() => match node.reload_client_tls() {
+                Ok(true) => tracing::info!("SIGHUP: client TLS certificate reloaded"),
+                Ok(false) => tracing::info!("SIGHUP: no client TLS configured, nothing to reload"),
+                Err(err) => tracing::error!(
+                    %err,
+                    "SIGHUP: client TLS certificate NOT reloaded; the previous one stays in use"
+                ),
+            },
+        }
+    }
     tracing::info!("shutting down");
     node.shutdown();
     node.stopped().await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("cannot listen for SIGINT")?,
-        _ = terminate.recv() => {}
-    }
     Ok(())
 }
 
@@ -260,6 +302,7 @@ const MAX_RECONNECT_BACKOFF: std::time::Duration = std::time::Duration::from_sec
 
 async fn sub(
     urls: &[String],
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     topic: &str,
     group: Option<&str>,
     count: Option<u64>,
@@ -278,7 +321,7 @@ async fn sub(
         // A queue group shares live work: a member has nothing of its own to resume.
         let from = (resuming && group.is_none()).then(|| cursor.to_from(topic));
         let connected = async {
-            let mut client = Client::connect(url).await?;
+            let mut client = Client::connect_with(url, tls.clone()).await?;
             client.subscribe_from("cli", topic, group, from).await?;
             Ok::<_, murmur::client::ClientError>(client)
         };
@@ -341,8 +384,13 @@ async fn relay(
 /// Publishes with a `ref` each and waits for every `ok`, keeping at most this many in flight.
 const PUBLISH_WINDOW: usize = 1000;
 
-async fn publish(url: &str, topic: &str, data: &str) -> anyhow::Result<()> {
-    let mut client = Client::connect(url).await?;
+async fn publish(
+    url: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    topic: &str,
+    data: &str,
+) -> anyhow::Result<()> {
+    let mut client = Client::connect_with(url, tls).await?;
     if data != "-" {
         client
             .send(&json!({"op": "pub", "topic": topic, "data": data_from_arg(data), "ref": "1"}))

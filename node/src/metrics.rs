@@ -35,6 +35,8 @@ pub struct Metrics {
     pub publishes_rate_limited: Counter,
     /// Connections and requests refused by authentication or permissions.
     pub auth_refusals: Counter,
+    /// The client port's accepts, refusals and handshake deadlines.
+    pub listener: crate::frontdoor::listener::ListenerMetrics,
 }
 
 impl Metrics {
@@ -100,7 +102,37 @@ impl Metrics {
             "Open client WebSocket connections",
             self.connections.clone(),
         );
+        self.register_listener(&mut registry);
         registry
+    }
+
+    fn register_listener(&self, registry: &mut Registry) {
+        let listener = &self.listener;
+        registry.register(
+            "murmur_client_sockets",
+            "Open TCP connections on the client port, handshakes included",
+            listener.sockets.clone(),
+        );
+        registry.register(
+            "murmur_connections_refused",
+            "WebSocket upgrades refused, by reason (max_connections, max_connections_per_ip, origin)",
+            listener.refused.clone(),
+        );
+        registry.register(
+            "murmur_handshake_timeouts",
+            "Client connections closed without a complete request within handshake_timeout",
+            listener.handshake_timeouts.clone(),
+        );
+        registry.register(
+            "murmur_tls_handshake_failures",
+            "Client TLS handshakes that failed",
+            listener.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "murmur_accept_errors",
+            "Failed accepts on the client port (out of file descriptors, say)",
+            listener.accept_errors.clone(),
+        );
     }
 
     /// The text exposition of every metric.

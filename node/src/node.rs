@@ -1,5 +1,5 @@
-//! Starting and stopping a node: binds the front door, owns the shared state, drains on
-//! shutdown.
+//! Starting and stopping a node: binds the client and admin ports, owns the shared state,
+//! drains on shutdown.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -19,6 +19,9 @@ use crate::cluster::transport::TransportError;
 use crate::cluster::{Cluster, ClusterSetup};
 use crate::config::Settings;
 use crate::frontdoor;
+use crate::frontdoor::listener::{ConnectionCaps, ConnectionLimiter, HttpListener};
+use crate::frontdoor::origin::AllowedOrigins;
+use crate::frontdoor::tls::{ClientTls, ClientTlsError};
 use crate::protocol::Limits;
 
 /// State shared by the front door and every connection task.
@@ -36,6 +39,10 @@ pub struct NodeState {
     pub metrics: crate::metrics::Metrics,
     /// Checks clients' tokens (every connection is unrestricted with `auth = none`).
     pub auth: Arc<crate::auth::Authenticator>,
+    /// Who may open WebSockets from a browser (`allowed_origins`, parsed).
+    pub allowed_origins: AllowedOrigins,
+    /// The client port's certificate, when it speaks TLS.
+    pub client_tls: Option<Arc<ClientTls>>,
     ready: AtomicBool,
     next_connection: AtomicU64,
 }
@@ -82,6 +89,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("client TLS: {0}")]
+    ClientTls(#[from] ClientTlsError),
     #[error("cannot start gossip: {0}")]
     Gossip(std::io::Error),
     #[error("cluster security: {0}")]
@@ -102,6 +111,7 @@ pub enum StartError {
 pub struct RunningNode {
     state: Arc<NodeState>,
     local_addr: SocketAddr,
+    admin_addr: SocketAddr,
     task: JoinHandle<()>,
 }
 
@@ -117,17 +127,18 @@ impl RunningNode {
             // Retried when a token needs the keys; said now so a wrong URL shows at start.
             tracing::warn!(%err, "cannot fetch token_jwks yet");
         }
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: settings.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: settings.listen,
-            source,
+        let allowed_origins = AllowedOrigins::parse(&settings.allowed_origins).map_err(|err| {
+            crate::config::ConfigError::Invalid {
+                setting: "allowed_origins",
+                reason: err.to_string(),
+            }
         })?;
+        let client_tls = match (&settings.client_tls_cert, &settings.client_tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(ClientTls::load(cert, key)?)),
+            _ => None,
+        };
+        let (listener, local_addr) = bind_tcp(settings.listen).await?;
+        let (admin_listener, admin_addr) = bind_tcp(settings.admin_listen).await?;
         let limits = Limits {
             max_frame_bytes: settings.max_frame_bytes as u64,
             max_subscriptions: u32::try_from(settings.max_subscriptions).unwrap_or(u32::MAX),
@@ -212,28 +223,53 @@ impl RunningNode {
             connections: TaskTracker::new(),
             metrics: crate::metrics::Metrics::default(),
             auth,
+            allowed_origins,
+            client_tls,
             ready: AtomicBool::new(true),
             next_connection: AtomicU64::new(1),
         });
+        let scheme = if state.client_tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
         tracing::info!(
             node = %state.settings.name,
             listen = %local_addr,
+            admin = %admin_addr,
             gossip = %gossip_addr,
             quic = %quic_addr,
-            "murmur node serving: ws://{local_addr}/ws"
+            "murmur node serving: {scheme}://{local_addr}/ws (admin: http://{admin_addr}/metrics)"
         );
+        let (client, admin) = listeners(&state, listener, admin_listener);
         tokio::spawn(expire_history(state.clone()));
-        let task = tokio::spawn(serve(listener, state.clone()));
+        let task = tokio::spawn(serve(client, admin, state.clone()));
         Ok(Self {
             state,
             local_addr,
+            admin_addr,
             task,
         })
     }
 
-    /// The address the front door listens on (useful with port 0).
+    /// The address the client port listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the admin port (`/metrics`, `/v1/cluster`) listens on.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Reads the client certificate and key again (SIGHUP): new TLS handshakes get the new
+    /// certificate, open connections are not touched. On error the old certificate stays.
+    /// Ok(false) when the client port does not speak TLS.
+    pub fn reload_client_tls(&self) -> Result<bool, ClientTlsError> {
+        match &self.state.client_tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     pub fn state(&self) -> &Arc<NodeState> {
@@ -293,23 +329,73 @@ async fn expire_history(state: Arc<NodeState>) {
     }
 }
 
-async fn serve(listener: TcpListener, state: Arc<NodeState>) {
-    use axum::serve::ListenerExt;
-    // Nagle's algorithm would hold a frame written right after another (a publish's `ok`
-    // and then its event, say) until the client's delayed TCP acknowledgement: ~40 ms.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(%err, "cannot turn Nagle's algorithm off");
+async fn bind_tcp(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
+}
+
+/// The client and admin ports with their limits. The client port's connection cap stays
+/// below the open-file limit, so a full node refuses clients instead of failing accepts.
+fn listeners(
+    state: &Arc<NodeState>,
+    client: TcpListener,
+    admin: TcpListener,
+) -> (HttpListener, HttpListener) {
+    let settings = &state.settings;
+    let fd_limit = frontdoor::listener::raise_open_file_limit();
+    let caps = ConnectionCaps::for_clients(
+        settings.max_connections,
+        settings.max_connections_per_ip,
+        fd_limit,
+    );
+    if caps.admitted < settings.max_connections {
+        let message = "the open-file limit holds fewer client connections than max_connections; \
+                       raise LimitNOFILE / ulimit -n to take more";
+        // Loud only when someone asked for that many.
+        if settings.max_connections == Settings::default().max_connections {
+            tracing::info!(
+                open_file_limit = fd_limit,
+                admitted = caps.admitted,
+                "{message}"
+            );
+        } else {
+            tracing::warn!(
+                max_connections = settings.max_connections,
+                open_file_limit = fd_limit,
+                admitted = caps.admitted,
+                "{message}"
+            );
         }
-    });
-    let app = frontdoor::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let shutdown = state.shutdown.clone();
-    if let Err(err) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
-        tracing::error!(%err, "front door stopped with an error");
     }
+    let metrics = state.metrics.listener.clone();
+    let client = HttpListener {
+        name: "client",
+        listener: client,
+        router: frontdoor::router(state.clone()),
+        tls: state.client_tls.clone(),
+        limiter: ConnectionLimiter::new(caps, &metrics),
+        handshake_timeout: settings.handshake_timeout,
+        metrics,
+    };
+    // The admin port counts into metrics nobody registered: its numbers are not clients'.
+    let admin_metrics = frontdoor::listener::ListenerMetrics::default();
+    let admin = HttpListener {
+        name: "admin",
+        listener: admin,
+        router: frontdoor::admin_router(state.clone()),
+        tls: None,
+        limiter: ConnectionLimiter::new(ConnectionCaps::for_admin(), &admin_metrics),
+        handshake_timeout: settings.handshake_timeout,
+        metrics: admin_metrics,
+    };
+    (client, admin)
+}
+
+async fn serve(client: HttpListener, admin: HttpListener, state: Arc<NodeState>) {
+    let admin = tokio::spawn(frontdoor::listener::serve(admin, state.shutdown.clone()));
+    frontdoor::listener::serve(client, state.shutdown.clone()).await;
     state.connections.close();
     let grace = state.settings.shutdown_grace;
     if tokio::time::timeout(grace, state.connections.wait())
@@ -322,5 +408,6 @@ async fn serve(listener: TcpListener, state: Arc<NodeState>) {
         );
     }
     state.cluster.leave().await;
+    let _ = admin.await;
     tracing::info!("node stopped");
 }

@@ -11,6 +11,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_murmur");
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// The admin port: `/metrics`, `/v1/cluster`.
+    admin: SocketAddr,
 }
 
 impl Server {
@@ -19,12 +21,11 @@ impl Server {
     }
 
     fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
-        // Ask the OS for a free port, then hand it to the node.
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port");
+        // Ask the OS for free ports, then hand them to the node.
+        let (addr, admin) = (free_port(), free_port());
         let child = Command::new(BIN)
             .args(["serve", "--listen", &addr.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
             .args(["--gossip", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
             .args(extra)
             .env_remove("MURMUR_CONFIG")
@@ -33,7 +34,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("murmur serve starts");
-        let server = Self { child, addr };
+        let server = Self { child, addr, admin };
         server.wait_healthy();
         server
     }
@@ -69,6 +70,12 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
 }
 
 fn wait_healthy(addr: SocketAddr) {
@@ -200,6 +207,13 @@ fn serve_help_explains_every_setting_and_its_environment_variable() {
         ("--ack-timeout", "MURMUR_ACK_TIMEOUT"),
         ("--shutdown-grace", "MURMUR_SHUTDOWN_GRACE"),
         ("--log", "MURMUR_LOG"),
+        ("--client-tls-cert", "MURMUR_CLIENT_TLS_CERT"),
+        ("--client-tls-key", "MURMUR_CLIENT_TLS_KEY"),
+        ("--allowed-origins", "MURMUR_ALLOWED_ORIGINS"),
+        ("--admin-listen", "MURMUR_ADMIN_LISTEN"),
+        ("--max-connections", "MURMUR_MAX_CONNECTIONS"),
+        ("--max-connections-per-ip", "MURMUR_MAX_CONNECTIONS_PER_IP"),
+        ("--handshake-timeout", "MURMUR_HANDSHAKE_TIMEOUT"),
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
         assert!(text.contains(env), "--help lacks {env}");
@@ -302,7 +316,7 @@ fn cert_commands_make_a_pki_a_node_can_run_on() {
         "--tls-key",
         dir.join("cli-test.key").to_str().unwrap(),
     ]);
-    let members = murmur(&["members", "--url", &format!("http://{}", server.addr)]);
+    let members = murmur(&["members", "--url", &format!("http://{}", server.admin)]);
     assert!(members.status.success(), "{members:?}");
     let table = String::from_utf8(members.stdout).unwrap();
     assert!(
@@ -419,6 +433,8 @@ fn json_logs_are_one_object_per_line() {
             "--gossip",
             "127.0.0.1:0",
             "--quic",
+            "127.0.0.1:0",
+            "--admin-listen",
             "127.0.0.1:0",
             "--log-format",
             "json",

@@ -13,6 +13,8 @@ const KEY: &str = "8zZBlvNQmFXFa3dlht_p6CYvDWd0WWpVLsP2LOurU9U";
 struct Node {
     name: String,
     listen: SocketAddr,
+    /// The admin port, where `/v1/cluster` is.
+    admin: SocketAddr,
     gossip: SocketAddr,
     quic: SocketAddr,
     child: Option<Child>,
@@ -37,6 +39,7 @@ impl Node {
         Self {
             name: name.to_owned(),
             listen: free_tcp(),
+            admin: free_tcp(),
             gossip: free_udp(),
             quic: free_udp(),
             child: None,
@@ -47,6 +50,7 @@ impl Node {
         let child = Command::new(BIN)
             .args(["serve", "--name", &self.name])
             .args(["--listen", &self.listen.to_string()])
+            .args(["--admin-listen", &self.admin.to_string()])
             .args(["--gossip", &self.gossip.to_string()])
             .args(["--quic", &self.quic.to_string()])
             .args(["--seeds", &seed.to_string()])
@@ -80,7 +84,7 @@ impl Node {
     /// `name → state` as this node reports it, or None if it does not answer.
     fn states(&self) -> Option<Vec<(String, String)>> {
         let mut stream =
-            TcpStream::connect_timeout(&self.listen, Duration::from_millis(500)).ok()?;
+            TcpStream::connect_timeout(&self.admin, Duration::from_millis(500)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         write!(
             stream,

@@ -30,6 +30,7 @@ pub async fn start_node(tweak: impl FnOnce(&mut Settings)) -> RunningNode {
     let mut settings = Settings {
         name: "test-node".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
         gossip: "127.0.0.1:0".parse().unwrap(),
         quic: "127.0.0.1:0".parse().unwrap(),
         ..Settings::default()
@@ -144,6 +145,11 @@ pub fn ws_url(node: &RunningNode) -> String {
     format!("ws://{}/ws", node.local_addr())
 }
 
+/// The base URL of a node's admin port (`/metrics`, `/v1/cluster`).
+pub fn admin_url(node: &RunningNode) -> String {
+    format!("http://{}", node.admin_addr())
+}
+
 /// What the node sent, or how the connection ended.
 #[derive(Debug)]
 pub enum Received {
@@ -177,6 +183,25 @@ impl WsClient {
 
     pub async fn connect_url(url: &str) -> anyhow::Result<Self> {
         let (ws, _) = tokio::time::timeout(FRAME_TIMEOUT, connect_async(url))
+            .await
+            .context("connect timed out")?
+            .with_context(|| format!("connect to {url}"))?;
+        Ok(Self { ws })
+    }
+
+    /// Connects to a `wss://` URL, checking the node's certificate with `tls` (see
+    /// [`TestPki::client_config`]).
+    pub async fn connect_url_tls(
+        url: &str,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> anyhow::Result<Self> {
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            url,
+            None,
+            true,
+            Some(tokio_tungstenite::Connector::Rustls(tls)),
+        );
+        let (ws, _) = tokio::time::timeout(FRAME_TIMEOUT, connect)
             .await
             .context("connect timed out")?
             .with_context(|| format!("connect to {url}"))?;
@@ -539,4 +564,59 @@ pub fn steady_publisher(
         }
         failed
     })
+}
+
+/// A private CA and a certificate it issued for 127.0.0.1 and localhost, as PEM files in a
+/// directory of their own (removed on drop): what a node needs for TLS on its client port.
+pub struct TestPki {
+    pub dir: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TestPki {
+    pub fn new(label: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "murmur-test-pki-{label}-{}-{n}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("a directory for the test PKI");
+        let ca_key = rcgen::KeyPair::generate().expect("a CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "murmur test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("a CA certificate");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().expect("a node key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("a node certificate");
+        let pki = Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("node.pem"),
+            key: dir.join("node.key"),
+            dir,
+        };
+        std::fs::write(&pki.ca, ca_cert.pem()).expect("write ca.pem");
+        std::fs::write(&pki.cert, cert.pem()).expect("write node.pem");
+        std::fs::write(&pki.key, key.serialize_pem()).expect("write node.key");
+        pki
+    }
+
+    /// Client TLS that trusts this CA only.
+    pub fn client_config(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        murmur::client::tls_config(Some(&self.ca)).expect("the test CA loads")
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

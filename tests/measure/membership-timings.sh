@@ -23,13 +23,14 @@ start() { # start NODE_INDEX
   local i=$1 base=$((7600 + (i - 1) * 10))
   MURMUR_CLUSTER_KEY=$key "$bin" serve --name "m$i" --listen "127.0.0.1:$base" \
     --gossip "127.0.0.1:$((base + 1))" --quic "127.0.0.1:$((base + 2))" \
+    --admin-listen "127.0.0.1:$((base + 3))" \
     --seeds 127.0.0.1:7601,127.0.0.1:7611 >/dev/null 2>&1 &
   pids[$i]=$!
 }
 
 # states OBSERVER_INDEX -> "name=state ..." as that node reports it
 states() {
-  "$bin" members --json --url "http://127.0.0.1:$((7600 + ($1 - 1) * 10))" 2>/dev/null |
+  "$bin" members --json --url "http://127.0.0.1:$((7603 + ($1 - 1) * 10))" 2>/dev/null |
     python3 -c 'import json,sys; print(" ".join("%s=%s" % (m["name"], m["state"]) for m in json.load(sys.stdin)["members"]))' 2>/dev/null || true
 }
 

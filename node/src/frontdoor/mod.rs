@@ -1,16 +1,26 @@
-//! The front door: one HTTP port serving the WebSocket endpoint and the health checks.
+//! The front door: the client port and the admin port.
 //!
-//! `GET /ws` upgrades to a WebSocket; each connection is then served by its own task
-//! ([`session`]). `GET /healthz` answers 200 while the process serves; `GET /readyz` answers
-//! 200 once the node has joined the cluster and is linked to every live peer, and 503 (with
-//! the reason) before that and once it is draining. `GET /metrics` is Prometheus text;
-//! `GET /v1/cluster` the membership as this node sees it.
+//! The client port ([`router`], `listen`, optionally TLS): `GET /ws` upgrades to a WebSocket;
+//! each connection is then served by its own task ([`session`]). `GET /healthz` answers 200
+//! while the process serves; `GET /readyz` answers 200 once the node has joined the cluster
+//! and is linked to every live peer, and 503 (with the reason) before that and once it is
+//! draining.
+//!
+//! The admin port ([`admin_router`], `admin_listen`, loopback by default): `GET /metrics` is
+//! Prometheus text; `GET /v1/cluster` the membership as this node sees it; the health checks
+//! again, for monitoring that only reaches this port.
+//!
+//! Both are served by [`listener`]: connection limits, the handshake deadline, TLS.
 
+pub mod listener;
+pub mod origin;
 pub mod session;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
@@ -19,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
+use self::listener::ClientConnection;
 use crate::node::NodeState;
 use crate::protocol::Format;
 
@@ -26,13 +37,22 @@ use crate::protocol::Format;
 pub const SUBPROTOCOL_JSON: &str = "murmur.v1.json";
 pub const SUBPROTOCOL_PROTOBUF: &str = "murmur.v1.protobuf";
 
+/// The client port: the WebSocket endpoint and the health checks, nothing else.
 pub fn router(state: Arc<NodeState>) -> Router {
     Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v1/cluster", get(cluster_view))
+        .with_state(state)
+}
+
+/// The admin port: what operators and their monitoring read.
+pub fn admin_router(state: Arc<NodeState>) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
+        .route("/v1/cluster", get(cluster_view))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(state)
 }
 
@@ -89,12 +109,36 @@ struct WsQuery {
 async fn upgrade(
     State(node): State<Arc<NodeState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    connection: Option<Extension<Arc<ClientConnection>>>,
     Query(query): Query<WsQuery>,
     headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if !node.is_accepting() {
         return (StatusCode::SERVICE_UNAVAILABLE, "node is shutting down\n").into_response();
+    }
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|origin| node.allowed_origins.allows(origin, host));
+        if !allowed {
+            node.metrics.listener.count_refusal("origin");
+            tracing::debug!(%peer, ?origin, "WebSocket upgrade from an origin not allowed");
+            return (
+                StatusCode::FORBIDDEN,
+                "this origin may not open WebSockets to this node (allowed_origins)\n",
+            )
+                .into_response();
+        }
+    }
+    // The slot this connection holds, which the WebSocket keeps for its life.
+    let connection = connection.map(|Extension(c)| c);
+    if let Some(refusal) = connection.as_ref().and_then(|c| c.refusal()) {
+        node.metrics.listener.count_refusal(refusal.label());
+        return (StatusCode::SERVICE_UNAVAILABLE, refusal.message()).into_response();
     }
     // The client's own order of preference, from the raw header (the extractor sorts).
     let requested = headers
@@ -152,6 +196,9 @@ async fn upgrade(
         .write_buffer_size(settings.ws_write_buffer)
         .on_upgrade(move |socket| {
             let tracker = node.connections.clone();
-            tracker.track_future(session::serve(socket, node, format, peer, identity))
+            tracker.track_future(async move {
+                session::serve(socket, node, format, peer, identity).await;
+                drop(connection);
+            })
         })
 }
