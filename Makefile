@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle bench bench-smoke chaos chaos-smoke test lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle bench bench-smoke chaos chaos-smoke fuzz fuzz-smoke test lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -46,6 +46,14 @@ chaos: ## Every chaos nemesis on namespace hosts (root, ~20 min): chaos-out/<nem
 chaos-smoke: ## A short chaos matrix (root, ~3 min): kill -9, a short partition, QUIC packet loss, 15 s of load each
 	$(CARGO) build --release -p murmur -p murmur-chaos
 	flock /tmp/murmur-chaos.lock target/release/murmur-chaos matrix --nemeses kill,partition-short,quic-loss --seconds 15 --out chaos-out $(ARGS)
+
+FUZZ_SECONDS ?= 300
+
+fuzz: ## cargo fuzz every decoder (JSON, protobuf, peer frames, gossip envelope), FUZZ_SECONDS (300) each; docs/fuzzing.md
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh full
+
+fuzz-smoke: ## Each fuzz target for ~30 s (about 2 min once built); fails on any crash, panic, timeout or OOM
+	FUZZ_SECONDS=30 fuzz/run.sh smoke
 
 test: ## Run the whole test suite (unit, integration, CLI)
 	$(CARGO) nextest run --workspace --all-targets $(NEXTEST_ARGS)

@@ -352,7 +352,25 @@ async fn json_and_protobuf_clients_interoperate() -> TestResult {
     };
     assert_eq!(&own.data[..], &[0, 1, 2, 250]);
 
-    // Protobuf publishes JSON: JSON subscribers get it inline.
+    // JSON data must be UTF-8 text: a string of invalid UTF-8 is refused (found by fuzzing:
+    // it was accepted, and JSON subscribers got `"data":null`).
+    proto
+        .send_proto(pb::client_frame::Op::Pub(pb::Publish {
+            topic: "mix.u".into(),
+            data: Bytes::from_static(b"\"chat \xe0\x88 hi\""),
+            encoding: pb::Encoding::Json as i32,
+            r#ref: Some("u1".into()),
+        }))
+        .await?;
+    match proto.recv_proto().await?.op {
+        Some(pb::server_frame::Op::Error(error)) => {
+            assert_eq!(error.code, "invalid_request");
+            assert_eq!(error.r#ref.as_deref(), Some("u1"));
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+
+    // Protobuf publishes JSON: JSON subscribers get it inline (and nothing before it).
     proto
         .send_proto(pb::client_frame::Op::Pub(pb::Publish {
             topic: "mix.c".into(),

@@ -17,7 +17,27 @@ pub enum Payload {
     Binary(Bytes),
 }
 
+/// Bytes that were to be a [`Payload::Json`] but are not JSON text.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonPayloadError {
+    #[error("not UTF-8 text: {0}")]
+    NotUtf8(#[from] std::str::Utf8Error),
+    #[error(transparent)]
+    NotJson(#[from] serde_json::Error),
+}
+
 impl Payload {
+    /// `bytes` as a JSON payload, if they are one JSON value in UTF-8 text.
+    ///
+    /// The UTF-8 check comes first because `serde_json::from_slice` does not check the
+    /// bytes of the strings it skips over: a string holding invalid UTF-8 passed, and a JSON
+    /// subscriber then got `null` for the event's `data`.
+    pub fn json(bytes: Bytes) -> Result<Self, JsonPayloadError> {
+        let text = std::str::from_utf8(&bytes)?;
+        serde_json::from_str::<serde::de::IgnoredAny>(text)?;
+        Ok(Self::Json(bytes))
+    }
+
     pub fn len(&self) -> usize {
         match self {
             Self::Json(b) | Self::Binary(b) => b.len(),
@@ -71,4 +91,28 @@ pub struct Delivery {
 pub struct GroupOrigin {
     pub peer: Arc<str>,
     pub token: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_payloads_are_one_value_of_utf8_text() {
+        assert!(Payload::json(Bytes::from_static(br#" {"a":["\u00e9",1.5]} "#)).is_ok());
+        // Found by fuzzing: `serde_json::from_slice` skips over strings without checking
+        // their UTF-8, so this passed as JSON and reached JSON subscribers as `null`.
+        assert!(matches!(
+            Payload::json(Bytes::from_static(b"\"chat \xe0\x88 hi\"")),
+            Err(JsonPayloadError::NotUtf8(_))
+        ));
+        assert!(matches!(
+            Payload::json(Bytes::from_static(b"{nope")),
+            Err(JsonPayloadError::NotJson(_))
+        ));
+        assert!(matches!(
+            Payload::json(Bytes::from_static(b"1 2")),
+            Err(JsonPayloadError::NotJson(_))
+        ));
+    }
 }

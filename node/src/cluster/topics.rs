@@ -880,10 +880,7 @@ fn payload_pb(payload: &Payload) -> (bytes::Bytes, pb::Encoding) {
 
 fn payload_from_pb(data: bytes::Bytes, encoding: i32) -> Option<Payload> {
     match pb::Encoding::try_from(encoding).ok()? {
-        pb::Encoding::Json => {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&data).ok()?;
-            Some(Payload::Json(data))
-        }
+        pb::Encoding::Json => Payload::json(data).ok(),
         pb::Encoding::Binary => Some(Payload::Binary(data)),
     }
 }

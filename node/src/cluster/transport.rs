@@ -485,10 +485,7 @@ pub fn event_pb(event: &Event) -> pb::Event {
 /// Rebuilds an event a peer forwarded; `None` if it is malformed.
 pub fn event_from_pb(event: pb::Event) -> Option<Event> {
     let payload = match pb::Encoding::try_from(event.encoding).ok()? {
-        pb::Encoding::Json => {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&event.data).ok()?;
-            Payload::Json(event.data)
-        }
+        pb::Encoding::Json => Payload::json(event.data).ok()?,
         pb::Encoding::Binary => Payload::Binary(event.data),
     };
     if crate::routing::topic::validate_publish_topic(&event.topic, MAX_PEER_FRAME).is_err() {
@@ -638,6 +635,18 @@ mod tests {
             Err(TransportError::Version(99))
         ));
         assert!(decode(Bytes::from_static(&[0xff, 0xff])).is_err());
+        // Found by fuzzing (fuzz/corpus/peer_frame/crash-json-event-not-utf8): a JSON event
+        // whose string held invalid UTF-8 was accepted, and JSON subscribers got `null`.
+        let not_utf8 = pb::Event {
+            topic: "a.b".into(),
+            data: Bytes::from_static(b"[\"\xe0\x88\"]"),
+            encoding: pb::Encoding::Json as i32,
+            ..Default::default()
+        };
+        assert!(
+            event_from_pb(not_utf8).is_none(),
+            "JSON events are UTF-8 text"
+        );
         let bad_topic = pb::Event {
             topic: "a.*".into(),
             ..Default::default()

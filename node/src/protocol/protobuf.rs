@@ -115,8 +115,9 @@ pub fn decode(frame: Bytes) -> Result<Request, RequestError> {
             let topic = p.topic;
             let payload = match pb::Encoding::try_from(p.encoding) {
                 Ok(pb::Encoding::Binary) => Payload::Binary(p.data),
-                Ok(pb::Encoding::Json) => {
-                    if let Err(err) = serde_json::from_slice::<serde::de::IgnoredAny>(&p.data) {
+                Ok(pb::Encoding::Json) => match Payload::json(p.data) {
+                    Ok(payload) => payload,
+                    Err(err) => {
                         return Err(RequestError::new(
                             reference.as_deref(),
                             ErrorCode::InvalidRequest,
@@ -125,8 +126,7 @@ pub fn decode(frame: Bytes) -> Result<Request, RequestError> {
                             ),
                         ));
                     }
-                    Payload::Json(p.data)
-                }
+                },
                 Err(_) => {
                     return Err(RequestError::new(
                         reference.as_deref(),
@@ -443,6 +443,19 @@ mod tests {
         .unwrap_err();
         assert_eq!(bad_json.code, ErrorCode::InvalidRequest);
         assert_eq!(bad_json.reference.as_deref(), Some("p2"));
+
+        // Found by fuzzing (fuzz/corpus/protobuf_request/crash-json-string-not-utf8): the
+        // JSON check let a string of invalid UTF-8 through, and JSON subscribers got `null`.
+        let not_utf8 = decode(frame(pb::client_frame::Op::Pub(pb::Publish {
+            topic: "a.b".into(),
+            data: Bytes::from_static(b"\"hi \xe0\x88 there\""),
+            encoding: pb::Encoding::Json as i32,
+            r#ref: Some("p3".into()),
+        })))
+        .unwrap_err();
+        assert_eq!(not_utf8.code, ErrorCode::InvalidRequest);
+        assert_eq!(not_utf8.reference.as_deref(), Some("p3"));
+        assert!(not_utf8.message.contains("UTF-8"), "{}", not_utf8.message);
 
         let garbage = decode(Bytes::from_static(&[0xff, 0xff, 0xff, 0xff])).unwrap_err();
         assert_eq!(garbage.code, ErrorCode::InvalidProtobuf);
