@@ -148,6 +148,23 @@ impl Client {
             .map_err(|e| ClientError::Socket(Box::new(e)))
     }
 
+    /// Says `hello` with `token` (for nodes with `auth = token`) and returns the `welcome`
+    /// that answers, which names the token's user; a refused token is an error.
+    pub async fn authenticate(&mut self, token: &str) -> Result<Value, ClientError> {
+        self.send(&json!({"op": "hello", "token": token})).await?;
+        loop {
+            let frame = self.next_frame().await?;
+            match frame["op"].as_str() {
+                Some("welcome") => {
+                    self.welcome = frame.clone();
+                    return Ok(frame);
+                }
+                Some("error") => return Err(refused(&frame)),
+                _ => {}
+            }
+        }
+    }
+
     /// Asks the node for batch frames (see `docs/protocol.md`, `hello`), with the node's
     /// default bounds where `max_events` or `max_bytes` is `None`, and returns the `welcome`
     /// that answers (its `batch` holds the bounds in effect). [`Client::next_frame`] still

@@ -40,6 +40,10 @@ enum Command {
         /// the system's root certificates].
         #[arg(long, env = "MURMUR_CA", value_name = "FILE")]
         ca: Option<PathBuf>,
+        /// A client token (JWT) for nodes with `auth = token`; `murmur token` mints one for
+        /// development.
+        #[arg(long, env = "MURMUR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// Join a queue group: each event goes to one member of the group.
         #[arg(long)]
         group: Option<String>,
@@ -87,6 +91,10 @@ enum Command {
         /// the system's root certificates].
         #[arg(long, env = "MURMUR_CA", value_name = "FILE")]
         ca: Option<PathBuf>,
+        /// A client token (JWT) for nodes with `auth = token`; `murmur token` mints one for
+        /// development.
+        #[arg(long, env = "MURMUR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -210,12 +218,20 @@ fn main() -> anyhow::Result<()> {
             topic,
             url,
             ca,
+            token,
             group,
             count,
         } => {
             init_logging("warn", LogFormat::Human)?;
             let tls = tls_for(&url, ca.as_deref())?;
-            runtime.block_on(sub(&url, tls, &topic, group.as_deref(), count))
+            runtime.block_on(sub(
+                &url,
+                tls,
+                token.as_deref(),
+                &topic,
+                group.as_deref(),
+                count,
+            ))
         }
         Command::Members { url, json } => {
             init_logging("warn", LogFormat::Human)?;
@@ -231,10 +247,11 @@ fn main() -> anyhow::Result<()> {
             data,
             url,
             ca,
+            token,
         } => {
             init_logging("warn", LogFormat::Human)?;
             let tls = tls_for(std::slice::from_ref(&url), ca.as_deref())?;
-            runtime.block_on(publish(&url, tls, &topic, &data))
+            runtime.block_on(publish(&url, tls, token.as_deref(), &topic, &data))
         }
     }
 }
@@ -303,6 +320,7 @@ const MAX_RECONNECT_BACKOFF: std::time::Duration = std::time::Duration::from_sec
 async fn sub(
     urls: &[String],
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    token: Option<&str>,
     topic: &str,
     group: Option<&str>,
     count: Option<u64>,
@@ -322,6 +340,9 @@ async fn sub(
         let from = (resuming && group.is_none()).then(|| cursor.to_from(topic));
         let connected = async {
             let mut client = Client::connect_with(url, tls.clone()).await?;
+            if let Some(token) = token {
+                client.authenticate(token).await?;
+            }
             client.subscribe_from("cli", topic, group, from).await?;
             Ok::<_, murmur::client::ClientError>(client)
         };
@@ -387,10 +408,14 @@ const PUBLISH_WINDOW: usize = 1000;
 async fn publish(
     url: &str,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    token: Option<&str>,
     topic: &str,
     data: &str,
 ) -> anyhow::Result<()> {
     let mut client = Client::connect_with(url, tls).await?;
+    if let Some(token) = token {
+        client.authenticate(token).await?;
+    }
     if data != "-" {
         client
             .send(&json!({"op": "pub", "topic": topic, "data": data_from_arg(data), "ref": "1"}))

@@ -562,3 +562,62 @@ fn the_cluster_key_comes_from_a_file_or_the_environment_and_a_flag_is_warned_abo
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The development loop of the security docs: a node with `auth = token`, a token from
+/// `murmur token`, and `murmur sub`/`pub --token`. Without a token, or outside its
+/// permissions, the CLI fails and says why.
+#[test]
+fn sub_and_pub_with_a_token_against_a_node_that_requires_one() {
+    let secret = "cli-auth-secret-0123456789abcdefghijklmnop";
+    let server = Server::start_with_env(
+        &["--name", "cli-auth", "--auth", "token"],
+        &[("MURMUR_TOKEN_HMAC_SECRET", secret)],
+    );
+    let url = server.url();
+    let minted = Command::new(BIN)
+        .args([
+            "token",
+            "--sub",
+            "alice",
+            "--allow-pub",
+            "chat.>",
+            "--allow-sub",
+            "chat.>",
+        ])
+        .env("MURMUR_TOKEN_HMAC_SECRET", secret)
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{minted:?}");
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+
+    let mut sub = Command::new(BIN)
+        .args([
+            "sub", "chat.*", "--url", &url, "--count", "1", "--token", &token,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sub_stderr = BufReader::new(sub.stderr.take().unwrap());
+    let mut line = String::new();
+    sub_stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("subscribed to chat.*"), "{line}");
+    let published = murmur(&["pub", "chat.lobby", "hi", "--url", &url, "--token", &token]);
+    assert!(published.status.success(), "{published:?}");
+    let out = wait_with_timeout(sub, Duration::from_secs(20));
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"topic\":\"chat.lobby\""));
+
+    let without = murmur(&["pub", "chat.lobby", "hi", "--url", &url]);
+    assert!(!without.status.success());
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("unauthorized"),
+        "{without:?}"
+    );
+    let outside = murmur(&["pub", "orders.x", "hi", "--url", &url, "--token", &token]);
+    assert!(!outside.status.success());
+    assert!(
+        String::from_utf8_lossy(&outside.stderr).contains("forbidden"),
+        "{outside:?}"
+    );
+}
