@@ -33,7 +33,9 @@ async fn a_member_that_never_reads_cannot_crash_the_owner() -> TestResult {
     wait_for_interest_everywhere(&nodes, other, 1).await;
 
     let (mut publisher, _) = WsClient::connect_json(&nodes[owner]).await?;
-    for i in 0..20_000 {
+    // The crash came within a second of this load (peer_queue is 8); 5,000 publishes keep
+    // the node busy for a few seconds even on a loaded debug build.
+    for i in 0..5_000 {
         publisher
             .send_json(json!({"op": "pub", "topic": topic, "data": i}))
             .await?;
