@@ -184,6 +184,11 @@ pub struct HistoryOverride {
     pub max_age: Option<Duration>,
 }
 
+/// Upper bounds of settings a typo could make absurd (a node that tries to honour them runs
+/// out of memory or never times anything out).
+const MAX_REPLICATION: usize = 16;
+const MAX_FRAME_BYTES_BOUND: usize = 64 * 1024 * 1024;
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -441,8 +446,8 @@ impl Settings {
                 "must be between 1s and 10m (node clocks must agree to within it)",
             );
         }
-        if self.replication == 0 {
-            return invalid("replication", "must be at least 1 (the owner itself)");
+        if !(1..=MAX_REPLICATION).contains(&self.replication) {
+            return invalid("replication", "must be between 1 (the owner itself) and 16");
         }
         if !(1024 * 1024..=4 * 1024 * 1024 * 1024).contains(&self.publish_buffer_bytes) {
             return invalid(
@@ -456,17 +461,23 @@ impl Settings {
                 "must hold at least two frames of max_frame_bytes",
             );
         }
-        if self.peer_queue == 0 {
-            return invalid("peer_queue", "must be at least 1");
+        if !(1..=10_000_000).contains(&self.peer_queue) {
+            return invalid("peer_queue", "must be between 1 and 10000000");
         }
-        if self.max_frame_bytes < 1024 {
-            return invalid("max_frame_bytes", "must be at least 1024");
+        if !(1024..=MAX_FRAME_BYTES_BOUND).contains(&self.max_frame_bytes) {
+            return invalid(
+                "max_frame_bytes",
+                "must be between 1024 and 67108864 (64 MiB)",
+            );
         }
-        if self.max_subscriptions == 0 {
-            return invalid("max_subscriptions", "must be at least 1");
+        if !(1..=1_000_000).contains(&self.max_subscriptions) {
+            return invalid("max_subscriptions", "must be between 1 and 1000000");
         }
-        if self.outbound_queue == 0 {
-            return invalid("outbound_queue", "must be at least 1");
+        if !(1..=1_000_000).contains(&self.outbound_queue) {
+            return invalid("outbound_queue", "must be between 1 and 1000000");
+        }
+        if self.history_max_events > 100_000_000 {
+            return invalid("history_max_events", "must be at most 100000000");
         }
         if !(64..=1024 * 1024).contains(&self.ws_read_buffer) {
             return invalid("ws_read_buffer", "must be between 64 and 1048576 bytes");
@@ -474,8 +485,9 @@ impl Settings {
         if self.ws_write_buffer > 16 * 1024 * 1024 {
             return invalid("ws_write_buffer", "must be at most 16777216 bytes");
         }
-        if self.max_topic_bytes == 0 {
-            return invalid("max_topic_bytes", "must be at least 1");
+        if !(1..=4096).contains(&self.max_topic_bytes) {
+            // Peers refuse patterns over 4096 bytes: a longer one could never be forwarded.
+            return invalid("max_topic_bytes", "must be between 1 and 4096");
         }
         if self.ping_interval.is_zero() {
             return invalid("ping_interval", "must be more than zero");
@@ -506,6 +518,33 @@ impl Settings {
         }
         if self.write_timeout.is_zero() || self.ack_timeout.is_zero() {
             return invalid("write_timeout/ack_timeout", "must be more than zero");
+        }
+        let day = Duration::from_secs(24 * 3600);
+        for (setting, value, max) in [
+            (
+                "ping_interval",
+                self.ping_interval,
+                Duration::from_secs(3600),
+            ),
+            ("idle_timeout", self.idle_timeout, day),
+            (
+                "write_timeout",
+                self.write_timeout,
+                Duration::from_secs(600),
+            ),
+            ("ack_timeout", self.ack_timeout, day),
+            (
+                "shutdown_grace",
+                self.shutdown_grace,
+                Duration::from_secs(600),
+            ),
+        ] {
+            if value > max {
+                return invalid(
+                    setting,
+                    &format!("must be at most {}", humantime::format_duration(max)),
+                );
+            }
         }
         self.validate_auth()
     }
@@ -1112,6 +1151,40 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(key_file_readable_by_others(&path), None);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn settings_have_upper_bounds() {
+        let refused = |settings: Settings| match settings.validate() {
+            Err(ConfigError::Invalid { setting, .. }) => setting,
+            other => panic!("accepted: {other:?}"),
+        };
+        let huge = Settings {
+            outbound_queue: 100_000_000,
+            ..Settings::default()
+        };
+        assert_eq!(refused(huge), "outbound_queue");
+        let huge = Settings {
+            max_frame_bytes: 1 << 30,
+            publish_buffer_bytes: 4 << 30,
+            ..Settings::default()
+        };
+        assert_eq!(refused(huge), "max_frame_bytes");
+        let huge = Settings {
+            replication: 100,
+            ..Settings::default()
+        };
+        assert_eq!(refused(huge), "replication");
+        let huge = Settings {
+            ack_timeout: Duration::from_secs(30 * 24 * 3600),
+            ..Settings::default()
+        };
+        assert_eq!(refused(huge), "ack_timeout");
+        let huge = Settings {
+            max_topic_bytes: 10_000,
+            ..Settings::default()
+        };
+        assert_eq!(refused(huge), "max_topic_bytes");
     }
 
     #[test]
