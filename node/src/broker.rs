@@ -94,6 +94,11 @@ impl Outbox {
         self.ready.notified()
     }
 
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queue.lock().items.is_empty()
+    }
+
     pub fn has_overflowed(&self) -> bool {
         self.overflowed.load(Ordering::Acquire)
     }

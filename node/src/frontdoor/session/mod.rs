@@ -114,6 +114,7 @@ pub(crate) async fn serve(
             hole: false,
             batch: None,
             replay_in_progress: None,
+            replaying: None,
             auth: auth::ConnectionAuth::new(identity),
             publish_bucket: (node_settings.publish_rate > 0).then(|| {
                 crate::limits::TokenBucket::new(
@@ -181,6 +182,11 @@ struct Session {
     publish_bucket: Option<crate::limits::TokenBucket>,
     /// A `sub`'s replay with pages still to write (after its `ok` and first page).
     replay_in_progress: Option<ReplayInProgress>,
+    /// While a replay's later pages are written, the subscription replayed and its live
+    /// events, held back so they follow the replay (other subscriptions' events are written
+    /// between pages). At most `outbound_queue` are held; more end the connection as a slow
+    /// consumer, as the outbox itself would.
+    replaying: Option<(Arc<Subscription>, VecDeque<Outbound>)>,
     /// Who the client is, what it may do, until when.
     auth: auth::ConnectionAuth,
 }
@@ -717,6 +723,36 @@ impl Session {
     /// Writes the pages of a replay after its first, each as asked for and written before
     /// the next is asked for.
     async fn continue_replay(&mut self, mut replay: ReplayInProgress) -> Result<(), Ending> {
+        self.replaying = Some((replay.subscription.clone(), VecDeque::new()));
+        let written = self.write_replay_pages(&mut replay).await;
+        let held = self.replaying.take().map(|(_, held)| held);
+        written?;
+        self.finish_replay(&replay);
+        // The replayed subscription's live events, in order, now that the replay is out:
+        // copies of events already replayed are dropped by `admit`.
+        let mut admitted = Vec::new();
+        for item in held.into_iter().flatten() {
+            if let Outbound::Event {
+                sub,
+                event,
+                delivery,
+            } = item
+            {
+                admitted.extend(self.admit(sub, event, delivery));
+            }
+        }
+        let mut frames = Vec::new();
+        self.encode_events(&mut admitted, &mut frames);
+        self.write_all(frames).await?;
+        if self.hole {
+            return Err(Ending::Resync);
+        }
+        Ok(())
+    }
+
+    /// The pages after the first, each written before the next is asked for; what other
+    /// subscriptions received meanwhile is written between pages.
+    async fn write_replay_pages(&mut self, replay: &mut ReplayInProgress) -> Result<(), Ending> {
         loop {
             let from = replay.next_from();
             let pattern = replay.subscription.pattern.clone();
@@ -730,14 +766,18 @@ impl Session {
                 }
             };
             let mut frames = Vec::new();
-            let more = self.replay_page(&mut replay, page, &mut frames);
+            let more = self.replay_page(replay, page, &mut frames);
             self.write_all(frames).await?;
             if !more || !replay.subscription.is_active() {
-                break;
+                return Ok(());
+            }
+            if self.outbox.has_overflowed() {
+                return Err(Ending::SlowConsumer);
+            }
+            if !self.outbox.is_empty() {
+                self.write_queued().await?;
             }
         }
-        self.finish_replay(&replay);
-        Ok(())
     }
 
     /// After the last page: a cursor the replay said nothing about is where the live stream
@@ -769,6 +809,7 @@ impl Session {
         let mut frames = Vec::with_capacity(if self.batch.is_some() { 4 } else { items.len() });
         let mut admitted = Vec::with_capacity(items.len());
         let mut events = 0;
+        let mut held_overflow = false;
         for item in items {
             match item {
                 Outbound::Reply(message) => {
@@ -790,18 +831,45 @@ impl Session {
                 Outbound::Event {
                     sub,
                     event,
+                    delivery: None,
+                } if self
+                    .replaying
+                    .as_ref()
+                    .is_some_and(|(replayed, _)| Arc::ptr_eq(replayed, &sub)) =>
+                {
+                    let limit = self.node.settings.outbound_queue;
+                    if let Some((_, held)) = self.replaying.as_mut() {
+                        if held.len() < limit {
+                            held.push_back(Outbound::Event {
+                                sub,
+                                event,
+                                delivery: None,
+                            });
+                        } else {
+                            // Too far behind: the connection ends once this batch is out,
+                            // and the client resumes from its cursor.
+                            held_overflow = true;
+                        }
+                    }
+                }
+                Outbound::Event {
+                    sub,
+                    event,
                     delivery,
                 } => admitted.extend(self.admit(sub, event, delivery)),
             }
         }
         events += admitted.len();
         self.encode_events(&mut admitted, &mut frames);
+        let after_write = if self.hole {
+            Err(Ending::Resync)
+        } else if held_overflow {
+            Err(Ending::SlowConsumer)
+        } else {
+            Ok(())
+        };
         if frames.is_empty() {
-            return if self.hole {
-                Err(Ending::Resync)
-            } else {
-                Ok(())
-            };
+            return after_write;
         }
         self.node.metrics.deliveries.inc_by(events as u64);
         self.count_sent(&frames);
@@ -814,8 +882,7 @@ impl Session {
             sink.flush().await
         };
         match tokio::time::timeout(write_timeout, write).await {
-            Ok(Ok(())) if self.hole => Err(Ending::Resync),
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => after_write,
             Ok(Err(_)) => Err(Ending::SocketError),
             Err(_) => Err(Ending::SlowConsumer),
         }
