@@ -144,13 +144,32 @@ async fn publishes_over_the_rate_are_refused_with_rate_limited() -> TestResult {
 /// (their sockets are not read) and, after 5 s without room, are answered `unavailable`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_towards_a_stalled_owner_waits_then_is_refused_not_buffered() -> TestResult {
+    flood_with_a_stalled_peer(Stalled::Owner).await
+}
+
+/// The same with the stalled node as the topic's replica and the publisher on its owner:
+/// events waiting for the replica's `Stored` keep their share of the owner's publish buffer,
+/// so a stalled replica slows publishers instead of growing the owner's backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_into_an_owner_whose_replica_stalled_waits_then_is_refused() -> TestResult {
+    flood_with_a_stalled_peer(Stalled::Replica).await
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Stalled {
+    Owner,
+    Replica,
+}
+
+async fn flood_with_a_stalled_peer(stalled: Stalled) -> TestResult {
     use murmur_tests::{TEST_CLUSTER_KEY, gossip_addr, members_in_state, wait_until};
+    let replication = if stalled == Stalled::Owner { 1 } else { 2 };
     let entry = start_node(|s| {
         s.name = "entry".into();
         s.cluster_key = Some(murmur::config::Secret(TEST_CLUSTER_KEY.into()));
         s.publish_buffer_bytes = 1024 * 1024;
         s.max_frame_bytes = 128 * 1024;
-        s.replication = 1;
+        s.replication = replication;
     })
     .await;
     let seed = gossip_addr(&entry);
@@ -161,11 +180,11 @@ async fn a_flood_towards_a_stalled_owner_waits_then_is_refused_not_buffered() ->
         .enable_all()
         .build()?;
     let owner = owner_runtime
-        .spawn(start_node(|s| {
+        .spawn(start_node(move |s| {
             s.name = "owner".into();
             s.seeds = vec![seed];
             s.cluster_key = Some(murmur::config::Secret(TEST_CLUSTER_KEY.into()));
-            s.replication = 1;
+            s.replication = replication;
         }))
         .await?;
     wait_until("both alive and linked", Duration::from_secs(10), || {
@@ -173,10 +192,16 @@ async fn a_flood_towards_a_stalled_owner_waits_then_is_refused_not_buffered() ->
             && murmur_tests::linked_peers(&entry).len() == 1
     })
     .await;
+    // "owner" is the stalled node: the topic's owner, or (replication 2) its replica.
+    let wanted_owner = if stalled == Stalled::Owner {
+        "owner"
+    } else {
+        "entry"
+    };
     let topic = (0..)
         .map(|i| format!("flood.{i}"))
-        .find(|t| entry.state().cluster.owner_of(t) == "owner")
-        .expect("some topic is the owner's");
+        .find(|t| entry.state().cluster.owner_of(t) == wanted_owner)
+        .expect("some topic has the wanted owner");
     let (mut publisher, _) = WsClient::connect_json(&entry).await?;
     publisher.publish(&topic, json!("first"), "first").await?;
 

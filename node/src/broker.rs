@@ -245,8 +245,22 @@ pub struct Receipt {
     pub seq: u64,
 }
 
-/// Signalled when a sequenced event is stored on its replicas (and fanned out).
-pub type StoredSignal = tokio::sync::oneshot::Sender<()>;
+/// Kept with a sequenced event until it is stored on its replicas (and fanned out), or fails:
+/// who to tell, and the share of the publish buffer it holds meanwhile.
+#[derive(Debug)]
+pub struct StoredSignal {
+    notify: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Dropped with the signal: an event waiting for a slow replica keeps its publisher's
+    /// share of the buffer, so a stalled replica slows publishers instead of growing the
+    /// owner's backlog without bound.
+    _permit: Option<PublishPermit>,
+}
+
+/// A share of the node's publish buffer (`publish_buffer_bytes`), in bytes: a publish holds
+/// it from the moment its connection hands it over until it leaves the node's queues (is
+/// written towards its owner, or is stored on its replicas here).
+#[derive(Debug)]
+pub struct PublishPermit(pub tokio::sync::OwnedSemaphorePermit);
 
 /// The outcome of sequencing an event on its owner.
 #[derive(Debug)]
@@ -640,6 +654,19 @@ impl Broker {
         replicas: &[Arc<PeerLink>],
         confirm: bool,
     ) -> Sequenced {
+        self.sequence_holding(topic, payload, replicas, confirm, None)
+    }
+
+    /// [`sequence`](Self::sequence), keeping `permit` until the event is stored everywhere
+    /// (or fails).
+    pub fn sequence_holding(
+        &self,
+        topic: &str,
+        payload: Payload,
+        replicas: &[Arc<PeerLink>],
+        confirm: bool,
+        permit: Option<PublishPermit>,
+    ) -> Sequenced {
         let mut shard = self.shard(topic).lock();
         let Some((name, epoch, seq)) = shard.topics.next(topic) else {
             return Sequenced::NotReady;
@@ -674,12 +701,16 @@ impl Broker {
             replica.send_control(PeerMessage::Replicate(event.clone()));
         }
         let receipt = Receipt { epoch, seq };
-        let (signal, stored) = if replicas.is_empty() || !confirm {
+        let (notify, stored) = if replicas.is_empty() || !confirm {
             (None, None)
         } else {
             let (tx, rx) = tokio::sync::oneshot::channel();
             (Some(tx), Some(rx))
         };
+        let signal = (notify.is_some() || permit.is_some()).then_some(StoredSignal {
+            notify,
+            _permit: permit,
+        });
         let waiting_for = replicas.iter().map(|r| r.name.clone()).collect();
         let done = shard.topics.hold(event, waiting_for, signal);
         self.complete(done);
@@ -709,8 +740,8 @@ impl Broker {
             tracing::trace!(topic = %event.topic, seq = event.seq, "stored; fanning out");
             let deliveries = self.fan_out(&event);
             self.stats.fanout.observe(deliveries);
-            if let Some(signal) = signal {
-                let _ = signal.send(());
+            if let Some(tx) = signal.and_then(|s| s.notify) {
+                let _ = tx.send(());
             }
         }
     }

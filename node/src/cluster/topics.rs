@@ -30,6 +30,7 @@ use tokio::sync::oneshot;
 use super::Cluster;
 use super::link::{PeerLink, PeerMessage};
 use super::transport::{event_from_pb, event_pb};
+pub use crate::broker::PublishPermit;
 use crate::broker::{Receipt, ReplayPage, Sequenced, TopicReplay, TopicSnapshot};
 use crate::event::{Event, Payload};
 use crate::protocol::{Cursor, ResumeFrom};
@@ -124,11 +125,6 @@ impl ReplyTo {
         }
     }
 }
-
-/// A share of the node's publish buffer (`publish_buffer_bytes`), in bytes: a publish holds
-/// it from the moment its connection hands it over until it leaves the node's queues.
-#[derive(Debug)]
-pub struct PublishPermit(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 /// A publish waiting for its topic to be claimed.
 pub(super) struct Queued {
@@ -435,10 +431,15 @@ impl Cluster {
                 return;
             }
         };
-        match self
-            .broker
-            .sequence(&topic, payload.clone(), &replicas, reply.wanted())
-        {
+        let mut reply = reply;
+        let permit = reply.permit.take();
+        match self.broker.sequence_holding(
+            &topic,
+            payload.clone(),
+            &replicas,
+            reply.wanted(),
+            permit,
+        ) {
             Sequenced::Done(receipt) => reply.send(Ok(receipt)),
             Sequenced::Waiting(receipt, stored) => {
                 tokio::spawn(async move {
