@@ -98,6 +98,10 @@ const JSON_FRAMES: &[(&str, &str)] = &[
     ("ack", r#"{"op":"ack","delivery":"17"}"#),
     ("ping", r#"{"op":"ping","ref":"k1"}"#),
     ("ping-bare", r#"{"op":"ping"}"#),
+    (
+        "refresh",
+        r#"{"op":"refresh","token":"eyJhbGciOiJIUzI1NiJ9.e30.sig","ref":"r1"}"#,
+    ),
     ("unknown-op", r#"{"op":"launch","ref":"r1"}"#),
     ("no-op", r#"{"id":"x"}"#),
     ("truncated", r#"{"op":"sub","id":"s7""#),

@@ -137,6 +137,13 @@ pub fn to_json(request: &Request) -> Option<String> {
                 put("ref", reference.as_str().into());
             }
         }
+        Request::Refresh { token, reference } => {
+            put("op", "refresh".into());
+            put("token", token.as_str().into());
+            if let Some(reference) = reference {
+                put("ref", reference.as_str().into());
+            }
+        }
     }
     let mut text = Value::Object(object).to_string();
     if let Some(data) = raw_data {
@@ -218,6 +225,10 @@ pub fn to_protobuf(request: &Request) -> Bytes {
             delivery: delivery.clone(),
         }),
         Request::Ping { reference } => Op::Ping(pb::Ping {
+            r#ref: reference.clone(),
+        }),
+        Request::Refresh { token, reference } => Op::Refresh(pb::Refresh {
+            token: token.clone(),
             r#ref: reference.clone(),
         }),
     };
