@@ -137,7 +137,7 @@ async fn a_resume_from_a_forgotten_topics_cursor_gets_an_epoch_changed_gap() -> 
                      "since": 0}}))
         .await?;
     assert_eq!(ok["op"], "ok", "{ok}");
-    let mut gaps = vec![resumer.recv_json().await?, resumer.recv_json().await?];
+    let mut gaps = [resumer.recv_json().await?, resumer.recv_json().await?];
     gaps.sort_by_key(|g| g["topic"].as_str().unwrap_or_default().to_owned());
     assert_epoch_changed(&gaps[0], "gone.a", &epoch_a, 4);
     assert_epoch_changed(&gaps[1], "gone.b", &epoch_b, 2);
