@@ -651,11 +651,7 @@ impl Broker {
         confirm: bool,
     ) -> Sequenced {
         let mut shard = self.shard(topic).lock();
-        let clock = self.clock_ms();
-        if self.forget_if_idle(&mut shard, topic, clock) {
-            return Sequenced::NotReady;
-        }
-        let Some((name, epoch, seq)) = shard.topics.next(topic, clock) else {
+        let Some((name, epoch, seq)) = shard.topics.next(topic, self.clock_ms()) else {
             return Sequenced::NotReady;
         };
         let now = now_ms();
@@ -812,13 +808,11 @@ impl Broker {
         }
     }
 
-    /// True when this node holds `topic`'s state and may sequence it. A topic quiet for
-    /// long enough is forgotten here first (see [`Self::sweep_at`]), whether or not the
-    /// sweep has come by yet.
+    /// True when this node holds `topic`'s state and may sequence it. An owner may go on
+    /// with a quiet topic the sweep has not forgotten yet: what the sequencing owner holds
+    /// is the newest knowledge of the topic there is.
     pub fn is_ready(&self, topic: &str) -> bool {
-        let mut shard = self.shard(topic).lock();
-        self.forget_if_idle(&mut shard, topic, self.clock_ms());
-        shard.topics.is_ready(topic)
+        self.shard(topic).lock().topics.is_ready(topic)
     }
 
     /// Takes ownership of `topic`: continues from `known` (the newest state found in the
@@ -888,8 +882,8 @@ impl Broker {
 
     /// Hands `topic` to a new owner: stops sequencing it and returns what this node knows.
     pub fn hand_over(&self, topic: &str) -> Result<Option<TopicSnapshot>, HandOverRefused> {
+        // What the sequencing owner holds is the newest knowledge of the topic, quiet or not.
         let mut shard = self.shard(topic).lock();
-        self.forget_if_idle(&mut shard, topic, self.clock_ms());
         let Some((epoch, last_seq)) = shard.topics.hand_over(topic)? else {
             return Ok(None);
         };
@@ -933,11 +927,13 @@ impl Broker {
             let Some(state) = shard.topics.get(topic) else {
                 return;
             };
-            if shard
-                .topics
-                .is_idle(topic, self.idle_long_enough(&shard.history, clock))
+            if state.moved
+                && shard
+                    .topics
+                    .is_idle(topic, self.idle_long_enough(&shard.history, clock))
             {
-                // As good as forgotten: the sweep takes it at its next pass.
+                // A copy as good as forgotten: the sweep takes it at its next pass. (The
+                // sequencing owner's own state answers until then: it may still go on.)
                 return;
             }
             let replay = match from {
@@ -1049,9 +1045,11 @@ impl Broker {
     /// through the resync of a live subscription that sees the new epoch). Every node applies
     /// the same rule to its own last activity, and stale knowledge of a topic is never more
     /// recent than the newest, so once the newest is forgotten no older position can be
-    /// continued: every access that could continue one ([`Self::topic_snapshot`],
-    /// [`Self::hand_over`], [`Self::is_ready`], sequencing, claims) forgets a topic that
-    /// has been quiet long enough first, without waiting for the sweep.
+    /// continued: every access that hands on or takes up knowledge a node is not sequencing
+    /// with ([`Self::topic_snapshot`], [`Self::install_topic`], replays) forgets a topic that
+    /// has been quiet long enough first, without waiting for the sweep. Only the sequencing
+    /// owner may go on with a quiet topic until the sweep comes (sequencing, hand-over): its
+    /// knowledge is the newest there is.
     pub fn sweep_at(&self, now_ms: i64, clock_ms: i64, claimed: &[Arc<str>]) -> usize {
         let mut forgotten = 0;
         for shard in self.shards.iter() {
