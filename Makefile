@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle bench bench-smoke chaos chaos-smoke fuzz fuzz-smoke test lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke chaos chaos-smoke fuzz fuzz-smoke test lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -32,6 +32,10 @@ measure-publish: ## Acknowledged vs fire-and-forget publishing, on 1 and 3 in-pr
 measure-idle: ## Node memory per idle WebSocket connection (one subscription each), up to 19,500 connections
 	$(CARGO) build --release -p murmur --bins --example idle_connections
 	target/release/examples/idle_connections --connections 19500 --steps 5
+
+measure-topics: ## Heap per remembered topic, before and after topics are forgotten (600,000 topics, 1 and 3 in-process nodes)
+	$(CARGO) run --release -p murmur --example topic_bookkeeping -- --topics 600000
+	$(CARGO) run --release -p murmur --example topic_bookkeeping -- --topics 600000 --nodes 3
 
 bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian): every scenario, writes docs/benchmarks.md (~5 min)
 	flock /tmp/murmur-bench.lock bench/run.sh

@@ -413,6 +413,12 @@ pub struct Broker {
     /// Limits the log line for queue-group events that no member could take.
     lost_log: crate::limits::LogLimiter,
     full_group_log: crate::limits::LogLimiter,
+    /// A topic quiet for this long (and for its history's `max_age`) is forgotten (see
+    /// [`Broker::sweep_at`]).
+    topic_idle_forget: std::time::Duration,
+    /// The clock topics' quiet time is measured on: monotonic, so that a wall clock set
+    /// back or forth never makes a node forget a topic out of turn.
+    started: std::time::Instant,
     pub stats: BrokerStats,
 }
 
@@ -492,8 +498,17 @@ impl Broker {
             next_token: AtomicU64::new(1),
             lost_log: crate::limits::LogLimiter::new(std::time::Duration::from_secs(1)),
             full_group_log: crate::limits::LogLimiter::new(std::time::Duration::from_secs(1)),
+            topic_idle_forget: crate::config::DEFAULT_TOPIC_IDLE_FORGET,
+            started: std::time::Instant::now(),
             stats: BrokerStats::default(),
         }
+    }
+
+    /// Forgets topics quiet for `idle` with nothing retained (setting `topic_idle_forget`).
+    #[must_use]
+    pub fn with_topic_idle_forget(mut self, idle: std::time::Duration) -> Self {
+        self.topic_idle_forget = idle;
+        self
     }
 
     /// Subscriptions held, across all connections.
@@ -668,7 +683,7 @@ impl Broker {
         permit: Option<PublishPermit>,
     ) -> Sequenced {
         let mut shard = self.shard(topic).lock();
-        let Some((name, epoch, seq)) = shard.topics.next(topic) else {
+        let Some((name, epoch, seq)) = shard.topics.next(topic, self.clock_ms()) else {
             return Sequenced::NotReady;
         };
         let now = now_ms();
@@ -786,12 +801,13 @@ impl Broker {
     /// Stores a copy of an event its owner sequenced; returns its position.
     pub fn store_replica(&self, event: Arc<Event>) -> Receipt {
         let mut shard = self.shard(&event.topic).lock();
-        shard.topics.replicated(&event);
+        let now = now_ms();
+        shard.topics.replicated(&event, self.clock_ms());
         let receipt = Receipt {
             epoch: event.epoch.clone(),
             seq: event.seq,
         };
-        shard.history.append(event, now_ms());
+        shard.history.append(event, now);
         receipt
     }
 
@@ -803,11 +819,12 @@ impl Broker {
     /// Takes a whole copy of a topic from its owner, as one of its replicas.
     pub fn store_copy(&self, topic: &str, snapshot: TopicSnapshot) {
         let mut shard = self.shard(topic).lock();
+        let now = now_ms();
         if shard
             .topics
-            .install_copy(topic, snapshot.epoch, snapshot.last_seq)
+            .install_copy(topic, snapshot.epoch, snapshot.last_seq, self.clock_ms())
         {
-            shard.history.replace(topic, snapshot.events, now_ms());
+            shard.history.replace(topic, snapshot.events, now);
         }
     }
 
@@ -827,7 +844,9 @@ impl Broker {
         }
     }
 
-    /// True when this node holds `topic`'s state and may sequence it.
+    /// True when this node holds `topic`'s state and may sequence it. An owner may go on
+    /// with a quiet topic the sweep has not forgotten yet: what the sequencing owner holds
+    /// is the newest knowledge of the topic there is.
     pub fn is_ready(&self, topic: &str) -> bool {
         self.shard(topic).lock().topics.is_ready(topic)
     }
@@ -837,6 +856,8 @@ impl Broker {
     pub fn install_topic(&self, topic: &str, known: Option<TopicSnapshot>) -> Arc<str> {
         let mut shard = self.shard(topic).lock();
         let now = now_ms();
+        let clock = self.clock_ms();
+        self.forget_if_idle(&mut shard, topic, clock);
         match known {
             Some(snapshot) => {
                 let ours = shard
@@ -856,12 +877,12 @@ impl Broker {
                     // Events failed here at the end of this epoch, and a replica's copy may
                     // hold them or others may have numbered their positions: never reuse them.
                     let epoch = new_epoch(now, rand::random());
-                    shard.topics.install(topic, epoch.clone(), 0);
+                    shard.topics.install(topic, epoch.clone(), 0, clock);
                     return epoch;
                 }
                 if newer_here {
                     let (epoch, last) = ours.unwrap_or_else(|| (snapshot.epoch.clone(), 0));
-                    shard.topics.install(topic, epoch.clone(), last);
+                    shard.topics.install(topic, epoch.clone(), last, clock);
                     return epoch;
                 }
                 for event in snapshot.events {
@@ -869,20 +890,23 @@ impl Broker {
                 }
                 shard
                     .topics
-                    .install(topic, snapshot.epoch.clone(), snapshot.last_seq);
+                    .install(topic, snapshot.epoch.clone(), snapshot.last_seq, clock);
                 snapshot.epoch
             }
             None => {
                 let epoch = new_epoch(now, rand::random());
-                shard.topics.install(topic, epoch.clone(), 0);
+                shard.topics.install(topic, epoch.clone(), 0, clock);
                 epoch
             }
         }
     }
 
-    /// What this node knows of `topic`, for a node claiming it.
+    /// What this node knows of `topic`, for a node claiming it: nothing once the topic is
+    /// quiet enough to be forgotten, so that no claim continues stale knowledge after the
+    /// newest was forgotten elsewhere.
     pub fn topic_snapshot(&self, topic: &str) -> Option<TopicSnapshot> {
-        let shard = self.shard(topic).lock();
+        let mut shard = self.shard(topic).lock();
+        self.forget_if_idle(&mut shard, topic, self.clock_ms());
         let state = shard.topics.get(topic)?;
         let events = shard.history.earliest(topic).events;
         Some(TopicSnapshot {
@@ -894,6 +918,7 @@ impl Broker {
 
     /// Hands `topic` to a new owner: stops sequencing it and returns what this node knows.
     pub fn hand_over(&self, topic: &str) -> Result<Option<TopicSnapshot>, HandOverRefused> {
+        // What the sequencing owner holds is the newest knowledge of the topic, quiet or not.
         let mut shard = self.shard(topic).lock();
         let Some((epoch, last_seq)) = shard.topics.hand_over(topic)? else {
             return Ok(None);
@@ -933,10 +958,20 @@ impl Broker {
             return Ok(Vec::new());
         }
         let mut candidates = Vec::new();
+        let clock = self.clock_ms();
         let mut visit = |shard: &TopicShard, topic: &Arc<str>| {
             let Some(state) = shard.topics.get(topic) else {
                 return;
             };
+            if state.moved
+                && shard
+                    .topics
+                    .is_idle(topic, self.idle_long_enough(&shard.history, clock))
+            {
+                // A copy as good as forgotten: the sweep takes it at its next pass. (The
+                // sequencing owner's own state answers until then: it may still go on.)
+                return;
+            }
             let replay = match from {
                 ResumeFrom::Latest => return,
                 ResumeFrom::Earliest => shard.history.earliest(topic),
@@ -992,7 +1027,7 @@ impl Broker {
             return Replay::default();
         }
         let replay = shard.history.after(topic, &cursor.epoch, cursor.seq);
-        let has_history = shard.history.topic_names().any(|t| &**t == topic);
+        let has_history = shard.history.knows(topic);
         if has_history && (*state.epoch == *cursor.epoch || !replay.gaps.is_empty()) {
             return replay;
         }
@@ -1028,12 +1063,94 @@ impl Broker {
         replay
     }
 
-    /// Trims every topic's history by age.
-    pub fn expire_history(&self) {
-        let now = now_ms();
+    /// Trims every topic's history by age and forgets the topics gone quiet (see
+    /// [`Self::sweep_at`]); `claimed` are topics a claim is under way for on this node.
+    pub fn expire_history(&self, claimed: &[Arc<str>]) -> usize {
+        self.sweep_at(now_ms(), self.clock_ms(), claimed)
+    }
+
+    /// Trims every topic's history by age as of `now_ms` (wall clock, the events' `ts`),
+    /// then forgets each topic quiet, as of `clock_ms` ([`Self::clock_ms`]), for
+    /// `topic_idle_forget` and for its history's `max_age` (so nothing is retained any
+    /// more), with no event waiting for replicas, and not in `claimed`. Its epoch, last
+    /// `seq`, history record and replica bookkeeping go; returns how many were forgotten.
+    ///
+    /// This bounds the node's topic bookkeeping to the topics active within that time. The
+    /// gap guarantee holds across it: when nobody knows a topic any more, its next owner
+    /// starts a new epoch, and a cursor of the old one gets `epoch_changed` (on a resume, or
+    /// through the resync of a live subscription that sees the new epoch). Every node applies
+    /// the same rule to its own last activity, and stale knowledge of a topic is never more
+    /// recent than the newest, so once the newest is forgotten no older position can be
+    /// continued: every access that hands on or takes up knowledge a node is not sequencing
+    /// with ([`Self::topic_snapshot`], [`Self::install_topic`], replays) forgets a topic that
+    /// has been quiet long enough first, without waiting for the sweep. Only the sequencing
+    /// owner may go on with a quiet topic until the sweep comes (sequencing, hand-over): its
+    /// knowledge is the newest there is.
+    pub fn sweep_at(&self, now_ms: i64, clock_ms: i64, claimed: &[Arc<str>]) -> usize {
+        let mut forgotten = 0;
         for shard in self.shards.iter() {
-            shard.lock().history.expire(now);
+            let mut guard = shard.lock();
+            let shard = &mut *guard;
+            shard.history.expire(now_ms);
+            let gone = {
+                let idle = self.idle_long_enough(&shard.history, clock_ms);
+                shard.topics.forget_idle(|topic, last_active| {
+                    idle(topic, last_active) && !claimed.iter().any(|c| &**c == topic)
+                })
+            };
+            shard.history.forget(&gone);
+            forgotten += gone.len();
         }
+        if forgotten > 0 {
+            tracing::debug!(forgotten, "forgot idle topics");
+        }
+        forgotten
+    }
+
+    /// The clock topics' quiet time is measured on: ms since this broker was made.
+    pub fn clock_ms(&self) -> i64 {
+        i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Whether a topic last active at a time (on [`Self::clock_ms`]) has been quiet long
+    /// enough, as of `clock_ms`, to be forgotten: for `topic_idle_forget` and, when it keeps
+    /// events at all, for its retention's `max_age`, so that they have expired too. Time
+    /// alone decides (not whether events are left, which hangs on the owners' clocks), so
+    /// every node forgets its knowledge of a topic in the order it gained it.
+    fn idle_long_enough<'h>(
+        &self,
+        history: &'h HistoryStore,
+        clock_ms: i64,
+    ) -> impl Fn(&str, i64) -> bool + 'h {
+        let idle = self.topic_idle_forget;
+        move |topic, last_active_ms| {
+            let policy = history.policy(topic);
+            let quiet = if policy.max_events == 0 {
+                idle
+            } else {
+                idle.max(policy.max_age)
+            };
+            let quiet_ms = i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX);
+            clock_ms.saturating_sub(last_active_ms) >= quiet_ms
+        }
+    }
+
+    /// Forgets `topic` now if it has been quiet long enough (see [`Self::sweep_at`]).
+    fn forget_if_idle(&self, shard: &mut TopicShard, topic: &str, clock_ms: i64) -> bool {
+        if !shard
+            .topics
+            .is_idle(topic, self.idle_long_enough(&shard.history, clock_ms))
+        {
+            return false;
+        }
+        shard.topics.remove(topic);
+        shard.history.forget_one(topic);
+        true
+    }
+
+    /// Topics this node holds state for (sequenced here, or kept as a replica's copy).
+    pub fn topics_known(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().topics.len()).sum()
     }
 
     /// (topics with history, events retained).
@@ -1467,6 +1584,9 @@ fn started_later(a: &str, b: &str) -> bool {
     };
     matches!((started(a), started(b)), (Some(x), Some(y)) if x > y)
 }
+
+#[cfg(test)]
+mod forget_tests;
 
 #[cfg(test)]
 mod tests {

@@ -15,6 +15,13 @@ use crate::routing::topic::DEFAULT_MAX_TOPIC_BYTES;
 pub const MAX_TOKEN_LEEWAY: Duration = Duration::from_secs(300);
 /// The longest `hello_timeout` accepted.
 pub const MAX_HELLO_TIMEOUT: Duration = Duration::from_secs(120);
+/// `topic_idle_forget` by default: past the default `history_max_age` (10 minutes), so a
+/// resume still gets exact `retention` gaps for a while after a topic's history expired.
+pub const DEFAULT_TOPIC_IDLE_FORGET: Duration = Duration::from_secs(15 * 60);
+/// Bounds of `topic_idle_forget`: the sweep runs once a second; past a week the bound on
+/// topic bookkeeping would be no bound.
+const MIN_TOPIC_IDLE_FORGET: Duration = Duration::from_secs(1);
+const MAX_TOPIC_IDLE_FORGET: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Everything a node needs to run. Every field is a key of the TOML file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +126,10 @@ pub struct Settings {
     pub history_max_age: Duration,
     /// Retention for topics under a prefix; the longest matching prefix wins (file only).
     pub history_overrides: Vec<HistoryOverride>,
+    /// A topic with no event for this long and no retained history is forgotten (its epoch
+    /// and last seq): what bounds the node's per-topic bookkeeping.
+    #[serde(with = "humantime_serde")]
+    pub topic_idle_forget: Duration,
     /// Log filter, in `RUST_LOG` syntax (`info`, `murmur=debug`, …).
     pub log: String,
     /// `human` (default) or `json` (one object per line, for log collectors).
@@ -232,6 +243,7 @@ impl Default for Settings {
             history_max_events: 1000,
             history_max_age: Duration::from_secs(600),
             history_overrides: Vec::new(),
+            topic_idle_forget: DEFAULT_TOPIC_IDLE_FORGET,
             log: "info".to_owned(),
             log_format: LogFormat::Human,
             auth: AuthMode::None,
@@ -504,6 +516,9 @@ impl Settings {
                 "every override needs a non-empty prefix",
             );
         }
+        if !(MIN_TOPIC_IDLE_FORGET..=MAX_TOPIC_IDLE_FORGET).contains(&self.topic_idle_forget) {
+            return invalid("topic_idle_forget", "must be between 1s and 7days");
+        }
         if !(1..=1_000_000).contains(&self.max_unacked) {
             return invalid("max_unacked", "must be between 1 and 1000000");
         }
@@ -754,6 +769,10 @@ pub struct ServeArgs {
     /// How long events are kept so subscribers can resume [default: 10m].
     #[arg(long, env = "MURMUR_HISTORY_MAX_AGE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub history_max_age: Option<Duration>,
+    /// Forget a topic (its epoch and last seq) after this long without an event, once none of
+    /// its history is retained [default: 15m].
+    #[arg(long, env = "MURMUR_TOPIC_IDLE_FORGET", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub topic_idle_forget: Option<Duration>,
     /// Log filter in RUST_LOG syntax, e.g. `info` or `murmur=debug` [default: info].
     #[arg(long, env = "MURMUR_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -854,6 +873,7 @@ impl ServeArgs {
             shutdown_grace,
             history_max_events,
             history_max_age,
+            topic_idle_forget,
             gossip_replay_window,
             log,
             log_format,
@@ -1229,5 +1249,31 @@ mod tests {
             ..Settings::default()
         };
         assert_eq!(refused(same_port), "admin_listen");
+    }
+
+    #[test]
+    fn the_topic_idle_forget_is_bounded() {
+        let week = 7 * 24 * 3600;
+        for (idle, ok) in [
+            (0, false),
+            (1, true),
+            (900, true),
+            (week, true),
+            (week + 1, false),
+        ] {
+            let settings = Settings {
+                topic_idle_forget: Duration::from_secs(idle),
+                ..Settings::default()
+            };
+            assert_eq!(settings.validate().is_ok(), ok, "{idle}s");
+        }
+        let args = ServeArgs {
+            topic_idle_forget: Some(Duration::from_secs(30)),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            args.settings().unwrap().topic_idle_forget,
+            Duration::from_secs(30)
+        );
     }
 }

@@ -151,6 +151,7 @@ impl Metrics {
 #[derive(Debug)]
 struct StateSnapshot {
     subscriptions: i64,
+    topics: i64,
     history_topics: i64,
     history_events: i64,
     events_published: u64,
@@ -196,6 +197,7 @@ impl StateSnapshot {
         let (fanout, fanout_sum, fanout_count) = broker.stats.fanout.snapshot();
         Self {
             subscriptions: broker.subscriptions() as i64,
+            topics: broker.topics_known() as i64,
             history_topics: topics as i64,
             history_events: events as i64,
             events_published: broker.stats.events_published.load(Relaxed),
@@ -257,6 +259,13 @@ impl Collector for StateSnapshot {
             "murmur_subscriptions",
             "Subscriptions held by this node's clients",
             self.subscriptions,
+        )?;
+        gauge(
+            &mut encoder,
+            "murmur_topics",
+            "Topics this node keeps bookkeeping for (epoch, last seq): sequenced here or \
+             copied as a replica, and not yet forgotten (topic_idle_forget)",
+            self.topics,
         )?;
         gauge(
             &mut encoder,

@@ -197,7 +197,9 @@ impl RunningNode {
             advertise("quic", quic_addr)?,
             advertise("listen", local_addr)?,
         );
-        let broker = Arc::new(Broker::new(settings.retention()));
+        let broker = Arc::new(
+            Broker::new(settings.retention()).with_topic_idle_forget(settings.topic_idle_forget),
+        );
         let cluster = Cluster::start(
             ClusterSetup {
                 id,
@@ -318,13 +320,18 @@ fn warn_unauthenticated(gossip: SocketAddr, quic: SocketAddr) {
     }
 }
 
-/// Trims history by age once a second, so quiet topics do not keep old events.
+/// Trims history by age once a second, so quiet topics do not keep old events, and forgets
+/// topics quiet for `topic_idle_forget` with nothing retained, so the node's topic
+/// bookkeeping stays bounded (see `Broker::sweep`).
 async fn expire_history(state: Arc<NodeState>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
             () = state.shutdown.cancelled() => return,
-            _ = tick.tick() => state.broker.expire_history(),
+            _ = tick.tick() => {
+                let claimed = state.cluster.claimed_topics();
+                state.broker.expire_history(&claimed);
+            }
         }
     }
 }

@@ -169,6 +169,12 @@ impl Cluster {
         self.gossip.view.read().members()
     }
 
+    /// Topics a claim is under way for on this node: the sweep that forgets idle topics
+    /// leaves them be (a publish waits for them).
+    pub fn claimed_topics(&self) -> Vec<Arc<str>> {
+        self.claims.lock().keys().cloned().collect()
+    }
+
     /// Changes whenever this node's subscribers may have missed forwarded events.
     pub fn resync_signal(&self) -> tokio::sync::watch::Receiver<u64> {
         self.resync.subscribe()

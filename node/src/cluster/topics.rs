@@ -463,7 +463,7 @@ impl Cluster {
     /// new epoch), then serves the publishes that waited.
     async fn claim(self: Arc<Self>, topic: Arc<str>) {
         let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
-        let mut best: Option<TopicSnapshot> = self.broker.topic_snapshot(&topic);
+        let mut best: Option<TopicSnapshot> = None;
         let mut unsettled = false;
         loop {
             let answers = self
@@ -474,6 +474,14 @@ impl Cluster {
                     })
                 })
                 .await;
+            // What this node knows, read once the peers have answered: a copy of its own that
+            // went quiet meanwhile is forgotten (the peers' newer knowledge may have been, in
+            // the same time), never carried into the claim from before.
+            if let Some(own) = self.broker.topic_snapshot(&topic)
+                && best.as_ref().is_none_or(|b| is_newer(&own, b))
+            {
+                best = Some(own);
+            }
             let heard = weigh_claim_answers(answers, &mut best);
             // A live peer this node cannot ask yet may be numbering the topic right now; and
             // until a peer's interest is known, its subscribers would miss what is sequenced.

@@ -213,11 +213,41 @@ impl HistoryStore {
 
     /// Trims every topic by age. A topic with nothing left keeps its bookkeeping (where its
     /// sequence had reached, when its last event was trimmed), so a resume still learns
-    /// exactly what it missed.
+    /// exactly what it missed, until the topic is forgotten ([`Self::forget`]); the room its
+    /// events took is given back now.
     pub fn expire(&mut self, now_ms: i64) {
         let retention = &self.retention;
         for (topic, history) in &mut self.topics {
             history.trim(retention.policy(topic), now_ms);
+            if history.events.is_empty() && history.events.capacity() > 0 {
+                history.events = VecDeque::new();
+            }
+        }
+    }
+
+    /// How much of `topic` is kept.
+    pub fn policy(&self, topic: &str) -> RetentionPolicy {
+        self.retention.policy(topic)
+    }
+
+    /// True when this store has a record of `topic`, events or not.
+    pub fn knows(&self, topic: &str) -> bool {
+        self.topics.contains_key(topic)
+    }
+
+    /// Drops every record of `topic` (forgotten by the node).
+    pub fn forget_one(&mut self, topic: &str) {
+        self.topics.remove(topic);
+    }
+
+    /// Drops every record of `topics` (forgotten by the node: see
+    /// `TopicTable::forget_idle`).
+    pub fn forget(&mut self, topics: &[Arc<str>]) {
+        for topic in topics {
+            self.topics.remove(topic);
+        }
+        if topics.len() > self.topics.len() {
+            self.topics.shrink_to_fit();
         }
     }
 
@@ -293,11 +323,6 @@ impl HistoryStore {
             .events
             .extend(history.events.iter().filter(|e| e.ts > since_ms).cloned());
         replay
-    }
-
-    /// Topics with retained events, for wildcard resumes.
-    pub fn topic_names(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.topics.keys()
     }
 }
 

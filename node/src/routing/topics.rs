@@ -59,6 +59,10 @@ pub struct TopicState<W> {
     pending: VecDeque<Pending<W>>,
     /// Replicas (name, generation) that have been sent the topic's whole history.
     synced: Vec<(Arc<str>, u64)>,
+    /// When this node last sequenced or stored a new position of the topic, or took its
+    /// state (ms on the caller's clock, monotonic on a node): a topic quiet for long enough
+    /// is forgotten.
+    last_active_ms: i64,
 }
 
 impl<W> TopicState<W> {
@@ -103,13 +107,14 @@ impl<W> TopicTable<W> {
     }
 
     /// Sets what is known of a topic: from a claim (owner) or from replication (copy).
-    pub fn install(&mut self, topic: &str, epoch: Arc<str>, last_seq: u64) {
+    pub fn install(&mut self, topic: &str, epoch: Arc<str>, last_seq: u64, now_ms: i64) {
         match self.topics.get_mut(topic) {
             Some(state) => {
                 state.epoch = epoch;
                 state.last_seq = last_seq;
                 state.moved = false;
                 state.renew_epoch = false;
+                state.last_active_ms = state.last_active_ms.max(now_ms);
             }
             None => {
                 let name: Arc<str> = topic.into();
@@ -123,6 +128,7 @@ impl<W> TopicTable<W> {
                         renew_epoch: false,
                         pending: VecDeque::new(),
                         synced: Vec::new(),
+                        last_active_ms: now_ms,
                     },
                 );
             }
@@ -130,9 +136,10 @@ impl<W> TopicTable<W> {
     }
 
     /// Assigns the next sequence number; `None` if the topic is not ready here.
-    pub fn next(&mut self, topic: &str) -> Option<(Arc<str>, Arc<str>, u64)> {
+    pub fn next(&mut self, topic: &str, now_ms: i64) -> Option<(Arc<str>, Arc<str>, u64)> {
         let state = self.topics.get_mut(topic).filter(|t| !t.moved)?;
         state.last_seq += 1;
+        state.last_active_ms = state.last_active_ms.max(now_ms);
         Some((state.name.clone(), state.epoch.clone(), state.last_seq))
     }
 
@@ -252,11 +259,17 @@ impl<W> TopicTable<W> {
 
     /// Takes a whole copy of a topic from its owner (on a replica), unless this node is
     /// sequencing the topic itself.
-    pub fn install_copy(&mut self, topic: &str, epoch: Arc<str>, last_seq: u64) -> bool {
+    pub fn install_copy(
+        &mut self,
+        topic: &str,
+        epoch: Arc<str>,
+        last_seq: u64,
+        now_ms: i64,
+    ) -> bool {
         if self.is_ready(topic) {
             return false;
         }
-        self.install(topic, epoch, last_seq);
+        self.install(topic, epoch, last_seq, now_ms);
         if let Some(state) = self.topics.get_mut(topic) {
             state.moved = true;
         }
@@ -264,18 +277,21 @@ impl<W> TopicTable<W> {
     }
 
     /// Records a replicated event's position (on a replica).
-    pub fn replicated(&mut self, event: &Event) {
+    pub fn replicated(&mut self, event: &Event, now_ms: i64) {
         match self.topics.get_mut(&*event.topic) {
+            // An old copy teaches nothing, and must not keep stale knowledge alive longer
+            // than the newer knowledge elsewhere (see `forget_idle`).
             Some(state) if *state.epoch == *event.epoch && event.seq <= state.last_seq => {}
             Some(state)
                 if *state.epoch == *event.epoch || newer_epoch(&event.epoch, &state.epoch) =>
             {
                 state.epoch = event.epoch.clone();
                 state.last_seq = event.seq;
+                state.last_active_ms = state.last_active_ms.max(now_ms);
             }
             Some(_) => {}
             None => {
-                self.install(&event.topic, event.epoch.clone(), event.seq);
+                self.install(&event.topic, event.epoch.clone(), event.seq, now_ms);
                 if let Some(state) = self.topics.get_mut(&*event.topic) {
                     // A copy: the owner sequences; this node only keeps it.
                     state.moved = true;
@@ -318,6 +334,47 @@ impl<W> TopicTable<W> {
     pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
         self.topics.keys()
     }
+
+    /// Forgets every topic with no event waiting for replicas for which `idle_long_enough`,
+    /// given its name and when it was last active, says so; returns their names.
+    ///
+    /// A forgotten topic's next owner finds nothing here, so unless another node still knows
+    /// it, it starts a new epoch: a cursor of the old one then gets `epoch_changed`, never a
+    /// silent restart. A topic whose events failed here goes too: a node keeps no stale
+    /// state that a claim could continue after the newer state elsewhere was forgotten (its
+    /// last activity is older than theirs, so it is forgotten no later).
+    pub fn forget_idle(
+        &mut self,
+        mut idle_long_enough: impl FnMut(&str, i64) -> bool,
+    ) -> Vec<Arc<str>> {
+        let mut forgotten = Vec::new();
+        self.topics.retain(|name, state| {
+            let forget = !state.has_pending() && idle_long_enough(name, state.last_active_ms);
+            if forget {
+                forgotten.push(name.clone());
+            }
+            !forget
+        });
+        if forgotten.len() > self.topics.len() {
+            // A table that shrank a lot gives its memory back; one that holds steady keeps
+            // its room for the next topics.
+            self.topics.shrink_to_fit();
+        }
+        forgotten
+    }
+
+    /// True when `topic` is known, has no event waiting for replicas, and
+    /// `idle_long_enough` says it has been quiet long enough to be forgotten.
+    pub fn is_idle(&self, topic: &str, idle_long_enough: impl FnOnce(&str, i64) -> bool) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|t| !t.has_pending() && idle_long_enough(topic, t.last_active_ms))
+    }
+
+    /// Forgets `topic` (see [`Self::forget_idle`]).
+    pub fn remove(&mut self, topic: &str) -> bool {
+        self.topics.remove(topic).is_some()
+    }
 }
 
 /// Events are still waiting for replicas: ask again shortly.
@@ -332,7 +389,7 @@ mod tests {
     use crate::event::Payload;
 
     fn sequence(table: &mut TopicTable<u64>, topic: &str) -> Arc<Event> {
-        let (name, epoch, seq) = table.next(topic).unwrap();
+        let (name, epoch, seq) = table.next(topic, 0).unwrap();
         Arc::new(Event::new(
             name,
             epoch,
@@ -358,15 +415,15 @@ mod tests {
     #[test]
     fn topics_are_sequenced_only_once_installed() {
         let mut table = TopicTable::<u64>::default();
-        assert!(table.next("t").is_none());
-        table.install("t", "e".into(), 41);
-        assert_eq!(table.next("t").map(|(_, _, s)| s), Some(42));
+        assert!(table.next("t", 0).is_none());
+        table.install("t", "e".into(), 41, 0);
+        assert_eq!(table.next("t", 0).map(|(_, _, s)| s), Some(42));
     }
 
     #[test]
     fn an_acknowledgement_covers_only_the_events_up_to_its_sequence_number() {
         let mut table = TopicTable::<u64>::default();
-        table.install("t", "e".into(), 0);
+        table.install("t", "e".into(), 0, 0);
         let r: Arc<str> = "replica".into();
         for waiter in 1..=5 {
             let event = sequence(&mut table, "t");
@@ -380,7 +437,7 @@ mod tests {
     #[test]
     fn pending_events_complete_in_order_when_every_replica_stored_them() {
         let mut table = TopicTable::<u64>::default();
-        table.install("t", "e".into(), 0);
+        table.install("t", "e".into(), 0, 0);
         let r: Arc<str> = "replica".into();
         let e1 = sequence(&mut table, "t");
         assert!(table.hold(e1, vec![r.clone()], Some(1)).is_empty());
@@ -411,7 +468,7 @@ mod tests {
     #[test]
     fn a_pending_event_whose_only_replica_is_gone_fails_instead_of_completing() {
         let mut table = TopicTable::<u64>::default();
-        table.install("t", "e".into(), 0);
+        table.install("t", "e".into(), 0, 0);
         let e1 = sequence(&mut table, "t");
         assert!(table.hold(e1, vec!["replica".into()], Some(1)).is_empty());
         let e2 = sequence(&mut table, "t");
@@ -429,7 +486,7 @@ mod tests {
         );
         assert!(!table.has_pending());
         assert!(
-            table.next("t").is_none(),
+            table.next("t", 0).is_none(),
             "another node may number positions 1 and 2 of this epoch meanwhile"
         );
         assert!(table.must_renew_epoch("t"));
@@ -437,15 +494,15 @@ mod tests {
             table.stored("replica", "t", "e", 2).is_empty(),
             "a late confirmation changes nothing"
         );
-        table.install("t", "e2".into(), 0);
+        table.install("t", "e2".into(), 0, 0);
         assert!(table.is_ready("t") && !table.must_renew_epoch("t"));
     }
 
     #[test]
     fn a_departed_peer_fails_only_the_events_that_waited_for_it_and_those_after() {
         let mut table = TopicTable::<u64>::default();
-        table.install("t", "e".into(), 0);
-        table.install("u", "e".into(), 0);
+        table.install("t", "e".into(), 0, 0);
+        table.install("u", "e".into(), 0, 0);
         let t1 = sequence(&mut table, "t");
         assert!(table.hold(t1, vec!["a".into()], None).is_empty());
         let t2 = sequence(&mut table, "t");
@@ -470,15 +527,81 @@ mod tests {
     #[test]
     fn hand_over_waits_for_pending_events_then_stops_sequencing() {
         let mut table = TopicTable::<u64>::default();
-        table.install("t", "e".into(), 5);
+        table.install("t", "e".into(), 5, 0);
         let e = sequence(&mut table, "t");
         table.hold(e, vec!["r".into()], None);
         assert_eq!(table.hand_over("t"), Err(HandOverRefused));
         table.stored("r", "t", "e", 6);
         assert_eq!(table.hand_over("t"), Ok(Some(("e".into(), 6))));
-        assert!(table.next("t").is_none(), "moved: no longer sequenced here");
-        table.install("t", "e".into(), 9);
+        assert!(
+            table.next("t", 0).is_none(),
+            "moved: no longer sequenced here"
+        );
+        table.install("t", "e".into(), 9, 0);
         assert!(table.is_ready("t"), "claimed back");
+    }
+
+    #[test]
+    fn only_quiet_topics_with_nothing_pending_are_forgotten() {
+        let mut table = TopicTable::<u64>::default();
+        table.install("quiet", "e".into(), 3, 1_000);
+        table.install("busy", "e".into(), 0, 1_000);
+        table.next("busy", 5_000);
+        table.install("pending", "e".into(), 0, 1_000);
+        let event = sequence(&mut table, "pending");
+        assert!(table.hold(event, vec!["r".into()], None).is_empty());
+        table.install("failed", "e".into(), 0, 1_000);
+        let event = sequence(&mut table, "failed");
+        assert!(table.hold(event, vec!["gone".into()], None).is_empty());
+        let _ = table.peer_gone("gone");
+        table.install("kept", "e".into(), 0, 1_000);
+        let idle = |name: &str, last_active: i64| name != "kept" && last_active <= 2_000;
+
+        assert!(table.is_idle("quiet", idle) && !table.is_idle("pending", idle));
+        let mut forgotten = table.forget_idle(idle);
+        forgotten.sort();
+        assert_eq!(forgotten, vec![Arc::<str>::from("failed"), "quiet".into()]);
+        assert!(table.get("quiet").is_none() && table.next("quiet", 9_000).is_none());
+        assert!(
+            !table.must_renew_epoch("failed"),
+            "no stale position is kept for a claim to continue"
+        );
+        assert!(table.get("busy").is_some(), "active after the idle mark");
+        assert!(
+            table.get("pending").is_some(),
+            "an event still waits for its replica"
+        );
+        assert!(table.get("kept").is_some(), "the caller keeps it");
+
+        // Once stored, the pending topic goes too.
+        table.stored("r", "pending", "e", 1);
+        assert_eq!(table.forget_idle(idle), vec![Arc::<str>::from("pending")]);
+        assert!(table.remove("kept") && !table.remove("kept"));
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_stored_copy_counts_as_activity() {
+        let mut table = TopicTable::<u64>::default();
+        let event = Event::new(
+            "t".into(),
+            "e".into(),
+            1,
+            0,
+            Payload::Json(Bytes::from_static(b"0")),
+        );
+        table.replicated(&event, 1_000);
+        let next = Event::new(
+            "t".into(),
+            "e".into(),
+            2,
+            0,
+            Payload::Json(Bytes::from_static(b"0")),
+        );
+        table.replicated(&next, 5_000);
+        assert!(table.forget_idle(|_, last| last <= 2_000).is_empty());
+        assert_eq!(table.forget_idle(|_, last| last <= 5_000).len(), 1);
+        assert!(table.is_empty());
     }
 
     #[test]
@@ -495,12 +618,12 @@ mod tests {
         };
         let old = new_epoch(1, 1);
         let new = new_epoch(2, 1);
-        table.replicated(&event(&old, 3));
+        table.replicated(&event(&old, 3), 0);
         assert!(!table.is_ready("t"), "a copy is not sequenced here");
-        table.replicated(&event(&old, 4));
-        table.replicated(&event(&old, 2));
+        table.replicated(&event(&old, 4), 0);
+        table.replicated(&event(&old, 2), 0);
         assert_eq!(table.get("t").unwrap().last_seq, 4);
-        table.replicated(&event(&new, 1));
+        table.replicated(&event(&new, 1), 0);
         assert_eq!(
             (
                 &*table.get("t").unwrap().epoch,
@@ -508,7 +631,7 @@ mod tests {
             ),
             (&*new, 1)
         );
-        table.replicated(&event(&old, 9));
+        table.replicated(&event(&old, 9), 0);
         assert_eq!(
             &*table.get("t").unwrap().epoch,
             &*new,
