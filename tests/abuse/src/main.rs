@@ -65,6 +65,10 @@ fn parse_bound(text: &str) -> Result<(Load, u64), String> {
     Ok((load, mib))
 }
 
+/// WARN and ERROR lines a second (averaged over the load) any node may write under any
+/// load: log lines per event are rate-limited (one per second per kind of line).
+const LOG_LINES_PER_SECOND: f64 = 2.0;
+
 /// Seconds of baseline sampled once a load's setup is done.
 const BASELINE: Duration = Duration::from_millis(2500);
 
@@ -120,7 +124,10 @@ async fn header(cli: &Cli, took: Duration) -> String {
         "`{version}` (git {git}), three nodes on 127.0.0.1 with default settings, a fresh cluster \
          per load. Each load ran {} s, then the nodes were watched {} s more; RSS (VmRSS) and \
          open files were read from /proc every second. Growth is the peak during and after the \
-         load minus the baseline sampled just before it. The whole run took {:.0} s.",
+         load minus the baseline sampled just before it. A load fails if a node dies, does not \
+         serve a new client after the load, grows past the load's bound, writes more than \
+         {LOG_LINES_PER_SECOND} WARN/ERROR log lines a second, or fails the load's own check. \
+         The whole run took {:.0} s.",
         cli.seconds,
         cli.settle,
         took.as_secs_f64()
@@ -194,9 +201,12 @@ async fn run_load(cli: &Cli, load: Load, key: &str) -> anyhow::Result<LoadReport
     let samples = sampler.finish().await;
     let died: Vec<Option<String>> = (0..NAMES.len())
         .map(|i| {
-            cluster
-                .exited(i)
-                .map(|status| format!("{status}; {}", last_lines(&logs[i], 2)))
+            cluster.exited(i).map(|status| {
+                format!(
+                    "{status}, found gone {:.0} s into the load",
+                    summary_gone_at(&samples, i)
+                )
+            })
         })
         .collect();
     cluster.stop().await;
@@ -219,6 +229,7 @@ async fn run_load(cli: &Cli, load: Load, key: &str) -> anyhow::Result<LoadReport
             memory: sampler::summarize(&samples, i),
             warn_lines: count_warnings(&logs[i], start_offsets[i], end_offsets[i]),
             died: died[i].clone(),
+            log_tail: last_lines(&logs[i], 3),
             served_after: served_after[i],
         })
         .collect();
@@ -241,7 +252,7 @@ async fn run_load(cli: &Cli, load: Load, key: &str) -> anyhow::Result<LoadReport
         rss_bound_mib,
         failures: load_error.into_iter().collect(),
     };
-    report.judge(load.log_rate_bound());
+    report.judge(LOG_LINES_PER_SECOND);
     Ok(report)
 }
 
@@ -262,16 +273,38 @@ fn count_warnings(path: &Path, from: u64, to: u64) -> u64 {
         .count() as u64
 }
 
-/// The last `n` non-empty lines of a log, joined, at most 400 characters.
+/// Seconds into the load when the node was first found gone (negative: before it).
+fn summary_gone_at(samples: &[sampler::Sample], node: usize) -> f64 {
+    let load_began = samples
+        .iter()
+        .find(|s| s.phase == Phase::Load)
+        .map_or(0.0, |s| s.seconds);
+    sampler::summarize(samples, node)
+        .gone_at
+        .map_or(0.0, |gone| gone - load_began)
+}
+
+/// The last `n` non-empty lines of a log, the message only of JSON lines (a crash writes
+/// plain text, such as Rust's `fatal runtime error: stack overflow`), at most 300
+/// characters.
 fn last_lines(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["fields"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| line.to_owned())
+        })
+        .collect();
     let tail = lines[lines.len().saturating_sub(n)..]
         .join(" / ")
         .replace('`', "'");
-    let mut cut: String = tail.chars().take(400).collect();
+    let mut cut: String = tail.chars().take(300).collect();
     if cut.len() < tail.len() {
         cut.push('…');
     }
-    format!("log ends: `{cut}`")
+    cut
 }

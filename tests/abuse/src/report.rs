@@ -14,6 +14,8 @@ pub struct NodeRow {
     pub warn_lines: u64,
     /// How the process ended, if it did.
     pub died: Option<String>,
+    /// The last lines of its log (shown when it died).
+    pub log_tail: String,
     /// Whether a new client was served after the load.
     pub served_after: bool,
 }
@@ -50,11 +52,14 @@ impl LoadReport {
     }
 
     /// Checks the nodes against the bounds; the load's own failures come first.
-    pub fn judge(&mut self, log_rate_bound: Option<f64>) {
+    pub fn judge(&mut self, log_lines_per_second: f64) {
         let mut failures = std::mem::take(&mut self.outcome.failures);
         for node in &self.nodes {
             if let Some(how) = &node.died {
-                failures.push(format!("{} died: {how}", node.name));
+                failures.push(format!(
+                    "{} died: {how}; its log ends: `{}`",
+                    node.name, node.log_tail
+                ));
                 continue;
             }
             if !node.served_after {
@@ -73,13 +78,11 @@ impl LoadReport {
                     mib(node.memory.baseline_kib)
                 ));
             }
-            if let Some(bound) = log_rate_bound
-                && self.seconds > 0.0
-            {
+            if self.seconds > 0.0 {
                 let rate = node.warn_lines as f64 / self.seconds;
-                if rate > bound {
+                if rate > log_lines_per_second {
                     failures.push(format!(
-                        "{} logged {} WARN/ERROR lines in {:.0} s ({rate:.1}/s, bound {bound}/s)",
+                        "{} logged {} WARN/ERROR lines in {:.0} s ({rate:.1}/s, bound {log_lines_per_second}/s)",
                         node.name, node.warn_lines, self.seconds
                     ));
                 }
@@ -136,14 +139,18 @@ impl LoadReport {
             } else {
                 0.0
             };
+            let after = if node.died.is_some() {
+                "–".to_owned()
+            } else {
+                format!("{:.0}", mib(m.after_kib))
+            };
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {rate:.2} | {} | {} |",
+                "| {} | {:.0} | {:.0} | {:.0} | {after} | {} | {rate:.2} | {} | {} |",
                 node.name,
                 mib(m.baseline_kib),
                 mib(m.peak_kib),
                 mib(m.growth_kib()),
-                mib(m.after_kib),
                 m.fd_peak,
                 node.died.as_deref().unwrap_or("no"),
                 if node.served_after { "yes" } else { "no" }
