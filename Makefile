@@ -45,7 +45,7 @@ abuse: ## The adversarial findings' loads against 3 real nodes, 60 s each (ABUSE
 
 abuse-smoke: ## The same loads, 8 s each, smaller history (about 2 minutes once built; reuses bench-smoke's release build)
 	$(CARGO) build --release -p murmur -p murmur-bench -p murmur-abuse
-	[ "$$(ulimit -n)" -ge 4096 ] || ulimit -n 4096; flock /tmp/murmur-abuse.lock target/release/murmur-abuse --seconds 8 --settle 3 --history-topics 10 --out abuse-out $(ARGS)
+	[ "$$(ulimit -n)" -ge 4096 ] || ulimit -n 4096; flock /tmp/murmur-abuse.lock target/release/murmur-abuse --seconds 8 --settle 2 --history-topics 10 --out abuse-out $(ARGS)
 
 chaos: ## Every chaos nemesis on namespace hosts (root, ~20 min): chaos-out/<nemesis>/report.md, chaos-out/summary.md
 	$(CARGO) build --release -p murmur -p murmur-chaos

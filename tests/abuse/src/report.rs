@@ -52,7 +52,7 @@ impl LoadReport {
     }
 
     /// Checks the nodes against the bounds; the load's own failures come first.
-    pub fn judge(&mut self, log_lines_per_second: f64) {
+    pub fn judge(&mut self, log_lines_per_second: f64, log_lines_once: u64) {
         let mut failures = std::mem::take(&mut self.outcome.failures);
         for node in &self.nodes {
             if let Some(how) = &node.died {
@@ -78,14 +78,12 @@ impl LoadReport {
                     mib(node.memory.baseline_kib)
                 ));
             }
-            if self.seconds > 0.0 {
-                let rate = node.warn_lines as f64 / self.seconds;
-                if rate > log_lines_per_second {
-                    failures.push(format!(
-                        "{} logged {} WARN/ERROR lines in {:.0} s ({rate:.1}/s, bound {log_lines_per_second}/s)",
-                        node.name, node.warn_lines, self.seconds
-                    ));
-                }
+            let allowed = (log_lines_per_second * self.seconds) as u64 + log_lines_once;
+            if node.warn_lines > allowed {
+                failures.push(format!(
+                    "{} logged {} WARN/ERROR lines in {:.0} s (bound: {log_lines_per_second} a second plus {log_lines_once})",
+                    node.name, node.warn_lines, self.seconds
+                ));
             }
         }
         failures.append(&mut self.failures);

@@ -195,3 +195,55 @@ pub fn to_csv(samples: &[Sample], names: &[&str]) -> String {
     }
     csv
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(seconds: f64, phase: Phase, rss_kib: Option<u64>) -> Sample {
+        Sample {
+            seconds,
+            phase,
+            nodes: vec![rss_kib.map(|rss_kib| Reading { rss_kib, fds: 10 })],
+        }
+    }
+
+    #[test]
+    fn this_process_can_be_read() {
+        let reading = read(std::process::id()).expect("our own /proc entry");
+        assert!(reading.rss_kib > 0);
+        assert!(reading.fds >= 3);
+    }
+
+    #[test]
+    fn growth_is_the_peak_during_and_after_over_the_last_baseline() {
+        let samples = [
+            // A setup that filled memory is part of the baseline, not growth.
+            sample(1.0, Phase::Baseline, Some(10_000)),
+            sample(2.0, Phase::Baseline, Some(50_000)),
+            sample(3.0, Phase::Baseline, Some(51_000)),
+            sample(4.0, Phase::Load, Some(80_000)),
+            sample(5.0, Phase::After, Some(90_000)),
+            sample(6.0, Phase::After, Some(70_000)),
+        ];
+        let summary = summarize(&samples, 0);
+        assert_eq!(summary.baseline_kib, 51_000);
+        assert_eq!(summary.peak_kib, 90_000);
+        assert_eq!(summary.after_kib, 70_000);
+        assert_eq!(summary.growth_kib(), 39_000);
+        assert_eq!(summary.gone_at, None);
+    }
+
+    #[test]
+    fn a_node_found_gone_is_marked_at_its_first_missing_sample() {
+        let samples = [
+            sample(1.0, Phase::Baseline, Some(10_000)),
+            sample(2.0, Phase::Load, Some(12_000)),
+            sample(3.0, Phase::Load, None),
+            sample(4.0, Phase::After, None),
+        ];
+        let summary = summarize(&samples, 0);
+        assert_eq!(summary.gone_at, Some(3.0));
+        assert_eq!(summary.peak_kib, 12_000);
+    }
+}

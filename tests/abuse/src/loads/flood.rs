@@ -22,7 +22,8 @@ pub async fn into_non_owner(ctx: &Ctx) -> anyhow::Result<Outcome> {
     for _ in &topics {
         publishers.push(Conn::connect(&ctx.urls[ENTRY]).await?);
     }
-    let data = "x".repeat(4096);
+    let size = ctx.params.flood_event_bytes;
+    let data = "x".repeat(size);
     ctx.start_load().await;
     let started = Instant::now();
     let deadline = ctx.deadline();
@@ -41,9 +42,9 @@ pub async fn into_non_owner(ctx: &Ctx) -> anyhow::Result<Outcome> {
     }
     let sent: u64 = publishers.iter().map(|p| p.sent).sum();
     outcome.notes.push(format!(
-        "n1 read {sent} publishes of 4 KiB ({}/s, {} MiB/s) for topics n2 owns",
+        "n1 read {sent} publishes of {size} B ({}/s, {} MiB/s) for topics n2 owns",
         per_second(sent, started.elapsed()),
-        per_second(sent * 4096, started.elapsed()) / (1024 * 1024)
+        per_second(sent * size as u64, started.elapsed()) / (1024 * 1024)
     ));
     let mut answers = BTreeMap::new();
     for publisher in &mut publishers {

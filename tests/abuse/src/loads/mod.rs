@@ -78,7 +78,7 @@ impl Load {
                  Was: +3.6 GiB in 29 s; now bounded by `max_unacked`"
             }
             Self::FloodNonOwner => {
-                "4 connections on n1 publish 4 KiB events as fast as n1 reads them, to 4 topics n2 owns. \
+                "4 connections on n1 publish events of `--flood-event-bytes` (4 KiB) as fast as n1 reads them, to 4 topics n2 owns. \
                  Was: +1.5 GiB in 27 s on n1; now bounded by `publish_buffer_bytes` (publishers wait)"
             }
             Self::HugeIds => {
@@ -112,15 +112,14 @@ impl Load {
     /// reported only. Chosen from measurement (docs/benchmarks.md, "Abuse soak"): about
     /// twice the largest growth seen in 60 s runs, and at least 64 MiB, so that a return of
     /// any finding (hundreds of MiB to GiB within seconds) fails while allocator noise does
-    /// not. Loads 1–3 plateau within 40 s: the nodes' queues are full and stay full.
+    /// not. Loads 1–3 level off within about 40 s (loads 1 and 2 then creep slowly).
     pub fn default_rss_bound_mib(self) -> Option<u64> {
         match self {
-            // Measured up to 88 MiB on the owner (events placed on the member's node and
-            // their bookkeeping, freed by the allocator only in part).
+            // Measured up to 88 MiB on the owner in 60 s (96 MiB in 180 s: it creeps).
             Self::QueueNeverReads => Some(160),
-            // Measured up to 74 MiB on the owner.
+            // Measured up to 84 MiB on the owner in 60 s (103 MiB in 180 s).
             Self::QueueNeverAcks => Some(160),
-            // Measured up to 124 MiB on the owner and 113 MiB on the entry node:
+            // Measured up to 128 MiB on the owner and 117 MiB on the entry node:
             // `publish_buffer_bytes` (64 MiB) on the entry node, the peer queues and the
             // topics' history (4 × 1,000 events of 4 KiB) on the owner and its replica.
             Self::FloodNonOwner => Some(250),
@@ -159,6 +158,9 @@ pub struct Params {
     /// New topics a second, over all nodes (load 5: 600,000 topics in 60 s).
     #[arg(long, default_value_t = 10_000)]
     pub topic_rate: u32,
+    /// Size of each flood publish's data (load 3).
+    #[arg(long, default_value_t = 4096)]
+    pub flood_event_bytes: usize,
     /// Topics of history filled before load 6 (1,000 events of 1 KiB each).
     #[arg(long, default_value_t = 40)]
     pub history_topics: u32,
@@ -167,6 +169,9 @@ pub struct Params {
     pub idle_sockets: u32,
 }
 
+/// Samples the baseline, then marks the load's start (given by the caller, which watches).
+pub type StartLoad = Box<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// What a load needs: where the nodes are, how long to run, how to mark its start.
 pub struct Ctx {
     pub urls: Vec<String>,
@@ -174,7 +179,7 @@ pub struct Ctx {
     pub params: Params,
     pub seconds: Duration,
     /// Called once the setup is done: samples the baseline, then marks the load's start.
-    start: Box<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>,
+    start: StartLoad,
     deadline: std::sync::Mutex<Option<Instant>>,
 }
 
@@ -184,7 +189,7 @@ impl Ctx {
         ports: Vec<u16>,
         params: Params,
         seconds: Duration,
-        start: Box<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>,
+        start: StartLoad,
     ) -> Self {
         Self {
             urls,
