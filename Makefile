@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke chaos chaos-smoke fuzz fuzz-smoke test lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -42,6 +42,14 @@ bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian): every 
 
 bench-smoke: ## A short bench run (small counts, under a minute once built) that fails on any loss or error
 	flock /tmp/murmur-bench.lock bench/run.sh --smoke
+
+abuse: ## The adversarial findings' loads against 3 real nodes, 60 s each (ABUSE_SECONDS); fails on a death or RSS over its bound (~13 min): abuse-out/report.md
+	$(CARGO) build --release -p murmur -p murmur-bench -p murmur-abuse
+	[ "$$(ulimit -n)" -ge 4096 ] || ulimit -n 4096; flock /tmp/murmur-abuse.lock target/release/murmur-abuse --out abuse-out $(ARGS)
+
+abuse-smoke: ## The same loads, 8 s each, smaller history (about 2 minutes once built; reuses bench-smoke's release build)
+	$(CARGO) build --release -p murmur -p murmur-bench -p murmur-abuse
+	[ "$$(ulimit -n)" -ge 4096 ] || ulimit -n 4096; flock /tmp/murmur-abuse.lock target/release/murmur-abuse --seconds 8 --settle 2 --history-topics 10 --out abuse-out $(ARGS)
 
 chaos: ## Every chaos nemesis on namespace hosts (root, ~20 min): chaos-out/<nemesis>/report.md, chaos-out/summary.md
 	$(CARGO) build --release -p murmur -p murmur-chaos
