@@ -14,7 +14,7 @@ type TestResult = anyhow::Result<()>;
 /// The value of the metric `name` (an unlabelled gauge) from the node's `/metrics`.
 async fn metric(node: &RunningNode, name: &str) -> anyhow::Result<f64> {
     let text =
-        murmur::client::http_get(&format!("http://{}", node.local_addr()), "/metrics").await?;
+        murmur::client::http_get(&format!("http://{}", node.admin_addr()), "/metrics").await?;
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|line| {

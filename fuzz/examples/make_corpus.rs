@@ -547,15 +547,26 @@ fn gossip_seeds(path: &Path) -> std::io::Result<()> {
         if let Err(err) = foca.handle_data(&payload, &mut runtime) {
             panic!("foca refuses the `{name}` seed: {err}");
         }
-        write(&dir, name, &key.seal(&payload))?;
+        write(&dir, name, &key.seal(&payload, seed_stamp(name)))?;
     }
     // A packet sealed with another key, and one too short to hold the envelope.
     let stranger = murmur::cluster::security::ClusterKey::derive(Some("not-the-fuzz-key"));
     write(
         &dir,
         "wrong-key",
-        &stranger.seal(&foca_packet(Message::Ping(1), &[])),
+        &stranger.seal(&foca_packet(Message::Ping(1), &[]), seed_stamp("wrong-key")),
     )?;
     write(&dir, "truncated", &[1, 0, 0])?;
     Ok(())
+}
+
+/// A fixed stamp per seed (a real send time, a nonce from the name), so the corpus is the
+/// same every time it is made.
+fn seed_stamp(name: &str) -> murmur::cluster::envelope::Stamp {
+    murmur::cluster::envelope::Stamp {
+        sent_at_ms: 1_796_600_000_000,
+        nonce: name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        }),
+    }
 }

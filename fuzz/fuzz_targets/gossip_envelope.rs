@@ -12,9 +12,10 @@ use std::sync::OnceLock;
 
 use foca::{AccumulatingRuntime, Codec, Foca, Header, PostcardCodec};
 use libfuzzer_sys::fuzz_target;
+use murmur::cluster::envelope::{ENVELOPE_OVERHEAD, Opened, ReplayWindow, Stamp};
 use murmur::cluster::gossip::foca_config;
 use murmur::cluster::membership::{MembershipView, NodeId};
-use murmur::cluster::security::{ClusterKey, ENVELOPE_OVERHEAD};
+use murmur::cluster::security::ClusterKey;
 use murmur_fuzz::{fuzz_cluster_key, receiver_identity};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -29,19 +30,47 @@ fn key() -> &'static ClusterKey {
 
 fuzz_target!(|data: &[u8]| {
     let key = key();
-    let payload = match key.open(data) {
-        Ok(payload) => {
+    // The stamp a key holder would have put on a payload taken from the input.
+    let stamp_of = |bytes: &[u8]| Stamp {
+        sent_at_ms: bytes
+            .iter()
+            .take(8)
+            .fold(0u64, |n, b| (n << 8) | u64::from(*b)),
+        nonce: bytes
+            .iter()
+            .skip(8)
+            .take(8)
+            .fold(0u64, |n, b| (n << 8) | u64::from(*b)),
+    };
+    let (payload, stamp) = match key.open(data) {
+        Ok(Opened { stamp, payload }) => {
             assert_eq!(
-                key.seal(payload),
+                key.seal(payload, stamp),
                 data,
                 "open accepted a packet seal did not make"
             );
-            payload
+            (payload, stamp)
         }
-        Err(_) => data.get(ENVELOPE_OVERHEAD..).unwrap_or_default(),
+        Err(_) => (
+            data.get(ENVELOPE_OVERHEAD..).unwrap_or_default(),
+            stamp_of(data),
+        ),
     };
-    let sealed = key.seal(payload);
-    assert_eq!(key.open(&sealed), Ok(payload), "seal and open disagree");
+    let sealed = key.seal(payload, stamp);
+    assert_eq!(
+        key.open(&sealed),
+        Ok(Opened { stamp, payload }),
+        "seal and open disagree"
+    );
+    // The replay window takes any stamp without panicking, and never the same one twice.
+    let mut window = ReplayWindow::new(std::time::Duration::from_secs(30));
+    let now = stamp.sent_at_ms;
+    if window.check(stamp, now).is_ok() {
+        assert!(
+            window.check(stamp, now).is_err(),
+            "a replay was let through"
+        );
+    }
 
     check_header_round_trip(payload);
 
