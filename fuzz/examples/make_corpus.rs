@@ -364,6 +364,8 @@ fn peer_seeds(path: &Path) -> std::io::Result<()> {
                 id: 7,
                 pattern: "chat.*".into(),
                 from: Some(pb::replay_request::From::Earliest(true)),
+                max_events: 1000,
+                max_bytes: 1 << 20,
             }),
         ),
         (
@@ -372,6 +374,8 @@ fn peer_seeds(path: &Path) -> std::io::Result<()> {
                 id: 8,
                 pattern: "chat.lobby".into(),
                 from: Some(pb::replay_request::From::Cursor(cursor.clone())),
+                max_events: 0,
+                max_bytes: 0,
             }),
         ),
         (
@@ -383,6 +387,8 @@ fn peer_seeds(path: &Path) -> std::io::Result<()> {
                     topics: [("sensors.a".to_owned(), cursor)].into_iter().collect(),
                     since: 1_795_645_070_840,
                 })),
+                max_events: 10,
+                max_bytes: 4096,
             }),
         ),
         (
@@ -390,6 +396,7 @@ fn peer_seeds(path: &Path) -> std::io::Result<()> {
             Msg::ReplayReply(pb::ReplayReply {
                 id: 9,
                 topics: vec![pb::TopicReplay {
+                    more: true,
                     topic: "sensors.a".into(),
                     epoch: "1a214c95cc7-075401e3".into(),
                     last_seq: 3,
