@@ -69,6 +69,14 @@ def median(runs, system, case, key):
     return statistics.median(values)
 
 
+def paired_ratios(runs, system, baseline, case, key="deliveries_per_s"):
+    """system / baseline for each label (round) that ran both, in the rounds' order."""
+    def by_label(name):
+        return {r.get("label", ""): get(r, key) for r in runs if r["system"] == name and r["case"] == case}
+    mine, theirs = by_label(system), by_label(baseline)
+    return [mine[label] / theirs[label] for label in mine if label in theirs and theirs[label]]
+
+
 def count(runs, system, case):
     return sum(1 for r in runs if r["system"] == system and r["case"] == case)
 
@@ -117,7 +125,7 @@ def machine_facts():
 
 def render(runs, rows, failed, args):
     facts = machine_facts()
-    M, N, MB = "murmur", "nats", "murmur-batch"
+    M, N, MB, MA = "murmur", "nats", "murmur-batch", "murmur-auth"
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     settings = dict(s.split("=", 1) for s in args.settings.split())
     out = []
@@ -146,13 +154,19 @@ def render(runs, rows, failed, args):
       "(`deploy/local-cluster.sh`, release build, `replication = 2`) and a three-node NATS cluster "
       "(Debian's `nats-server`, routes between the three, WebSocket listener without TLS), all on "
       "127.0.0.1. The load generator (`murmur-bench`) speaks Murmur's JSON protocol and the NATS text "
-      "protocol over WebSocket. Each scenario runs against both systems, alternating (the first system "
+      "protocol over WebSocket (a second Murmur cluster with `auth = token` measures the cost of client "
+      "auth, see below). Each scenario runs against both systems, alternating (the first system "
       "of a round alternates too); figures are medians over the rounds "
       f"({settings.get('ROUNDS', '?')}), the idle-connection scenario runs once, on freshly started "
       "nodes. Latency is end to end: from the send time carried in each payload to its arrival at the "
       "subscriber (hdrhistogram). On a shared 2-core machine the absolute numbers are noisy; the "
       "ratios, measured in the same run, are what to compare.")
     w("")
+    if args.load_before:
+        w(f"Load average (1, 5, 15 min) just before the run started: {args.load_before}; just after it "
+          f"ended: {args.load_after or '?'} (the run's own load included). On {facts['nproc']} CPUs, a load "
+          "above that number before the start means other work was competing for the CPUs.")
+        w("")
 
     # --- Targets -----------------------------------------------------------------------
     def verdict(ok):
@@ -203,7 +217,16 @@ def render(runs, rows, failed, args):
         n_proj = first("idle", "projected_100k_mib", N)
         w(f"| 100,000 idle connections, projected from the slope (MiB) | {fmt(i['projected_100k_mib'])} | {fmt(n_proj)} | "
           f"{fmt(ratio(i['projected_100k_mib'], n_proj))} | | |")
-    lost_m = sum(x.get("lost", 0) for x in runs if x["system"] == M)
+    auth_rows = [(case, label, median(runs, MA, case, "deliveries_per_s"), median(runs, M, case, "deliveries_per_s"))
+                 for case, label in [("topics", f"{fmt(topics)} topics, auth on / auth off: deliveries/s"),
+                                     ("fanout-full", f"fan-out to {fmt(subs)} subscribers, full speed, auth on / auth off: deliveries/s")]]
+    for case, label, on, off in auth_rows:
+        if on is None:
+            continue
+        r = ratio(on, off)
+        target, met = ("≥ 0.95×", verdict(r is not None and r >= 0.95)) if case == "topics" else ("reported", "")
+        w(f"| {label} | on: {fmt(on)} | off: {fmt(off)} | on / off: {fmt(r)} | {target} | {met} |")
+    lost_m = sum(x.get("lost", 0) for x in runs if x["system"].startswith(M))
     lost_n = sum(x.get("lost", 0) for x in runs if x["system"] == N)
     w(f"| messages lost, all runs (idle: connections dropped) | {fmt(lost_m)} | {fmt(lost_n)} | | 0 | {verdict(lost_m == 0)} |")
     mf = median(runs, M, "fanout-full", "deliveries_per_s")
@@ -274,6 +297,43 @@ def render(runs, rows, failed, args):
         m, n = median(runs, M, "topics", key), median(runs, N, "topics", key)
         w(f"| {name} | {fmt(m)} | {fmt(n)} | {fmt(ratio(m, n)) if key != 'lost' else ''} |")
     w("")
+
+    # --- Token auth ------------------------------------------------------------------------
+    if any(r["system"] == MA for r in runs):
+        w("### Client auth on / off")
+        w("")
+        w("A second three-node Murmur cluster, the same build and settings but `auth = token` with an "
+          "HMAC secret (HS256); every connection says `hello` with a token before anything else, and "
+          "every `pub` and `sub` is checked against its permissions: four `pub` and four `sub` allow "
+          "patterns, the bench's topics matched by the last (`bench.topics.*`), and one deny pattern "
+          "each way (`bench.*.admin`), so a publish is tried against every allow and the deny. Each "
+          "round runs the auth-off cluster and the auth-on cluster back to back with the same "
+          "arguments, which goes first alternating with the round; both clusters are up the whole time "
+          "(idle when not measured). Medians over the rounds; the paired ratio is each round's "
+          "on / off, whose median is less sensitive to the machine's load drifting between rounds.")
+        w("")
+        w("| case | figure | auth on | auth off | on / off |")
+        w("|---|---|---:|---:|---:|")
+        for case, label in [("topics", f"{fmt(topics)} topics"), ("fanout-full", f"fan-out, {fmt(subs)} subscribers")]:
+            for key, name in [("deliveries_per_s", "deliveries/s"), ("latency_ms.p50", "p50 ms"),
+                              ("latency_ms.p99", "p99 ms"), ("lost", "lost")]:
+                on, off = median(runs, MA, case, key), median(runs, M, case, key)
+                if on is None:
+                    continue
+                w(f"| {label} | {name} | {fmt(on)} | {fmt(off)} | {fmt(ratio(on, off)) if key != 'lost' else ''} |")
+        w("")
+        for case, label in [("topics", f"{fmt(topics)} topics"), ("fanout-full", "fan-out")]:
+            paired = paired_ratios(runs, MA, M, case)
+            if paired:
+                w(f"- {label}, per round on / off: " + ", ".join(f"{fmt(x)}" for x in paired) +
+                  f"; median {fmt(statistics.median(paired))}.")
+            for system, name in [(M, "auth off"), (MA, "auth on")]:
+                values = [r["deliveries_per_s"] for r in runs if r["system"] == system and r["case"] == case]
+                if len(values) >= 2:
+                    cv = statistics.pstdev(values) / statistics.mean(values)
+                    w(f"  - {name}: {fmt(min(values))} to {fmt(max(values))} deliveries/s over the rounds "
+                      f"(coefficient of variation {cv:.1%}): the noise a ratio is read against.")
+        w("")
 
     # --- Queue group -------------------------------------------------------------------
     w("### Queue group")
@@ -350,6 +410,8 @@ def main():
     p.add_argument("--nats-version", default="?")
     p.add_argument("--git", default="?")
     p.add_argument("--settings", default="")
+    p.add_argument("--load-before", default="", help="/proc/loadavg's first three fields before the run")
+    p.add_argument("--load-after", default="", help="the same after it")
     args = p.parse_args()
     runs, rows, failed = load(args.results)
     if args.check:

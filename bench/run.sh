@@ -4,6 +4,10 @@
 # murmur-bench run against both, alternating, in rounds; then bench/render.py writes the
 # generated section of docs/benchmarks.md (medians of the rounds, Murmur/NATS per figure,
 # the issue's targets met or missed).
+# The cost of client auth is measured in the same run: a second three-node Murmur cluster
+# with `auth = token` (an HMAC secret, a token with a few allow patterns and a deny pattern),
+# the many-topics and full-speed fan-out runs each paired with the same run against the
+# auth-off cluster, back to back, the pair's order alternating with the round.
 #
 #   bench/run.sh            # `make bench`: the full run (about 5 minutes on 2 cores)
 #   bench/run.sh --smoke    # `make bench-smoke`: small counts, checks only that nothing is
@@ -13,7 +17,8 @@
 #   ROUNDS=3 SUBSCRIBERS=500 bench/run.sh   # counts can be overridden, see below
 #
 # Run it under `flock /tmp/murmur-bench.lock` on a shared machine: the ports are fixed.
-# Ports: Murmur 7400/7410/7420 (WebSocket), 7401.. gossip, 7402.. QUIC;
+# Ports: Murmur 7400/7410/7420 (WebSocket), 7401.. gossip, 7402.. QUIC, 7403.. admin;
+#        Murmur with auth 7500/7510/7520 (WebSocket), 7501.. gossip, 7502.. QUIC, 7503.. admin;
 #        NATS 4222/4223/4224 (clients), 6222/6223/6224 (routes), 8222/8223/8224 (WebSocket).
 # Results (one JSON line per run, plus the table rows): target/bench/<mode>.jsonl.
 set -euo pipefail
@@ -21,6 +26,8 @@ cd "$(dirname "$0")/.."
 mode=full
 [ "${1:-}" = --smoke ] && mode=smoke
 began=$(date +%s)
+# Other work on the machine skews the numbers: the load average before anything starts says how much.
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 if [ "$mode" = full ]; then
   ROUNDS=${ROUNDS:-5}
@@ -123,8 +130,61 @@ CONF
   sleep 2
 }
 
-# stop_clusters PHASE: stops both clusters, keeping the Murmur nodes' logs in $out/logs/.
+# The auth-on cluster: the same three nodes as deploy/local-cluster.sh starts, on their own
+# ports, with `auth = token` and an HMAC secret made for this run. Its token allows what the
+# bench does among a few other patterns, the bench's own last (so a publish is checked
+# against every allow before it matches), and denies one pattern in each direction (checked
+# on every publish and subscription that passed the allows): the checks do real work.
+murmur_bin=target/release/murmur
+auth_urls=ws://127.0.0.1:7500/ws,ws://127.0.0.1:7510/ws,ws://127.0.0.1:7520/ws
+auth_pids=()
+auth_token=""
+start_auth_cluster() {
+  (umask 077; "$murmur_bin" keygen >"$work/auth-cluster.key"; "$murmur_bin" keygen >"$work/auth-hmac.secret")
+  local secret
+  secret=$(cat "$work/auth-hmac.secret")
+  auth_token=$(MURMUR_TOKEN_HMAC_SECRET=$secret "$murmur_bin" token --sub murmur-bench --ttl 2h \
+    --allow-pub 'chat.*.messages' --allow-pub 'presence.>' --allow-pub 'bench.fanout' --allow-pub 'bench.topics.*' \
+    --allow-sub 'chat.>' --allow-sub 'presence.*' --allow-sub 'bench.fanout' --allow-sub 'bench.topics.*' \
+    --deny-pub 'bench.*.admin' --deny-sub 'bench.*.admin')
+  auth_pids=()
+  for i in 1 2 3; do
+    base=$((7500 + (i - 1) * 10))
+    MURMUR_MAX_CONNECTIONS_PER_IP=0 MURMUR_TOKEN_HMAC_SECRET_FILE="$work/auth-hmac.secret" \
+      "$murmur_bin" serve --name "a$i" --auth token --cluster-key-file "$work/auth-cluster.key" \
+      --listen "127.0.0.1:$base" --gossip "127.0.0.1:$((base + 1))" --quic "127.0.0.1:$((base + 2))" \
+      --admin-listen "127.0.0.1:$((base + 3))" \
+      --seeds 127.0.0.1:7501,127.0.0.1:7511 >"$work/auth-n$i.log" 2>&1 &
+    auth_pids+=($!)
+  done
+  for _ in $(seq 1 100); do
+    if "$murmur_bin" members --url http://127.0.0.1:7503 2>/dev/null | grep -c ' alive ' | grep -q '^3$'; then
+      sleep 2
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "the auth-on nodes did not form a cluster within 10 s; see $out/logs/murmur-auth-*.log" >&2
+  stop_auth_cluster start
+  exit 1
+}
+
+# stop_auth_cluster PHASE: SIGTERM (a graceful leave), then the logs to $out/logs/.
+stop_auth_cluster() {
+  [ "${#auth_pids[@]}" = 0 ] && return 0
+  for pid in "${auth_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${auth_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  auth_pids=()
+  mkdir -p "$out/logs"
+  for i in 1 2 3; do
+    [ -f "$work/auth-n$i.log" ] && cp "$work/auth-n$i.log" "$out/logs/murmur-auth-a$i.${1:-end}.log"
+  done
+  return 0
+}
+
+# stop_clusters PHASE: stops the clusters, keeping the Murmur nodes' logs in $out/logs/.
 stop_clusters() {
+  stop_auth_cluster "${1:-end}"
   mkdir -p "$out/logs"
   for i in 1 2 3; do
     [ -f ".cluster/n$i.log" ] && cp ".cluster/n$i.log" "$out/logs/murmur-n$i.${1:-end}.log"
@@ -159,7 +219,23 @@ run() {
   sleep "$PAUSE"
 }
 
+# auth_pair ARGS...: one run against the auth-off cluster and the same against the auth-on
+# cluster (its token in the environment, not on the command line), back to back; odd rounds
+# start with auth off, even rounds with auth on.
+auth_pair() {
+  local order="off on"
+  [ $((round % 2)) = 0 ] && order="on off"
+  for auth in $order; do
+    if [ "$auth" = off ]; then
+      run murmur "$murmur_urls" "$@"
+    else
+      MURMUR_BENCH_TOKEN=$auth_token run murmur "$auth_urls" "$@"
+    fi
+  done
+}
+
 start_clusters
+start_auth_cluster
 for round in $(seq 1 "$ROUNDS"); do
   order=$systems
   # Alternate which system goes first in each round.
@@ -168,8 +244,12 @@ for round in $(seq 1 "$ROUNDS"); do
     urls=$murmur_urls
     [ "$system" = nats ] && urls=$nats_urls
     label="round $round"
-    run "$system" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$MESSAGES" \
-      --size "$SIZE" --label "$label"
+    if [ "$system" = murmur ]; then
+      auth_pair fanout --subscribers "$SUBSCRIBERS" --messages "$MESSAGES" --size "$SIZE" --label "$label"
+    else
+      run "$system" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$MESSAGES" \
+        --size "$SIZE" --label "$label"
+    fi
     run "$system" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$RATE_MESSAGES" \
       --size "$SIZE" --rate "$RATE" --label "$label"
     if [ "$system" = murmur ]; then
@@ -181,8 +261,12 @@ for round in $(seq 1 "$ROUNDS"); do
       run "$system" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$MESSAGES" \
         --size "$SIZE" --acked --label "$label"
     fi
-    run "$system" "$urls" topics --topics "$TOPICS" --messages "$TOPIC_MESSAGES" \
-      --size "$SIZE" --label "$label"
+    if [ "$system" = murmur ]; then
+      auth_pair topics --topics "$TOPICS" --messages "$TOPIC_MESSAGES" --size "$SIZE" --label "$label"
+    else
+      run "$system" "$urls" topics --topics "$TOPICS" --messages "$TOPIC_MESSAGES" \
+        --size "$SIZE" --label "$label"
+    fi
     run "$system" "$urls" queue --members "$MEMBERS" --messages "$QUEUE_MESSAGES" \
       --size "$SIZE" --label "$label"
   done
@@ -210,7 +294,8 @@ echo "$mode run took ${seconds} s; $failures failed runs; results in $results"
 if [ "$mode" = full ]; then
   python3 bench/render.py --results "$results" --out docs/benchmarks.md \
     --seconds "$seconds" --murmur-version "$(target/release/murmur --version)" \
-    --nats-version "$(nats-server --version)" --git "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --nats-version "$(nats-server --version)" \
+    --load-before "$load_before" --load-after "$(cut -d' ' -f1-3 /proc/loadavg)" --git "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     --settings "ROUNDS=$ROUNDS SUBSCRIBERS=$SUBSCRIBERS MESSAGES=$MESSAGES SIZE=$SIZE RATE=$RATE RATE_MESSAGES=$RATE_MESSAGES TOPICS=$TOPICS TOPIC_MESSAGES=$TOPIC_MESSAGES MEMBERS=$MEMBERS QUEUE_MESSAGES=$QUEUE_MESSAGES IDLE_STEPS=$IDLE_STEPS"
   echo "wrote docs/benchmarks.md"
 else

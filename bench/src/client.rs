@@ -35,6 +35,15 @@ pub struct MurmurOptions {
     /// `batch`, docs/protocol.md).
     #[arg(long)]
     pub batch: bool,
+    /// A client token (JWT) for nodes with `auth = token`: every connection says `hello`
+    /// with it first and waits for the `welcome` (`murmur token` mints one).
+    #[arg(
+        long,
+        env = "MURMUR_BENCH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 }
 
 impl MurmurOptions {
@@ -43,10 +52,14 @@ impl MurmurOptions {
         if self.batch {
             hello["batch"] = json!(true);
         }
+        if let Some(token) = &self.token {
+            hello["token"] = json!(token);
+        }
         hello.to_string()
     }
 
-    /// The command-line arguments that reproduce these options (for child processes).
+    /// The command-line arguments that reproduce these options (for child processes). The
+    /// token is not among them, since arguments show in `ps`: see [`Self::to_env`].
     pub fn to_args(&self) -> Vec<String> {
         let mut args = vec!["--client-name".to_owned(), self.client_name.clone()];
         if self.batch {
@@ -55,9 +68,25 @@ impl MurmurOptions {
         args
     }
 
-    /// What distinguishes this mode in reports (empty for the default protocol).
-    fn variant(&self) -> &'static str {
-        if self.batch { "-batch" } else { "" }
+    /// The environment that passes the token to child processes.
+    pub fn to_env(&self) -> Vec<(&'static str, String)> {
+        self.token
+            .iter()
+            .map(|token| ("MURMUR_BENCH_TOKEN", token.clone()))
+            .collect()
+    }
+
+    /// What distinguishes this mode in reports (empty for the default protocol, without a
+    /// token): `-batch` for batch frames, `-auth` for connections with a token.
+    fn variant(&self) -> String {
+        let mut variant = String::new();
+        if self.batch {
+            variant.push_str("-batch");
+        }
+        if self.token.is_some() {
+            variant.push_str("-auth");
+        }
+        variant
     }
 }
 
@@ -120,8 +149,9 @@ impl Conn {
         };
         match target.system {
             System::Murmur => {
-                // The node greets first; `hello` carries the options and is answered by
-                // another `welcome`.
+                // The node greets first; `hello` carries the options (and the token, which a
+                // node with `auth = token` checks before anything else) and is answered by
+                // another `welcome`, or an error and a close when the token is refused.
                 conn.expect_murmur_op("welcome").await?;
                 conn.send(target.murmur.hello().into_bytes()).await?;
                 conn.expect_murmur_op("welcome").await?;
@@ -408,6 +438,33 @@ mod tests {
         assert_eq!(json_str_field(frame, "delivery"), Some("7"));
         assert_eq!(json_str_field(frame, "ref"), None);
         assert_eq!(json_str_field(r#"{"seq":1}"#, "seq"), None);
+    }
+
+    #[test]
+    fn hello_carries_the_token_and_names_the_mode() {
+        let mut options = MurmurOptions {
+            client_name: "b".to_owned(),
+            batch: false,
+            token: None,
+        };
+        let target = |murmur: &MurmurOptions| Target {
+            system: System::Murmur,
+            murmur: murmur.clone(),
+        };
+        assert_eq!(options.hello(), r#"{"op":"hello","client":"b"}"#);
+        assert_eq!(target(&options).name(), "murmur");
+        assert!(options.to_env().is_empty());
+        options.token = Some("a.b.c".to_owned());
+        options.batch = true;
+        let hello: serde_json::Value = serde_json::from_str(&options.hello()).unwrap();
+        assert_eq!(hello["token"], "a.b.c");
+        assert_eq!(hello["batch"], true);
+        assert_eq!(target(&options).name(), "murmur-batch-auth");
+        assert!(!options.to_args().iter().any(|a| a.contains("a.b.c")));
+        assert_eq!(
+            options.to_env(),
+            [("MURMUR_BENCH_TOKEN", "a.b.c".to_owned())]
+        );
     }
 
     #[test]

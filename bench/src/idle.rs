@@ -122,6 +122,7 @@ impl Holder {
             .arg("--first-topic")
             .arg(first_topic.to_string())
             .args(common.murmur.to_args())
+            .envs(common.murmur.to_env())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true);

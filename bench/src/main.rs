@@ -8,6 +8,9 @@
 //! - `topics`: T topics with one subscriber each, publishers on other nodes.
 //! - `queue`: one publisher, a queue group of K members over the nodes; balance.
 //! - `idle`: C idle subscribed connections to one node; the node's memory per connection.
+//!
+//! Against nodes with `auth = token`, `--token` (or `MURMUR_BENCH_TOKEN`) gives every
+//! connection a token to say `hello` with; reports then name the system `murmur-auth`.
 
 mod client;
 mod common;

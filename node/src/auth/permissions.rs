@@ -101,25 +101,46 @@ impl Pattern {
     }
 
     /// Does the concrete `topic` match this pattern?
+    ///
+    /// Runs for every allow and deny pattern on every publish, so it walks the topic's bytes
+    /// itself: `str::split` set up a searcher per token and cost about 1,500 instructions
+    /// per publish against five patterns, more than the subscription index's match.
     fn matches(&self, topic: &str) -> bool {
-        let mut topic_tokens = topic.split('.');
+        // The part of the topic not matched yet, starting at a token; `None` once every
+        // token was taken (so `a.` still has an empty token after `a`, as with `split`).
+        let mut rest = Some(topic.as_bytes());
         for token in &self.0 {
+            let Some(unmatched) = rest else {
+                return false;
+            };
             match token {
-                Token::Rest => return topic_tokens.next().is_some(),
-                Token::One => {
-                    if topic_tokens.next().is_none() {
-                        return false;
-                    }
-                }
+                Token::Rest => return true,
+                Token::One => rest = after_token(unmatched),
                 Token::Literal(literal) => {
-                    if topic_tokens.next() != Some(&**literal) {
+                    let literal = literal.as_bytes();
+                    let Some(tail) = unmatched.strip_prefix(literal) else {
                         return false;
-                    }
+                    };
+                    rest = match tail.split_first() {
+                        None => None,
+                        Some((b'.', next)) => Some(next),
+                        // The topic's token only starts with the literal.
+                        Some(_) => return false,
+                    };
                 }
             }
         }
-        topic_tokens.next().is_none()
+        rest.is_none()
     }
+}
+
+/// What follows the first token of `unmatched` (a topic's tail starting at a token): the
+/// next token on, or `None` when that token was the last.
+fn after_token(unmatched: &[u8]) -> Option<&[u8]> {
+    unmatched
+        .iter()
+        .position(|&b| b == b'.')
+        .map(|dot| &unmatched[dot + 1..])
 }
 
 /// Validated permissions, ready for checks.

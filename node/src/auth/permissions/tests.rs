@@ -88,6 +88,49 @@ fn containment_in_a_union() {
 }
 
 #[test]
+fn publish_compares_whole_tokens() {
+    // Topics whose tokens start with, or extend, a pattern's literal, and empty tokens: the
+    // byte-wise matcher must agree with the topic rules' own matcher on each.
+    let patterns = [
+        "bench.topics.*",
+        "bench.topics",
+        "bench.*",
+        "bench.>",
+        "bench",
+        "*.topics.1",
+        "*",
+        ">",
+    ];
+    let topics = [
+        "bench",
+        "benc",
+        "benchx",
+        "bench.",
+        ".bench",
+        "bench.topics",
+        "bench.topicsx.1",
+        "bench.topic.1",
+        "bench.topics.1",
+        "bench.topics.12",
+        "bench.topics.1.x",
+        "bench..1",
+        "bench.topics.",
+        "x.topics.1",
+        "",
+    ];
+    for pattern in patterns {
+        let permissions = compile(&grant(&[pattern], &[], &[]));
+        for topic in topics {
+            assert_eq!(
+                permissions.can_publish(topic),
+                pattern_matches(pattern, topic),
+                "pattern {pattern:?} topic {topic:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn no_match_means_no() {
     let none = compile(&PermissionClaim::default());
     assert!(!none.can_publish("a"));
