@@ -33,10 +33,10 @@ measure-idle: ## Node memory per idle WebSocket connection (one subscription eac
 	$(CARGO) build --release -p murmur --bins --example idle_connections
 	target/release/examples/idle_connections --connections 19500 --steps 5
 
-bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian): every scenario, writes docs/benchmarks.md (~5 min)
+bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian), and auth on / off: every scenario, writes docs/benchmarks.md (~7 min)
 	flock /tmp/murmur-bench.lock bench/run.sh
 
-bench-smoke: ## A short bench run (small counts, under a minute once built) that fails on any loss or error
+bench-smoke: ## A short bench run (small counts, auth on too; under two minutes once built) that fails on any loss or error
 	flock /tmp/murmur-bench.lock bench/run.sh --smoke
 
 chaos: ## Every chaos nemesis on namespace hosts (root, ~20 min): chaos-out/<nemesis>/report.md, chaos-out/summary.md
