@@ -37,10 +37,10 @@ measure-topics: ## Heap per remembered topic, before and after topics are forgot
 	$(CARGO) run --release -p murmur --example topic_bookkeeping -- --topics 600000
 	$(CARGO) run --release -p murmur --example topic_bookkeeping -- --topics 600000 --nodes 3
 
-bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian): every scenario, writes docs/benchmarks.md (~5 min)
+bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian), and auth on / off: every scenario, writes docs/benchmarks.md (~7 min)
 	flock /tmp/murmur-bench.lock bench/run.sh
 
-bench-smoke: ## A short bench run (small counts, under a minute once built) that fails on any loss or error
+bench-smoke: ## A short bench run (small counts, auth on too; under two minutes once built) that fails on any loss or error
 	flock /tmp/murmur-bench.lock bench/run.sh --smoke
 
 abuse: ## The adversarial findings' loads against 3 real nodes, 60 s each (ABUSE_SECONDS); fails on a death or RSS over its bound (~13 min): abuse-out/report.md

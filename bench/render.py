@@ -72,7 +72,8 @@ def median(runs, system, case, key):
 def paired_ratios(runs, system, baseline, case, key="deliveries_per_s"):
     """system / baseline for each label (round) that ran both, in the rounds' order."""
     def by_label(name):
-        return {r.get("label", ""): get(r, key) for r in runs if r["system"] == name and r["case"] == case}
+        return {r.get("label", ""): get(r, key) for r in runs
+                if r["system"] == name and r["case"] == case and r.get(key.split(".")[0]) is not None}
     mine, theirs = by_label(system), by_label(baseline)
     return [mine[label] / theirs[label] for label in mine if label in theirs and theirs[label]]
 
@@ -226,6 +227,13 @@ def render(runs, rows, failed, args):
         r = ratio(on, off)
         target, met = ("≥ 0.95×", verdict(r is not None and r >= 0.95)) if case == "topics" else ("reported", "")
         w(f"| {label} | on: {fmt(on)} | off: {fmt(off)} | on / off: {fmt(r)} | {target} | {met} |")
+        on_cpu = median(runs, MA, case, "server_cpu_us_per_delivery")
+        off_cpu = median(runs, M, case, "server_cpu_us_per_delivery")
+        if on_cpu is not None and off_cpu is not None:
+            r = ratio(off_cpu, on_cpu)
+            met = verdict(r is not None and r >= 0.95) if case == "topics" else ""
+            w(f"| the same, the nodes' CPU per delivery (µs; throughput on / off if CPU-bound = off / on) | "
+              f"on: {fmt(on_cpu)} | off: {fmt(off_cpu)} | off / on: {fmt(r)} | {target} | {met} |")
     lost_m = sum(x.get("lost", 0) for x in runs if x["system"].startswith(M))
     lost_n = sum(x.get("lost", 0) for x in runs if x["system"] == N)
     w(f"| messages lost, all runs (idle: connections dropped) | {fmt(lost_m)} | {fmt(lost_n)} | | 0 | {verdict(lost_m == 0)} |")
@@ -310,22 +318,28 @@ def render(runs, rows, failed, args):
           "round runs the auth-off cluster and the auth-on cluster back to back with the same "
           "arguments, which goes first alternating with the round; both clusters are up the whole time "
           "(idle when not measured). Medians over the rounds; the paired ratio is each round's "
-          "on / off, whose median is less sensitive to the machine's load drifting between rounds.")
+          "on / off, whose median is less sensitive to the machine's load drifting between rounds. "
+          "Both clusters' nodes have the same names, so each topic has the same owner and replica in "
+          "both (placement hashes the names). The nodes' CPU per delivery is their user and system "
+          "time (`/proc/<pid>/stat`, all three nodes) from the first measured publish to the last "
+          "delivery, divided by the deliveries: while the nodes are CPU-bound, throughput is its "
+          "inverse, and other work on the machine changes it much less than it changes throughput.")
         w("")
         w("| case | figure | auth on | auth off | on / off |")
         w("|---|---|---:|---:|---:|")
         for case, label in [("topics", f"{fmt(topics)} topics"), ("fanout-full", f"fan-out, {fmt(subs)} subscribers")]:
-            for key, name in [("deliveries_per_s", "deliveries/s"), ("latency_ms.p50", "p50 ms"),
-                              ("latency_ms.p99", "p99 ms"), ("lost", "lost")]:
+            for key, name in [("deliveries_per_s", "deliveries/s"),
+                              ("server_cpu_us_per_delivery", "nodes' CPU µs per delivery"),
+                              ("latency_ms.p50", "p50 ms"), ("latency_ms.p99", "p99 ms"), ("lost", "lost")]:
                 on, off = median(runs, MA, case, key), median(runs, M, case, key)
-                if on is None:
+                if on is None or off is None:
                     continue
                 w(f"| {label} | {name} | {fmt(on)} | {fmt(off)} | {fmt(ratio(on, off)) if key != 'lost' else ''} |")
         w("")
         for case, label in [("topics", f"{fmt(topics)} topics"), ("fanout-full", "fan-out")]:
             paired = paired_ratios(runs, MA, M, case)
             if paired:
-                w(f"- {label}, per round on / off: " + ", ".join(f"{fmt(x)}" for x in paired) +
+                w(f"- {label}, deliveries/s per round on / off: " + ", ".join(f"{fmt(x)}" for x in paired) +
                   f"; median {fmt(statistics.median(paired))}.")
             for system, name in [(M, "auth off"), (MA, "auth on")]:
                 values = [r["deliveries_per_s"] for r in runs if r["system"] == system and r["case"] == case]
@@ -333,6 +347,17 @@ def render(runs, rows, failed, args):
                     cv = statistics.pstdev(values) / statistics.mean(values)
                     w(f"  - {name}: {fmt(min(values))} to {fmt(max(values))} deliveries/s over the rounds "
                       f"(coefficient of variation {cv:.1%}): the noise a ratio is read against.")
+            paired = [1 / x for x in paired_ratios(runs, MA, M, case, "server_cpu_us_per_delivery") if x]
+            if paired:
+                w(f"- {label}, the nodes' CPU per delivery per round off / on: " +
+                  ", ".join(f"{fmt(x)}" for x in paired) + f"; median {fmt(statistics.median(paired))}.")
+            for system, name in [(M, "auth off"), (MA, "auth on")]:
+                values = [r["server_cpu_us_per_delivery"] for r in runs
+                          if r["system"] == system and r["case"] == case and r.get("server_cpu_us_per_delivery")]
+                if len(values) >= 2:
+                    cv = statistics.pstdev(values) / statistics.mean(values)
+                    w(f"  - {name}: {fmt(min(values))} to {fmt(max(values))} µs over the rounds "
+                      f"(coefficient of variation {cv:.1%}).")
         w("")
 
     # --- Queue group -------------------------------------------------------------------

@@ -131,7 +131,9 @@ CONF
 }
 
 # The auth-on cluster: the same three nodes as deploy/local-cluster.sh starts, on their own
-# ports, with `auth = token` and an HMAC secret made for this run. Its token allows what the
+# ports, with `auth = token` and an HMAC secret made for this run. The same node names too:
+# topics are placed by hashing them, so both clusters give each topic the same owner and
+# replica, and a delivery takes the same hops. Its token allows what the
 # bench does among a few other patterns, the bench's own last (so a publish is checked
 # against every allow before it matches), and denies one pattern in each direction (checked
 # on every publish and subscription that passed the allows): the checks do real work.
@@ -151,7 +153,7 @@ start_auth_cluster() {
   for i in 1 2 3; do
     base=$((7500 + (i - 1) * 10))
     MURMUR_MAX_CONNECTIONS_PER_IP=0 MURMUR_TOKEN_HMAC_SECRET_FILE="$work/auth-hmac.secret" \
-      "$murmur_bin" serve --name "a$i" --auth token --cluster-key-file "$work/auth-cluster.key" \
+      "$murmur_bin" serve --name "n$i" --auth token --cluster-key-file "$work/auth-cluster.key" \
       --listen "127.0.0.1:$base" --gossip "127.0.0.1:$((base + 1))" --quic "127.0.0.1:$((base + 2))" \
       --admin-listen "127.0.0.1:$((base + 3))" \
       --seeds 127.0.0.1:7501,127.0.0.1:7511 >"$work/auth-n$i.log" 2>&1 &
@@ -177,7 +179,7 @@ stop_auth_cluster() {
   auth_pids=()
   mkdir -p "$out/logs"
   for i in 1 2 3; do
-    [ -f "$work/auth-n$i.log" ] && cp "$work/auth-n$i.log" "$out/logs/murmur-auth-a$i.${1:-end}.log"
+    [ -f "$work/auth-n$i.log" ] && cp "$work/auth-n$i.log" "$out/logs/murmur-auth-n$i.${1:-end}.log"
   done
   return 0
 }
@@ -221,15 +223,18 @@ run() {
 
 # auth_pair ARGS...: one run against the auth-off cluster and the same against the auth-on
 # cluster (its token in the environment, not on the command line), back to back; odd rounds
-# start with auth off, even rounds with auth on.
+# start with auth off, even rounds with auth on. Both report their nodes' CPU time per
+# delivery, which the machine's other load disturbs less than throughput.
 auth_pair() {
-  local order="off on"
+  local order="off on" off_pids
   [ $((round % 2)) = 0 ] && order="on off"
+  off_pids=$(cat .cluster/n1.pid .cluster/n2.pid .cluster/n3.pid | paste -sd,)
   for auth in $order; do
     if [ "$auth" = off ]; then
-      run murmur "$murmur_urls" "$@"
+      run murmur "$murmur_urls" "$@" --server-pids "$off_pids"
     else
-      MURMUR_BENCH_TOKEN=$auth_token run murmur "$auth_urls" "$@"
+      MURMUR_BENCH_TOKEN=$auth_token run murmur "$auth_urls" "$@" \
+        --server-pids "$(IFS=,; echo "${auth_pids[*]}")"
     fi
   done
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use futures_util::StreamExt;
 
 use crate::client::{Conn, Incoming, MurmurOptions, System, Target};
@@ -26,6 +27,11 @@ pub struct Common {
     pub fail_on_loss: bool,
     #[command(flatten)]
     pub murmur: MurmurOptions,
+    /// Process ids of the nodes under test, comma-separated: the CPU time they used while
+    /// measuring is reported per delivery (a cost that other work on the machine disturbs
+    /// far less than throughput).
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
 }
 
 impl Common {
@@ -35,6 +41,52 @@ impl Common {
             murmur: self.murmur.clone(),
         }
     }
+}
+
+/// The kernel reports process CPU time in USER_HZ ticks, 100 per second on Linux.
+const USER_HZ: f64 = 100.0;
+
+/// CPU time (user and system, all threads) the processes `pids` used so far, in seconds;
+/// `None` without pids.
+pub fn server_cpu_seconds(pids: &[u32]) -> anyhow::Result<Option<f64>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("read /proc/{pid}/stat"))?;
+        // Fields after the command name (which may hold spaces, so it ends at the last `)`):
+        // state is field 3, utime 14, stime 15.
+        let after_name = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .context("a /proc/<pid>/stat line")?;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        for index in [14 - 3, 15 - 3] {
+            ticks += fields
+                .get(index)
+                .context("utime and stime in /proc/<pid>/stat")?
+                .parse::<u64>()?;
+        }
+    }
+    Ok(Some(ticks as f64 / USER_HZ))
+}
+
+/// The servers' CPU microseconds per delivery between two [`server_cpu_seconds`] samples.
+pub fn cpu_per_delivery_us(
+    before: Option<f64>,
+    after: Option<f64>,
+    deliveries: usize,
+) -> Option<f64> {
+    Some((after? - before?) * 1e6 / deliveries.max(1) as f64)
+}
+
+/// `  servers' CPU X µs/delivery` for the table row, or nothing.
+pub fn cpu_row(cpu_us: Option<f64>) -> String {
+    cpu_us.map_or_else(String::new, |us| {
+        format!("  servers' CPU {us:.2} µs/delivery")
+    })
 }
 
 /// How many connection handshakes run at once.
@@ -244,4 +296,19 @@ pub async fn receive(
         received.last_ns = Some(now);
     }
     received
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_cpu_time_of_processes() {
+        assert_eq!(server_cpu_seconds(&[]).unwrap(), None);
+        let mine = server_cpu_seconds(&[std::process::id()]).unwrap();
+        assert!(mine.is_some_and(|s| s >= 0.0), "{mine:?}");
+        assert!(server_cpu_seconds(&[u32::MAX]).is_err(), "no such process");
+        assert_eq!(cpu_per_delivery_us(Some(1.0), Some(1.5), 1000), Some(500.0));
+        assert_eq!(cpu_per_delivery_us(None, None, 1000), None);
+    }
 }

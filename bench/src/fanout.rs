@@ -11,7 +11,10 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 use crate::client::{Incoming, System};
-use crate::common::{Common, Warmth, connect_subscribed, gather, spawn_receivers};
+use crate::common::{
+    Common, Warmth, connect_subscribed, cpu_per_delivery_us, cpu_row, gather, server_cpu_seconds,
+    spawn_receivers,
+};
 use crate::report::{WARMUP, emit, payload};
 
 const TOPIC: &str = "bench.fanout";
@@ -75,6 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
 
+    let cpu_before = server_cpu_seconds(&args.common.server_pids)?;
     let first_send = start.elapsed().as_nanos();
     let mut publish_errors = 0usize;
     if args.acked {
@@ -123,10 +127,12 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     publisher.round_trip().await?;
 
     let gathered = gather(tasks, first_send).await?;
+    let cpu_after = server_cpu_seconds(&args.common.server_pids)?;
     let (received, latency, endings) = (gathered.received, &gathered.latency, &gathered.endings);
     let per_second = gathered.per_second(first_send);
     let expected = args.subscribers * args.messages;
     let lost = (expected - received) as u64;
+    let cpu_us = cpu_per_delivery_us(cpu_before, cpu_after, received);
     let name = target.name();
     let mode = match (args.acked, args.rate) {
         (true, _) => "acked".to_owned(),
@@ -145,7 +151,8 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
         args.messages,
         args.size,
         latency.row(),
-    ) + &endings.row();
+    ) + &endings.row()
+        + &cpu_row(cpu_us);
     emit(
         &row,
         json!({
@@ -155,6 +162,7 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
             "deliveries_per_s": per_second, "publish_seconds": publish_seconds,
             "publish_errors": publish_errors, "lost": lost, "latency_ms": latency.json(),
             "ended_early": endings.count, "ended_sample": endings.sample,
+            "server_cpu_us_per_delivery": cpu_us,
         }),
         &args.common.label,
     );

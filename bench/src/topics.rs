@@ -12,7 +12,10 @@ use serde_json::json;
 use tokio::sync::Barrier;
 
 use crate::client::{Conn, Target};
-use crate::common::{Common, Warmth, connect_subscribed, gather, spawn_receivers};
+use crate::common::{
+    Common, Warmth, connect_subscribed, cpu_per_delivery_us, cpu_row, gather, server_cpu_seconds,
+    spawn_receivers,
+};
 use crate::report::{WARMUP, emit, payload};
 
 const FLUSH_EVERY: usize = 64;
@@ -65,19 +68,25 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
                 start,
                 warmth.clone(),
                 barrier.clone(),
+                args.common.server_pids.clone(),
             ))
         })
         .collect();
     let mut first_send = u128::MAX;
+    let mut cpu_before = None;
     for publisher in publishers {
-        first_send = first_send.min(publisher.await??);
+        let started = publisher.await??;
+        first_send = first_send.min(started.first_send);
+        cpu_before = cpu_before.or(started.server_cpu);
     }
 
     let gathered = gather(tasks, first_send).await?;
+    let cpu_after = server_cpu_seconds(&args.common.server_pids)?;
     let (received, latency, endings) = (gathered.received, &gathered.latency, &gathered.endings);
     let per_second = gathered.per_second(first_send);
     let expected = args.topics * args.messages;
     let lost = (expected - received) as u64;
+    let cpu_us = cpu_per_delivery_us(cpu_before, cpu_after, received);
     let name = target.name();
     let row = format!(
         "{name:<7} topics {} topics / {nodes} nodes x {} msgs x {} B, publishers on other nodes {per_second:>12.0} deliveries/s  {}  lost {lost}",
@@ -85,7 +94,8 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
         args.messages,
         args.size,
         latency.row(),
-    ) + &endings.row();
+    ) + &endings.row()
+        + &cpu_row(cpu_us);
     emit(
         &row,
         json!({
@@ -93,14 +103,23 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
             "nodes": nodes, "messages_per_topic": args.messages, "size": args.size,
             "deliveries_per_s": per_second, "lost": lost, "latency_ms": latency.json(),
             "ended_early": endings.count, "ended_sample": endings.sample,
+            "server_cpu_us_per_delivery": cpu_us,
         }),
         &args.common.label,
     );
     Ok(lost)
 }
 
+/// When a publisher started measuring.
+struct Started {
+    /// ns since the start.
+    first_send: u128,
+    /// The servers' CPU seconds once every topic was warm, read by one publisher only.
+    server_cpu: Option<f64>,
+}
+
 /// One publisher: warms its topics up, waits for the others, then publishes M rounds over
-/// its topics. Returns when it started measuring (ns since the start).
+/// its topics.
 #[allow(clippy::too_many_arguments)]
 async fn publish(
     target: Target,
@@ -111,7 +130,8 @@ async fn publish(
     start: Instant,
     warmth: Arc<Warmth>,
     barrier: Arc<Barrier>,
-) -> anyhow::Result<u128> {
+    server_pids: Vec<u32>,
+) -> anyhow::Result<Started> {
     let mut conn = Conn::connect(&target, &url).await?;
     let names: Vec<String> = topics.iter().map(|&i| topic(i)).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -131,7 +151,11 @@ async fn publish(
         conn.round_trip().await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    barrier.wait().await;
+    let server_cpu = if barrier.wait().await.is_leader() {
+        server_cpu_seconds(&server_pids)?
+    } else {
+        None
+    };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let first_send = start.elapsed().as_nanos();
     let mut queued = 0usize;
@@ -146,5 +170,8 @@ async fn publish(
         }
     }
     conn.round_trip().await?;
-    Ok(first_send)
+    Ok(Started {
+        first_send,
+        server_cpu,
+    })
 }
