@@ -25,6 +25,9 @@ use rand::seq::SliceRandom;
 pub const WS_PORT: u16 = 7400;
 pub const GOSSIP_PORT: u16 = 7401;
 pub const QUIC_PORT: u16 = 7402;
+/// The admin port (`/v1/cluster`, `/metrics`), on the lab host's address so the client host
+/// can ask every node for its view.
+pub const ADMIN_PORT: u16 = 7403;
 /// The lab cluster's key (made with `murmur keygen`; the lab's network is private).
 const CHAOS_CLUSTER_KEY: &str = "9GuVAF3Xkr05mDoK2dm9jHgenwTujU3mpdP1X7Eg_n8";
 /// The userspace queue the delay nemesis uses.
@@ -306,6 +309,7 @@ impl<'a> Cluster<'a> {
             .command(self.murmur.to_str().context("murmur path")?)
             .args(["serve", "--name", &name])
             .args(["--listen", &format!("{}:{WS_PORT}", host.ip)])
+            .args(["--admin-listen", &format!("{}:{ADMIN_PORT}", host.ip)])
             .args(["--gossip", &format!("{}:{GOSSIP_PORT}", host.ip)])
             .args(["--quic", &format!("{}:{QUIC_PORT}", host.ip)])
             .args(["--seeds", &seeds])
@@ -392,7 +396,7 @@ impl<'a> Cluster<'a> {
                 "members",
                 "--json",
                 "--url",
-                &format!("http://{ip}:{WS_PORT}"),
+                &format!("http://{ip}:{ADMIN_PORT}"),
             ])
             .env("RUST_BACKTRACE", "0")
             .stderr(Stdio::null())
