@@ -18,7 +18,8 @@ pub const NAMES: [&str; 3] = ["n1", "n2", "n3"];
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
     pub murmur: PathBuf,
-    /// Node i listens on `base_port + 10 i` (HTTP/WebSocket), `+1` (gossip), `+2` (QUIC).
+    /// Node i listens on `base_port + 10 i` (HTTP/WebSocket), `+1` (gossip), `+2` (QUIC),
+    /// `+3` (admin).
     pub base_port: u16,
     /// The shared cluster key (`murmur keygen` output), passed in the environment.
     pub cluster_key: String,
@@ -100,6 +101,8 @@ impl Cluster {
                 format!("127.0.0.1:{}", base + 1),
                 "--quic".to_owned(),
                 format!("127.0.0.1:{}", base + 2),
+                "--admin-listen".to_owned(),
+                format!("127.0.0.1:{}", base + 3),
                 "--seeds".to_owned(),
                 seeds.clone(),
                 "--log-format".to_owned(),
