@@ -95,6 +95,7 @@ cargo build --release -p murmur -p murmur-bench
 bench=target/release/murmur-bench
 out=target/bench
 mkdir -p "$out"
+rm -rf "$out/logs"
 results="$out/$mode.jsonl"
 : >"$results"
 work=$(mktemp -d)
