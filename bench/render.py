@@ -61,7 +61,8 @@ def get(run, key):
 
 def median(runs, system, case, key):
     """The median over the rounds; for `lost` and `duplicates`, the sum: one bad round counts."""
-    values = [get(r, key) for r in runs if r["system"] == system and r["case"] == case]
+    values = [get(r, key) for r in runs
+              if r["system"] == system and r["case"] == case and r.get(key.split(".")[0]) is not None]
     if not values:
         return None
     if key in ("lost", "duplicates"):

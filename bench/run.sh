@@ -9,7 +9,7 @@
 # the many-topics and full-speed fan-out runs each paired with the same run against the
 # auth-off cluster, back to back, the pair's order alternating with the round.
 #
-#   bench/run.sh            # `make bench`: the full run (about 5 minutes on 2 cores)
+#   bench/run.sh            # `make bench`: the full run (about 7 minutes on 2 cores)
 #   bench/run.sh --smoke    # `make bench-smoke`: small counts, checks only that nothing is
 #                           # lost and nothing fails (non-zero exit otherwise); NATS is
 #                           # skipped when nats-server is not installed and can't be
@@ -95,6 +95,7 @@ cargo build --release -p murmur -p murmur-bench
 bench=target/release/murmur-bench
 out=target/bench
 mkdir -p "$out"
+rm -rf "$out/logs"
 results="$out/$mode.jsonl"
 : >"$results"
 work=$(mktemp -d)
