@@ -151,7 +151,13 @@ impl Client {
     /// Says `hello` with `token` (for nodes with `auth = token`) and returns the `welcome`
     /// that answers, which names the token's user; a refused token is an error.
     pub async fn authenticate(&mut self, token: &str) -> Result<Value, ClientError> {
-        self.send(&json!({"op": "hello", "token": token})).await?;
+        self.hello(json!({"op": "hello", "token": token})).await
+    }
+
+    /// Sends a `hello` and returns the `welcome` that answers it (kept as this client's
+    /// welcome); an `error` answer is a refusal.
+    async fn hello(&mut self, frame: Value) -> Result<Value, ClientError> {
+        self.send(&frame).await?;
         loop {
             let frame = self.next_frame().await?;
             match frame["op"].as_str() {
@@ -181,18 +187,7 @@ impl Client {
         if let Some(n) = max_bytes {
             batch.insert("max_bytes".into(), json!(n));
         }
-        self.send(&json!({"op": "hello", "batch": batch})).await?;
-        loop {
-            let frame = self.next_frame().await?;
-            match frame["op"].as_str() {
-                Some("welcome") => {
-                    self.welcome = frame.clone();
-                    return Ok(frame);
-                }
-                Some("error") => return Err(refused(&frame)),
-                _ => {}
-            }
-        }
+        self.hello(json!({"op": "hello", "batch": batch})).await
     }
 
     /// The next protocol frame; WebSocket pings are answered on the way. The events of a

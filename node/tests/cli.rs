@@ -5,6 +5,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{spawn_subscriber, wait_with_timeout};
+
 const BIN: &str = env!("CARGO_BIN_EXE_murmur");
 
 /// A `murmur serve` process, killed if the test ends early.
@@ -114,17 +117,8 @@ fn murmur(args: &[&str]) -> std::process::Output {
 fn sub_prints_events_that_pub_sends() {
     let server = Server::start(&[]);
     let url = server.url();
-    let mut sub = Command::new(BIN)
-        .args(["sub", "chat.*", "--url", &url, "--count", "3"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // `sub` says so on stderr once its subscription is in place.
-    let mut sub_stderr = BufReader::new(sub.stderr.take().unwrap());
-    let mut line = String::new();
-    sub_stderr.read_line(&mut line).unwrap();
-    assert!(line.contains("subscribed to chat.*"), "{line}");
+    let sub = spawn_subscriber(BIN, &["chat.*", "--url", &url, "--count", "3"], "chat.*");
 
     let one = murmur(&["pub", "chat.lobby", r#"{"text":"hi"}"#, "--url", &url]);
     assert!(one.status.success(), "{one:?}");
@@ -264,18 +258,6 @@ fn first_frame(url: &str) -> serde_json::Value {
             .welcome()
             .clone()
     })
-}
-
-fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output {
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("child did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
 }
 
 #[test]
@@ -590,18 +572,11 @@ fn sub_and_pub_with_a_token_against_a_node_that_requires_one() {
     assert!(minted.status.success(), "{minted:?}");
     let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
 
-    let mut sub = Command::new(BIN)
-        .args([
-            "sub", "chat.*", "--url", &url, "--count", "1", "--token", &token,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut sub_stderr = BufReader::new(sub.stderr.take().unwrap());
-    let mut line = String::new();
-    sub_stderr.read_line(&mut line).unwrap();
-    assert!(line.contains("subscribed to chat.*"), "{line}");
+    let sub = spawn_subscriber(
+        BIN,
+        &["chat.*", "--url", &url, "--count", "1", "--token", &token],
+        "chat.*",
+    );
     let published = murmur(&["pub", "chat.lobby", "hi", "--url", &url, "--token", &token]);
     assert!(published.status.success(), "{published:?}");
     let out = wait_with_timeout(sub, Duration::from_secs(20));

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, ServerName};
 
+mod common;
+use common::{spawn_subscriber, wait_with_timeout};
+
 const BIN: &str = env!("CARGO_BIN_EXE_murmur");
 
 /// A CA and the files of node certificates it issues, in a directory of their own.
@@ -190,18 +193,6 @@ fn https_healthz(addr: SocketAddr, ca: &Path) -> Option<u16> {
     response.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output {
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("command did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn pub_and_sub_over_wss_trusting_a_private_ca() {
     let pki = Pki::new("wss");
@@ -212,17 +203,11 @@ fn pub_and_sub_over_wss_trusting_a_private_ca() {
     let ca = pki.ca();
     let ca = ca.to_str().unwrap();
 
-    let mut sub = Command::new(BIN)
-        .args(["sub", "secure.*", "--url", &url, "--ca", ca, "--count", "1"])
-        .env_remove("MURMUR_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut sub_stderr = BufReader::new(sub.stderr.take().unwrap());
-    let mut line = String::new();
-    sub_stderr.read_line(&mut line).unwrap();
-    assert!(line.contains("subscribed to secure.*"), "{line}");
+    let sub = spawn_subscriber(
+        BIN,
+        &["secure.*", "--url", &url, "--ca", ca, "--count", "1"],
+        "secure.*",
+    );
 
     let published = Command::new(BIN)
         .args(["pub", "secure.room", r#"{"text":"over tls"}"#])
