@@ -1104,7 +1104,34 @@ impl Broker {
         if forgotten > 0 {
             tracing::debug!(forgotten, "forgot idle topics");
         }
+        self.trim_history_to_budget();
         forgotten
+    }
+
+    /// Brings the node's history back under `history_max_total_bytes`. An append over the
+    /// bound trims its own shard at once; what is left over (topics in other shards that
+    /// each hold one event, say) is trimmed here, the oldest events of each shard first, a
+    /// share of the excess per shard, until the node is under the bound.
+    fn trim_history_to_budget(&self) {
+        loop {
+            let (used, limit) = {
+                let shard = self.shards[0].lock();
+                let budget = shard.history.budget();
+                (budget.used(), budget.limit())
+            };
+            if used <= limit {
+                return;
+            }
+            let share = (used - limit).div_ceil(self.shards.len());
+            let freed: usize = self
+                .shards
+                .iter()
+                .map(|shard| shard.lock().history.trim_oldest(share, None))
+                .sum();
+            if freed == 0 {
+                return;
+            }
+        }
     }
 
     /// The clock topics' quiet time is measured on: ms since this broker was made.
@@ -1159,6 +1186,12 @@ impl Broker {
             let shard = shard.lock();
             (t + shard.history.topics(), e + shard.history.events())
         })
+    }
+
+    /// Bytes of history retained on this node, against `history_max_total_bytes` (every
+    /// shard's store shares one budget).
+    pub fn history_bytes(&self) -> usize {
+        self.shards[0].lock().history.budget().used()
     }
 
     /// Queues `event` to every matching local subscription and peer; returns how many

@@ -124,6 +124,12 @@ pub struct Settings {
     /// How long events are kept for resuming subscribers.
     #[serde(with = "humantime_serde")]
     pub history_max_age: Duration,
+    /// Bytes of events kept per topic (payload, topic name and a fixed share per event);
+    /// the oldest events go first, the newest stays even if it alone is larger.
+    pub history_max_bytes: usize,
+    /// Bytes of events kept across every topic on this node, replicas' copies included;
+    /// over it, the topic being appended to gives up its oldest events first.
+    pub history_max_total_bytes: usize,
     /// Retention for topics under a prefix; the longest matching prefix wins (file only).
     pub history_overrides: Vec<HistoryOverride>,
     /// A topic with no event for this long and no retained history is forgotten (its epoch
@@ -193,6 +199,7 @@ pub struct HistoryOverride {
     pub max_events: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub max_age: Option<Duration>,
+    pub max_bytes: Option<usize>,
 }
 
 /// Upper bounds of settings a typo could make absurd (a node that tries to honour them runs
@@ -242,6 +249,8 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(10),
             history_max_events: 1000,
             history_max_age: Duration::from_secs(600),
+            history_max_bytes: crate::routing::history::RetentionPolicy::DEFAULT_MAX_BYTES,
+            history_max_total_bytes: crate::routing::history::Retention::DEFAULT_MAX_TOTAL_BYTES,
             history_overrides: Vec::new(),
             topic_idle_forget: DEFAULT_TOPIC_IDLE_FORGET,
             log: "info".to_owned(),
@@ -382,9 +391,9 @@ impl Settings {
         let default = RetentionPolicy {
             max_events: self.history_max_events,
             max_age: self.history_max_age,
+            max_bytes: self.history_max_bytes,
         };
         Retention {
-            default,
             overrides: self
                 .history_overrides
                 .iter()
@@ -392,10 +401,12 @@ impl Settings {
                     let policy = RetentionPolicy {
                         max_events: o.max_events.unwrap_or(default.max_events),
                         max_age: o.max_age.unwrap_or(default.max_age),
+                        max_bytes: o.max_bytes.unwrap_or(default.max_bytes),
                     };
                     (o.prefix.clone(), policy)
                 })
                 .collect(),
+            ..Retention::new(default, self.history_max_total_bytes)
         }
     }
 
@@ -490,6 +501,29 @@ impl Settings {
         }
         if self.history_max_events > 100_000_000 {
             return invalid("history_max_events", "must be at most 100000000");
+        }
+        // A node cannot hold more than its memory: past 1 TiB a value is a typo.
+        const MAX_HISTORY_BYTES: usize = 1 << 40;
+        if !(1024..=MAX_HISTORY_BYTES).contains(&self.history_max_bytes) {
+            return invalid(
+                "history_max_bytes",
+                "must be between 1024 and 1099511627776 (1 TiB)",
+            );
+        }
+        if !(1024 * 1024..=MAX_HISTORY_BYTES).contains(&self.history_max_total_bytes) {
+            return invalid(
+                "history_max_total_bytes",
+                "must be between 1048576 (1 MiB) and 1099511627776 (1 TiB)",
+            );
+        }
+        if self.history_overrides.iter().any(|o| {
+            o.max_bytes
+                .is_some_and(|b| !(1024..=MAX_HISTORY_BYTES).contains(&b))
+        }) {
+            return invalid(
+                "history_overrides",
+                "max_bytes must be between 1024 and 1099511627776 (1 TiB)",
+            );
         }
         if !(64..=1024 * 1024).contains(&self.ws_read_buffer) {
             return invalid("ws_read_buffer", "must be between 64 and 1048576 bytes");
@@ -769,6 +803,12 @@ pub struct ServeArgs {
     /// How long events are kept so subscribers can resume [default: 10m].
     #[arg(long, env = "MURMUR_HISTORY_MAX_AGE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub history_max_age: Option<Duration>,
+    /// Bytes of events kept per topic so subscribers can resume [default: 16777216 (16 MiB)].
+    #[arg(long, env = "MURMUR_HISTORY_MAX_BYTES", value_name = "BYTES")]
+    pub history_max_bytes: Option<usize>,
+    /// Bytes of events kept across all topics on this node [default: 1073741824 (1 GiB)].
+    #[arg(long, env = "MURMUR_HISTORY_MAX_TOTAL_BYTES", value_name = "BYTES")]
+    pub history_max_total_bytes: Option<usize>,
     /// Forget a topic (its epoch and last seq) after this long without an event, once none of
     /// its history is retained [default: 15m].
     #[arg(long, env = "MURMUR_TOPIC_IDLE_FORGET", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -873,6 +913,8 @@ impl ServeArgs {
             shutdown_grace,
             history_max_events,
             history_max_age,
+            history_max_bytes,
+            history_max_total_bytes,
             topic_idle_forget,
             gossip_replay_window,
             log,

@@ -154,6 +154,7 @@ struct StateSnapshot {
     topics: i64,
     history_topics: i64,
     history_events: i64,
+    history_bytes: i64,
     events_published: u64,
     events_from_peers: u64,
     group_deliveries_lost: u64,
@@ -200,6 +201,7 @@ impl StateSnapshot {
             topics: broker.topics_known() as i64,
             history_topics: topics as i64,
             history_events: events as i64,
+            history_bytes: broker.history_bytes() as i64,
             events_published: broker.stats.events_published.load(Relaxed),
             events_from_peers: broker.stats.events_from_peers.load(Relaxed),
             group_deliveries_lost: broker.stats.group_deliveries_lost.load(Relaxed),
@@ -278,6 +280,13 @@ impl Collector for StateSnapshot {
             "murmur_history_events",
             "Events retained on this node (owned and replica copies)",
             self.history_events,
+        )?;
+        gauge(
+            &mut encoder,
+            "murmur_history_bytes",
+            "Bytes of events retained on this node (owned and replica copies), against \
+             history_max_total_bytes",
+            self.history_bytes,
         )?;
         counter(
             &mut encoder,

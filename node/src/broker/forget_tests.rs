@@ -14,13 +14,14 @@ use crate::routing::history::{Retention, RetentionPolicy, reason};
 const IDLE: Duration = Duration::from_secs(2);
 
 fn broker(max_events: usize, max_age: Duration) -> Broker {
-    Broker::new(Retention {
-        default: RetentionPolicy {
+    Broker::new(Retention::new(
+        RetentionPolicy {
             max_events,
             max_age,
+            max_bytes: RetentionPolicy::DEFAULT_MAX_BYTES,
         },
-        overrides: Vec::new(),
-    })
+        Retention::DEFAULT_MAX_TOTAL_BYTES,
+    ))
     .with_topic_idle_forget(IDLE)
 }
 
@@ -173,13 +174,14 @@ fn forgetting_ten_thousand_topics_leaves_nothing_behind() {
 
 #[test]
 fn a_topic_quiet_long_enough_is_forgotten_on_access_before_the_sweep_comes() {
-    let broker = Broker::new(Retention {
-        default: RetentionPolicy {
+    let broker = Broker::new(Retention::new(
+        RetentionPolicy {
             max_events: 1000,
             max_age: Duration::from_millis(10),
+            max_bytes: RetentionPolicy::DEFAULT_MAX_BYTES,
         },
-        overrides: Vec::new(),
-    })
+        Retention::DEFAULT_MAX_TOTAL_BYTES,
+    ))
     .with_topic_idle_forget(Duration::from_millis(30));
     let epoch = broker.publish("t", json("1")).epoch;
     assert!(broker.topic_snapshot("t").is_some());
@@ -198,13 +200,17 @@ fn retention_overrides_set_how_long_their_topics_are_remembered() {
     let long = RetentionPolicy {
         max_events: 10,
         max_age: Duration::from_secs(3600),
+        max_bytes: RetentionPolicy::DEFAULT_MAX_BYTES,
     };
     let broker = Broker::new(Retention {
-        default: RetentionPolicy {
-            max_events: 10,
-            max_age: Duration::from_secs(1),
-        },
         overrides: vec![("audit.".into(), long)],
+        ..Retention::new(
+            RetentionPolicy {
+                max_age: Duration::from_secs(1),
+                ..long
+            },
+            Retention::DEFAULT_MAX_TOTAL_BYTES,
+        )
     })
     .with_topic_idle_forget(IDLE);
     broker.publish("audit.x", json("1"));

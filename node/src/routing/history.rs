@@ -3,11 +3,12 @@
 //!
 //! Plain data without clocks: callers pass the time. A topic's history always holds a
 //! contiguous run of sequence numbers of one epoch (`first_seq..=last_seq`); events older
-//! than the retention limits are trimmed from the front. What a subscriber missed and can no
-//! longer get is reported as a [`Gap`].
+//! than the retention limits (count, age, bytes per topic, bytes per node) are trimmed from
+//! the front. What a subscriber missed and can no longer get is reported as a [`Gap`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use foldhash::fast::RandomState;
@@ -27,29 +28,111 @@ pub mod reason {
 pub struct RetentionPolicy {
     pub max_events: usize,
     pub max_age: Duration,
+    /// Bytes of retained events (see [`retained_bytes`]) per topic.
+    pub max_bytes: usize,
 }
 
-/// The default policy and per-topic-prefix overrides (the longest matching prefix wins).
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl RetentionPolicy {
+    /// The default per-topic byte bound (setting `history_max_bytes`).
+    pub const DEFAULT_MAX_BYTES: usize = 16 * 1024 * 1024;
+}
+
+/// What one retained event counts against the byte bounds: its payload and topic name, and
+/// a fixed share for the event's own structure and its place in the history. The encodings
+/// a node caches on an event for its subscribers (see `crate::event::Event`) are not
+/// counted: they live only while the event is in flight to a subscriber or retained, and at
+/// most double it.
+pub fn retained_bytes(event: &Event) -> usize {
+    const EVENT_OVERHEAD: usize = 160;
+    event.payload.len() + event.topic.len() + event.epoch.len() + EVENT_OVERHEAD
+}
+
+/// The bytes retained across every topic of a node, against one bound (setting
+/// `history_max_total_bytes`): shared by the history stores of all of a broker's shards.
+#[derive(Debug)]
+pub struct HistoryBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl HistoryBudget {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes retained now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn over(&self) -> bool {
+        self.used() > self.limit
+    }
+
+    fn add(&self, bytes: usize) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn sub(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// The default policy, per-topic-prefix overrides (the longest matching prefix wins) and the
+/// node-wide byte budget. Clones share the budget: every store made from one `Retention`
+/// counts against the same bound.
+#[derive(Debug, Clone)]
 pub struct Retention {
     pub default: RetentionPolicy,
     pub overrides: Vec<(String, RetentionPolicy)>,
+    pub budget: Arc<HistoryBudget>,
 }
 
+impl PartialEq for Retention {
+    fn eq(&self, other: &Self) -> bool {
+        self.default == other.default
+            && self.overrides == other.overrides
+            && self.budget.limit == other.budget.limit
+    }
+}
+
+impl Eq for Retention {}
+
 impl Default for Retention {
-    /// 1,000 events or 10 minutes per topic, whichever is reached first.
+    /// 1,000 events, 10 minutes or 16 MiB per topic, whichever is reached first; 1 GiB on
+    /// the node.
     fn default() -> Self {
-        Self {
-            default: RetentionPolicy {
+        Self::new(
+            RetentionPolicy {
                 max_events: 1000,
                 max_age: Duration::from_secs(600),
+                max_bytes: RetentionPolicy::DEFAULT_MAX_BYTES,
             },
-            overrides: Vec::new(),
-        }
+            Self::DEFAULT_MAX_TOTAL_BYTES,
+        )
     }
 }
 
 impl Retention {
+    /// The default node-wide byte bound (setting `history_max_total_bytes`).
+    pub const DEFAULT_MAX_TOTAL_BYTES: usize = 1024 * 1024 * 1024;
+
+    /// `default` for every topic, no overrides, at most `max_total_bytes` on the node.
+    pub fn new(default: RetentionPolicy, max_total_bytes: usize) -> Self {
+        Self {
+            default,
+            overrides: Vec::new(),
+            budget: Arc::new(HistoryBudget::new(max_total_bytes)),
+        }
+    }
+
     pub fn policy(&self, topic: &str) -> RetentionPolicy {
         self.overrides
             .iter()
@@ -95,6 +178,8 @@ struct TopicHistory {
     /// `ts` of the newest trimmed event (0 if none), to tell whether a wildcard resumer
     /// that was away since some time may have missed trimmed events.
     trimmed_until_ts: i64,
+    /// [`retained_bytes`] of `events`.
+    bytes: usize,
 }
 
 impl TopicHistory {
@@ -102,17 +187,54 @@ impl TopicHistory {
         (self.first_seq + self.events.len() as u64).saturating_sub(1)
     }
 
-    fn trim(&mut self, policy: RetentionPolicy, now_ms: i64) {
+    fn push_back(&mut self, event: Arc<Event>, budget: &HistoryBudget) {
+        let bytes = retained_bytes(&event);
+        self.bytes += bytes;
+        budget.add(bytes);
+        self.events.push_back(event);
+    }
+
+    /// Trims the oldest event, recording it as trimmed (a retention gap for resumers).
+    fn trim_front(&mut self, budget: &HistoryBudget) -> bool {
+        let Some(oldest) = self.events.pop_front() else {
+            return false;
+        };
+        let bytes = retained_bytes(&oldest);
+        self.bytes -= bytes;
+        budget.sub(bytes);
+        self.trimmed_until_ts = self.trimmed_until_ts.max(oldest.ts);
+        self.first_seq += 1;
+        true
+    }
+
+    /// Drops the newest event without recording it as trimmed (it failed; see
+    /// [`HistoryStore::forget_from`]).
+    fn drop_back(&mut self, budget: &HistoryBudget) {
+        if let Some(newest) = self.events.pop_back() {
+            let bytes = retained_bytes(&newest);
+            self.bytes -= bytes;
+            budget.sub(bytes);
+        }
+    }
+
+    fn clear(&mut self, budget: &HistoryBudget) {
+        budget.sub(self.bytes);
+        self.bytes = 0;
+        self.events.clear();
+    }
+
+    fn trim(&mut self, policy: RetentionPolicy, now_ms: i64, budget: &HistoryBudget) {
         let max_age_ms = i64::try_from(policy.max_age.as_millis()).unwrap_or(i64::MAX);
         while let Some(oldest) = self.events.front() {
             let too_many = self.events.len() > policy.max_events;
             let too_old = now_ms.saturating_sub(oldest.ts) > max_age_ms;
-            if !(too_many || too_old) {
+            // The newest event stays even when it alone is over the byte bound: a publish
+            // the node accepted is retained at least until the next one.
+            let too_big = self.bytes > policy.max_bytes && self.events.len() > 1;
+            if !(too_many || too_old || too_big) {
                 break;
             }
-            self.trimmed_until_ts = self.trimmed_until_ts.max(oldest.ts);
-            self.events.pop_front();
-            self.first_seq += 1;
+            self.trim_front(budget);
         }
     }
 
@@ -156,6 +278,8 @@ impl HistoryStore {
         // Even a topic that keeps nothing goes through the store: trimming at once still
         // records what was published, so resumers learn what they missed.
         let policy = self.retention.policy(&event.topic);
+        let event_topic = event.topic.clone();
+        let budget = &*self.retention.budget;
         let history = self
             .topics
             .entry(event.topic.clone())
@@ -166,13 +290,14 @@ impl HistoryStore {
                 // Joining mid-sequence (a replica, a new owner): the earlier events are not
                 // here and may be as recent as this one.
                 trimmed_until_ts: if event.seq > 1 { event.ts } else { 0 },
+                bytes: 0,
             });
         let follows = history.epoch == event.epoch
             && (history.events.is_empty() && event.seq >= history.first_seq
                 || !history.events.is_empty() && event.seq == history.last_seq() + 1);
         if !follows {
             history.epoch = event.epoch.clone();
-            history.events.clear();
+            history.clear(budget);
             history.trimmed_until_ts = 0;
         }
         if history.events.is_empty() {
@@ -184,8 +309,22 @@ impl HistoryStore {
             }
             history.first_seq = event.seq;
         }
-        history.events.push_back(event);
-        history.trim(policy, now_ms);
+        history.push_back(event, budget);
+        history.trim(policy, now_ms, budget);
+        // Over the node's bound, the topic that grows pays first: its oldest events go
+        // (down to the newest one) until the node is back under the bound. Other topics
+        // are trimmed by their own count, age and size bounds as usual.
+        while budget.over() && history.events.len() > 1 {
+            history.trim_front(budget);
+        }
+        if budget.over() {
+            // The topic holds only its newest event: older events of this store's other
+            // topics go. (Other shards' stores are behind their own locks; the sweep
+            // trims them, see `Broker::trim_history_to_budget`.)
+            let excess = budget.used().saturating_sub(budget.limit());
+            let topic = event_topic;
+            self.trim_oldest(excess, Some(&topic));
+        }
     }
 
     /// Forgets the topic's events of `epoch` from `seq` on: they failed on this node (their
@@ -198,14 +337,14 @@ impl HistoryStore {
             return;
         }
         while history.events.back().is_some_and(|e| e.seq >= seq) {
-            history.events.pop_back();
+            history.drop_back(&self.retention.budget);
         }
     }
 
     /// Replaces a topic's history with `events` (contiguous, oldest first): a replica
     /// taking a whole copy from the owner.
     pub fn replace(&mut self, topic: &str, events: Vec<Arc<Event>>, now_ms: i64) {
-        self.topics.remove(topic);
+        self.forget_one(topic);
         for event in events {
             self.append(event, now_ms);
         }
@@ -218,11 +357,42 @@ impl HistoryStore {
     pub fn expire(&mut self, now_ms: i64) {
         let retention = &self.retention;
         for (topic, history) in &mut self.topics {
-            history.trim(retention.policy(topic), now_ms);
+            history.trim(retention.policy(topic), now_ms, &retention.budget);
             if history.events.is_empty() && history.events.capacity() > 0 {
                 history.events = VecDeque::new();
             }
         }
+    }
+
+    /// Trims the oldest events of this store's topics (oldest `ts` first, across topics,
+    /// any topic but `spare`) until `bytes` are freed or nothing is left; returns the bytes
+    /// freed. What goes is recorded as trimmed, so resumers get a retention gap for it.
+    pub fn trim_oldest(&mut self, bytes: usize, spare: Option<&str>) -> usize {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let budget = &*self.retention.budget;
+        let mut oldest: BinaryHeap<Reverse<(i64, Arc<str>)>> = self
+            .topics
+            .iter()
+            .filter(|(topic, _)| spare != Some(&***topic))
+            .filter_map(|(topic, h)| h.events.front().map(|e| Reverse((e.ts, topic.clone()))))
+            .collect();
+        let mut freed = 0;
+        while freed < bytes {
+            let Some(Reverse((_, topic))) = oldest.pop() else {
+                break;
+            };
+            let Some(history) = self.topics.get_mut(&topic) else {
+                continue;
+            };
+            let before = history.bytes;
+            history.trim_front(budget);
+            freed += before - history.bytes;
+            if let Some(next) = history.events.front() {
+                oldest.push(Reverse((next.ts, topic)));
+            }
+        }
+        freed
     }
 
     /// How much of `topic` is kept.
@@ -237,14 +407,16 @@ impl HistoryStore {
 
     /// Drops every record of `topic` (forgotten by the node).
     pub fn forget_one(&mut self, topic: &str) {
-        self.topics.remove(topic);
+        if let Some(mut history) = self.topics.remove(topic) {
+            history.clear(&self.retention.budget);
+        }
     }
 
     /// Drops every record of `topics` (forgotten by the node: see
     /// `TopicTable::forget_idle`).
     pub fn forget(&mut self, topics: &[Arc<str>]) {
         for topic in topics {
-            self.topics.remove(topic);
+            self.forget_one(topic);
         }
         if topics.len() > self.topics.len() {
             self.topics.shrink_to_fit();
@@ -262,6 +434,16 @@ impl HistoryStore {
     /// Events retained in all topics.
     pub fn events(&self) -> usize {
         self.topics.values().map(|h| h.events.len()).sum()
+    }
+
+    /// The node-wide byte budget this store counts against (shared with its siblings).
+    pub fn budget(&self) -> &HistoryBudget {
+        &self.retention.budget
+    }
+
+    /// [`retained_bytes`] of the events retained in all topics of this store.
+    pub fn bytes(&self) -> usize {
+        self.topics.values().map(|h| h.bytes).sum()
     }
 
     /// Everything retained for `topic`.
@@ -334,13 +516,14 @@ mod tests {
     use crate::event::Payload;
 
     fn retention(max_events: usize, max_age_s: u64) -> Retention {
-        Retention {
-            default: RetentionPolicy {
+        Retention::new(
+            RetentionPolicy {
                 max_events,
                 max_age: Duration::from_secs(max_age_s),
+                max_bytes: RetentionPolicy::DEFAULT_MAX_BYTES,
             },
-            overrides: Vec::new(),
-        }
+            Retention::DEFAULT_MAX_TOTAL_BYTES,
+        )
     }
 
     fn event(topic: &str, epoch: &str, seq: u64, ts: i64) -> Arc<Event> {
@@ -463,11 +646,11 @@ mod tests {
         let mut r = retention(10, 60);
         let small = RetentionPolicy {
             max_events: 1,
-            max_age: Duration::from_secs(60),
+            ..r.default
         };
         let none = RetentionPolicy {
             max_events: 0,
-            max_age: Duration::from_secs(60),
+            ..r.default
         };
         r.overrides = vec![("chat.".into(), small), ("chat.ephemeral.".into(), none)];
         assert_eq!(r.policy("chat.lobby"), small);
@@ -483,6 +666,132 @@ mod tests {
         store.append(event("chat.lobby", "e", 1, 1), 1);
         store.append(event("chat.lobby", "e", 2, 1), 1);
         assert_eq!(seqs(&store.earliest("chat.lobby")), vec![2]);
+    }
+}
+
+#[cfg(test)]
+mod byte_bound_tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::event::Payload;
+
+    fn sized(topic: &str, seq: u64, payload_bytes: usize) -> Arc<Event> {
+        let text = format!("\"{}\"", "x".repeat(payload_bytes - 2));
+        Arc::new(Event::new(
+            topic.into(),
+            "e".into(),
+            seq,
+            seq as i64,
+            Payload::Json(Bytes::from(text)),
+        ))
+    }
+
+    fn policy(max_bytes: usize) -> RetentionPolicy {
+        RetentionPolicy {
+            max_events: 1000,
+            max_age: Duration::from_secs(3600),
+            max_bytes,
+        }
+    }
+
+    #[test]
+    fn a_topic_keeps_at_most_its_bytes_and_reports_the_rest_as_a_retention_gap() {
+        let one = retained_bytes(&sized("t", 1, 10_000));
+        let mut store = HistoryStore::new(Retention::new(policy(3 * one), usize::MAX));
+        for seq in 1..=10 {
+            store.append(sized("t", seq, 10_000), 10);
+        }
+        assert_eq!(store.events(), 3);
+        assert_eq!(store.bytes(), 3 * one);
+        let replay = store.after("t", "e", 0);
+        assert_eq!(replay.gaps.len(), 1);
+        assert_eq!(replay.gaps[0].reason, reason::RETENTION);
+        assert_eq!((replay.gaps[0].from_seq, replay.gaps[0].to_seq), (1, 7));
+        assert_eq!(replay.events.len(), 3);
+    }
+
+    #[test]
+    fn one_event_over_the_topic_bound_is_kept_until_the_next() {
+        let mut store = HistoryStore::new(Retention::new(policy(100), usize::MAX));
+        store.append(sized("t", 1, 10_000), 10);
+        assert_eq!(store.events(), 1, "the newest event stays");
+        store.append(sized("t", 2, 10_000), 10);
+        assert_eq!(store.events(), 1);
+        assert_eq!(store.earliest("t").events[0].seq, 2);
+    }
+
+    #[test]
+    fn the_node_bound_holds_across_stores_and_the_growing_topic_pays() {
+        let one = retained_bytes(&sized("a", 1, 1_000));
+        let retention = Retention::new(policy(usize::MAX), 10 * one);
+        let budget = retention.budget.clone();
+        // Two stores (two shards of one broker) share the node's budget.
+        let mut first = HistoryStore::new(retention.clone());
+        let mut second = HistoryStore::new(retention);
+        for seq in 1..=6 {
+            first.append(sized("a", seq, 1_000), 10);
+        }
+        for seq in 1..=20 {
+            second.append(sized("b", seq, 1_000), 10);
+        }
+        assert!(budget.used() <= budget.limit(), "{}", budget.used());
+        assert_eq!(budget.used(), first.bytes() + second.bytes());
+        assert_eq!(first.events(), 6, "a quiet topic keeps what it had");
+        assert_eq!(second.events(), 4, "the growing topic gave up its oldest");
+        let replay = second.after("b", "e", 0);
+        assert_eq!((replay.gaps[0].from_seq, replay.gaps[0].to_seq), (1, 16));
+    }
+
+    #[test]
+    fn trimming_for_room_takes_the_oldest_events_across_topics_first() {
+        let mut store = HistoryStore::new(Retention::new(policy(usize::MAX), usize::MAX));
+        // ts = seq: a's events are older than b's.
+        for seq in 1..=3 {
+            store.append(sized("a", seq, 100), 10);
+        }
+        for seq in 4..=6 {
+            store.append(sized("b", seq, 100), 10);
+        }
+        let one = retained_bytes(&sized("a", 1, 100));
+        assert_eq!(store.trim_oldest(4 * one, Some("x")), 4 * one);
+        assert!(store.earliest("a").events.is_empty());
+        assert_eq!(store.earliest("b").events[0].seq, 5);
+        assert_eq!(store.trim_oldest(10 * one, Some("b")), 0, "b is spared");
+        assert_eq!(store.after("b", "e", 4).events.len(), 2);
+    }
+
+    #[test]
+    fn every_way_out_of_the_store_gives_its_bytes_back() {
+        let retention = Retention::new(policy(usize::MAX), usize::MAX);
+        let budget = retention.budget.clone();
+        let mut store = HistoryStore::new(retention);
+        for seq in 1..=5 {
+            store.append(sized("a", seq, 100), 10);
+            store.append(sized("b", seq, 100), 10);
+            store.append(sized("c", seq, 100), 10);
+        }
+        store.forget_from("a", "e", 3);
+        assert_eq!(budget.used(), store.bytes());
+        store.forget_one("b");
+        assert_eq!(budget.used(), store.bytes());
+        store.replace("c", vec![sized("c", 9, 100)], 10);
+        assert_eq!(budget.used(), store.bytes());
+        // A new epoch starts the history afresh.
+        store.append(
+            Arc::new(Event::new(
+                "c".into(),
+                "e2".into(),
+                1,
+                11,
+                Payload::Json(Bytes::from_static(b"1")),
+            )),
+            11,
+        );
+        assert_eq!(budget.used(), store.bytes());
+        store.expire(i64::MAX);
+        assert_eq!(budget.used(), 0);
+        assert_eq!(store.bytes(), 0);
     }
 }
 
