@@ -74,7 +74,9 @@ fn out_of_file_descriptors_is_logged_once_and_accepting_does_not_spin() {
         .unwrap();
     let lines = log
         .lines()
-        .filter(|l| l.contains("cannot accept connections"))
+        // The admin listener may log its own line: the test's startup probes can still be
+        // in its backlog when the descriptors run out.
+        .filter(|l| l.contains("cannot accept connections") && l.contains("listener=\"client\""))
         .count();
     assert_eq!(lines, 1, "one line per 10 s, not one per failure:\n{log}");
 }
