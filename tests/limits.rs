@@ -415,3 +415,95 @@ async fn retained_history_is_bounded_in_bytes_and_what_was_trimmed_is_a_gap() ->
     assert!(held > 512 * 1024, "the bound is used, not emptied: {held}");
     Ok(())
 }
+
+/// Publishes that reach an owner from other nodes held no share of the owner's publish
+/// buffer: with the topic's replica stalled, every one of them waited at the owner for a
+/// `Stored` that did not come, without bound. They now take a share of the owner's buffer
+/// too; when it is full the owner refuses at once (its peer stream is never blocked), and
+/// the client that published on another node is told `unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_from_peers_hold_the_owners_buffer_and_are_refused_when_it_is_full() -> TestResult
+{
+    use murmur_tests::{TEST_CLUSTER_KEY, gossip_addr, linked_peers, wait_until};
+    const OWNER_BUFFER: usize = 1024 * 1024;
+    let key = || Some(murmur::config::Secret(TEST_CLUSTER_KEY.into()));
+    let entry = start_node(|s| {
+        s.name = "entry".into();
+        s.cluster_key = key();
+    })
+    .await;
+    let seed = gossip_addr(&entry);
+    let owner = start_node(|s| {
+        s.name = "owner".into();
+        s.seeds = vec![seed.clone()];
+        s.cluster_key = key();
+        s.publish_buffer_bytes = OWNER_BUFFER;
+        s.max_frame_bytes = 128 * 1024;
+    })
+    .await;
+    // The replica on a runtime of its own, with one worker this test can block.
+    let replica_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let replica = replica_runtime
+        .spawn(start_node(move |s| {
+            s.name = "replica".into();
+            s.seeds = vec![seed];
+            s.cluster_key = key();
+        }))
+        .await?;
+    wait_until("three nodes linked", Duration::from_secs(15), || {
+        linked_peers(&entry).len() == 2 && linked_peers(&owner).len() == 2
+    })
+    .await;
+    let topic = (0..)
+        .map(|i| format!("peer.flood.{i}"))
+        .take(10_000)
+        .find(|t| {
+            entry
+                .state()
+                .cluster
+                .placement(t)
+                .starts_with(&["owner".into(), "replica".into()])
+        })
+        .expect("some topic is owned by `owner` and copied to `replica`");
+    let (mut publisher, _) = WsClient::connect_json(&entry).await?;
+    publisher.publish(&topic, json!("first"), "first").await?;
+
+    replica_runtime.spawn(async { std::thread::sleep(Duration::from_secs(10)) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let data = "x".repeat(60 * 1024);
+    for i in 0..40 {
+        publisher
+            .send_json(json!({"op": "pub", "topic": topic, "data": data, "ref": format!("p{i}")}))
+            .await?;
+    }
+    let refused = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), publisher.recv_json()).await??;
+        if frame["op"] == "error" {
+            break frame;
+        }
+    };
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("owner's publish buffer")),
+        "{refused}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "refused at once, not after the publish timeout: {:?}",
+        started.elapsed()
+    );
+    let held = owner.state().cluster.publish_buffer_in_use();
+    assert!(
+        held <= OWNER_BUFFER && held > OWNER_BUFFER / 2,
+        "the owner holds {held} bytes for events waiting on the stalled replica"
+    );
+    drop(replica);
+    replica_runtime.shutdown_background();
+    Ok(())
+}

@@ -155,6 +155,8 @@ struct StateSnapshot {
     history_topics: i64,
     history_events: i64,
     history_bytes: i64,
+    publish_buffer_used: i64,
+    publishes_refused_by_owner: u64,
     events_published: u64,
     events_from_peers: u64,
     group_deliveries_lost: u64,
@@ -202,6 +204,8 @@ impl StateSnapshot {
             history_topics: topics as i64,
             history_events: events as i64,
             history_bytes: broker.history_bytes() as i64,
+            publish_buffer_used: node.cluster.publish_buffer_in_use() as i64,
+            publishes_refused_by_owner: node.cluster.stats.publishes_refused_by_owner.load(Relaxed),
             events_published: broker.stats.events_published.load(Relaxed),
             events_from_peers: broker.stats.events_from_peers.load(Relaxed),
             group_deliveries_lost: broker.stats.group_deliveries_lost.load(Relaxed),
@@ -287,6 +291,20 @@ impl Collector for StateSnapshot {
             "Bytes of events retained on this node (owned and replica copies), against \
              history_max_total_bytes",
             self.history_bytes,
+        )?;
+        gauge(
+            &mut encoder,
+            "murmur_publish_buffer_used_bytes",
+            "Bytes of publish_buffer_bytes held by publishes on their way to an owner or \
+             waiting for their replicas; at the bound, publishers are pushed back",
+            self.publish_buffer_used,
+        )?;
+        counter(
+            &mut encoder,
+            "murmur_publishes_refused_by_owner",
+            "Publishes from peers this node refused as the topic's owner because its publish \
+             buffer was full (answered unavailable; dropped if the client asked no answer)",
+            self.publishes_refused_by_owner,
         )?;
         counter(
             &mut encoder,

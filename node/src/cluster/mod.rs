@@ -61,6 +61,8 @@ pub struct Cluster {
     /// Bytes of publishes this node's clients may have in flight (see `reserve_publish`).
     publish_buffer_bytes: usize,
     publish_budget: Arc<tokio::sync::Semaphore>,
+    /// Limits the log line for publishes from peers refused for a full publish buffer.
+    refused_log: crate::limits::LogLimiter,
     /// Copies kept of each topic's events, the owner's included.
     replication: usize,
     stop: CancellationToken,
@@ -88,6 +90,9 @@ pub struct ClusterStats {
     pub connections_refused: std::sync::atomic::AtomicU64,
     /// Peer links established, either way.
     pub links_established: std::sync::atomic::AtomicU64,
+    /// Publishes from peers this node, as the topic's owner, refused because its publish
+    /// buffer was full.
+    pub publishes_refused_by_owner: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -140,6 +145,7 @@ impl Cluster {
             peer_queue: setup.peer_queue,
             publish_buffer_bytes: setup.publish_buffer_bytes,
             publish_budget: Arc::new(tokio::sync::Semaphore::new(setup.publish_buffer_bytes)),
+            refused_log: crate::limits::LogLimiter::new(std::time::Duration::from_secs(1)),
             replication: setup.replication.max(1),
             stop,
             tasks: TaskTracker::new(),

@@ -243,6 +243,25 @@ impl Cluster {
         }
     }
 
+    /// Bytes of the node's publish buffer held now by publishes on their way to an owner
+    /// or waiting for their replicas (setting `publish_buffer_bytes`).
+    pub fn publish_buffer_in_use(&self) -> usize {
+        self.publish_buffer_bytes
+            .saturating_sub(self.publish_budget.available_permits())
+    }
+
+    /// Room in the node's publish buffer for a publish of `bytes`, if there is some now.
+    fn try_reserve_publish(&self, bytes: usize) -> Option<PublishPermit> {
+        let wanted = u32::try_from(bytes.min(self.publish_buffer_bytes))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        self.publish_budget
+            .clone()
+            .try_acquire_many_owned(wanted)
+            .ok()
+            .map(PublishPermit)
+    }
+
     fn route(self: &Arc<Self>, topic: Arc<str>, payload: Payload, reply: ReplyTo, attempt: u32) {
         let owner = self.owner_of(&topic);
         if owner == self.id.name {
@@ -265,7 +284,8 @@ impl Cluster {
         let request = reply.wanted().then(|| self.request(&link));
         let mut reply = reply;
         // A publish nobody waits for gives its share of the buffer back once written towards
-        // the owner; one with an answer keeps it until answered.
+        // the owner (which then holds a share of its own buffer for it); one with an answer
+        // keeps it until answered.
         let permit = if reply.wanted() {
             None
         } else {
@@ -625,10 +645,41 @@ impl Cluster {
         } else {
             Answer::Peer(link.clone(), request.id)
         };
-        let reply = ReplyTo {
-            answer,
-            permit: None,
+        // The event holds a share of this node's publish buffer too, until its replicas
+        // stored it: what peers hand an owner whose replicas stall stays bounded. The reader
+        // of a peer's stream must not wait for room (the `Stored` that frees it may come on
+        // the same stream): a full buffer refuses the publish at once. The sending node
+        // answers its client `unavailable`; a publish without `ref` is dropped, counted
+        // (`murmur_publishes_refused_by_owner`) and logged at most once a second, as
+        // docs/protocol.md says of a `pub` without `ref` that cannot be stored.
+        let bytes = request.data.len().max(1);
+        let permit = match self.try_reserve_publish(bytes) {
+            Some(permit) => Some(permit),
+            None => {
+                self.stats
+                    .publishes_refused_by_owner
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.refused_log.allow() {
+                    tracing::warn!(
+                        peer = %link.name,
+                        suppressed,
+                        buffer = self.publish_buffer_bytes,
+                        "publish buffer full: publishes from peers refused (replicas not keeping up?)"
+                    );
+                }
+                ReplyTo {
+                    answer,
+                    permit: None,
+                }
+                .send(Err(PublishError::unavailable(format!(
+                    "the owner's publish buffer ({} bytes) is full: its replicas are not \
+                     keeping up; publish again later",
+                    self.publish_buffer_bytes
+                ))));
+                return;
+            }
         };
+        let reply = ReplyTo { answer, permit };
         let owner = self.owner_of(&request.topic);
         let leaving = self.leaving.load(Ordering::Acquire);
         if (leaving || owner != self.id.name) && reply.wanted() {
