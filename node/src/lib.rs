@@ -10,7 +10,8 @@
 //! - [`metrics`]: Prometheus metrics;
 //! - [`cluster`]: gossip membership, the QUIC mesh, topic ownership;
 //! - [`client`]: the WebSocket client behind `murmur sub` and `murmur pub`;
-//! - [`limits`]: rate limiters for log lines and publishes.
+//! - [`limits`]: rate limiters for log lines and publishes;
+//! - [`tls_files`]: certificates and keys read from PEM files.
 
 pub mod auth;
 pub mod broker;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod routing;
+pub mod tls_files;
 
 pub use config::Settings;
 pub use node::RunningNode;

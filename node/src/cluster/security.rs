@@ -12,7 +12,7 @@
 //! Operators with their own PKI pass a CA certificate and a node certificate and key instead;
 //! the cluster key then still authenticates gossip.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rcgen::{
@@ -22,6 +22,8 @@ use rcgen::{
 use ring::{hkdf, hmac};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use thiserror::Error;
+
+use crate::tls_files::{PemError, read_certs, read_private_key};
 
 /// ALPN of the inter-node protocol; a peer speaking anything else fails the handshake.
 pub const ALPN: &[u8] = b"murmur-cluster/1";
@@ -35,13 +37,8 @@ const DEVELOPMENT_KEY: &str = "murmur-development-cluster-key-not-secret";
 
 #[derive(Debug, Error)]
 pub enum SecurityError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("no {what} found in {path}")]
-    Missing { what: &'static str, path: PathBuf },
+    #[error(transparent)]
+    Pem(#[from] PemError),
     #[error("certificate generation failed: {0}")]
     Certificate(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
@@ -206,27 +203,12 @@ impl NodeIdentity {
         let ca = read_certs(ca)?
             .into_iter()
             .next()
-            .ok_or(SecurityError::Missing {
+            .ok_or_else(|| PemError::Missing {
                 what: "certificate",
                 path: ca.to_owned(),
             })?;
         let chain = read_certs(cert)?;
-        if chain.is_empty() {
-            return Err(SecurityError::Missing {
-                what: "certificate",
-                path: cert.to_owned(),
-            });
-        }
-        let pem = read(key)?;
-        let private = rustls_pemfile::private_key(&mut pem.as_slice())
-            .map_err(|source| SecurityError::Read {
-                path: key.to_owned(),
-                source,
-            })?
-            .ok_or(SecurityError::Missing {
-                what: "private key",
-                path: key.to_owned(),
-            })?;
+        let private = read_private_key(key)?;
         Ok(Self {
             ca,
             chain,
@@ -279,23 +261,6 @@ pub fn certificate_names(cert: &CertificateDer<'_>, name: &str) -> bool {
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, SecurityError> {
-    std::fs::read(path).map_err(|source| SecurityError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, SecurityError> {
-    let pem = read(path)?;
-    rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| SecurityError::Read {
-            path: path.to_owned(),
-            source,
-        })
 }
 
 /// Files for operators who run their own PKI: `murmur cert ca` and `murmur cert node`.

@@ -11,20 +11,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use thiserror::Error;
 
+use crate::tls_files::{PemError, read_certs, read_private_key};
+
 #[derive(Debug, Error)]
 pub enum ClientTlsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("no {what} found in {path}")]
-    Missing { what: &'static str, path: PathBuf },
+    #[error(transparent)]
+    Pem(#[from] PemError),
     #[error("{key} does not fit {cert}: {reason}")]
     Mismatch {
         cert: PathBuf,
@@ -106,50 +102,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn load_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, ClientTlsError> {
-    let chain = read_chain(cert_path)?;
-    let key = read_key(key_path)?;
+    let chain = read_certs(cert_path)?;
+    let key = read_private_key(key_path)?;
     CertifiedKey::from_der(chain, key, &provider()).map_err(|reason| ClientTlsError::Mismatch {
         cert: cert_path.to_owned(),
         key: key_path.to_owned(),
         reason,
     })
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, ClientTlsError> {
-    std::fs::read(path).map_err(|source| ClientTlsError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientTlsError> {
-    let pem = read(path)?;
-    let chain = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| ClientTlsError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-    if chain.is_empty() {
-        return Err(ClientTlsError::Missing {
-            what: "certificate",
-            path: path.to_owned(),
-        });
-    }
-    Ok(chain)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ClientTlsError> {
-    let pem = read(path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|source| ClientTlsError::Read {
-            path: path.to_owned(),
-            source,
-        })?
-        .ok_or(ClientTlsError::Missing {
-            what: "private key",
-            path: path.to_owned(),
-        })
 }
 
 #[cfg(test)]

@@ -18,8 +18,10 @@
 //!   nodes never number events of the same epoch.
 //! - A resume asks every node what it can replay and keeps, per topic, the answer with the
 //!   newest knowledge.
+//!
+//! Here: publishing (routing to the owner, sequencing there, answering) and who owns what;
+//! `claims.rs` takes a topic over, `replay.rs` answers resumes across the cluster.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -29,14 +31,13 @@ use tokio::sync::oneshot;
 
 use super::Cluster;
 use super::link::{PeerLink, PeerMessage};
-use super::transport::{event_from_pb, event_pb};
 pub use crate::broker::PublishPermit;
-use crate::broker::{Receipt, ReplayPage, Sequenced, TopicReplay, TopicSnapshot};
+use crate::broker::{Receipt, Sequenced};
 use crate::event::{Event, Payload};
-use crate::protocol::{Cursor, ResumeFrom};
-use crate::routing::history::{Gap, Replay, reason};
 use crate::routing::ownership::{owner, rank};
-use crate::routing::topics::newer_epoch;
+
+mod claims;
+mod replay;
 
 /// How long a publish may wait for its owner and replicas.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,16 +46,6 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Why a node cut off from most of the cluster refuses publishes.
 pub(super) const MINORITY: &str =
     "this node sees only a minority of the cluster (a partition?); publish through another node";
-/// How long a claim keeps asking peers that refuse before starting a new epoch.
-const CLAIM_PATIENCE: Duration = Duration::from_secs(3);
-/// The largest page of a replay this node answers a peer with, whatever the peer asks: well
-/// within the largest peer frame.
-const MAX_REPLAY_PAGE: ReplayPage = ReplayPage {
-    max_events: 10_000,
-    max_bytes: 16 * 1024 * 1024,
-};
-/// How long to wait for one peer's answer to a claim or replay request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A publish that could not be sequenced and stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -479,90 +470,6 @@ impl Cluster {
         }
     }
 
-    /// Takes `topic` over: asks every peer what it knows, installs the newest state (or a
-    /// new epoch), then serves the publishes that waited.
-    async fn claim(self: Arc<Self>, topic: Arc<str>) {
-        let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
-        let mut best: Option<TopicSnapshot> = None;
-        let mut unsettled = false;
-        loop {
-            let answers = self
-                .ask_all(|id| {
-                    pb::peer_frame::Msg::StateRequest(pb::TopicStateRequest {
-                        id,
-                        topic: topic.to_string(),
-                    })
-                })
-                .await;
-            // What this node knows, read once the peers have answered: a copy of its own that
-            // went quiet meanwhile is forgotten (the peers' newer knowledge may have been, in
-            // the same time), never carried into the claim from before.
-            if let Some(own) = self.broker.topic_snapshot(&topic)
-                && best.as_ref().is_none_or(|b| is_newer(&own, b))
-            {
-                best = Some(own);
-            }
-            let heard = weigh_claim_answers(answers, &mut best);
-            // A live peer this node cannot ask yet may be numbering the topic right now; and
-            // until a peer's interest is known, its subscribers would miss what is sequenced.
-            let unlinked = {
-                let view = self.gossip.view.read();
-                view.live_peers().iter().any(|p| {
-                    self.link_to(&p.name)
-                        .is_none_or(|link| !link.interest_known())
-                })
-            };
-            if !heard.refused && !heard.silent && !unlinked {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                unsettled = true;
-                break;
-            }
-            tokio::time::sleep(RETRY_PAUSE).await;
-        }
-        // Asked afresh from the view: the peers this claim waited for may have just been
-        // declared down, before the membership task updated the cached majority; numbering
-        // the topic now, with no replica left, would acknowledge events only this side has.
-        let majority = self.compute_majority();
-        let still_owner = majority
-            && self
-                .placement(&topic)
-                .first()
-                .is_some_and(|o| *o == self.id.name);
-        if still_owner {
-            // A peer that kept the topic may still be numbering it: never share its epoch.
-            let known = if unsettled { None } else { best };
-            let epoch = self.broker.install_topic(&topic, known);
-            tracing::debug!(%topic, %epoch, unsettled, "claimed topic");
-        }
-        // Serve what waited, in arrival order: the entry stays until it is empty, so a publish
-        // arriving meanwhile queues behind the others instead of overtaking them.
-        loop {
-            let batch = {
-                let mut claims = self.claims.lock();
-                match claims.get_mut(&topic) {
-                    Some(waiting) if !waiting.is_empty() => std::mem::take(waiting),
-                    _ => {
-                        claims.remove(&topic);
-                        break;
-                    }
-                }
-            };
-            for queued in batch {
-                if still_owner {
-                    self.sequence_now(topic.clone(), queued.payload, queued.reply, 0);
-                } else if !majority {
-                    queued
-                        .reply
-                        .send(Err(PublishError::unavailable(self.cut_off_reason())));
-                } else {
-                    self.route(topic.clone(), queued.payload, queued.reply, 0);
-                }
-            }
-        }
-    }
-
     /// True when this node sees more than half of the cluster alive (see
     /// [`Self::compute_majority`]); kept up to date on every membership change, so the
     /// publish path reads one atomic.
@@ -605,33 +512,6 @@ impl Cluster {
         // An even split is broken by name, so that exactly one side carries on.
         alive.len() > missing.len()
             || (alive.len() == missing.len() && alive.iter().min() < missing.iter().min())
-    }
-
-    /// Sends a request to every linked peer and collects the answers (None: no answer).
-    async fn ask_all(
-        &self,
-        make: impl Fn(u64) -> pb::peer_frame::Msg,
-    ) -> Vec<Option<pb::peer_frame::Msg>> {
-        let mut waits = Vec::new();
-        // A closed link is on its way out of the peer table; its peer is asked again over the
-        // next one, or is down.
-        for link in self.links().into_iter().filter(|l| !l.is_closed()) {
-            let (id, answer) = self.request(&link);
-            link.send_control(PeerMessage::Frame(make(id)));
-            waits.push(async move {
-                let answer = tokio::time::timeout(REQUEST_TIMEOUT, answer).await;
-                (id, answer.ok().and_then(Result::ok))
-            });
-        }
-        let answers = futures_util::future::join_all(waits).await;
-        let mut requests = self.requests.lock();
-        answers
-            .into_iter()
-            .map(|(id, answer)| {
-                requests.remove(&id);
-                answer
-            })
-            .collect()
     }
 
     /// A peer asks this node to sequence an event.
@@ -715,43 +595,6 @@ impl Cluster {
         self.publish_as_owner(request.topic.into(), payload, reply, 0);
     }
 
-    /// A peer claims a topic: hand it over if this node was sequencing it and no longer
-    /// owns it; refuse while this node still owns it in its own view.
-    pub(super) fn on_state_request(&self, link: &PeerLink, request: pb::TopicStateRequest) {
-        let topic = request.topic.as_str();
-        let i_own = self
-            .placement(topic)
-            .first()
-            .is_some_and(|o| *o == self.id.name);
-        let mut reply = pb::TopicStateReply {
-            id: request.id,
-            ..Default::default()
-        };
-        let known = if self.broker.is_ready(topic) {
-            if i_own || self.claims.lock().contains_key(topic) {
-                reply.refused = true;
-                None
-            } else {
-                match self.broker.hand_over(topic) {
-                    Ok(snapshot) => snapshot,
-                    Err(_) => {
-                        reply.refused = true;
-                        None
-                    }
-                }
-            }
-        } else {
-            self.broker.topic_snapshot(topic)
-        };
-        if let Some(snapshot) = known {
-            reply.found = true;
-            reply.epoch = snapshot.epoch.to_string();
-            reply.last_seq = snapshot.last_seq;
-            reply.events = snapshot.events.iter().map(|e| event_pb(e)).collect();
-        }
-        link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::StateReply(reply)));
-    }
-
     /// A replica's copy of an event: store it and confirm.
     pub(super) fn on_replicate(&self, link: &PeerLink, event: Event) {
         let topic = event.topic.to_string();
@@ -764,171 +607,6 @@ impl Cluster {
             },
         )));
     }
-
-    /// What a subscription on `pattern` resuming `from` missed, from the newest knowledge
-    /// anywhere in the cluster: per topic, gaps then events.
-    pub async fn replay(
-        &self,
-        pattern: &str,
-        from: &ResumeFrom,
-        page: ReplayPage,
-    ) -> Result<Vec<TopicReplay>, crate::broker::ResumeError> {
-        let mut candidates = self.broker.replay_candidates(pattern, from, page)?;
-        if matches!(from, ResumeFrom::Latest) {
-            return Ok(Vec::new());
-        }
-        let request_from = replay_from_pb(from);
-        let answers = self
-            .ask_all(|id| {
-                pb::peer_frame::Msg::ReplayRequest(pb::ReplayRequest {
-                    id,
-                    pattern: pattern.to_owned(),
-                    from: request_from.clone(),
-                    max_events: u32::try_from(page.max_events).unwrap_or(u32::MAX),
-                    max_bytes: page.max_bytes as u64,
-                })
-            })
-            .await;
-        for answer in answers.into_iter().flatten() {
-            if let pb::peer_frame::Msg::ReplayReply(reply) = answer {
-                candidates.extend(reply.topics.into_iter().map(topic_replay_from_pb));
-            }
-        }
-        let mut best: HashMap<Arc<str>, TopicReplay> = HashMap::new();
-        for candidate in candidates {
-            match best.get(&candidate.topic) {
-                Some(current) if !better_replay(&candidate, current) => {}
-                _ => {
-                    best.insert(candidate.topic.clone(), candidate);
-                }
-            }
-        }
-        // Cursors for topics nobody knows any more: what followed them is unknown.
-        let cursors = from.cursors(pattern);
-        let unknown: Vec<(&str, &Cursor)> = cursors
-            .into_iter()
-            .filter(|(topic, _)| !best.contains_key(*topic))
-            .collect();
-        let mut replays: Vec<TopicReplay> = best.into_values().collect();
-        for (topic, cursor) in unknown {
-            let topic: Arc<str> = topic.into();
-            replays.push(TopicReplay {
-                topic: topic.clone(),
-                epoch: "".into(),
-                last_seq: 0,
-                replay: Replay {
-                    gaps: vec![Gap {
-                        topic,
-                        epoch: cursor.epoch.as_str().into(),
-                        from_seq: cursor.seq + 1,
-                        to_seq: 0,
-                        reason: reason::EPOCH_CHANGED,
-                    }],
-                    events: Vec::new(),
-                },
-                more: false,
-            });
-        }
-        replays.sort_by(|a, b| a.topic.cmp(&b.topic));
-        Ok(replays)
-    }
-
-    pub(super) fn on_replay_request(&self, link: &PeerLink, request: pb::ReplayRequest) {
-        let from = replay_from_from_pb(request.from);
-        // A peer's page bound, within this node's own: an answer never outgrows a frame.
-        let bounded = |asked: usize, ours: usize| if asked == 0 { ours } else { asked.min(ours) };
-        let page = ReplayPage {
-            max_events: bounded(request.max_events as usize, MAX_REPLAY_PAGE.max_events),
-            max_bytes: bounded(
-                usize::try_from(request.max_bytes).unwrap_or(usize::MAX),
-                MAX_REPLAY_PAGE.max_bytes,
-            ),
-        };
-        let topics = self
-            .broker
-            .replay_candidates(&request.pattern, &from, page)
-            .unwrap_or_default()
-            .into_iter()
-            .map(topic_replay_pb)
-            .collect();
-        link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::ReplayReply(
-            pb::ReplayReply {
-                id: request.id,
-                topics,
-            },
-        )));
-    }
-}
-
-/// Newest epoch, then highest sequence number, then the longest history.
-fn is_newer(a: &TopicSnapshot, b: &TopicSnapshot) -> bool {
-    newer_epoch(&a.epoch, &b.epoch)
-        || (a.epoch == b.epoch
-            && (a.last_seq > b.last_seq
-                || (a.last_seq == b.last_seq && a.events.len() > b.events.len())))
-}
-
-/// What one round of a claim heard from the peers it asked.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Heard {
-    /// A peer still owns the topic in its own view.
-    refused: bool,
-    /// A peer gave no answer (timed out, or its link closed meanwhile): it may hold a newer
-    /// position than any answer, so the claim cannot settle on what it heard.
-    silent: bool,
-}
-
-/// Folds one round of answers to a claim into `best`, the newest state known so far.
-fn weigh_claim_answers(
-    answers: Vec<Option<pb::peer_frame::Msg>>,
-    best: &mut Option<TopicSnapshot>,
-) -> Heard {
-    let mut heard = Heard::default();
-    for answer in answers {
-        let Some(pb::peer_frame::Msg::StateReply(reply)) = answer else {
-            heard.silent = true;
-            continue;
-        };
-        if reply.refused {
-            heard.refused = true;
-            continue;
-        }
-        if !reply.found {
-            continue;
-        }
-        let snapshot = TopicSnapshot {
-            epoch: reply.epoch.into(),
-            last_seq: reply.last_seq,
-            events: reply
-                .events
-                .into_iter()
-                .filter_map(event_from_pb)
-                .map(Arc::new)
-                .collect(),
-        };
-        if best.as_ref().is_none_or(|b| is_newer(&snapshot, b)) {
-            *best = Some(snapshot);
-        }
-    }
-    heard
-}
-
-/// Newest epoch, then highest sequence number, then the replay with more events (a node that
-/// kept more history) and fewer gaps.
-fn better_replay(a: &TopicReplay, b: &TopicReplay) -> bool {
-    if newer_epoch(&a.epoch, &b.epoch) {
-        return true;
-    }
-    if a.epoch != b.epoch || a.last_seq != b.last_seq {
-        return a.epoch == b.epoch && a.last_seq > b.last_seq;
-    }
-    (
-        a.replay.events.len(),
-        std::cmp::Reverse(a.replay.gaps.len()),
-    ) > (
-        b.replay.events.len(),
-        std::cmp::Reverse(b.replay.gaps.len()),
-    )
 }
 
 fn payload_pb(payload: &Payload) -> (bytes::Bytes, pb::Encoding) {
@@ -942,166 +620,5 @@ fn payload_from_pb(data: bytes::Bytes, encoding: i32) -> Option<Payload> {
     match pb::Encoding::try_from(encoding).ok()? {
         pb::Encoding::Json => Payload::json(data).ok(),
         pb::Encoding::Binary => Some(Payload::Binary(data)),
-    }
-}
-
-fn cursor_pb(c: &Cursor) -> pb::Cursor {
-    pb::Cursor {
-        epoch: c.epoch.clone(),
-        seq: c.seq,
-    }
-}
-
-fn replay_from_pb(from: &ResumeFrom) -> Option<pb::replay_request::From> {
-    match from {
-        ResumeFrom::Latest => None,
-        ResumeFrom::Earliest => Some(pb::replay_request::From::Earliest(true)),
-        ResumeFrom::Cursor(c) => Some(pb::replay_request::From::Cursor(cursor_pb(c))),
-        ResumeFrom::Topics { topics, since } => {
-            Some(pb::replay_request::From::Topics(pb::TopicsCursor {
-                topics: topics
-                    .iter()
-                    .map(|(t, c)| (t.clone(), cursor_pb(c)))
-                    .collect(),
-                since: *since,
-            }))
-        }
-    }
-}
-
-fn replay_from_from_pb(from: Option<pb::replay_request::From>) -> ResumeFrom {
-    let cursor = |c: pb::Cursor| Cursor {
-        epoch: c.epoch,
-        seq: c.seq,
-    };
-    match from {
-        None => ResumeFrom::Latest,
-        Some(pb::replay_request::From::Earliest(_)) => ResumeFrom::Earliest,
-        Some(pb::replay_request::From::Cursor(c)) => ResumeFrom::Cursor(cursor(c)),
-        Some(pb::replay_request::From::Topics(t)) => ResumeFrom::Topics {
-            topics: t.topics.into_iter().map(|(k, c)| (k, cursor(c))).collect(),
-            since: t.since,
-        },
-    }
-}
-
-fn topic_replay_pb(candidate: TopicReplay) -> pb::TopicReplay {
-    pb::TopicReplay {
-        topic: candidate.topic.to_string(),
-        epoch: candidate.epoch.to_string(),
-        last_seq: candidate.last_seq,
-        gaps: candidate
-            .replay
-            .gaps
-            .iter()
-            .map(|g| pb::Gap {
-                topic: g.topic.to_string(),
-                epoch: g.epoch.to_string(),
-                from_seq: g.from_seq,
-                to_seq: g.to_seq,
-                reason: g.reason.to_owned(),
-            })
-            .collect(),
-        events: candidate
-            .replay
-            .events
-            .iter()
-            .map(|e| event_pb(e))
-            .collect(),
-        more: candidate.more,
-    }
-}
-
-fn topic_replay_from_pb(candidate: pb::TopicReplay) -> TopicReplay {
-    let topic: Arc<str> = candidate.topic.into();
-    TopicReplay {
-        topic: topic.clone(),
-        epoch: candidate.epoch.into(),
-        last_seq: candidate.last_seq,
-        replay: Replay {
-            gaps: candidate
-                .gaps
-                .into_iter()
-                .map(|g| Gap {
-                    topic: topic.clone(),
-                    epoch: g.epoch.into(),
-                    from_seq: g.from_seq,
-                    to_seq: g.to_seq,
-                    reason: if g.reason == reason::EPOCH_CHANGED {
-                        reason::EPOCH_CHANGED
-                    } else {
-                        reason::RETENTION
-                    },
-                })
-                .collect(),
-            events: candidate
-                .events
-                .into_iter()
-                .filter_map(event_from_pb)
-                .map(Arc::new)
-                .collect(),
-        },
-        more: candidate.more,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reply(
-        found: bool,
-        refused: bool,
-        epoch: &str,
-        last_seq: u64,
-    ) -> Option<pb::peer_frame::Msg> {
-        Some(pb::peer_frame::Msg::StateReply(pb::TopicStateReply {
-            id: 1,
-            found,
-            refused,
-            epoch: epoch.into(),
-            last_seq,
-            events: Vec::new(),
-        }))
-    }
-
-    fn known(epoch: &str, last_seq: u64) -> Option<TopicSnapshot> {
-        Some(TopicSnapshot {
-            epoch: epoch.into(),
-            last_seq,
-            events: Vec::new(),
-        })
-    }
-
-    #[test]
-    fn a_claim_settles_only_when_every_peer_answered_without_refusing() {
-        // Everyone answered: the newest position wins.
-        let mut best = known("e1", 3);
-        let heard = weigh_claim_answers(
-            vec![reply(false, false, "", 0), reply(true, false, "e1", 6)],
-            &mut best,
-        );
-        assert_eq!(heard, Heard::default());
-        assert_eq!(best.as_ref().map(|b| b.last_seq), Some(6));
-
-        // An older answer does not replace what this node knows.
-        let heard = weigh_claim_answers(vec![reply(true, false, "e1", 2)], &mut best);
-        assert_eq!(heard, Heard::default());
-        assert_eq!(best.as_ref().map(|b| b.last_seq), Some(6));
-
-        // A peer that said nothing may hold a newer position than anyone who answered (the
-        // claim that numbered #4–#6 twice after a pause: its link was being replaced).
-        let mut best = known("e1", 3);
-        let heard = weigh_claim_answers(vec![reply(false, false, "", 0), None], &mut best);
-        assert!(heard.silent && !heard.refused);
-        assert_eq!(best.as_ref().map(|b| b.last_seq), Some(3));
-
-        // A peer still owning the topic refuses.
-        let heard = weigh_claim_answers(vec![reply(false, true, "", 0)], &mut best);
-        assert!(heard.refused && !heard.silent);
-
-        // An answer of another kind is no answer.
-        let odd = Some(pb::peer_frame::Msg::Leaving(pb::Leaving { generation: 1 }));
-        assert!(weigh_claim_answers(vec![odd], &mut best).silent);
     }
 }

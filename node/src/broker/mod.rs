@@ -1,0 +1,332 @@
+//! The broker: the routing core behind locks, connected to client connections' outboxes.
+//!
+//! Who owns what:
+//! - the subscription index (`RwLock`): written by `sub`/`unsub`, read by every publish;
+//! - per-topic sequence counters, sharded by topic hash (`Mutex` per shard);
+//! - each connection's [`Outbox`]: a bounded queue its own task drains onto the socket.
+//!
+//! A publish locks its topic's shard, takes the next sequence number, queues the event to
+//! every matching subscription with a non-blocking `try_send`, and only then unlocks: two
+//! publishes of one topic are therefore queued everywhere in sequence order, and a full queue
+//! never blocks the publisher or any other subscriber (its owner is disconnected instead).
+//!
+//! In a cluster the broker also holds what each peer is interested in (a second index whose
+//! entries are peer links) and what this node is interested in (counts per pattern and
+//! group, announced to peers on change). A publish then also queues the event to every peer
+//! with a matching plain subscriber, and for each matching queue group picks one node —
+//! this one or a peer — so exactly one member in the whole cluster receives it.
+
+//!
+//! The parts, one file each: `outbox.rs` (a connection's queue and its subscriptions),
+//! `sequencing.rs` (numbering, replica storage, claiming and handing over topics),
+//! `fan_out.rs` (queueing completed events to subscriptions and peers), `groups.rs`
+//! (queue-group placement and redelivery), `replay.rs` (what a resume gets, page by page)
+//! and `retention.rs` (history expiry and forgetting idle topics). This file holds the
+//! broker itself and its interest tables: who is subscribed here, and what peers are
+//! interested in.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::cluster::link::{Interest, PeerLink, PeerMessage};
+use crate::routing::SubscriptionIndex;
+use crate::routing::history::{HistoryStore, Retention};
+use crate::routing::topic::validate_pattern;
+use crate::routing::topics::TopicTable;
+
+mod fan_out;
+mod groups;
+mod outbox;
+mod replay;
+mod retention;
+mod sequencing;
+
+use groups::PlacedOnPeer;
+pub use groups::Redelivery;
+pub use outbox::{Outbound, Outbox, Subscription};
+pub use replay::{ReplayPage, ResumeError, TopicReplay};
+pub use sequencing::{PublishPermit, Receipt, Sequenced, StoredSignal, TopicSnapshot};
+
+/// Sequence shards: enough that publishes of different topics rarely wait on each other.
+const SEQUENCE_SHARDS: usize = 64;
+
+#[derive(Debug, Clone)]
+struct Subscriber(Arc<Subscription>);
+
+impl PartialEq for Subscriber {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// A peer's interest as the remote index holds it.
+#[derive(Debug, Clone)]
+struct RemoteInterest {
+    link: Arc<PeerLink>,
+    interest: Interest,
+}
+
+impl PartialEq for RemoteInterest {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.link, &other.link) && self.interest == other.interest
+    }
+}
+
+/// This node's interest, announced to every attached peer.
+#[derive(Debug, Default)]
+struct InterestTable {
+    counts: HashMap<Interest, usize>,
+    links: Vec<Arc<PeerLink>>,
+}
+
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    /// Events published by this node's clients.
+    pub events_published: AtomicU64,
+    /// Events forwarded here by peers.
+    pub events_from_peers: AtomicU64,
+    /// Queue-group deliveries that found no member able to take them.
+    pub group_deliveries_lost: AtomicU64,
+    /// Subscriptions and peers each event was queued to when fanned out.
+    pub fanout: crate::metrics::CountHistogram,
+}
+
+/// Longest pattern accepted from a peer; peers validate their clients' patterns already.
+const MAX_PEER_PATTERN_BYTES: usize = 4096;
+
+#[derive(Debug)]
+pub struct Broker {
+    index: RwLock<SubscriptionIndex<Subscriber>>,
+    remote: RwLock<SubscriptionIndex<RemoteInterest>>,
+    interest: Mutex<InterestTable>,
+    shards: Box<[Mutex<TopicShard>]>,
+    shard_hasher: foldhash::fast::RandomState,
+    next_delivery: AtomicU64,
+    /// Round-robin over the nodes of a cluster-wide queue group.
+    group_turn: AtomicUsize,
+    /// Queue-group events this node placed on a peer, by token, until the peer reports a
+    /// member acknowledged them; re-placed if the peer cannot take them or goes away.
+    placed_on_peers: Mutex<HashMap<u64, PlacedOnPeer>>,
+    next_token: AtomicU64,
+    /// Limits the log line for queue-group events that no member could take.
+    lost_log: crate::limits::LogLimiter,
+    full_group_log: crate::limits::LogLimiter,
+    /// A topic quiet for this long (and for its history's `max_age`) is forgotten (see
+    /// [`Broker::sweep_at`]).
+    topic_idle_forget: std::time::Duration,
+    /// The clock topics' quiet time is measured on: monotonic, so that a wall clock set
+    /// back or forth never makes a node forget a topic out of turn.
+    started: std::time::Instant,
+    pub stats: BrokerStats,
+}
+
+/// The topics whose names hash to one shard: their sequence counters and history. A
+/// publish holds its shard's lock from sequencing until the event is queued everywhere.
+#[derive(Debug)]
+struct TopicShard {
+    topics: TopicTable<StoredSignal>,
+    history: HistoryStore,
+}
+
+impl Broker {
+    /// A broker that keeps history as `retention` says.
+    pub fn new(retention: Retention) -> Self {
+        Self {
+            index: RwLock::new(SubscriptionIndex::new()),
+            remote: RwLock::new(SubscriptionIndex::new()),
+            interest: Mutex::new(InterestTable::default()),
+            shards: (0..SEQUENCE_SHARDS)
+                .map(|_| {
+                    Mutex::new(TopicShard {
+                        topics: TopicTable::default(),
+                        history: HistoryStore::new(retention.clone()),
+                    })
+                })
+                .collect(),
+            shard_hasher: foldhash::fast::RandomState::default(),
+            next_delivery: AtomicU64::new(1),
+            group_turn: AtomicUsize::new(0),
+            placed_on_peers: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
+            lost_log: crate::limits::LogLimiter::new(std::time::Duration::from_secs(1)),
+            full_group_log: crate::limits::LogLimiter::new(std::time::Duration::from_secs(1)),
+            topic_idle_forget: crate::config::DEFAULT_TOPIC_IDLE_FORGET,
+            started: std::time::Instant::now(),
+            stats: BrokerStats::default(),
+        }
+    }
+
+    /// Forgets topics quiet for `idle` with nothing retained (setting `topic_idle_forget`).
+    #[must_use]
+    pub fn with_topic_idle_forget(mut self, idle: std::time::Duration) -> Self {
+        self.topic_idle_forget = idle;
+        self
+    }
+
+    /// Subscriptions held, across all connections.
+    pub fn subscriptions(&self) -> usize {
+        self.index.read().len()
+    }
+
+    /// Interests peers have announced (one per peer, pattern and group).
+    pub fn peer_interests(&self) -> usize {
+        self.remote.read().len()
+    }
+
+    /// Adds a subscription; its pattern must already be validated.
+    pub fn subscribe(&self, subscription: Arc<Subscription>) {
+        let group = subscription.group.clone();
+        let pattern = subscription.pattern.clone();
+        self.index
+            .write()
+            .insert(&pattern, group.as_deref(), Subscriber(subscription));
+        self.interest_changed(Interest { pattern, group }, true);
+    }
+
+    pub fn unsubscribe(&self, subscription: &Arc<Subscription>) -> bool {
+        subscription.active.store(false, Ordering::Release);
+        let removed = self.index.write().remove(
+            &subscription.pattern,
+            subscription.group.as_deref(),
+            &Subscriber(subscription.clone()),
+        );
+        if removed {
+            let interest = Interest {
+                pattern: subscription.pattern.clone(),
+                group: subscription.group.clone(),
+            };
+            self.interest_changed(interest, false);
+        }
+        removed
+    }
+
+    /// Counts local subscriptions per interest and tells peers when one appears or goes.
+    fn interest_changed(&self, interest: Interest, added: bool) {
+        let mut table = self.interest.lock();
+        let count = table.counts.entry(interest.clone()).or_default();
+        let announce = if added {
+            *count += 1;
+            *count == 1
+        } else {
+            *count = count.saturating_sub(1);
+            *count == 0
+        };
+        if !added && *count == 0 {
+            table.counts.remove(&interest);
+        }
+        if announce {
+            for link in &table.links {
+                let (added_list, removed_list) = if added {
+                    (vec![interest.clone()], Vec::new())
+                } else {
+                    (Vec::new(), vec![interest.clone()])
+                };
+                link.send_control(PeerMessage::Delta {
+                    added: added_list,
+                    removed: removed_list,
+                });
+            }
+        }
+    }
+
+    /// Starts telling `link`'s peer this node's interest: a snapshot now, deltas after.
+    pub fn attach_peer(&self, link: &Arc<PeerLink>) {
+        let mut table = self.interest.lock();
+        let mut snapshot: Vec<Interest> = table.counts.keys().cloned().collect();
+        snapshot.sort();
+        link.send_control(PeerMessage::Snapshot(snapshot));
+        table.links.push(link.clone());
+    }
+
+    /// Forgets a peer link and everything its peer was interested in.
+    pub fn detach_peer(&self, link: &Arc<PeerLink>) {
+        link.close();
+        self.interest.lock().links.retain(|l| !Arc::ptr_eq(l, link));
+        let mut remote = self.remote.write();
+        for interest in link.interests.lock().drain() {
+            remote.remove(
+                &interest.pattern,
+                interest.group.as_deref(),
+                &RemoteInterest {
+                    link: link.clone(),
+                    interest: interest.clone(),
+                },
+            );
+        }
+    }
+
+    /// Applies a peer's interest: its full set (`snapshot`) or a change.
+    pub fn apply_peer_interest(
+        &self,
+        link: &Arc<PeerLink>,
+        snapshot: Option<Vec<Interest>>,
+        added: Vec<Interest>,
+        removed: Vec<Interest>,
+    ) {
+        let mut remote = self.remote.write();
+        if link.is_closed() {
+            return;
+        }
+        let mut known = link.interests.lock();
+        let (added, removed) = match snapshot {
+            Some(all) => {
+                link.interest_known.store(true, Ordering::Release);
+                let all: std::collections::HashSet<Interest> = all.into_iter().collect();
+                let gone: Vec<Interest> = known.difference(&all).cloned().collect();
+                let new: Vec<Interest> = all.difference(&known).cloned().collect();
+                (new, gone)
+            }
+            None => (added, removed),
+        };
+        for interest in removed {
+            if known.remove(&interest) {
+                remote.remove(
+                    &interest.pattern,
+                    interest.group.as_deref(),
+                    &RemoteInterest {
+                        link: link.clone(),
+                        interest: interest.clone(),
+                    },
+                );
+            }
+        }
+        for interest in added {
+            if let Err(err) = validate_pattern(&interest.pattern, MAX_PEER_PATTERN_BYTES) {
+                tracing::warn!(peer = %link.name, pattern = %interest.pattern, %err, "ignoring an invalid pattern from a peer");
+                continue;
+            }
+            if known.insert(interest.clone()) {
+                let (pattern, group) = (interest.pattern.clone(), interest.group.clone());
+                remote.insert(
+                    &pattern,
+                    group.as_deref(),
+                    RemoteInterest {
+                        link: link.clone(),
+                        interest,
+                    },
+                );
+            }
+        }
+    }
+
+    fn shard(&self, topic: &str) -> &Mutex<TopicShard> {
+        &self.shards[self.shard_hasher.hash_one(topic) as usize % self.shards.len()]
+    }
+}
+
+/// Milliseconds since the Unix epoch, the `ts` of events.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod forget_tests;
+#[cfg(test)]
+mod test_support;

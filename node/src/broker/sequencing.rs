@@ -1,0 +1,440 @@
+//! Sequencing on a topic's owner: numbering publishes, holding them until their replicas
+//! have stored them, completing them (fan-out, the publisher told), and taking, handing over
+//! and copying topics between nodes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::cluster::link::{PeerLink, PeerMessage};
+use crate::event::{Event, Payload};
+use crate::routing::topics::{Completed, HandOverRefused, new_epoch};
+
+use super::{Broker, PlacedOnPeer, now_ms};
+
+/// Where an accepted publish landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub epoch: Arc<str>,
+    pub seq: u64,
+}
+
+/// Kept with a sequenced event until it is stored on its replicas (and fanned out), or fails:
+/// who to tell, and the share of the publish buffer it holds meanwhile.
+#[derive(Debug)]
+pub struct StoredSignal {
+    notify: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Dropped with the signal: an event waiting for a slow replica keeps its publisher's
+    /// share of the buffer, so a stalled replica slows publishers instead of growing the
+    /// owner's backlog without bound.
+    _permit: Option<PublishPermit>,
+}
+
+/// A share of the node's publish buffer (`publish_buffer_bytes`), in bytes: a publish holds
+/// it from the moment its connection hands it over until it leaves the node's queues (is
+/// written towards its owner, or is stored on its replicas here).
+#[derive(Debug)]
+pub struct PublishPermit(pub tokio::sync::OwnedSemaphorePermit);
+
+/// The outcome of sequencing an event on its owner.
+#[derive(Debug)]
+pub enum Sequenced {
+    /// Nothing to wait for: stored everywhere it needs to be and fanned out, or sequenced
+    /// for a publisher that asked not to know when it is stored.
+    Done(Receipt),
+    /// Sequenced; the receiver resolves once the replicas have stored it.
+    Waiting(Receipt, tokio::sync::oneshot::Receiver<()>),
+    /// This node does not hold the topic's state (never claimed, or handed on).
+    NotReady,
+}
+
+/// What a node knows of a topic, for a new owner claiming it.
+#[derive(Debug, Clone)]
+pub struct TopicSnapshot {
+    pub epoch: Arc<str>,
+    pub last_seq: u64,
+    pub events: Vec<Arc<Event>>,
+}
+
+impl Broker {
+    /// Sequences `payload` on `topic` (a validated publish topic, owned by this node), sends
+    /// copies to `replicas`, and once they have stored it — at once without replicas — queues
+    /// it to every matching subscription, peer, and one member of every matching queue group.
+    /// With `confirm`, the outcome says when the replicas have stored it; without, nobody
+    /// waits for that (a publish without an answer) and the outcome is `Done` at once.
+    pub fn sequence(
+        &self,
+        topic: &str,
+        payload: Payload,
+        replicas: &[Arc<PeerLink>],
+        confirm: bool,
+    ) -> Sequenced {
+        self.sequence_holding(topic, payload, replicas, confirm, None)
+    }
+
+    /// [`sequence`](Self::sequence), keeping `permit` until the event is stored everywhere
+    /// (or fails).
+    pub fn sequence_holding(
+        &self,
+        topic: &str,
+        payload: Payload,
+        replicas: &[Arc<PeerLink>],
+        confirm: bool,
+        permit: Option<PublishPermit>,
+    ) -> Sequenced {
+        let mut shard = self.shard(topic).lock();
+        let Some((name, epoch, seq)) = shard.topics.next(topic, self.clock_ms()) else {
+            return Sequenced::NotReady;
+        };
+        let now = now_ms();
+        let event = Arc::new(Event::new(name, epoch.clone(), seq, now, payload));
+        tracing::trace!(topic, seq, replicas = replicas.len(), "sequenced");
+        // A replica new to this topic first gets everything retained so far, so that it can
+        // serve resumes and take over with the whole history.
+        let ids: Vec<(Arc<str>, u64)> = replicas
+            .iter()
+            .map(|r| (r.name.clone(), r.generation))
+            .collect();
+        let fresh = shard.topics.needs_sync(topic, &ids);
+        if !fresh.is_empty() {
+            let retained = shard.history.earliest(topic).events;
+            for replica in replicas
+                .iter()
+                .filter(|r| fresh.contains(&(r.name.clone(), r.generation)))
+            {
+                replica.send_control(PeerMessage::SyncTopic {
+                    topic: event.topic.clone(),
+                    epoch: epoch.clone(),
+                    last_seq: seq - 1,
+                    events: retained.clone(),
+                });
+            }
+        }
+        shard.history.append(event.clone(), now);
+        self.stats.events_published.fetch_add(1, Ordering::Relaxed);
+        for replica in replicas {
+            replica.send_control(PeerMessage::Replicate(event.clone()));
+        }
+        let receipt = Receipt { epoch, seq };
+        let (notify, stored) = if replicas.is_empty() || !confirm {
+            (None, None)
+        } else {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        };
+        let signal = (notify.is_some() || permit.is_some()).then_some(StoredSignal {
+            notify,
+            _permit: permit,
+        });
+        let waiting_for = replicas.iter().map(|r| r.name.clone()).collect();
+        let done = shard.topics.hold(event, waiting_for, signal);
+        self.complete(done);
+        drop(shard);
+        match stored {
+            None => Sequenced::Done(receipt),
+            Some(rx) => Sequenced::Waiting(receipt, rx),
+        }
+    }
+
+    /// Single-node convenience: claims the topic if needed (a fresh epoch) and sequences
+    /// without replicas.
+    pub fn publish(&self, topic: &str, payload: Payload) -> Receipt {
+        if !self.is_ready(topic) {
+            self.install_topic(topic, None);
+        }
+        match self.sequence(topic, payload, &[], true) {
+            Sequenced::Done(receipt) | Sequenced::Waiting(receipt, _) => receipt,
+            Sequenced::NotReady => unreachable!("installed just above"),
+        }
+    }
+
+    /// Fans out events whose replicas have all stored them, in order, and tells their
+    /// publishers. Called with the topic's shard locked, which keeps the order.
+    fn complete(&self, done: Vec<Completed<StoredSignal>>) {
+        for (event, signal) in done {
+            tracing::trace!(topic = %event.topic, seq = event.seq, "stored; fanning out");
+            let deliveries = self.fan_out(&event);
+            self.stats.fanout.observe(deliveries);
+            if let Some(tx) = signal.and_then(|s| s.notify) {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// A replica reports `topic` stored up to `seq` of `epoch`.
+    pub fn on_stored(&self, peer: &str, topic: &str, epoch: &str, seq: u64) {
+        let mut shard = self.shard(topic).lock();
+        let done = shard.topics.stored(peer, topic, epoch, seq);
+        self.complete(done);
+    }
+
+    /// A peer is gone: no replica acknowledgement will come from it, and the queue-group
+    /// events placed on it and not yet acknowledged go to other members.
+    pub fn on_peer_gone(&self, peer: &str) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let gone = shard.topics.peer_gone(peer);
+            self.complete(gone.completed);
+            // Not stored on enough replicas: never fanned out nor replayed from here, and
+            // their publishers learn it (a dropped signal is answered `unavailable`).
+            for (event, _signal) in gone.failed {
+                tracing::debug!(topic = %event.topic, seq = event.seq, peer, "replica gone before storing; the event fails");
+                shard
+                    .history
+                    .forget_from(&event.topic, &event.epoch, event.seq);
+            }
+        }
+        let orphaned: Vec<PlacedOnPeer> = {
+            let mut placed = self.placed_on_peers.lock();
+            let tokens: Vec<u64> = placed
+                .iter()
+                .filter(|(_, p)| &*p.peer == peer)
+                .map(|(t, _)| *t)
+                .collect();
+            tokens.iter().filter_map(|t| placed.remove(t)).collect()
+        };
+        for placed in orphaned {
+            self.place_again(&placed.event, &placed.interest, Some(peer), placed.bounces);
+        }
+    }
+
+    /// Stores a copy of an event its owner sequenced; returns its position.
+    pub fn store_replica(&self, event: Arc<Event>) -> Receipt {
+        let mut shard = self.shard(&event.topic).lock();
+        let now = now_ms();
+        shard.topics.replicated(&event, self.clock_ms());
+        let receipt = Receipt {
+            epoch: event.epoch.clone(),
+            seq: event.seq,
+        };
+        shard.history.append(event, now);
+        receipt
+    }
+
+    /// True while some sequenced event still waits for its replicas.
+    pub fn has_pending(&self) -> bool {
+        self.shards.iter().any(|s| s.lock().topics.has_pending())
+    }
+
+    /// Takes a whole copy of a topic from its owner, as one of its replicas.
+    pub fn store_copy(&self, topic: &str, snapshot: TopicSnapshot) {
+        let mut shard = self.shard(topic).lock();
+        let now = now_ms();
+        if shard
+            .topics
+            .install_copy(topic, snapshot.epoch, snapshot.last_seq, self.clock_ms())
+        {
+            shard.history.replace(topic, snapshot.events, now);
+        }
+    }
+
+    /// Stops sequencing every topic until it is claimed again (this node was cut off: what
+    /// it holds may be stale). Events still waiting for their replicas fail, as when a
+    /// replica is gone: never fanned out nor replayed from here, their publishers answered
+    /// `unavailable`.
+    pub fn relinquish_all(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            for (event, _signal) in shard.topics.relinquish_all() {
+                tracing::debug!(topic = %event.topic, seq = event.seq, "relinquished before stored; the event fails");
+                shard
+                    .history
+                    .forget_from(&event.topic, &event.epoch, event.seq);
+            }
+        }
+    }
+
+    /// True when this node holds `topic`'s state and may sequence it. An owner may go on
+    /// with a quiet topic the sweep has not forgotten yet: what the sequencing owner holds
+    /// is the newest knowledge of the topic there is.
+    pub fn is_ready(&self, topic: &str) -> bool {
+        self.shard(topic).lock().topics.is_ready(topic)
+    }
+
+    /// Takes ownership of `topic`: continues from `known` (the newest state found in the
+    /// cluster), or starts a new epoch when nothing is known. Returns the epoch.
+    pub fn install_topic(&self, topic: &str, known: Option<TopicSnapshot>) -> Arc<str> {
+        let mut shard = self.shard(topic).lock();
+        let now = now_ms();
+        let clock = self.clock_ms();
+        self.forget_if_idle(&mut shard, topic, clock);
+        match known {
+            Some(snapshot) => {
+                let ours = shard
+                    .topics
+                    .get(topic)
+                    .map(|t| (t.epoch.clone(), t.last_seq));
+                // Never go back from what this node itself knows.
+                let newer_here = ours.as_ref().is_some_and(|(e, s)| {
+                    crate::routing::topics::newer_epoch(e, &snapshot.epoch)
+                        || (*e == snapshot.epoch && *s > snapshot.last_seq)
+                });
+                let known_further = ours.as_ref().is_none_or(|(e, s)| {
+                    crate::routing::topics::newer_epoch(&snapshot.epoch, e)
+                        || (*e == snapshot.epoch && snapshot.last_seq > *s)
+                });
+                if shard.topics.must_renew_epoch(topic) && !known_further {
+                    // Events failed here at the end of this epoch, and a replica's copy may
+                    // hold them or others may have numbered their positions: never reuse them.
+                    let epoch = new_epoch(now, rand::random());
+                    shard.topics.install(topic, epoch.clone(), 0, clock);
+                    return epoch;
+                }
+                if newer_here {
+                    let (epoch, last) = ours.unwrap_or_else(|| (snapshot.epoch.clone(), 0));
+                    shard.topics.install(topic, epoch.clone(), last, clock);
+                    return epoch;
+                }
+                for event in snapshot.events {
+                    shard.history.append(event, now);
+                }
+                shard
+                    .topics
+                    .install(topic, snapshot.epoch.clone(), snapshot.last_seq, clock);
+                snapshot.epoch
+            }
+            None => {
+                let epoch = new_epoch(now, rand::random());
+                shard.topics.install(topic, epoch.clone(), 0, clock);
+                epoch
+            }
+        }
+    }
+
+    /// What this node knows of `topic`, for a node claiming it: nothing once the topic is
+    /// quiet enough to be forgotten, so that no claim continues stale knowledge after the
+    /// newest was forgotten elsewhere.
+    pub fn topic_snapshot(&self, topic: &str) -> Option<TopicSnapshot> {
+        let mut shard = self.shard(topic).lock();
+        self.forget_if_idle(&mut shard, topic, self.clock_ms());
+        let state = shard.topics.get(topic)?;
+        let events = shard.history.earliest(topic).events;
+        Some(TopicSnapshot {
+            epoch: state.epoch.clone(),
+            last_seq: state.last_seq,
+            events,
+        })
+    }
+
+    /// Hands `topic` to a new owner: stops sequencing it and returns what this node knows.
+    pub fn hand_over(&self, topic: &str) -> Result<Option<TopicSnapshot>, HandOverRefused> {
+        // What the sequencing owner holds is the newest knowledge of the topic, quiet or not.
+        let mut shard = self.shard(topic).lock();
+        let Some((epoch, last_seq)) = shard.topics.hand_over(topic)? else {
+            return Ok(None);
+        };
+        let events = shard.history.earliest(topic).events;
+        Ok(Some(TopicSnapshot {
+            epoch,
+            last_seq,
+            events,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::broker::test_support::{drain, json, subscription};
+    use crate::broker::{Broker, Outbox, Sequenced, TopicSnapshot};
+    use crate::cluster::link::PeerLink;
+    use crate::event::Event;
+    use crate::routing::history::Retention;
+
+    #[test]
+    fn an_event_whose_replica_left_before_storing_it_is_never_delivered_nor_renumbered() {
+        let broker = Broker::new(Retention::default());
+        let epoch = broker.install_topic("t", None);
+        let outbox = Outbox::new(1, 16);
+        subscription(&broker, "s", "t", None, &outbox);
+        let (replica, _queues) = PeerLink::new("r", 1, 16);
+        let Sequenced::Waiting(receipt, mut stored) =
+            broker.sequence("t", json("1"), &[replica], true)
+        else {
+            panic!("a replica to wait for");
+        };
+        assert_eq!((&*receipt.epoch, receipt.seq), (&*epoch, 1));
+        broker.on_peer_gone("r");
+        assert_eq!(
+            stored.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed),
+            "the publisher is told it failed"
+        );
+        assert!(drain(&outbox).is_empty(), "never fanned out");
+        assert!(!broker.is_ready("t"), "claimed again before numbering more");
+        let snapshot = broker.topic_snapshot("t").unwrap();
+        assert!(snapshot.events.is_empty(), "never replayed from here");
+        // Claimed again with nothing newer known: position 1 of this epoch is not reused.
+        let renewed = broker.install_topic("t", Some(snapshot));
+        assert_ne!(renewed, epoch);
+        let next = broker.publish("t", json("2"));
+        assert_eq!((&*next.epoch, next.seq), (&*renewed, 1));
+        assert_eq!(drain(&outbox).len(), 1);
+    }
+
+    /// The chaos `flap` run that gave one position to two publishes: an owner cut off from
+    /// its replica kept #2 pending, was declared down, rejoined and claimed the topic again
+    /// from the node that had numbered #2–#3 meanwhile; a `Stored` for #4 then completed its
+    /// own stale #2, fanned out and acknowledged at a position another event had.
+    #[test]
+    fn events_pending_when_the_node_relinquishes_its_topics_fail_and_stay_failed() {
+        let broker = Broker::new(Retention::default());
+        let epoch = broker.install_topic("t", None);
+        let outbox = Outbox::new(1, 16);
+        subscription(&broker, "s", "t", None, &outbox);
+        let (replica, _queues) = PeerLink::new("r", 1, 16);
+        assert!(matches!(
+            broker.sequence("t", json("1"), std::slice::from_ref(&replica), true),
+            Sequenced::Waiting(..)
+        ));
+        broker.on_stored("r", "t", &epoch, 1);
+        let Sequenced::Waiting(_, mut stored) =
+            broker.sequence("t", json("stale"), std::slice::from_ref(&replica), true)
+        else {
+            panic!("a replica to wait for");
+        };
+        broker.relinquish_all();
+        assert_eq!(
+            stored.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed),
+            "the publisher is told it failed"
+        );
+        let snapshot = broker.topic_snapshot("t").unwrap();
+        assert_eq!(
+            snapshot.events.len(),
+            1,
+            "the failed event is not replayed from here"
+        );
+
+        // Another node numbered #2 and #3 meanwhile and hands the topic back.
+        let theirs = |seq: u64| {
+            Arc::new(Event::new(
+                "t".into(),
+                epoch.clone(),
+                seq,
+                0,
+                json("theirs"),
+            ))
+        };
+        let installed = broker.install_topic(
+            "t",
+            Some(TopicSnapshot {
+                epoch: epoch.clone(),
+                last_seq: 3,
+                events: vec![theirs(2), theirs(3)],
+            }),
+        );
+        assert_eq!(installed, epoch, "the newer knowledge continues the epoch");
+        let Sequenced::Waiting(next, _) = broker.sequence("t", json("4"), &[replica], true) else {
+            panic!("a replica to wait for");
+        };
+        assert_eq!(next.seq, 4);
+        broker.on_stored("r", "t", &epoch, 4);
+        let delivered = drain(&outbox);
+        assert_eq!(
+            delivered.iter().map(|d| d.1).collect::<Vec<_>>(),
+            vec![1, 4],
+            "the stale #2 is never fanned out"
+        );
+    }
+}
