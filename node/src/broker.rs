@@ -1585,6 +1585,8 @@ fn started_later(a: &str, b: &str) -> bool {
     matches!((started(a), started(b)), (Some(x), Some(y)) if x > y)
 }
 
+mod listing;
+
 #[cfg(test)]
 mod forget_tests;
 

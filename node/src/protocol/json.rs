@@ -368,6 +368,18 @@ pub fn encode_event(sub: &str, event: &Event, delivery: Option<&Delivery>) -> St
     out
 }
 
+/// Appends `event` to `out` as a JSON object without `op` and `sub` — `{"topic":…,"epoch":…,
+/// "seq":…,"data":…,"ts":…}`, with `"encoding":"base64"` for binary data — the form the HTTP
+/// API's history returns. The fields are the shared part of every `event` frame.
+pub fn append_event_object(out: &mut String, event: &Event) {
+    let tail = event.json_tail.get_or_init(|| event_tail(event));
+    // The tail starts with the comma that follows `sub` in a frame.
+    out.reserve(tail.len() + 1);
+    out.push('{');
+    out.push_str(tail.strip_prefix(',').unwrap_or(tail));
+    out.push('}');
+}
+
 /// Appends one `event` object (as [`encode_event`] writes it) to `out`.
 pub fn append_event(out: &mut String, sub: &str, event: &Event, delivery: Option<&Delivery>) {
     let tail = event.json_tail.get_or_init(|| event_tail(event));
