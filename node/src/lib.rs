@@ -12,6 +12,7 @@
 //! - [`client`]: the WebSocket client behind `murmur sub` and `murmur pub`;
 //! - [`limits`]: rate limiters for log lines and publishes.
 
+pub mod api_client;
 pub mod auth;
 pub mod broker;
 pub mod client;
