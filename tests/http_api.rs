@@ -65,7 +65,7 @@ async fn published_over_http_one_event_and_a_batch_reach_websocket_subscribers()
                 {"topic": "orders.a", "data": "two", "id": "k2"},
                 {"topic": "orders.*", "data": 0},
                 {"topic": "orders.b", "data": null},
-                {"data": 0},
+                {"topic": "orders..a", "data": 0},
                 {"topic": "orders.a", "data": [3]},
             ]}),
         )
@@ -83,7 +83,7 @@ async fn published_over_http_one_event_and_a_batch_reach_websocket_subscribers()
     );
     assert_eq!(results[1]["error"]["code"], "invalid_topic");
     assert_eq!(results[2]["seq"], 1);
-    assert_eq!(results[3]["error"]["code"], "invalid_request");
+    assert_eq!(results[3]["error"]["code"], "invalid_topic");
     assert_eq!(results[4]["seq"], 3);
 
     let events = recv_n(&mut subscriber, 4).await?;
@@ -114,6 +114,17 @@ async fn published_over_http_one_event_and_a_batch_reach_websocket_subscribers()
     assert_eq!(
         (not_json.status, error_code(&not_json)),
         (400, "invalid_request")
+    );
+    let malformed = client
+        .post_json(
+            "/v1/publish",
+            &json!({"events": [{"topic": "orders.a", "data": 1}, {"data": 2}]}),
+        )
+        .await?;
+    assert_eq!(
+        (malformed.status, error_code(&malformed)),
+        (400, "invalid_request"),
+        "a batch that is not of events is refused whole: {malformed:?}"
     );
     let wildcard = client
         .post_json("/v1/publish", &json!({"topic": "orders.>", "data": 1}))

@@ -42,11 +42,11 @@ struct EventRequest<'a> {
     id: Option<String>,
 }
 
-/// What the request held.
+/// What the request held. A body that does not have the documented shape is refused whole;
+/// the events of a well-formed batch are then answered one by one.
 enum PublishRequest<'a> {
     One(EventRequest<'a>),
-    /// Each event read on its own: one that cannot be read is refused alone.
-    Batch(Vec<Result<EventRequest<'a>, ApiError>>),
+    Batch(Vec<EventRequest<'a>>),
 }
 
 /// An event's answer: its position, or why it was not published.
@@ -114,7 +114,7 @@ pub(super) async fn publish(
     };
     match request {
         PublishRequest::One(event) => {
-            let pending = submit(&node, &api, &caller, Ok(&event)).await;
+            let pending = submit(&node, &api, &caller, &event).await;
             match resolve(&node, pending).await {
                 Ok(receipt) => Json(EventResult::Stored {
                     id: event.id.as_deref(),
@@ -129,7 +129,6 @@ pub(super) async fn publish(
             // Submitted in order before any answer is awaited, so they keep their order.
             let mut pending = Vec::with_capacity(events.len());
             for event in &events {
-                let event = event.as_ref().map_err(Clone::clone);
                 pending.push(submit(&node, &api, &caller, event).await);
             }
             let mut outcomes = Vec::with_capacity(pending.len());
@@ -140,7 +139,7 @@ pub(super) async fn publish(
                 .iter()
                 .zip(&outcomes)
                 .map(|(event, outcome)| {
-                    let id = event.as_ref().ok().and_then(|e| e.id.as_deref());
+                    let id = event.id.as_deref();
                     match outcome {
                         Ok(receipt) => EventResult::Stored {
                             id,
@@ -214,12 +213,14 @@ fn read_request(text: &str) -> Result<PublishRequest<'_>, ApiError> {
     }
     let events = events
         .into_iter()
-        .map(|event| {
+        .enumerate()
+        .map(|(i, event)| {
             serde_json::from_str::<Fields<'_>>(event.get())
                 .map_err(|_| invalid("an event must be an object with `topic` and `data`"))
                 .and_then(|fields| read_event(&fields))
+                .map_err(|err| invalid(format!("events[{i}]: {}", err.message)))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     Ok(PublishRequest::Batch(events))
 }
 
@@ -251,12 +252,8 @@ async fn submit(
     node: &Arc<NodeState>,
     api: &HttpApi,
     caller: &Caller,
-    event: Result<&EventRequest<'_>, ApiError>,
+    event: &EventRequest<'_>,
 ) -> Pending {
-    let event = match event {
-        Ok(event) => event,
-        Err(err) => return Pending::Refused(err),
-    };
     let settings = &node.settings;
     if event
         .id
@@ -356,17 +353,17 @@ mod tests {
         assert_eq!(event.data.get(), r#"{"x":[1,2.50]}"#, "data kept as sent");
         assert_eq!(event.id.as_deref(), Some("k1"));
 
-        let Ok(PublishRequest::Batch(events)) = read_request(
-            r#"{"events":[{"topic":"a","data":null},{"data":1},7,{"topic":"b","data":"x","id":3}]}"#,
-        ) else {
+        let Ok(PublishRequest::Batch(events)) =
+            read_request(r#"{"events":[{"topic":"a","data":null},{"topic":"b*","data":1}]}"#)
+        else {
             panic!("a batch");
         };
-        assert_eq!(events.len(), 4);
-        assert!(events[0].as_ref().is_ok_and(|e| e.data.get() == "null"));
-        for refused in &events[1..] {
-            let code = refused.as_ref().err().map(|e| e.code);
-            assert_eq!(code, Some("invalid_request"));
-        }
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].data.get(), "null");
+        assert_eq!(
+            events[1].topic, "b*",
+            "its topic is checked when it is published"
+        );
 
         let code = |body: &str| read_request(body).err().map(|e| (e.code, e.status));
         let bad = Some(("invalid_request", StatusCode::BAD_REQUEST));
@@ -380,6 +377,16 @@ mod tests {
         assert_eq!(code(r#"{"events":[],"topic":"a","data":1}"#), bad);
         assert_eq!(code(r#"{"topic":"a"}"#), bad);
         assert_eq!(code(r#"{"topic":1,"data":1}"#), bad);
+        for malformed in [r#"{"data":1}"#, "7", r#"{"topic":"b","data":"x","id":3}"#] {
+            let body = format!(r#"{{"events":[{{"topic":"a","data":1}},{malformed}]}}"#);
+            let refused = read_request(&body).err();
+            assert!(
+                refused.is_some_and(
+                    |e| e.code == "invalid_request" && e.message.starts_with("events[1]: ")
+                ),
+                "{malformed}: the whole batch is refused, naming the event"
+            );
+        }
         let many = format!(
             r#"{{"events":[{}]}}"#,
             vec![r#"{"topic":"a","data":1}"#; MAX_BATCH_EVENTS + 1].join(",")
