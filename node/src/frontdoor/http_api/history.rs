@@ -137,14 +137,21 @@ async fn serve(
 
 /// `earliest` (the default) or a cursor `{"epoch":"E","seq":N}`.
 fn parse_from(from: Option<&str>) -> Result<ResumeFrom, ApiError> {
-    let usage = "`from` is `earliest` or a cursor {\"epoch\":\"…\",\"seq\":N} (URL-encoded)";
+    let usage = "`from` is `earliest` or a cursor {\"epoch\":\"…\",\"seq\":N} (JSON, URL-encoded)";
     match from.map(str::trim) {
-        None | Some("earliest") => Ok(ResumeFrom::Earliest),
+        // Bare, or as the JSON string the OpenAPI document describes.
+        None | Some("earliest" | "\"earliest\"") => Ok(ResumeFrom::Earliest),
         Some(text) if text.starts_with('{') => {
             let cursor: CursorJson =
                 serde_json::from_str(text).map_err(|err| invalid(format!("{usage}: {err}")))?;
             if cursor.epoch.is_empty() {
                 return Err(invalid("a cursor's `epoch` must not be empty"));
+            }
+            if cursor.seq > Cursor::MAX_SEQ {
+                return Err(invalid(format!(
+                    "a cursor's `seq` is at most {}",
+                    Cursor::MAX_SEQ
+                )));
             }
             Ok(ResumeFrom::Cursor(Cursor {
                 epoch: cursor.epoch,
@@ -233,6 +240,7 @@ mod tests {
     fn from_is_earliest_or_a_cursor_and_limit_is_bounded() {
         assert_eq!(parse_from(None), Ok(ResumeFrom::Earliest));
         assert_eq!(parse_from(Some("earliest")), Ok(ResumeFrom::Earliest));
+        assert_eq!(parse_from(Some("\"earliest\"")), Ok(ResumeFrom::Earliest));
         assert_eq!(
             parse_from(Some(r#"{"epoch":"e1","seq":4}"#)),
             Ok(ResumeFrom::Cursor(Cursor {
@@ -245,6 +253,7 @@ mod tests {
             r#"{"epoch":"","seq":1}"#,
             r#"{"epoch":"e"}"#,
             r#"{"epoch":"e","seq":-1}"#,
+            r#"{"epoch":"e","seq":18446744073709551615}"#,
             "e:1",
         ] {
             assert_eq!(
