@@ -28,6 +28,31 @@ fn error_code(answer: &Answer) -> &str {
     answer.body["error"]["code"].as_str().unwrap_or("")
 }
 
+/// A raw HTTP/1.1 request (for headers the API client does not send); the status and body.
+async fn raw_request(node: &RunningNode, head: &str, body: &str) -> anyhow::Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(node.local_addr()).await?;
+    let request = format!(
+        "{head}\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        node.local_addr(),
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await??;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
 fn history_query(topic: &str, from: &Value, limit: usize) -> String {
     let from = match from {
         Value::String(s) => s.clone(),
@@ -132,6 +157,28 @@ async fn published_over_http_one_event_and_a_batch_reach_websocket_subscribers()
     assert_eq!(
         (wildcard.status, error_code(&wildcard)),
         (400, "invalid_topic")
+    );
+    // Browsers: pages of other origins are refused; a form post is not JSON.
+    let event = r#"{"topic":"orders.a","data":1}"#;
+    let (status, body) = raw_request(
+        &node,
+        "POST /v1/publish HTTP/1.1\r\nContent-Type: application/json\r\nOrigin: https://elsewhere.example",
+        event,
+    )
+    .await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let (status, body) = raw_request(
+        &node,
+        "POST /v1/publish HTTP/1.1\r\nContent-Type: text/plain",
+        event,
+    )
+    .await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (415, Some("invalid_request"))
     );
     let unknown = client.get("/v1/nothing-here").await?;
     assert_eq!((unknown.status, error_code(&unknown)), (404, "not_found"));

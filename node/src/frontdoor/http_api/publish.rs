@@ -88,25 +88,19 @@ pub(super) async fn publish(
         return err.into_response();
     }
     let max = node.settings.max_frame_bytes;
-    let bytes = match axum::body::to_bytes(body, max).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            return ApiError::from_code(
-                ErrorCode::FrameTooLarge.as_str(),
-                format!("the request body is over max_frame_bytes ({max} bytes), or was cut off"),
-            )
-            .into_response();
-        }
+    let Ok(bytes) = axum::body::to_bytes(body, max).await else {
+        return ApiError::from_code(
+            ErrorCode::FrameTooLarge.as_str(),
+            format!("the request body is over max_frame_bytes ({max} bytes), or was cut off"),
+        )
+        .into_response();
     };
-    let text = match std::str::from_utf8(&bytes) {
-        Ok(text) => text,
-        Err(_) => {
-            return ApiError::from_code(
-                ErrorCode::InvalidJson.as_str(),
-                "the request body is not UTF-8 text",
-            )
-            .into_response();
-        }
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return ApiError::from_code(
+            ErrorCode::InvalidJson.as_str(),
+            "the request body is not UTF-8 text",
+        )
+        .into_response();
     };
     let request = match read_request(text) {
         Ok(request) => request,
