@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-http-schema lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ fuzz-smoke: ## Each fuzz target for ~30 s (about 2 min once built); fails on any
 
 test: ## Run the whole test suite (unit, integration, CLI)
 	$(CARGO) nextest run --workspace --all-targets $(NEXTEST_ARGS)
+
+test-http-schema: ## schemathesis (pinned, venv in target/) against a node's /v1/openapi.json, auth off and on, 20 cases per operation (~1 min once installed)
+	tests/http/schemathesis.sh
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check

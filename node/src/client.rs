@@ -341,6 +341,56 @@ impl ResumeCursor {
         }
     }
 
+    /// Where a subscription on `pattern` starts, as `murmur sub --from` takes it: `latest`
+    /// (nothing before now), `earliest` (everything retained), or a `from` of the protocol in
+    /// JSON — a cursor `{"epoch":…,"seq":…}` (exact topics) or `{"topics":{…},"since":…}`.
+    /// Returns the `from` to send first (None: latest) and the cursor that carries on from
+    /// it when the subscription resumes.
+    pub fn from_start(
+        start: &str,
+        pattern: &str,
+        now_ms: i64,
+    ) -> Result<(Option<Value>, Self), String> {
+        let usage = "--from is latest, earliest, {\"epoch\":\"…\",\"seq\":N} (an exact topic) \
+                     or {\"topics\":{…},\"since\":MS}";
+        match start.trim() {
+            "latest" => return Ok((None, Self::starting_at(now_ms))),
+            // Since the beginning of time: a resume then asks for every topic not seen yet.
+            "earliest" => return Ok((Some(json!("earliest")), Self::starting_at(0))),
+            _ => {}
+        }
+        let from: Value = serde_json::from_str(start).map_err(|e| format!("{usage}: {e}"))?;
+        let cursor = |value: &Value| -> Result<(String, u64), String> {
+            match (value["epoch"].as_str(), value["seq"].as_u64()) {
+                (Some(epoch), Some(seq)) if !epoch.is_empty() => Ok((epoch.to_owned(), seq)),
+                _ => Err(format!(
+                    "{usage}: a cursor needs a non-empty `epoch` and a `seq` ≥ 0"
+                )),
+            }
+        };
+        let mut start_cursor = Self::starting_at(now_ms);
+        if let Some(topics) = from.get("topics") {
+            let topics = topics.as_object().ok_or_else(|| usage.to_owned())?;
+            for (topic, position) in topics {
+                start_cursor.topics.insert(topic.clone(), cursor(position)?);
+            }
+            start_cursor.since = match from.get("since") {
+                None => 0,
+                Some(since) => since.as_i64().ok_or_else(|| usage.to_owned())?,
+            };
+        } else {
+            if crate::routing::topic::is_wildcard(pattern) {
+                return Err(format!(
+                    "{usage}: a single cursor resumes an exact topic, not the pattern `{pattern}`"
+                ));
+            }
+            start_cursor
+                .topics
+                .insert(pattern.to_owned(), cursor(&from)?);
+        }
+        Ok((Some(from), start_cursor))
+    }
+
     /// Takes note of an event or gap frame. Returns false for an event already seen (a
     /// duplicate), which the caller should skip.
     pub fn observe(&mut self, frame: &Value) -> bool {
@@ -425,6 +475,31 @@ mod tests {
         );
         assert_eq!(cursor.to_from("a.x"), json!({"epoch": "e", "seq": 9}));
         assert!(cursor.observe(&event("a.x", 10, 300)));
+    }
+
+    #[test]
+    fn sub_from_starts_and_then_resumes_from_its_cursor() {
+        let (from, cursor) = ResumeCursor::from_start("latest", "a.*", 100).unwrap();
+        assert_eq!(
+            (from, cursor.to_from("a.*")),
+            (None, json!({"topics": {}, "since": 100}))
+        );
+        let (from, cursor) = ResumeCursor::from_start("earliest", "a.*", 100).unwrap();
+        assert_eq!(from, Some(json!("earliest")));
+        assert_eq!(cursor.to_from("a.*"), json!({"topics": {}, "since": 0}));
+        let exact = r#"{"epoch":"e","seq":4}"#;
+        let (from, cursor) = ResumeCursor::from_start(exact, "a.x", 100).unwrap();
+        assert_eq!(from, Some(json!({"epoch": "e", "seq": 4})));
+        assert_eq!(cursor.to_from("a.x"), json!({"epoch": "e", "seq": 4}));
+        let topics = r#"{"topics":{"a.x":{"epoch":"e","seq":4}},"since":50}"#;
+        let (_, cursor) = ResumeCursor::from_start(topics, "a.*", 100).unwrap();
+        assert_eq!(
+            cursor.to_from("a.*"),
+            json!({"topics": {"a.x": {"epoch": "e", "seq": 4}}, "since": 50})
+        );
+        for bad in ["soon", exact, r#"{"epoch":"","seq":1}"#, r#"{"topics":[]}"#] {
+            assert!(ResumeCursor::from_start(bad, "a.*", 100).is_err(), "{bad}");
+        }
     }
 
     #[tokio::test]

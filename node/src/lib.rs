@@ -13,6 +13,7 @@
 //! - [`limits`]: rate limiters for log lines and publishes;
 //! - [`tls_files`]: certificates and keys read from PEM files.
 
+pub mod api_client;
 pub mod auth;
 pub mod broker;
 pub mod client;

@@ -50,6 +50,36 @@ enum Command {
         /// Exit after this many events.
         #[arg(long)]
         count: Option<u64>,
+        /// Where to start: `latest` (events from now on), `earliest` (every retained event
+        /// first), or a cursor `{"epoch":"…","seq":N}` (an exact topic; `murmur history`
+        /// prints where it ended) or `{"topics":{…},"since":MS}` (a pattern).
+        #[arg(long, default_value = "latest", value_name = "START")]
+        from: String,
+    },
+    /// Print a topic's retained events, one JSON line each on stdout, read page by page from
+    /// the node's HTTP API (any node of the cluster); gaps go to stderr, then the cursor to
+    /// continue from (`next`).
+    History {
+        /// A topic (no wildcards).
+        topic: String,
+        /// `earliest` (every retained event) or a cursor `{"epoch":"…","seq":N}`: the events
+        /// after it.
+        #[arg(long, default_value = "earliest", value_name = "START")]
+        from: String,
+        /// Print at most this many events [default: all retained].
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The node's client port (http:// or https://; its ws:// URL works too).
+        #[arg(long, env = "MURMUR_URL", default_value = murmur::api_client::DEFAULT_API_URL)]
+        url: String,
+        /// PEM file of the CA that signed the node's certificate, for https:// URLs [default:
+        /// the system's root certificates].
+        #[arg(long, env = "MURMUR_CA", value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// A client token (JWT) for nodes with `auth = token`; it needs `sub` and `history`
+        /// permission for the topic.
+        #[arg(long, env = "MURMUR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Show the cluster as a node sees it: every member, its state and addresses.
     Members {
@@ -221,9 +251,15 @@ fn main() -> anyhow::Result<()> {
             token,
             group,
             count,
+            from,
         } => {
             init_logging("warn", LogFormat::Human)?;
             let tls = tls_for(&url, ca.as_deref())?;
+            let start = ResumeCursor::from_start(&from, &topic, murmur::broker::now_ms())
+                .map_err(anyhow::Error::msg)?;
+            if group.is_some() && start.0.is_some() {
+                bail!("a queue-group member cannot start from history: drop --from or --group");
+            }
             runtime.block_on(sub(
                 &url,
                 tls,
@@ -231,7 +267,19 @@ fn main() -> anyhow::Result<()> {
                 &topic,
                 group.as_deref(),
                 count,
+                start,
             ))
+        }
+        Command::History {
+            topic,
+            from,
+            limit,
+            url,
+            ca,
+            token,
+        } => {
+            init_logging("warn", LogFormat::Human)?;
+            runtime.block_on(history(&url, ca.as_deref(), token, &topic, &from, limit))
         }
         Command::Members { url, json } => {
             init_logging("warn", LogFormat::Human)?;
@@ -324,11 +372,11 @@ async fn sub(
     topic: &str,
     group: Option<&str>,
     count: Option<u64>,
+    (start, mut cursor): (Option<serde_json::Value>, ResumeCursor),
 ) -> anyhow::Result<()> {
     if urls.is_empty() {
         bail!("give at least one --url");
     }
-    let mut cursor = ResumeCursor::starting_at(murmur::broker::now_ms());
     let mut received = 0u64;
     let mut attempt = 0usize;
     let mut backoff = std::time::Duration::from_millis(100);
@@ -337,7 +385,11 @@ async fn sub(
         let url = &urls[attempt % urls.len()];
         attempt += 1;
         // A queue group shares live work: a member has nothing of its own to resume.
-        let from = (resuming && group.is_none()).then(|| cursor.to_from(topic));
+        let from = if resuming {
+            group.is_none().then(|| cursor.to_from(topic))
+        } else {
+            start.clone()
+        };
         let connected = async {
             let mut client = Client::connect_with(url, tls.clone()).await?;
             if let Some(token) = token {
@@ -365,6 +417,45 @@ async fn sub(
             Err(err) => eprintln!("{url}: {err}; reconnecting"),
         }
     }
+}
+
+/// `murmur history`: every retained event of `topic` from `from` (or `limit` of them) as
+/// JSON lines; gaps and the cursor to continue from on stderr.
+async fn history(
+    url: &str,
+    ca: Option<&Path>,
+    token: Option<String>,
+    topic: &str,
+    from: &str,
+    limit: Option<usize>,
+) -> anyhow::Result<()> {
+    let from = match from.trim() {
+        "earliest" => json!("earliest"),
+        cursor => serde_json::from_str(cursor).map_err(|e| {
+            anyhow::anyhow!("--from is `earliest` or a cursor {{\"epoch\":\"…\",\"seq\":N}}: {e}")
+        })?,
+    };
+    let client = murmur::api_client::ApiClient::new(url, token, ca)?;
+    let mut stdout = std::io::stdout().lock();
+    let mut printed = 0usize;
+    let next = client
+        .read_history(topic, from, limit, |item| match item {
+            murmur::api_client::HistoryItem::Event(event) => {
+                printed += 1;
+                writeln!(stdout, "{event}")
+            }
+            murmur::api_client::HistoryItem::Gap(gap) => {
+                eprintln!("gap: {gap}");
+                Ok(())
+            }
+        })
+        .await?;
+    stdout.flush()?;
+    match next {
+        Some(next) => eprintln!("{printed} events of {topic}; next: {next}"),
+        None => eprintln!("{printed} events of {topic}"),
+    }
+    Ok(())
 }
 
 /// Prints events until `count` is reached (Ok) or the connection fails (Err).

@@ -326,6 +326,8 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+mod listing;
+
 #[cfg(test)]
 mod forget_tests;
 #[cfg(test)]

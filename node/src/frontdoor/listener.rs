@@ -229,7 +229,7 @@ impl ConnectionLimiter {
 }
 
 /// IPv6 clients usually hold a whole /64: they are counted per /64.
-fn address_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let s = v6.segments();

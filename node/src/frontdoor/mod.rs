@@ -1,7 +1,8 @@
 //! The front door: the client port and the admin port.
 //!
 //! The client port ([`router`], `listen`, optionally TLS): `GET /ws` upgrades to a WebSocket;
-//! each connection is then served by its own task ([`session`]). `GET /healthz` answers 200
+//! each connection is then served by its own task ([`session`]). `/v1/…` is the HTTP API for
+//! backends ([`http_api`]: publish, history, topics, its OpenAPI document). `GET /healthz` answers 200
 //! while the process serves; `GET /readyz` answers 200 once the node has joined the cluster
 //! and is linked to every live peer, and 503 (with the reason) before that and once it is
 //! draining.
@@ -12,6 +13,7 @@
 //!
 //! Both are served by [`listener`]: connection limits, the handshake deadline, TLS.
 
+pub mod http_api;
 pub mod listener;
 pub mod origin;
 pub mod session;
@@ -37,12 +39,13 @@ use crate::protocol::Format;
 pub const SUBPROTOCOL_JSON: &str = "murmur.v1.json";
 pub const SUBPROTOCOL_PROTOBUF: &str = "murmur.v1.protobuf";
 
-/// The client port: the WebSocket endpoint and the health checks, nothing else.
+/// The client port: the WebSocket endpoint, the HTTP API for backends and the health checks.
 pub fn router(state: Arc<NodeState>) -> Router {
     Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(http_api::routes(&state))
         .with_state(state)
 }
 

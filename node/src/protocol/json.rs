@@ -240,11 +240,14 @@ fn parse_cursor(value: &Value) -> Result<Cursor, String> {
     let epoch = value.get("epoch").and_then(Value::as_str);
     let seq = value.get("seq").and_then(Value::as_u64);
     match (epoch, seq) {
-        (Some(epoch), Some(seq)) if !epoch.is_empty() => Ok(Cursor {
+        (Some(epoch), Some(seq)) if !epoch.is_empty() && seq <= Cursor::MAX_SEQ => Ok(Cursor {
             epoch: epoch.to_owned(),
             seq,
         }),
-        _ => Err("a cursor is {\"epoch\": non-empty string, \"seq\": non-negative integer}".into()),
+        _ => Err(format!(
+            "a cursor is {{\"epoch\": non-empty string, \"seq\": integer from 0 to {}}}",
+            Cursor::MAX_SEQ
+        )),
     }
 }
 
@@ -366,6 +369,18 @@ pub fn encode_event(sub: &str, event: &Event, delivery: Option<&Delivery>) -> St
     let mut out = String::with_capacity(exact + spare);
     append_event(&mut out, sub, event, delivery);
     out
+}
+
+/// Appends `event` to `out` as a JSON object without `op` and `sub` — `{"topic":…,"epoch":…,
+/// "seq":…,"data":…,"ts":…}`, with `"encoding":"base64"` for binary data — the form the HTTP
+/// API's history returns. The fields are the shared part of every `event` frame.
+pub fn append_event_object(out: &mut String, event: &Event) {
+    let tail = event.json_tail.get_or_init(|| event_tail(event));
+    // The tail starts with the comma that follows `sub` in a frame.
+    out.reserve(tail.len() + 1);
+    out.push('{');
+    out.push_str(tail.strip_prefix(',').unwrap_or(tail));
+    out.push('}');
 }
 
 /// Appends one `event` object (as [`encode_event`] writes it) to `out`.
@@ -523,6 +538,17 @@ mod tests {
         let bad = err(r#"{"op":"sub","id":"s","topic":"a","from":{"epoch":1}}"#);
         assert_eq!(bad.code, ErrorCode::InvalidRequest);
         assert_eq!(bad.reference.as_deref(), Some("s"));
+        // Found by schemathesis through the HTTP API: the position after this cursor does
+        // not exist, and computing it panicked the replay.
+        let past_the_end = err(
+            r#"{"op":"sub","id":"s","topic":"a","from":{"epoch":"e","seq":18446744073709551615}}"#,
+        );
+        assert_eq!(past_the_end.code, ErrorCode::InvalidRequest);
+        let largest = format!(
+            r#"{{"op":"sub","id":"s","topic":"a","from":{{"epoch":"e","seq":{}}}}}"#,
+            Cursor::MAX_SEQ
+        );
+        assert!(matches!(from(&largest), ResumeFrom::Cursor(c) if c.seq == Cursor::MAX_SEQ));
     }
 
     #[test]

@@ -138,6 +138,12 @@ pub struct Cursor {
     pub seq: u64,
 }
 
+impl Cursor {
+    /// The largest `seq` a cursor may carry: far beyond any topic's sequence, and low enough
+    /// that the position after it (`seq + 1`, where a replay or a gap starts) exists.
+    pub const MAX_SEQ: u64 = i64::MAX as u64;
+}
+
 /// What a client asked for in `hello` to get batch frames; `None` is the node's default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BatchRequest {

@@ -80,11 +80,15 @@ pub fn decode(frame: Bytes) -> Result<Request, RequestError> {
                         }
                     }
                 }
-                Some(pb::resume_from::Point::Cursor(c)) if !c.epoch.is_empty() => {
+                Some(pb::resume_from::Point::Cursor(c))
+                    if !c.epoch.is_empty() && c.seq <= Cursor::MAX_SEQ =>
+                {
                     ResumeFrom::Cursor(cursor(c))
                 }
                 Some(pb::resume_from::Point::Topics(t))
-                    if t.topics.values().all(|c| !c.epoch.is_empty()) =>
+                    if t.topics
+                        .values()
+                        .all(|c| !c.epoch.is_empty() && c.seq <= Cursor::MAX_SEQ) =>
                 {
                     ResumeFrom::Topics {
                         topics: t.topics.into_iter().map(|(k, c)| (k, cursor(c))).collect(),
@@ -95,7 +99,10 @@ pub fn decode(frame: Bytes) -> Result<Request, RequestError> {
                     return Err(RequestError::new(
                         Some(&id),
                         ErrorCode::InvalidRequest,
-                        "a cursor needs a non-empty epoch",
+                        format!(
+                            "a cursor needs a non-empty epoch and a seq of at most {}",
+                            Cursor::MAX_SEQ
+                        ),
                     ));
                 }
             };
