@@ -66,7 +66,8 @@ export class MurmurNode {
       gossip: await freeUdpPort(),
       quic: await freeUdpPort(),
     };
-    return new MurmurNode(name, ports, seedGossip ?? ports.gossip, extraArgs, logDir);
+    // The first node has no seed: seeded with itself it would wait for an answer first.
+    return new MurmurNode(name, ports, seedGossip ?? null, extraArgs, logDir);
   }
 
   start() {
@@ -78,7 +79,7 @@ export class MurmurNode {
       "--admin-listen", `127.0.0.1:${this.admin}`,
       "--gossip", `127.0.0.1:${this.gossip}`,
       "--quic", `127.0.0.1:${this.quic}`,
-      "--seeds", `127.0.0.1:${this.seed}`,
+      ...(this.seed === null ? [] : ["--seeds", `127.0.0.1:${this.seed}`]),
       "--shutdown-grace", "3s",
       ...this.extraArgs,
     ];
