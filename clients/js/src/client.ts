@@ -230,6 +230,12 @@ export class Client extends Emitter<ClientEvents> {
       const timer = setTimeout(() => {
         settle.onLost = () => {};
         settle.onReply = () => {};
+        const waiting = this.#pending.get(ref);
+        const at = waiting?.indexOf(settle) ?? -1;
+        if (waiting && at >= 0) {
+          waiting.splice(at, 1);
+          if (waiting.length === 0) this.#pending.delete(ref);
+        }
         if (queued) {
           const at = this.#outbox.indexOf(queued);
           if (at >= 0) this.#outbox.splice(at, 1);
