@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-http-schema lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-http-schema lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -67,8 +67,13 @@ fuzz: ## cargo fuzz every decoder (JSON, protobuf, peer frames, gossip envelope)
 fuzz-smoke: ## Each fuzz target for ~30 s (about 2 min once built); fails on any crash, panic, timeout or OOM
 	FUZZ_SECONDS=30 fuzz/run.sh smoke
 
-test: ## Run the whole test suite (unit, integration, CLI)
+test: ## Run the whole test suite (unit, integration, CLI), then the JS client's (test-js)
 	$(CARGO) nextest run --workspace --all-targets $(NEXTEST_ARGS)
+	$(MAKE) test-js
+
+test-js: ## The JS client in clients/js: npm ci, tsc build, node --test (fake-node unit tests, 3 real nodes from target/debug/murmur)
+	$(CARGO) build -p murmur
+	cd clients/js && npm ci --no-audit --no-fund && npm test
 
 test-http-schema: ## schemathesis (pinned, venv in target/) against a node's /v1/openapi.json, auth off and on, 20 cases per operation (~1 min once installed)
 	tests/http/schemathesis.sh
