@@ -208,6 +208,48 @@ async fn connections_beyond_max_connections_are_refused_with_503() -> TestResult
     Ok(())
 }
 
+/// Sockets that never send a byte used to hold every place until `handshake_timeout` and
+/// keep real clients out for that long. At capacity, a new client now takes the place of
+/// the oldest silent socket (one that sent nothing for a second or more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_give_their_places_to_real_clients_when_the_node_is_full() -> TestResult {
+    let node = start_node(|s| {
+        s.max_connections = 10;
+        s.handshake_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        silent.push(TcpStream::connect(node.local_addr()).await?);
+    }
+    // Right away, the silent sockets are young: a newcomer is refused, not let in by
+    // pushing out a client that may be about to speak.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _) = upgrade(&ws_url(&node), None).await?.unwrap_err();
+    assert_eq!(status, 503);
+    tokio::time::sleep(murmur::frontdoor::listener::EVICT_AFTER).await;
+    let started = tokio::time::Instant::now();
+    let (mut client, welcome) = WsClient::connect_json(&node).await?;
+    assert_eq!(welcome["op"], "welcome");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "let in at once, not after handshake_timeout"
+    );
+    client.ping("in").await?;
+    // The oldest silent socket was closed for it.
+    let closed = time_until_closed(&mut silent[0], started, Duration::from_secs(5)).await;
+    assert!(closed < Duration::from_secs(5));
+    assert_eq!(
+        metric(
+            &node,
+            r#"murmur_connections_refused_total{reason="idle_evicted"}"#
+        )
+        .await,
+        1.0
+    );
+    Ok(())
+}
+
 /// Upgrades from a chosen local address (any of 127.0.0.0/8 reaches the node).
 async fn upgrade_from(source: &str, node: &murmur::RunningNode) -> anyhow::Result<Option<u16>> {
     let socket = tokio::net::TcpSocket::new_v4()?;

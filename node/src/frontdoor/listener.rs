@@ -12,6 +12,12 @@
 //! A connection that has not sent a complete request within `handshake_timeout` of its
 //! accept (TLS handshake included) is closed; one that has, but has not upgraded by then, is
 //! closed once its request is answered. Only WebSockets outlive the deadline.
+//!
+//! Sockets that never send anything would otherwise hold the admitted places until their
+//! deadline, and a flood of them would keep every real client out for that long. So when
+//! the admitted places are all taken, a new connection takes the place of the oldest one
+//! that has not sent a complete request for at least [`EVICT_AFTER`]: that one is closed
+//! (counted as refused with reason `idle_evicted`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -47,6 +53,10 @@ const FINISH_AFTER_DEADLINE: Duration = Duration::from_secs(5);
 /// After an accept error (out of file descriptors, say), wait this long before the next
 /// accept: the pending connection stays in the backlog and would fail again at once.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// A connection still without a complete request after this long may give its place to a
+/// new one when the node is full. Real clients send their request within milliseconds of
+/// connecting; this keeps a burst of them (a reconnect storm) from pushing each other out.
+pub const EVICT_AFTER: Duration = Duration::from_secs(1);
 /// At most one line per this interval for each kind of repeated listener trouble.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -151,6 +161,18 @@ struct Counts {
     open: usize,
     admitted: usize,
     by_address: HashMap<IpAddr, usize>,
+    /// Admitted connections without a complete request yet, oldest (lowest id) first.
+    waiting: std::collections::BTreeMap<u64, WaitingConnection>,
+    next_id: u64,
+}
+
+/// An admitted connection that has not sent a complete request yet.
+#[derive(Debug)]
+struct WaitingConnection {
+    accepted: Instant,
+    address: IpAddr,
+    admitted: Arc<std::sync::atomic::AtomicBool>,
+    evict: CancellationToken,
 }
 
 /// The connection counts of one listener.
@@ -160,6 +182,7 @@ pub struct ConnectionLimiter {
     counts: Mutex<Counts>,
     freed: Notify,
     sockets: Gauge,
+    metrics: ListenerMetrics,
 }
 
 impl ConnectionLimiter {
@@ -169,6 +192,7 @@ impl ConnectionLimiter {
             counts: Mutex::default(),
             freed: Notify::new(),
             sockets: metrics.sockets.clone(),
+            metrics: metrics.clone(),
         })
     }
 
@@ -178,26 +202,74 @@ impl ConnectionLimiter {
 
     /// Counts a connection just accepted from `ip` and decides whether it may upgrade.
     fn open(self: &Arc<Self>, ip: IpAddr) -> ConnectionSlot {
+        self.open_at(ip, Instant::now())
+    }
+
+    fn open_at(self: &Arc<Self>, ip: IpAddr, now: Instant) -> ConnectionSlot {
         let address = address_key(ip);
         let mut counts = self.counts.lock();
         counts.open += 1;
+        counts.next_id += 1;
+        let id = counts.next_id;
         let from_address = counts.by_address.get(&address).copied().unwrap_or(0);
+        let per_ip_full = self.caps.per_ip != 0 && from_address >= self.caps.per_ip;
+        if counts.admitted >= self.caps.admitted && !per_ip_full {
+            self.evict_oldest_waiting(&mut counts, now);
+        }
         let refusal = if counts.admitted >= self.caps.admitted {
             Some(Refusal::MaxConnections)
-        } else if self.caps.per_ip != 0 && from_address >= self.caps.per_ip {
+        } else if per_ip_full {
             Some(Refusal::MaxConnectionsPerIp)
         } else {
             counts.admitted += 1;
             *counts.by_address.entry(address).or_default() += 1;
             None
         };
+        let admitted = Arc::new(std::sync::atomic::AtomicBool::new(refusal.is_none()));
+        let evict = CancellationToken::new();
+        if refusal.is_none() {
+            counts.waiting.insert(
+                id,
+                WaitingConnection {
+                    accepted: now,
+                    address,
+                    admitted: admitted.clone(),
+                    evict: evict.clone(),
+                },
+            );
+        }
         drop(counts);
         self.sockets.inc();
         ConnectionSlot {
             limiter: self.clone(),
+            id,
             address,
             refusal,
+            admitted,
+            evict,
         }
+    }
+
+    /// Closes the oldest admitted connection that has sent no complete request for
+    /// [`EVICT_AFTER`], and frees its place at once.
+    fn evict_oldest_waiting(&self, counts: &mut Counts, now: Instant) {
+        let Some(entry) = counts.waiting.first_entry() else {
+            return;
+        };
+        if now.saturating_duration_since(entry.get().accepted) < EVICT_AFTER {
+            return;
+        }
+        let victim = entry.remove();
+        victim.admitted.store(false, Ordering::Relaxed);
+        victim.evict.cancel();
+        counts.admitted -= 1;
+        if let Some(n) = counts.by_address.get_mut(&victim.address) {
+            *n -= 1;
+            if *n == 0 {
+                counts.by_address.remove(&victim.address);
+            }
+        }
+        self.metrics.count_refusal("idle_evicted");
     }
 
     fn is_full(&self) -> bool {
@@ -243,15 +315,28 @@ pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
 #[derive(Debug)]
 struct ConnectionSlot {
     limiter: Arc<ConnectionLimiter>,
+    id: u64,
     address: IpAddr,
     refusal: Option<Refusal>,
+    /// Whether this connection still holds an admitted place (an evicted one gave it up).
+    admitted: Arc<std::sync::atomic::AtomicBool>,
+    /// Cancelled when the connection is evicted for another.
+    evict: CancellationToken,
+}
+
+impl ConnectionSlot {
+    /// The connection sent a complete request: it may no longer be evicted.
+    fn settle(&self) {
+        self.limiter.counts.lock().waiting.remove(&self.id);
+    }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let mut counts = self.limiter.counts.lock();
         counts.open -= 1;
-        if self.refusal.is_none() {
+        counts.waiting.remove(&self.id);
+        if self.admitted.load(Ordering::Relaxed) {
             counts.admitted -= 1;
             if let Some(n) = counts.by_address.get_mut(&self.address) {
                 *n -= 1;
@@ -413,7 +498,16 @@ async fn handle(tcp: TcpStream, tls: Option<Arc<ClientTls>>, served: Served) {
     let Some(tls) = tls else {
         return serve_http(tcp, served).await;
     };
-    match tokio::time::timeout_at(served.deadline, tls.acceptor().accept(tcp)).await {
+    let evicted = served.connection.slot.evict.clone();
+    let handshake = tokio::time::timeout_at(served.deadline, tls.acceptor().accept(tcp));
+    let finished = tokio::select! {
+        finished = handshake => finished,
+        () = evicted.cancelled() => {
+            tracing::debug!(peer = %served.peer, "evicted during its TLS handshake: the node is full");
+            return;
+        }
+    };
+    match finished {
         Ok(Ok(stream)) => serve_http(stream, served).await,
         Ok(Err(err)) => {
             served.metrics.tls_handshake_failures.inc();
@@ -440,7 +534,9 @@ where
     } = served;
     let for_requests = connection.clone();
     let service = hyper::service::service_fn(move |mut request| {
-        for_requests.requests.fetch_add(1, Ordering::Relaxed);
+        if for_requests.requests.fetch_add(1, Ordering::Relaxed) == 0 {
+            for_requests.slot.settle();
+        }
         request.extensions_mut().insert(ConnectInfo(peer));
         request.extensions_mut().insert(for_requests.clone());
         tower_service::Service::call(&mut router.clone(), request)
@@ -454,8 +550,13 @@ where
     tokio::pin!(served);
     let mut stop_at = deadline;
     let mut closing = false;
+    let evicted = connection.slot.evict.clone();
     loop {
         tokio::select! {
+            () = evicted.cancelled() => {
+                tracing::debug!(%peer, "evicted: no complete request, and the node is full");
+                return;
+            }
             result = served.as_mut() => {
                 if let Err(err) = result {
                     tracing::debug!(%peer, %err, "HTTP connection ended with an error");
@@ -544,6 +645,48 @@ mod tests {
         let counts = limiter.counts.lock();
         assert_eq!((counts.open, counts.admitted), (0, 0));
         assert!(counts.by_address.is_empty(), "no address kept once gone");
+    }
+
+    #[test]
+    fn a_full_node_evicts_the_oldest_silent_connection_for_a_new_one() {
+        let caps = ConnectionCaps {
+            admitted: 2,
+            per_ip: 0,
+            open: 10,
+        };
+        let metrics = ListenerMetrics::default();
+        let limiter = ConnectionLimiter::new(caps, &metrics);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let start = Instant::now();
+        let talker = limiter.open_at(ip, start);
+        let silent = limiter.open_at(ip, start);
+        talker.settle();
+        // Too young to evict: a burst of real clients must not push each other out.
+        let early = limiter.open_at(ip, start + EVICT_AFTER / 2);
+        assert_eq!(early.refusal, Some(Refusal::MaxConnections));
+        assert!(!silent.evict.is_cancelled());
+        let late = limiter.open_at(ip, start + EVICT_AFTER * 2);
+        assert_eq!(late.refusal, None, "the silent one's place is taken");
+        assert!(silent.evict.is_cancelled());
+        assert!(
+            !talker.evict.is_cancelled(),
+            "one that talked is never evicted"
+        );
+        assert_eq!(
+            metrics
+                .refused
+                .get_or_create(&[("reason", "idle_evicted")])
+                .get(),
+            1
+        );
+        // Nothing settled is left to evict.
+        late.settle();
+        let another = limiter.open_at(ip, start + EVICT_AFTER * 3);
+        assert_eq!(another.refusal, Some(Refusal::MaxConnections));
+        drop((talker, silent, early, late, another));
+        let counts = limiter.counts.lock();
+        assert_eq!((counts.open, counts.admitted), (0, 0));
+        assert!(counts.waiting.is_empty() && counts.by_address.is_empty());
     }
 
     #[test]
