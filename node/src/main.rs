@@ -130,14 +130,20 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct TokenArgs {
-    /// The nodes' token_hmac_secret (32+ bytes).
+    /// The nodes' token_hmac_secret (32+ bytes), for HS256/HS384/HS512 tokens.
     #[arg(
         long,
         env = "MURMUR_TOKEN_HMAC_SECRET",
         value_name = "SECRET",
-        hide_env_values = true
+        hide_env_values = true,
+        required_unless_present = "key"
     )]
-    secret: murmur::config::Secret,
+    secret: Option<murmur::config::Secret>,
+    /// A PEM private key to sign with instead of the secret (RSA, EC P-256/P-384 or
+    /// Ed25519; the nodes hold its public key in token_public_keys or token_jwks); needs
+    /// --alg. Takes precedence over a secret from the environment.
+    #[arg(long, value_name = "FILE")]
+    key: Option<std::path::PathBuf>,
     /// The user (the `sub` claim), echoed in `welcome`.
     #[arg(long, value_name = "USER")]
     sub: String,
@@ -165,9 +171,9 @@ struct TokenArgs {
     /// The `iss` claim (nodes with token_issuer require it).
     #[arg(long, value_name = "ISS")]
     iss: Option<String>,
-    /// The signing algorithm.
-    #[arg(long, default_value = "HS256", value_parser = ["HS256", "HS384", "HS512"])]
-    alg: String,
+    /// The signing algorithm [default: HS256 with --secret; required with --key].
+    #[arg(long, value_parser = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"])]
+    alg: Option<String>,
     /// A `kid` for the header.
     #[arg(long, value_name = "KID")]
     kid: Option<String>,
@@ -638,11 +644,9 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
 }
 
 fn mint_token(args: &TokenArgs) -> anyhow::Result<String> {
-    use murmur::auth::token::{Algorithm, EncodingKey, TokenClaims, mint};
+    use murmur::auth::token::{TokenClaims, mint};
     use murmur::auth::{DenyClaim, PermissionClaim, Permissions};
-    let secret = args.secret.0.as_bytes();
-    murmur::auth::check_hmac_secret(secret)
-        .map_err(|reason| anyhow::anyhow!("--secret {reason}"))?;
+    let (alg, key) = signing_key(args)?;
     let permissions = PermissionClaim {
         publish: args.allow_pub.clone(),
         subscribe: args.allow_sub.clone(),
@@ -663,9 +667,53 @@ fn mint_token(args: &TokenArgs) -> anyhow::Result<String> {
     let mut claims = TokenClaims::new(&args.sub, args.ttl, permissions);
     claims.aud = args.aud.clone();
     claims.iss = args.iss.clone();
-    let alg: Algorithm = args.alg.parse().context("--alg")?;
-    let key = EncodingKey::from_secret(secret).context("--secret")?;
     Ok(mint(&claims, alg, args.kid.as_deref(), &key)?)
+}
+
+/// The algorithm and key `murmur token` signs with: the PEM key of --key, else the secret.
+fn signing_key(
+    args: &TokenArgs,
+) -> anyhow::Result<(
+    murmur::auth::token::Algorithm,
+    murmur::auth::token::EncodingKey,
+)> {
+    use murmur::auth::token::{Algorithm, EncodingKey};
+    let alg: Option<Algorithm> = args
+        .alg
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .context("--alg")?;
+    let Some(path) = &args.key else {
+        let secret = args
+            .secret
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("give --secret (or MURMUR_TOKEN_HMAC_SECRET) or --key"))?
+            .0
+            .as_bytes();
+        murmur::auth::check_hmac_secret(secret)
+            .map_err(|reason| anyhow::anyhow!("--secret {reason}"))?;
+        let alg = alg.unwrap_or(Algorithm::HS256);
+        if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+            bail!("--alg {alg:?} signs with a private key: give --key FILE");
+        }
+        return Ok((alg, EncodingKey::from_secret(secret).context("--secret")?));
+    };
+    let Some(alg) = alg else {
+        bail!("--key needs --alg (RS256, ES256, EdDSA, …): the key file does not say which");
+    };
+    let pem =
+        std::fs::read(path).with_context(|| format!("cannot read --key {}", path.display()))?;
+    let key = match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            bail!("--alg {alg:?} signs with a secret, not --key")
+        }
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
+        _ => EncodingKey::from_rsa_pem(&pem),
+    }
+    .with_context(|| format!("--key {} is not a PEM {alg:?} private key", path.display()))?;
+    Ok((alg, key))
 }
 
 /// Never overwrites: replacing a CA or a key by accident cuts nodes off.

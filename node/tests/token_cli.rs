@@ -157,3 +157,78 @@ fn bad_input_is_refused_with_the_reason() {
         assert!(output.stdout.is_empty(), "no token printed for {args:?}");
     }
 }
+
+/// `murmur token --key`: tokens signed with a private key (the nodes hold only the public
+/// key), for each key family; a key and an algorithm that do not fit are refused.
+#[tokio::test]
+async fn tokens_signed_with_a_private_key_are_accepted_by_nodes_with_its_public_key() {
+    let data = |name: &str| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/auth")
+            .join(name)
+    };
+    for (key, public, alg) in [
+        ("ed1.key", "ed1.pem", "EdDSA"),
+        ("ec1.key", "ec1.pem", "ES256"),
+        ("rsa1.key", "rsa1.pem", "RS256"),
+    ] {
+        let key_path = data(key);
+        let output = murmur_token(
+            &[
+                "--key",
+                key_path.to_str().unwrap(),
+                "--alg",
+                alg,
+                "--kid",
+                public.trim_end_matches(".pem"),
+                "--sub",
+                "svc",
+                "--allow-pub",
+                "jobs.>",
+            ],
+            // A secret in the environment does not get in the way of --key.
+            Some(SECRET),
+        );
+        let token = token_from(&output);
+        let node = Settings {
+            auth: AuthMode::Token,
+            token_public_keys: vec![data(public)],
+            ..Settings::default()
+        };
+        let identity = Authenticator::from_settings(&node)
+            .unwrap()
+            .verify(&token)
+            .await
+            .unwrap_or_else(|e| panic!("{alg}: {e}"));
+        assert_eq!(identity.user, "svc");
+        assert!(identity.permissions.can_publish("jobs.build"));
+    }
+    let ed_key = data("ed1.key");
+    let refused = |args: &[&str]| {
+        let output = murmur_token(args, None);
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let no_alg = refused(&["--key", ed_key.to_str().unwrap(), "--sub", "x"]);
+    assert!(no_alg.contains("--key needs --alg"), "{no_alg}");
+    let wrong = refused(&[
+        "--key",
+        ed_key.to_str().unwrap(),
+        "--alg",
+        "RS256",
+        "--sub",
+        "x",
+    ]);
+    assert!(wrong.contains("is not a PEM RS256 private key"), "{wrong}");
+    let hs_with_key = refused(&[
+        "--key",
+        ed_key.to_str().unwrap(),
+        "--alg",
+        "HS256",
+        "--sub",
+        "x",
+    ]);
+    assert!(hs_with_key.contains("signs with a secret"), "{hs_with_key}");
+    let neither = refused(&["--sub", "x"]);
+    assert!(neither.contains("--secret"), "{neither}");
+}
