@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-http-schema lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke perf-count abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-http-schema lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ measure-topics: ## Heap per remembered topic, before and after topics are forgot
 
 bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian), and auth on / off: every scenario, writes docs/benchmarks.md (~7 min)
 	flock /tmp/murmur-bench.lock bench/run.sh
+
+perf-count: ## Instructions per delivery, per fan-in event and per acknowledged publish, auth off and on (valgrind callgrind, one node, ~6 min): appends to bench/perf-count-history.tsv
+	bench/perf-count.sh
 
 bench-smoke: ## A short bench run (small counts, auth on too; under two minutes once built) that fails on any loss or error
 	flock /tmp/murmur-bench.lock bench/run.sh --smoke
