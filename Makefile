@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-http-schema lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -74,6 +74,10 @@ test: ## Run the whole test suite (unit, integration, CLI), then the JS client's
 test-js: ## The JS client in clients/js: npm ci, tsc build, node --test (fake-node unit tests, 3 real nodes from target/debug/murmur)
 	$(CARGO) build -p murmur
 	cd clients/js && npm ci --no-audit --no-fund && npm test
+
+test-browser: ## The dashboard and the demo in Chromium (Debian's chromium, playwright-core from npm) against real nodes: tests/browser/, screenshots in tests/browser/artifacts/
+	$(CARGO) build -p murmur
+	cd tests/browser && npm ci --no-audit --no-fund && npm test
 
 test-http-schema: ## schemathesis (pinned, venv in target/) against a node's /v1/openapi.json, auth off and on, 20 cases per operation (~1 min once installed)
 	tests/http/schemathesis.sh
