@@ -75,6 +75,13 @@ test-js: ## The JS client in clients/js: npm ci, tsc build, node --test (fake-no
 	$(CARGO) build -p murmur
 	cd clients/js && npm ci --no-audit --no-fund && npm test
 
+demo: ## Three nodes (release build, ports as make cluster) and a live ticker page at http://127.0.0.1:7480/ that survives killing its node (Ctrl-C stops); demo/README.md
+	$(CARGO) build --release -p murmur
+	node demo/server.mjs --bin target/release/murmur $(ARGS)
+
+demo-kill: ## Kill (SIGKILL) the node the demo page is on
+	@node -e "fetch('http://127.0.0.1:7480/api/kill',{method:'POST'}).then(async r=>{console.log(await r.text());process.exit(r.ok?0:1)},e=>{console.error('is make demo running? '+e.message);process.exit(1)})"
+
 test-browser: ## The dashboard and the demo in Chromium (Debian's chromium, playwright-core from npm) against real nodes: tests/browser/, screenshots in tests/browser/artifacts/
 	$(CARGO) build -p murmur
 	cd tests/browser && npm ci --no-audit --no-fund && npm test
