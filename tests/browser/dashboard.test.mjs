@@ -30,6 +30,9 @@ describe("the dashboard of a 3-node cluster", () => {
     for (let i = 1; i <= 30; i++) await publish(n2, "orders.eu", { order: i });
     for (let i = 1; i <= 3; i++) await publish(n3, "chat.lobby", { text: `hello ${i}` });
 
+    // Steady traffic while the page is open, so its rates and charts have something to show.
+    let ticks = 0;
+    const traffic = setInterval(() => publish(cluster.nodes[ticks++ % 2], "prices.eu", { tick: ticks }).catch(() => {}), 100);
     const { page, problems } = await openPage(browser);
     try {
       // GET / is a landing page that leads to the dashboard.
@@ -78,13 +81,15 @@ describe("the dashboard of a 3-node cluster", () => {
       // This node's numbers: the page's own WebSocket and subscription, the publish it made.
       await page.waitForFunction(() => Number(document.querySelector('[data-stat="connections"]').textContent) >= 1);
       await page.waitForFunction(() => Number(document.querySelector('[data-stat="subscriptions"]').textContent) >= 1);
-      // A steady stream, so the rates and charts have something to show.
+      // A few more on the inspected topic; the busiest topic comes first.
       for (let i = 0; i < 20; i++) {
         await publish(n1, "orders.eu", { order: `burst ${i}` });
         await sleep(50);
       }
-      await page.waitForFunction(() => document.querySelector('[data-stat="delivery_rate"]').textContent !== "–");
+      await page.waitForFunction(() => Number(document.querySelector('[data-stat="publish_rate"]').textContent) > 0);
+      await page.locator("#top-topics tbody tr").first().and(page.locator('[data-topic="prices.eu"]')).waitFor();
       await page.screenshot({ path: screenshotPath("dashboard"), fullPage: true });
+      clearInterval(traffic);
 
       // A member that dies is shown as no longer alive.
       await n3.kill();
@@ -93,6 +98,7 @@ describe("the dashboard of a 3-node cluster", () => {
       await page.screenshot({ path: screenshotPath("dashboard-member-down"), fullPage: true });
       assert.deepEqual(problems, []);
     } finally {
+      clearInterval(traffic);
       await page.context().close();
     }
   });

@@ -135,8 +135,10 @@ function renderMembers(stats) {
 function drawChart(name, values) {
   const svg = $(`#chart-${name}`);
   const max = Math.max(1, ...values);
-  const step = 240 / (CHART_POINTS - 1);
-  const offset = CHART_POINTS - values.length;
+  // The first half minute fills the width; after that the chart scrolls, up to 2 minutes.
+  const width = Math.min(CHART_POINTS, Math.max(30, values.length));
+  const step = 240 / (width - 1);
+  const offset = width - values.length;
   const points = values.map((v, i) => `${((offset + i) * step).toFixed(1)},${(58 - (v / max) * 56).toFixed(1)}`);
   svg.querySelector("polyline").setAttribute("points", points.join(" "));
   document.querySelector(`[data-chart-max="${name}"]`).textContent = `(max ${formatRate(max)})`;
