@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke perf-count abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-http-schema lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke perf-count abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -77,6 +77,17 @@ test: ## Run the whole test suite (unit, integration, CLI), then the JS client's
 test-js: ## The JS client in clients/js: npm ci, tsc build, node --test (fake-node unit tests, 3 real nodes from target/debug/murmur)
 	$(CARGO) build -p murmur
 	cd clients/js && npm ci --no-audit --no-fund && npm test
+
+demo: ## Three nodes (release build, ports as make cluster) and a live ticker page at http://127.0.0.1:7480/ that survives killing its node (Ctrl-C stops); demo/README.md
+	$(CARGO) build --release -p murmur
+	node demo/server.mjs --bin target/release/murmur $(ARGS)
+
+demo-kill: ## Kill (SIGKILL) the node the demo page is on
+	@node -e "fetch('http://127.0.0.1:7480/api/kill',{method:'POST'}).then(async r=>{console.log(await r.text());process.exit(r.ok?0:1)},e=>{console.error('is make demo running? '+e.message);process.exit(1)})"
+
+test-browser: ## The dashboard and the demo in Chromium (Debian's chromium, playwright-core from npm) against real nodes: tests/browser/, screenshots in tests/browser/artifacts/
+	$(CARGO) build -p murmur
+	cd tests/browser && npm ci --no-audit --no-fund && npm test
 
 test-http-schema: ## schemathesis (pinned, venv in target/) against a node's /v1/openapi.json, auth off and on, 20 cases per operation (~1 min once installed)
 	tests/http/schemathesis.sh

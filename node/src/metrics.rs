@@ -147,39 +147,41 @@ impl Metrics {
     }
 }
 
-/// Node state read at scrape time.
+/// Node state read at scrape time; also what `GET /v1/stats` reports (frontdoor::http_api).
 #[derive(Debug)]
-struct StateSnapshot {
-    subscriptions: i64,
-    topics: i64,
-    history_topics: i64,
-    history_events: i64,
-    history_bytes: i64,
-    publish_buffer_used: i64,
-    publishes_refused_by_owner: u64,
-    events_published: u64,
-    events_from_peers: u64,
-    group_deliveries_lost: u64,
+pub(crate) struct StateSnapshot {
+    pub subscriptions: i64,
+    pub topics: i64,
+    pub history_topics: i64,
+    pub history_events: i64,
+    pub history_bytes: i64,
+    pub publish_buffer_used: i64,
+    pub publishes_refused_by_owner: u64,
+    pub events_published: u64,
+    pub events_from_peers: u64,
+    pub group_deliveries_lost: u64,
+    /// Times this node told its subscribers to resync (it lost contact with a peer).
+    pub resync_signals: u64,
     fanout: Vec<(f64, u64)>,
     fanout_sum: f64,
     fanout_count: u64,
     members: Vec<(&'static str, i64)>,
     gossip: [(&'static str, u64); 3],
     gossip_refused: [(&'static str, u64); 6],
-    peers: Vec<PeerSnapshot>,
+    pub peers: Vec<PeerSnapshot>,
 }
 
 #[derive(Debug)]
-struct PeerSnapshot {
-    name: String,
-    rtt_seconds: f64,
-    queue_depth: i64,
-    events_forwarded: u64,
-    events_dropped: u64,
+pub(crate) struct PeerSnapshot {
+    pub name: String,
+    pub rtt_seconds: f64,
+    pub queue_depth: i64,
+    pub events_forwarded: u64,
+    pub events_dropped: u64,
 }
 
 impl StateSnapshot {
-    fn take(node: &NodeState) -> Self {
+    pub(crate) fn take(node: &NodeState) -> Self {
         use std::sync::atomic::Ordering::Relaxed;
         let broker = &node.broker;
         let (topics, events) = broker.history_size();
@@ -209,6 +211,7 @@ impl StateSnapshot {
             events_published: broker.stats.events_published.load(Relaxed),
             events_from_peers: broker.stats.events_from_peers.load(Relaxed),
             group_deliveries_lost: broker.stats.group_deliveries_lost.load(Relaxed),
+            resync_signals: *node.cluster.resync_signal().borrow(),
             fanout,
             fanout_sum,
             fanout_count,
@@ -323,6 +326,13 @@ impl Collector for StateSnapshot {
             "murmur_queue_deliveries_lost",
             "Queue-group events no member could take",
             self.group_deliveries_lost,
+        )?;
+        counter(
+            &mut encoder,
+            "murmur_resync_signals",
+            "Times this node told its subscribers to resync (reconnect and resume) because it \
+             lost contact with a peer and may have missed forwarded events",
+            self.resync_signals,
         )?;
 
         let histogram = encoder.encode_descriptor(

@@ -5,7 +5,8 @@
 //! backends ([`http_api`]: publish, history, topics, its OpenAPI document). `GET /healthz` answers 200
 //! while the process serves; `GET /readyz` answers 200 once the node has joined the cluster
 //! and is linked to every live peer, and 503 (with the reason) before that and once it is
-//! draining.
+//! draining. `GET /` and `GET /dashboard` are web pages embedded in the binary ([`dashboard`]):
+//! a landing page and the live dashboard, which reads the HTTP API.
 //!
 //! The admin port ([`admin_router`], `admin_listen`, loopback by default): `GET /metrics` is
 //! Prometheus text; `GET /v1/cluster` the membership as this node sees it; the health checks
@@ -13,6 +14,7 @@
 //!
 //! Both are served by [`listener`]: connection limits, the handshake deadline, TLS.
 
+pub mod dashboard;
 pub mod http_api;
 pub mod listener;
 pub mod origin;
@@ -39,13 +41,15 @@ use crate::protocol::Format;
 pub const SUBPROTOCOL_JSON: &str = "murmur.v1.json";
 pub const SUBPROTOCOL_PROTOBUF: &str = "murmur.v1.protobuf";
 
-/// The client port: the WebSocket endpoint, the HTTP API for backends and the health checks.
+/// The client port: the WebSocket endpoint, the HTTP API for backends, the health checks and
+/// the dashboard.
 pub fn router(state: Arc<NodeState>) -> Router {
     Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(http_api::routes(&state))
+        .merge(dashboard::routes())
         .with_state(state)
 }
 

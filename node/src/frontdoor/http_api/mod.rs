@@ -4,6 +4,7 @@
 //! - `POST /v1/publish`: one event or a batch, each answered once stored ([`publish`]);
 //! - `GET /v1/history`: retained events after a cursor, with gaps ([`history`]);
 //! - `GET /v1/topics`: topics with their epoch, last seq and local subscribers ([`topics`]);
+//! - `GET /v1/stats`: members and this node's counters, for the dashboard ([`stats`]);
 //! - `GET /v1/openapi.json`: the OpenAPI 3.1 description of these.
 //!
 //! Every request is authorised as a WebSocket client is: the same tokens (here only as
@@ -14,6 +15,7 @@ mod error;
 mod history;
 mod publish;
 mod rate;
+mod stats;
 mod topics;
 
 use std::net::SocketAddr;
@@ -61,6 +63,10 @@ pub fn routes(node: &NodeState) -> Router<Arc<NodeState>> {
         .route(
             "/v1/topics",
             get(topics::topics).fallback(|| async { method_not_allowed("GET") }),
+        )
+        .route(
+            "/v1/stats",
+            get(stats::stats).fallback(|| async { method_not_allowed("GET") }),
         )
         .route(
             "/v1/openapi.json",
@@ -209,6 +215,7 @@ mod tests {
                 "/v1/publish",
                 "/v1/history",
                 "/v1/topics",
+                "/v1/stats",
                 "/v1/openapi.json"
             ]
         );

@@ -1,0 +1,170 @@
+//! `GET /v1/stats`: the cluster's members as this node sees them, and this node's counters
+//! and gauges — the same numbers `/metrics` exposes on the admin port, as JSON on the client
+//! port, for the dashboard (`/dashboard`) and anyone else who reads them from a browser.
+//!
+//! The answer shows member addresses and traffic, not events; still, it is for whoever may
+//! see everything: with `auth = token` the caller's token must allow subscribing to `>`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Serialize;
+
+use super::{ApiError, admit, forbidden};
+use crate::cluster::membership::MemberInfo;
+use crate::frontdoor::listener::ClientConnection;
+use crate::metrics::StateSnapshot;
+use crate::node::NodeState;
+
+/// The pattern a token must be allowed to subscribe to for the stats: every topic.
+pub const STATS_PATTERN: &str = ">";
+
+#[derive(Debug, Serialize)]
+struct Stats {
+    /// The node answering.
+    node: String,
+    /// Every member this node knows of, itself included, with its state.
+    members: Vec<MemberInfo>,
+    /// Per-node numbers: the answering node's.
+    nodes: Vec<NodeStats>,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeStats {
+    name: String,
+    /// Milliseconds since the Unix epoch when these numbers were read.
+    at_ms: u64,
+    /// Open client WebSocket connections.
+    connections: i64,
+    /// Subscriptions held by this node's clients.
+    subscriptions: i64,
+    /// Topics this node keeps bookkeeping for (sequenced here or copied as a replica).
+    topics: i64,
+    history: HistoryStats,
+    publish_buffer_used_bytes: i64,
+    /// Monotonic counts since the node started; rates are their differences over time.
+    counters: Counters,
+    /// This node's links to its peers.
+    peers: Vec<PeerStats>,
+}
+
+#[derive(Debug, Serialize)]
+struct HistoryStats {
+    topics: i64,
+    events: i64,
+    bytes: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct Counters {
+    events_received: u64,
+    events_published: u64,
+    events_from_peers: u64,
+    deliveries: u64,
+    gaps_sent: u64,
+    slow_consumer_disconnects: u64,
+    resync_signals: u64,
+    queue_redeliveries: u64,
+    queue_deliveries_lost: u64,
+    publish_errors: u64,
+    publishes_rate_limited: u64,
+    publishes_refused_by_owner: u64,
+    auth_refusals: u64,
+    bytes_received: u64,
+    bytes_sent: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct PeerStats {
+    name: String,
+    rtt_ms: f64,
+    queue_depth: i64,
+    events_forwarded: u64,
+    events_dropped: u64,
+}
+
+pub(super) async fn stats(
+    State(node): State<Arc<NodeState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    connection: Option<Extension<Arc<ClientConnection>>>,
+    headers: HeaderMap,
+) -> Response {
+    match serve(&node, peer, connection.as_deref().map(|c| &**c), &headers).await {
+        Ok(stats) => Json(stats).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn serve(
+    node: &NodeState,
+    peer: SocketAddr,
+    connection: Option<&ClientConnection>,
+    headers: &HeaderMap,
+) -> Result<Stats, ApiError> {
+    let caller = admit(node, peer, connection, headers).await?;
+    if !caller.identity.permissions.can_subscribe(STATS_PATTERN) {
+        return Err(forbidden(
+            node,
+            format!("the stats need a token that may subscribe to `{STATS_PATTERN}`"),
+        ));
+    }
+    let name = node.cluster.name().to_string();
+    Ok(Stats {
+        members: node.cluster.members(),
+        nodes: vec![node_stats(node, name.clone())],
+        node: name,
+    })
+}
+
+fn node_stats(node: &NodeState, name: String) -> NodeStats {
+    let snapshot = StateSnapshot::take(node);
+    let metrics = &node.metrics;
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    NodeStats {
+        name,
+        at_ms,
+        connections: metrics.connections.get(),
+        subscriptions: snapshot.subscriptions,
+        topics: snapshot.topics,
+        history: HistoryStats {
+            topics: snapshot.history_topics,
+            events: snapshot.history_events,
+            bytes: snapshot.history_bytes,
+        },
+        publish_buffer_used_bytes: snapshot.publish_buffer_used,
+        counters: Counters {
+            events_received: metrics.events_received.get(),
+            events_published: snapshot.events_published,
+            events_from_peers: snapshot.events_from_peers,
+            deliveries: metrics.deliveries.get(),
+            gaps_sent: metrics.gaps_sent.get(),
+            slow_consumer_disconnects: metrics.slow_consumer_disconnects.get(),
+            resync_signals: snapshot.resync_signals,
+            queue_redeliveries: metrics.queue_redeliveries.get(),
+            queue_deliveries_lost: snapshot.group_deliveries_lost,
+            publish_errors: metrics.publish_errors.get(),
+            publishes_rate_limited: metrics.publishes_rate_limited.get(),
+            publishes_refused_by_owner: snapshot.publishes_refused_by_owner,
+            auth_refusals: metrics.auth_refusals.get(),
+            bytes_received: metrics.bytes_received.get(),
+            bytes_sent: metrics.bytes_sent.get(),
+        },
+        peers: snapshot
+            .peers
+            .into_iter()
+            .map(|p| PeerStats {
+                name: p.name,
+                rtt_ms: p.rtt_seconds * 1000.0,
+                queue_depth: p.queue_depth,
+                events_forwarded: p.events_forwarded,
+                events_dropped: p.events_dropped,
+            })
+            .collect(),
+    }
+}
