@@ -10,7 +10,7 @@
 //!   replica that takes over after the owner fails continues the same epoch without a hole.
 //!   A replica that fails (or leaves) before confirming is replaced by the next member of
 //!   the ranking, which is asked to store what it had not confirmed
-//!   ([`Cluster::ask_replicas_again`]): the owner's epoch goes on.
+//!   (`Cluster::ask_replicas_again`): the owner's epoch goes on.
 //! - A node that becomes owner of a topic it holds no state for *claims* it: it asks every
 //!   peer what it knows. A peer that was sequencing the topic hands it over (once its
 //!   pending events are stored) and stops; a peer that still owns the topic in its own view
