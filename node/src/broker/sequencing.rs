@@ -168,22 +168,19 @@ impl Broker {
     }
 
     /// A peer is gone: no replica acknowledgement will come from it, and the queue-group
-    /// events placed on it and not yet acknowledged go to other members.
-    pub fn on_peer_gone(&self, peer: &str) {
+    /// events placed on it and not yet acknowledged go to other members. Returns the topics
+    /// with events it had not confirmed: they wait, keeping their positions, until the
+    /// replicas of the placement as it is now are asked to store them
+    /// ([`Self::ask_replicas_again`]), or fail ([`Self::fail_orphans`]).
+    pub fn on_peer_gone(&self, peer: &str) -> Vec<Arc<str>> {
+        let mut orphaned = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             let gone = shard.topics.peer_gone(peer);
             self.complete(gone.completed);
-            // Not stored on enough replicas: never fanned out nor replayed from here, and
-            // their publishers learn it (a dropped signal is answered `unavailable`).
-            for (event, _signal) in gone.failed {
-                tracing::debug!(topic = %event.topic, seq = event.seq, peer, "replica gone before storing; the event fails");
-                shard
-                    .history
-                    .forget_from(&event.topic, &event.epoch, event.seq);
-            }
+            orphaned.extend(gone.orphaned);
         }
-        let orphaned: Vec<PlacedOnPeer> = {
+        let placed_there: Vec<PlacedOnPeer> = {
             let mut placed = self.placed_on_peers.lock();
             let tokens: Vec<u64> = placed
                 .iter()
@@ -192,20 +189,93 @@ impl Broker {
                 .collect();
             tokens.iter().filter_map(|t| placed.remove(t)).collect()
         };
-        for placed in orphaned {
+        for placed in placed_there {
             self.place_again(&placed.event, &placed.interest, Some(peer), placed.bounces);
+        }
+        orphaned
+    }
+
+    /// Asks `replicas` — the replicas of `topic`'s placement now, one of which took the
+    /// place of a replica that went away — to store the topic's events that replica had not
+    /// confirmed, as for a new event: a replica new to the topic first gets its whole
+    /// history. The events complete once these replicas have stored them.
+    pub fn ask_replicas_again(&self, topic: &str, replicas: &[Arc<PeerLink>]) {
+        let mut shard = self.shard(topic).lock();
+        let names: Vec<Arc<str>> = replicas.iter().map(|r| r.name.clone()).collect();
+        let again = shard.topics.ask_again(topic, &names);
+        let ids: Vec<(Arc<str>, u64)> = replicas
+            .iter()
+            .map(|r| (r.name.clone(), r.generation))
+            .collect();
+        let fresh = if again.send.is_empty() {
+            Vec::new()
+        } else {
+            shard.topics.needs_sync(topic, &ids)
+        };
+        if let Some(state) = shard.topics.get(topic).filter(|_| !fresh.is_empty()) {
+            let (name, epoch, last_seq) = (state.name.clone(), state.epoch.clone(), state.last_seq);
+            // Everything sequenced so far, the orphaned events included (a replica that
+            // already holds a position answers its `Replicate` without storing it twice).
+            let retained = shard.history.earliest(topic).events;
+            for replica in replicas
+                .iter()
+                .filter(|r| fresh.contains(&(r.name.clone(), r.generation)))
+            {
+                replica.send_control(PeerMessage::SyncTopic {
+                    topic: name.clone(),
+                    epoch: epoch.clone(),
+                    last_seq,
+                    events: retained.clone(),
+                });
+            }
+        }
+        for (event, to) in &again.send {
+            tracing::debug!(topic, seq = event.seq, replicas = ?to, "asking the placement's replicas again");
+            for replica in replicas.iter().filter(|r| to.contains(&r.name)) {
+                replica.send_control(PeerMessage::Replicate(event.clone()));
+            }
+        }
+        self.complete(again.completed);
+    }
+
+    /// True when events of `topic` wait for the placement's replicas to be asked again.
+    pub fn has_orphans(&self, topic: &str) -> bool {
+        self.shard(topic).lock().topics.has_orphans(topic)
+    }
+
+    /// Gives up on the events of `topic` whose replica went away, when no replica could be
+    /// asked in its place in time: they fail (never fanned out nor replayed from here, their
+    /// publishers answered `unavailable`) and the topic is claimed again, in a new epoch
+    /// unless another node knows it further.
+    pub fn fail_orphans(&self, topic: &str) {
+        let mut shard = self.shard(topic).lock();
+        for (event, _signal) in shard.topics.fail_orphans(topic) {
+            tracing::debug!(topic = %event.topic, seq = event.seq, "no replica could store it in time; the event fails");
+            shard
+                .history
+                .forget_from(&event.topic, &event.epoch, event.seq);
         }
     }
 
-    /// Stores a copy of an event its owner sequenced; returns its position.
+    /// Stores a copy of an event its owner sequenced; returns its position. A position this
+    /// node already holds in that epoch (an owner asking again after another replica went
+    /// away, when the whole history it sent first had it) is confirmed without storing it
+    /// twice: appended again, it would restart the topic's history at that event.
     pub fn store_replica(&self, event: Arc<Event>) -> Receipt {
         let mut shard = self.shard(&event.topic).lock();
         let now = now_ms();
-        shard.topics.replicated(&event, self.clock_ms());
         let receipt = Receipt {
             epoch: event.epoch.clone(),
             seq: event.seq,
         };
+        let held = shard
+            .topics
+            .get(&event.topic)
+            .is_some_and(|t| t.epoch == event.epoch && t.last_seq >= event.seq);
+        if held {
+            return receipt;
+        }
+        shard.topics.replicated(&event, self.clock_ms());
         shard.history.append(event, now);
         receipt
     }
@@ -337,12 +407,53 @@ mod tests {
 
     use crate::broker::test_support::{drain, json, subscription};
     use crate::broker::{Broker, Outbox, Sequenced, TopicSnapshot};
-    use crate::cluster::link::PeerLink;
+    use crate::cluster::link::{PeerLink, PeerMessage};
     use crate::event::Event;
     use crate::routing::history::Retention;
 
     #[test]
-    fn an_event_whose_replica_left_before_storing_it_is_never_delivered_nor_renumbered() {
+    fn an_event_whose_replica_left_is_stored_on_the_next_replica_in_the_same_epoch() {
+        let broker = Broker::new(Retention::default());
+        let epoch = broker.install_topic("t", None);
+        let outbox = Outbox::new(1, 16);
+        subscription(&broker, "s", "t", None, &outbox);
+        let (replica, _queues) = PeerLink::new("r", 1, 16);
+        let Sequenced::Waiting(receipt, mut stored) =
+            broker.sequence("t", json("1"), &[replica], true)
+        else {
+            panic!("a replica to wait for");
+        };
+        assert_eq!((&*receipt.epoch, receipt.seq), (&*epoch, 1));
+        assert_eq!(broker.on_peer_gone("r"), vec![Arc::<str>::from("t")]);
+        assert!(drain(&outbox).is_empty(), "not stored on a replica yet");
+        assert!(broker.is_ready("t"), "still sequenced here");
+
+        // The next node of the placement takes the replica's place: it gets the topic's
+        // history, then the event to confirm.
+        let (next, mut queues) = PeerLink::new("n", 1, 16);
+        broker.ask_replicas_again("t", std::slice::from_ref(&next));
+        let Ok(PeerMessage::SyncTopic { last_seq, .. }) = queues.control.try_recv() else {
+            panic!("the history first");
+        };
+        assert_eq!(last_seq, 1);
+        let Ok(PeerMessage::Replicate(event)) = queues.control.try_recv() else {
+            panic!("then the event to confirm");
+        };
+        assert_eq!((&*event.epoch, event.seq), (&*epoch, 1));
+        assert!(stored.try_recv().is_err() && drain(&outbox).is_empty());
+        broker.on_stored("n", "t", &epoch, 1);
+        assert_eq!(
+            stored.try_recv(),
+            Ok(()),
+            "the publisher is told it is stored"
+        );
+        assert_eq!(drain(&outbox).len(), 1);
+        let next_event = broker.publish("t", json("2"));
+        assert_eq!((&*next_event.epoch, next_event.seq), (&*epoch, 2));
+    }
+
+    #[test]
+    fn an_event_no_replica_could_store_in_time_is_never_delivered_nor_renumbered() {
         let broker = Broker::new(Retention::default());
         let epoch = broker.install_topic("t", None);
         let outbox = Outbox::new(1, 16);
@@ -355,6 +466,7 @@ mod tests {
         };
         assert_eq!((&*receipt.epoch, receipt.seq), (&*epoch, 1));
         broker.on_peer_gone("r");
+        broker.fail_orphans("t");
         assert_eq!(
             stored.try_recv(),
             Err(tokio::sync::oneshot::error::TryRecvError::Closed),

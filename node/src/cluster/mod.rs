@@ -316,7 +316,7 @@ impl Cluster {
         entry.dialer = Some((id.generation, handle.abort_handle()));
     }
 
-    fn on_member_down(&self, id: &NodeId) {
+    fn on_member_down(self: &Arc<Self>, id: &NodeId) {
         let left = self.gossip.view.read().has_left_named(&id.name);
         let (link, dialer_aborted) = {
             let mut peers = self.peers.lock();
@@ -349,7 +349,8 @@ impl Cluster {
             }
         }
         self.forget_requests_to(&id.name);
-        self.broker.on_peer_gone(&id.name);
+        let orphaned = self.broker.on_peer_gone(&id.name);
+        self.ask_replicas_again(&id.name, orphaned);
     }
 
     /// True when this node's membership view has `name` alive (or suspect) under
@@ -503,7 +504,8 @@ impl Cluster {
         }
         self.broker.detach_peer(&link);
         self.forget_requests_to(&link.name);
-        self.broker.on_peer_gone(&link.name);
+        let orphaned = self.broker.on_peer_gone(&link.name);
+        self.ask_replicas_again(&link.name, orphaned);
         let mut peers = self.peers.lock();
         if let Some(entry) = peers.get_mut(&peer.name) {
             entry.link.take_if(|l| Arc::ptr_eq(l, &link));

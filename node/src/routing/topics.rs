@@ -7,9 +7,13 @@
 //! and passes in the peers to wait for.
 //!
 //! A replica that goes away before reporting an event stored never counts as having stored
-//! it: the event fails (never acknowledged, never fanned out), and the topic must be claimed
-//! again, in a new epoch unless the cluster knows more of it, because the positions of the
-//! failed events may meanwhile be numbered by others from a replica's copy.
+//! it. The event keeps its position and waits until the replicas of the topic's placement as
+//! it is now (the next node in the ranking takes the gone one's place) have stored it: a
+//! single node going away (a crash, a graceful leave) never changes the topic's epoch, and a
+//! position is never given to another event. Only if that cannot be done in time does the
+//! event fail (never acknowledged, never fanned out) and the topic must be claimed again, in
+//! a new epoch unless the cluster knows more of it, because the positions of the failed
+//! events may meanwhile be numbered by others from a replica's copy.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -41,7 +45,15 @@ pub fn newer_epoch(a: &str, b: &str) -> bool {
 #[derive(Debug)]
 struct Pending<W> {
     event: Arc<Event>,
+    /// Replicas asked to store it, over links still up (a replica that went away is taken
+    /// out): whom a new placement's replicas are compared against.
+    asked: Vec<Arc<str>>,
+    /// Replicas asked that have not confirmed it yet.
     missing: Vec<Arc<str>>,
+    /// A replica went away before confirming it: it completes only once the replicas of the
+    /// placement as it is now have been asked too (see [`TopicTable::ask_again`]), never on
+    /// fewer copies than a new event would get.
+    orphaned: bool,
     waiter: Option<W>,
 }
 
@@ -52,9 +64,10 @@ pub struct TopicState<W> {
     pub last_seq: u64,
     /// Handed to a new owner: this node must not sequence it until it claims it again.
     pub moved: bool,
-    /// Events of this epoch failed here after a replica went away: whether they are stored
-    /// elsewhere is unknown, so this node must not number after them in this epoch unless
-    /// another node knows the epoch further.
+    /// Events of this epoch failed here (a replica went away and no replica of the
+    /// placement could be asked in their place, or this node gave its topics up): whether
+    /// they are stored elsewhere is unknown, so this node must not number after them in this
+    /// epoch unless another node knows the epoch further.
     renew_epoch: bool,
     pending: VecDeque<Pending<W>>,
     /// Replicas (name, generation) that have been sent the topic's whole history.
@@ -75,12 +88,23 @@ impl<W> TopicState<W> {
 pub type Completed<W> = (Arc<Event>, Option<W>);
 
 /// What a peer's departure settled: events every other replica had stored complete; events
-/// that waited for the departed peer fail (their waiters are dropped unanswered), and so do
-/// the events sequenced after them, which must not overtake them.
+/// that waited for the departed peer are *orphaned*: they keep their positions and wait (with
+/// every event sequenced after them, which must not overtake them) until the replicas of the
+/// placement as it is now are asked to store them ([`TopicTable::ask_again`]), or fail
+/// ([`TopicTable::fail_orphans`]) when that cannot be done.
 #[derive(Debug)]
 pub struct PeerGone<W> {
     pub completed: Vec<Completed<W>>,
-    pub failed: Vec<Completed<W>>,
+    /// Topics with orphaned events.
+    pub orphaned: Vec<Arc<str>>,
+}
+
+/// Orphaned events of a topic asked of the placement's replicas again: what to send to whom,
+/// and what completed because the replicas asked had stored it already.
+#[derive(Debug)]
+pub struct AskedAgain<W> {
+    pub send: Vec<(Arc<Event>, Vec<Arc<str>>)>,
+    pub completed: Vec<Completed<W>>,
 }
 
 #[derive(Debug)]
@@ -175,7 +199,9 @@ impl<W> TopicTable<W> {
         };
         state.pending.push_back(Pending {
             event,
+            asked: replicas.clone(),
             missing: replicas,
+            orphaned: false,
             waiter,
         });
         Self::complete_front(state)
@@ -202,30 +228,75 @@ impl<W> TopicTable<W> {
     }
 
     /// A replica is gone: nothing more will come from it, and what it did not confirm is
-    /// not stored as far as this node knows. Events that waited for it fail, with every later
-    /// pending event of their topic, and the topic must be claimed again (see
-    /// [`Self::must_renew_epoch`]). It is no longer counted as synced: if it comes back it
-    /// gets the whole history again.
+    /// not stored as far as this node knows. Events that waited for it are orphaned (see
+    /// [`PeerGone`]): they stay pending, in order, until the placement's replicas are asked
+    /// again. It is no longer counted as synced: if it comes back it gets the whole history
+    /// again.
+    ///
+    /// Failing them instead, as this once did, made any replica's crash or graceful leave
+    /// with an event in flight restart the topic in a new epoch (an `epoch_changed` gap for
+    /// every subscriber), although nobody else could number those positions: the owner is
+    /// still the owner, and the events keep their positions wherever they are stored.
     pub fn peer_gone(&mut self, peer: &str) -> PeerGone<W> {
         let mut gone = PeerGone {
             completed: Vec::new(),
-            failed: Vec::new(),
+            orphaned: Vec::new(),
         };
         for state in self.topics.values_mut() {
             state.synced.retain(|(name, _)| &**name != peer);
-            if let Some(first) = state
-                .pending
-                .iter()
-                .position(|p| p.missing.iter().any(|m| &**m == peer))
-            {
-                gone.failed
-                    .extend(state.pending.drain(first..).map(|p| (p.event, p.waiter)));
-                state.moved = true;
-                state.renew_epoch = true;
+            let mut orphaned = false;
+            for pending in &mut state.pending {
+                pending.asked.retain(|a| &**a != peer);
+                if let Some(at) = pending.missing.iter().position(|m| &**m == peer) {
+                    pending.missing.swap_remove(at);
+                    pending.orphaned = true;
+                    orphaned = true;
+                }
+            }
+            if orphaned {
+                gone.orphaned.push(state.name.clone());
             }
             gone.completed.extend(Self::complete_front(state));
         }
         gone
+    }
+
+    /// Asks `replicas` (the replicas of `topic`'s placement now) to store its orphaned events:
+    /// each one not asked yet is added to what the event waits for. Returns what to send to
+    /// whom and what completed (the replicas asked had all stored it); nothing when no event
+    /// of the topic is orphaned (any more: they failed meanwhile, say).
+    pub fn ask_again(&mut self, topic: &str, replicas: &[Arc<str>]) -> AskedAgain<W> {
+        let Some(state) = self.topics.get_mut(topic) else {
+            return AskedAgain {
+                send: Vec::new(),
+                completed: Vec::new(),
+            };
+        };
+        let mut send = Vec::new();
+        for pending in state.pending.iter_mut().filter(|p| p.orphaned) {
+            let fresh: Vec<Arc<str>> = replicas
+                .iter()
+                .filter(|r| !pending.asked.contains(r))
+                .cloned()
+                .collect();
+            pending.asked.extend(fresh.iter().cloned());
+            pending.missing.extend(fresh.iter().cloned());
+            pending.orphaned = false;
+            if !fresh.is_empty() {
+                send.push((pending.event.clone(), fresh));
+            }
+        }
+        AskedAgain {
+            send,
+            completed: Self::complete_front(state),
+        }
+    }
+
+    /// True when an event of `topic` waits for the placement's replicas to be asked again.
+    pub fn has_orphans(&self, topic: &str) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|t| t.pending.iter().any(|p| p.orphaned))
     }
 
     /// True when events of the topic's epoch failed here: a claim may continue the epoch only
@@ -234,9 +305,32 @@ impl<W> TopicTable<W> {
         self.topics.get(topic).is_some_and(|t| t.renew_epoch)
     }
 
+    /// Gives up on `topic`'s orphaned events (no replica of the placement could be asked in
+    /// time): they fail, with every later pending event of the topic, and the topic must be
+    /// claimed again (see [`Self::must_renew_epoch`]). Returns the failed events.
+    pub fn fail_orphans(&mut self, topic: &str) -> Vec<Completed<W>> {
+        let Some(state) = self.topics.get_mut(topic) else {
+            return Vec::new();
+        };
+        let Some(first) = state.pending.iter().position(|p| p.orphaned) else {
+            return Vec::new();
+        };
+        state.moved = true;
+        state.renew_epoch = true;
+        state
+            .pending
+            .drain(first..)
+            .map(|p| (p.event, p.waiter))
+            .collect()
+    }
+
     fn complete_front(state: &mut TopicState<W>) -> Vec<Completed<W>> {
         let mut done = Vec::new();
-        while state.pending.front().is_some_and(|p| p.missing.is_empty()) {
+        while state
+            .pending
+            .front()
+            .is_some_and(|p| p.missing.is_empty() && !p.orphaned)
+        {
             if let Some(p) = state.pending.pop_front() {
                 done.push((p.event, p.waiter));
             }
@@ -466,7 +560,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pending_event_whose_only_replica_is_gone_fails_instead_of_completing() {
+    fn a_pending_event_whose_replica_is_gone_waits_for_the_replica_that_takes_its_place() {
         let mut table = TopicTable::<u64>::default();
         table.install("t", "e".into(), 0, 0);
         let e1 = sequence(&mut table, "t");
@@ -478,50 +572,103 @@ mod tests {
             gone.completed.is_empty(),
             "stored nowhere else: neither acknowledged nor fanned out"
         );
-        assert_eq!(seqs(&gone.failed), vec![1, 2]);
-        assert_eq!(
-            gone.failed.iter().map(|(_, w)| *w).collect::<Vec<_>>(),
-            vec![Some(1), Some(2)],
-            "the waiters are handed back to be told"
-        );
-        assert!(!table.has_pending());
-        assert!(
-            table.next("t", 0).is_none(),
-            "another node may number positions 1 and 2 of this epoch meanwhile"
-        );
-        assert!(table.must_renew_epoch("t"));
+        assert_eq!(gone.orphaned, vec![Arc::<str>::from("t")]);
+        assert!(table.has_orphans("t") && table.has_pending());
         assert!(
             table.stored("replica", "t", "e", 2).is_empty(),
-            "a late confirmation changes nothing"
+            "a late confirmation from the gone replica changes nothing"
         );
-        table.install("t", "e2".into(), 0, 0);
-        assert!(table.is_ready("t") && !table.must_renew_epoch("t"));
+        // The topic goes on in its epoch: the next event follows, behind the orphans.
+        let e3 = sequence(&mut table, "t");
+        assert_eq!(e3.seq, 3);
+        assert!(table.hold(e3, vec!["next".into()], Some(3)).is_empty());
+        assert!(!table.must_renew_epoch("t"));
+
+        // The placement's replica now is asked for the orphans; they complete, in order,
+        // once it has stored them.
+        let again = table.ask_again("t", &["next".into()]);
+        assert!(again.completed.is_empty());
+        assert_eq!(
+            again
+                .send
+                .iter()
+                .map(|(e, to)| (e.seq, to.clone()))
+                .collect::<Vec<_>>(),
+            vec![(1, vec!["next".into()]), (2, vec!["next".into()])]
+        );
+        assert!(!table.has_orphans("t"));
+        assert!(table.stored("next", "t", "e", 1).len() == 1);
+        let done = table.stored("next", "t", "e", 3);
+        assert_eq!(seqs(&done), vec![2, 3]);
+        assert_eq!(
+            done.iter().map(|(_, w)| *w).collect::<Vec<_>>(),
+            vec![Some(2), Some(3)]
+        );
+        assert!(!table.has_pending() && table.is_ready("t"));
     }
 
     #[test]
-    fn a_departed_peer_fails_only_the_events_that_waited_for_it_and_those_after() {
+    fn orphans_asked_of_replicas_that_stored_them_complete_at_once() {
+        let mut table = TopicTable::<u64>::default();
+        table.install("t", "e".into(), 0, 0);
+        let e1 = sequence(&mut table, "t");
+        assert!(
+            table
+                .hold(e1, vec!["a".into(), "b".into()], Some(1))
+                .is_empty()
+        );
+        assert!(table.stored("a", "t", "e", 1).is_empty());
+        let gone = table.peer_gone("b");
+        assert!(
+            gone.completed.is_empty(),
+            "not until the placement is asked"
+        );
+        let again = table.ask_again("t", &["a".into()]);
+        assert!(again.send.is_empty(), "`a` was asked already");
+        assert_eq!(seqs(&again.completed), vec![1]);
+    }
+
+    #[test]
+    fn orphans_no_replica_could_store_fail_with_the_events_after_them() {
         let mut table = TopicTable::<u64>::default();
         table.install("t", "e".into(), 0, 0);
         table.install("u", "e".into(), 0, 0);
         let t1 = sequence(&mut table, "t");
-        assert!(table.hold(t1, vec!["a".into()], None).is_empty());
+        assert!(table.hold(t1, vec!["a".into()], Some(1)).is_empty());
         let t2 = sequence(&mut table, "t");
         assert!(
             table
-                .hold(t2, vec!["a".into(), "b".into()], None)
+                .hold(t2, vec!["a".into(), "b".into()], Some(2))
                 .is_empty()
         );
         let t3 = sequence(&mut table, "t");
-        assert!(table.hold(t3, vec!["a".into()], None).is_empty());
+        assert!(table.hold(t3, vec!["a".into()], Some(3)).is_empty());
         let u1 = sequence(&mut table, "u");
         assert!(table.hold(u1, vec!["a".into()], None).is_empty());
         let gone = table.peer_gone("b");
         assert!(gone.completed.is_empty());
-        assert_eq!(seqs(&gone.failed), vec![2, 3], "1 did not wait for `b`");
-        assert!(!table.is_ready("t") && table.is_ready("u"));
-        assert!(!table.must_renew_epoch("u"));
+        assert_eq!(
+            gone.orphaned,
+            vec![Arc::<str>::from("t")],
+            "1 did not wait for `b`"
+        );
+        let failed = table.fail_orphans("t");
+        assert_eq!(seqs(&failed), vec![2, 3]);
+        assert_eq!(
+            failed.iter().map(|(_, w)| *w).collect::<Vec<_>>(),
+            vec![Some(2), Some(3)],
+            "the waiters are handed back to be told"
+        );
+        assert!(
+            table.next("t", 0).is_none(),
+            "another node may number positions 2 and 3 of this epoch meanwhile"
+        );
+        assert!(table.must_renew_epoch("t") && !table.must_renew_epoch("u"));
+        assert!(table.is_ready("u"));
         assert_eq!(seqs(&table.stored("a", "t", "e", 3)), vec![1]);
         assert_eq!(seqs(&table.stored("a", "u", "e", 1)), vec![1]);
+        table.install("t", "e2".into(), 0, 0);
+        assert!(table.is_ready("t") && !table.must_renew_epoch("t"));
     }
 
     #[test]
@@ -554,6 +701,7 @@ mod tests {
         let event = sequence(&mut table, "failed");
         assert!(table.hold(event, vec!["gone".into()], None).is_empty());
         let _ = table.peer_gone("gone");
+        let _ = table.fail_orphans("failed");
         table.install("kept", "e".into(), 0, 1_000);
         let idle = |name: &str, last_active: i64| name != "kept" && last_active <= 2_000;
 

@@ -8,6 +8,9 @@
 //!   sequences it, sends a copy to each replica, and fans it out — and answers — only once
 //!   every replica has stored it. Anything delivered is therefore on every replica, and a
 //!   replica that takes over after the owner fails continues the same epoch without a hole.
+//!   A replica that fails (or leaves) before confirming is replaced by the next member of
+//!   the ranking, which is asked to store what it had not confirmed
+//!   (`Cluster::ask_replicas_again`): the owner's epoch goes on.
 //! - A node that becomes owner of a topic it holds no state for *claims* it: it asks every
 //!   peer what it knows. A peer that was sequencing the topic hands it over (once its
 //!   pending events are stored) and stops; a peer that still owns the topic in its own view
@@ -43,6 +46,11 @@ mod replay;
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before asking again when views disagree or the owner is not reachable yet.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How long events whose replica went away wait for a replica to take its place before they
+/// fail (and the topic starts a new epoch): longer than failure detection (about 5 s, up to
+/// 8 s seen in the chaos runs) and a redial, since a replica whose link ended before it was
+/// declared down stays in the placement until then.
+const REPLACEMENT_PATIENCE: Duration = Duration::from_secs(15);
 /// Why a node cut off from most of the cluster refuses publishes.
 pub(super) const MINORITY: &str =
     "this node sees only a minority of the cluster (a partition?); publish through another node";
@@ -171,9 +179,12 @@ impl Cluster {
     fn replica_links(&self, topic: &str) -> Result<Vec<Arc<PeerLink>>, String> {
         let view = self.gossip.view.read();
         let peers = view.live_peers();
+        // The placement after this node: the owner's replicas when it sequences, and still
+        // whom to ask when it holds events in flight of a topic that a newcomer now outranks
+        // it for (see `ask_replicas_again`), rather than itself.
         rank(topic, self.member_names(&peers))
             .into_iter()
-            .skip(1)
+            .filter(|name| *name != self.id.name)
             .take(self.replication.saturating_sub(1))
             .map(|name| self.link_to(name).ok_or_else(|| name.to_owned()))
             .collect()
@@ -468,6 +479,62 @@ impl Cluster {
             // Handed over between the check and now: route it to the new owner.
             Sequenced::NotReady => self.retry(topic, payload, reply, 0, "the topic moved".into()),
         }
+    }
+
+    /// After `peer` went away (declared down, left, or its link ended), asks the replicas of
+    /// the placement as it is now to store the events it had not confirmed, for each topic
+    /// in `orphaned` ([`crate::broker::Broker::on_peer_gone`]). A single replica's crash or
+    /// graceful leave with events in flight thus changes neither their positions nor the
+    /// topic's epoch: the next node in the ranking takes its place, as for a new event.
+    ///
+    /// The replicas are those a new event would get, under the same majority: until the
+    /// membership view has one (the peer just left the placement and its successor is not
+    /// linked yet, say, or the link ended and is being redialled), it asks again every
+    /// [`RETRY_PAUSE`]. If that lasts past [`REPLACEMENT_PATIENCE`] the events fail, and
+    /// the topic starts a new epoch unless another node knows it further (docs/guarantees.md).
+    /// A node that gives its topics up meanwhile (a minority) fails them itself.
+    pub(super) fn ask_replicas_again(self: &Arc<Self>, peer: &str, orphaned: Vec<Arc<str>>) {
+        if orphaned.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            peer,
+            topics = orphaned.len(),
+            "a replica went away with events in flight"
+        );
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + REPLACEMENT_PATIENCE;
+            let mut waiting = orphaned;
+            loop {
+                let majority = cluster.compute_majority();
+                waiting.retain(|topic| {
+                    if !cluster.broker.has_orphans(topic) {
+                        return false;
+                    }
+                    if !majority {
+                        return true;
+                    }
+                    match cluster.replica_links(topic) {
+                        Ok(replicas) => {
+                            cluster.broker.ask_replicas_again(topic, &replicas);
+                            false
+                        }
+                        Err(_) => true,
+                    }
+                });
+                if waiting.is_empty() {
+                    return;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    for topic in &waiting {
+                        cluster.broker.fail_orphans(topic);
+                    }
+                    return;
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        });
     }
 
     /// True when this node sees more than half of the cluster alive (see
