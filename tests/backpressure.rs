@@ -190,7 +190,7 @@ async fn a_burst_reaches_every_subscriber_whole_even_those_behind() {
 }
 
 /// Fan-in: topics whose publishers sit on other nodes than their owners, at full speed,
-/// into owners with a small publish buffer (2 MiB, two of the largest frames) that fills many times
+/// into owners with a small publish buffer (1 MiB, the least allowed) that fills many times
 /// over. A publish without `ref` from a peer used to be dropped by an owner whose buffer was
 /// full; now the owner reads that peer's publishes more slowly and the publishers wait.
 /// Every event arrives, in order, and no publisher is told `unavailable`.
@@ -198,12 +198,13 @@ async fn a_burst_reaches_every_subscriber_whole_even_those_behind() {
 async fn publishes_from_other_nodes_wait_for_a_full_owner_instead_of_being_dropped() {
     let nodes = Arc::new(
         start_cluster(3, |_, s| {
-            s.publish_buffer_bytes = 2 * 1024 * 1024;
+            s.max_frame_bytes = 64 * 1024;
+            s.publish_buffer_bytes = 1024 * 1024;
         })
         .await,
     );
     const TOPICS: usize = 30;
-    const MESSAGES: usize = 1_000;
+    const MESSAGES: usize = 500;
     let topic = |i: usize| format!("burst.fanin.{i}");
     let (_go, went) = watch::channel(true);
     let mut receivers = Vec::new();
@@ -223,7 +224,7 @@ async fn publishes_from_other_nodes_wait_for_a_full_owner_instead_of_being_dropp
                 .filter(|i| i % 3 == (k + 1) % 3)
                 .map(topic)
                 .collect();
-            tokio::spawn(async move { publish(&nodes[k], mine, MESSAGES, 512).await })
+            tokio::spawn(async move { publish(&nodes[k], mine, MESSAGES, 2048).await })
         })
         .collect();
     for publisher in publishers {
