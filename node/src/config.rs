@@ -74,8 +74,8 @@ pub struct Settings {
     pub advertise_ip: Option<IpAddr>,
     /// Events queued towards one peer at most. Publishes hold the events they cause in
     /// these queues against `publish_buffer_bytes`, so under load the buffer pushes back on
-    /// publishers first; a queue that fills all the same is a stuck peer: its events are
-    /// dropped and its link is reset (subscribers resync).
+    /// publishers first; a queue that fills all the same is a stuck peer: further events are
+    /// dropped (its plain subscribers see the hole and resync).
     pub peer_queue: usize,
     /// A peer that takes none of the events queued for it for this long is stuck: its link
     /// is reset, its queue dropped, and subscribers resync. A merely slow peer slows the

@@ -10,8 +10,9 @@
 //!   the publish buffer (`publish_buffer_bytes`) until it is written to the peer, so a peer
 //!   that reads slowly slows the publishers feeding it instead of losing events. The count
 //!   bound (`peer_queue`) sits above what the buffer lets in; only a queue that still fills
-//!   (or a peer that takes nothing for `peer_stall_timeout`) is a stuck peer: its events are
-//!   dropped and counted, and its link is reset, so subscribers resync.
+//!   is a stuck peer: further events are dropped and counted, and its plain subscribers see
+//!   the hole and resync; a peer that takes nothing for `peer_stall_timeout` has its link
+//!   reset, so subscribers everywhere resync.
 //! - publishes (`Publish`, on a stream of their own): each holds a share of this node's
 //!   publish buffer until written, and the owner reads that stream only as fast as its own
 //!   publish buffer has room, so QUIC flow control carries the owner's backpressure back
@@ -189,11 +190,10 @@ impl PeerLink {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let dropped = self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
                 if dropped.is_power_of_two() {
-                    tracing::warn!(peer = %self.name, dropped = dropped + 1, "peer queue full (peer_queue): events dropped; the link is reset");
+                    tracing::warn!(peer = %self.name, dropped = dropped + 1, "peer queue full (peer_queue): events dropped");
                 }
-                // A stuck peer: its subscribers missed events, so the link is reset and
-                // every node's plain subscribers resync (as after a lost link).
-                self.close();
+                // A stuck peer: its plain subscribers see the hole at the next event and
+                // resync; one that takes nothing at all is reset by `peer_stall_timeout`.
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
