@@ -37,6 +37,9 @@ if [ "$mode" = full ]; then
   RATE_MESSAGES=${RATE_MESSAGES:-300}
   TOPICS=${TOPICS:-1000}
   TOPIC_MESSAGES=${TOPIC_MESSAGES:-100}
+  # The generator's bursts: 10,000 messages to 1,000 subscribers; 1,000 topics x 1,000.
+  BURST_MESSAGES=${BURST_MESSAGES:-10000}
+  BURST_TOPIC_MESSAGES=${BURST_TOPIC_MESSAGES:-1000}
   MEMBERS=${MEMBERS:-30}
   QUEUE_MESSAGES=${QUEUE_MESSAGES:-20000}
   IDLE_STEPS=${IDLE_STEPS:-1000,5000,10000,19000}
@@ -49,6 +52,8 @@ else
   RATE_MESSAGES=${RATE_MESSAGES:-100}
   TOPICS=${TOPICS:-50}
   TOPIC_MESSAGES=${TOPIC_MESSAGES:-40}
+  BURST_MESSAGES=${BURST_MESSAGES:-5000}
+  BURST_TOPIC_MESSAGES=${BURST_TOPIC_MESSAGES:-200}
   MEMBERS=${MEMBERS:-3}
   QUEUE_MESSAGES=${QUEUE_MESSAGES:-2000}
   IDLE_STEPS=${IDLE_STEPS:-100,200}
@@ -275,6 +280,13 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
     run "$system" "$urls" queue --members "$MEMBERS" --messages "$QUEUE_MESSAGES" \
       --size "$SIZE" --label "$label"
+    # The bursts of issue 13, read as its independent generator reads them: subscribers on
+    # 2 threads of their own with 4 KiB socket reads, the publishers flushing every 64
+    # frames, a subscriber closed by the node counting every event it did not get as lost.
+    run "$system" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$BURST_MESSAGES" \
+      --size "$SIZE" --read-buffer 4096 --subscriber-threads 2 --label "$label"
+    run "$system" "$urls" topics --topics "$TOPICS" --messages "$BURST_TOPIC_MESSAGES" \
+      --size "$SIZE" --read-buffer 4096 --subscriber-threads 2 --label "$label"
   done
 done
 

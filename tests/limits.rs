@@ -419,11 +419,11 @@ async fn retained_history_is_bounded_in_bytes_and_what_was_trimmed_is_a_gap() ->
 /// Publishes that reach an owner from other nodes held no share of the owner's publish
 /// buffer: with the topic's replica stalled, every one of them waited at the owner for a
 /// `Stored` that did not come, without bound. They now take a share of the owner's buffer
-/// too; when it is full the owner refuses at once (its peer stream is never blocked), and
-/// the client that published on another node is told `unavailable`.
+/// too; when it is full the owner reads that peer's publish stream no further (nothing else
+/// on the link waits), the publishing node's buffer fills behind it, and the client that
+/// published there is told `unavailable` once its publishes waited the publish timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publishes_from_peers_hold_the_owners_buffer_and_are_refused_when_it_is_full() -> TestResult
-{
+async fn publishes_from_peers_hold_the_owners_buffer_and_wait_then_are_refused() -> TestResult {
     use murmur_tests::{TEST_CLUSTER_KEY, gossip_addr, linked_peers, wait_until};
     const OWNER_BUFFER: usize = 1024 * 1024;
     let key = || Some(murmur::config::Secret(TEST_CLUSTER_KEY.into()));
@@ -488,14 +488,8 @@ async fn publishes_from_peers_hold_the_owners_buffer_and_are_refused_when_it_is_
     };
     assert_eq!(refused["code"], "unavailable", "{refused}");
     assert!(
-        refused["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("owner's publish buffer")),
-        "{refused}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "refused at once, not after the publish timeout: {:?}",
+        started.elapsed() < Duration::from_secs(9),
+        "refused within the publish timeout, not held without bound: {:?}",
         started.elapsed()
     );
     let held = owner.state().cluster.publish_buffer_in_use();

@@ -95,6 +95,9 @@ impl MurmurOptions {
 pub struct Target {
     pub system: System,
     pub murmur: MurmurOptions,
+    /// Bytes each socket read takes at most (tungstenite's read buffer); its default
+    /// (128 KiB) when absent.
+    pub read_buffer: Option<usize>,
 }
 
 impl Target {
@@ -137,7 +140,11 @@ impl Conn {
     pub async fn connect(target: &Target, url: &str) -> anyhow::Result<Self> {
         // Without Nagle, as NATS's and most clients' sockets: a small frame (an ack, a
         // publish at a fixed rate) goes out at once instead of waiting for the peer's ACK.
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        let config = target.read_buffer.map(|bytes| {
+            tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(bytes)
+        });
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, config, true)
             .await
             .with_context(|| format!("connect {url}"))?;
         let mut conn = Self {
@@ -450,6 +457,7 @@ mod tests {
         let target = |murmur: &MurmurOptions| Target {
             system: System::Murmur,
             murmur: murmur.clone(),
+            read_buffer: None,
         };
         assert_eq!(options.hello(), r#"{"op":"hello","client":"b"}"#);
         assert_eq!(target(&options).name(), "murmur");

@@ -32,6 +32,15 @@ pub struct Common {
     /// far less than throughput).
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
+    /// Bytes each subscriber's socket read takes at most (default: the WebSocket library's
+    /// 128 KiB). 4096 reads as the independent load generator of issue 13 does.
+    #[arg(long, value_name = "BYTES")]
+    pub read_buffer: Option<usize>,
+    /// Run the subscribers (connects and reads) on a runtime of their own with this many
+    /// threads, apart from the publishers, as a load generator whose subscriber process
+    /// has that many threads. By default they share the bench's runtime.
+    #[arg(long, value_name = "N")]
+    pub subscriber_threads: Option<usize>,
 }
 
 impl Common {
@@ -39,6 +48,91 @@ impl Common {
         Target {
             system: self.system,
             murmur: self.murmur.clone(),
+            read_buffer: None,
+        }
+    }
+
+    /// The target as the subscribers see it (with `--read-buffer`).
+    pub fn subscriber_target(&self) -> Target {
+        Target {
+            read_buffer: self.read_buffer,
+            ..self.target()
+        }
+    }
+
+    /// Where the subscribers run (see `--subscriber-threads`).
+    pub fn subscriber_pool(&self) -> anyhow::Result<SubscriberPool> {
+        let runtime = match self.subscriber_threads {
+            None => None,
+            Some(threads) => Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads.max(1))
+                    .thread_name("subscribers")
+                    .enable_all()
+                    .build()?,
+            ),
+        };
+        Ok(SubscriberPool { runtime })
+    }
+
+    /// A `-<variant>` for the report's case when subscribers read unlike the default.
+    pub fn subscriber_variant(&self) -> String {
+        let mut variant = String::new();
+        if let Some(bytes) = self.read_buffer {
+            variant.push_str(&format!(" reads {bytes} B"));
+        }
+        if let Some(threads) = self.subscriber_threads {
+            variant.push_str(&format!(" on {threads} threads"));
+        }
+        variant
+    }
+}
+
+/// The runtime the subscribers run on: the bench's own, or one of their own.
+pub struct SubscriberPool {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl SubscriberPool {
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.runtime
+            .as_ref()
+            .map_or_else(tokio::runtime::Handle::current, |r| r.handle().clone())
+    }
+
+    /// Connects and subscribes the clients of `plan` (see [`connect_subscribed`]) on this
+    /// pool, so that their sockets are read by its threads.
+    pub async fn connect_subscribed(
+        &self,
+        target: &Target,
+        plan: Vec<(String, String)>,
+        group: Option<String>,
+    ) -> anyhow::Result<Vec<Conn>> {
+        let target = target.clone();
+        self.handle()
+            .spawn(async move { connect_subscribed(&target, plan, group.as_deref()).await })
+            .await?
+    }
+
+    /// [`spawn_receivers`] on this pool.
+    pub fn spawn_receivers(
+        &self,
+        subscribers: Vec<Conn>,
+        expected: usize,
+        start: Instant,
+        warmth: &Arc<Warmth>,
+        publishing: &Arc<AtomicBool>,
+    ) -> Vec<tokio::task::JoinHandle<Received>> {
+        let _entered = self.handle().enter();
+        spawn_receivers(subscribers, expected, start, warmth, publishing)
+    }
+}
+
+impl Drop for SubscriberPool {
+    fn drop(&mut self) {
+        // Dropping a runtime from inside another one panics: let it wind down on its own.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 }

@@ -11,10 +11,7 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 use crate::client::{Incoming, System};
-use crate::common::{
-    Common, Warmth, connect_subscribed, cpu_per_delivery_us, cpu_row, gather, server_cpu_seconds,
-    spawn_receivers,
-};
+use crate::common::{Common, Warmth, cpu_per_delivery_us, cpu_row, gather, server_cpu_seconds};
 use crate::report::{WARMUP, emit, payload};
 
 const TOPIC: &str = "bench.fanout";
@@ -55,10 +52,13 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     let plan = (0..args.subscribers)
         .map(|i| (urls[i % urls.len()].clone(), TOPIC.to_owned()))
         .collect();
-    let subscribers = connect_subscribed(&target, plan, None).await?;
+    let pool = args.common.subscriber_pool()?;
+    let subscribers = pool
+        .connect_subscribed(&args.common.subscriber_target(), plan, None)
+        .await?;
     let warmth = Warmth::new(args.subscribers);
     let publishing = Arc::new(AtomicBool::new(false));
-    let tasks = spawn_receivers(subscribers, args.messages, start, &warmth, &publishing);
+    let tasks = pool.spawn_receivers(subscribers, args.messages, start, &warmth, &publishing);
 
     let mut publisher =
         crate::client::Conn::connect(&target, urls.last().context("a URL")?).await?;
@@ -144,8 +144,15 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
         (false, Some(_)) => "fanout-rate",
         (false, None) => "fanout-full",
     };
+    // Subscribers that read like the independent generator's are another case.
+    let variant = args.common.subscriber_variant();
+    let case = if variant.is_empty() {
+        case.to_owned()
+    } else {
+        format!("{case}-generator")
+    };
     let row = format!(
-        "{name:<7} fanout {} subs / {} nodes x {} msgs x {} B @ {mode:<10} {per_second:>12.0} deliveries/s  {}  lost {lost}",
+        "{name:<7} fanout {} subs{variant} / {} nodes x {} msgs x {} B @ {mode:<10} {per_second:>12.0} deliveries/s  {}  lost {lost}",
         args.subscribers,
         urls.len(),
         args.messages,
@@ -163,6 +170,8 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
             "publish_errors": publish_errors, "lost": lost, "latency_ms": latency.json(),
             "ended_early": endings.count, "ended_sample": endings.sample,
             "server_cpu_us_per_delivery": cpu_us,
+            "read_buffer": args.common.read_buffer,
+            "subscriber_threads": args.common.subscriber_threads,
         }),
         &args.common.label,
     );

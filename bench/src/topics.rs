@@ -12,10 +12,7 @@ use serde_json::json;
 use tokio::sync::Barrier;
 
 use crate::client::{Conn, Target};
-use crate::common::{
-    Common, Warmth, connect_subscribed, cpu_per_delivery_us, cpu_row, gather, server_cpu_seconds,
-    spawn_receivers,
-};
+use crate::common::{Common, Warmth, cpu_per_delivery_us, cpu_row, gather, server_cpu_seconds};
 use crate::report::{WARMUP, emit, payload};
 
 const FLUSH_EVERY: usize = 64;
@@ -46,10 +43,13 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     let plan = (0..args.topics)
         .map(|i| (urls[i % nodes].clone(), topic(i)))
         .collect();
-    let subscribers = connect_subscribed(&target, plan, None).await?;
+    let pool = args.common.subscriber_pool()?;
+    let subscribers = pool
+        .connect_subscribed(&args.common.subscriber_target(), plan, None)
+        .await?;
     let warmth = Warmth::new(args.topics);
     let publishing = Arc::new(AtomicBool::new(false));
-    let tasks = spawn_receivers(subscribers, args.messages, start, &warmth, &publishing);
+    let tasks = pool.spawn_receivers(subscribers, args.messages, start, &warmth, &publishing);
 
     publishing.store(true, Ordering::Relaxed);
     let barrier = Arc::new(Barrier::new(nodes));
@@ -88,8 +88,14 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     let lost = (expected - received) as u64;
     let cpu_us = cpu_per_delivery_us(cpu_before, cpu_after, received);
     let name = target.name();
+    let variant = args.common.subscriber_variant();
+    let case = if variant.is_empty() {
+        "topics"
+    } else {
+        "topics-generator"
+    };
     let row = format!(
-        "{name:<7} topics {} topics / {nodes} nodes x {} msgs x {} B, publishers on other nodes {per_second:>12.0} deliveries/s  {}  lost {lost}",
+        "{name:<7} topics {} topics{variant} / {nodes} nodes x {} msgs x {} B, publishers on other nodes {per_second:>12.0} deliveries/s  {}  lost {lost}",
         args.topics,
         args.messages,
         args.size,
@@ -99,11 +105,13 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     emit(
         &row,
         json!({
-            "scenario": "topics", "case": "topics", "system": name, "topics": args.topics,
+            "scenario": "topics", "case": case, "system": name, "topics": args.topics,
             "nodes": nodes, "messages_per_topic": args.messages, "size": args.size,
             "deliveries_per_s": per_second, "lost": lost, "latency_ms": latency.json(),
             "ended_early": endings.count, "ended_sample": endings.sample,
             "server_cpu_us_per_delivery": cpu_us,
+            "read_buffer": args.common.read_buffer,
+            "subscriber_threads": args.common.subscriber_threads,
         }),
         &args.common.label,
     );

@@ -72,8 +72,16 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     /// The IP peers and clients should use to reach this node, when it listens on 0.0.0.0/[::].
     pub advertise_ip: Option<IpAddr>,
-    /// Events queued towards one peer before further events to it are dropped.
+    /// Events queued towards one peer at most. Publishes hold the events they cause in
+    /// these queues against `publish_buffer_bytes`, so under load the buffer pushes back on
+    /// publishers first; a queue that fills all the same is a stuck peer: further events are
+    /// dropped (its plain subscribers see the hole and resync).
     pub peer_queue: usize,
+    /// A peer that takes none of the events queued for it for this long is stuck: its link
+    /// is reset, its queue dropped, and subscribers resync. A merely slow peer slows the
+    /// publishers feeding it instead.
+    #[serde(with = "humantime_serde")]
+    pub peer_stall_timeout: Duration,
     /// Bytes of publishes this node's clients may have on their way to the topics' owners
     /// at once; beyond it publishing connections wait (up to 5 s, then `unavailable`).
     pub publish_buffer_bytes: usize,
@@ -83,8 +91,12 @@ pub struct Settings {
     pub max_frame_bytes: usize,
     /// The most subscriptions one connection may hold.
     pub max_subscriptions: usize,
-    /// Events queued for one connection before it is disconnected as a slow consumer.
+    /// Deprecated (use `slow_consumer_bytes`): when not 0, also the most events queued for
+    /// one connection before it is disconnected as a slow consumer.
     pub outbound_queue: usize,
+    /// Bytes of events queued for one connection (payload, topic and the queue slot of
+    /// each) before it is disconnected as a slow consumer.
+    pub slow_consumer_bytes: usize,
     /// The longest topic or pattern accepted, in bytes.
     pub max_topic_bytes: usize,
     /// Bytes read from a client's socket at once: the per-connection read buffer, kept for
@@ -229,12 +241,14 @@ impl Default for Settings {
             tls_cert: None,
             tls_key: None,
             advertise_ip: None,
-            peer_queue: 65_536,
+            peer_queue: 1 << 20,
+            peer_stall_timeout: Duration::from_secs(10),
             publish_buffer_bytes: 64 * 1024 * 1024,
             replication: 2,
             max_frame_bytes: 1024 * 1024,
             max_subscriptions: 1024,
-            outbound_queue: 4096,
+            outbound_queue: 0,
+            slow_consumer_bytes: 64 * 1024 * 1024,
             max_topic_bytes: DEFAULT_MAX_TOPIC_BYTES,
             ws_read_buffer: 1024,
             ws_write_buffer: 16 * 1024,
@@ -487,6 +501,10 @@ impl Settings {
         if !(1..=10_000_000).contains(&self.peer_queue) {
             return invalid("peer_queue", "must be between 1 and 10000000");
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.peer_stall_timeout)
+        {
+            return invalid("peer_stall_timeout", "must be between 1s and 1h");
+        }
         if !(1024..=MAX_FRAME_BYTES_BOUND).contains(&self.max_frame_bytes) {
             return invalid(
                 "max_frame_bytes",
@@ -496,8 +514,17 @@ impl Settings {
         if !(1..=1_000_000).contains(&self.max_subscriptions) {
             return invalid("max_subscriptions", "must be between 1 and 1000000");
         }
-        if !(1..=1_000_000).contains(&self.outbound_queue) {
-            return invalid("outbound_queue", "must be between 1 and 1000000");
+        if self.outbound_queue > 1_000_000 {
+            return invalid(
+                "outbound_queue",
+                "must be between 0 (no count bound: slow_consumer_bytes alone) and 1000000",
+            );
+        }
+        if !(64 * 1024..=4 * 1024 * 1024 * 1024).contains(&self.slow_consumer_bytes) {
+            return invalid(
+                "slow_consumer_bytes",
+                "must be between 65536 (64 KiB) and 4294967296 (4 GiB)",
+            );
         }
         if self.history_max_events > 100_000_000 {
             return invalid("history_max_events", "must be at most 100000000");
@@ -743,9 +770,13 @@ pub struct ServeArgs {
     /// IP that peers and clients use to reach this node when it listens on 0.0.0.0 or [::].
     #[arg(long, env = "MURMUR_ADVERTISE_IP", value_name = "IP")]
     pub advertise_ip: Option<IpAddr>,
-    /// Events queued towards one peer before further events to it are dropped [default: 65536].
+    /// Events queued towards one peer at most; a peer whose queue fills is stuck: its link
+    /// is reset [default: 1048576].
     #[arg(long, env = "MURMUR_PEER_QUEUE", value_name = "N")]
     pub peer_queue: Option<usize>,
+    /// A peer that takes no queued event for this long is stuck: its link is reset [default: 10s].
+    #[arg(long, env = "MURMUR_PEER_STALL_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub peer_stall_timeout: Option<Duration>,
     /// Bytes of publishes in flight towards owners before publishers wait [default: 67108864].
     #[arg(long, env = "MURMUR_PUBLISH_BUFFER_BYTES", value_name = "BYTES")]
     pub publish_buffer_bytes: Option<usize>,
@@ -758,9 +789,14 @@ pub struct ServeArgs {
     /// Most subscriptions per connection [default: 1024].
     #[arg(long, env = "MURMUR_MAX_SUBSCRIPTIONS", value_name = "N")]
     pub max_subscriptions: Option<usize>,
-    /// Events buffered per connection before it is disconnected as a slow consumer [default: 4096].
+    /// Deprecated: events buffered per connection before it is disconnected as a slow
+    /// consumer, 0 for no count bound (slow_consumer_bytes decides) [default: 0].
     #[arg(long, env = "MURMUR_OUTBOUND_QUEUE", value_name = "N")]
     pub outbound_queue: Option<usize>,
+    /// Bytes of events buffered per connection before it is disconnected as a slow
+    /// consumer [default: 67108864].
+    #[arg(long, env = "MURMUR_SLOW_CONSUMER_BYTES", value_name = "BYTES")]
+    pub slow_consumer_bytes: Option<usize>,
     /// Longest topic or pattern, in bytes [default: 256].
     #[arg(long, env = "MURMUR_MAX_TOPIC_BYTES", value_name = "BYTES")]
     pub max_topic_bytes: Option<usize>,
@@ -894,11 +930,13 @@ impl ServeArgs {
             gossip,
             quic,
             peer_queue,
+            peer_stall_timeout,
             publish_buffer_bytes,
             replication,
             max_frame_bytes,
             max_subscriptions,
             outbound_queue,
+            slow_consumer_bytes,
             max_topic_bytes,
             ws_read_buffer,
             ws_write_buffer,

@@ -156,7 +156,7 @@ pub(crate) struct StateSnapshot {
     pub history_events: i64,
     pub history_bytes: i64,
     pub publish_buffer_used: i64,
-    pub publishes_refused_by_owner: u64,
+    pub peer_publishes_waited: u64,
     pub events_published: u64,
     pub events_from_peers: u64,
     pub group_deliveries_lost: u64,
@@ -207,7 +207,7 @@ impl StateSnapshot {
             history_events: events as i64,
             history_bytes: broker.history_bytes() as i64,
             publish_buffer_used: node.cluster.publish_buffer_in_use() as i64,
-            publishes_refused_by_owner: node.cluster.stats.publishes_refused_by_owner.load(Relaxed),
+            peer_publishes_waited: node.cluster.stats.peer_publishes_waited.load(Relaxed),
             events_published: broker.stats.events_published.load(Relaxed),
             events_from_peers: broker.stats.events_from_peers.load(Relaxed),
             group_deliveries_lost: broker.stats.group_deliveries_lost.load(Relaxed),
@@ -304,10 +304,10 @@ impl Collector for StateSnapshot {
         )?;
         counter(
             &mut encoder,
-            "murmur_publishes_refused_by_owner",
-            "Publishes from peers this node refused as the topic's owner because its publish \
-             buffer was full (answered unavailable; dropped if the client asked no answer)",
-            self.publishes_refused_by_owner,
+            "murmur_peer_publishes_waited",
+            "Publishes from peers that waited, as this node is the topic's owner, for room in \
+             its publish buffer (their peer's publish stream was read no further meanwhile)",
+            self.peer_publishes_waited,
         )?;
         counter(
             &mut encoder,

@@ -209,6 +209,7 @@ impl RunningNode {
                 seeds: settings.seeds.clone(),
                 replay_window: settings.gossip_replay_window,
                 peer_queue: settings.peer_queue,
+                peer_stall_timeout: settings.peer_stall_timeout,
                 publish_buffer_bytes: settings.publish_buffer_bytes,
                 replication: settings.replication,
             },

@@ -16,7 +16,8 @@ pub mod cluster {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/murmur.cluster.v1.rs"));
 
-        /// The inter-node protocol version this build speaks.
-        pub const VERSION: u32 = 1;
+        /// The inter-node protocol version this build speaks. 2: publishes travel on a
+        /// second stream of their own.
+        pub const VERSION: u32 = 2;
     }
 }

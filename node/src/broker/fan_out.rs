@@ -10,7 +10,7 @@ use crate::routing::Match;
 
 use super::groups::PlacedOnPeer;
 use super::outbox::{Offer, Outbound};
-use super::{Broker, Subscriber, Subscription};
+use super::{Broker, PublishPermit, Subscriber, Subscription};
 
 pub(super) type Forwards = Vec<(Arc<PeerLink>, bool, Vec<(Interest, u64)>)>;
 
@@ -30,8 +30,9 @@ pub(super) fn forward_entry<'f>(
 
 impl Broker {
     /// Queues `event` to every matching local subscription and peer; returns how many
-    /// subscriptions and peers it was queued to.
-    pub(super) fn fan_out(&self, event: &Arc<Event>) -> usize {
+    /// subscriptions and peers it was queued to. `hold` (the event's share of its
+    /// publisher's publish buffer) goes with its forwards, and back once they are written.
+    pub(super) fn fan_out(&self, event: &Arc<Event>, hold: Option<PublishPermit>) -> usize {
         let index = self.index.read();
         let remote = self.remote.read();
         let mut deliveries = 0;
@@ -73,9 +74,14 @@ impl Broker {
             deliveries += self.place_group_event(event, None, Some(remote_group), &mut forwards);
         }
         let mut refused = Vec::new();
+        let hold = if forwards.is_empty() {
+            None
+        } else {
+            hold.map(Arc::new)
+        };
         for (link, plain, groups) in forwards {
             let interests: Vec<Interest> = groups.iter().map(|(i, _)| i.clone()).collect();
-            if self.send_forward(&link, event, plain, groups, false, 0) {
+            if self.send_forward(&link, event, plain, groups, false, 0, hold.clone()) {
                 deliveries += 1;
             } else {
                 refused.extend(interests.into_iter().map(|i| (i, link.name.clone())));
@@ -93,6 +99,7 @@ impl Broker {
     /// When the peer's queue is full nothing is queued, the entries are forgotten again and
     /// false is returned: placing them elsewhere is the caller's business. This never places
     /// anything itself, so no chain of full queues can make it recurse.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn send_forward(
         &self,
         link: &Arc<PeerLink>,
@@ -101,6 +108,7 @@ impl Broker {
         groups: Vec<(Interest, u64)>,
         redelivered: bool,
         bounces: u32,
+        hold: Option<Arc<PublishPermit>>,
     ) -> bool {
         {
             let mut placed = self.placed_on_peers.lock();
@@ -122,6 +130,7 @@ impl Broker {
             plain,
             groups,
             redelivered,
+            hold,
         };
         if link.offer_event(forward) {
             return true;

@@ -95,7 +95,7 @@ impl Broker {
             for member in members {
                 let token = self.new_token();
                 let groups = vec![(interest.clone(), token)];
-                if self.send_forward(&member.link, event, false, groups, true, bounces) {
+                if self.send_forward(&member.link, event, false, groups, true, bounces, None) {
                     return;
                 }
             }
@@ -195,7 +195,7 @@ impl Broker {
         if let Some(group) = remote.group(&from.pattern, name) {
             for member in group.round_robin() {
                 let groups = vec![(interest.clone(), self.new_token())];
-                if self.send_forward(&member.link, event, false, groups, true, 0) {
+                if self.send_forward(&member.link, event, false, groups, true, 0, None) {
                     return Redelivery::Placed;
                 }
             }

@@ -48,7 +48,7 @@ mod sequencing;
 
 use groups::PlacedOnPeer;
 pub use groups::Redelivery;
-pub use outbox::{Outbound, Outbox, Subscription};
+pub use outbox::{Outbound, Outbox, Subscription, queued_bytes};
 pub use replay::{ReplayPage, ResumeError, TopicReplay};
 pub use sequencing::{PublishPermit, Receipt, Sequenced, StoredSignal, TopicSnapshot};
 

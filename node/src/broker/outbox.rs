@@ -28,10 +28,19 @@ pub enum Outbound {
 /// A plain `VecDeque` behind a lock rather than a channel: it allocates nothing while the
 /// connection is idle (most connections, most of the time), and the task takes a whole
 /// batch with one lock.
+///
+/// Bounded in bytes (`slow_consumer_bytes`, see [`queued_bytes`]), not in events: a burst
+/// of small events that a reader works through in a second must not cut it off, while a
+/// reader that truly cannot keep up still cannot make the node hold more than the bound for
+/// it. An optional count bound (`outbound_queue`, deprecated) applies as well when set.
 #[derive(Debug)]
 pub struct Outbox {
     pub connection: u64,
-    capacity: usize,
+    /// Most bytes queued (by [`queued_bytes`]); an event that finds the queue empty is
+    /// always taken, whatever its size.
+    max_bytes: usize,
+    /// Most events queued; `usize::MAX` when only bytes bound the queue.
+    max_events: usize,
     queue: Mutex<OutboxQueue>,
     /// Woken when the queue stops being empty or the outbox overflowed.
     ready: Notify,
@@ -42,7 +51,25 @@ pub struct Outbox {
 #[derive(Debug, Default)]
 struct OutboxQueue {
     items: VecDeque<Outbound>,
+    /// The sum of [`queued_bytes`] over the events in `items`.
+    bytes: usize,
     closed: bool,
+}
+
+/// What one queued event costs its connection, in bytes: its slot in the queue and the
+/// event it keeps alive (payload and topic; shared with other subscribers, but this
+/// connection alone can keep it in memory). About what the socket will be sent for it.
+pub fn queued_bytes(event: &Event) -> usize {
+    std::mem::size_of::<Outbound>() + event.payload.len() + event.topic.len()
+}
+
+/// An item's cost in the queue: events by [`queued_bytes`]; replies are not counted (one
+/// per request the client made, which it is not reading answers to).
+fn item_bytes(item: &Outbound) -> usize {
+    match item {
+        Outbound::Event { event, .. } => queued_bytes(event),
+        Outbound::Reply(_) => 0,
+    }
 }
 
 /// A queue drained to empty gives back the memory it had grown past this many items (a
@@ -50,11 +77,22 @@ struct OutboxQueue {
 const OUTBOX_KEEP_CAPACITY: usize = 1024;
 
 impl Outbox {
-    /// A new outbox holding at most `capacity` undelivered events.
+    /// A new outbox holding at most `capacity` undelivered events (no byte bound; tests).
     pub fn new(connection: u64, capacity: usize) -> Arc<Self> {
+        Self::bounded(connection, usize::MAX, capacity)
+    }
+
+    /// A new outbox holding at most `max_bytes` of undelivered events (by [`queued_bytes`])
+    /// and at most `max_events` of them (0: no count bound).
+    pub fn bounded(connection: u64, max_bytes: usize, max_events: usize) -> Arc<Self> {
         Arc::new(Self {
             connection,
-            capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
+            max_events: if max_events == 0 {
+                usize::MAX
+            } else {
+                max_events
+            },
             queue: Mutex::new(OutboxQueue::default()),
             ready: Notify::new(),
             overflowed: AtomicBool::new(false),
@@ -65,6 +103,11 @@ impl Outbox {
     /// found empty (possibly at once, with nothing left to take).
     pub fn ready(&self) -> tokio::sync::futures::Notified<'_> {
         self.ready.notified()
+    }
+
+    /// Bytes of events queued now (by [`queued_bytes`]).
+    pub fn queued(&self) -> usize {
+        self.queue.lock().bytes
     }
 
     /// True when nothing is queued.
@@ -82,7 +125,10 @@ impl Outbox {
         let mut queue = self.queue.lock();
         let n = queue.items.len().min(max);
         into.reserve_exact(n);
+        let start = into.len();
         into.extend(queue.items.drain(..n));
+        let taken: usize = into[start..].iter().map(item_bytes).sum();
+        queue.bytes -= taken;
         if !queue.items.is_empty() {
             self.ready.notify_one();
         } else if queue.items.capacity() > OUTBOX_KEEP_CAPACITY {
@@ -107,6 +153,7 @@ impl Outbox {
     pub fn close(&self) -> VecDeque<Outbound> {
         let mut queue = self.queue.lock();
         queue.closed = true;
+        queue.bytes = 0;
         std::mem::take(&mut queue.items)
     }
 
@@ -118,9 +165,14 @@ impl Outbox {
         if queue.closed {
             return Offer::Refused;
         }
-        if queue.items.len() >= self.capacity {
+        let bytes = item_bytes(&item);
+        if !queue.items.is_empty()
+            && (queue.items.len() >= self.max_events
+                || queue.bytes.saturating_add(bytes) > self.max_bytes)
+        {
             return Offer::Full;
         }
+        queue.bytes += bytes;
         queue.items.push_back(item);
         if queue.items.len() == 1 {
             self.ready.notify_one();

@@ -23,15 +23,16 @@ pub struct Receipt {
 #[derive(Debug)]
 pub struct StoredSignal {
     notify: Option<tokio::sync::oneshot::Sender<()>>,
-    /// Dropped with the signal: an event waiting for a slow replica keeps its publisher's
-    /// share of the buffer, so a stalled replica slows publishers instead of growing the
-    /// owner's backlog without bound.
-    _permit: Option<PublishPermit>,
+    /// Kept while the event waits for its replicas, then while it waits in the queues
+    /// towards the peers it is forwarded to: a stalled replica or a slow peer slows
+    /// publishers instead of growing this node's backlog without bound (or losing events).
+    permit: Option<PublishPermit>,
 }
 
 /// A share of the node's publish buffer (`publish_buffer_bytes`), in bytes: a publish holds
 /// it from the moment its connection hands it over until it leaves the node's queues (is
-/// written towards its owner, or is stored on its replicas here).
+/// written towards its owner, or, here as its owner, is stored on its replicas and written
+/// to every peer it is forwarded to).
 #[derive(Debug)]
 pub struct PublishPermit(pub tokio::sync::OwnedSemaphorePermit);
 
@@ -121,10 +122,8 @@ impl Broker {
             let (tx, rx) = tokio::sync::oneshot::channel();
             (Some(tx), Some(rx))
         };
-        let signal = (notify.is_some() || permit.is_some()).then_some(StoredSignal {
-            notify,
-            _permit: permit,
-        });
+        let signal =
+            (notify.is_some() || permit.is_some()).then_some(StoredSignal { notify, permit });
         let waiting_for = replicas.iter().map(|r| r.name.clone()).collect();
         let done = shard.topics.hold(event, waiting_for, signal);
         self.complete(done);
@@ -152,9 +151,10 @@ impl Broker {
     fn complete(&self, done: Vec<Completed<StoredSignal>>) {
         for (event, signal) in done {
             tracing::trace!(topic = %event.topic, seq = event.seq, "stored; fanning out");
-            let deliveries = self.fan_out(&event);
+            let (notify, hold) = signal.map_or((None, None), |s| (s.notify, s.permit));
+            let deliveries = self.fan_out(&event, hold);
             self.stats.fanout.observe(deliveries);
-            if let Some(tx) = signal.and_then(|s| s.notify) {
+            if let Some(tx) = notify {
                 let _ = tx.send(());
             }
         }

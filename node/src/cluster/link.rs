@@ -1,9 +1,22 @@
 //! A link to one peer: what the broker hands to it, and what the peer told us it wants.
 //!
-//! Two queues feed the peer's QUIC stream: an unbounded one for interest and control
-//! messages, which are small, rare and must never be lost, and a bounded one for events, so a
-//! slow or dead peer cannot make this node buffer without limit or stall anyone else. Events
-//! that do not fit are dropped and counted.
+//! Three queues feed the peer, each drained by a writer task onto the connection:
+//! - control (interest, replication, replies, claims): small messages that must never be
+//!   lost. Not bounded by count, but by what produces them: `Replicate` copies and their
+//!   `Stored` answers hold a share of the owner's publish buffer until stored, replies answer
+//!   requests whose senders hold a share of theirs, and interest changes follow
+//!   subscriptions (bounded per connection and by connections).
+//! - events (`Forward`): bounded; every event from a publish holds its publisher's share of
+//!   the publish buffer (`publish_buffer_bytes`) until it is written to the peer, so a peer
+//!   that reads slowly slows the publishers feeding it instead of losing events. The count
+//!   bound (`peer_queue`) sits above what the buffer lets in; only a queue that still fills
+//!   is a stuck peer: further events are dropped and counted, and its plain subscribers see
+//!   the hole and resync; a peer that takes nothing for `peer_stall_timeout` has its link
+//!   reset, so subscribers everywhere resync.
+//! - publishes (`Publish`, on a stream of their own): each holds a share of this node's
+//!   publish buffer until written, and the owner reads that stream only as fast as its own
+//!   publish buffer has room, so QUIC flow control carries the owner's backpressure back
+//!   here, and on to the publishing connections.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -39,6 +52,9 @@ pub enum PeerMessage {
         groups: Vec<(Interest, u64)>,
         /// A queue-group event handed on after its first member did not ack it.
         redelivered: bool,
+        /// The event's share of its publisher's publish buffer, given back once every peer
+        /// it is forwarded to has been written it.
+        hold: Option<Arc<crate::cluster::topics::PublishPermit>>,
     },
     /// A copy of a sequenced event for this replica to store.
     Replicate(Arc<Event>),
@@ -70,6 +86,10 @@ pub struct LinkStats {
     pub events_forwarded: AtomicU64,
     /// Events not sent because the peer's queue was full.
     pub events_dropped: AtomicU64,
+    /// When the writer last handed frames to the connection, in ms on the node's monotonic
+    /// clock ([`progress_clock_ms`]): a peer whose queue holds events while this stands still
+    /// is stuck.
+    pub last_progress_ms: AtomicU64,
     /// Events received from this peer.
     pub events_received: AtomicU64,
     /// The QUIC connection's round-trip estimate, in µs, refreshed every second.
@@ -82,6 +102,7 @@ pub struct PeerLink {
     pub generation: u64,
     control: mpsc::UnboundedSender<PeerMessage>,
     events: mpsc::Sender<PeerMessage>,
+    publishes: mpsc::UnboundedSender<PeerMessage>,
     /// The peer's interests, as it announced them; mirrored in the broker's remote index.
     pub(crate) interests: Mutex<HashSet<Interest>>,
     /// Set once the peer's interest snapshot has arrived: until then this node cannot know
@@ -96,27 +117,39 @@ pub struct PeerLink {
 pub struct LinkQueues {
     pub control: mpsc::UnboundedReceiver<PeerMessage>,
     pub events: mpsc::Receiver<PeerMessage>,
+    pub publishes: mpsc::UnboundedReceiver<PeerMessage>,
+}
+
+/// Milliseconds since the first call in this process, on a monotonic clock.
+pub fn progress_clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl PeerLink {
     pub fn new(name: &str, generation: u64, event_capacity: usize) -> (Arc<Self>, LinkQueues) {
         let (control, control_rx) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::channel(event_capacity.max(1));
+        let (publishes, publishes_rx) = mpsc::unbounded_channel();
         let link = Self {
             name: name.into(),
             generation,
             control,
             events,
+            publishes,
             interests: Mutex::new(HashSet::new()),
             interest_known: std::sync::atomic::AtomicBool::new(false),
             closed: CancellationToken::new(),
             stats: LinkStats::default(),
         };
+        link.note_progress();
         (
             Arc::new(link),
             LinkQueues {
                 control: control_rx,
                 events: events_rx,
+                publishes: publishes_rx,
             },
         )
     }
@@ -124,6 +157,27 @@ impl PeerLink {
     pub fn send_control(&self, message: PeerMessage) {
         // A closed link is being torn down; its interest goes with it.
         let _ = self.control.send(message);
+    }
+
+    /// Queues a publish for the peer (its owner) on the publish stream. Bounded by the
+    /// publish buffer share each publish holds while queued (see the module's notes).
+    pub fn send_publish(&self, message: PeerMessage) {
+        let _ = self.publishes.send(message);
+    }
+
+    /// The writer handed frames to the connection.
+    pub fn note_progress(&self) {
+        self.stats
+            .last_progress_ms
+            .store(progress_clock_ms(), Ordering::Relaxed);
+    }
+
+    /// True when events wait for the peer and the writer has handed nothing to the
+    /// connection for `stall`: the peer (or the way to it) is stuck, not merely slow.
+    pub fn is_stalled(&self, stall: std::time::Duration) -> bool {
+        let last = self.stats.last_progress_ms.load(Ordering::Relaxed);
+        let stalled_for = progress_clock_ms().saturating_sub(last);
+        self.queue_depth() > 0 && u128::from(stalled_for) >= stall.as_millis()
     }
 
     /// Queues an event for the peer without waiting; false if it was dropped.
@@ -136,8 +190,10 @@ impl PeerLink {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let dropped = self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
                 if dropped.is_power_of_two() {
-                    tracing::warn!(peer = %self.name, dropped = dropped + 1, "peer queue full: events dropped");
+                    tracing::warn!(peer = %self.name, dropped = dropped + 1, "peer queue full (peer_queue): events dropped");
                 }
+                // A stuck peer: its plain subscribers see the hole at the next event and
+                // resync; one that takes nothing at all is reset by `peer_stall_timeout`.
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,

@@ -61,8 +61,8 @@ pub struct Cluster {
     /// Bytes of publishes this node's clients may have in flight (see `reserve_publish`).
     publish_buffer_bytes: usize,
     publish_budget: Arc<tokio::sync::Semaphore>,
-    /// Limits the log line for publishes from peers refused for a full publish buffer.
-    refused_log: crate::limits::LogLimiter,
+    /// How long a peer may take no events while some wait for it before its link is reset.
+    peer_stall_timeout: Duration,
     /// Copies kept of each topic's events, the owner's included.
     replication: usize,
     stop: CancellationToken,
@@ -90,9 +90,12 @@ pub struct ClusterStats {
     pub connections_refused: std::sync::atomic::AtomicU64,
     /// Peer links established, either way.
     pub links_established: std::sync::atomic::AtomicU64,
-    /// Publishes from peers this node, as the topic's owner, refused because its publish
-    /// buffer was full.
-    pub publishes_refused_by_owner: std::sync::atomic::AtomicU64,
+    /// Publishes from peers that waited, on this node as the topic's owner, for room in its
+    /// publish buffer.
+    pub peer_publishes_waited: std::sync::atomic::AtomicU64,
+    /// Links reset because their peer took no events for `peer_stall_timeout`, or its
+    /// event queue (`peer_queue`) filled.
+    pub links_stalled: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -114,6 +117,7 @@ pub struct ClusterSetup {
     /// Gossip packets stamped further than this from this node's clock are refused.
     pub replay_window: Duration,
     pub peer_queue: usize,
+    pub peer_stall_timeout: Duration,
     pub publish_buffer_bytes: usize,
     pub replication: usize,
 }
@@ -145,7 +149,7 @@ impl Cluster {
             peer_queue: setup.peer_queue,
             publish_buffer_bytes: setup.publish_buffer_bytes,
             publish_budget: Arc::new(tokio::sync::Semaphore::new(setup.publish_buffer_bytes)),
-            refused_log: crate::limits::LogLimiter::new(std::time::Duration::from_secs(1)),
+            peer_stall_timeout: setup.peer_stall_timeout,
             replication: setup.replication.max(1),
             stop,
             tasks: TaskTracker::new(),
@@ -427,6 +431,8 @@ impl Cluster {
             peer,
             writer,
             mut reader,
+            publish_writer,
+            publish_reader,
         } = established;
         if !self.is_live_member(&peer.name, peer.generation) {
             // A peer this node declared down (or has not seen join yet) may still see itself
@@ -464,13 +470,39 @@ impl Cluster {
         self.stats.links_established.fetch_add(1, Ordering::Relaxed);
         tracing::info!(peer = %peer.name, remote = %connection.remote_address(), "peer link up");
         self.broker.attach_peer(&link);
-        let writer = tokio::spawn(transport::write_loop(writer, queues));
+        let link::LinkQueues {
+            control,
+            events,
+            publishes,
+        } = queues;
+        let writer = tokio::spawn(transport::write_loop(
+            writer,
+            control,
+            Some(events),
+            link.clone(),
+        ));
+        let publish_writer = tokio::spawn(transport::write_loop(
+            publish_writer,
+            publishes,
+            None,
+            link.clone(),
+        ));
+        let publish_reader =
+            tokio::spawn(self.clone().read_publishes(link.clone(), publish_reader));
         let mut rtt_tick = tokio::time::interval(Duration::from_secs(1));
         let ended = loop {
             tokio::select! {
                 _ = rtt_tick.tick() => {
                     let micros = u64::try_from(connection.rtt().as_micros()).unwrap_or(u64::MAX);
                     link.stats.rtt_micros.store(micros, Ordering::Relaxed);
+                    if link.is_stalled(self.peer_stall_timeout) {
+                        // Stuck, not slow: nothing it was queued was written for the whole
+                        // timeout. Its queue goes (the publishers it held back go on) and
+                        // subscribers resync, as after a lost link.
+                        self.stats.links_stalled.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(peer = %peer.name, queued = link.queue_depth(), timeout = ?self.peer_stall_timeout, "peer took no events for peer_stall_timeout; resetting the link");
+                        break "stalled".to_owned();
+                    }
                 }
                 () = link.closed() => {
                     // Closed because gossip reported the peer down: its goodbye may be in
@@ -491,8 +523,10 @@ impl Cluster {
                 },
             }
         };
+        publish_reader.abort();
         // Let queued frames (a `Leaving`, say) reach the peer before the connection closes.
         let _ = tokio::time::timeout(Duration::from_millis(200), writer).await;
+        publish_writer.abort();
         connection.close(quinn::VarInt::from_u32(0), b"bye");
         let left = self.gossip.view.read().has_left_named(&link.name);
         if !left && !self.stop.is_cancelled() {
@@ -511,6 +545,39 @@ impl Cluster {
             entry.link.take_if(|l| Arc::ptr_eq(l, &link));
         }
         tracing::info!(peer = %peer.name, reason = %ended, "peer link down");
+    }
+
+    /// Reads the peer's publish stream: each publish waits for room in this node's
+    /// publish buffer before the next is read (see `reserve_for_peer`). A bad frame closes
+    /// the link.
+    async fn read_publishes(
+        self: Arc<Self>,
+        link: Arc<PeerLink>,
+        mut reader: transport::PeerReader,
+    ) {
+        let failure = loop {
+            let frame = tokio::select! {
+                () = link.closed() => return,
+                frame = reader.next() => frame,
+            };
+            let bytes = match frame {
+                None => return,
+                Some(Err(err)) => break err.to_string(),
+                Some(Ok(bytes)) => bytes,
+            };
+            let request = match transport::decode(bytes.freeze()) {
+                Ok(pb::peer_frame::Msg::Publish(request)) => request,
+                Ok(_) => break "not a publish on the publish stream".to_owned(),
+                Err(err) => break err.to_string(),
+            };
+            let bytes = request.data.len() + request.topic.len() + topics::PUBLISH_OVERHEAD_BYTES;
+            let Some(permit) = self.reserve_for_peer(&link, bytes).await else {
+                return;
+            };
+            self.on_publish_request(&link, request, permit);
+        };
+        tracing::warn!(peer = %link.name, err = %failure, "bad publish stream from peer; dropping the link");
+        link.close();
     }
 
     async fn read_goodbye(
@@ -595,7 +662,11 @@ impl Cluster {
                     )));
                 }
             }
-            pb::peer_frame::Msg::Publish(request) => self.on_publish_request(link, request),
+            pb::peer_frame::Msg::Publish(_) => {
+                return Err(transport::TransportError::Misplaced(
+                    "a publish on the main stream",
+                ));
+            }
             pb::peer_frame::Msg::Replicate(replicate) => {
                 match replicate.event.and_then(transport::event_from_pb) {
                     Some(event) => self.on_replicate(link, event),

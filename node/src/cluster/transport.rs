@@ -1,10 +1,14 @@
 //! The QUIC mesh between nodes (`quinn`), authenticated both ways with mutual TLS.
 //!
 //! One connection per pair of nodes: the node whose name sorts first dials, the other
-//! accepts. On it each side opens one unidirectional stream and writes length-prefixed
-//! protobuf `PeerFrame`s, starting with a `Hello` naming itself, which the receiver checks
-//! against the peer's verified certificate. One stream per direction keeps every event a
-//! node forwards to a peer in the order it was queued, so per-topic order survives the hop.
+//! accepts. On it each side opens two unidirectional streams and writes length-prefixed
+//! protobuf `PeerFrame`s on them, each starting with a `Hello` naming itself, which the
+//! receiver checks against the peer's verified certificate. The main stream carries
+//! everything but publishes, in the order queued, so per-topic order survives the hop; its
+//! reader never waits for anything. The publish stream carries publishes for the peer's
+//! topics, in order; the owner reads it only while its publish buffer has room, so QUIC's
+//! flow control pushes back on the publishing node (see `link.rs`) without ever holding up
+//! the main stream, which carries the `Stored` answers that free that room.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use thiserror::Error;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use super::link::{Interest, LinkQueues, PeerMessage};
+use super::link::{Interest, PeerLink, PeerMessage};
 use super::security::{NodeIdentity, SecurityError, certificate_names};
 use crate::event::{Event, Payload};
 
@@ -62,6 +66,8 @@ pub enum TransportError {
     UnexpectedPeer { expected: String, found: String },
     #[error("handshake timed out")]
     Timeout,
+    #[error("peer sent {0}")]
+    Misplaced(&'static str),
 }
 
 /// Binds the node's QUIC endpoint, which both accepts and dials.
@@ -122,12 +128,19 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// A connection whose peer has said who it is, with one stream each way.
+pub type PeerWriter = FramedWrite<quinn::SendStream, LengthDelimitedCodec>;
+pub type PeerReader = FramedRead<quinn::RecvStream, LengthDelimitedCodec>;
+
+/// A connection whose peer has said who it is, with two streams each way.
 pub struct Established {
     pub connection: quinn::Connection,
     pub peer: pb::Hello,
-    pub writer: FramedWrite<quinn::SendStream, LengthDelimitedCodec>,
-    pub reader: FramedRead<quinn::RecvStream, LengthDelimitedCodec>,
+    pub writer: PeerWriter,
+    pub reader: PeerReader,
+    /// The stream of publishes to the peer, as their owner.
+    pub publish_writer: PeerWriter,
+    /// The stream of publishes from the peer, for topics this node owns.
+    pub publish_reader: PeerReader,
 }
 
 fn codec() -> LengthDelimitedCodec {
@@ -155,10 +168,8 @@ pub async fn dial(
 ) -> Result<Established, TransportError> {
     let handshake = async {
         let connection = endpoint.connect(addr, name)?.await?;
-        let mut writer = FramedWrite::new(connection.open_uni().await?, codec());
-        writer
-            .send(frame(pb::peer_frame::Msg::Hello(me.clone())))
-            .await?;
+        let writer = open_stream(&connection, me).await?;
+        let publish_writer = open_stream(&connection, me).await?;
         // The client learns late that the server refused its certificate: the first stream
         // operation fails. Waiting for the peer's hello makes "connected" mean "accepted".
         let mut reader = FramedRead::new(connection.accept_uni().await?, codec());
@@ -169,11 +180,14 @@ pub async fn dial(
                 found: peer.name,
             });
         }
+        let publish_reader = accept_stream(&connection, &peer).await?;
         Ok(Established {
             connection,
             peer,
             writer,
             reader,
+            publish_writer,
+            publish_reader,
         })
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
@@ -206,20 +220,50 @@ pub async fn accept(
             );
             return Err(TransportError::WrongIdentity { claimed: peer.name });
         }
-        let mut writer = FramedWrite::new(connection.open_uni().await?, codec());
-        writer
-            .send(frame(pb::peer_frame::Msg::Hello(me.clone())))
-            .await?;
+        let publish_reader = accept_stream(&connection, &peer).await?;
+        let writer = open_stream(&connection, me).await?;
+        let publish_writer = open_stream(&connection, me).await?;
         Ok(Established {
             connection,
             peer,
             writer,
             reader,
+            publish_writer,
+            publish_reader,
         })
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| TransportError::Timeout)?
+}
+
+/// Opens a stream to the peer and says hello on it (a stream reaches the peer only once
+/// something is written on it; streams are accepted in the order they were opened).
+async fn open_stream(
+    connection: &quinn::Connection,
+    me: &pb::Hello,
+) -> Result<PeerWriter, TransportError> {
+    let mut writer = FramedWrite::new(connection.open_uni().await?, codec());
+    writer
+        .send(frame(pb::peer_frame::Msg::Hello(me.clone())))
+        .await?;
+    Ok(writer)
+}
+
+/// Accepts the peer's next stream; its hello must name the same node as the first.
+async fn accept_stream(
+    connection: &quinn::Connection,
+    peer: &pb::Hello,
+) -> Result<PeerReader, TransportError> {
+    let mut reader = FramedRead::new(connection.accept_uni().await?, codec());
+    let hello = read_hello(&mut reader).await?;
+    if hello.name != peer.name {
+        return Err(TransportError::UnexpectedPeer {
+            expected: peer.name.clone(),
+            found: hello.name,
+        });
+    }
+    Ok(reader)
 }
 
 async fn read_hello(
@@ -241,21 +285,28 @@ pub fn decode(bytes: Bytes) -> Result<pb::peer_frame::Msg, TransportError> {
     frame.msg.ok_or(TransportError::NotHello)
 }
 
-/// Writes what the link's queues hold, control messages first, until both queues close or
-/// the stream fails.
+/// Writes what `first` and `second` hold, `first` first, until both close or the stream
+/// fails; tells `link` after every flush.
 pub async fn write_loop(
-    mut writer: FramedWrite<quinn::SendStream, LengthDelimitedCodec>,
-    mut queues: LinkQueues,
+    mut writer: PeerWriter,
+    mut first: tokio::sync::mpsc::UnboundedReceiver<PeerMessage>,
+    mut second: Option<tokio::sync::mpsc::Receiver<PeerMessage>>,
+    link: Arc<PeerLink>,
 ) -> Result<(), TransportError> {
     loop {
-        let first = tokio::select! {
+        let message = tokio::select! {
             biased;
-            Some(m) = queues.control.recv() => m,
-            Some(m) = queues.events.recv() => m,
+            Some(m) = first.recv() => m,
+            Some(m) = async {
+                match second.as_mut() {
+                    Some(second) => second.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => m,
             else => return Ok(()),
         };
         let mut sent_signals = Vec::new();
-        let mut next = Some(first);
+        let mut next = Some(message);
         let mut written = 0;
         while let Some(mut message) = next.take() {
             // Straight into the stream's buffer: no frame built and copied per message.
@@ -267,14 +318,14 @@ pub async fn write_loop(
             }
             written += 1;
             if written < WRITE_BATCH {
-                next = queues
-                    .control
+                next = first
                     .try_recv()
-                    .or_else(|_| queues.events.try_recv())
-                    .ok();
+                    .ok()
+                    .or_else(|| second.as_mut().and_then(|s| s.try_recv().ok()));
             }
         }
         SinkExt::<Bytes>::flush(&mut writer).await?;
+        link.note_progress();
         for signal in sent_signals {
             let _ = signal.send(());
         }
@@ -311,6 +362,7 @@ fn put_frame(buf: &mut BytesMut, message: &PeerMessage) {
             plain,
             groups,
             redelivered,
+            ..
         } => {
             let event = EventFields(event);
             let rest = pb::Forward {
@@ -555,6 +607,7 @@ mod tests {
                         plain: true,
                         groups: Vec::new(),
                         redelivered: false,
+                        hold: None,
                     },
                     pb::peer_frame::Msg::Forward(pb::Forward {
                         event: Some(event_pb(&event)),
@@ -568,6 +621,7 @@ mod tests {
                         plain: false,
                         groups: groups.clone(),
                         redelivered: true,
+                        hold: None,
                     },
                     pb::peer_frame::Msg::Forward(pb::Forward {
                         event: Some(event_pb(&event)),
@@ -616,6 +670,7 @@ mod tests {
                 9,
             )],
             redelivered: false,
+            hold: None,
         };
         let Ok(pb::peer_frame::Msg::Forward(forward)) = decode(framed(&message)) else {
             panic!("not a forward");

@@ -42,6 +42,10 @@ use crate::routing::ownership::{owner, rank};
 mod claims;
 mod replay;
 
+/// What a publish costs in a publish buffer beyond its payload and topic name (its
+/// bookkeeping), so that a flood of tiny publishes is bounded too.
+pub const PUBLISH_OVERHEAD_BYTES: usize = 64;
+
 /// How long a publish may wait for its owner and replicas.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before asking again when views disagree or the owner is not reachable yet.
@@ -293,7 +297,7 @@ impl Cluster {
         } else {
             reply.permit.take()
         };
-        link.send_control(PeerMessage::Publish {
+        link.send_publish(PeerMessage::Publish {
             msg: pb::peer_frame::Msg::Publish(pb::PublishRequest {
                 id: request.as_ref().map_or(0, |(id, _)| *id),
                 topic: topic.to_string(),
@@ -581,51 +585,47 @@ impl Cluster {
             || (alive.len() == missing.len() && alive.iter().min() < missing.iter().min())
     }
 
-    /// A peer asks this node to sequence an event.
+    /// Waits for room in this node's publish buffer for a publish of `bytes` that `link`'s
+    /// peer sent on its publish stream, which is read no further meanwhile: QUIC's flow
+    /// control then slows the peer's writer, which holds its publishers' shares of its own
+    /// buffer, so its publishing connections are read more slowly in turn. Only the
+    /// publish stream waits: the `Stored` answers and forwards that free room come on other
+    /// streams. `None` once the link or the node closes.
+    pub(super) async fn reserve_for_peer(
+        &self,
+        link: &PeerLink,
+        bytes: usize,
+    ) -> Option<PublishPermit> {
+        if let Some(permit) = self.try_reserve_publish(bytes) {
+            return Some(permit);
+        }
+        self.stats
+            .peer_publishes_waited
+            .fetch_add(1, Ordering::Relaxed);
+        let wanted = u32::try_from(bytes.clamp(1, self.publish_buffer_bytes)).unwrap_or(u32::MAX);
+        let budget = self.publish_budget.clone();
+        tokio::select! {
+            permit = budget.acquire_many_owned(wanted) => permit.ok().map(PublishPermit),
+            () = link.closed() => None,
+            () = self.stop.cancelled() => None,
+        }
+    }
+
+    /// A peer asks this node to sequence an event; `permit` is the share of this node's
+    /// publish buffer it holds until its replicas stored it and it is written to the peers
+    /// it is forwarded to.
     pub(super) fn on_publish_request(
         self: &Arc<Self>,
         link: &Arc<PeerLink>,
         request: pb::PublishRequest,
+        permit: PublishPermit,
     ) {
         let answer = if request.id == 0 {
             Answer::Nobody
         } else {
             Answer::Peer(link.clone(), request.id)
         };
-        // The event holds a share of this node's publish buffer too, until its replicas
-        // stored it: what peers hand an owner whose replicas stall stays bounded. The reader
-        // of a peer's stream must not wait for room (the `Stored` that frees it may come on
-        // the same stream): a full buffer refuses the publish at once. The sending node
-        // answers its client `unavailable`; a publish without `ref` is dropped, counted
-        // (`murmur_publishes_refused_by_owner`) and logged at most once a second, as
-        // docs/protocol.md says of a `pub` without `ref` that cannot be stored.
-        let bytes = request.data.len().max(1);
-        let permit = match self.try_reserve_publish(bytes) {
-            Some(permit) => Some(permit),
-            None => {
-                self.stats
-                    .publishes_refused_by_owner
-                    .fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = self.refused_log.allow() {
-                    tracing::warn!(
-                        peer = %link.name,
-                        suppressed,
-                        buffer = self.publish_buffer_bytes,
-                        "publish buffer full: publishes from peers refused (replicas not keeping up?)"
-                    );
-                }
-                ReplyTo {
-                    answer,
-                    permit: None,
-                }
-                .send(Err(PublishError::unavailable(format!(
-                    "the owner's publish buffer ({} bytes) is full: its replicas are not \
-                     keeping up; publish again later",
-                    self.publish_buffer_bytes
-                ))));
-                return;
-            }
-        };
+        let permit = Some(permit);
         let reply = ReplyTo { answer, permit };
         let owner = self.owner_of(&request.topic);
         let leaving = self.leaving.load(Ordering::Acquire);

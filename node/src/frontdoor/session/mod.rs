@@ -86,7 +86,11 @@ pub(crate) async fn serve(
     );
     async move {
         tracing::debug!(?format, "connected");
-        let outbox = Outbox::new(connection, node.settings.outbound_queue);
+        let outbox = Outbox::bounded(
+            connection,
+            node.settings.slow_consumer_bytes,
+            node.settings.outbound_queue,
+        );
         let node_settings = node.settings.clone();
         // Without a token from the upgrade: unrestricted with `auth = none`, the anonymous
         // permissions if there are any, else nothing until a `hello` brings a valid token.
@@ -110,6 +114,7 @@ pub(crate) async fn serve(
             batch: None,
             replay_in_progress: None,
             replaying: None,
+            replaying_bytes: 0,
             auth: auth::ConnectionAuth::new(identity),
             publish_bucket: (node_settings.publish_rate > 0).then(|| {
                 crate::limits::TokenBucket::new(
@@ -179,9 +184,12 @@ struct Session {
     replay_in_progress: Option<ReplayInProgress>,
     /// While a replay's later pages are written, the subscription replayed and its live
     /// events, held back so they follow the replay (other subscriptions' events are written
-    /// between pages). At most `outbound_queue` are held; more end the connection as a slow
-    /// consumer, as the outbox itself would.
+    /// between pages). At most `slow_consumer_bytes` of them are held (and `outbound_queue`
+    /// events, when set); more end the connection as a slow consumer, as the outbox itself
+    /// would.
     replaying: Option<(Arc<Subscription>, VecDeque<Outbound>)>,
+    /// Bytes of the events in `replaying` (by `broker::queued_bytes`).
+    replaying_bytes: usize,
     /// Who the client is, what it may do, until when.
     auth: auth::ConnectionAuth,
 }
@@ -372,7 +380,8 @@ impl Session {
             Ending::SlowConsumer => (
                 ErrorCode::SlowConsumer,
                 close_code::SLOW_CONSUMER,
-                "the connection fell behind: its outbound buffer is full; reconnect and resume",
+                "the connection fell behind: its outbound buffer (slow_consumer_bytes) is full; \
+                 reconnect and resume",
             ),
             Ending::IdleTimeout => (
                 ErrorCode::IdleTimeout,

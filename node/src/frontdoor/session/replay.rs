@@ -129,6 +129,7 @@ impl Session {
         self.replaying = Some((replay.subscription.clone(), VecDeque::new()));
         let written = self.write_replay_pages(&mut replay).await;
         let held = self.replaying.take().map(|(_, held)| held);
+        self.replaying_bytes = 0;
         written?;
         self.finish_replay(&replay);
         // The replayed subscription's live events, in order, now that the replay is out:

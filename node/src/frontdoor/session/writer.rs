@@ -126,9 +126,16 @@ impl Session {
                     .as_ref()
                     .is_some_and(|(replayed, _)| Arc::ptr_eq(replayed, &sub)) =>
                 {
-                    let limit = self.node.settings.outbound_queue;
+                    let max_events = match self.node.settings.outbound_queue {
+                        0 => usize::MAX,
+                        n => n,
+                    };
+                    let bytes = crate::broker::queued_bytes(&event);
+                    let fits = self.replaying_bytes.saturating_add(bytes)
+                        <= self.node.settings.slow_consumer_bytes;
                     if let Some((_, held)) = self.replaying.as_mut() {
-                        if held.len() < limit {
+                        if held.is_empty() || (held.len() < max_events && fits) {
+                            self.replaying_bytes += bytes;
                             held.push_back(Outbound::Event {
                                 sub,
                                 event,
