@@ -291,3 +291,42 @@ async fn a_topic_forgotten_by_every_node_starts_a_new_epoch_and_resumes_get_the_
     assert_eq!(again["seq"], 1);
     Ok(())
 }
+
+/// A wildcard subscriber forgets the positions of topics long quiet (its memory would
+/// otherwise grow with every topic it ever saw). A topic that goes on publishing is kept
+/// across those rotations: its events keep flowing with no false resync, and a quiet one
+/// that comes back later is taken up again as a new topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_subscriber_forgets_quiet_topics_without_a_false_resync() -> TestResult {
+    let node = start_node(|s| s.topic_idle_forget = Duration::from_secs(1)).await;
+    let (mut subscriber, _) = WsClient::connect_json(&node).await?;
+    subscriber.sub("w", "wild.>").await?;
+    let (mut publisher, _) = WsClient::connect_json(&node).await?;
+    publisher.publish("wild.quiet", json!(0), "q1").await?;
+    let mut expected = vec![("wild.quiet".to_owned(), 1)];
+    // 10 s: two rotations of the subscriber's memory (every 4 s) and the busy topic's
+    // history kept throughout (history_max_age is 10 minutes).
+    for i in 1..=20u64 {
+        publisher
+            .publish("wild.busy", json!(i), &format!("b{i}"))
+            .await?;
+        expected.push(("wild.busy".to_owned(), i));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (ok, _) = publisher.publish("wild.quiet", json!(1), "q2").await?;
+    expected.push(("wild.quiet".to_owned(), ok["seq"].as_u64().unwrap()));
+    let got: Vec<(String, u64)> = recv_n(&mut subscriber, expected.len())
+        .await?
+        .iter()
+        .map(|e| {
+            assert_eq!(e["op"], "event", "no resync or error: {e}");
+            (
+                e["topic"].as_str().unwrap().to_owned(),
+                e["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+    subscriber.ping("end").await?;
+    Ok(())
+}

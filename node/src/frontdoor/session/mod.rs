@@ -28,6 +28,7 @@ use crate::protocol::{BatchLimits, ErrorCode, Format, Reply, RequestError, json,
 
 mod auth;
 mod ops;
+mod positions;
 mod replay;
 mod writer;
 
@@ -196,7 +197,7 @@ struct Session {
 
 /// Per subscription id, then per topic, the position of the last event sent. Looked up by
 /// `&str` for every event, so no key is built or cloned on the hot path.
-type LastSent = HashMap<Arc<str>, HashMap<Arc<str>, Position, FastHash>, FastHash>;
+type LastSent = HashMap<Arc<str>, positions::TopicPositions, FastHash>;
 
 type FastHash = foldhash::fast::RandomState;
 
@@ -215,6 +216,8 @@ impl Session {
         resync.mark_unchanged();
         let mut last_heard = Instant::now();
         let mut next_ping = last_heard + settings.ping_interval;
+        let rotation = positions::rotation_period(settings.topic_idle_forget);
+        let mut next_rotation = last_heard + rotation;
 
         let welcome = self.welcome();
         let mut ending = self.write(welcome).await.err();
@@ -231,6 +234,7 @@ impl Session {
                 .front()
                 .map_or(next_ping, |(deadline, _)| (*deadline).min(next_ping))
                 .min(idle_deadline)
+                .min(next_rotation)
                 .min(auth_deadline.unwrap_or(idle_deadline));
             ending = tokio::select! {
                 biased;
@@ -245,6 +249,10 @@ impl Session {
                 () = sleep_until(wake) => {
                     let now = Instant::now();
                     self.redeliver_expired(now);
+                    if now >= next_rotation {
+                        next_rotation = now + rotation;
+                        self.last_sent.values_mut().for_each(positions::TopicPositions::rotate);
+                    }
                     if now >= idle_deadline {
                         Some(Ending::IdleTimeout)
                     } else if auth_deadline.is_some_and(|d| now >= d) {

@@ -195,8 +195,7 @@ impl Session {
                 self.last_sent
                     .entry(subscription.id.clone())
                     .or_default()
-                    .entry(topic.into())
-                    .or_insert_with(|| (cursor.epoch.as_str().into(), cursor.seq));
+                    .insert_if_absent(topic, || (cursor.epoch.as_str().into(), cursor.seq));
             }
         }
     }
