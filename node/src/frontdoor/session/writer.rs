@@ -272,7 +272,7 @@ impl Session {
         let last = self
             .last_sent
             .get_mut(&*sub.id)
-            .and_then(|topics| topics.get_mut(&*event.topic));
+            .and_then(|topics| topics.get_mut(&event.topic));
         match last {
             Some((epoch, last)) => {
                 let same_epoch = Arc::ptr_eq(epoch, &event.epoch) || **epoch == *event.epoch;
