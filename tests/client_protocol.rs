@@ -555,7 +555,12 @@ async fn a_frame_far_over_the_limit_ends_only_that_connection() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_is_disconnected_and_does_not_slow_a_healthy_one() -> TestResult {
-    let node = start_node(|s| s.outbound_queue = 32).await;
+    let node = start_node(|s| {
+        s.outbound_queue = 32;
+        // All 40 MiB stay in history, for the resume below (the default keeps 16 MiB).
+        s.history_max_bytes = 64 * 1024 * 1024;
+    })
+    .await;
     let (mut stalled, _) = WsClient::connect_json(&node).await?;
     stalled.sub("s", "firehose").await?;
     let (mut healthy, _) = WsClient::connect_json(&node).await?;
