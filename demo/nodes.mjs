@@ -134,8 +134,36 @@ export function murmurBinary(bin) {
  *   otherwise free ports.
  * - `extraArgs`: more `murmur serve` flags for every node; `env`: more environment.
  */
-export async function startCluster({ bin, count = 3, fixedPorts = false, extraArgs = [], env = {}, logDir }) {
+export async function startCluster(options) {
+  // Free ports are picked by binding port 0 and letting go: on a busy machine another
+  // process can take one before the node binds it. Such a start is tried again with new
+  // ports, twice at most; any other failure, or fixed ports, fails at once.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startClusterOnce(options);
+    } catch (err) {
+      const portTaken = !options.fixedPorts && attempt < 3 && logsSay(options.logDir, "Address already in use");
+      if (!portTaken) throw err;
+      console.error(`# a picked port was taken before a node bound it; starting again (${err.message})`);
+    }
+  }
+}
+
+function logsSay(logDir, text) {
+  try {
+    return fs
+      .readdirSync(logDir)
+      .filter((file) => file.endsWith(".log"))
+      .some((file) => fs.readFileSync(path.join(logDir, file), "utf8").includes(text));
+  } catch {
+    return false;
+  }
+}
+
+async function startClusterOnce({ bin, count = 3, fixedPorts = false, extraArgs = [], env = {}, logDir }) {
   const binary = murmurBinary(bin);
+  // Logs of an earlier attempt would be read as this one's.
+  fs.rmSync(logDir, { recursive: true, force: true });
   fs.mkdirSync(logDir, { recursive: true });
   // A real cluster key, so gossip and the mesh are authenticated as in production.
   const clusterKey = execFileSync(binary, ["keygen"], { encoding: "utf8" }).trim();
