@@ -224,7 +224,16 @@ mod tests {
                 "/v1/openapi.json"
             ]
         );
+        let scope = &doc["paths"]["/v1/stats"]["get"]["parameters"][0];
+        assert_eq!(
+            (&scope["name"], &scope["schema"]["enum"]),
+            (&"scope".into(), &serde_json::json!(["node", "cluster"]))
+        );
         let schemas = &doc["components"]["schemas"];
+        assert_eq!(
+            schemas["ClusterStats"]["properties"]["scope"]["const"],
+            "cluster"
+        );
         assert_eq!(
             schemas["PublishBatch"]["properties"]["events"]["maxItems"],
             publish::MAX_BATCH_EVENTS
