@@ -124,8 +124,10 @@ async fn stats_show_the_members_and_this_nodes_connections_counters_and_peers() 
     Ok(())
 }
 
-/// `(name, state, connections, subscriptions, error)` of every node in a cluster-scope answer.
-fn cluster_rows(stats: &Value) -> Vec<(String, String, Option<u64>, Option<u64>, Option<String>)> {
+/// A node in a cluster-scope answer: `(name, state, connections, subscriptions, error)`.
+type ClusterRow = (String, String, Option<u64>, Option<u64>, Option<String>);
+
+fn cluster_rows(stats: &Value) -> Vec<ClusterRow> {
     stats["nodes"]
         .as_array()
         .expect("nodes")
