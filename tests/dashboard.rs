@@ -1,5 +1,6 @@
 //! The dashboard's side of a node over real sockets: `GET /v1/stats` (members, this node's
-//! counters and peers; a token that may see everything with `auth = token`) and the pages it
+//! counters and peers; with `scope=cluster` every member's, fetched by the node; a token
+//! that may see everything with `auth = token`) and the pages it
 //! serves (`/`, `/dashboard` and its files, the JS client among them). The pages themselves
 //! are driven in a browser by tests/browser/ (`make test-browser`).
 
@@ -10,7 +11,7 @@ use murmur::api_client::{Answer, ApiClient};
 use murmur::auth::PermissionClaim;
 use murmur::auth::token::{Algorithm, EncodingKey, TokenClaims, mint};
 use murmur::config::{AuthMode, Secret};
-use murmur_tests::{WsClient, recv_n, start_cluster, start_node};
+use murmur_tests::{WsClient, members_in_state, recv_n, start_cluster, start_node, wait_until};
 use serde_json::{Value, json};
 
 type TestResult = anyhow::Result<()>;
@@ -123,6 +124,130 @@ async fn stats_show_the_members_and_this_nodes_connections_counters_and_peers() 
     Ok(())
 }
 
+/// A node in a cluster-scope answer: `(name, state, connections, subscriptions, error)`.
+type ClusterRow = (String, String, Option<u64>, Option<u64>, Option<String>);
+
+fn cluster_rows(stats: &Value) -> Vec<ClusterRow> {
+    stats["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap_or_default().to_owned(),
+                n["state"].as_str().unwrap_or_default().to_owned(),
+                n["stats"]["connections"].as_u64(),
+                n["stats"]["subscriptions"].as_u64(),
+                n["error"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_scope_shows_every_members_numbers_and_a_dead_one_as_unreachable() -> TestResult {
+    let nodes = start_cluster(3, |_, _| {}).await;
+    // node-i holds i + 1 connections, each with two subscriptions.
+    let mut clients = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for _ in 0..=i {
+            let (mut client, _) = WsClient::connect_json(node).await?;
+            client.sub("a", "orders.>").await?;
+            client.sub("b", "chat.>").await?;
+            clients.push(client);
+        }
+    }
+    api(&nodes[1], None)
+        .post_json("/v1/publish", &json!({"topic": "orders.eu", "data": 1}))
+        .await?
+        .into_ok()?;
+
+    let stats = api(&nodes[0], None)
+        .get("/v1/stats?scope=cluster")
+        .await?
+        .into_ok()?;
+    assert_eq!(stats["node"], "node-0");
+    assert_eq!(stats["scope"], "cluster");
+    assert_eq!(
+        cluster_rows(&stats),
+        [
+            ("node-0".into(), "alive".into(), Some(1), Some(2), None),
+            ("node-1".into(), "alive".into(), Some(2), Some(4), None),
+            ("node-2".into(), "alive".into(), Some(3), Some(6), None),
+        ],
+        "{stats}"
+    );
+    let node_1 = &stats["nodes"][1];
+    assert_eq!(node_1["listen"], nodes[1].local_addr().to_string());
+    assert_eq!(node_1["stats"]["name"], "node-1");
+    assert_eq!(
+        node_1["stats"]["counters"]["events_received"], 1,
+        "{node_1}"
+    );
+    assert_eq!(node_1["stats"]["peers"].as_array().map(Vec::len), Some(2));
+    // Any node answers for the whole cluster.
+    let from_node_2 = api(&nodes[2], None)
+        .get("/v1/stats?scope=cluster")
+        .await?
+        .into_ok()?;
+    assert_eq!(from_node_2["node"], "node-2");
+    assert_eq!(cluster_rows(&from_node_2).len(), 3);
+    // The node scope stays as it was: this node's numbers only.
+    let own = api(&nodes[0], None)
+        .get("/v1/stats?scope=node")
+        .await?
+        .into_ok()?;
+    assert_eq!(own["nodes"].as_array().map(Vec::len), Some(1));
+    let bad = api(&nodes[0], None)
+        .get("/v1/stats?scope=everything")
+        .await?;
+    assert_eq!((bad.status, error_code(&bad)), (400, "invalid_request"));
+
+    // A node that dies answers no more: still a member for a moment, with no numbers and
+    // the reason; the others are unaffected, and the answer does not wait long for it.
+    nodes[2].halt();
+    let started = std::time::Instant::now();
+    let stats = api(&nodes[0], None)
+        .get("/v1/stats?scope=cluster")
+        .await?
+        .into_ok()?;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let rows = cluster_rows(&stats);
+    assert_eq!(rows[0].2, Some(1), "{stats}");
+    assert_eq!(rows[1].2, Some(2), "{stats}");
+    let (name, _, connections, _, error) = &rows[2];
+    assert_eq!((name.as_str(), *connections), ("node-2", None), "{stats}");
+    assert!(error.as_deref().is_some_and(|e| !e.is_empty()), "{stats}");
+
+    // Once the cluster sees it down, it is listed as such and not asked.
+    wait_until("node-2 is seen down", Duration::from_secs(30), || {
+        members_in_state(&nodes[0], "down").contains(&"node-2".to_owned())
+    })
+    .await;
+    let stats = api(&nodes[0], None)
+        .get("/v1/stats?scope=cluster")
+        .await?
+        .into_ok()?;
+    let rows = cluster_rows(&stats);
+    assert_eq!(
+        rows[2],
+        (
+            "node-2".into(),
+            "down".into(),
+            None,
+            None,
+            Some("not asked: the member is down".into())
+        ),
+        "{stats}"
+    );
+    drop(clients);
+    Ok(())
+}
+
 fn token(subscribe: &[&str]) -> String {
     let claims = TokenClaims::new(
         "operator",
@@ -167,6 +292,37 @@ async fn stats_need_a_token_that_may_subscribe_to_every_topic() -> TestResult {
     let (status, _, body) = get_page(&node, "/dashboard").await?;
     assert_eq!(status, 200);
     assert!(body.contains("id=\"token-panel\""));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_scope_admits_as_the_node_scope_and_passes_the_token_to_the_peers() -> TestResult {
+    let nodes = start_cluster(2, |_, s| {
+        s.auth = AuthMode::Token;
+        s.token_hmac_secret = Some(Secret(SECRET.into()));
+    })
+    .await;
+    let path = "/v1/stats?scope=cluster";
+    let anonymous = api(&nodes[0], None).get(path).await?;
+    assert_eq!(
+        (anonymous.status, error_code(&anonymous)),
+        (401, "unauthorized")
+    );
+    let narrow = api(&nodes[0], Some(token(&["chat.>"]))).get(path).await?;
+    assert_eq!((narrow.status, error_code(&narrow)), (403, "forbidden"));
+    // The peer is asked with the caller's token, which it accepts as well.
+    let operator = api(&nodes[0], Some(token(&[">"])))
+        .get(path)
+        .await?
+        .into_ok()?;
+    assert_eq!(
+        cluster_rows(&operator),
+        [
+            ("node-0".into(), "alive".into(), Some(0), Some(0), None),
+            ("node-1".into(), "alive".into(), Some(0), Some(0), None),
+        ],
+        "{operator}"
+    );
     Ok(())
 }
 

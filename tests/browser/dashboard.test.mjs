@@ -1,8 +1,9 @@
 // The dashboard (/dashboard on a node's client port) in Chromium against three real nodes:
-// what a person sees — the members, this node's numbers and peers, the top topics, a topic
-// tailed live and paged back through — and a node with `auth = token` asking for a token.
+// what a person sees — the members with each one's numbers, this node's numbers and peers,
+// the top topics, a topic tailed live and paged back through — and a node with
+// `auth = token` asking for a token.
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { startCluster, murmurBinary, sleep } from "../../demo/nodes.mjs";
@@ -30,6 +31,11 @@ describe("the dashboard of a 3-node cluster", () => {
     for (let i = 1; i <= 30; i++) await publish(n2, "orders.eu", { order: i });
     for (let i = 1; i <= 3; i++) await publish(n3, "chat.lobby", { text: `hello ${i}` });
 
+    // Subscribers held by `murmur sub` processes: two on n2, three on n3, so each member's
+    // row has its own connection count.
+    const subscribers = [n2, n2, n3, n3, n3].map((node) =>
+      spawn(murmurBinary(), ["sub", "orders.>", "--url", node.url], { stdio: "ignore" }),
+    );
     // Steady traffic while the page is open, so its rates and charts have something to show.
     let ticks = 0;
     const traffic = setInterval(() => publish(cluster.nodes[ticks++ % 2], "prices.eu", { tick: ticks }).catch(() => {}), 100);
@@ -49,6 +55,25 @@ describe("the dashboard of a 3-node cluster", () => {
       for (const name of ["n2", "n3"]) {
         const rtt = await page.locator(`#peers tr[data-peer="${name}"] td:nth-child(2)`).textContent();
         assert.match(rtt, /^\d+\.\d\d ms$/);
+      }
+
+      // Every member's own numbers, in one table: the connections and subscriptions each
+      // holds, its rates (n2 takes half the traffic), its slowest link.
+      const cell = (name, column) => page.locator(`#members tr[data-member="${name}"] td[data-col="${column}"]`);
+      const rowShows = (name, column, text) =>
+        page.locator(`#members tr[data-member="${name}"][data-reachable="yes"] td[data-col="${column}"]`, { hasText: new RegExp(`^${text}$`) }).waitFor();
+      await rowShows("n1", "connections", "0");
+      await rowShows("n2", "connections", "2");
+      await rowShows("n3", "connections", "3");
+      await rowShows("n2", "subscriptions", "2");
+      await rowShows("n3", "subscriptions", "3");
+      await page.waitForFunction(() => {
+        const rate = document.querySelector('#members tr[data-member="n2"] td[data-col="publish_rate"]');
+        return Number(rate?.textContent) > 0;
+      });
+      for (const name of ["n1", "n2", "n3"]) {
+        assert.match(await cell(name, "peer_rtt").textContent(), /^\d+\.\d\d ms \(to n\d\)$/);
+        assert.equal(await cell(name, "slow_consumer_disconnects").textContent(), "0");
       }
 
       // The topics the cluster knows, the busiest first.
@@ -91,14 +116,17 @@ describe("the dashboard of a 3-node cluster", () => {
       await page.screenshot({ path: screenshotPath("dashboard"), fullPage: true });
       clearInterval(traffic);
 
-      // A member that dies is shown as no longer alive.
+      // A member that dies answers no more at once, then is shown as no longer alive.
       await n3.kill();
+      await page.locator('#members tr[data-member="n3"][data-reachable="no"]').waitFor();
+      await rowShows("n2", "connections", "2");
       await page.locator('#members tr[data-member="n3"]:not([data-state="alive"])').waitFor({ timeout: 30_000 });
       await page.getByText("2 of 3 members alive").waitFor();
       await page.screenshot({ path: screenshotPath("dashboard-member-down"), fullPage: true });
       assert.deepEqual(problems, []);
     } finally {
       clearInterval(traffic);
+      for (const subscriber of subscribers) subscriber.kill();
       await page.context().close();
     }
   });

@@ -3,7 +3,7 @@
 //!
 //! - `GET /`: a landing page that links the dashboard, the docs and the demo;
 //! - `GET /dashboard`: the live dashboard (members, per-node numbers, rates, top topics, a
-//!   topic inspector), a static page that reads `GET /v1/stats`, `/v1/topics` and
+//!   topic inspector), a static page that reads `GET /v1/stats?scope=cluster`, `/v1/topics` and
 //!   `/v1/history` and tails topics over `/ws` with the JS client;
 //! - `GET /dashboard/…`: its script and style, and the JS client (`murmur-client`, its ES
 //!   module build copied into `assets/murmur-client/` by `clients/js/scripts/embed.mjs`).

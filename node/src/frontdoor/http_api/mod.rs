@@ -4,13 +4,15 @@
 //! - `POST /v1/publish`: one event or a batch, each answered once stored ([`publish`]);
 //! - `GET /v1/history`: retained events after a cursor, with gaps ([`history`]);
 //! - `GET /v1/topics`: topics with their epoch, last seq and local subscribers ([`topics`]);
-//! - `GET /v1/stats`: members and this node's counters, for the dashboard ([`stats`]);
+//! - `GET /v1/stats`: members and this node's counters, for the dashboard ([`stats`]); with
+//!   `?scope=cluster` every member's, asked by this node ([`cluster_stats`]);
 //! - `GET /v1/openapi.json`: the OpenAPI 3.1 description of these.
 //!
 //! Every request is authorised as a WebSocket client is: the same tokens (here only as
 //! `Authorization: Bearer`), the same permissions, the same error codes. Errors are
 //! `{"error": {"code": …, "message": …}}` ([`ApiError`]).
 
+mod cluster_stats;
 mod error;
 mod history;
 mod publish;
@@ -42,6 +44,8 @@ pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 struct HttpApi {
     /// Publish allowances per token user or client address, when `publish_rate` is set.
     publish_limiter: Option<PublishLimiter>,
+    /// Asks the other members for their numbers (`GET /v1/stats?scope=cluster`).
+    peer_stats: cluster_stats::PeerStatsFetcher,
 }
 
 /// The API's routes, to be merged into the client port's router.
@@ -50,6 +54,7 @@ pub fn routes(node: &NodeState) -> Router<Arc<NodeState>> {
     let api = Arc::new(HttpApi {
         publish_limiter: (settings.publish_rate > 0)
             .then(|| PublishLimiter::new(settings.publish_rate, settings.publish_burst)),
+        peer_stats: cluster_stats::PeerStatsFetcher::new(node),
     });
     Router::new()
         .route(
@@ -219,7 +224,16 @@ mod tests {
                 "/v1/openapi.json"
             ]
         );
+        let scope = &doc["paths"]["/v1/stats"]["get"]["parameters"][0];
+        assert_eq!(
+            (&scope["name"], &scope["schema"]["enum"]),
+            (&"scope".into(), &serde_json::json!(["node", "cluster"]))
+        );
         let schemas = &doc["components"]["schemas"];
+        assert_eq!(
+            schemas["ClusterStats"]["properties"]["scope"]["const"],
+            "cluster"
+        );
         assert_eq!(
             schemas["PublishBatch"]["properties"]["events"]["maxItems"],
             publish::MAX_BATCH_EVENTS

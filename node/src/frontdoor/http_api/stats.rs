@@ -2,23 +2,29 @@
 //! and gauges — the same numbers `/metrics` exposes on the admin port, as JSON on the client
 //! port, for the dashboard (`/dashboard`) and anyone else who reads them from a browser.
 //!
+//! With `?scope=cluster` the answer holds every member's numbers, fetched from them by this
+//! node ([`super::cluster_stats`]); `?scope=node` (the default) only this node's.
+//!
 //! The answer shows member addresses and traffic, not events; still, it is for whoever may
 //! see everything: with `auth = token` the caller's token must allow subscribing to `>`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{ApiError, admit, forbidden};
+use super::cluster_stats::MemberStats;
+use super::{ApiError, HttpApi, admit, forbidden};
 use crate::cluster::membership::MemberInfo;
 use crate::frontdoor::listener::ClientConnection;
 use crate::metrics::StateSnapshot;
 use crate::node::NodeState;
+use crate::protocol::ErrorCode;
 
 /// The pattern a token must be allowed to subscribe to for the stats: every topic.
 pub const STATS_PATTERN: &str = ">";
@@ -31,6 +37,21 @@ struct Stats {
     members: Vec<MemberInfo>,
     /// Per-node numbers: the answering node's.
     nodes: Vec<NodeStats>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct StatsQuery {
+    scope: Option<String>,
+}
+
+/// `?scope=cluster`: every member, each with its numbers or why they are missing.
+#[derive(Debug, Serialize)]
+struct ClusterStats {
+    /// The node answering.
+    node: String,
+    scope: &'static str,
+    /// Every member this node knows of, itself included, in name order.
+    nodes: Vec<MemberStats<NodeStats>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -91,12 +112,48 @@ pub(super) async fn stats(
     State(node): State<Arc<NodeState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     connection: Option<Extension<Arc<ClientConnection>>>,
+    Extension(api): Extension<Arc<HttpApi>>,
     headers: HeaderMap,
+    query: Result<Query<StatsQuery>, QueryRejection>,
 ) -> Response {
-    match serve(&node, peer, connection.as_deref().map(|c| &**c), &headers).await {
-        Ok(stats) => Json(stats).into_response(),
-        Err(err) => err.into_response(),
+    let connection = connection.as_deref().map(|c| &**c);
+    let scope = match query {
+        Ok(Query(query)) => query.scope,
+        Err(rejection) => return invalid(rejection.body_text()).into_response(),
+    };
+    let answer = match scope.as_deref() {
+        None | Some("node") => serve(&node, peer, connection, &headers)
+            .await
+            .map(|stats| Json(stats).into_response()),
+        Some("cluster") => serve_cluster(&node, &api, peer, connection, &headers)
+            .await
+            .map(|stats| Json(stats).into_response()),
+        Some(other) => Err(invalid(format!(
+            "scope must be `node` or `cluster`, not `{other}`"
+        ))),
+    };
+    answer.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::from_code(ErrorCode::InvalidRequest.as_str(), message)
+}
+
+/// Lets in a caller who may see everything.
+async fn admit_operator(
+    node: &NodeState,
+    peer: SocketAddr,
+    connection: Option<&ClientConnection>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let caller = admit(node, peer, connection, headers).await?;
+    if !caller.identity.permissions.can_subscribe(STATS_PATTERN) {
+        return Err(forbidden(
+            node,
+            format!("the stats need a token that may subscribe to `{STATS_PATTERN}`"),
+        ));
     }
+    Ok(())
 }
 
 async fn serve(
@@ -105,18 +162,33 @@ async fn serve(
     connection: Option<&ClientConnection>,
     headers: &HeaderMap,
 ) -> Result<Stats, ApiError> {
-    let caller = admit(node, peer, connection, headers).await?;
-    if !caller.identity.permissions.can_subscribe(STATS_PATTERN) {
-        return Err(forbidden(
-            node,
-            format!("the stats need a token that may subscribe to `{STATS_PATTERN}`"),
-        ));
-    }
+    admit_operator(node, peer, connection, headers).await?;
     let name = node.cluster.name().to_string();
     Ok(Stats {
         members: node.cluster.members(),
         nodes: vec![node_stats(node, name.clone())],
         node: name,
+    })
+}
+
+async fn serve_cluster(
+    node: &NodeState,
+    api: &HttpApi,
+    peer: SocketAddr,
+    connection: Option<&ClientConnection>,
+    headers: &HeaderMap,
+) -> Result<ClusterStats, ApiError> {
+    admit_operator(node, peer, connection, headers).await?;
+    let name = node.cluster.name().to_string();
+    let own = node_stats(node, name.clone());
+    let nodes = api
+        .peer_stats
+        .gather(node, own, headers.get(header::AUTHORIZATION))
+        .await?;
+    Ok(ClusterStats {
+        node: name,
+        scope: "cluster",
+        nodes,
     })
 }
 

@@ -1,4 +1,4 @@
-// The dashboard: reads GET /v1/stats every second and GET /v1/topics every two, tails a
+// The dashboard: reads GET /v1/stats?scope=cluster (every member's numbers) every second and GET /v1/topics every two, tails a
 // topic over /ws with the JS client (murmur-client, embedded next to this file) and pages
 // through its history with GET /v1/history. Everything shown is written with textContent.
 import { Client } from "/dashboard/murmur-client/index.js";
@@ -90,10 +90,12 @@ function setStatus(text, kind) {
   badge.className = `badge ${kind}`;
 }
 
-// ---- stats: members, this node, peers, rates ---------------------------------------------
+// ---- stats: members with their numbers, this node, peers, rates ---------------------------
 
 const series = { publish: [], delivery: [] };
-let previousStats = null;
+// Each node's previous numbers, for its rates: `at_ms` is read by that node's own clock.
+let previousByNode = new Map();
+let statsInFlight = false;
 
 function perSecond(now, before, pick) {
   if (!before) return null;
@@ -107,23 +109,54 @@ function formatRate(value) {
   return value >= 100 ? Math.round(value).toLocaleString("en") : value.toFixed(1);
 }
 
-function renderMembers(stats) {
+/** The slowest link of a node, "2.31 ms (to n3)", with every link in the tooltip. */
+function peerRtt(numbers) {
+  if (!numbers.peers.length) return { text: "no peers", title: "" };
+  const slowest = numbers.peers.reduce((a, b) => (b.rtt_ms > a.rtt_ms ? b : a));
+  return {
+    text: `${slowest.rtt_ms.toFixed(2)} ms (to ${slowest.name})`,
+    title: numbers.peers.map((p) => `${p.name}: ${p.rtt_ms.toFixed(2)} ms`).join("\n"),
+  };
+}
+
+function renderMembers(answer) {
   const body = $("#members tbody");
   const order = { alive: 0, suspect: 1, down: 2, left: 3 };
-  const members = [...stats.members].sort(
+  const members = [...answer.nodes].sort(
     (a, b) => (order[a.state] ?? 9) - (order[b.state] ?? 9) || a.name.localeCompare(b.name),
   );
   body.replaceChildren(
     ...members.map((m) => {
-      const self = m.name === stats.node;
+      const self = m.name === answer.node;
       const link = !self && m.state === "alive"
         ? el("a", { href: `${location.protocol}//${m.listen}/dashboard` }, "its dashboard")
         : self ? "this node" : "";
+      const numbers = m.stats;
+      let cells;
+      if (numbers) {
+        const before = previousByNode.get(m.name) ?? null;
+        const rtt = peerRtt(numbers);
+        const queued = numbers.peers.reduce((sum, p) => sum + p.queue_depth, 0);
+        cells = [
+          el("td", { class: "num", "data-col": "connections" }, numbers.connections),
+          el("td", { class: "num", "data-col": "subscriptions" }, numbers.subscriptions),
+          el("td", { class: "num", "data-col": "publish_rate" }, formatRate(perSecond(numbers, before, (n) => n.counters.events_received))),
+          el("td", { class: "num", "data-col": "delivery_rate" }, formatRate(perSecond(numbers, before, (n) => n.counters.deliveries))),
+          el("td", { class: `num ${numbers.counters.slow_consumer_disconnects > 0 ? "warn" : ""}`, "data-col": "slow_consumer_disconnects" }, numbers.counters.slow_consumer_disconnects),
+          el("td", { class: `num ${numbers.counters.resync_signals > 0 ? "warn" : ""}`, "data-col": "resync_signals" }, numbers.counters.resync_signals),
+          el("td", { "data-col": "peer_rtt", title: rtt.title }, rtt.text),
+          el("td", { class: `num ${queued > 0 ? "warn" : ""}`, "data-col": "peer_queues" }, queued),
+        ];
+      } else {
+        const why = m.state === "alive" ? `unreachable: ${m.error ?? "no answer"}` : "–";
+        cells = [el("td", { colSpan: 8, class: m.state === "alive" ? "unreachable" : "empty", title: m.error ?? "" }, why)];
+      }
       return el(
         "tr",
-        { "data-member": m.name, "data-state": m.state },
+        { "data-member": m.name, "data-state": m.state, "data-reachable": numbers ? "yes" : "no" },
         el("td", {}, m.name),
         el("td", {}, el("span", { class: `state ${m.state}` }, m.state)),
+        ...cells,
         el("td", {}, m.listen),
         el("td", {}, new Date(m.generation).toLocaleString()),
         el("td", {}, link),
@@ -144,9 +177,8 @@ function drawChart(name, values) {
   document.querySelector(`[data-chart-max="${name}"]`).textContent = `(max ${formatRate(max)})`;
 }
 
-function renderNode(stats) {
-  const me = stats.nodes.find((n) => n.name === stats.node) ?? stats.nodes[0];
-  const before = previousStats?.nodes.find((n) => n.name === me.name) ?? null;
+function renderNode(me) {
+  const before = previousByNode.get(me.name) ?? null;
   const c = (n) => n.counters;
   const publishRate = perSecond(me, before, (n) => c(n).events_received);
   const deliveryRate = perSecond(me, before, (n) => c(n).deliveries);
@@ -193,19 +225,29 @@ function renderNode(stats) {
   );
 }
 
+// The node asks the other members for their numbers (GET /v1/stats?scope=cluster), so one
+// request a second shows them all. A poll still under way (a member slow to answer) is not
+// doubled.
 async function refreshStats() {
+  if (statsInFlight) return;
+  statsInFlight = true;
   try {
-    const stats = await api("/v1/stats");
-    $("#node-name").textContent = stats.node;
-    for (const label of document.querySelectorAll(".node-label")) label.textContent = stats.node;
-    document.title = `Murmur dashboard: ${stats.node}`;
-    renderMembers(stats);
-    renderNode(stats);
-    previousStats = stats;
-    const alive = stats.members.filter((m) => m.state === "alive").length;
-    setStatus(`${alive} of ${stats.members.length} members alive`, alive === stats.members.length ? "ok" : "warn");
+    const answer = await api("/v1/stats?scope=cluster");
+    $("#node-name").textContent = answer.node;
+    for (const label of document.querySelectorAll(".node-label")) label.textContent = answer.node;
+    document.title = `Murmur dashboard: ${answer.node}`;
+    renderMembers(answer);
+    const me = answer.nodes.find((n) => n.name === answer.node)?.stats;
+    if (me) renderNode(me);
+    previousByNode = new Map(answer.nodes.filter((n) => n.stats).map((n) => [n.name, n.stats]));
+    const alive = answer.nodes.filter((m) => m.state === "alive");
+    const unreachable = alive.filter((m) => !m.stats).length;
+    const text = `${alive.length} of ${answer.nodes.length} members alive${unreachable ? `, ${unreachable} not answering` : ""}`;
+    setStatus(text, alive.length === answer.nodes.length && !unreachable ? "ok" : "warn");
   } catch (err) {
     setStatus(err instanceof ApiError ? `${err.code}` : "node unreachable", "bad");
+  } finally {
+    statsInFlight = false;
   }
 }
 
