@@ -35,6 +35,11 @@ pub struct Interest {
     pub group: Option<Arc<str>>,
 }
 
+/// Events in a peer's queue beyond which one that holds no share of a publish buffer is
+/// refused (see [`PeerLink::offer_event`]): the whole queue before `peer_queue` grew to
+/// leave the bounding to the publish buffer.
+pub const UNHELD_EVENTS_LIMIT: usize = 65_536;
+
 /// What this node sends a peer.
 #[derive(Debug)]
 pub enum PeerMessage {
@@ -78,6 +83,14 @@ pub enum PeerMessage {
         /// Told once the frame has been handed to QUIC.
         sent: Option<tokio::sync::oneshot::Sender<()>>,
     },
+}
+
+impl PeerMessage {
+    /// False for a forward that holds no share of a publish buffer: a queue-group event
+    /// placed again or redelivered (see [`UNHELD_EVENTS_LIMIT`]).
+    fn holds_publish_share(&self) -> bool {
+        !matches!(self, Self::Forward { hold: None, .. })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -182,6 +195,15 @@ impl PeerLink {
 
     /// Queues an event for the peer without waiting; false if it was dropped.
     pub fn offer_event(&self, message: PeerMessage) -> bool {
+        if !message.holds_publish_share() && self.queue_depth() >= UNHELD_EVENTS_LIMIT {
+            // Events that hold no share of a publish buffer (queue-group events placed again
+            // after a member gave them back, redeliveries) are not bounded by it: they may
+            // take only part of the queue, or a group whose members keep giving events back
+            // would fill it with a million copies. The caller places them elsewhere or
+            // counts them lost, as for a full queue.
+            self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         match self.events.try_send(message) {
             Ok(()) => {
                 self.stats.events_forwarded.fetch_add(1, Ordering::Relaxed);
