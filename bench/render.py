@@ -128,7 +128,8 @@ def machine_facts():
 def render(runs, rows, failed, args):
     facts = machine_facts()
     M, N, MB, MA = "murmur", "nats", "murmur-batch", "murmur-auth"
-    JM, JF = "jetstream-mem", "jetstream-file"
+    JM, JF, JC = "jetstream-mem", "jetstream-file", "jetstream-mem-core-sub"
+    jetstreams = (JM, JF, JC)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     settings = dict(s.split("=", 1) for s in args.settings.split())
     out = []
@@ -241,19 +242,21 @@ def render(runs, rows, failed, args):
                             ("fanout-acked", "deliveries_per_s",
                              f"acknowledged fan-out ({fmt(subs)} subscribers): deliveries/s")]:
         m = median(runs, M, case, key)
-        for system, storage in [(JM, "memory"), (JF, "file")]:
+        for system, storage in [(JM, "memory, 2 replicas, a consumer per subscriber"),
+                                (JF, "file, 2 replicas, a consumer per subscriber"),
+                                (JC, "memory, 2 replicas, core subscriptions as subscribers")]:
             j = median(runs, system, case, key)
             if j is None:
                 continue
             r = ratio(m, j)
             target, met = ("≥ 1.5×", verdict(r is not None and r >= 1.5)) if system == JM else ("reported", "")
-            w(f"| {name}, NATS column: JetStream ({storage}, 2 replicas) | {fmt(m)} | {fmt(j)} | {fmt(r)} | {target} | {met} |")
+            w(f"| {name}, NATS column: JetStream ({storage}) | {fmt(m)} | {fmt(j)} | {fmt(r)} | {target} | {met} |")
     lost_m = sum(x.get("lost", 0) for x in runs if x["system"].startswith(M))
     lost_n = sum(x.get("lost", 0) for x in runs if x["system"] == N)
     w(f"| messages lost, all runs (idle: connections dropped) | {fmt(lost_m)} | {fmt(lost_n)} | | 0 | {verdict(lost_m == 0)} |")
-    lost_j = sum(x.get("lost", 0) for x in runs if x["system"] in (JM, JF))
-    if any(x["system"] in (JM, JF) for x in runs):
-        w(f"| the same, acknowledged runs, NATS column: JetStream (memory and file) | "
+    lost_j = sum(x.get("lost", 0) for x in runs if x["system"] in jetstreams)
+    if any(x["system"] in jetstreams for x in runs):
+        w(f"| the same, acknowledged runs, NATS column: JetStream (every variant) | "
           f"{fmt(sum(x.get('lost', 0) for x in runs if x['system'] == M and x.get('acked')))} | {fmt(lost_j)} | | 0 | |")
     mf = median(runs, M, "fanout-full", "deliveries_per_s")
     ma = median(runs, M, "fanout-acked", "deliveries_per_s")
@@ -310,7 +313,7 @@ def render(runs, rows, failed, args):
     w("")
 
     # --- JetStream -----------------------------------------------------------------------
-    if any(r["system"] in (JM, JF) for r in runs):
+    if any(r["system"] in jetstreams for r in runs):
         w("### Acknowledged publishing: Murmur next to JetStream")
         w("")
         w("The peer with the same guarantee: NATS JetStream on the same three `nats-server`s "
@@ -321,8 +324,13 @@ def render(runs, rows, failed, args):
           "window as Murmur's `pub` with a `ref`: up to 256 unanswered per publisher. Each "
           "subscriber is an ephemeral push consumer (`deliver_policy: new`, `ack_policy: none`, "
           "filtered to its topic) delivering to an inbox its connection subscribed to, so every "
-          "subscriber gets every stored message. Murmur: `replication = 2`, `ok` once sequenced by "
-          "the owner and stored on its replica.")
+          "subscriber gets every stored message, with its stream sequence. Murmur: "
+          "`replication = 2`, `ok` once sequenced by the owner and stored on its replica; its "
+          "events carry their sequence too. The last two columns run the memory stream again with "
+          "core NATS subscriptions on the stream's subjects as the subscribers "
+          "(`--jetstream-subscribers core`): the live copy of each publish, routed as core NATS "
+          "routes it, before and regardless of the stream storing it, and without a sequence to "
+          "resume from; cheaper for the servers, a weaker guarantee on the receiving side.")
         w("")
         w(f"Acknowledged fan-out: {fmt(subs)} subscribers, one publisher, "
           f"{fmt(first('fanout-acked', 'messages'))} messages. Acknowledged fan-in: "
@@ -330,8 +338,9 @@ def render(runs, rows, failed, args):
           f"for the topics whose subscriber is on the next node, {fmt(first('topics-acked', 'messages_per_topic'))} "
           "messages per topic; acks/s from the first publish to the last answer.")
         w("")
-        w("| case | figure | Murmur | JetStream memory | Murmur / memory | JetStream file | Murmur / file |")
-        w("|---|---|---:|---:|---:|---:|---:|")
+        w("| case | figure | Murmur | JetStream memory | Murmur / memory | JetStream file | Murmur / file "
+          "| JetStream memory, core subscriptions | Murmur / that |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for case, label, keys in [
                 ("topics-acked", "acked fan-in", [("acks_per_s", "acks/s"), ("deliveries_per_s", "deliveries/s"),
                                                   ("latency_ms.p50", "p50 ms"), ("latency_ms.p99", "p99 ms"),
@@ -340,14 +349,15 @@ def render(runs, rows, failed, args):
                                                    ("latency_ms.p99", "p99 ms"), ("publish_errors", "publish errors"),
                                                    ("lost", "lost")])]:
             for key, name in keys:
-                m, jm, jf = (median(runs, system, case, key) for system in (M, JM, JF))
+                m = median(runs, M, case, key)
                 show = key not in ("lost", "publish_errors")
-                w(f"| {label} | {name} | {fmt(m)} | {fmt(jm)} | {fmt(ratio(m, jm)) if show else ''} | "
-                  f"{fmt(jf)} | {fmt(ratio(m, jf)) if show else ''} |")
+                cells = [f"{fmt(j)} | {fmt(ratio(m, j)) if show else ''}"
+                         for j in (median(runs, system, case, key) for system in jetstreams)]
+                w(f"| {label} | {name} | {fmt(m)} | " + " | ".join(cells) + " |")
         w("")
         for case, key, label in [("topics-acked", "acks_per_s", "acked fan-in, acks/s"),
                                  ("fanout-acked", "deliveries_per_s", "acked fan-out, deliveries/s")]:
-            for system, storage in [(JM, "memory"), (JF, "file")]:
+            for system, storage in [(JM, "memory"), (JF, "file"), (JC, "memory with core subscriptions")]:
                 paired = paired_ratios(runs, M, system, case, key)
                 if paired:
                     w(f"- {label}, Murmur / JetStream {storage} per round: " + ", ".join(fmt(x) for x in paired) +

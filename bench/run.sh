@@ -6,8 +6,11 @@
 # figure, the targets met or missed).
 # The acknowledged scenarios (`fanout --acked`, `topics --acked`) run against NATS JetStream,
 # the peer with the same guarantee (a publish answered once stored on 2 replicas), twice:
-# `--system jetstream-mem` (a stream in memory) and `--system jetstream-file` (on disk);
-# murmur-bench creates a stream with 2 replicas for each run and deletes it afterwards.
+# `--system jetstream-mem` (a stream in memory) and `--system jetstream-file` (on disk), with
+# a push consumer per subscriber; and the memory stream once more with core NATS
+# subscriptions as the subscribers (`--jetstream-subscribers core`, reported as
+# `jetstream-mem-core-sub`). murmur-bench creates a stream with 2 replicas for each run and
+# deletes it afterwards.
 # The cost of client auth is measured in the same run: a second three-node Murmur cluster
 # with `auth = token` (an HMAC secret, a token with a few allow patterns and a deny pattern),
 # the many-topics and full-speed fan-out runs each paired with the same run against the
@@ -273,13 +276,18 @@ for round in $(seq 1 "$ROUNDS"); do
         --size "$SIZE" --rate "$RATE" --batch --label "$label"
     fi
     # Acknowledged publishing: Murmur, or JetStream (memory, then file) on the NATS cluster.
+    # JetStream's subscribers are push consumers (every stored message, from the stream);
+    # `:core` runs the memory stream again with core NATS subscriptions on its subjects
+    # instead (the live copy of each publish, no consumers).
     acked_systems=$system
-    [ "$system" = nats ] && acked_systems="jetstream-mem jetstream-file"
+    [ "$system" = nats ] && acked_systems="jetstream-mem jetstream-file jetstream-mem:core"
     for acked in $acked_systems; do
-      run "$acked" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$MESSAGES" \
-        --size "$SIZE" --acked --label "$label"
-      run "$acked" "$urls" topics --topics "$TOPICS" --messages "$TOPIC_MESSAGES" \
-        --size "$SIZE" --acked --label "$label"
+      subscribers=()
+      [ "${acked#*:}" = core ] && subscribers=(--jetstream-subscribers core)
+      run "${acked%%:*}" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$MESSAGES" \
+        --size "$SIZE" --acked "${subscribers[@]}" --label "$label"
+      run "${acked%%:*}" "$urls" topics --topics "$TOPICS" --messages "$TOPIC_MESSAGES" \
+        --size "$SIZE" --acked "${subscribers[@]}" --label "$label"
     done
     if [ "$system" = murmur ]; then
       auth_pair topics --topics "$TOPICS" --messages "$TOPIC_MESSAGES" --size "$SIZE" --label "$label"

@@ -126,6 +126,7 @@ impl MurmurOptions {
 pub struct Target {
     pub system: System,
     pub murmur: MurmurOptions,
+    pub jetstream: jetstream::JetStreamOptions,
 }
 
 impl Target {
@@ -133,7 +134,10 @@ impl Target {
     pub fn name(&self) -> String {
         match self.system {
             System::Murmur => format!("murmur{}", self.murmur.variant()),
-            other => other.cli_name().to_owned(),
+            System::JetstreamMem | System::JetstreamFile => {
+                format!("{}{}", self.system.cli_name(), self.jetstream.variant())
+            }
+            System::Nats => "nats".to_owned(),
         }
     }
 }
@@ -165,6 +169,8 @@ pub struct Conn {
     /// NATS: the subject this connection's requests and acknowledged publishes are answered
     /// on, once subscribed to (on first use).
     reply_inbox: Option<String>,
+    /// JetStream: how this connection subscribes.
+    jetstream_subscribers: jetstream::Subscribers,
 }
 
 impl Conn {
@@ -181,6 +187,7 @@ impl Conn {
             pending: VecDeque::new(),
             unflushed: false,
             reply_inbox: None,
+            jetstream_subscribers: target.jetstream.jetstream_subscribers,
         };
         match target.system {
             System::Murmur => {
@@ -351,7 +358,7 @@ impl Conn {
                 if group.is_some() {
                     bail!("queue groups are not measured on JetStream");
                 }
-                jetstream::subscribe(self, topic).await
+                jetstream::subscribe(self, topic, self.jetstream_subscribers).await
             }
         }
     }
@@ -525,6 +532,7 @@ mod tests {
         let target = |murmur: &MurmurOptions| Target {
             system: System::Murmur,
             murmur: murmur.clone(),
+            jetstream: jetstream::JetStreamOptions::default(),
         };
         assert_eq!(options.hello(), r#"{"op":"hello","client":"b"}"#);
         assert_eq!(target(&options).name(), "murmur");

@@ -13,6 +13,9 @@
 //!   connection subscribed to, `deliver_policy: new`, `ack_policy: none`, filtered to the
 //!   subscriber's topic), so every subscriber gets every message the stream stored after it
 //!   subscribed; consumer state in memory and on one server (it holds no acks to replicate).
+//!   With `--jetstream-subscribers core`, a core NATS subscription on the topic instead: the
+//!   live copy of each publish, as core NATS delivers it, while the stream stores it (no
+//!   consumer per subscriber, nothing to resume from).
 //!
 //! Everything goes through the JetStream API subjects (`$JS.API.…`) as request and reply on
 //! the NATS text protocol: no client library, as for core NATS (`crate::nats`).
@@ -20,6 +23,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use clap::ValueEnum;
 use serde_json::{Value, json};
 
 use crate::client::{Conn, Incoming, Target};
@@ -37,6 +41,35 @@ const CREATE_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// The JetStream error code for "stream not found" (deleting a stream that is not there).
 const STREAM_NOT_FOUND: u64 = 10059;
+
+/// How a JetStream subscriber receives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Subscribers {
+    /// An ephemeral push consumer per subscriber: every stored message, from the stream.
+    #[default]
+    Consumer,
+    /// A core NATS subscription on the topic: the live copy of every publish.
+    Core,
+}
+
+/// Per-run settings of the JetStream targets.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct JetStreamOptions {
+    /// JetStream only: how subscribers receive, through a push consumer each (`consumer`) or
+    /// through a core NATS subscription on the stream's subject (`core`).
+    #[arg(long, value_enum, default_value_t)]
+    pub jetstream_subscribers: Subscribers,
+}
+
+impl JetStreamOptions {
+    /// What distinguishes this mode in reports: empty for consumers, `-core-sub` otherwise.
+    pub fn variant(&self) -> &'static str {
+        match self.jetstream_subscribers {
+            Subscribers::Consumer => "",
+            Subscribers::Core => "-core-sub",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Storage {
@@ -161,8 +194,17 @@ impl Stream {
 
 /// Subscribes `conn` to `topic` through an ephemeral push consumer on the topic's stream,
 /// delivering to an inbox the connection subscribed to first; returns once the consumer
-/// exists, so every message stored from then on reaches this connection.
-pub async fn subscribe(conn: &mut Conn, topic: &str) -> anyhow::Result<()> {
+/// exists, so every message stored from then on reaches this connection. With
+/// [`Subscribers::Core`], a core subscription on the topic instead.
+pub async fn subscribe(
+    conn: &mut Conn,
+    topic: &str,
+    subscribers: Subscribers,
+) -> anyhow::Result<()> {
+    if subscribers == Subscribers::Core {
+        conn.send(nats::sub(topic, None, 1).into_bytes()).await?;
+        return conn.round_trip().await;
+    }
     let stream = stream_name(topic);
     let deliver = nats::new_inbox();
     conn.send(nats::sub(&deliver, None, 1).into_bytes()).await?;
