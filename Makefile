@@ -37,7 +37,7 @@ measure-topics: ## Heap per remembered topic, before and after topics are forgot
 	$(CARGO) run --release -p murmur --example topic_bookkeeping -- --topics 600000
 	$(CARGO) run --release -p murmur --example topic_bookkeeping -- --topics 600000 --nodes 3
 
-bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian), and auth on / off: every scenario, writes docs/benchmarks.md (~7 min)
+bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian; JetStream for the acknowledged scenarios), and auth on / off: every scenario, writes docs/benchmarks.md (~7 min)
 	flock /tmp/murmur-bench.lock bench/run.sh
 
 perf-count: ## Instructions per delivery, per fan-in event and per acknowledged publish, auth off and on (valgrind callgrind, one node, ~6 min): appends to bench/perf-count-history.tsv

@@ -60,12 +60,12 @@ def get(run, key):
 
 
 def median(runs, system, case, key):
-    """The median over the rounds; for `lost` and `duplicates`, the sum: one bad round counts."""
+    """The median over the rounds; for `lost`, `duplicates` and `publish_errors`, the sum: one bad round counts."""
     values = [get(r, key) for r in runs
               if r["system"] == system and r["case"] == case and r.get(key.split(".")[0]) is not None]
     if not values:
         return None
-    if key in ("lost", "duplicates"):
+    if key in ("lost", "duplicates", "publish_errors"):
         return sum(values)
     return statistics.median(values)
 
@@ -128,6 +128,8 @@ def machine_facts():
 def render(runs, rows, failed, args):
     facts = machine_facts()
     M, N, MB, MA = "murmur", "nats", "murmur-batch", "murmur-auth"
+    JM, JF, JC = "jetstream-mem", "jetstream-file", "jetstream-mem-core-sub"
+    jetstreams = (JM, JF, JC)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     settings = dict(s.split("=", 1) for s in args.settings.split())
     out = []
@@ -235,9 +237,27 @@ def render(runs, rows, failed, args):
             met = verdict(r is not None and r >= 0.95) if case == "topics" else ""
             w(f"| the same, the nodes' CPU per delivery (µs; throughput on / off if CPU-bound = off / on) | "
               f"on: {fmt(on_cpu)} | off: {fmt(off_cpu)} | off / on: {fmt(r)} | {target} | {met} |")
+    for case, key, name in [("topics-acked", "acks_per_s",
+                             f"acknowledged fan-in ({fmt(first('topics-acked', 'topics'))} topics, publishers on other nodes): acks/s"),
+                            ("fanout-acked", "deliveries_per_s",
+                             f"acknowledged fan-out ({fmt(subs)} subscribers): deliveries/s")]:
+        m = median(runs, M, case, key)
+        for system, storage in [(JM, "memory, 2 replicas, a consumer per subscriber"),
+                                (JF, "file, 2 replicas, a consumer per subscriber"),
+                                (JC, "memory, 2 replicas, core subscriptions as subscribers")]:
+            j = median(runs, system, case, key)
+            if j is None:
+                continue
+            r = ratio(m, j)
+            target, met = ("≥ 1.5×", verdict(r is not None and r >= 1.5)) if system == JM else ("reported", "")
+            w(f"| {name}, NATS column: JetStream ({storage}) | {fmt(m)} | {fmt(j)} | {fmt(r)} | {target} | {met} |")
     lost_m = sum(x.get("lost", 0) for x in runs if x["system"].startswith(M))
     lost_n = sum(x.get("lost", 0) for x in runs if x["system"] == N)
     w(f"| messages lost, all runs (idle: connections dropped) | {fmt(lost_m)} | {fmt(lost_n)} | | 0 | {verdict(lost_m == 0)} |")
+    lost_j = sum(x.get("lost", 0) for x in runs if x["system"] in jetstreams)
+    if any(x["system"] in jetstreams for x in runs):
+        w(f"| the same, acknowledged runs, NATS column: JetStream (every variant) | "
+          f"{fmt(sum(x.get('lost', 0) for x in runs if x['system'] == M and x.get('acked')))} | {fmt(lost_j)} | | 0 | |")
     mf = median(runs, M, "fanout-full", "deliveries_per_s")
     ma = median(runs, M, "fanout-acked", "deliveries_per_s")
     cost = ratio(mf, ma)
@@ -264,8 +284,8 @@ def render(runs, rows, failed, args):
       f"{size}-byte payloads: {first('fanout-full', 'messages')} messages at full speed, "
       f"{first('fanout-rate', 'messages')} at {rate} msg/s. Murmur's acknowledged run publishes "
       f"{first('fanout-acked', 'messages')} messages with a `ref` each, up to 256 in flight, each answered "
-      "once sequenced by the topic's owner and stored on its replica (core NATS has no equivalent; "
-      "JetStream was not measured).")
+      "once sequenced by the topic's owner and stored on its replica (core NATS has no equivalent: "
+      "see *Acknowledged publishing: Murmur next to JetStream* below).")
     w("")
     w("At full speed the publisher outruns the machine (both clusters and the 1,000 subscribers' "
       "connections in the load generator share 2 cores), so the latency there is queueing; the fixed "
@@ -291,6 +311,58 @@ def render(runs, rows, failed, args):
           f"{fmt(median(runs, M, 'fanout-acked', 'publish_seconds'), 3)} s for its "
           f"{first('fanout-acked', 'messages')} `ok`s.")
     w("")
+
+    # --- JetStream -----------------------------------------------------------------------
+    if any(r["system"] in jetstreams for r in runs):
+        w("### Acknowledged publishing: Murmur next to JetStream")
+        w("")
+        w("The peer with the same guarantee: NATS JetStream on the same three `nats-server`s "
+          "(`jetstream { ... }` in each server's config), a stream with 2 replicas created for each "
+          "run (`$JS.API.STREAM.CREATE`, one stream over the scenario's subjects) and deleted after "
+          "it, in memory (`jetstream-mem`) or in files (`jetstream-file`). A publish carries a reply "
+          "subject and counts once its PubAck (stored on both replicas) came back, with the same "
+          "window as Murmur's `pub` with a `ref`: up to 256 unanswered per publisher. Each "
+          "subscriber is an ephemeral push consumer (`deliver_policy: new`, `ack_policy: none`, "
+          "filtered to its topic) delivering to an inbox its connection subscribed to, so every "
+          "subscriber gets every stored message, with its stream sequence. Murmur: "
+          "`replication = 2`, `ok` once sequenced by the owner and stored on its replica; its "
+          "events carry their sequence too. The last two columns run the memory stream again with "
+          "core NATS subscriptions on the stream's subjects as the subscribers "
+          "(`--jetstream-subscribers core`): the live copy of each publish, routed as core NATS "
+          "routes it, before and regardless of the stream storing it, and without a sequence to "
+          "resume from; cheaper for the servers, a weaker guarantee on the receiving side.")
+        w("")
+        w(f"Acknowledged fan-out: {fmt(subs)} subscribers, one publisher, "
+          f"{fmt(first('fanout-acked', 'messages'))} messages. Acknowledged fan-in: "
+          f"{fmt(first('topics-acked', 'topics'))} topics with one subscriber each, one publisher per node "
+          f"for the topics whose subscriber is on the next node, {fmt(first('topics-acked', 'messages_per_topic'))} "
+          "messages per topic; acks/s from the first publish to the last answer.")
+        w("")
+        w("| case | figure | Murmur | JetStream memory | Murmur / memory | JetStream file | Murmur / file "
+          "| JetStream memory, core subscriptions | Murmur / that |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for case, label, keys in [
+                ("topics-acked", "acked fan-in", [("acks_per_s", "acks/s"), ("deliveries_per_s", "deliveries/s"),
+                                                  ("latency_ms.p50", "p50 ms"), ("latency_ms.p99", "p99 ms"),
+                                                  ("publish_errors", "publish errors"), ("lost", "lost")]),
+                ("fanout-acked", "acked fan-out", [("deliveries_per_s", "deliveries/s"), ("latency_ms.p50", "p50 ms"),
+                                                   ("latency_ms.p99", "p99 ms"), ("publish_errors", "publish errors"),
+                                                   ("lost", "lost")])]:
+            for key, name in keys:
+                m = median(runs, M, case, key)
+                show = key not in ("lost", "publish_errors")
+                cells = [f"{fmt(j)} | {fmt(ratio(m, j)) if show else ''}"
+                         for j in (median(runs, system, case, key) for system in jetstreams)]
+                w(f"| {label} | {name} | {fmt(m)} | " + " | ".join(cells) + " |")
+        w("")
+        for case, key, label in [("topics-acked", "acks_per_s", "acked fan-in, acks/s"),
+                                 ("fanout-acked", "deliveries_per_s", "acked fan-out, deliveries/s")]:
+            for system, storage in [(JM, "memory"), (JF, "file"), (JC, "memory with core subscriptions")]:
+                paired = paired_ratios(runs, M, system, case, key)
+                if paired:
+                    w(f"- {label}, Murmur / JetStream {storage} per round: " + ", ".join(fmt(x) for x in paired) +
+                      f"; median {fmt(statistics.median(paired))}.")
+        w("")
 
     # --- Many topics ---------------------------------------------------------------------
     w("### Many topics")

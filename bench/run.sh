@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # The side-by-side: a three-node Murmur cluster and a three-node NATS cluster (Debian's
-# nats-server, WebSocket listener without TLS), all on 127.0.0.1, every scenario of
-# murmur-bench run against both, alternating, in rounds; then bench/render.py writes the
-# generated section of docs/benchmarks.md (medians of the rounds, Murmur/NATS per figure,
-# the issue's targets met or missed).
+# nats-server, WebSocket listener without TLS, JetStream enabled), all on 127.0.0.1, every
+# scenario of murmur-bench run against both, alternating, in rounds; then bench/render.py
+# writes the generated section of docs/benchmarks.md (medians of the rounds, Murmur/NATS per
+# figure, the issue's targets met or missed).
+# The acknowledged scenarios (`fanout --acked`, `topics --acked`) run against NATS JetStream,
+# the peer with the same guarantee (a publish answered once stored on 2 replicas), twice:
+# `--system jetstream-mem` (a stream in memory) and `--system jetstream-file` (on disk), with
+# a push consumer per subscriber; and the memory stream once more with core NATS
+# subscriptions as the subscribers (`--jetstream-subscribers core`, reported as
+# `jetstream-mem-core-sub`). murmur-bench creates a stream with 2 replicas for each run and
+# deletes it afterwards.
 # The cost of client auth is measured in the same run: a second three-node Murmur cluster
 # with `auth = token` (an HMAC secret, a token with a few allow patterns and a deny pattern),
 # the many-topics and full-speed fan-out runs each paired with the same run against the
@@ -19,7 +26,8 @@
 # Run it under `flock /tmp/murmur-bench.lock` on a shared machine: the ports are fixed.
 # Ports: Murmur 7400/7410/7420 (WebSocket), 7401.. gossip, 7402.. QUIC, 7403.. admin;
 #        Murmur with auth 7500/7510/7520 (WebSocket), 7501.. gossip, 7502.. QUIC, 7503.. admin;
-#        NATS 4222/4223/4224 (clients), 6222/6223/6224 (routes), 8222/8223/8224 (WebSocket).
+#        NATS 4222/4223/4224 (clients), 6222/6223/6224 (routes), 8222/8223/8224 (WebSocket);
+#        its JetStream stores in a temporary directory, removed at the end.
 # Results (one JSON line per run, plus the table rows): target/bench/<mode>.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -114,6 +122,7 @@ start_clusters() {
 listen: 127.0.0.1:$((4222 + i))
 server_name: nats$i
 websocket { listen: "127.0.0.1:$((8222 + i))", no_tls: true }
+jetstream { store_dir: "$work/jetstream$i", max_memory_store: 1G, max_file_store: 4G }
 cluster {
   name: bench
   listen: 127.0.0.1:$((6222 + i))
@@ -200,6 +209,7 @@ stop_clusters() {
   for pid in "${nats_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${nats_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   nats_pids=()
+  rm -rf "$work"/jetstream?
   MURMUR_BIN=target/release/murmur deploy/local-cluster.sh stop >/dev/null 2>&1 || true
 }
 
@@ -269,9 +279,21 @@ for round in $(seq 1 "$ROUNDS"); do
         --size "$SIZE" --batch --label "$label"
       run "$system" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$RATE_MESSAGES" \
         --size "$SIZE" --rate "$RATE" --batch --label "$label"
-      run "$system" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$MESSAGES" \
-        --size "$SIZE" --acked --label "$label"
     fi
+    # Acknowledged publishing: Murmur, or JetStream (memory, then file) on the NATS cluster.
+    # JetStream's subscribers are push consumers (every stored message, from the stream);
+    # `:core` runs the memory stream again with core NATS subscriptions on its subjects
+    # instead (the live copy of each publish, no consumers).
+    acked_systems=$system
+    [ "$system" = nats ] && acked_systems="jetstream-mem jetstream-file jetstream-mem:core"
+    for acked in $acked_systems; do
+      subscribers=()
+      [ "${acked#*:}" = core ] && subscribers=(--jetstream-subscribers core)
+      run "${acked%%:*}" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$MESSAGES" \
+        --size "$SIZE" --acked "${subscribers[@]}" --label "$label"
+      run "${acked%%:*}" "$urls" topics --topics "$TOPICS" --messages "$TOPIC_MESSAGES" \
+        --size "$SIZE" --acked "${subscribers[@]}" --label "$label"
+    done
     if [ "$system" = murmur ]; then
       auth_pair topics --topics "$TOPICS" --messages "$TOPIC_MESSAGES" --size "$SIZE" --label "$label"
     else

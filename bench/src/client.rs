@@ -5,6 +5,11 @@
 //! Murmur's per-connection options live in [`MurmurOptions`]: they are sent in the `hello`
 //! frame, so a protocol opt-in (for example batching several events per frame) is one more
 //! field there plus, if its frames look different, one more case in [`decode_murmur`].
+//!
+//! JetStream is NATS underneath: the same connection and parser; an acknowledged publish
+//! carries a reply subject (the connection's inbox), whose answers, the PubAcks, come back
+//! as [`Incoming::Ok`] or [`Incoming::Error`]; subscribing creates a push consumer
+//! (`crate::jetstream`).
 
 use std::collections::VecDeque;
 
@@ -17,12 +22,38 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::nats;
+use crate::{jetstream, nats};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum System {
     Murmur,
+    /// Core NATS: fire-and-forget.
     Nats,
+    /// NATS JetStream, a stream with 2 replicas in memory (acknowledged scenarios only).
+    JetstreamMem,
+    /// NATS JetStream, a stream with 2 replicas on disk (acknowledged scenarios only).
+    JetstreamFile,
+}
+
+impl System {
+    /// The `--system` value that selects this system.
+    pub fn cli_name(self) -> &'static str {
+        match self {
+            Self::Murmur => "murmur",
+            Self::Nats => "nats",
+            Self::JetstreamMem => "jetstream-mem",
+            Self::JetstreamFile => "jetstream-file",
+        }
+    }
+
+    /// Where a JetStream system stores its streams; `None` for the others.
+    pub fn jetstream_storage(self) -> Option<jetstream::Storage> {
+        match self {
+            Self::JetstreamMem => Some(jetstream::Storage::Memory),
+            Self::JetstreamFile => Some(jetstream::Storage::File),
+            Self::Murmur | Self::Nats => None,
+        }
+    }
 }
 
 /// Per-connection settings of the Murmur target, sent in `hello`.
@@ -98,6 +129,7 @@ pub struct Target {
     /// Bytes each socket read takes at most (tungstenite's read buffer); its default
     /// (128 KiB) when absent.
     pub read_buffer: Option<usize>,
+    pub jetstream: jetstream::JetStreamOptions,
 }
 
 impl Target {
@@ -105,6 +137,9 @@ impl Target {
     pub fn name(&self) -> String {
         match self.system {
             System::Murmur => format!("murmur{}", self.murmur.variant()),
+            System::JetstreamMem | System::JetstreamFile => {
+                format!("{}{}", self.system.cli_name(), self.jetstream.variant())
+            }
             System::Nats => "nats".to_owned(),
         }
     }
@@ -118,7 +153,7 @@ pub enum Incoming {
         payload: Bytes,
         delivery: Option<String>,
     },
-    /// Murmur's `ok` (with its `ref`), NATS's `+OK`.
+    /// Murmur's `ok` (with its `ref`), NATS's `+OK`, a JetStream PubAck or API answer.
     Ok {
         reference: Option<String>,
     },
@@ -134,6 +169,11 @@ pub struct Conn {
     /// Decoded but not yet consumed, in arrival order.
     pending: VecDeque<Incoming>,
     unflushed: bool,
+    /// NATS: the subject this connection's requests and acknowledged publishes are answered
+    /// on, once subscribed to (on first use).
+    reply_inbox: Option<String>,
+    /// JetStream: how this connection subscribes.
+    jetstream_subscribers: jetstream::Subscribers,
 }
 
 impl Conn {
@@ -153,6 +193,8 @@ impl Conn {
             nats: nats::Parser::default(),
             pending: VecDeque::new(),
             unflushed: false,
+            reply_inbox: None,
+            jetstream_subscribers: target.jetstream.jetstream_subscribers,
         };
         match target.system {
             System::Murmur => {
@@ -163,7 +205,7 @@ impl Conn {
                 conn.send(target.murmur.hello().into_bytes()).await?;
                 conn.expect_murmur_op("welcome").await?;
             }
-            System::Nats => {
+            System::Nats | System::JetstreamMem | System::JetstreamFile => {
                 loop {
                     if let nats::Incoming::Info = conn.next_nats_raw().await? {
                         break;
@@ -192,14 +234,14 @@ impl Conn {
     async fn feed(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
         let message = match self.system {
             System::Murmur => Message::text(String::from_utf8(bytes)?),
-            System::Nats => Message::binary(bytes),
+            System::Nats | System::JetstreamMem | System::JetstreamFile => Message::binary(bytes),
         };
         self.ws.feed(message).await?;
         self.unflushed = true;
         Ok(())
     }
 
-    async fn send(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
+    pub async fn send(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
         self.feed(bytes).await?;
         self.flush().await
     }
@@ -256,7 +298,15 @@ impl Conn {
                     let frame = self.next_frame().await?;
                     decode_murmur(&frame, &mut self.pending);
                 }
-                System::Nats => match self.next_nats_raw().await? {
+                System::Nats | System::JetstreamMem | System::JetstreamFile => match self
+                    .next_nats_raw()
+                    .await?
+                {
+                    nats::Incoming::Msg { subject, payload }
+                        if self.reply_inbox.as_deref() == Some(subject.as_str()) =>
+                    {
+                        self.pending.push_back(jetstream::decode_reply(&payload));
+                    }
                     nats::Incoming::Msg { payload, .. } => {
                         self.pending.push_back(Incoming::Event {
                             payload,
@@ -274,7 +324,10 @@ impl Conn {
     }
 
     /// Reads until `wanted` matches, keeping everything else for [`Conn::next`].
-    async fn wait_for(&mut self, wanted: impl Fn(&Incoming) -> bool) -> anyhow::Result<Incoming> {
+    pub async fn wait_for(
+        &mut self,
+        wanted: impl Fn(&Incoming) -> bool,
+    ) -> anyhow::Result<Incoming> {
         let mut kept = VecDeque::new();
         let found = loop {
             let incoming = self.next().await?;
@@ -308,14 +361,34 @@ impl Conn {
                 self.send(nats::sub(topic, group, 1).into_bytes()).await?;
                 self.round_trip().await
             }
+            System::JetstreamMem | System::JetstreamFile => {
+                if group.is_some() {
+                    bail!("queue groups are not measured on JetStream");
+                }
+                jetstream::subscribe(self, topic, self.jetstream_subscribers).await
+            }
         }
+    }
+
+    /// NATS: the subject answers to this connection's requests come back on, subscribed to
+    /// on first use (the server handles a connection's commands in order, so the `SUB` is in
+    /// place before anything that is answered on it).
+    pub async fn reply_inbox(&mut self) -> anyhow::Result<String> {
+        if let Some(inbox) = &self.reply_inbox {
+            return Ok(inbox.clone());
+        }
+        let inbox = nats::new_inbox();
+        self.feed(nats::sub(&inbox, None, nats::REPLY_SID).into_bytes())
+            .await?;
+        self.reply_inbox = Some(inbox.clone());
+        Ok(inbox)
     }
 
     /// A ping answered: everything sent before has been read by the server.
     pub async fn round_trip(&mut self) -> anyhow::Result<()> {
         let ping = match self.system {
             System::Murmur => br#"{"op":"ping","ref":"rt"}"#.to_vec(),
-            System::Nats => b"PING\r\n".to_vec(),
+            System::Nats | System::JetstreamMem | System::JetstreamFile => b"PING\r\n".to_vec(),
         };
         self.send(ping).await?;
         self.wait_for(|i| *i == Incoming::Pong).await?;
@@ -323,7 +396,9 @@ impl Conn {
     }
 
     /// Queues a publish (call [`Conn::flush`] to send). With `reference`, Murmur answers
-    /// `ok` once the event is sequenced and stored on its replicas; NATS has no such answer.
+    /// `ok` once the event is sequenced and stored on its replicas, JetStream a PubAck once
+    /// the stream stored it on its replicas (the reference itself is not echoed); core NATS
+    /// has no such answer.
     pub async fn publish(
         &mut self,
         topic: &str,
@@ -346,8 +421,15 @@ impl Conn {
                 if reference.is_some() {
                     bail!("core NATS has no acknowledged publish");
                 }
-                nats::publish(topic, payload)
+                nats::publish(topic, None, payload)
             }
+            System::JetstreamMem | System::JetstreamFile => match reference {
+                Some(_) => {
+                    let inbox = self.reply_inbox().await?;
+                    nats::publish(topic, Some(&inbox), payload)
+                }
+                None => nats::publish(topic, None, payload),
+            },
         };
         self.feed(bytes).await
     }
@@ -458,6 +540,7 @@ mod tests {
             system: System::Murmur,
             murmur: murmur.clone(),
             read_buffer: None,
+            jetstream: jetstream::JetStreamOptions::default(),
         };
         assert_eq!(options.hello(), r#"{"op":"hello","client":"b"}"#);
         assert_eq!(target(&options).name(), "murmur");

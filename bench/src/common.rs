@@ -9,6 +9,7 @@ use anyhow::Context;
 use futures_util::StreamExt;
 
 use crate::client::{Conn, Incoming, MurmurOptions, System, Target};
+use crate::jetstream::JetStreamOptions;
 use crate::report::{Latency, WARMUP, parse_payload};
 
 /// Arguments every scenario takes.
@@ -27,6 +28,8 @@ pub struct Common {
     pub fail_on_loss: bool,
     #[command(flatten)]
     pub murmur: MurmurOptions,
+    #[command(flatten)]
+    pub jetstream: JetStreamOptions,
     /// Process ids of the nodes under test, comma-separated: the CPU time they used while
     /// measuring is reported per delivery (a cost that other work on the machine disturbs
     /// far less than throughput).
@@ -49,6 +52,7 @@ impl Common {
             system: self.system,
             murmur: self.murmur.clone(),
             read_buffer: None,
+            jetstream: self.jetstream.clone(),
         }
     }
 

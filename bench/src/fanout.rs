@@ -1,7 +1,9 @@
 //! Scenario `fanout`: S subscribers spread over the nodes on one topic; one publisher on the
 //! last node sends M messages of P bytes, at full speed or at a fixed rate, fire-and-forget
 //! or acknowledged (Murmur's `pub` with a `ref`: answered once the event is sequenced and
-//! stored on its replicas, with up to `window` publishes in flight).
+//! stored on its replicas, with up to `window` publishes in flight). Against JetStream
+//! (acknowledged only) the topic is a stream with 2 replicas, each subscriber a push consumer
+//! (`crate::jetstream`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,8 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use crate::client::{Incoming, System};
+use crate::acked::publish_windowed;
+use crate::client::System;
 use crate::common::{Common, Warmth, cpu_per_delivery_us, cpu_row, gather, server_cpu_seconds};
+use crate::jetstream::Stream;
 use crate::report::{WARMUP, emit, payload};
 
 const TOPIC: &str = "bench.fanout";
@@ -32,8 +36,8 @@ pub struct Args {
     /// Messages per second; full speed when absent.
     #[arg(long)]
     pub rate: Option<u64>,
-    /// Publish acknowledged (Murmur only): each `pub` carries a `ref` and counts once its
-    /// `ok` came back.
+    /// Publish acknowledged (Murmur and JetStream): each `pub` carries a `ref` (JetStream: a
+    /// reply subject) and counts once its `ok` (PubAck) came back.
     #[arg(long)]
     pub acked: bool,
     /// Acknowledged publishes in flight at most.
@@ -46,8 +50,14 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     let target = args.common.target();
     let urls = &args.common.url;
     if args.acked && target.system == System::Nats {
-        bail!("acknowledged publishing is measured for Murmur only (core NATS has none)");
+        bail!(
+            "core NATS has no acknowledged publishing: use --system jetstream-mem or jetstream-file"
+        );
     }
+    if !args.acked && target.system.jetstream_storage().is_some() {
+        bail!("JetStream is measured with acknowledged publishing only (--acked)");
+    }
+    let stream = Stream::create_for(&target, &urls[0], &[TOPIC]).await?;
     let start = Instant::now();
     let plan = (0..args.subscribers)
         .map(|i| (urls[i % urls.len()].clone(), TOPIC.to_owned()))
@@ -82,28 +92,12 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     let first_send = start.elapsed().as_nanos();
     let mut publish_errors = 0usize;
     if args.acked {
-        // Up to `window` publishes in flight; each `ok` (or `unavailable`) frees a slot.
-        let (mut sent, mut answered) = (0usize, 0usize);
-        while answered < args.messages {
-            while sent < args.messages && sent - answered < args.window {
-                let reference = sent.to_string();
-                publisher
-                    .publish(TOPIC, &payload(start, sent, args.size), Some(&reference))
-                    .await?;
-                sent += 1;
-            }
-            publisher.flush().await?;
-            match tokio::time::timeout(Duration::from_secs(10), publisher.next()).await {
-                Ok(Ok(Incoming::Ok { .. })) => answered += 1,
-                Ok(Ok(Incoming::Error(_))) => {
-                    answered += 1;
-                    publish_errors += 1;
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => bail!("no answer to an acknowledged publish for 10 s"),
-            }
-        }
+        // Up to `window` publishes in flight; each answer (an error too) frees a slot.
+        let answered = publish_windowed(&mut publisher, args.messages, args.window, |i| {
+            (TOPIC, payload(start, i, args.size))
+        })
+        .await?;
+        publish_errors = answered.errors;
     } else {
         let interval = args
             .rate
@@ -128,6 +122,9 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
 
     let gathered = gather(tasks, first_send).await?;
     let cpu_after = server_cpu_seconds(&args.common.server_pids)?;
+    if let Some(stream) = stream {
+        stream.delete().await?;
+    }
     let (received, latency, endings) = (gathered.received, &gathered.latency, &gathered.endings);
     let per_second = gathered.per_second(first_send);
     let expected = args.subscribers * args.messages;

@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
-use crate::client::{Conn, System};
+use crate::client::Conn;
 use crate::common::Common;
 use crate::report::emit;
 
@@ -111,10 +111,7 @@ impl Holder {
         command
             .arg("idle-hold")
             .arg("--system")
-            .arg(match common.system {
-                System::Murmur => "murmur",
-                System::Nats => "nats",
-            })
+            .arg(common.system.cli_name())
             .arg("--url")
             .arg(common.url.join(","))
             .arg("--connections")

@@ -4,18 +4,25 @@
 //! `docs/benchmarks.md`).
 //!
 //! - `fanout`: one publisher, S subscribers on one topic over the nodes; full speed, fixed
-//!   rate, or acknowledged publishing (Murmur).
-//! - `topics`: T topics with one subscriber each, publishers on other nodes.
+//!   rate, or acknowledged publishing (`--acked`: Murmur, JetStream).
+//! - `topics`: T topics with one subscriber each, publishers on other nodes; fire-and-forget
+//!   or acknowledged (`--acked`: Murmur, JetStream).
 //! - `queue`: one publisher, a queue group of K members over the nodes; balance.
 //! - `idle`: C idle subscribed connections to one node; the node's memory per connection.
 //!
 //! Against nodes with `auth = token`, `--token` (or `MURMUR_BENCH_TOKEN`) gives every
 //! connection a token to say `hello` with; reports then name the system `murmur-auth`.
+//!
+//! Systems (`--system`): `murmur`; `nats` (core NATS, fire-and-forget); `jetstream-mem` and
+//! `jetstream-file` (NATS JetStream, a stream with 2 replicas in memory or in files, for the
+//! acknowledged scenarios only: `fanout --acked`, `topics --acked`; see `jetstream`).
 
+mod acked;
 mod client;
 mod common;
 mod fanout;
 mod idle;
+mod jetstream;
 mod nats;
 mod queue;
 mod report;
@@ -57,10 +64,12 @@ async fn main() -> anyhow::Result<()> {
             (topics::run(args).await?, fail)
         }
         Scenario::Queue(args) => {
+            jetstream_unsupported(args.common.system, "queue")?;
             let fail = args.common.fail_on_loss;
             (queue::run(args).await?, fail)
         }
         Scenario::Idle(args) => {
+            jetstream_unsupported(args.common.system, "idle")?;
             let fail = args.common.fail_on_loss;
             (idle::run(args).await?, fail)
         }
@@ -72,6 +81,16 @@ async fn main() -> anyhow::Result<()> {
     if fail_on_loss && lost > 0 {
         eprintln!("murmur-bench: {lost} lost");
         std::process::exit(3);
+    }
+    Ok(())
+}
+
+/// JetStream is compared in the acknowledged scenarios only.
+fn jetstream_unsupported(system: client::System, scenario: &str) -> anyhow::Result<()> {
+    if system.jetstream_storage().is_some() {
+        anyhow::bail!(
+            "JetStream is measured in the acknowledged scenarios only (fanout --acked, topics --acked), not {scenario}"
+        );
     }
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! `nats-server`'s WebSocket listener speaks it: a byte stream cut into frames anywhere, so
 //! incoming bytes go through an incremental parser.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::{Bytes, BytesMut};
 
 /// What the server sent.
@@ -74,8 +76,27 @@ pub fn sub(subject: &str, queue: Option<&str>, sid: u64) -> String {
     }
 }
 
-pub fn publish(subject: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = format!("PUB {subject} {}\r\n", payload.len()).into_bytes();
+/// The subscription id of a connection's reply inbox (scenario subscriptions use 1).
+pub const REPLY_SID: u64 = 2;
+
+/// A subject no other connection uses, for answers to this one: `_INBOX.` then this
+/// process's id and a counter.
+pub fn new_inbox() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "_INBOX.murmurbench.{}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `PUB`, answered on `reply` when given (a request, or a JetStream publish to acknowledge).
+pub fn publish(subject: &str, reply: Option<&str>, payload: &[u8]) -> Vec<u8> {
+    let mut out = match reply {
+        Some(reply) => format!("PUB {subject} {reply} {}\r\n", payload.len()),
+        None => format!("PUB {subject} {}\r\n", payload.len()),
+    }
+    .into_bytes();
     out.extend_from_slice(payload);
     out.extend_from_slice(b"\r\n");
     out
@@ -123,7 +144,9 @@ mod tests {
     fn encodes_commands() {
         assert_eq!(sub("x.y", None, 3), "SUB x.y 3\r\n");
         assert_eq!(sub("x.y", Some("workers"), 3), "SUB x.y workers 3\r\n");
-        assert_eq!(publish("x", b"ab"), b"PUB x 2\r\nab\r\n");
+        assert_eq!(publish("x", None, b"ab"), b"PUB x 2\r\nab\r\n");
+        assert_eq!(publish("x", Some("r.1"), b"ab"), b"PUB x r.1 2\r\nab\r\n");
+        assert_ne!(new_inbox(), new_inbox());
         assert!(connect().ends_with("}\r\n"));
     }
 }

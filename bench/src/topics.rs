@@ -1,7 +1,10 @@
 //! Scenario `topics`: T topics with one subscriber each, the subscriber of topic i on node
 //! i mod N; one publisher per node, which publishes to the topics whose subscribers are on
 //! the NEXT node, so every message crosses from one node to another. Each topic gets M
-//! messages, interleaved over the topics, at full speed.
+//! messages, interleaved over the topics, at full speed: fire-and-forget, or acknowledged
+//! (`--acked`: each publisher keeps up to `window` publishes unanswered, as `fanout --acked`;
+//! reported as acks/s too) against Murmur or JetStream (`crate::jetstream`: one stream over
+//! every topic, 2 replicas, a push consumer per subscriber).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,8 +14,10 @@ use anyhow::bail;
 use serde_json::json;
 use tokio::sync::Barrier;
 
-use crate::client::{Conn, Target};
+use crate::acked::{Answered, publish_windowed};
+use crate::client::{Conn, System, Target};
 use crate::common::{Common, Warmth, cpu_per_delivery_us, cpu_row, gather, server_cpu_seconds};
+use crate::jetstream::Stream;
 use crate::report::{WARMUP, emit, payload};
 
 const FLUSH_EVERY: usize = 64;
@@ -28,7 +33,17 @@ pub struct Args {
     pub messages: usize,
     #[arg(long, default_value_t = 128)]
     pub size: usize,
+    /// Publish acknowledged (Murmur and JetStream): each publish waits for its `ok`
+    /// (PubAck), up to `window` unanswered per publisher.
+    #[arg(long)]
+    pub acked: bool,
+    /// Acknowledged publishes in flight at most, per publisher.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
 }
+
+/// Every topic of the scenario, as one subject pattern (the JetStream stream's subjects).
+const TOPICS_PATTERN: &str = "bench.topics.*";
 
 fn topic(i: usize) -> String {
     format!("bench.topics.{i}")
@@ -39,6 +54,15 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     let target = args.common.target();
     let urls = args.common.url.clone();
     let nodes = urls.len();
+    if args.acked && target.system == System::Nats {
+        bail!(
+            "core NATS has no acknowledged publishing: use --system jetstream-mem or jetstream-file"
+        );
+    }
+    if !args.acked && target.system.jetstream_storage().is_some() {
+        bail!("JetStream is measured with acknowledged publishing only (--acked)");
+    }
+    let stream = Stream::create_for(&target, &urls[0], &[TOPICS_PATTERN]).await?;
     let start = Instant::now();
     let plan = (0..args.topics)
         .map(|i| (urls[i % nodes].clone(), topic(i)))
@@ -69,19 +93,28 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
                 warmth.clone(),
                 barrier.clone(),
                 args.common.server_pids.clone(),
+                args.acked.then_some(args.window),
             ))
         })
         .collect();
     let mut first_send = u128::MAX;
     let mut cpu_before = None;
+    let (mut last_answer, mut publish_errors) = (0u128, 0usize);
     for publisher in publishers {
         let started = publisher.await??;
         first_send = first_send.min(started.first_send);
         cpu_before = cpu_before.or(started.server_cpu);
+        if let Some(answered) = started.answered {
+            last_answer = last_answer.max((answered.last_answer - start).as_nanos());
+            publish_errors += answered.errors;
+        }
     }
 
     let gathered = gather(tasks, first_send).await?;
     let cpu_after = server_cpu_seconds(&args.common.server_pids)?;
+    if let Some(stream) = stream {
+        stream.delete().await?;
+    }
     let (received, latency, endings) = (gathered.received, &gathered.latency, &gathered.endings);
     let per_second = gathered.per_second(first_send);
     let expected = args.topics * args.messages;
@@ -89,13 +122,21 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     let cpu_us = cpu_per_delivery_us(cpu_before, cpu_after, received);
     let name = target.name();
     let variant = args.common.subscriber_variant();
-    let case = if variant.is_empty() {
-        "topics"
-    } else {
-        "topics-generator"
+    let case = match (args.acked, variant.is_empty()) {
+        (true, _) => "topics-acked",
+        (false, true) => "topics",
+        (false, false) => "topics-generator",
     };
+    // Acknowledged: every publish answered (an error too), from the first send to the last
+    // answer.
+    let acks_per_s = args.acked.then(|| {
+        expected as f64 / ((last_answer.saturating_sub(first_send)) as f64 / 1e9).max(1e-9)
+    });
+    let acked_row = acks_per_s.map_or_else(String::new, |a| {
+        format!(", acked {a:>9.0} acks/s  errors {publish_errors}")
+    });
     let row = format!(
-        "{name:<7} topics {} topics{variant} / {nodes} nodes x {} msgs x {} B, publishers on other nodes {per_second:>12.0} deliveries/s  {}  lost {lost}",
+        "{name:<7} topics {} topics{variant} / {nodes} nodes x {} msgs x {} B, publishers on other nodes{acked_row} {per_second:>12.0} deliveries/s  {}  lost {lost}",
         args.topics,
         args.messages,
         args.size,
@@ -105,7 +146,9 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     emit(
         &row,
         json!({
-            "scenario": "topics", "case": case, "system": name, "topics": args.topics,
+            "scenario": "topics", "case": case,
+            "system": name, "topics": args.topics, "acked": args.acked,
+            "acks_per_s": acks_per_s, "publish_errors": publish_errors,
             "nodes": nodes, "messages_per_topic": args.messages, "size": args.size,
             "deliveries_per_s": per_second, "lost": lost, "latency_ms": latency.json(),
             "ended_early": endings.count, "ended_sample": endings.sample,
@@ -124,10 +167,12 @@ struct Started {
     first_send: u128,
     /// The servers' CPU seconds once every topic was warm, read by one publisher only.
     server_cpu: Option<f64>,
+    /// Acknowledged publishing: what the answers were and when the last came.
+    answered: Option<Answered>,
 }
 
 /// One publisher: warms its topics up, waits for the others, then publishes M rounds over
-/// its topics.
+/// its topics (acknowledged, with up to `window` unanswered, when given).
 #[allow(clippy::too_many_arguments)]
 async fn publish(
     target: Target,
@@ -139,6 +184,7 @@ async fn publish(
     warmth: Arc<Warmth>,
     barrier: Arc<Barrier>,
     server_pids: Vec<u32>,
+    acked_window: Option<usize>,
 ) -> anyhow::Result<Started> {
     let mut conn = Conn::connect(&target, &url).await?;
     let names: Vec<String> = topics.iter().map(|&i| topic(i)).collect();
@@ -166,6 +212,21 @@ async fn publish(
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let first_send = start.elapsed().as_nanos();
+    if let Some(window) = acked_window {
+        let count = messages * names.len();
+        let answered = publish_windowed(&mut conn, count, window, |index| {
+            (
+                names[index % names.len()].as_str(),
+                payload(start, index, size),
+            )
+        })
+        .await?;
+        return Ok(Started {
+            first_send,
+            server_cpu,
+            answered: Some(answered),
+        });
+    }
     let mut queued = 0usize;
     for round in 0..messages {
         for (k, name) in names.iter().enumerate() {
@@ -181,5 +242,6 @@ async fn publish(
     Ok(Started {
         first_send,
         server_cpu,
+        answered: None,
     })
 }
