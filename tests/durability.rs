@@ -693,6 +693,100 @@ async fn events_dropped_on_the_way_to_a_node_are_recovered_through_a_resync() ->
     Ok(())
 }
 
+/// The node that dropped events on the way says so on its control queue, and every plain
+/// subscriber on the receiving node resyncs at once. Before, a drop showed only as a hole
+/// when the topic's next event came: a subscriber of a topic that goes quiet after its
+/// dropped event was never told. Here that subscriber is on a quiet topic, on its own
+/// connection, while a burst on another topic overflows the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_is_announced_so_subscribers_resync_without_waiting_for_the_next_event() -> TestResult
+{
+    let nodes = start_cluster(2, |i, s| {
+        if i == 0 {
+            s.peer_queue = 1;
+        }
+    })
+    .await;
+    let busy = topic_owned_by(&nodes[0], "burst.busy.", "node-0");
+    let quiet = topic_owned_by(&nodes[0], "burst.quiet.", "node-0");
+    let (mut busy_subscriber, _) = WsClient::connect_json(&nodes[1]).await?;
+    busy_subscriber.sub("b", &busy).await?;
+    let (mut quiet_subscriber, _) = WsClient::connect_json(&nodes[1]).await?;
+    quiet_subscriber.sub("q", &quiet).await?;
+    wait_until(
+        "node-0 knows both subscribers",
+        Duration::from_secs(10),
+        || nodes[0].state().broker.peer_interests() == 2,
+    )
+    .await;
+    let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
+    let (ok, _) = publisher.publish(&quiet, json!("first"), "q1").await?;
+    let epoch = ok["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(quiet_subscriber.recv_json().await?["seq"], 1);
+    for i in 1..=300 {
+        publisher
+            .send_json(json!({"op": "pub", "topic": busy, "data": i}))
+            .await?;
+    }
+    publisher
+        .send_json(json!({"op": "pub", "topic": quiet, "data": "second"}))
+        .await?;
+    publisher.ping("all-sent").await?;
+    // Nothing more is published on the quiet topic: only the announcement can tell.
+    let mut quiet_seen = 1;
+    let told = loop {
+        let frame =
+            match tokio::time::timeout(Duration::from_secs(10), quiet_subscriber.recv()).await {
+                Err(_) => break false,
+                Ok(received) => match received? {
+                    murmur_tests::Received::Frame(
+                        tokio_tungstenite::tungstenite::Message::Text(t),
+                    ) => serde_json::from_str::<serde_json::Value>(t.as_str())?,
+                    _ => break true,
+                },
+            };
+        match frame["op"].as_str() {
+            Some("event") => quiet_seen = frame["seq"].as_u64().unwrap(),
+            _ => {
+                assert_eq!(frame["code"], "resync", "{frame}");
+                break true;
+            }
+        }
+    };
+    assert!(
+        nodes[0].state().cluster.links()[0]
+            .stats
+            .events_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "events were really dropped on the way"
+    );
+    assert!(
+        told,
+        "the quiet topic's subscriber was never told of the drop"
+    );
+    // It resumes from its cursor (once the burst is over: each further drop tells the
+    // node's subscribers again) and has both events, once each.
+    wait_until(
+        "node-0's queue to node-1 has drained",
+        Duration::from_secs(10),
+        || nodes[0].state().cluster.links()[0].queue_depth() == 0,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut again, _) = WsClient::connect_json(&nodes[1]).await?;
+    let ok = again
+        .request(json!({"op": "sub", "id": "q", "topic": quiet,
+            "from": {"epoch": epoch, "seq": quiet_seen}}))
+        .await?;
+    assert_eq!(ok["op"], "ok");
+    if quiet_seen < 2 {
+        assert_eq!(again.recv_json().await?["seq"], 2);
+    }
+    again.ping("no-more").await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_arrives_twice_reaches_a_subscriber_once() -> TestResult {
     // A peer may forward an event again around the loss and return of its link (seen in the

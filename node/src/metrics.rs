@@ -331,7 +331,8 @@ impl Collector for StateSnapshot {
             &mut encoder,
             "murmur_resync_signals",
             "Times this node told its subscribers to resync (reconnect and resume) because it \
-             lost contact with a peer and may have missed forwarded events",
+             lost contact with a peer, or a peer dropped events forwarded to it, and it may \
+             have missed some",
             self.resync_signals,
         )?;
 

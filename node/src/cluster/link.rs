@@ -78,6 +78,11 @@ pub enum PeerMessage {
         msg: murmur_proto::cluster::v1::peer_frame::Msg,
         permit: Option<crate::cluster::topics::PublishPermit>,
     },
+    /// Events for the peer's plain subscribers were dropped (its queue was full); `pending`
+    /// is cleared once this notice is written, so that at most one waits at a time.
+    DropNotice {
+        pending: Arc<std::sync::atomic::AtomicBool>,
+    },
     Leaving {
         generation: u64,
         /// Told once the frame has been handed to QUIC.
@@ -122,6 +127,8 @@ pub struct PeerLink {
     /// whether the peer's subscribers want an event.
     pub(crate) interest_known: std::sync::atomic::AtomicBool,
     closed: CancellationToken,
+    /// A `DropNotice` waits in the control queue (see [`PeerLink::announce_drop`]).
+    drop_notice_pending: Arc<std::sync::atomic::AtomicBool>,
     pub stats: LinkStats,
 }
 
@@ -154,6 +161,7 @@ impl PeerLink {
             interests: Mutex::new(HashSet::new()),
             interest_known: std::sync::atomic::AtomicBool::new(false),
             closed: CancellationToken::new(),
+            drop_notice_pending: Arc::default(),
             stats: LinkStats::default(),
         };
         link.note_progress();
@@ -196,6 +204,9 @@ impl PeerLink {
     /// Queues an event for the peer without waiting; false if it was dropped.
     pub fn offer_event(&self, message: PeerMessage) -> bool {
         if !message.holds_publish_share() && self.queue_depth() >= UNHELD_EVENTS_LIMIT {
+            if matches!(message, PeerMessage::Forward { plain: true, .. }) {
+                self.announce_drop();
+            }
             // Events that hold no share of a publish buffer (queue-group events placed again
             // after a member gave them back, redeliveries) are not bounded by it: they may
             // take only part of the queue, or a group whose members keep giving events back
@@ -209,7 +220,10 @@ impl PeerLink {
                 self.stats.events_forwarded.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(mpsc::error::TrySendError::Full(message)) => {
+                if matches!(message, PeerMessage::Forward { plain: true, .. }) {
+                    self.announce_drop();
+                }
                 let dropped = self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
                 if dropped.is_power_of_two() {
                     tracing::warn!(peer = %self.name, dropped = dropped + 1, "peer queue full (peer_queue): events dropped");
@@ -219,6 +233,17 @@ impl PeerLink {
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Tells the peer that events for its plain subscribers were dropped, unless a notice
+    /// is already waiting to be written (it covers this drop too: it reaches the peer after
+    /// the drop, and the peer's subscribers resume from their cursors then).
+    fn announce_drop(&self) {
+        if !self.drop_notice_pending.swap(true, Ordering::AcqRel) {
+            self.send_control(PeerMessage::DropNotice {
+                pending: self.drop_notice_pending.clone(),
+            });
         }
     }
 
@@ -245,5 +270,55 @@ impl PeerLink {
 
     pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.closed.cancelled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Payload;
+
+    fn forward(plain: bool) -> PeerMessage {
+        PeerMessage::Forward {
+            event: Arc::new(Event::new(
+                "t".into(),
+                "e".into(),
+                1,
+                0,
+                Payload::Json(bytes::Bytes::from_static(b"1")),
+            )),
+            plain,
+            groups: Vec::new(),
+            redelivered: false,
+            hold: None,
+        }
+    }
+
+    fn notices(queues: &mut LinkQueues) -> Vec<Arc<std::sync::atomic::AtomicBool>> {
+        let mut found = Vec::new();
+        while let Ok(message) = queues.control.try_recv() {
+            if let PeerMessage::DropNotice { pending } = message {
+                found.push(pending);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn a_dropped_plain_event_is_announced_once_per_notice_written() {
+        let (link, mut queues) = PeerLink::new("peer", 1, 1);
+        assert!(link.offer_event(forward(true)));
+        assert!(!link.offer_event(forward(true)), "the queue holds one");
+        assert!(!link.offer_event(forward(true)));
+        let first = notices(&mut queues);
+        assert_eq!(first.len(), 1, "one notice waits for both drops");
+        // The writer wrote it: the next drop needs a notice of its own.
+        first[0].store(false, Ordering::Release);
+        assert!(!link.offer_event(forward(true)));
+        assert_eq!(notices(&mut queues).len(), 1);
+        // A dropped queue-group-only forward is placed elsewhere by the caller: no notice.
+        first[0].store(false, Ordering::Release);
+        assert!(!link.offer_event(forward(false)));
+        assert!(notices(&mut queues).is_empty());
     }
 }

@@ -697,6 +697,13 @@ impl Cluster {
                 self.broker
                     .settle_on_peer(&link.name, settled.token, settled.acked);
             }
+            pb::peer_frame::Msg::Dropped(_) => {
+                // Events for this node's plain subscribers were dropped on the way: they
+                // resume from their cursors now, rather than when (if ever) the topic's next
+                // event shows the hole.
+                tracing::info!(peer = %link.name, "peer dropped events forwarded here; subscribers resync");
+                self.resync.send_modify(|g| *g += 1);
+            }
             pb::peer_frame::Msg::ReplayRequest(request) => self.on_replay_request(link, request),
             reply @ (pb::peer_frame::Msg::Published(_)
             | pb::peer_frame::Msg::StateReply(_)

@@ -407,6 +407,11 @@ fn put_frame(buf: &mut BytesMut, message: &PeerMessage) {
                 events: events.iter().map(|e| event_pb(e)).collect(),
             }),
         ),
+        PeerMessage::DropNotice { pending } => {
+            // Written now: a later drop needs a notice of its own.
+            pending.store(false, std::sync::atomic::Ordering::Release);
+            put_msg(buf, &pb::peer_frame::Msg::Dropped(pb::EventsDropped {}));
+        }
         PeerMessage::Leaving { generation, .. } => put_msg(
             buf,
             &pb::peer_frame::Msg::Leaving(pb::Leaving {

@@ -409,8 +409,8 @@ impl Session {
             Ending::Resync => (
                 ErrorCode::Resync,
                 close_code::RESYNC,
-                "this node lost contact with a peer and may have missed events for you; \
-                 reconnect and resume from your cursor",
+                "this node may have missed events for you (it lost contact with a peer, or a \
+                 peer could not send it everything); reconnect and resume from your cursor",
             ),
             // The error frame saying why was written already (see `auth`).
             Ending::Unauthorized => (ErrorCode::Unauthorized, close_code::UNAUTHORIZED, ""),
