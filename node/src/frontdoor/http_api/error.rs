@@ -28,6 +28,11 @@ pub(super) struct ErrorDetail<'a> {
 }
 
 impl ApiError {
+    /// 400 `invalid_request`: the request's parameters or body do not fit.
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::from_code(crate::protocol::ErrorCode::InvalidRequest.as_str(), message)
+    }
+
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,

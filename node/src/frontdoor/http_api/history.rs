@@ -85,10 +85,6 @@ pub(super) async fn history(
     }
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::from_code(ErrorCode::InvalidRequest.as_str(), message)
-}
-
 async fn serve(
     node: &NodeState,
     peer: SocketAddr,
@@ -97,8 +93,10 @@ async fn serve(
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let caller = admit(node, peer, connection, headers).await?;
-    let Query(query) = query.map_err(|err| invalid(err.body_text()))?;
-    let topic = query.topic.ok_or_else(|| invalid("`topic` is required"))?;
+    let Query(query) = query.map_err(|err| ApiError::invalid_request(err.body_text()))?;
+    let topic = query
+        .topic
+        .ok_or_else(|| ApiError::invalid_request("`topic` is required"))?;
     topic::validate_publish_topic(&topic, node.settings.max_topic_bytes).map_err(|err| {
         ApiError::from_code(
             ErrorCode::InvalidTopic.as_str(),
@@ -124,7 +122,7 @@ async fn serve(
         .cluster
         .replay(&topic, &from, page)
         .await
-        .map_err(|err| invalid(err.to_string()))?;
+        .map_err(|err| ApiError::invalid_request(err.to_string()))?;
     let replay = replays.into_iter().find(|r| *r.topic == *topic);
     let metrics = &node.metrics;
     if let Some(replay) = &replay {
@@ -142,13 +140,15 @@ fn parse_from(from: Option<&str>) -> Result<ResumeFrom, ApiError> {
         // Bare, or as the JSON string the OpenAPI document describes.
         None | Some("earliest" | "\"earliest\"") => Ok(ResumeFrom::Earliest),
         Some(text) if text.starts_with('{') => {
-            let cursor: CursorJson =
-                serde_json::from_str(text).map_err(|err| invalid(format!("{usage}: {err}")))?;
+            let cursor: CursorJson = serde_json::from_str(text)
+                .map_err(|err| ApiError::invalid_request(format!("{usage}: {err}")))?;
             if cursor.epoch.is_empty() {
-                return Err(invalid("a cursor's `epoch` must not be empty"));
+                return Err(ApiError::invalid_request(
+                    "a cursor's `epoch` must not be empty",
+                ));
             }
             if cursor.seq > Cursor::MAX_SEQ {
-                return Err(invalid(format!(
+                return Err(ApiError::invalid_request(format!(
                     "a cursor's `seq` is at most {}",
                     Cursor::MAX_SEQ
                 )));
@@ -158,7 +158,7 @@ fn parse_from(from: Option<&str>) -> Result<ResumeFrom, ApiError> {
                 seq: cursor.seq,
             }))
         }
-        Some(_) => Err(invalid(usage)),
+        Some(_) => Err(ApiError::invalid_request(usage)),
     }
 }
 
@@ -170,7 +170,9 @@ fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
         .parse::<usize>()
         .ok()
         .filter(|n| (1..=MAX_LIMIT).contains(n))
-        .ok_or_else(|| invalid(format!("`limit` must be an integer from 1 to {MAX_LIMIT}")))
+        .ok_or_else(|| {
+            ApiError::invalid_request(format!("`limit` must be an integer from 1 to {MAX_LIMIT}"))
+        })
 }
 
 /// The page as JSON. `next` is where the following page starts: after the last event

@@ -174,14 +174,12 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 
 type Fields<'a> = BTreeMap<String, &'a RawValue>;
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::from_code(ErrorCode::InvalidRequest.as_str(), message)
-}
-
 fn read_request(text: &str) -> Result<PublishRequest<'_>, ApiError> {
     let fields: Fields<'_> = serde_json::from_str(text).map_err(|err| {
         if err.is_data() {
-            invalid("the body must be a JSON object: one event, or {\"events\": [...]}")
+            ApiError::invalid_request(
+                "the body must be a JSON object: one event, or {\"events\": [...]}",
+            )
         } else {
             ApiError::from_code(ErrorCode::InvalidJson.as_str(), format!("not JSON: {err}"))
         }
@@ -190,17 +188,17 @@ fn read_request(text: &str) -> Result<PublishRequest<'_>, ApiError> {
         return read_event(&fields).map(PublishRequest::One);
     };
     if fields.contains_key("topic") || fields.contains_key("data") {
-        return Err(invalid(
+        return Err(ApiError::invalid_request(
             "a body holds one event (`topic`, `data`) or a batch (`events`), not both",
         ));
     }
     let events: Vec<&RawValue> = serde_json::from_str(events.get())
-        .map_err(|_| invalid("`events` must be an array of events"))?;
+        .map_err(|_| ApiError::invalid_request("`events` must be an array of events"))?;
     if events.is_empty() {
-        return Err(invalid("`events` is empty"));
+        return Err(ApiError::invalid_request("`events` is empty"));
     }
     if events.len() > MAX_BATCH_EVENTS {
-        return Err(invalid(format!(
+        return Err(ApiError::invalid_request(format!(
             "`events` holds {} events; at most {MAX_BATCH_EVENTS} per request",
             events.len()
         )));
@@ -210,9 +208,11 @@ fn read_request(text: &str) -> Result<PublishRequest<'_>, ApiError> {
         .enumerate()
         .map(|(i, event)| {
             serde_json::from_str::<Fields<'_>>(event.get())
-                .map_err(|_| invalid("an event must be an object with `topic` and `data`"))
+                .map_err(|_| {
+                    ApiError::invalid_request("an event must be an object with `topic` and `data`")
+                })
                 .and_then(|fields| read_event(&fields))
-                .map_err(|err| invalid(format!("events[{i}]: {}", err.message)))
+                .map_err(|err| ApiError::invalid_request(format!("events[{i}]: {}", err.message)))
         })
         .collect::<Result<_, _>>()?;
     Ok(PublishRequest::Batch(events))
@@ -220,17 +220,23 @@ fn read_request(text: &str) -> Result<PublishRequest<'_>, ApiError> {
 
 fn read_event<'a>(fields: &Fields<'a>) -> Result<EventRequest<'a>, ApiError> {
     let topic = match fields.get("topic") {
-        None => return Err(invalid("an event needs `topic` (a string)")),
+        None => {
+            return Err(ApiError::invalid_request(
+                "an event needs `topic` (a string)",
+            ));
+        }
         Some(raw) => serde_json::from_str::<String>(raw.get())
-            .map_err(|_| invalid("`topic` must be a string"))?,
+            .map_err(|_| ApiError::invalid_request("`topic` must be a string"))?,
     };
     let Some(data) = fields.get("data").copied() else {
-        return Err(invalid("an event needs `data` (any JSON value)"));
+        return Err(ApiError::invalid_request(
+            "an event needs `data` (any JSON value)",
+        ));
     };
     let id = match fields.get("id") {
         None => None,
         Some(raw) => serde_json::from_str::<Option<String>>(raw.get())
-            .map_err(|_| invalid("`id` must be a string"))?,
+            .map_err(|_| ApiError::invalid_request("`id` must be a string"))?,
     };
     Ok(EventRequest { topic, data, id })
 }
@@ -254,7 +260,7 @@ async fn submit(
         .as_ref()
         .is_some_and(|id| id.len() > settings.max_id_bytes)
     {
-        return Pending::Refused(invalid(format!(
+        return Pending::Refused(ApiError::invalid_request(format!(
             "`id` is longer than max_id_bytes ({})",
             settings.max_id_bytes
         )));

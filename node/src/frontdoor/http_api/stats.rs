@@ -24,7 +24,6 @@ use crate::cluster::membership::MemberInfo;
 use crate::frontdoor::listener::ClientConnection;
 use crate::metrics::StateSnapshot;
 use crate::node::NodeState;
-use crate::protocol::ErrorCode;
 
 /// The pattern a token must be allowed to subscribe to for the stats: every topic.
 pub const STATS_PATTERN: &str = ">";
@@ -119,7 +118,7 @@ pub(super) async fn stats(
     let connection = connection.as_deref().map(|c| &**c);
     let scope = match query {
         Ok(Query(query)) => query.scope,
-        Err(rejection) => return invalid(rejection.body_text()).into_response(),
+        Err(rejection) => return ApiError::invalid_request(rejection.body_text()).into_response(),
     };
     let answer = match scope.as_deref() {
         None | Some("node") => serve(&node, peer, connection, &headers)
@@ -128,15 +127,11 @@ pub(super) async fn stats(
         Some("cluster") => serve_cluster(&node, &api, peer, connection, &headers)
             .await
             .map(|stats| Json(stats).into_response()),
-        Some(other) => Err(invalid(format!(
+        Some(other) => Err(ApiError::invalid_request(format!(
             "scope must be `node` or `cluster`, not `{other}`"
         ))),
     };
     answer.unwrap_or_else(IntoResponse::into_response)
-}
-
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::from_code(ErrorCode::InvalidRequest.as_str(), message)
 }
 
 /// Lets in a caller who may see everything.

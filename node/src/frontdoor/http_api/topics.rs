@@ -16,7 +16,7 @@ use super::{ApiError, admit};
 use crate::broker::ReplayPage;
 use crate::frontdoor::listener::ClientConnection;
 use crate::node::NodeState;
-use crate::protocol::{ErrorCode, ResumeFrom};
+use crate::protocol::ResumeFrom;
 use crate::routing::topic;
 
 /// Topics per answer when `limit` is not given.
@@ -75,10 +75,6 @@ pub(super) async fn topics(
     }
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::from_code(ErrorCode::InvalidRequest.as_str(), message)
-}
-
 async fn serve(
     node: &NodeState,
     peer: SocketAddr,
@@ -87,11 +83,11 @@ async fn serve(
     query: Result<Query<TopicsQuery>, QueryRejection>,
 ) -> Result<TopicsPage, ApiError> {
     let caller = admit(node, peer, connection, headers).await?;
-    let Query(query) = query.map_err(|err| invalid(err.body_text()))?;
+    let Query(query) = query.map_err(|err| ApiError::invalid_request(err.body_text()))?;
     let max_topic_bytes = node.settings.max_topic_bytes;
     let prefix = query.prefix.unwrap_or_default();
     if prefix.len() > max_topic_bytes {
-        return Err(invalid(format!(
+        return Err(ApiError::invalid_request(format!(
             "`prefix` is longer than max_topic_bytes ({max_topic_bytes})"
         )));
     }
@@ -100,7 +96,7 @@ async fn serve(
         .as_ref()
         .is_some_and(|a| a.len() > max_topic_bytes)
     {
-        return Err(invalid(format!(
+        return Err(ApiError::invalid_request(format!(
             "`after` is longer than max_topic_bytes ({max_topic_bytes})"
         )));
     }
@@ -110,14 +106,18 @@ async fn serve(
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| invalid(format!("`limit` must be an integer from 1 to {MAX_LIMIT}")))?,
+            .ok_or_else(|| {
+                ApiError::invalid_request(format!(
+                    "`limit` must be an integer from 1 to {MAX_LIMIT}"
+                ))
+            })?,
     };
     let pattern = pattern_for(&prefix, max_topic_bytes);
     let known = node
         .cluster
         .replay(&pattern, &ResumeFrom::Earliest, KNOWLEDGE_ONLY)
         .await
-        .map_err(|err| invalid(err.to_string()))?;
+        .map_err(|err| ApiError::invalid_request(err.to_string()))?;
     let permissions = &caller.identity.permissions;
     // In name order (the replay sorts them); forgotten topics are not there.
     let mut listed = known
