@@ -3,46 +3,25 @@
 
 use std::time::Duration;
 
+use murmur::auth::PermissionClaim;
 use murmur::auth::token::{Algorithm, EncodingKey, TokenClaims, mint};
-use murmur::auth::{DenyClaim, PermissionClaim};
-use murmur::config::{AuthMode, Secret};
 use murmur::{RunningNode, Settings};
-use murmur_tests::{Received, WsClient, expect_error, expect_ok, start_node, ws_url};
+use murmur_tests::{
+    Received, WsClient, expect_error, expect_ok, permissions as perms, sign_token, start_node,
+    ws_url,
+};
 use serde_json::{Value, json};
 
 type TestResult = anyhow::Result<()>;
 
-const SECRET: &str = "client-auth-test-secret-0123456789abcdef";
-
 fn token_auth(s: &mut Settings) {
-    s.auth = AuthMode::Token;
-    s.token_hmac_secret = Some(Secret(SECRET.into()));
+    murmur_tests::token_auth(s);
     s.token_leeway = Duration::ZERO;
     s.hello_timeout = Duration::from_secs(2);
 }
 
-fn perms(publish: &[&str], subscribe: &[&str], history: &[&str]) -> PermissionClaim {
-    let list = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect();
-    PermissionClaim {
-        publish: list(publish),
-        subscribe: list(subscribe),
-        history: list(history),
-        deny: DenyClaim::default(),
-    }
-}
-
-fn token_with(claims: &TokenClaims) -> String {
-    mint(
-        claims,
-        Algorithm::HS256,
-        None,
-        &EncodingKey::from_secret(SECRET.as_bytes()).expect("hmac key"),
-    )
-    .expect("mint")
-}
-
 fn token(user: &str, ttl: Duration, permissions: PermissionClaim) -> String {
-    token_with(&TokenClaims::new(user, ttl, permissions))
+    sign_token(&TokenClaims::new(user, ttl, permissions))
 }
 
 /// Connects and says `hello` with `token`; returns the client and the `welcome`.
@@ -126,8 +105,8 @@ async fn every_class_of_bad_token_is_refused_and_closes() -> TestResult {
         b64(&serde_json::to_value(&good)?)
     );
     let cases: Vec<(&str, String, &str, u16)> = vec![
-        ("expired", token_with(&expired), "token_expired", 4501),
-        ("not yet valid", token_with(&not_yet), "unauthorized", 4500),
+        ("expired", sign_token(&expired), "token_expired", 4501),
+        ("not yet valid", sign_token(&not_yet), "unauthorized", 4500),
         ("bad signature", other_key, "unauthorized", 4500),
         ("alg none", alg_none, "unauthorized", 4500),
         ("malformed", "not.a.jwt".into(), "unauthorized", 4500),

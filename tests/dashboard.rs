@@ -8,15 +8,13 @@ use std::time::Duration;
 
 use murmur::RunningNode;
 use murmur::api_client::{Answer, ApiClient};
-use murmur::auth::PermissionClaim;
-use murmur::auth::token::{Algorithm, EncodingKey, TokenClaims, mint};
-use murmur::config::{AuthMode, Secret};
-use murmur_tests::{WsClient, members_in_state, recv_n, start_cluster, start_node, wait_until};
+use murmur::auth::token::TokenClaims;
+use murmur_tests::{
+    WsClient, members_in_state, recv_n, sign_token, start_cluster, start_node, wait_until,
+};
 use serde_json::{Value, json};
 
 type TestResult = anyhow::Result<()>;
-
-const SECRET: &str = "dashboard-test-secret-0123456789abcdef";
 
 fn api(node: &RunningNode, token: Option<String>) -> ApiClient {
     ApiClient::new(&format!("http://{}", node.local_addr()), token, None).expect("client")
@@ -249,28 +247,18 @@ async fn cluster_scope_shows_every_members_numbers_and_a_dead_one_as_unreachable
 }
 
 fn token(subscribe: &[&str]) -> String {
-    let claims = TokenClaims::new(
+    let permissions = murmur_tests::permissions(&[], subscribe, &[]);
+    sign_token(&TokenClaims::new(
         "operator",
         Duration::from_secs(600),
-        PermissionClaim {
-            subscribe: subscribe.iter().map(|s| (*s).to_owned()).collect(),
-            ..PermissionClaim::default()
-        },
-    );
-    mint(
-        &claims,
-        Algorithm::HS256,
-        None,
-        &EncodingKey::from_secret(SECRET.as_bytes()).expect("hmac key"),
-    )
-    .expect("mint")
+        permissions,
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_need_a_token_that_may_subscribe_to_every_topic() -> TestResult {
     let node = start_node(|s| {
-        s.auth = AuthMode::Token;
-        s.token_hmac_secret = Some(Secret(SECRET.into()));
+        murmur_tests::token_auth(s);
     })
     .await;
     let anonymous = api(&node, None).get("/v1/stats").await?;
@@ -298,8 +286,7 @@ async fn stats_need_a_token_that_may_subscribe_to_every_topic() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_scope_admits_as_the_node_scope_and_passes_the_token_to_the_peers() -> TestResult {
     let nodes = start_cluster(2, |_, s| {
-        s.auth = AuthMode::Token;
-        s.token_hmac_secret = Some(Secret(SECRET.into()));
+        murmur_tests::token_auth(s);
     })
     .await;
     let path = "/v1/stats?scope=cluster";

@@ -6,15 +6,12 @@ use std::time::Duration;
 
 use murmur::RunningNode;
 use murmur::api_client::{Answer, ApiClient, encode};
-use murmur::auth::token::{Algorithm, EncodingKey, TokenClaims, mint};
-use murmur::auth::{DenyClaim, PermissionClaim};
-use murmur::config::{AuthMode, Secret};
-use murmur_tests::{WsClient, recv_n, seqs, start_cluster, start_node};
+use murmur::auth::PermissionClaim;
+use murmur::auth::token::TokenClaims;
+use murmur_tests::{WsClient, recv_n, seqs, sign_token, start_cluster, start_node};
 use serde_json::{Value, json};
 
 type TestResult = anyhow::Result<()>;
-
-const SECRET: &str = "http-api-test-secret-0123456789abcdef";
 
 fn api(node: &RunningNode) -> ApiClient {
     api_with(node, None)
@@ -347,35 +344,18 @@ async fn topics_are_listed_in_pages_with_their_position_and_local_subscribers() 
 }
 
 fn token(user: &str, publish: &[&str], subscribe: &[&str], history: &[&str]) -> String {
-    let list = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect();
-    let claims = TokenClaims::new(
+    let permissions = murmur_tests::permissions(publish, subscribe, history);
+    sign_token(&TokenClaims::new(
         user,
         Duration::from_secs(600),
-        PermissionClaim {
-            publish: list(publish),
-            subscribe: list(subscribe),
-            history: list(history),
-            deny: DenyClaim::default(),
-        },
-    );
-    sign(&claims)
-}
-
-fn sign(claims: &TokenClaims) -> String {
-    mint(
-        claims,
-        Algorithm::HS256,
-        None,
-        &EncodingKey::from_secret(SECRET.as_bytes()).expect("hmac key"),
-    )
-    .expect("mint")
+        permissions,
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_permissions_apply_as_for_websocket_clients() -> TestResult {
     let node = start_node(|s| {
-        s.auth = AuthMode::Token;
-        s.token_hmac_secret = Some(Secret(SECRET.into()));
+        murmur_tests::token_auth(s);
         s.token_leeway = Duration::ZERO;
     })
     .await;
@@ -400,7 +380,9 @@ async fn tokens_and_permissions_apply_as_for_websocket_clients() -> TestResult {
     assert_eq!((forged.status, error_code(&forged)), (401, "unauthorized"));
     let mut old = TokenClaims::new("old", Duration::from_secs(60), PermissionClaim::default());
     old.exp -= 3600;
-    let expired = api_with(&node, Some(sign(&old))).get("/v1/topics").await?;
+    let expired = api_with(&node, Some(sign_token(&old)))
+        .get("/v1/topics")
+        .await?;
     assert_eq!(
         (expired.status, error_code(&expired)),
         (401, "token_expired")

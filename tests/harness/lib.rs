@@ -59,6 +59,37 @@ pub fn murmur_binary() -> std::path::PathBuf {
 /// on 127.0.0.1 that a test starts).
 pub const TEST_CLUSTER_KEY: &str = "rhzr6uV9q-itgxq40nPRrBj37lcLzbdepBsYOaJZ57E";
 
+/// The HMAC secret of test nodes with `auth = token` (see [`token_auth`]).
+pub const TEST_TOKEN_SECRET: &str = "murmur-tests-token-secret-0123456789abcdef";
+
+/// Settings for `auth = token`, checking tokens signed by [`sign_token`].
+pub fn token_auth(s: &mut Settings) {
+    s.auth = murmur::config::AuthMode::Token;
+    s.token_hmac_secret = Some(murmur::config::Secret(TEST_TOKEN_SECRET.into()));
+}
+
+/// `claims` as an HS256 token signed with [`TEST_TOKEN_SECRET`].
+pub fn sign_token(claims: &murmur::auth::token::TokenClaims) -> String {
+    use murmur::auth::token::{Algorithm, EncodingKey, mint};
+    let key = EncodingKey::from_secret(TEST_TOKEN_SECRET.as_bytes()).expect("an HMAC key");
+    mint(claims, Algorithm::HS256, None, &key).expect("a token")
+}
+
+/// Permissions to publish, subscribe and read history within the given patterns.
+pub fn permissions(
+    publish: &[&str],
+    subscribe: &[&str],
+    history: &[&str],
+) -> murmur::auth::PermissionClaim {
+    let list = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect();
+    murmur::auth::PermissionClaim {
+        publish: list(publish),
+        subscribe: list(subscribe),
+        history: list(history),
+        deny: murmur::auth::DenyClaim::default(),
+    }
+}
+
 /// A second valid cluster key, for nodes that must not be able to join a test cluster.
 pub const OTHER_CLUSTER_KEY: &str = "5lW7SwywQn9VWnVByoIyWJBv42pQzqKlsmBTm_UPpYI";
 
