@@ -224,7 +224,14 @@ async fn silent_sockets_give_their_places_to_real_clients_when_the_node_is_full(
     }
     // Right away, the silent sockets are young: a newcomer is refused, not let in by
     // pushing out a client that may be about to speak.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while metric(&node, "murmur_client_sockets").await < 10.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node did not accept them"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (status, _) = upgrade(&ws_url(&node), None).await?.unwrap_err();
     assert_eq!(status, 503);
     tokio::time::sleep(murmur::frontdoor::listener::EVICT_AFTER).await;
