@@ -3,13 +3,10 @@
 // the client.
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
-import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { WebSocket } from "ws";
 import { Client } from "../../dist/index.js";
-import { MurmurNode } from "../cluster.js";
+import { startCluster } from "../cluster.js";
 import { nextEvent, sleep, until } from "../helpers.js";
 
 const SECRET = "js-client-test-secret-0123456789abcdef";
@@ -24,19 +21,16 @@ function token(user, seconds, secret = SECRET) {
   return `${head}.${body}.${signature}`;
 }
 
+let cluster;
 let node;
-let logDir;
 const clients = [];
 before(async () => {
-  logDir = fs.mkdtempSync(path.join(os.tmpdir(), "murmur-js-auth-"));
-  node = await MurmurNode.create("auth", undefined, ["--auth", "token", "--token-hmac-secret", SECRET, "--token-leeway", "0s"], logDir);
-  node.start();
-  await node.ready();
+  cluster = await startCluster(1, ["--auth", "token", "--token-hmac-secret", SECRET, "--token-leeway", "0s"]);
+  node = cluster.nodes[0];
 });
 after(async () => {
   await Promise.all(clients.map((c) => c.close()));
-  await node?.kill();
-  fs.rmSync(logDir, { recursive: true, force: true });
+  await cluster?.stop();
 });
 
 describe("a node with auth = token", () => {
