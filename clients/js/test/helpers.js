@@ -1,6 +1,8 @@
 // Shared test helpers: a fake Murmur node (a `ws` server speaking the protocol's JSON frames as
 // each test scripts it) and bounded waits.
-import { WebSocketServer } from "ws";
+import { afterEach } from "node:test";
+import { WebSocket, WebSocketServer } from "ws";
+import { Client } from "../dist/index.js";
 
 /** Resolves with the next `name` event of `emitter` (a Client or Subscription); fails after `ms`. */
 export function nextEvent(emitter, name, ms = 3000) {
@@ -145,7 +147,10 @@ export class FakeNode {
     return this.connections[n];
   }
 
+  /** Stops the node; again is a no-op (a test may stop it before its cleanup does). */
   async stop() {
+    if (this.stopped) return;
+    this.stopped = true;
     for (const client of this.wss.clients) client.terminate();
     await new Promise((resolve) => this.wss.close(resolve));
   }
@@ -177,3 +182,28 @@ export const event = (sub, topic, seq, extra = {}) => ({
   ts: 1000 + seq,
   ...extra,
 });
+
+/**
+ * Fake nodes and clients for the tests of one file, reconnecting fast; each is stopped or
+ * closed after every test.
+ */
+export function fakeNodesAndClients() {
+  const fast = { WebSocket, reconnect: { initialDelayMs: 10, maxDelayMs: 30 } };
+  let cleanup = [];
+  afterEach(async () => {
+    for (const fn of cleanup.reverse()) await fn();
+    cleanup = [];
+  });
+  return {
+    async node(name = "n1") {
+      const n = await FakeNode.start(name);
+      cleanup.push(() => n.stop());
+      return n;
+    },
+    client(urls, options = {}) {
+      const c = new Client(urls, { ...fast, ...options });
+      cleanup.push(() => c.close());
+      return c;
+    },
+  };
+}

@@ -1,26 +1,9 @@
 // Publishing (acknowledged and fire-and-forget), queue-group acks, token refresh.
 import assert from "node:assert/strict";
-import { afterEach, describe, it } from "node:test";
-import { WebSocket } from "ws";
-import { Client } from "../../dist/index.js";
-import { FakeNode, event, nextEvent, record, sleep, until } from "../helpers.js";
+import { describe, it } from "node:test";
+import { fakeNodesAndClients, event, nextEvent, record, sleep, until } from "../helpers.js";
 
-const fast = { WebSocket, reconnect: { initialDelayMs: 10, maxDelayMs: 30 } };
-let cleanup = [];
-afterEach(async () => {
-  for (const fn of cleanup.reverse()) await fn();
-  cleanup = [];
-});
-async function node(name = "n1") {
-  const n = await FakeNode.start(name);
-  cleanup.push(() => n.stop());
-  return n;
-}
-function client(urls, options = {}) {
-  const c = new Client(urls, { ...fast, ...options });
-  cleanup.push(() => c.close());
-  return c;
-}
+const { node, client } = fakeNodesAndClients();
 const outcome = (promise) => promise.then((value) => ({ value }), (error) => ({ error }));
 
 describe("publish", () => {
@@ -79,8 +62,6 @@ describe("publish", () => {
     await conn.next("pub");
     assert.equal((await silent).error.code, "timeout");
     await n1.stop();
-    cleanup = [];
-    cleanup.push(() => c.close());
     await nextEvent(c, "disconnected");
     const queued = [outcome(c.publish("t", 1)), outcome(c.publish("t", 2))];
     const full = await outcome(c.publish("t", 3));

@@ -1,26 +1,9 @@
 // Subscriptions: events, batches, duplicates, resume with cursors, gaps, persistence.
 import assert from "node:assert/strict";
-import { afterEach, describe, it } from "node:test";
-import { WebSocket } from "ws";
-import { Client } from "../../dist/index.js";
-import { FakeNode, MemoryStorage, event, nextEvent, record, sleep, until } from "../helpers.js";
+import { describe, it } from "node:test";
+import { fakeNodesAndClients, MemoryStorage, event, nextEvent, record, sleep, until } from "../helpers.js";
 
-const fast = { WebSocket, reconnect: { initialDelayMs: 10, maxDelayMs: 30 } };
-let cleanup = [];
-afterEach(async () => {
-  for (const fn of cleanup.reverse()) await fn();
-  cleanup = [];
-});
-async function node(name = "n1") {
-  const n = await FakeNode.start(name);
-  cleanup.push(() => n.stop());
-  return n;
-}
-function client(urls, options = {}) {
-  const c = new Client(urls, { ...fast, ...options });
-  cleanup.push(() => c.close());
-  return c;
-}
+const { node, client } = fakeNodesAndClients();
 const seqs = (events) => events.map((e) => `${e.topic}#${e.seq}`);
 
 describe("subscribe", () => {
