@@ -278,7 +278,6 @@ impl HistoryStore {
         // Even a topic that keeps nothing goes through the store: trimming at once still
         // records what was published, so resumers learn what they missed.
         let policy = self.retention.policy(&event.topic);
-        let event_topic = event.topic.clone();
         let budget = &*self.retention.budget;
         let history = self
             .topics
@@ -322,8 +321,8 @@ impl HistoryStore {
             // topics go. (Other shards' stores are behind their own locks; the sweep
             // trims them, see `Broker::trim_history_to_budget`.)
             let excess = budget.used().saturating_sub(budget.limit());
-            let topic = event_topic;
-            self.trim_oldest(excess, Some(&topic));
+            let topic = history.events.back().map(|newest| newest.topic.clone());
+            self.trim_oldest(excess, topic.as_deref());
         }
     }
 
