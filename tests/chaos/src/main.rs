@@ -383,7 +383,20 @@ fn matrix(
         .collect();
     println!("summary: {}", out.join("summary.md").display());
     if !failed.is_empty() {
-        bail!("runs that did not pass: {}", failed.join(", "));
+        // Printed last and without a backtrace: CI shows only the tail of the log, and the
+        // failed runs' verdicts, reasons and seeds are what a reader needs from it.
+        eprintln!("\n=== runs that did not pass");
+        for result in results.iter().filter(|r| !r.passed()) {
+            eprintln!(
+                "{} (nodes {}, seed {}): {}",
+                result.nemesis, result.nodes, result.seed, result.verdict
+            );
+            for reason in &result.reasons {
+                eprintln!("  {reason}");
+            }
+            eprintln!("  reproduce: {}", result.reproduce);
+        }
+        std::process::exit(1);
     }
     Ok(())
 }
@@ -592,6 +605,22 @@ fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
     );
     let verdict = check_files(&histories, Some(&mut report))?;
     report.push_str("```\n");
+    // The first violations go into the reasons, so the summary (and a CI log's tail) shows
+    // what broke without opening the report.
+    let violations: Vec<_> = verdict
+        .findings
+        .iter()
+        .filter(|f| f.class.is_violation())
+        .collect();
+    for finding in violations.iter().take(5) {
+        reasons.push(format!(
+            "{:?} {} (subscription {} on {}): {}",
+            finding.class, finding.id, finding.sub, finding.node, finding.detail
+        ));
+    }
+    if violations.len() > 5 {
+        reasons.push(format!("… and {} more violations", violations.len() - 5));
+    }
     let status = if outcome.skipped.is_some() {
         reasons.extend(outcome.skipped.clone());
         "skipped"
