@@ -1,6 +1,9 @@
 # The verbs a newcomer types. `make help` lists them.
 CARGO ?= cargo
 ARGS ?=
+# One release build for every tool that runs nodes (bench, abuse, chaos, demo): built together,
+# the crates share one feature set, so no target rebuilds `murmur` for its own.
+RELEASE_TOOLS = $(CARGO) build --release -p murmur -p murmur-bench -p murmur-abuse -p murmur-chaos
 
 .PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke perf-count abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
 
@@ -47,19 +50,19 @@ bench-smoke: ## A short bench run (small counts, auth on too; under two minutes 
 	flock /tmp/murmur-bench.lock bench/run.sh --smoke
 
 abuse: ## The adversarial findings' loads against 3 real nodes, 60 s each (ABUSE_SECONDS); fails on a death or RSS over its bound (~13 min): abuse-out/report.md
-	$(CARGO) build --release -p murmur -p murmur-bench -p murmur-abuse
+	$(RELEASE_TOOLS)
 	[ "$$(ulimit -n)" -ge 4096 ] || ulimit -n 4096; flock /tmp/murmur-abuse.lock target/release/murmur-abuse --out abuse-out $(ARGS)
 
 abuse-smoke: ## The same loads, 8 s each, smaller history (about 2 minutes once built; reuses bench-smoke's release build)
-	$(CARGO) build --release -p murmur -p murmur-bench -p murmur-abuse
+	$(RELEASE_TOOLS)
 	[ "$$(ulimit -n)" -ge 4096 ] || ulimit -n 4096; flock /tmp/murmur-abuse.lock target/release/murmur-abuse --seconds 8 --settle 2 --history-topics 10 --out abuse-out $(ARGS)
 
 chaos: ## Every chaos nemesis on namespace hosts (root, ~20 min): chaos-out/<nemesis>/report.md, chaos-out/summary.md
-	$(CARGO) build --release -p murmur -p murmur-chaos
+	$(RELEASE_TOOLS)
 	flock /tmp/murmur-chaos.lock target/release/murmur-chaos matrix --out chaos-out $(ARGS)
 
 chaos-smoke: ## A short chaos matrix (root, ~3 min): kill -9, a short partition, QUIC packet loss, 15 s of load each
-	$(CARGO) build --release -p murmur -p murmur-chaos
+	$(RELEASE_TOOLS)
 	flock /tmp/murmur-chaos.lock target/release/murmur-chaos matrix --nemeses kill,partition-short,quic-loss --seconds 15 --out chaos-out $(ARGS)
 
 FUZZ_SECONDS ?= 300
@@ -79,7 +82,7 @@ test-js: ## The JS client in clients/js: npm ci, tsc build, node --test (fake-no
 	cd clients/js && npm ci --no-audit --no-fund && npm test
 
 demo: ## Three nodes (release build, ports as make cluster) and a live ticker page at http://127.0.0.1:7480/ that survives killing its node (Ctrl-C stops); demo/README.md
-	$(CARGO) build --release -p murmur
+	$(RELEASE_TOOLS)
 	node demo/server.mjs --bin target/release/murmur $(ARGS)
 
 demo-kill: ## Kill (SIGKILL) the node the demo page is on

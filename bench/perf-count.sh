@@ -37,7 +37,7 @@ if [ "${1:-}" = --quick ]; then
   ACKED_N=250
 fi
 
-cargo build --release -p murmur -p murmur-bench >&2
+cargo build --release -p murmur -p murmur-bench -p murmur-abuse -p murmur-chaos >&2
 murmur=target/release/murmur
 bench=target/release/murmur-bench
 work=target/perf-count

@@ -104,7 +104,7 @@ elif ! command -v nats-server >/dev/null; then
 fi
 [ -n "$nats_note" ] && echo "$nats_note"
 
-cargo build --release -p murmur -p murmur-bench
+cargo build --release -p murmur -p murmur-bench -p murmur-abuse -p murmur-chaos
 bench=target/release/murmur-bench
 out=target/bench
 mkdir -p "$out"
