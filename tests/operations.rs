@@ -348,17 +348,29 @@ async fn an_owner_paused_past_failure_detection_never_reuses_a_sequence_number()
     let mut publisher = WsClient::connect_url(&url).await?;
     publisher.recv_json().await?;
     let mut positions: Vec<(String, u64)> = Vec::new();
+    // Retried while the answer is `unavailable` (an owner fenced after its stall, say).
     let publish = async |client: &mut WsClient, n: usize| -> anyhow::Result<(String, u64)> {
-        loop {
-            let (ok, _) = client.publish(&topic, json!(n), &format!("p{n}")).await?;
-            if ok["op"] == "ok" {
+        for _ in 0..100 {
+            let reference = format!("p{n}");
+            client
+                .send_json(json!({"op": "pub", "topic": &topic, "data": n, "ref": &reference}))
+                .await?;
+            let answer = loop {
+                let frame = client.recv_json().await?;
+                if frame["ref"] == reference.as_str() {
+                    break frame;
+                }
+            };
+            if answer["op"] == "ok" {
                 return Ok((
-                    ok["epoch"].as_str().unwrap().to_owned(),
-                    ok["seq"].as_u64().unwrap(),
+                    answer["epoch"].as_str().unwrap().to_owned(),
+                    answer["seq"].as_u64().unwrap(),
                 ));
             }
+            assert_eq!(answer["code"], "unavailable", "{answer}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        anyhow::bail!("pub p{n} stayed unavailable")
     };
     for n in 0..3 {
         positions.push(publish(&mut publisher, n).await?);
@@ -395,14 +407,21 @@ async fn an_owner_paused_past_failure_detection_never_reuses_a_sequence_number()
     // Refused (`unavailable`) or sequenced after the owner caught up, never at a position
     // the others gave meanwhile.
     let answer = tokio::time::timeout(Duration::from_secs(10), stalled.recv_json()).await;
-    if let Ok(Ok(answer)) = answer
+    if let Ok(Ok(answer)) = &answer
         && answer["op"] == "ok"
     {
         positions.push((
             answer["epoch"].as_str().unwrap().to_owned(),
             answer["seq"].as_u64().unwrap(),
         ));
+    } else if let Ok(Ok(answer)) = &answer {
+        assert_eq!(answer["code"], "unavailable", "{answer}");
     }
+    // The owner noticed its stall and fenced itself: it sequenced nothing until it heard
+    // from the others again.
+    let (_, metrics) = http_get(nodes[2].admin, "/metrics").await?;
+    let fences = sample(&metrics, "murmur_stall_fences_total").unwrap_or(0.0);
+    assert!(fences >= 1.0, "no stall fence counted:\n{metrics}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let (_, body) = http_get(nodes[0].admin, "/v1/cluster").await?;
@@ -419,6 +438,20 @@ async fn an_owner_paused_past_failure_detection_never_reuses_a_sequence_number()
     for n in 6..9 {
         positions.push(publish(&mut publisher, n).await?);
     }
+    // Once it heard from a majority, the fence is lifted: it owns and sequences again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = http_get(nodes[2].admin, "/metrics").await?;
+        if sample(&metrics, "murmur_fenced") == Some(0.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "p2 stayed fenced:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    positions.push(publish(&mut stalled, 9).await?);
     let mut seen = std::collections::HashSet::new();
     for p in &positions {
         assert!(

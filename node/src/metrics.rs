@@ -157,6 +157,9 @@ pub(crate) struct StateSnapshot {
     pub history_bytes: i64,
     pub publish_buffer_used: i64,
     pub peer_publishes_waited: u64,
+    pub replicas_refused: u64,
+    pub stall_fences: u64,
+    pub fenced: bool,
     pub events_published: u64,
     pub events_from_peers: u64,
     pub group_deliveries_lost: u64,
@@ -208,6 +211,9 @@ impl StateSnapshot {
             history_bytes: broker.history_bytes() as i64,
             publish_buffer_used: node.cluster.publish_buffer_in_use() as i64,
             peer_publishes_waited: node.cluster.stats.peer_publishes_waited.load(Relaxed),
+            replicas_refused: node.cluster.stats.replicas_refused.load(Relaxed),
+            stall_fences: node.cluster.gossip.fence.stalls.load(Relaxed),
+            fenced: node.cluster.gossip.fence.is_fenced(),
             events_published: broker.stats.events_published.load(Relaxed),
             events_from_peers: broker.stats.events_from_peers.load(Relaxed),
             group_deliveries_lost: broker.stats.group_deliveries_lost.load(Relaxed),
@@ -308,6 +314,27 @@ impl Collector for StateSnapshot {
             "Publishes from peers that waited, as this node is the topic's owner, for room in \
              its publish buffer (their peer's publish stream was read no further meanwhile)",
             self.peer_publishes_waited,
+        )?;
+        counter(
+            &mut encoder,
+            "murmur_replicas_refused",
+            "Events this node refused to store as a replica because it no longer recognises \
+             their sender as the topic's owner (the sender fails them and claims the topic again)",
+            self.replicas_refused,
+        )?;
+        counter(
+            &mut encoder,
+            "murmur_stall_fences",
+            "Times this node stalled (paused, or its gossip thread stuck) past the threshold and \
+             fenced itself: no sequencing and no queue-group placement until it heard from a \
+             majority again",
+            self.stall_fences,
+        )?;
+        gauge(
+            &mut encoder,
+            "murmur_fenced",
+            "1 while this node is fenced after a stall, else 0",
+            i64::from(self.fenced),
         )?;
         counter(
             &mut encoder,

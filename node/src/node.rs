@@ -67,6 +67,9 @@ impl NodeState {
             return Err(cluster.not_joined_reason().into());
         }
         if !cluster.has_majority() {
+            if cluster.gossip.fence.is_fenced() {
+                return Err(format!("fenced: {}", cluster.gossip.fence.reason()).into());
+            }
             return Err("cut off: this node sees only a minority of the cluster".into());
         }
         if !cluster.is_settled() {

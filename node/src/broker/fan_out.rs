@@ -178,6 +178,13 @@ impl Broker {
             });
         }
         let mut not_placed = Vec::new();
+        if !groups.is_empty() && self.is_fenced() {
+            // Woken from a stall: the peer that placed these on this node may already have
+            // placed them elsewhere after declaring it down. Give them back to place.
+            tracing::debug!(topic = %event.topic, "fenced: queue-group events given back unplaced");
+            not_placed.extend(groups.iter().map(|(_, token)| *token));
+            return not_placed;
+        }
         for (interest, token) in groups {
             let Some(name) = interest.group.as_deref() else {
                 continue;

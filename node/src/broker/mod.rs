@@ -122,6 +122,9 @@ pub struct Broker {
     /// The clock topics' quiet time is measured on: monotonic, so that a wall clock set
     /// back or forth never makes a node forget a topic out of turn.
     started: std::time::Instant,
+    /// While it fences this node (woken from a stall), queue-group events forwarded here
+    /// are given back to the node that placed them rather than placed on a member here.
+    stall_fence: std::sync::OnceLock<Arc<crate::cluster::fence::StallFence>>,
     pub stats: BrokerStats,
 }
 
@@ -157,8 +160,19 @@ impl Broker {
             full_group_log: crate::limits::LogLimiter::new(std::time::Duration::from_secs(1)),
             topic_idle_forget: crate::config::DEFAULT_TOPIC_IDLE_FORGET,
             started: std::time::Instant::now(),
+            stall_fence: std::sync::OnceLock::new(),
             stats: BrokerStats::default(),
         }
+    }
+
+    /// Gives the broker the node's stall fence (see [`crate::cluster::fence`]); once only.
+    pub fn set_stall_fence(&self, fence: Arc<crate::cluster::fence::StallFence>) {
+        let _ = self.stall_fence.set(fence);
+    }
+
+    /// True while the stall fence forbids placing queue-group events here.
+    pub(crate) fn is_fenced(&self) -> bool {
+        self.stall_fence.get().is_some_and(|f| f.is_fenced())
     }
 
     /// Forgets topics quiet for `idle` with nothing retained (setting `topic_idle_forget`).

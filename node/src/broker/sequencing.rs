@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use crate::cluster::link::{PeerLink, PeerMessage};
 use crate::event::{Event, Payload};
-use crate::routing::topics::{Completed, HandOverRefused, new_epoch};
+use crate::routing::topics::{Completed, HandOverRefused, new_epoch, newer_epoch};
 
 use super::{Broker, PlacedOnPeer, now_ms};
 
@@ -35,6 +35,15 @@ pub struct StoredSignal {
 /// to every peer it is forwarded to).
 #[derive(Debug)]
 pub struct PublishPermit(pub tokio::sync::OwnedSemaphorePermit);
+
+/// Why a replica did not store an event its sender sequenced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaRefusal {
+    #[error("this node holds a newer epoch of the topic")]
+    NewerEpoch,
+    #[error("this node sequences the topic itself")]
+    SequencesItself,
+}
 
 /// The outcome of sequencing an event on its owner.
 #[derive(Debug)]
@@ -261,23 +270,46 @@ impl Broker {
     /// node already holds in that epoch (an owner asking again after another replica went
     /// away, when the whole history it sent first had it) is confirmed without storing it
     /// twice: appended again, it would restart the topic's history at that event.
-    pub fn store_replica(&self, event: Arc<Event>) -> Receipt {
+    ///
+    /// Refused when this node no longer recognises the sender as the topic's owner: it
+    /// holds a newer epoch of the topic, or sequences the topic itself (the others declared
+    /// the sender down meanwhile, and the topic moved). Stored, such an event would sit in
+    /// this node's history at a position another owner numbers with another event.
+    pub fn store_replica(&self, event: Arc<Event>) -> Result<Receipt, ReplicaRefusal> {
         let mut shard = self.shard(&event.topic).lock();
         let now = now_ms();
         let receipt = Receipt {
             epoch: event.epoch.clone(),
             seq: event.seq,
         };
-        let held = shard
-            .topics
-            .get(&event.topic)
-            .is_some_and(|t| t.epoch == event.epoch && t.last_seq >= event.seq);
-        if held {
-            return receipt;
+        if let Some(state) = shard.topics.get(&event.topic) {
+            if state.epoch != event.epoch && newer_epoch(&state.epoch, &event.epoch) {
+                return Err(ReplicaRefusal::NewerEpoch);
+            }
+            if !state.moved {
+                return Err(ReplicaRefusal::SequencesItself);
+            }
+            if state.epoch == event.epoch && state.last_seq >= event.seq {
+                return Ok(receipt);
+            }
         }
         shard.topics.replicated(&event, self.clock_ms());
         shard.history.append(event, now);
-        receipt
+        Ok(receipt)
+    }
+
+    /// A replica refused an event of `topic` (see [`Self::store_replica`]): this node is no
+    /// longer the owner the others recognise. Every event of the topic still waiting for
+    /// replicas fails (never fanned out nor replayed, the publishers told `unavailable`) and
+    /// the topic is claimed again before anything more is sequenced.
+    pub fn replica_refused(&self, topic: &str) {
+        let mut shard = self.shard(topic).lock();
+        for (event, _signal) in shard.topics.fail_pending(topic) {
+            tracing::debug!(topic = %event.topic, seq = event.seq, "a replica refused it; the event fails");
+            shard
+                .history
+                .forget_from(&event.topic, &event.epoch, event.seq);
+        }
     }
 
     /// True while some sequenced event still waits for its replicas.
@@ -410,6 +442,60 @@ mod tests {
     use crate::cluster::link::{PeerLink, PeerMessage};
     use crate::event::Event;
     use crate::routing::history::Retention;
+
+    #[test]
+    fn a_replica_refuses_events_from_an_owner_it_no_longer_recognises() {
+        use crate::broker::sequencing::ReplicaRefusal;
+        // The stale owner sequenced #1 and #2 of its epoch while the others moved on.
+        let stale = Broker::new(Retention::default());
+        let old_epoch = stale.install_topic("t", None);
+        let (replica_link, _queues) = PeerLink::new("r", 1, 16);
+        let Sequenced::Waiting(_, mut stored) =
+            stale.sequence("t", json("1"), std::slice::from_ref(&replica_link), true)
+        else {
+            panic!("a replica to wait for");
+        };
+        let event = stale.topic_snapshot("t").unwrap().events[0].clone();
+
+        // A node that sequences the topic itself (it took it over) refuses the copy.
+        let owner_now = Broker::new(Retention::default());
+        owner_now.install_topic("t", None);
+        assert_eq!(
+            owner_now.store_replica(event.clone()),
+            Err(ReplicaRefusal::SequencesItself)
+        );
+        // A replica that holds a newer epoch of the topic refuses it too.
+        let replica = Broker::new(Retention::default());
+        let newer = Arc::new(Event::new(
+            event.topic.clone(),
+            format!("{:x}-00000000", i64::MAX / 2).into(),
+            1,
+            event.ts,
+            event.payload.clone(),
+        ));
+        replica.store_replica(newer).unwrap();
+        assert_eq!(
+            replica.store_replica(event.clone()),
+            Err(ReplicaRefusal::NewerEpoch)
+        );
+        // A replica of the stale owner's epoch stores it.
+        let plain = Broker::new(Retention::default());
+        assert!(plain.store_replica(event).is_ok());
+
+        // Told of the refusal, the stale owner fails the event and must claim again.
+        stale.replica_refused("t");
+        assert!(matches!(
+            stored.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        ));
+        assert!(!stale.is_ready("t"), "claimed again before it sequences more");
+        assert!(
+            stale
+                .topic_snapshot("t")
+                .is_none_or(|s| s.events.is_empty() || *s.epoch != *old_epoch),
+            "the failed event is not kept"
+        );
+    }
 
     #[test]
     fn an_event_whose_replica_left_is_stored_on_the_next_replica_in_the_same_epoch() {

@@ -30,6 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use super::fence::StallFence;
+use super::suspicion::SuspicionDeadlines;
 use super::envelope::{ENVELOPE_OVERHEAD, Refusal, ReplayWindow, Stamp, wall_clock_ms};
 use super::membership::{MembershipView, NodeId};
 use super::security::ClusterKey;
@@ -46,6 +48,9 @@ const MAX_PACKET: usize = 1400;
 pub const ALONE_PATIENCE: Duration = Duration::from_secs(10);
 /// At most one warning about refused packets per this interval (they may come in floods).
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the loop turns when nothing else happens, so the stall fence's watchdog can
+/// tell a quiet gossip thread from a stuck one.
+const HEARTBEAT: Duration = Duration::from_millis(250);
 
 /// A membership change, for the part of the node that keeps connections to peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +194,9 @@ pub struct Gossip {
     pub view: Arc<RwLock<MembershipView>>,
     pub stats: Arc<GossipStats>,
     pub seeding: Arc<Seeding>,
+    /// Fences this node after a stall (see [`StallFence`]); this thread reports its own
+    /// progress and the fresh gossip it hears to it.
+    pub fence: Arc<StallFence>,
 }
 
 impl std::fmt::Debug for Command {
@@ -236,6 +244,11 @@ impl Gossip {
         view.write().set_self(identity.clone());
         let stats = Arc::new(GossipStats::default());
         let seeding = Arc::new(Seeding::new(seeds));
+        // The hold after a stall: as long as the others take to declare a member down, so
+        // that what they decided meanwhile reaches this node before it sequences again.
+        let config = foca_config();
+        let fence = StallFence::new(config.probe_period + config.suspect_to_down_after);
+        let task_fence = fence.clone();
         let task_view = view.clone();
         let task_stats = stats.clone();
         let task_seeding = seeding.clone();
@@ -285,6 +298,8 @@ impl Gossip {
                 events,
                 view: task_view,
                 stats: task_stats,
+                fence: task_fence,
+                suspicions: SuspicionDeadlines::new(suspicion_deadline()),
             };
             runtime.block_on(task.run(command_rx, stop));
         };
@@ -299,6 +314,7 @@ impl Gossip {
             view,
             stats,
             seeding,
+            fence,
         })
     }
 
@@ -331,6 +347,16 @@ struct GossipTask {
     events: mpsc::UnboundedSender<MemberEvent>,
     view: Arc<RwLock<MembershipView>>,
     stats: Arc<GossipStats>,
+    fence: Arc<StallFence>,
+    suspicions: SuspicionDeadlines<NodeId>,
+}
+
+/// How long this node lets a suspicion stand before declaring the member down itself (see
+/// [`SuspicionDeadlines`]): foca's own `suspect_to_down_after`, plus a probe period so that
+/// the node that raised it, whose timer started first, normally decides.
+fn suspicion_deadline() -> Duration {
+    let config = foca_config();
+    config.suspect_to_down_after + config.probe_period
 }
 
 impl GossipTask {
@@ -342,9 +368,12 @@ impl GossipTask {
         let mut buf = vec![0u8; 64 * 1024];
         let mut announce = tokio::time::interval(ANNOUNCE_INTERVAL);
         announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rejected_logged_at: Option<Instant> = None;
         let mut leaving: Option<(Instant, oneshot::Sender<()>)> = None;
         loop {
+            self.fence.gossip_alive();
             let next_timer = self.timers.peek().map_or_else(
                 || Instant::now() + Duration::from_secs(3600),
                 |Reverse((at, _))| *at,
@@ -366,7 +395,8 @@ impl GossipTask {
                     let Ok((len, from)) = received else { continue };
                     self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
                     match self.open_fresh(&buf[..len]) {
-                        Ok(payload) => {
+                        Ok((payload, sent_at_ms)) => {
+                            self.fence.heard_from(from, sent_at_ms);
                             if let Err(err) = self.foca.handle_data(payload, &mut self.runtime) {
                                 tracing::debug!(%from, %err, "gossip packet refused by foca");
                             }
@@ -388,6 +418,7 @@ impl GossipTask {
                     }
                 }
                 () = sleep_until(next_timer) => self.fire_due_timers(),
+                _ = heartbeat.tick() => self.settle_stale_suspicions(),
                 _ = announce.tick(), if leaving.is_none() => self.announce_to_seeds().await,
                 command = commands.recv() => match command {
                     Some(Command::Leave(done)) => {
@@ -400,15 +431,55 @@ impl GossipTask {
                 },
             }
             self.drain_runtime().await;
+            self.lift_fence_if_heard();
         }
+    }
+
+    /// Declares down every member suspected here past the deadline at the same incarnation.
+    fn settle_stale_suspicions(&mut self) {
+        let suspects = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()));
+        let overdue = self.suspicions.overdue(suspects, Instant::now().into_std());
+        if overdue.is_empty() {
+            return;
+        }
+        for (id, incarnation) in &overdue {
+            tracing::info!(
+                peer = %id.name,
+                generation = id.generation,
+                "suspected for longer than {:?} without refuting: declared down here",
+                suspicion_deadline()
+            );
+            let down = foca::Member::new(id.clone(), *incarnation, foca::State::Down);
+            if let Err(err) =
+                self.foca
+                    .apply_many(std::iter::once(down), true, &mut self.runtime)
+            {
+                tracing::debug!(%err, "declaring a stale suspect down failed");
+            }
+        }
+    }
+
+    /// Lifts the stall fence once its hold is over and fresh gossip came from a majority
+    /// (after `drain_runtime`, so the view counts what foca just learned).
+    fn lift_fence_if_heard(&self) {
+        if !self.fence.is_fenced() {
+            return;
+        }
+        let view = self.view.read();
+        let size = view.cluster_size();
+        self.fence.try_lift(size, |addr| view.is_member_address(addr));
     }
 
     /// Authenticates a packet and checks it is neither stale nor a replay; returns the
     /// payload for foca.
-    fn open_fresh<'a>(&mut self, packet: &'a [u8]) -> Result<&'a [u8], Refusal> {
+    fn open_fresh<'a>(&mut self, packet: &'a [u8]) -> Result<(&'a [u8], u64), Refusal> {
         let opened = self.key.open(packet)?;
         self.replay_window.check(opened.stamp, wall_clock_ms())?;
-        Ok(opened.payload)
+        Ok((opened.payload, opened.stamp.sent_at_ms))
     }
 
     fn fire_due_timers(&mut self) {

@@ -182,6 +182,24 @@ impl MembershipView {
         out
     }
 
+    /// How many nodes the cluster has as this node sees it: itself and every other member
+    /// (alive, suspect or down) that has not left; each name counts once.
+    pub fn cluster_size(&self) -> usize {
+        let others: std::collections::HashSet<&str> = self
+            .members
+            .values()
+            .filter(|(id, _)| !self.has_left(id))
+            .map(|(id, _)| id.name.as_str())
+            .filter(|name| self.myself.as_ref().is_none_or(|me| me.name != *name))
+            .collect();
+        others.len() + 1
+    }
+
+    /// True when `addr` is the gossip address of a member (of any state).
+    pub fn is_member_address(&self, addr: &SocketAddr) -> bool {
+        self.members.contains_key(addr)
+    }
+
     /// Names of the members currently alive or suspect, this node excluded.
     pub fn live_peers(&self) -> Vec<&NodeId> {
         self.members

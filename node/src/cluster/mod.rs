@@ -9,11 +9,13 @@
 //! rebuilt from the snapshot it sends on the new connection.
 
 pub mod envelope;
+pub mod fence;
 pub mod gossip;
 pub mod key_rules;
 pub mod link;
 pub mod membership;
 pub mod security;
+pub mod suspicion;
 pub mod topics;
 pub mod transport;
 
@@ -96,6 +98,9 @@ pub struct ClusterStats {
     /// Links reset because their peer took no events for `peer_stall_timeout`, or its
     /// event queue (`peer_queue`) filled.
     pub links_stalled: std::sync::atomic::AtomicU64,
+    /// Events this node refused to store as a replica because it no longer recognises their
+    /// sender as the topic's owner.
+    pub replicas_refused: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -140,6 +145,8 @@ impl Cluster {
             stop.clone(),
         )
         .await?;
+        gossip.fence.spawn_watchdog(stop.clone())?;
+        broker.set_stall_fence(gossip.fence.clone());
         let cluster = Arc::new(Self {
             id: setup.id,
             endpoint: setup.endpoint,
@@ -200,7 +207,9 @@ impl Cluster {
 
     /// Why publishes are refused while this node is cut off.
     pub fn cut_off_reason(&self) -> String {
-        if self.has_joined() {
+        if self.gossip.fence.is_fenced() {
+            self.gossip.fence.reason()
+        } else if self.has_joined() {
             topics::MINORITY.to_owned()
         } else {
             format!(
@@ -280,6 +289,7 @@ impl Cluster {
                     // The others numbered this node's topics meanwhile: claim them afresh.
                     tracing::warn!("rejoined after being declared down: reclaiming topics");
                     self.broker.relinquish_all();
+                    self.gossip.fence.rejoined();
                 }
                 // Nothing to tear down: the majority below is computed afresh.
                 MemberEvent::AloneByDesign => {}
@@ -678,6 +688,10 @@ impl Cluster {
             pb::peer_frame::Msg::Stored(stored) => {
                 self.broker
                     .on_stored(&link.name, &stored.topic, &stored.epoch, stored.seq);
+            }
+            pb::peer_frame::Msg::Refused(refused) => {
+                tracing::warn!(peer = %link.name, topic = %refused.topic, seq = refused.seq, reason = %refused.reason, "a replica no longer recognises this node as the topic's owner: its waiting events fail, the topic is claimed again");
+                self.broker.replica_refused(&refused.topic);
             }
             pb::peer_frame::Msg::StateRequest(request) => self.on_state_request(link, request),
             pb::peer_frame::Msg::Sync(sync) => {

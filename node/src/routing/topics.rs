@@ -324,6 +324,21 @@ impl<W> TopicTable<W> {
             .collect()
     }
 
+    /// Fails every event of `topic` waiting for replicas (a replica no longer recognises
+    /// this node as the owner): the topic must be claimed again, in a new epoch unless
+    /// another node knows it further. Returns the failed events.
+    pub fn fail_pending(&mut self, topic: &str) -> Vec<Completed<W>> {
+        let Some(state) = self.topics.get_mut(topic) else {
+            return Vec::new();
+        };
+        state.moved = true;
+        if state.pending.is_empty() {
+            return Vec::new();
+        }
+        state.renew_epoch = true;
+        state.pending.drain(..).map(|p| (p.event, p.waiter)).collect()
+    }
+
     fn complete_front(state: &mut TopicState<W>) -> Vec<Completed<W>> {
         let mut done = Vec::new();
         while state

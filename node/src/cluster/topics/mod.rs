@@ -447,6 +447,13 @@ impl Cluster {
         reply: ReplyTo,
         attempt: u32,
     ) {
+        if self.gossip.fence.is_fenced() {
+            // Woken from a stall: the others may have given this topic's next positions to
+            // other events meanwhile. Checked here, where every event is numbered, as well
+            // as on the way in: a claim's queued publishes come straight here.
+            reply.send(Err(PublishError::unavailable(self.gossip.fence.reason())));
+            return;
+        }
         let replicas = match self.replica_links(&topic) {
             Ok(replicas) => replicas,
             Err(replica) => {
@@ -545,7 +552,9 @@ impl Cluster {
     /// [`Self::compute_majority`]); kept up to date on every membership change, so the
     /// publish path reads one atomic.
     pub fn has_majority(&self) -> bool {
-        self.majority.load(Ordering::Acquire)
+        // A node fenced after a stall counts as cut off until it has heard from a majority
+        // again (see `fence`): its view may be older than the others' decisions.
+        self.majority.load(Ordering::Acquire) && !self.gossip.fence.is_fenced()
     }
 
     /// Recomputes [`Self::has_majority`] from the membership view; returns the new value.
@@ -665,14 +674,30 @@ impl Cluster {
     /// A replica's copy of an event: store it and confirm.
     pub(super) fn on_replicate(&self, link: &PeerLink, event: Event) {
         let topic = event.topic.to_string();
-        let receipt = self.broker.store_replica(Arc::new(event));
-        link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Stored(
-            pb::Stored {
-                topic,
-                epoch: receipt.epoch.to_string(),
-                seq: receipt.seq,
-            },
-        )));
+        let (epoch, seq) = (event.epoch.to_string(), event.seq);
+        match self.broker.store_replica(Arc::new(event)) {
+            Ok(receipt) => link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Stored(
+                pb::Stored {
+                    topic,
+                    epoch: receipt.epoch.to_string(),
+                    seq: receipt.seq,
+                },
+            ))),
+            Err(refusal) => {
+                self.stats
+                    .replicas_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(peer = %link.name, %topic, %epoch, seq, %refusal, "refused to store an event from an owner this node no longer recognises");
+                link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Refused(
+                    pb::ReplicaRefused {
+                        topic,
+                        epoch,
+                        seq,
+                        reason: refusal.to_string(),
+                    },
+                )));
+            }
+        }
     }
 }
 
