@@ -5,7 +5,7 @@ ARGS ?=
 # the crates share one feature set, so no target rebuilds `murmur` for its own.
 RELEASE_TOOLS = $(CARGO) build --release -p murmur -p murmur-bench -p murmur-abuse -p murmur-chaos
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke perf-count abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics measure-resume bench bench-smoke perf-count abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ measure-idle: ## Node memory per idle WebSocket connection (one subscription eac
 measure-topics: ## Heap per remembered topic, before and after topics are forgotten (600,000 topics, 1 and 3 in-process nodes)
 	$(CARGO) run --release -p murmur --example topic_bookkeeping -- --topics 600000
 	$(CARGO) run --release -p murmur --example topic_bookkeeping -- --topics 600000 --nodes 3
+
+measure-resume: ## How long a resume takes on 1, 3, 5 and 9 in-process nodes: one topic (its placement asked) and a wildcard (every node asked once)
+	$(CARGO) run --release -p murmur --example resume_latency
 
 bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian; JetStream for the acknowledged scenarios), and auth on / off: every scenario, writes docs/benchmarks.md (~7 min)
 	flock /tmp/murmur-bench.lock bench/run.sh

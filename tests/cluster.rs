@@ -523,3 +523,72 @@ async fn a_node_whose_runtime_is_saturated_is_not_declared_down() -> TestResult 
     busy_runtime.shutdown_background();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_asks_the_topics_placement_and_a_wildcard_resume_asks_each_node_once() -> TestResult
+{
+    let nodes = start_cluster(5, |_, _| {}).await;
+    let served = |node: &murmur::RunningNode| {
+        node.state()
+            .cluster
+            .stats
+            .replay_requests_served
+            .load(Ordering::Relaxed)
+    };
+    // A topic whose owner and replica (replication 2) are neither node-0, where the client
+    // resumes, nor node-4.
+    let topic = (0..)
+        .map(|i| format!("targeted.{i}"))
+        .find(|t| {
+            let placement = nodes[0].state().cluster.placement(t);
+            !placement[..2]
+                .iter()
+                .any(|n| n == "node-0" || n == "node-4")
+        })
+        .unwrap();
+    let placement: Vec<String> = nodes[0].state().cluster.placement(&topic)[..2].to_vec();
+    let (mut publisher, _) = WsClient::connect_json(&nodes[4]).await?;
+    let mut epoch = String::new();
+    for i in 1..=6 {
+        let (ok, _) = publisher
+            .publish(&topic, json!(i), &format!("p{i}"))
+            .await?;
+        epoch = ok["epoch"].as_str().unwrap().to_owned();
+    }
+    let before: Vec<u64> = nodes.iter().map(served).collect();
+    let (mut resumer, _) = WsClient::connect_json(&nodes[0]).await?;
+    let ok = resumer
+        .request(
+            json!({"op": "sub", "id": "s", "topic": &topic, "from": {"epoch": &epoch, "seq": 3}}),
+        )
+        .await?;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    let replayed = murmur_tests::recv_n(&mut resumer, 3).await?;
+    assert_eq!(murmur_tests::seqs(&replayed), vec![4, 5, 6]);
+    for (i, node) in nodes.iter().enumerate() {
+        let asked = served(node) - before[i];
+        let name = format!("node-{i}");
+        if placement.contains(&name) {
+            assert_eq!(asked, 1, "{name} holds the topic and is asked once");
+        } else {
+            assert_eq!(asked, 0, "{name} is not in the placement {placement:?}");
+        }
+    }
+
+    // A wildcard can match topics anywhere: every other node is asked, once.
+    let before: Vec<u64> = nodes.iter().map(served).collect();
+    let ok = resumer
+        .request(json!({"op": "sub", "id": "w", "topic": "targeted.>", "from": "earliest"}))
+        .await?;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    let replayed = murmur_tests::recv_n(&mut resumer, 6).await?;
+    assert_eq!(murmur_tests::seqs(&replayed), vec![1, 2, 3, 4, 5, 6]);
+    let asked: Vec<u64> = nodes
+        .iter()
+        .map(served)
+        .zip(&before)
+        .map(|(n, b)| n - b)
+        .collect();
+    assert_eq!(asked, vec![0, 1, 1, 1, 1]);
+    Ok(())
+}

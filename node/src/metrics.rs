@@ -158,6 +158,8 @@ pub(crate) struct StateSnapshot {
     pub publish_buffer_used: i64,
     pub peer_publishes_waited: u64,
     pub replicas_refused: u64,
+    pub resumes_asked_everyone: u64,
+    pub replay_requests_served: u64,
     pub stall_fences: u64,
     pub fenced: bool,
     pub events_published: u64,
@@ -212,6 +214,8 @@ impl StateSnapshot {
             publish_buffer_used: node.cluster.publish_buffer_in_use() as i64,
             peer_publishes_waited: node.cluster.stats.peer_publishes_waited.load(Relaxed),
             replicas_refused: node.cluster.stats.replicas_refused.load(Relaxed),
+            resumes_asked_everyone: node.cluster.stats.resumes_asked_everyone.load(Relaxed),
+            replay_requests_served: node.cluster.stats.replay_requests_served.load(Relaxed),
             stall_fences: node.cluster.gossip.fence.stalls.load(Relaxed),
             fenced: node.cluster.gossip.fence.is_fenced(),
             events_published: broker.stats.events_published.load(Relaxed),
@@ -321,6 +325,19 @@ impl Collector for StateSnapshot {
             "Events this node refused to store as a replica because it no longer recognises \
              their sender as the topic's owner (the sender fails them and claims the topic again)",
             self.replicas_refused,
+        )?;
+        counter(
+            &mut encoder,
+            "murmur_replay_requests_served",
+            "Replay requests from peers (resumes of their clients) this node answered",
+            self.replay_requests_served,
+        )?;
+        counter(
+            &mut encoder,
+            "murmur_resumes_asked_everyone",
+            "Single-topic resumes whose placement (owner and replicas) knew nothing of the \
+             topic, so every node was asked",
+            self.resumes_asked_everyone,
         )?;
         counter(
             &mut encoder,

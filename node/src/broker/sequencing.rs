@@ -457,9 +457,17 @@ mod tests {
         };
         let event = stale.topic_snapshot("t").unwrap().events[0].clone();
 
-        // A node that sequences the topic itself (it took it over) refuses the copy.
+        // A node that sequences the topic itself (it took the epoch over) refuses the copy.
+        // (Same epoch: a new one could be newer, which is the next case.)
         let owner_now = Broker::new(Retention::default());
-        owner_now.install_topic("t", None);
+        owner_now.install_topic(
+            "t",
+            Some(TopicSnapshot {
+                epoch: old_epoch.clone(),
+                last_seq: 0,
+                events: Vec::new(),
+            }),
+        );
         assert_eq!(
             owner_now.store_replica(event.clone()),
             Err(ReplicaRefusal::SequencesItself)
@@ -488,7 +496,10 @@ mod tests {
             stored.try_recv(),
             Err(tokio::sync::oneshot::error::TryRecvError::Closed)
         ));
-        assert!(!stale.is_ready("t"), "claimed again before it sequences more");
+        assert!(
+            !stale.is_ready("t"),
+            "claimed again before it sequences more"
+        );
         assert!(
             stale
                 .topic_snapshot("t")

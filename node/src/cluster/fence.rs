@@ -124,8 +124,9 @@ impl StallFence {
                  again; publish again, or through another node",
                 f.stalled_for.as_secs_f64()
             ),
-            None => "this node is stalled (paused or starved); publish through another node"
-                .to_owned(),
+            None => {
+                "this node is stalled (paused or starved); publish through another node".to_owned()
+            }
         }
     }
 
@@ -284,7 +285,10 @@ mod tests {
         let fence = fence_with_ticks();
         // Stopped at t = 1 s, woken at t = 9 s: no watchdog tick since.
         assert!(fence.is_fenced_at(9_000));
-        assert!(!fence.is_fenced_at(2_900), "a gap under the threshold is no stall");
+        assert!(
+            !fence.is_fenced_at(2_900),
+            "a gap under the threshold is no stall"
+        );
     }
 
     #[test]
@@ -340,6 +344,10 @@ mod tests {
             fence.watchdog_tick(t, 1_000_000 + t);
         }
         assert!(fence.is_fenced_at(3_100));
-        assert!(fence.reason().contains("stalled for 2.1 s"), "{}", fence.reason());
+        assert!(
+            fence.reason().contains("stalled for 2.1 s"),
+            "{}",
+            fence.reason()
+        );
     }
 }

@@ -16,7 +16,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,11 +30,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::fence::StallFence;
-use super::suspicion::SuspicionDeadlines;
 use super::envelope::{ENVELOPE_OVERHEAD, Refusal, ReplayWindow, Stamp, wall_clock_ms};
+use super::fence::StallFence;
 use super::membership::{MembershipView, NodeId};
 use super::security::ClusterKey;
+use super::suspicion::SuspicionDeadlines;
 
 /// How often seeds that are not known alive are announced to.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -212,6 +212,13 @@ pub fn foca_config() -> foca::Config {
     config.probe_period = Duration::from_millis(1000);
     config.probe_rtt = Duration::from_millis(400);
     config.suspect_to_down_after = Duration::from_secs(3);
+    // foca's LAN profile sends each membership update 3 times for a cluster this size
+    // (4·log10(n+1)), which periodic gossip (every 200 ms) spends within a fraction of a
+    // second. An update raised by a node cut off for a moment — "I suspect n1" — is then
+    // spent on packets that are dropped, the suspect never hears of it to refute it, and a
+    // 1.5 s cut ends with a member declared down (seen in `partition-short` chaos runs).
+    // 40 sends keep an update alive for about as long as failure detection takes.
+    config.max_transmissions = NonZeroU8::new(40).unwrap_or(NonZeroU8::MIN);
     config.max_packet_size =
         NonZeroUsize::new(MAX_PACKET - ENVELOPE_OVERHEAD).unwrap_or(NonZeroUsize::MIN);
     config.periodic_announce = Some(foca::PeriodicParams {
@@ -454,9 +461,9 @@ impl GossipTask {
                 suspicion_deadline()
             );
             let down = foca::Member::new(id.clone(), *incarnation, foca::State::Down);
-            if let Err(err) =
-                self.foca
-                    .apply_many(std::iter::once(down), true, &mut self.runtime)
+            if let Err(err) = self
+                .foca
+                .apply_many(std::iter::once(down), true, &mut self.runtime)
             {
                 tracing::debug!(%err, "declaring a stale suspect down failed");
             }
@@ -471,7 +478,8 @@ impl GossipTask {
         }
         let view = self.view.read();
         let size = view.cluster_size();
-        self.fence.try_lift(size, |addr| view.is_member_address(addr));
+        self.fence
+            .try_lift(size, |addr| view.is_member_address(addr));
     }
 
     /// Authenticates a packet and checks it is neither stale nor a replay; returns the

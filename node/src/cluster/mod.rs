@@ -101,6 +101,11 @@ pub struct ClusterStats {
     /// Events this node refused to store as a replica because it no longer recognises their
     /// sender as the topic's owner.
     pub replicas_refused: std::sync::atomic::AtomicU64,
+    /// Single-topic resumes whose placement knew nothing of the topic, so that every node
+    /// was asked after all.
+    pub resumes_asked_everyone: std::sync::atomic::AtomicU64,
+    /// Replay requests from peers (their clients' resumes) this node answered.
+    pub replay_requests_served: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Cluster {

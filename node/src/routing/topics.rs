@@ -336,7 +336,11 @@ impl<W> TopicTable<W> {
             return Vec::new();
         }
         state.renew_epoch = true;
-        state.pending.drain(..).map(|p| (p.event, p.waiter)).collect()
+        state
+            .pending
+            .drain(..)
+            .map(|p| (p.event, p.waiter))
+            .collect()
     }
 
     fn complete_front(state: &mut TopicState<W>) -> Vec<Completed<W>> {

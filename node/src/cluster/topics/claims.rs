@@ -28,6 +28,18 @@ impl Cluster {
         let mut best: Option<TopicSnapshot> = None;
         let mut unsettled = false;
         loop {
+            // A live peer this node cannot ask yet may be numbering the topic right now; and
+            // until a peer's interest is known, its subscribers would miss what is sequenced.
+            // Looked at before asking: a link that comes up while the others answer was not
+            // asked, and its peer may be sequencing the topic still (seen in rolling
+            // restarts: the claim settled, and that peer refused the new owner's events).
+            let unlinked = {
+                let view = self.gossip.view.read();
+                view.live_peers().iter().any(|p| {
+                    self.link_to(&p.name)
+                        .is_none_or(|link| link.is_closed() || !link.interest_known())
+                })
+            };
             let answers = self
                 .ask_all(|id| {
                     pb::peer_frame::Msg::StateRequest(pb::TopicStateRequest {
@@ -45,15 +57,6 @@ impl Cluster {
                 best = Some(own);
             }
             let heard = weigh_claim_answers(answers, &mut best);
-            // A live peer this node cannot ask yet may be numbering the topic right now; and
-            // until a peer's interest is known, its subscribers would miss what is sequenced.
-            let unlinked = {
-                let view = self.gossip.view.read();
-                view.live_peers().iter().any(|p| {
-                    self.link_to(&p.name)
-                        .is_none_or(|link| !link.interest_known())
-                })
-            };
             if !heard.refused && !heard.silent && !unlinked {
                 break;
             }
@@ -110,10 +113,24 @@ impl Cluster {
         &self,
         make: impl Fn(u64) -> pb::peer_frame::Msg,
     ) -> Vec<Option<pb::peer_frame::Msg>> {
+        self.ask_peers(|_| true, make).await
+    }
+
+    /// Sends a request to the linked peers `which` accepts (by name) and collects the
+    /// answers (None: no answer).
+    pub(super) async fn ask_peers(
+        &self,
+        which: impl Fn(&str) -> bool,
+        make: impl Fn(u64) -> pb::peer_frame::Msg,
+    ) -> Vec<Option<pb::peer_frame::Msg>> {
         let mut waits = Vec::new();
         // A closed link is on its way out of the peer table; its peer is asked again over the
         // next one, or is down.
-        for link in self.links().into_iter().filter(|l| !l.is_closed()) {
+        for link in self
+            .links()
+            .into_iter()
+            .filter(|l| !l.is_closed() && which(&l.name))
+        {
             let (id, answer) = self.request(&link);
             link.send_control(PeerMessage::Frame(make(id)));
             waits.push(async move {

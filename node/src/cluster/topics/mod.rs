@@ -684,9 +684,7 @@ impl Cluster {
                 },
             ))),
             Err(refusal) => {
-                self.stats
-                    .replicas_refused
-                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.replicas_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(peer = %link.name, %topic, %epoch, seq, %refusal, "refused to store an event from an owner this node no longer recognises");
                 link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Refused(
                     pb::ReplicaRefused {

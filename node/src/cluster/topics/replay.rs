@@ -1,8 +1,10 @@
-//! Resumes across the cluster: asking every node what it can replay and keeping, per topic,
-//! the answer with the newest knowledge; answering other nodes' replay requests.
+//! Resumes across the cluster: asking the nodes that can hold a topic (its placement; every
+//! node for a wildcard) what they can replay and keeping, per topic, the answer with the
+//! newest knowledge; answering other nodes' replay requests.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use murmur_proto::cluster::v1 as pb;
 
@@ -12,6 +14,7 @@ use crate::cluster::link::{PeerLink, PeerMessage};
 use crate::cluster::transport::{event_from_pb, event_pb};
 use crate::protocol::{Cursor, ResumeFrom};
 use crate::routing::history::{Gap, Replay, reason};
+use crate::routing::topic::is_wildcard;
 use crate::routing::topics::newer_epoch;
 
 /// The largest page of a replay this node answers a peer with, whatever the peer asks: well
@@ -35,21 +38,41 @@ impl Cluster {
             return Ok(Vec::new());
         }
         let request_from = replay_from_pb(from);
-        let answers = self
-            .ask_all(|id| {
-                pb::peer_frame::Msg::ReplayRequest(pb::ReplayRequest {
-                    id,
-                    pattern: pattern.to_owned(),
-                    from: request_from.clone(),
-                    max_events: u32::try_from(page.max_events).unwrap_or(u32::MAX),
-                    max_bytes: page.max_bytes as u64,
-                })
+        let make = |id| {
+            pb::peer_frame::Msg::ReplayRequest(pb::ReplayRequest {
+                id,
+                pattern: pattern.to_owned(),
+                from: request_from.clone(),
+                max_events: u32::try_from(page.max_events).unwrap_or(u32::MAX),
+                max_bytes: page.max_bytes as u64,
             })
-            .await;
-        for answer in answers.into_iter().flatten() {
-            if let pb::peer_frame::Msg::ReplayReply(reply) = answer {
-                candidates.extend(reply.topics.into_iter().map(topic_replay_from_pb));
-            }
+        };
+        // A single topic's history is on its placement (owner and replicas): ask those
+        // nodes first. If what they answer leaves a gap — none knows the topic, or a node
+        // that just (re)joined the placement is still being handed its history — the rest
+        // are asked too, so a targeted resume never reports a gap the cluster could have
+        // filled. A wildcard asks every node, once.
+        let placement = (!is_wildcard(pattern)).then(|| {
+            let mut placement = self.placement(pattern);
+            placement.truncate(self.replication);
+            placement
+        });
+        let in_placement = |name: &str| {
+            placement
+                .as_ref()
+                .is_some_and(|nodes| nodes.iter().any(|n| n == name))
+        };
+        let answers = match &placement {
+            Some(_) => self.ask_peers(in_placement, make).await,
+            None => self.ask_all(make).await,
+        };
+        extend_candidates(&mut candidates, answers);
+        if placement.is_some() && !covers_without_gap(&candidates) {
+            self.stats
+                .resumes_asked_everyone
+                .fetch_add(1, Ordering::Relaxed);
+            let answers = self.ask_peers(|name| !in_placement(name), make).await;
+            extend_candidates(&mut candidates, answers);
         }
         let mut best: HashMap<Arc<str>, TopicReplay> = HashMap::new();
         for candidate in candidates {
@@ -95,6 +118,9 @@ impl Cluster {
         link: &PeerLink,
         request: pb::ReplayRequest,
     ) {
+        self.stats
+            .replay_requests_served
+            .fetch_add(1, Ordering::Relaxed);
         let from = replay_from_from_pb(request.from);
         // A peer's page bound, within this node's own: an answer never outgrows a frame.
         let bounded = |asked: usize, ours: usize| if asked == 0 { ours } else { asked.min(ours) };
@@ -119,6 +145,23 @@ impl Cluster {
             },
         )));
     }
+}
+
+/// Adds the topics peers' answers to a replay request know to `candidates`.
+fn extend_candidates(
+    candidates: &mut Vec<TopicReplay>,
+    answers: impl IntoIterator<Item = Option<pb::peer_frame::Msg>>,
+) {
+    for answer in answers.into_iter().flatten() {
+        if let pb::peer_frame::Msg::ReplayReply(reply) = answer {
+            candidates.extend(reply.topics.into_iter().map(topic_replay_from_pb));
+        }
+    }
+}
+
+/// True when some answer replays the topic without a gap: all a resume of one topic needs.
+fn covers_without_gap(candidates: &[TopicReplay]) -> bool {
+    candidates.iter().any(|c| c.replay.gaps.is_empty())
 }
 
 /// Newest epoch, then highest sequence number, then the replay with more events (a node that
