@@ -35,6 +35,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::cluster::link::{Interest, PeerLink, PeerMessage};
 use crate::routing::SubscriptionIndex;
+use crate::routing::dedupe::{DedupeBudget, DedupeStore};
 use crate::routing::history::{HistoryStore, Retention};
 use crate::routing::topic::validate_pattern;
 use crate::routing::topics::TopicTable;
@@ -94,6 +95,9 @@ pub struct BrokerStats {
     pub group_deliveries_lost: AtomicU64,
     /// Subscriptions and peers each event was queued to when fanned out.
     pub fanout: crate::metrics::CountHistogram,
+    /// Publishes whose id was remembered: answered with the first one's position, no new
+    /// event.
+    pub publish_duplicates: AtomicU64,
 }
 
 /// Longest pattern accepted from a peer; peers validate their clients' patterns already.
@@ -122,6 +126,8 @@ pub struct Broker {
     /// The clock topics' quiet time is measured on: monotonic, so that a wall clock set
     /// back or forth never makes a node forget a topic out of turn.
     started: std::time::Instant,
+    /// Bounds the publish ids remembered across every shard (setting `dedupe_max_bytes`).
+    dedupe_budget: Arc<DedupeBudget>,
     pub stats: BrokerStats,
 }
 
@@ -131,11 +137,23 @@ pub struct Broker {
 struct TopicShard {
     topics: TopicTable<StoredSignal>,
     history: HistoryStore,
+    /// The publish ids remembered for these topics (setting `dedupe_window`).
+    dedupe: DedupeStore<DuplicateWaiter>,
+}
+
+/// A publish sent again with the id of one still waiting for its replicas: told when that
+/// one is stored (dropped when it fails), holding its share of the publish buffer until then.
+#[derive(Debug)]
+struct DuplicateWaiter {
+    stored: tokio::sync::oneshot::Sender<()>,
+    _permit: Option<PublishPermit>,
 }
 
 impl Broker {
     /// A broker that keeps history as `retention` says.
     pub fn new(retention: Retention) -> Self {
+        let dedupe_budget = Arc::new(DedupeBudget::new(crate::config::DEFAULT_DEDUPE_MAX_BYTES));
+        let dedupe_window = window_ms(crate::config::DEFAULT_DEDUPE_WINDOW);
         Self {
             index: RwLock::new(SubscriptionIndex::new()),
             remote: RwLock::new(SubscriptionIndex::new()),
@@ -145,6 +163,7 @@ impl Broker {
                     Mutex::new(TopicShard {
                         topics: TopicTable::default(),
                         history: HistoryStore::new(retention.clone()),
+                        dedupe: DedupeStore::new(dedupe_window, dedupe_budget.clone()),
                     })
                 })
                 .collect(),
@@ -157,8 +176,31 @@ impl Broker {
             full_group_log: crate::limits::LogLimiter::new(std::time::Duration::from_secs(1)),
             topic_idle_forget: crate::config::DEFAULT_TOPIC_IDLE_FORGET,
             started: std::time::Instant::now(),
+            dedupe_budget,
             stats: BrokerStats::default(),
         }
+    }
+
+    /// Remembers publish ids for `window` (0: not at all) within `max_bytes` across the
+    /// node (settings `dedupe_window`, `dedupe_max_bytes`).
+    #[must_use]
+    pub fn with_dedupe(mut self, window: std::time::Duration, max_bytes: usize) -> Self {
+        self.dedupe_budget = Arc::new(DedupeBudget::new(max_bytes));
+        for shard in self.shards.iter_mut() {
+            shard.get_mut().dedupe = DedupeStore::new(window_ms(window), self.dedupe_budget.clone());
+        }
+        self
+    }
+
+    /// (ids remembered, their bytes against `dedupe_max_bytes`, ids forgotten before their
+    /// window ended to stay under it).
+    pub fn dedupe_size(&self) -> (usize, usize, u64) {
+        let ids = self.shards.iter().map(|s| s.lock().dedupe.len()).sum();
+        (
+            ids,
+            self.dedupe_budget.used(),
+            self.dedupe_budget.forgotten_early(),
+        )
     }
 
     /// Forgets topics quiet for `idle` with nothing retained (setting `topic_idle_forget`).
@@ -319,6 +361,10 @@ impl Broker {
     }
 }
 
+fn window_ms(window: std::time::Duration) -> i64 {
+    i64::try_from(window.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Milliseconds since the Unix epoch, the `ts` of events.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -328,6 +374,8 @@ pub fn now_ms() -> i64 {
 
 mod listing;
 
+#[cfg(test)]
+mod dedupe_tests;
 #[cfg(test)]
 mod forget_tests;
 #[cfg(test)]
