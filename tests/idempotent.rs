@@ -99,7 +99,10 @@ async fn a_publish_sent_again_gets_the_original_position_and_subscribers_see_one
         .await?;
     match proto.recv_proto().await?.op {
         Some(pb::server_frame::Op::Ok(ok)) => {
-            assert_eq!((ok.epoch, ok.seq), (Some(original.0.clone()), Some(original.1)));
+            assert_eq!(
+                (ok.epoch, ok.seq),
+                (Some(original.0.clone()), Some(original.1))
+            );
         }
         other => anyhow::bail!("expected ok, got {other:?}"),
     }
@@ -281,5 +284,39 @@ async fn an_empty_or_overlong_id_is_refused() -> TestResult {
         .await?;
     // As for any name over `max_id_bytes`, without a `ref` (it may be the long one).
     murmur_tests::expect_error(&long, "invalid_request", None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_and_websocket_share_the_ids() -> TestResult {
+    let node = start_node(|_| {}).await;
+    let api =
+        murmur::api_client::ApiClient::new(&format!("http://{}", node.local_addr()), None, None)?;
+    let one = api
+        .post_json(
+            "/v1/publish",
+            &json!({"topic": "h.t", "data": 1, "id": "h1"}),
+        )
+        .await?;
+    assert_eq!((one.status, &one.body["seq"]), (200, &json!(1)), "{one:?}");
+    // A batch that holds the same id twice, and one sent before: one new event.
+    let batch = api
+        .post_json(
+            "/v1/publish",
+            &json!({"events": [
+                {"topic": "h.t", "data": 1, "id": "h1"},
+                {"topic": "h.t", "data": 2, "id": "h2"},
+                {"topic": "h.t", "data": 2, "id": "h2"},
+            ]}),
+        )
+        .await?;
+    let seqs: Vec<&Value> = batch.body["results"]
+        .as_array()
+        .map(|r| r.iter().map(|e| &e["seq"]).collect())
+        .unwrap_or_default();
+    assert_eq!(seqs, [&json!(1), &json!(2), &json!(2)], "{batch:?}");
+    let (mut client, _) = WsClient::connect_json(&node).await?;
+    let over_ws = publish_with_id(&mut client, "h.t", json!(2), "h2", "p").await?;
+    assert_eq!(over_ws.1, 2);
     Ok(())
 }

@@ -545,7 +545,9 @@ async fn publish(
         if line.trim().is_empty() {
             continue;
         }
-        publisher.publish(data_from_arg(&line), ids.next_id()).await?;
+        publisher
+            .publish(data_from_arg(&line), ids.next_id())
+            .await?;
     }
     let outcomes = publisher.finish().await?;
     let mut refused_count = 0;

@@ -97,14 +97,8 @@ impl Publisher {
             "ref": reference.to_string(),
             "id": id,
         });
-        self.in_flight.insert(
-            reference,
-            InFlight {
-                frame,
-                id,
-                sent: 0,
-            },
-        );
+        self.in_flight
+            .insert(reference, InFlight { frame, id, sent: 0 });
         self.send(reference).await
     }
 
@@ -172,7 +166,10 @@ impl Publisher {
                 if gave_up {
                     self.give_up(reference, &frame);
                 } else {
-                    tracing::info!(reference, "unavailable; publishing it again with the same id");
+                    tracing::info!(
+                        reference,
+                        "unavailable; publishing it again with the same id"
+                    );
                     let sent = self.in_flight.get(&reference).map_or(1, |e| e.sent);
                     tokio::time::sleep(pause(sent)).await;
                     self.send(reference).await?;
@@ -208,7 +205,8 @@ impl Publisher {
             .map(|(r, _)| *r)
             .collect();
         for reference in exhausted {
-            let error = json!({"code": "unavailable", "message": "the connection was lost too often"});
+            let error =
+                json!({"code": "unavailable", "message": "the connection was lost too often"});
             self.give_up(reference, &error);
         }
         if self.in_flight.is_empty() {
@@ -246,10 +244,8 @@ pub struct IdSource {
 
 impl IdSource {
     pub fn new(prefix: Option<&str>) -> Self {
-        let prefix = prefix.map_or_else(
-            || format!("{:016x}", rand::random::<u64>()),
-            str::to_owned,
-        );
+        let prefix =
+            prefix.map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_owned);
         Self { prefix, count: 0 }
     }
 

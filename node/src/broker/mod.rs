@@ -187,7 +187,8 @@ impl Broker {
     pub fn with_dedupe(mut self, window: std::time::Duration, max_bytes: usize) -> Self {
         self.dedupe_budget = Arc::new(DedupeBudget::new(max_bytes));
         for shard in self.shards.iter_mut() {
-            shard.get_mut().dedupe = DedupeStore::new(window_ms(window), self.dedupe_budget.clone());
+            shard.get_mut().dedupe =
+                DedupeStore::new(window_ms(window), self.dedupe_budget.clone());
         }
         self
     }

@@ -94,8 +94,15 @@ impl Broker {
             && shard.topics.is_ready(topic)
             && let Some(seen) = shard.dedupe.seen(topic, id, clock)
         {
-            self.stats.publish_duplicates.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(topic, id = id.wire(), ?seen, "publish sent again; no new event");
+            self.stats
+                .publish_duplicates
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                topic,
+                id = id.wire(),
+                ?seen,
+                "publish sent again; no new event"
+            );
             return match seen {
                 Seen::Stored(position) => Sequenced::Done(receipt(position)),
                 Seen::Pending(position) if !confirm => Sequenced::Done(receipt(position)),

@@ -715,7 +715,10 @@ mod tests {
                 panic!("a replica's copy");
             };
             let copy = copy.event.and_then(event_from_pb).expect("well formed");
-            assert_eq!(copy.publish_id, event.publish_id, "the replica knows the id");
+            assert_eq!(
+                copy.publish_id, event.publish_id,
+                "the replica knows the id"
+            );
         }
         let leaving = PeerMessage::Leaving {
             generation: 3,

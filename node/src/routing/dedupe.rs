@@ -454,7 +454,12 @@ mod tests {
         let (mut ids, budget) = store(2 * one);
         ids.remember_pending(&topic, PublishId::client("0000"), position(1), 0);
         for n in 1..5 {
-            ids.remember_stored(&topic, PublishId::client(&format!("{n:04}")), position(n), n as i64);
+            ids.remember_stored(
+                &topic,
+                PublishId::client(&format!("{n:04}")),
+                position(n),
+                n as i64,
+            );
         }
         assert!(
             ids.seen("t", &PublishId::client("0000"), 5).is_some(),
@@ -475,7 +480,10 @@ mod tests {
         let id = PublishId::client("a");
         ids.remember_pending(&topic, id.clone(), position(3), 0);
         ids.wait("t", &id, 1).unwrap();
-        assert!(ids.failed("t", &id, &position(2)).is_empty(), "another position");
+        assert!(
+            ids.failed("t", &id, &position(2)).is_empty(),
+            "another position"
+        );
         assert_eq!(ids.failed("t", &id, &position(3)), vec![1]);
         assert_eq!(ids.seen("t", &id, 0), None, "may be published again");
         assert_eq!(budget.used(), 0);

@@ -31,7 +31,11 @@ pub fn find(ops: &[&Op]) -> Vec<PublishedTwice> {
         let (id, epoch, seq, how) = match &op.kind {
             Kind::PublishOk { id, epoch, seq, .. } => (id, epoch, *seq, "acknowledged".to_owned()),
             Kind::Deliver {
-                id, epoch, seq, sub, ..
+                id,
+                epoch,
+                seq,
+                sub,
+                ..
             } => (id, epoch, *seq, format!("delivered to {sub}")),
             _ => continue,
         };

@@ -280,19 +280,28 @@ mod tests {
         assert_eq!(best.as_ref().map(|b| b.last_seq), Some(6));
 
         // An older answer does not replace what this node knows.
-        let heard = weigh_claim_answers(vec![reply(true, false, "e1", 2)], &mut best, &mut Vec::new());
+        let heard = weigh_claim_answers(
+            vec![reply(true, false, "e1", 2)],
+            &mut best,
+            &mut Vec::new(),
+        );
         assert_eq!(heard, Heard::default());
         assert_eq!(best.as_ref().map(|b| b.last_seq), Some(6));
 
         // A peer that said nothing may hold a newer position than anyone who answered (the
         // claim that numbered #4–#6 twice after a pause: its link was being replaced).
         let mut best = known("e1", 3);
-        let heard = weigh_claim_answers(vec![reply(false, false, "", 0), None], &mut best, &mut Vec::new());
+        let heard = weigh_claim_answers(
+            vec![reply(false, false, "", 0), None],
+            &mut best,
+            &mut Vec::new(),
+        );
         assert!(heard.silent && !heard.refused);
         assert_eq!(best.as_ref().map(|b| b.last_seq), Some(3));
 
         // A peer still owning the topic refuses.
-        let heard = weigh_claim_answers(vec![reply(false, true, "", 0)], &mut best, &mut Vec::new());
+        let heard =
+            weigh_claim_answers(vec![reply(false, true, "", 0)], &mut best, &mut Vec::new());
         assert!(heard.refused && !heard.silent);
 
         // An answer of another kind is no answer.

@@ -10,8 +10,8 @@ use super::replay::{REPLAY_PAGE, ReplayInProgress};
 use super::{Session, encode_reply};
 use crate::broker::Subscription;
 use crate::cluster::topics::{Publication, PublishError};
-use crate::routing::dedupe::PublishId;
 use crate::protocol::{BatchLimits, ErrorCode, Format, Reply, Request, RequestError};
+use crate::routing::dedupe::PublishId;
 use crate::routing::topic;
 
 /// What a publish costs in the node's publish buffer beyond its topic and data: the request
