@@ -22,6 +22,11 @@ pub fn remembered_bytes(topic: &str, id: &PublishId) -> usize {
     topic.len() + id.0.len() + ENTRY_OVERHEAD
 }
 
+/// How long ids a node gave the publishes it forwards are remembered at most: they only
+/// guard the node's own retries after a lost link (within its publish timeout, across a
+/// failover), so they need not take memory for the whole `dedupe_window`.
+pub const NODE_ID_WINDOW_MS: i64 = 30_000;
+
 /// Longest id accepted from a peer, tag included: peers check their clients' ids against
 /// `max_id_bytes` (at most 4096) already, and a node's own ids are shorter.
 pub const MAX_PEER_ID_BYTES: usize = 4096 + 2;
@@ -58,6 +63,11 @@ impl PublishId {
     /// The client's own id, when a client chose it.
     pub fn client_id(&self) -> Option<&str> {
         self.0.strip_prefix("c:")
+    }
+
+    /// 0 for a client's id, 1 for a node's: which window and expiry queue it has.
+    fn kind(&self) -> usize {
+        usize::from(self.0.starts_with("n:"))
     }
 }
 
@@ -131,29 +141,32 @@ struct Entry<W> {
 /// still in flight leaves to be told when it is stored.
 #[derive(Debug)]
 pub struct DedupeStore<W> {
-    window_ms: i64,
+    /// How long clients' ids and nodes' ids are remembered ([`PublishId::kind`]).
+    windows: [i64; 2],
     topics: HashMap<Arc<str>, HashMap<PublishId, Entry<W>, RandomState>, RandomState>,
-    /// (remembered at, topic, id), oldest first; an id remembered again or forgotten leaves
-    /// a stale entry here, skipped when it comes up (its time no longer matches).
-    order: VecDeque<(i64, Arc<str>, PublishId)>,
+    /// Per kind of id: (remembered at, topic, id), oldest first; an id remembered again or
+    /// forgotten leaves a stale entry here, skipped when it comes up (its time no longer
+    /// matches).
+    orders: [VecDeque<(i64, Arc<str>, PublishId)>; 2],
     budget: Arc<DedupeBudget>,
     count: usize,
 }
 
 impl<W> DedupeStore<W> {
-    /// A store remembering ids for `window_ms` (0: never), counted against `budget`.
+    /// A store remembering clients' ids for `window_ms` (0: never) and nodes' for at most
+    /// [`NODE_ID_WINDOW_MS`], counted against `budget`.
     pub fn new(window_ms: i64, budget: Arc<DedupeBudget>) -> Self {
         Self {
-            window_ms,
+            windows: [window_ms, window_ms.min(NODE_ID_WINDOW_MS)],
             topics: HashMap::default(),
-            order: VecDeque::new(),
+            orders: [VecDeque::new(), VecDeque::new()],
             budget,
             count: 0,
         }
     }
 
     pub fn enabled(&self) -> bool {
-        self.window_ms > 0
+        self.windows[0] > 0
     }
 
     /// Ids remembered here now.
@@ -165,14 +178,14 @@ impl<W> DedupeStore<W> {
         self.count == 0
     }
 
-    fn live(&self, entry: &Entry<W>, now_ms: i64) -> bool {
-        now_ms.saturating_sub(entry.remembered_ms) < self.window_ms
+    fn live(&self, id: &PublishId, remembered_ms: i64, now_ms: i64) -> bool {
+        now_ms.saturating_sub(remembered_ms) < self.windows[id.kind()]
     }
 
     /// What `id` says about a publish on `topic` now, if it is remembered within the window.
     pub fn seen(&self, topic: &str, id: &PublishId, now_ms: i64) -> Option<Seen> {
         let entry = self.topics.get(topic)?.get(id)?;
-        if !self.live(entry, now_ms) {
+        if !self.live(id, entry.remembered_ms, now_ms) {
             return None;
         }
         Some(match entry.waiting {
@@ -233,11 +246,11 @@ impl<W> DedupeStore<W> {
         if !self.enabled() {
             return;
         }
-        let now_ms = remembered_ms;
+        let window = self.windows[id.kind()];
         let ids = self.topics.entry(topic.clone()).or_default();
         if let Some(old) = ids.get(&id)
             && !replace
-            && now_ms.saturating_sub(old.remembered_ms) < self.window_ms
+            && remembered_ms.saturating_sub(old.remembered_ms) < window
         {
             return;
         }
@@ -251,34 +264,58 @@ impl<W> DedupeStore<W> {
             self.count += 1;
             self.budget.used.fetch_add(bytes, Ordering::Relaxed);
         }
-        self.order.push_back((remembered_ms, topic.clone(), id));
+        self.orders[id.kind()].push_back((remembered_ms, topic.clone(), id));
         while self.budget.over() && self.forget_oldest() {
             self.budget.forgotten_early.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Forgets this store's oldest id, unless it waits for its replicas; false when there
-    /// is nothing it may forget.
+    /// Forgets this store's oldest id (of either kind), unless it waits for its replicas;
+    /// false when there is nothing it may forget.
     fn forget_oldest(&mut self) -> bool {
-        while let Some((at, topic, id)) = self.order.front() {
+        loop {
+            for kind in 0..2 {
+                self.skip_stale(kind);
+            }
+            let fronts = self
+                .orders
+                .each_ref()
+                .map(|o| o.front().map(|(at, ..)| *at));
+            let kind = match fronts {
+                [Some(a), Some(b)] => usize::from(b < a),
+                [Some(_), None] => 0,
+                [None, Some(_)] => 1,
+                [None, None] => return false,
+            };
+            let (_, topic, id) = self.orders[kind].front().expect("front exists");
+            if self
+                .topics
+                .get(topic)
+                .and_then(|t| t.get(id))
+                .is_some_and(|e| e.waiting.is_some())
+            {
+                return false;
+            }
+            let (_, topic, id) = self.orders[kind].pop_front().expect("front exists");
+            if self.remove(&topic, &id).is_some() {
+                return true;
+            }
+        }
+    }
+
+    /// Drops the front entries of an expiry queue that no longer name a remembered id.
+    fn skip_stale(&mut self, kind: usize) {
+        while let Some((at, topic, id)) = self.orders[kind].front() {
             let current = self
                 .topics
                 .get(topic)
                 .and_then(|t| t.get(id))
-                .filter(|e| e.remembered_ms == *at);
-            match current {
-                None => {
-                    self.order.pop_front();
-                }
-                Some(entry) if entry.waiting.is_some() => return false,
-                Some(_) => {
-                    let (_, topic, id) = self.order.pop_front().expect("front exists");
-                    self.remove(&topic, &id);
-                    return true;
-                }
+                .is_some_and(|e| e.remembered_ms == *at);
+            if current {
+                return;
             }
+            self.orders[kind].pop_front();
         }
-        false
     }
 
     fn remove(&mut self, topic: &str, id: &PublishId) -> Option<Entry<W>> {
@@ -323,23 +360,25 @@ impl<W> DedupeStore<W> {
     /// Forgets the ids remembered for longer than the window (those still waiting for their
     /// replicas stay until they are stored or fail).
     pub fn expire(&mut self, now_ms: i64) {
-        while let Some((at, topic, id)) = self.order.front() {
-            if now_ms.saturating_sub(*at) < self.window_ms {
-                return;
-            }
-            let current = self
-                .topics
-                .get(topic)
-                .and_then(|t| t.get(id))
-                .filter(|e| e.remembered_ms == *at);
-            match current {
-                Some(entry) if entry.waiting.is_some() => return,
-                Some(_) => {
-                    let (_, topic, id) = self.order.pop_front().expect("front exists");
-                    self.remove(&topic, &id);
+        for kind in 0..2 {
+            while let Some((at, topic, id)) = self.orders[kind].front() {
+                if now_ms.saturating_sub(*at) < self.windows[kind] {
+                    break;
                 }
-                None => {
-                    self.order.pop_front();
+                let current = self
+                    .topics
+                    .get(topic)
+                    .and_then(|t| t.get(id))
+                    .filter(|e| e.remembered_ms == *at);
+                match current {
+                    Some(entry) if entry.waiting.is_some() => break,
+                    Some(_) => {
+                        let (_, topic, id) = self.orders[kind].pop_front().expect("front exists");
+                        self.remove(&topic, &id);
+                    }
+                    None => {
+                        self.orders[kind].pop_front();
+                    }
                 }
             }
         }
@@ -351,7 +390,7 @@ impl<W> DedupeStore<W> {
             return Vec::new();
         };
         ids.iter()
-            .filter(|(_, e)| self.live(e, now_ms))
+            .filter(|(id, e)| self.live(id, e.remembered_ms, now_ms))
             .map(|(id, e)| RememberedId {
                 id: id.clone(),
                 position: e.position.clone(),
@@ -364,7 +403,7 @@ impl<W> DedupeStore<W> {
     pub fn import(&mut self, topic: &Arc<str>, ids: Vec<RememberedId>, now_ms: i64) {
         for remembered in ids {
             let age = i64::try_from(remembered.age_ms).unwrap_or(i64::MAX);
-            if age >= self.window_ms {
+            if age >= self.windows[remembered.id.kind()] {
                 continue;
             }
             self.remember_stored(
@@ -524,6 +563,38 @@ mod tests {
             replica.seen("t", &PublishId::client("x"), 5_000_001),
             Some(Seen::Stored(position(9)))
         );
+    }
+
+    #[test]
+    fn ids_a_node_gave_are_remembered_for_a_shorter_time() {
+        let (mut ids, budget) = store(1 << 20);
+        let topic: Arc<str> = "t".into();
+        let node = PublishId::node("n1", 7, 1);
+        ids.remember_stored(&topic, node.clone(), position(1), 0);
+        ids.remember_stored(&topic, PublishId::client("a"), position(2), 0);
+        assert!(ids.seen("t", &node, NODE_ID_WINDOW_MS - 1).is_some());
+        assert_eq!(ids.seen("t", &node, NODE_ID_WINDOW_MS), None);
+        ids.expire(NODE_ID_WINDOW_MS);
+        assert_eq!(ids.len(), 1, "the client's id stays for its window");
+        assert!(
+            ids.seen("t", &PublishId::client("a"), NODE_ID_WINDOW_MS)
+                .is_some()
+        );
+        ids.expire(WINDOW);
+        assert!(ids.is_empty());
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn over_the_budget_the_oldest_of_either_kind_goes_first() {
+        let topic: Arc<str> = "t".into();
+        let one = remembered_bytes("t", &PublishId::client("0000"));
+        let (mut ids, _) = store(2 * one);
+        ids.remember_stored(&topic, PublishId::client("0000"), position(1), 0);
+        ids.remember_stored(&topic, PublishId::node("n", 1, 1), position(2), 1);
+        ids.remember_stored(&topic, PublishId::client("0002"), position(3), 2);
+        assert_eq!(ids.seen("t", &PublishId::client("0000"), 3), None);
+        assert!(ids.seen("t", &PublishId::client("0002"), 3).is_some());
     }
 
     #[test]
