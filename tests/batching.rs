@@ -268,6 +268,7 @@ async fn batched_protobuf_subscriber_gets_every_event_in_order_within_its_bounds
                 data: bytes::Bytes::from(format!("payload {i}")),
                 encoding: pb::Encoding::Binary as i32,
                 r#ref: None,
+                id: None,
             }))
         })
         .collect();

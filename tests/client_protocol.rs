@@ -334,6 +334,7 @@ async fn json_and_protobuf_clients_interoperate() -> TestResult {
             data: Bytes::from_static(&[0, 1, 2, 250]),
             encoding: pb::Encoding::Binary as i32,
             r#ref: Some("b1".into()),
+            id: None,
         }))
         .await?;
     match proto.recv_proto().await?.op {
@@ -360,6 +361,7 @@ async fn json_and_protobuf_clients_interoperate() -> TestResult {
             data: Bytes::from_static(b"\"chat \xe0\x88 hi\""),
             encoding: pb::Encoding::Json as i32,
             r#ref: Some("u1".into()),
+            id: None,
         }))
         .await?;
     match proto.recv_proto().await?.op {
@@ -377,6 +379,7 @@ async fn json_and_protobuf_clients_interoperate() -> TestResult {
             data: Bytes::from_static(br#"{"from":"proto"}"#),
             encoding: pb::Encoding::Json as i32,
             r#ref: None,
+            id: None,
         }))
         .await?;
     let inline = json_client.recv_json().await?;

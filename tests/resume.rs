@@ -347,6 +347,7 @@ async fn a_live_event_past_a_resume_cursor_the_replay_could_not_fill_makes_the_c
             epoch: epoch.as_str().into(),
             last_seq: 5,
             events: Vec::new(),
+            ids: Vec::new(),
         }),
     );
     let (ok, _) = publisher.publish("held.t", json!(6), "p6").await?;

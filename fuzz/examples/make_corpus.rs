@@ -155,6 +155,7 @@ fn protobuf_seeds(path: &Path) -> std::io::Result<()> {
             data: Bytes::from_static(&[0, 1, 2, 0xfa]),
             encoding: client_pb::Encoding::Binary as i32,
             r#ref: Some("p9".into()),
+            id: None,
         })),
     )?;
     write(
@@ -165,6 +166,7 @@ fn protobuf_seeds(path: &Path) -> std::io::Result<()> {
             data: Bytes::from_static(b"{nope"),
             encoding: client_pb::Encoding::Json as i32,
             r#ref: Some("p2".into()),
+            id: None,
         })),
     )?;
     write(
@@ -175,6 +177,7 @@ fn protobuf_seeds(path: &Path) -> std::io::Result<()> {
             data: Bytes::from_static(b"1"),
             encoding: 7,
             r#ref: None,
+            id: None,
         })),
     )?;
     write(

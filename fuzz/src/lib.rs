@@ -116,11 +116,15 @@ pub fn to_json(request: &Request) -> Option<String> {
             topic,
             payload,
             reference,
+            id,
         } => {
             put("op", "pub".into());
             put("topic", topic.as_str().into());
             if let Some(reference) = reference {
                 put("ref", reference.as_str().into());
+            }
+            if let Some(id) = id {
+                put("id", id.as_str().into());
             }
             match payload {
                 Payload::Json(text) => raw_data = Some(std::str::from_utf8(text).ok()?),
@@ -209,6 +213,7 @@ pub fn to_protobuf(request: &Request) -> Bytes {
             topic,
             payload,
             reference,
+            id,
         } => {
             let (data, encoding) = match payload {
                 Payload::Json(b) => (b.clone(), pb::Encoding::Json),
@@ -219,6 +224,7 @@ pub fn to_protobuf(request: &Request) -> Bytes {
                 data,
                 encoding: encoding as i32,
                 r#ref: reference.clone(),
+                id: id.clone(),
             })
         }
         Request::Ack { delivery } => Op::Ack(pb::Ack {

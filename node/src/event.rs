@@ -57,6 +57,9 @@ pub struct Event {
     /// Node wall-clock time when the event was sequenced, in ms since the Unix epoch.
     pub ts: i64,
     pub payload: Payload,
+    /// The publish's idempotency key, when it has one: sent to replicas with the event, so
+    /// that they remember it too (see `routing::dedupe`). Never shown to subscribers.
+    pub publish_id: Option<crate::routing::dedupe::PublishId>,
     /// The JSON encoding of every field after `sub` (see `protocol::json`).
     pub(crate) json_tail: OnceLock<Box<str>>,
     /// The protobuf encoding of the `Event` message without `sub` and delivery fields.
@@ -71,9 +74,17 @@ impl Event {
             seq,
             ts,
             payload,
+            publish_id: None,
             json_tail: OnceLock::new(),
             proto_body: OnceLock::new(),
         }
+    }
+
+    /// The event with the idempotency key of the publish it came from.
+    #[must_use]
+    pub fn with_publish_id(mut self, id: Option<crate::routing::dedupe::PublishId>) -> Self {
+        self.publish_id = id;
+        self
     }
 }
 

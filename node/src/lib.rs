@@ -10,6 +10,7 @@
 //! - [`metrics`]: Prometheus metrics;
 //! - [`cluster`]: gossip membership, the QUIC mesh, topic ownership;
 //! - [`client`]: the WebSocket client behind `murmur sub` and `murmur pub`;
+//! - [`publisher`]: `murmur pub`'s publishing with ids, sent again after `unavailable`;
 //! - [`limits`]: rate limiters for log lines and publishes;
 //! - [`tls_files`]: certificates and keys read from PEM files.
 
@@ -25,6 +26,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod protocol;
+pub mod publisher;
 pub mod routing;
 pub mod tls_files;
 

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use murmur::client::{Client, DEFAULT_URL, ResumeCursor, data_from_arg, refused};
+use murmur::client::{Client, DEFAULT_URL, ResumeCursor, data_from_arg};
 use murmur::config::{LogFormat, ServeArgs};
 use murmur::node::RunningNode;
+use murmur::publisher::{IdSource, Outcome, PublishOptions, Publisher};
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use tracing_subscriber::EnvFilter;
@@ -125,6 +126,16 @@ enum Command {
         /// development.
         #[arg(long, env = "MURMUR_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// The event's idempotency key: sent again with the same id within the node's
+        /// `dedupe_window`, it gets the first one's epoch and seq instead of becoming a
+        /// second event. With `-`, the prefix of the lines' ids (`ID-1`, `ID-2`, …)
+        /// [default: a random prefix per run].
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// How many times an event is sent again, with its id, after `unavailable` or a lost
+        /// connection.
+        #[arg(long, default_value_t = 5, value_name = "N")]
+        retries: u32,
     },
 }
 
@@ -302,10 +313,18 @@ fn main() -> anyhow::Result<()> {
             url,
             ca,
             token,
+            id,
+            retries,
         } => {
             init_logging("warn", LogFormat::Human)?;
             let tls = tls_for(std::slice::from_ref(&url), ca.as_deref())?;
-            runtime.block_on(publish(&url, tls, token.as_deref(), &topic, &data))
+            let options = PublishOptions {
+                url,
+                tls,
+                token,
+                retries,
+            };
+            runtime.block_on(publish(options, &topic, &data, id.as_deref()))
         }
     }
 }
@@ -499,80 +518,53 @@ async fn relay(
     Ok(())
 }
 
-/// Publishes with a `ref` each and waits for every `ok`, keeping at most this many in flight.
-const PUBLISH_WINDOW: usize = 1000;
-
+/// Publishes `data` (or each line of stdin for `-`) with an id each, sending an event again
+/// with its id after `unavailable` or a lost connection (see `murmur::publisher`).
 async fn publish(
-    url: &str,
-    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
-    token: Option<&str>,
+    options: PublishOptions,
     topic: &str,
     data: &str,
+    id: Option<&str>,
 ) -> anyhow::Result<()> {
-    let mut client = Client::connect_with(url, tls).await?;
-    if let Some(token) = token {
-        client.authenticate(token).await?;
-    }
+    let mut publisher = Publisher::connect(options, topic).await?;
     if data != "-" {
-        client
-            .send(&json!({"op": "pub", "topic": topic, "data": data_from_arg(data), "ref": "1"}))
-            .await?;
-        let ok = await_reply(&mut client).await?;
-        eprintln!(
-            "published to {topic}: epoch {} seq {}",
-            ok["epoch"].as_str().unwrap_or("?"),
-            ok["seq"]
-        );
-        return Ok(());
+        let id = id.map_or_else(|| IdSource::new(None).next_id(), str::to_owned);
+        publisher.publish(data_from_arg(data), id).await?;
+        return match publisher.finish().await?.pop() {
+            Some(Outcome::Stored { epoch, seq, .. }) => {
+                eprintln!("published to {topic}: epoch {epoch} seq {seq}");
+                Ok(())
+            }
+            Some(Outcome::Refused { error, .. }) => bail!("the node refused the event: {error}"),
+            None => bail!("no answer from the node"),
+        };
     }
+    let mut ids = IdSource::new(id);
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let (mut sent, mut acknowledged, mut refused_count) = (0usize, 0usize, 0usize);
     while let Some(line) = lines.next_line().await? {
         if line.trim().is_empty() {
             continue;
         }
-        sent += 1;
-        let frame = json!({"op": "pub", "topic": topic, "data": data_from_arg(&line), "ref": sent.to_string()});
-        client.send(&frame).await?;
-        while sent - acknowledged - refused_count >= PUBLISH_WINDOW {
-            tally(&mut client, &mut acknowledged, &mut refused_count).await?;
+        publisher
+            .publish(data_from_arg(&line), ids.next_id())
+            .await?;
+    }
+    let outcomes = publisher.finish().await?;
+    let mut refused_count = 0;
+    for outcome in &outcomes {
+        if let Outcome::Refused { id, error } = outcome {
+            eprintln!("event {id} refused: {error}");
+            refused_count += 1;
         }
     }
-    while acknowledged + refused_count < sent {
-        tally(&mut client, &mut acknowledged, &mut refused_count).await?;
-    }
-    eprintln!("published {acknowledged} events to {topic}");
+    eprintln!(
+        "published {} events to {topic}",
+        outcomes.len() - refused_count
+    );
     if refused_count > 0 {
-        bail!("{refused_count} of {sent} events were refused");
+        bail!("{refused_count} of {} events were refused", outcomes.len());
     }
     Ok(())
-}
-
-async fn tally(
-    client: &mut Client,
-    ok: &mut usize,
-    refused_count: &mut usize,
-) -> anyhow::Result<()> {
-    match await_reply(client).await {
-        Ok(_) => *ok += 1,
-        Err(err) => {
-            eprintln!("{err}");
-            *refused_count += 1;
-        }
-    }
-    Ok(())
-}
-
-/// The next `ok` (Ok) or `error` (Err) frame, skipping anything else.
-async fn await_reply(client: &mut Client) -> anyhow::Result<serde_json::Value> {
-    loop {
-        let frame = client.next_frame().await?;
-        match frame["op"].as_str() {
-            Some("ok") => return Ok(frame),
-            Some("error") => return Err(refused(&frame).into()),
-            _ => {}
-        }
-    }
 }
 
 async fn members(url: &str, raw: bool) -> anyhow::Result<()> {

@@ -165,6 +165,13 @@ pub(crate) struct StateSnapshot {
     pub events_published: u64,
     pub events_from_peers: u64,
     pub group_deliveries_lost: u64,
+    /// Publishes answered from a remembered id (no second event).
+    pub publish_duplicates: u64,
+    /// Publish ids remembered now, their bytes, and those forgotten early to stay under
+    /// `dedupe_max_bytes`.
+    pub dedupe_ids: i64,
+    pub dedupe_bytes: i64,
+    pub dedupe_forgotten_early: u64,
     /// Times this node told its subscribers to resync (it lost contact with a peer).
     pub resync_signals: u64,
     fanout: Vec<(f64, u64)>,
@@ -205,6 +212,7 @@ impl StateSnapshot {
         };
         let gossip = &node.cluster.gossip.stats;
         let (fanout, fanout_sum, fanout_count) = broker.stats.fanout.snapshot();
+        let (dedupe_ids, dedupe_bytes, dedupe_forgotten_early) = broker.dedupe_size();
         Self {
             subscriptions: broker.subscriptions() as i64,
             topics: broker.topics_known() as i64,
@@ -221,6 +229,10 @@ impl StateSnapshot {
             events_published: broker.stats.events_published.load(Relaxed),
             events_from_peers: broker.stats.events_from_peers.load(Relaxed),
             group_deliveries_lost: broker.stats.group_deliveries_lost.load(Relaxed),
+            publish_duplicates: broker.stats.publish_duplicates.load(Relaxed),
+            dedupe_ids: dedupe_ids as i64,
+            dedupe_bytes: dedupe_bytes as i64,
+            dedupe_forgotten_early,
             resync_signals: *node.cluster.resync_signal().borrow(),
             fanout,
             fanout_sum,
@@ -370,6 +382,33 @@ impl Collector for StateSnapshot {
             "murmur_queue_deliveries_lost",
             "Queue-group events no member could take",
             self.group_deliveries_lost,
+        )?;
+        counter(
+            &mut encoder,
+            "murmur_publish_duplicates",
+            "Publishes whose id this node (as the topic's owner) remembered: answered with the \
+             first one's position, no second event",
+            self.publish_duplicates,
+        )?;
+        gauge(
+            &mut encoder,
+            "murmur_dedupe_ids",
+            "Publish ids remembered on this node (owned topics and replica copies) for \
+             dedupe_window",
+            self.dedupe_ids,
+        )?;
+        gauge(
+            &mut encoder,
+            "murmur_dedupe_bytes",
+            "Bytes of remembered publish ids, against dedupe_max_bytes",
+            self.dedupe_bytes,
+        )?;
+        counter(
+            &mut encoder,
+            "murmur_dedupe_ids_forgotten_early",
+            "Publish ids forgotten before dedupe_window ended, to stay under dedupe_max_bytes: \
+             a publish sent again with one of them would be a second event",
+            self.dedupe_forgotten_early,
         )?;
         counter(
             &mut encoder,

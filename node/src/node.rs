@@ -201,7 +201,9 @@ impl RunningNode {
             advertise("listen", local_addr)?,
         );
         let broker = Arc::new(
-            Broker::new(settings.retention()).with_topic_idle_forget(settings.topic_idle_forget),
+            Broker::new(settings.retention())
+                .with_topic_idle_forget(settings.topic_idle_forget)
+                .with_dedupe(settings.dedupe_window, settings.dedupe_max_bytes),
         );
         let cluster = Cluster::start(
             ClusterSetup {

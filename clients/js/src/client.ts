@@ -217,7 +217,11 @@ export class Client extends Emitter<ClientEvents> {
    * `forbidden`, `rate_limited`, …) or `connection_lost`, `timeout`, `queue_full`, `closed`.
    * While disconnected it waits (up to `maxQueuedPublishes`) for the next connection.
    *
-   * `id` is sent along for idempotent publishing; nodes that don't support it ignore it.
+   * `id` makes the publish idempotent: the topic's owner and its replicas remember it for
+   * the node's `dedupe_window` (2 min by default), and a publish sent again with the same
+   * `id` gets the first one's `epoch`/`seq` instead of a second event. This client does not
+   * send a publish again by itself: after `unavailable`, `connection_lost` or `timeout`,
+   * call `publish` again with the same `id`.
    */
   publish(topic: string, data: unknown, options: { id?: string } = {}): Promise<Published> {
     if (data === undefined) return Promise.reject(new TypeError("data is required (null is allowed)"));

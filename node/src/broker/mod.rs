@@ -35,6 +35,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::cluster::link::{Interest, PeerLink, PeerMessage};
 use crate::routing::SubscriptionIndex;
+use crate::routing::dedupe::{DedupeBudget, DedupeStore};
 use crate::routing::history::{HistoryStore, Retention};
 use crate::routing::topic::validate_pattern;
 use crate::routing::topics::TopicTable;
@@ -94,6 +95,9 @@ pub struct BrokerStats {
     pub group_deliveries_lost: AtomicU64,
     /// Subscriptions and peers each event was queued to when fanned out.
     pub fanout: crate::metrics::CountHistogram,
+    /// Publishes whose id was remembered: answered with the first one's position, no new
+    /// event.
+    pub publish_duplicates: AtomicU64,
 }
 
 /// Longest pattern accepted from a peer; peers validate their clients' patterns already.
@@ -125,6 +129,8 @@ pub struct Broker {
     /// While it fences this node (woken from a stall), queue-group events forwarded here
     /// are given back to the node that placed them rather than placed on a member here.
     stall_fence: std::sync::OnceLock<Arc<crate::cluster::fence::StallFence>>,
+    /// Bounds the publish ids remembered across every shard (setting `dedupe_max_bytes`).
+    dedupe_budget: Arc<DedupeBudget>,
     pub stats: BrokerStats,
 }
 
@@ -134,11 +140,23 @@ pub struct Broker {
 struct TopicShard {
     topics: TopicTable<StoredSignal>,
     history: HistoryStore,
+    /// The publish ids remembered for these topics (setting `dedupe_window`).
+    dedupe: DedupeStore<DuplicateWaiter>,
+}
+
+/// A publish sent again with the id of one still waiting for its replicas: told when that
+/// one is stored (dropped when it fails), holding its share of the publish buffer until then.
+#[derive(Debug)]
+struct DuplicateWaiter {
+    stored: tokio::sync::oneshot::Sender<()>,
+    _permit: Option<PublishPermit>,
 }
 
 impl Broker {
     /// A broker that keeps history as `retention` says.
     pub fn new(retention: Retention) -> Self {
+        let dedupe_budget = Arc::new(DedupeBudget::new(crate::config::DEFAULT_DEDUPE_MAX_BYTES));
+        let dedupe_window = window_ms(crate::config::DEFAULT_DEDUPE_WINDOW);
         Self {
             index: RwLock::new(SubscriptionIndex::new()),
             remote: RwLock::new(SubscriptionIndex::new()),
@@ -148,6 +166,7 @@ impl Broker {
                     Mutex::new(TopicShard {
                         topics: TopicTable::default(),
                         history: HistoryStore::new(retention.clone()),
+                        dedupe: DedupeStore::new(dedupe_window, dedupe_budget.clone()),
                     })
                 })
                 .collect(),
@@ -161,6 +180,7 @@ impl Broker {
             topic_idle_forget: crate::config::DEFAULT_TOPIC_IDLE_FORGET,
             started: std::time::Instant::now(),
             stall_fence: std::sync::OnceLock::new(),
+            dedupe_budget,
             stats: BrokerStats::default(),
         }
     }
@@ -173,6 +193,29 @@ impl Broker {
     /// True while the stall fence forbids placing queue-group events here.
     pub(crate) fn is_fenced(&self) -> bool {
         self.stall_fence.get().is_some_and(|f| f.is_fenced())
+    }
+
+    /// Remembers publish ids for `window` (0: not at all) within `max_bytes` across the
+    /// node (settings `dedupe_window`, `dedupe_max_bytes`).
+    #[must_use]
+    pub fn with_dedupe(mut self, window: std::time::Duration, max_bytes: usize) -> Self {
+        self.dedupe_budget = Arc::new(DedupeBudget::new(max_bytes));
+        for shard in self.shards.iter_mut() {
+            shard.get_mut().dedupe =
+                DedupeStore::new(window_ms(window), self.dedupe_budget.clone());
+        }
+        self
+    }
+
+    /// (ids remembered, their bytes against `dedupe_max_bytes`, ids forgotten before their
+    /// window ended to stay under it).
+    pub fn dedupe_size(&self) -> (usize, usize, u64) {
+        let ids = self.shards.iter().map(|s| s.lock().dedupe.len()).sum();
+        (
+            ids,
+            self.dedupe_budget.used(),
+            self.dedupe_budget.forgotten_early(),
+        )
     }
 
     /// Forgets topics quiet for `idle` with nothing retained (setting `topic_idle_forget`).
@@ -333,6 +376,10 @@ impl Broker {
     }
 }
 
+fn window_ms(window: std::time::Duration) -> i64 {
+    i64::try_from(window.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Milliseconds since the Unix epoch, the `ts` of events.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -342,6 +389,8 @@ pub fn now_ms() -> i64 {
 
 mod listing;
 
+#[cfg(test)]
+mod dedupe_tests;
 #[cfg(test)]
 mod forget_tests;
 #[cfg(test)]

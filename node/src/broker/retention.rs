@@ -14,7 +14,8 @@ impl Broker {
         self.sweep_at(now_ms(), self.clock_ms(), claimed)
     }
 
-    /// Trims every topic's history by age as of `now_ms` (wall clock, the events' `ts`),
+    /// Trims every topic's history by age as of `now_ms` (wall clock, the events' `ts`) and
+    /// forgets the publish ids remembered for longer than `dedupe_window` (as of `clock_ms`),
     /// then forgets each topic quiet, as of `clock_ms` ([`Self::clock_ms`]), for
     /// `topic_idle_forget` and for its history's `max_age` (so nothing is retained any
     /// more), with no event waiting for replicas, and not in `claimed`. Its epoch, last
@@ -37,6 +38,7 @@ impl Broker {
             let mut guard = shard.lock();
             let shard = &mut *guard;
             shard.history.expire(now_ms);
+            shard.dedupe.expire(clock_ms);
             let gone = {
                 let idle = self.idle_long_enough(&shard.history, clock_ms);
                 shard.topics.forget_idle(|topic, last_active| {

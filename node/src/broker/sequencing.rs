@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering;
 
 use crate::cluster::link::{PeerLink, PeerMessage};
 use crate::event::{Event, Payload};
+use crate::routing::dedupe::{Position, PublishId, RememberedId, Seen};
 use crate::routing::topics::{Completed, HandOverRefused, new_epoch, newer_epoch};
 
-use super::{Broker, PlacedOnPeer, now_ms};
+use super::{Broker, DuplicateWaiter, PlacedOnPeer, TopicShard, now_ms};
 
 /// Where an accepted publish landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +64,8 @@ pub struct TopicSnapshot {
     pub epoch: Arc<str>,
     pub last_seq: u64,
     pub events: Vec<Arc<Event>>,
+    /// The publish ids remembered for the topic (idempotent publishing).
+    pub ids: Vec<RememberedId>,
 }
 
 impl Broker {
@@ -78,25 +81,68 @@ impl Broker {
         replicas: &[Arc<PeerLink>],
         confirm: bool,
     ) -> Sequenced {
-        self.sequence_holding(topic, payload, replicas, confirm, None)
+        self.sequence_holding(topic, payload, None, replicas, confirm, None)
     }
 
-    /// [`sequence`](Self::sequence), keeping `permit` until the event is stored everywhere
-    /// (or fails).
+    /// [`sequence`](Self::sequence) for a publish with idempotency key `id`, keeping
+    /// `permit` until the event is stored everywhere (or fails). A publish whose `id` is
+    /// remembered for the topic creates no event: it gets the first one's position, at once
+    /// when that one is stored, else once it is (it fails with it).
     pub fn sequence_holding(
         &self,
         topic: &str,
         payload: Payload,
+        id: Option<PublishId>,
         replicas: &[Arc<PeerLink>],
         confirm: bool,
         permit: Option<PublishPermit>,
     ) -> Sequenced {
         let mut shard = self.shard(topic).lock();
-        let Some((name, epoch, seq)) = shard.topics.next(topic, self.clock_ms()) else {
+        let clock = self.clock_ms();
+        if let Some(id) = &id
+            && shard.topics.is_ready(topic)
+            && let Some(seen) = shard.dedupe.seen(topic, id, clock)
+        {
+            self.stats
+                .publish_duplicates
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                topic,
+                id = id.wire(),
+                ?seen,
+                "publish sent again; no new event"
+            );
+            return match seen {
+                Seen::Stored(position) => Sequenced::Done(receipt(position)),
+                Seen::Pending(position) if !confirm => Sequenced::Done(receipt(position)),
+                Seen::Pending(position) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let waiter = DuplicateWaiter {
+                        stored: tx,
+                        _permit: permit,
+                    };
+                    match shard.dedupe.wait(topic, id, waiter) {
+                        Ok(()) => Sequenced::Waiting(receipt(position), rx),
+                        Err(_) => Sequenced::Done(receipt(position)),
+                    }
+                }
+            };
+        }
+        let Some((name, epoch, seq)) = shard.topics.next(topic, clock) else {
             return Sequenced::NotReady;
         };
+        if let Some(id) = &id {
+            let position = Position {
+                epoch: epoch.clone(),
+                seq,
+            };
+            shard
+                .dedupe
+                .remember_pending(&name, id.clone(), position, clock);
+        }
         let now = now_ms();
-        let event = Arc::new(Event::new(name, epoch.clone(), seq, now, payload));
+        let event =
+            Arc::new(Event::new(name, epoch.clone(), seq, now, payload).with_publish_id(id));
         tracing::trace!(topic, seq, replicas = replicas.len(), "sequenced");
         // A replica new to this topic first gets everything retained so far, so that it can
         // serve resumes and take over with the whole history.
@@ -116,6 +162,7 @@ impl Broker {
                     epoch: epoch.clone(),
                     last_seq: seq - 1,
                     events: retained.clone(),
+                    ids: shard.dedupe.export(topic, clock),
                 });
             }
         }
@@ -135,7 +182,7 @@ impl Broker {
             (notify.is_some() || permit.is_some()).then_some(StoredSignal { notify, permit });
         let waiting_for = replicas.iter().map(|r| r.name.clone()).collect();
         let done = shard.topics.hold(event, waiting_for, signal);
-        self.complete(done);
+        self.complete(&mut shard, done);
         drop(shard);
         match stored {
             None => Sequenced::Done(receipt),
@@ -156,8 +203,9 @@ impl Broker {
     }
 
     /// Fans out events whose replicas have all stored them, in order, and tells their
-    /// publishers. Called with the topic's shard locked, which keeps the order.
-    fn complete(&self, done: Vec<Completed<StoredSignal>>) {
+    /// publishers (and those that sent the same publish again meanwhile). Called with the
+    /// topic's shard locked, which keeps the order.
+    fn complete(&self, shard: &mut TopicShard, done: Vec<Completed<StoredSignal>>) {
         for (event, signal) in done {
             tracing::trace!(topic = %event.topic, seq = event.seq, "stored; fanning out");
             let (notify, hold) = signal.map_or((None, None), |s| (s.notify, s.permit));
@@ -166,14 +214,44 @@ impl Broker {
             if let Some(tx) = notify {
                 let _ = tx.send(());
             }
+            if let Some(id) = &event.publish_id {
+                for waiter in shard.dedupe.stored(&event.topic, id) {
+                    let _ = waiter.stored.send(());
+                }
+            }
         }
+    }
+
+    /// An event that failed (never stored on its replicas): its id is forgotten, so that
+    /// the publish may be sent again, and the publishes of the same id waiting with it fail.
+    fn forget_failed(shard: &mut TopicShard, event: &Event) {
+        shard
+            .history
+            .forget_from(&event.topic, &event.epoch, event.seq);
+        if let Some(id) = &event.publish_id {
+            let position = Position {
+                epoch: event.epoch.clone(),
+                seq: event.seq,
+            };
+            drop(shard.dedupe.failed(&event.topic, id, &position));
+        }
+    }
+
+    /// Remembers publish ids another node knew for `topic` (a claim's answers).
+    pub fn remember_ids(&self, topic: &str, ids: Vec<RememberedId>) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut shard = self.shard(topic).lock();
+        let clock = self.clock_ms();
+        shard.dedupe.import(&Arc::from(topic), ids, clock);
     }
 
     /// A replica reports `topic` stored up to `seq` of `epoch`.
     pub fn on_stored(&self, peer: &str, topic: &str, epoch: &str, seq: u64) {
         let mut shard = self.shard(topic).lock();
         let done = shard.topics.stored(peer, topic, epoch, seq);
-        self.complete(done);
+        self.complete(&mut shard, done);
     }
 
     /// A peer is gone: no replica acknowledgement will come from it, and the queue-group
@@ -186,7 +264,7 @@ impl Broker {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             let gone = shard.topics.peer_gone(peer);
-            self.complete(gone.completed);
+            self.complete(&mut shard, gone.completed);
             orphaned.extend(gone.orphaned);
         }
         let placed_there: Vec<PlacedOnPeer> = {
@@ -235,6 +313,7 @@ impl Broker {
                     epoch: epoch.clone(),
                     last_seq,
                     events: retained.clone(),
+                    ids: shard.dedupe.export(topic, self.clock_ms()),
                 });
             }
         }
@@ -244,7 +323,7 @@ impl Broker {
                 replica.send_control(PeerMessage::Replicate(event.clone()));
             }
         }
-        self.complete(again.completed);
+        self.complete(&mut shard, again.completed);
     }
 
     /// True when events of `topic` wait for the placement's replicas to be asked again.
@@ -260,9 +339,7 @@ impl Broker {
         let mut shard = self.shard(topic).lock();
         for (event, _signal) in shard.topics.fail_orphans(topic) {
             tracing::debug!(topic = %event.topic, seq = event.seq, "no replica could store it in time; the event fails");
-            shard
-                .history
-                .forget_from(&event.topic, &event.epoch, event.seq);
+            Self::forget_failed(&mut shard, &event);
         }
     }
 
@@ -289,9 +366,23 @@ impl Broker {
             if !state.moved {
                 return Err(ReplicaRefusal::SequencesItself);
             }
-            if state.epoch == event.epoch && state.last_seq >= event.seq {
-                return Ok(receipt);
-            }
+        }
+        let held = shard
+            .topics
+            .get(&event.topic)
+            .is_some_and(|t| t.epoch == event.epoch && t.last_seq >= event.seq);
+        if let Some(id) = &event.publish_id {
+            let position = Position {
+                epoch: event.epoch.clone(),
+                seq: event.seq,
+            };
+            let clock = self.clock_ms();
+            shard
+                .dedupe
+                .remember_stored(&event.topic, id.clone(), position, clock);
+        }
+        if held {
+            return Ok(receipt);
         }
         shard.topics.replicated(&event, self.clock_ms());
         shard.history.append(event, now);
@@ -306,9 +397,7 @@ impl Broker {
         let mut shard = self.shard(topic).lock();
         for (event, _signal) in shard.topics.fail_pending(topic) {
             tracing::debug!(topic = %event.topic, seq = event.seq, "a replica refused it; the event fails");
-            shard
-                .history
-                .forget_from(&event.topic, &event.epoch, event.seq);
+            Self::forget_failed(&mut shard, &event);
         }
     }
 
@@ -321,9 +410,11 @@ impl Broker {
     pub fn store_copy(&self, topic: &str, snapshot: TopicSnapshot) {
         let mut shard = self.shard(topic).lock();
         let now = now_ms();
+        let clock = self.clock_ms();
+        shard.dedupe.import(&Arc::from(topic), snapshot.ids, clock);
         if shard
             .topics
-            .install_copy(topic, snapshot.epoch, snapshot.last_seq, self.clock_ms())
+            .install_copy(topic, snapshot.epoch, snapshot.last_seq, clock)
         {
             shard.history.replace(topic, snapshot.events, now);
         }
@@ -338,9 +429,7 @@ impl Broker {
             let mut shard = shard.lock();
             for (event, _signal) in shard.topics.relinquish_all() {
                 tracing::debug!(topic = %event.topic, seq = event.seq, "relinquished before stored; the event fails");
-                shard
-                    .history
-                    .forget_from(&event.topic, &event.epoch, event.seq);
+                Self::forget_failed(&mut shard, &event);
             }
         }
     }
@@ -360,7 +449,9 @@ impl Broker {
         let clock = self.clock_ms();
         self.forget_if_idle(&mut shard, topic, clock);
         match known {
-            Some(snapshot) => {
+            Some(mut snapshot) => {
+                let ids = std::mem::take(&mut snapshot.ids);
+                shard.dedupe.import(&Arc::from(topic), ids, clock);
                 let ours = shard
                     .topics
                     .get(topic)
@@ -414,6 +505,7 @@ impl Broker {
             epoch: state.epoch.clone(),
             last_seq: state.last_seq,
             events,
+            ids: shard.dedupe.export(topic, self.clock_ms()),
         })
     }
 
@@ -429,7 +521,15 @@ impl Broker {
             epoch,
             last_seq,
             events,
+            ids: shard.dedupe.export(topic, self.clock_ms()),
         }))
+    }
+}
+
+fn receipt(position: Position) -> Receipt {
+    Receipt {
+        epoch: position.epoch,
+        seq: position.seq,
     }
 }
 
@@ -466,6 +566,7 @@ mod tests {
                 epoch: old_epoch.clone(),
                 last_seq: 0,
                 events: Vec::new(),
+                ids: Vec::new(),
             }),
         );
         assert_eq!(
@@ -631,6 +732,7 @@ mod tests {
                 epoch: epoch.clone(),
                 last_seq: 3,
                 events: vec![theirs(2), theirs(3)],
+                ids: Vec::new(),
             }),
         );
         assert_eq!(installed, epoch, "the newer knowledge continues the epoch");

@@ -69,6 +69,8 @@ pub enum PeerMessage {
         epoch: Arc<str>,
         last_seq: u64,
         events: Vec<Arc<Event>>,
+        /// The publish ids the owner remembers for the topic.
+        ids: Vec<crate::routing::dedupe::RememberedId>,
     },
     /// A request or reply of the topic protocol, already in wire form.
     Frame(murmur_proto::cluster::v1::peer_frame::Msg),

@@ -73,6 +73,10 @@ pub struct Cluster {
     /// Requests to peers awaiting their reply, by id, with the peer asked.
     requests: Mutex<HashMap<u64, PendingRequest>>,
     next_request: std::sync::atomic::AtomicU64,
+    /// The ids this node gives the publishes it forwards to their owner, so that one sent
+    /// again after a lost link is not numbered twice: a number random per process, and a
+    /// counter.
+    publish_ids: (u64, std::sync::atomic::AtomicU64),
     /// Topics being claimed, with the publishes that wait for the claim.
     claims: Mutex<HashMap<Arc<str>, Vec<topics::Queued>>>,
     /// Set when the node begins to leave: it sequences nothing more.
@@ -168,6 +172,7 @@ impl Cluster {
             stats: ClusterStats::default(),
             requests: Mutex::new(HashMap::new()),
             next_request: std::sync::atomic::AtomicU64::new(1),
+            publish_ids: (rand::random(), std::sync::atomic::AtomicU64::new(1)),
             claims: Mutex::new(HashMap::new()),
             leaving: std::sync::atomic::AtomicBool::new(false),
             majority: std::sync::atomic::AtomicBool::new(alone_by_design),
@@ -709,6 +714,7 @@ impl Cluster {
                         .filter_map(transport::event_from_pb)
                         .map(Arc::new)
                         .collect(),
+                    ids: transport::remembered_from_pb(sync.ids),
                 };
                 self.broker.store_copy(&sync.topic, snapshot);
             }

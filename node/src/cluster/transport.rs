@@ -25,6 +25,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use super::link::{Interest, PeerLink, PeerMessage};
 use super::security::{NodeIdentity, SecurityError, certificate_names};
 use crate::event::{Event, Payload};
+use crate::routing::dedupe::{Position, PublishId, RememberedId};
 
 /// Largest inter-node frame: a forwarded event carries at most one client frame's payload.
 const MAX_PEER_FRAME: usize = 64 * 1024 * 1024;
@@ -352,7 +353,9 @@ pub fn interest_from_pb(i: pb::Interest) -> Interest {
 fn put_frame(buf: &mut BytesMut, message: &PeerMessage) {
     match message {
         PeerMessage::Replicate(event) => {
-            let event = EventFields(event);
+            // Replicas remember the publish's id too: a retry after the owner fails over
+            // gets the original position from whichever of them takes over.
+            let event = EventFields(event, true);
             let body = event.field_len(1);
             put_frame_header(buf, 9, body);
             event.put_field(1, buf);
@@ -364,7 +367,7 @@ fn put_frame(buf: &mut BytesMut, message: &PeerMessage) {
             redelivered,
             ..
         } => {
-            let event = EventFields(event);
+            let event = EventFields(event, false);
             let rest = pb::Forward {
                 event: None,
                 plain: *plain,
@@ -398,6 +401,7 @@ fn put_frame(buf: &mut BytesMut, message: &PeerMessage) {
             epoch,
             last_seq,
             events,
+            ids,
         } => put_msg(
             buf,
             &pb::peer_frame::Msg::Sync(pb::ReplicaSync {
@@ -405,6 +409,7 @@ fn put_frame(buf: &mut BytesMut, message: &PeerMessage) {
                 epoch: epoch.to_string(),
                 last_seq: *last_seq,
                 events: events.iter().map(|e| event_pb(e)).collect(),
+                ids: ids.iter().map(remembered_pb).collect(),
             }),
         ),
         PeerMessage::DropNotice { pending } => {
@@ -455,14 +460,22 @@ fn frame_len(len: usize) -> u32 {
     u32::try_from(len).expect("peer frame under 4 GiB")
 }
 
-/// Encodes an event's `pb::Event` fields by reference, as prost would (defaults omitted).
-struct EventFields<'a>(&'a Event);
+/// Encodes an event's `pb::Event` fields by reference, as prost would (defaults omitted);
+/// its publish id only when the second field says so (`Replicate`).
+struct EventFields<'a>(&'a Event, bool);
 
 impl EventFields<'_> {
     fn parts(&self) -> (&[u8], i32) {
         match &self.0.payload {
             Payload::Json(b) => (b, pb::Encoding::Json as i32),
             Payload::Binary(b) => (b, pb::Encoding::Binary as i32),
+        }
+    }
+
+    fn publish_id(&self) -> &[u8] {
+        match &self.0.publish_id {
+            Some(id) if self.1 => id.wire().as_bytes(),
+            _ => &[],
         }
     }
 
@@ -489,6 +502,7 @@ impl EventFields<'_> {
             + varint(4, e.ts as u64)
             + bytes(5, data)
             + varint(6, kind as u64)
+            + bytes(7, self.publish_id())
     }
 
     /// Length of the event as field `tag` of its parent.
@@ -521,6 +535,7 @@ impl EventFields<'_> {
         varint(4, e.ts as u64, buf);
         bytes(5, data, buf);
         varint(6, kind as u64, buf);
+        bytes(7, self.publish_id(), buf);
     }
 }
 
@@ -536,7 +551,34 @@ pub fn event_pb(event: &Event) -> pb::Event {
         ts: event.ts,
         data,
         encoding: encoding as i32,
+        // Only `Replicate` carries it (see `EventFields`); history and replays do not.
+        publish_id: String::new(),
     }
+}
+
+pub fn remembered_pb(r: &RememberedId) -> pb::RememberedId {
+    pb::RememberedId {
+        id: r.id.wire().to_owned(),
+        epoch: r.position.epoch.to_string(),
+        seq: r.position.seq,
+        age_ms: r.age_ms,
+    }
+}
+
+/// Publish ids a peer remembers; malformed ones are left out.
+pub fn remembered_from_pb(ids: Vec<pb::RememberedId>) -> Vec<RememberedId> {
+    ids.into_iter()
+        .filter_map(|r| {
+            Some(RememberedId {
+                id: PublishId::from_wire(&r.id)?,
+                position: Position {
+                    epoch: r.epoch.into(),
+                    seq: r.seq,
+                },
+                age_ms: r.age_ms,
+            })
+        })
+        .collect()
 }
 
 /// Rebuilds an event a peer forwarded; `None` if it is malformed.
@@ -548,13 +590,21 @@ pub fn event_from_pb(event: pb::Event) -> Option<Event> {
     if crate::routing::topic::validate_publish_topic(&event.topic, MAX_PEER_FRAME).is_err() {
         return None;
     }
-    Some(Event::new(
-        event.topic.into(),
-        event.epoch.into(),
-        event.seq,
-        event.ts,
-        payload,
-    ))
+    let publish_id = if event.publish_id.is_empty() {
+        None
+    } else {
+        Some(PublishId::from_wire(&event.publish_id)?)
+    };
+    Some(
+        Event::new(
+            event.topic.into(),
+            event.epoch.into(),
+            event.seq,
+            event.ts,
+            payload,
+        )
+        .with_publish_id(publish_id),
+    )
 }
 
 #[cfg(test)]
@@ -590,6 +640,14 @@ mod tests {
                 0,
                 Payload::Binary(Bytes::from(vec![7u8; 70_000])),
             ),
+            Event::new(
+                "a.b".into(),
+                "e1".into(),
+                5,
+                1,
+                Payload::Json(Bytes::from_static(b"2")),
+            )
+            .with_publish_id(Some(crate::routing::dedupe::PublishId::client("k-1"))),
         ];
         for event in events.map(Arc::new) {
             let groups = vec![(
@@ -602,8 +660,15 @@ mod tests {
             for (message, expected) in [
                 (
                     PeerMessage::Replicate(event.clone()),
+                    // Replicas get the publish's id; forwarded events go without it.
                     pb::peer_frame::Msg::Replicate(pb::Replicate {
-                        event: Some(event_pb(&event)),
+                        event: Some(pb::Event {
+                            publish_id: event
+                                .publish_id
+                                .as_ref()
+                                .map_or_else(String::new, |id| id.wire().to_owned()),
+                            ..event_pb(&event)
+                        }),
                     }),
                 ),
                 (
@@ -644,6 +709,16 @@ mod tests {
                 .encode_to_vec();
                 assert_eq!(&framed(&message)[..], &prost[..], "{message:?}");
             }
+            let Ok(pb::peer_frame::Msg::Replicate(copy)) =
+                decode(framed(&PeerMessage::Replicate(event.clone())))
+            else {
+                panic!("a replica's copy");
+            };
+            let copy = copy.event.and_then(event_from_pb).expect("well formed");
+            assert_eq!(
+                copy.publish_id, event.publish_id,
+                "the replica knows the id"
+            );
         }
         let leaving = PeerMessage::Leaving {
             generation: 3,

@@ -170,6 +170,13 @@ pub struct ServeArgs {
     /// its history is retained [default: 15m].
     #[arg(long, env = "MURMUR_TOPIC_IDLE_FORGET", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub topic_idle_forget: Option<Duration>,
+    /// Remember publish ids for this long: a `pub` sent again with the same `id` gets the
+    /// first one's position instead of a new event; 0 turns it off [default: 2m].
+    #[arg(long, env = "MURMUR_DEDUPE_WINDOW", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub dedupe_window: Option<Duration>,
+    /// Bytes of remembered publish ids on this node [default: 67108864 (64 MiB)].
+    #[arg(long, env = "MURMUR_DEDUPE_MAX_BYTES", value_name = "BYTES")]
+    pub dedupe_max_bytes: Option<usize>,
     /// Log filter in RUST_LOG syntax, e.g. `info` or `murmur=debug` [default: info].
     #[arg(long, env = "MURMUR_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -275,6 +282,8 @@ impl ServeArgs {
             history_max_bytes,
             history_max_total_bytes,
             topic_idle_forget,
+            dedupe_window,
+            dedupe_max_bytes,
             gossip_replay_window,
             log,
             log_format,

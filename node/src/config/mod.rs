@@ -22,6 +22,13 @@ pub const DEFAULT_TOPIC_IDLE_FORGET: Duration = Duration::from_secs(15 * 60);
 /// topic bookkeeping would be no bound.
 const MIN_TOPIC_IDLE_FORGET: Duration = Duration::from_secs(1);
 const MAX_TOPIC_IDLE_FORGET: Duration = Duration::from_secs(7 * 24 * 3600);
+/// `dedupe_window` by default: well past the retries of a client after `unavailable` (5 s
+/// each) and an owner's failover (failure detection, a claim).
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+/// The longest `dedupe_window` accepted: a day of ids is a memory bound in name only.
+const MAX_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// `dedupe_max_bytes` by default: about 300 000 remembered ids of 60 bytes.
+pub const DEFAULT_DEDUPE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// Everything a node needs to run. Every field is a key of the TOML file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +155,12 @@ pub struct Settings {
     /// and last seq): what bounds the node's per-topic bookkeeping.
     #[serde(with = "humantime_serde")]
     pub topic_idle_forget: Duration,
+    /// How long a topic's owner and replicas remember a publish's `id`: a publish with an id
+    /// seen within this time gets the first one's position instead of a new event. 0: off.
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
+    /// Bytes of remembered publish ids on this node; over it, the oldest are forgotten early.
+    pub dedupe_max_bytes: usize,
     /// Log filter, in `RUST_LOG` syntax (`info`, `murmur=debug`, …).
     pub log: String,
     /// `human` (default) or `json` (one object per line, for log collectors).
@@ -267,6 +280,8 @@ impl Default for Settings {
             history_max_total_bytes: crate::routing::history::Retention::DEFAULT_MAX_TOTAL_BYTES,
             history_overrides: Vec::new(),
             topic_idle_forget: DEFAULT_TOPIC_IDLE_FORGET,
+            dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            dedupe_max_bytes: DEFAULT_DEDUPE_MAX_BYTES,
             log: "info".to_owned(),
             log_format: LogFormat::Human,
             auth: AuthMode::None,

@@ -148,6 +148,15 @@ impl Settings {
         if !(MIN_TOPIC_IDLE_FORGET..=MAX_TOPIC_IDLE_FORGET).contains(&self.topic_idle_forget) {
             return invalid("topic_idle_forget", "must be between 1s and 7days");
         }
+        if self.dedupe_window > MAX_DEDUPE_WINDOW {
+            return invalid("dedupe_window", "must be at most 1day (0 turns it off)");
+        }
+        if !(1024 * 1024..=MAX_HISTORY_BYTES).contains(&self.dedupe_max_bytes) {
+            return invalid(
+                "dedupe_max_bytes",
+                "must be between 1048576 (1 MiB) and 1099511627776 (1 TiB)",
+            );
+        }
         if !(1..=1_000_000).contains(&self.max_unacked) {
             return invalid("max_unacked", "must be between 1 and 1000000");
         }

@@ -91,10 +91,12 @@ pub fn decode(text: &str) -> Result<Request, RequestError> {
                 ));
             };
             let payload = Payload::Json(Bytes::copy_from_slice(data.get().as_bytes()));
+            let id = super::publish_id(frame.id, reference.as_deref())?;
             Ok(Request::Publish {
                 topic,
                 payload,
                 reference,
+                id,
             })
         }
         "ack" => Ok(Request::Ack {
@@ -484,19 +486,26 @@ mod tests {
             Request::Unsubscribe { id: "s1".into() }
         );
         assert_eq!(
-            decode(r#"{"op":"pub","topic":"a","data":{"x":[1,2]},"ref":"p"}"#).unwrap(),
+            decode(r#"{"op":"pub","topic":"a","data":{"x":[1,2]},"ref":"p","id":"k"}"#).unwrap(),
             Request::Publish {
                 topic: "a".into(),
                 payload: Payload::Json(Bytes::from_static(br#"{"x":[1,2]}"#)),
-                reference: Some("p".into())
+                reference: Some("p".into()),
+                id: Some("k".into()),
             }
+        );
+        let empty_id = decode(r#"{"op":"pub","topic":"a","data":1,"ref":"p","id":""}"#);
+        assert!(
+            matches!(&empty_id, Err(e) if e.code == ErrorCode::InvalidRequest && e.reference.as_deref() == Some("p")),
+            "{empty_id:?}"
         );
         assert_eq!(
             decode(r#"{"op":"pub","topic":"a","data":null}"#).unwrap(),
             Request::Publish {
                 topic: "a".into(),
                 payload: Payload::Json(Bytes::from_static(b"null")),
-                reference: None
+                reference: None,
+                id: None,
             }
         );
         assert_eq!(

@@ -34,6 +34,9 @@ pub enum Request {
         topic: String,
         payload: Payload,
         reference: Option<String>,
+        /// Idempotency key: the same `id` on the same topic within the owner's
+        /// `dedupe_window` gets the first publish's position, not a second event.
+        id: Option<String>,
     },
     Ack {
         delivery: String,
@@ -49,16 +52,18 @@ pub enum Request {
 }
 
 impl Request {
-    /// The longest client-chosen name in the request (subscription id, `ref`, delivery id,
-    /// group, client name), in bytes: every one of them is kept or echoed by the node.
+    /// The longest client-chosen name in the request (subscription id, `ref`, publish id,
+    /// delivery id, group, client name), in bytes: every one of them is kept or echoed by the node.
     pub fn longest_id(&self) -> usize {
         match self {
             Self::Hello { client, .. } => client.as_deref().map_or(0, str::len),
             Self::Subscribe(s) => s.id.len().max(s.group.as_deref().map_or(0, str::len)),
             Self::Unsubscribe { id } => id.len(),
-            Self::Publish { reference, .. } | Self::Ping { reference } => {
-                reference.as_deref().map_or(0, str::len)
-            }
+            Self::Publish { reference, id, .. } => reference
+                .as_deref()
+                .map_or(0, str::len)
+                .max(id.as_deref().map_or(0, str::len)),
+            Self::Ping { reference } => reference.as_deref().map_or(0, str::len),
             Self::Ack { delivery } => delivery.len(),
             Self::Refresh { reference, .. } => reference.as_deref().map_or(0, str::len),
         }
@@ -75,6 +80,22 @@ impl Request {
             | Self::Refresh { reference, .. } => reference.as_deref(),
             Self::Ack { delivery } => Some(delivery),
         }
+    }
+}
+
+/// A `pub`'s `id`, if any: an empty one is refused (with the `pub`'s `ref`), like an empty
+/// subscription id.
+pub(crate) fn publish_id(
+    id: Option<String>,
+    reference: Option<&str>,
+) -> Result<Option<String>, RequestError> {
+    match id {
+        Some(id) if id.is_empty() => Err(RequestError::new(
+            reference,
+            ErrorCode::InvalidRequest,
+            "`pub` field `id` must not be empty",
+        )),
+        other => Ok(other),
     }
 }
 

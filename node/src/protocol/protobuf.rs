@@ -142,10 +142,12 @@ pub fn decode(frame: Bytes) -> Result<Request, RequestError> {
                     ));
                 }
             };
+            let id = super::publish_id(p.id, reference.as_deref())?;
             Ok(Request::Publish {
                 topic,
                 payload,
                 reference,
+                id,
             })
         }
         pb::client_frame::Op::Ack(a) => Ok(Request::Ack {
@@ -437,8 +439,10 @@ mod tests {
             data: Bytes::from_static(b"[1]"),
             encoding: pb::Encoding::Json as i32,
             r#ref: Some("p1".into()),
+            id: Some("k1".into()),
         })))
         .unwrap();
+        assert!(matches!(&request, Request::Publish { id: Some(id), .. } if id == "k1"));
         assert_eq!(request.reference(), Some("p1"));
 
         let bad_json = decode(frame(pb::client_frame::Op::Pub(pb::Publish {
@@ -446,6 +450,7 @@ mod tests {
             data: Bytes::from_static(b"{nope"),
             encoding: pb::Encoding::Json as i32,
             r#ref: Some("p2".into()),
+            id: None,
         })))
         .unwrap_err();
         assert_eq!(bad_json.code, ErrorCode::InvalidRequest);
@@ -458,6 +463,7 @@ mod tests {
             data: Bytes::from_static(b"\"hi \xe0\x88 there\""),
             encoding: pb::Encoding::Json as i32,
             r#ref: Some("p3".into()),
+            id: None,
         })))
         .unwrap_err();
         assert_eq!(not_utf8.code, ErrorCode::InvalidRequest);

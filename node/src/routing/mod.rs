@@ -1,9 +1,10 @@
 //! The routing core: topics, the subscription index, topic placement, per-topic sequencing
-//! state and history.
+//! state, history and the publish ids remembered for idempotent publishing.
 //!
 //! Plain data structures without sockets, tasks or clocks, so that they are tested directly;
 //! the broker wraps them in locks and connects them to client connections.
 
+pub mod dedupe;
 pub mod history;
 pub mod index;
 pub mod ownership;

@@ -15,6 +15,10 @@
 //!   not as a marked queue redelivery; delivered unmarked to two members of one queue group;
 //!   acknowledged by more than one member of a group without a marked redelivery; or two
 //!   acknowledged publishes given the same position (topic, epoch, seq) — a split brain;
+//! - `published twice`: one publish (one `id`, sent again with it after `unavailable` or a
+//!   lost connection) acknowledged at two positions, or delivered at two (epoch, seq): the
+//!   owner and its replicas remember ids for `dedupe_window`, so a retry must get the first
+//!   position (see `twice.rs`);
 //! - `reordered`: delivered after a later event of its topic and epoch;
 //! - `unexpected`: delivered but never published, published with an error, delivered to a
 //!   subscription whose pattern does not match its topic, or delivered after its
@@ -42,6 +46,7 @@ pub enum Class {
     Reprocessed,
     Reordered,
     Duplicated,
+    PublishedTwice,
     Lost,
     Unexpected,
 }
@@ -89,7 +94,11 @@ impl Verdict {
 #[derive(Debug, Default)]
 struct Publish {
     topic: String,
+    /// When it was first sent: a publisher sends it again (with the same id) after
+    /// `unavailable` or a lost connection, and a subscription that began before the first
+    /// send is owed it.
     invoked_at: u64,
+    invoked: bool,
     acked: Option<(String, u64, u64)>,
     /// The node the publisher was connected to when its `ok` came.
     acked_on: String,
@@ -129,13 +138,19 @@ pub fn check(history: &[Op]) -> Verdict {
         match &op.kind {
             Kind::PublishInvoke { id, topic } => {
                 let p = publishes.entry(id).or_default();
-                p.topic.clone_from(topic);
-                p.invoked_at = op.t;
+                if !p.invoked {
+                    p.invoked = true;
+                    p.topic.clone_from(topic);
+                    p.invoked_at = op.t;
+                }
             }
+            // The first `ok` counts; a later one at another position is `published twice`.
             Kind::PublishOk { id, epoch, seq, .. } => {
                 let p = publishes.entry(id).or_default();
-                p.acked = Some((epoch.clone(), *seq, op.t));
-                p.acked_on.clone_from(&op.node);
+                if p.acked.is_none() {
+                    p.acked = Some((epoch.clone(), *seq, op.t));
+                    p.acked_on.clone_from(&op.node);
+                }
             }
             // `unavailable` (timed out waiting for the owner or replicas) is indeterminate: the
             // event may exist anyway. Any other error means it was never published.
@@ -325,6 +340,18 @@ pub fn check(history: &[Op]) -> Verdict {
                 }
             }
         }
+    }
+
+    // One publish, one position: a retry with the same id never makes a second event.
+    for twice in crate::twice::find(&ops) {
+        note(
+            &mut verdict,
+            Class::PublishedTwice,
+            &twice.id,
+            "",
+            &twice.node,
+            twice.detail,
+        );
     }
 
     // One position, one event: two acknowledged publishes at the same (topic, epoch, seq)

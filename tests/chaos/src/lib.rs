@@ -10,4 +10,5 @@ pub mod checker;
 pub mod history;
 pub mod lab;
 pub mod report;
+pub mod twice;
 pub mod workload;

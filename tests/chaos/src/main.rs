@@ -228,7 +228,7 @@ fn check_files(paths: &[PathBuf], report: Option<&mut String>) -> anyhow::Result
     }
     let verdict = check(&ops);
     let mut text = format!(
-        "acknowledged {} | deliveries {} | ok {} | recovered {} | reprocessed {} | lost {} | duplicated {} | reordered {} | unexpected {}\n",
+        "acknowledged {} | deliveries {} | ok {} | recovered {} | reprocessed {} | lost {} | duplicated {} | published twice {} | reordered {} | unexpected {}\n",
         verdict.acknowledged,
         verdict.deliveries,
         verdict.count(Class::Ok),
@@ -236,6 +236,7 @@ fn check_files(paths: &[PathBuf], report: Option<&mut String>) -> anyhow::Result
         verdict.count(Class::Reprocessed),
         verdict.count(Class::Lost),
         verdict.count(Class::Duplicated),
+        verdict.count(Class::PublishedTwice),
         verdict.count(Class::Reordered),
         verdict.count(Class::Unexpected),
     );
@@ -297,6 +298,8 @@ struct RunResult {
     acknowledged: usize,
     lost: usize,
     duplicated: usize,
+    /// Publishes sent again with their id that became a second event.
+    published_twice: usize,
     reordered: usize,
     unexpected: usize,
     detection_s: Option<f64>,
@@ -322,6 +325,7 @@ impl RunResult {
             acknowledged: 0,
             lost: 0,
             duplicated: 0,
+            published_twice: 0,
             reordered: 0,
             unexpected: 0,
             detection_s: None,
@@ -404,21 +408,22 @@ fn matrix(
 fn write_summary(out: &Path, results: &[RunResult], took: Duration) -> anyhow::Result<()> {
     let mut text = format!(
         "# chaos matrix\n\n{} runs in {:.0} min; one report per run in <nemesis>/report.md.\n\n\
-         | nemesis | nodes | seed | acknowledged | lost | duplicated | reordered | unexpected | detection | convergence | verdict |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+         | nemesis | nodes | seed | acknowledged | lost | duplicated | published twice | reordered | unexpected | detection | convergence | verdict |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
         results.len(),
         took.as_secs_f64() / 60.0
     );
     for r in results {
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.nemesis,
             r.nodes,
             r.seed,
             r.acknowledged,
             r.lost,
             r.duplicated,
+            r.published_twice,
             r.reordered,
             r.unexpected,
             seconds_of(r.detection_s),
@@ -652,6 +657,7 @@ fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
         acknowledged: verdict.acknowledged,
         lost: verdict.count(Class::Lost),
         duplicated: verdict.count(Class::Duplicated),
+        published_twice: verdict.count(Class::PublishedTwice),
         reordered: verdict.count(Class::Reordered),
         unexpected: verdict.count(Class::Unexpected),
         detection_s: outcome.detection.map(|d| d.as_secs_f64()),

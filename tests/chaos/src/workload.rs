@@ -82,20 +82,39 @@ pub const TOPICS: [&str; 6] = [
     "chaos.deep.d1",
 ];
 
-/// Publishes to [`TOPICS`] in turn with a ref each, about `rate` per second, until `until`
-/// (µs since t0), moving to the next URL when its node goes away.
+/// How many times a publisher sends one event (with its id) before it moves on.
+const MAX_ATTEMPTS: u32 = 10;
+
+/// Publishes to [`TOPICS`] in turn with a ref and an id each, about `rate` per second,
+/// until `until` (µs since t0), moving to the next URL when its node goes away. An event
+/// answered `unavailable`, or whose connection ended before its answer, is sent again with
+/// the same id (up to [`MAX_ATTEMPTS`] times): the owner remembers the id, so the retry gets
+/// the first position if the event was stored, and the checker's `published twice` class
+/// says whether it did.
 pub async fn publisher(urls: &[String], id: &str, rec: &mut Recorder, until: u64, rate: u64) {
     let pause = Duration::from_micros(1_000_000 / rate.max(1));
     let mut n = 0u64;
     let mut attempt = 0usize;
+    // The event being published (its id, topic and attempts so far), kept across
+    // reconnections until it is answered.
+    let mut current: Option<(String, String, u32)> = None;
     'connect: while now_us(rec.t0) < until {
         let Some((mut client, node)) = connect_next(urls, &mut attempt).await else {
             continue;
         };
         while now_us(rec.t0) < until {
-            n += 1;
-            let event = format!("{id}-{n}");
-            let topic = TOPICS[usize::try_from(n).unwrap_or(0) % TOPICS.len()].to_owned();
+            let (event, topic, tries) = current.get_or_insert_with(|| {
+                n += 1;
+                let topic = TOPICS[usize::try_from(n).unwrap_or(0) % TOPICS.len()];
+                (format!("{id}-{n}"), topic.to_owned(), 0)
+            });
+            let (event, topic) = (event.clone(), topic.clone());
+            *tries += 1;
+            let last_try = *tries >= MAX_ATTEMPTS;
+            if last_try {
+                // Whatever happens now, the next event comes after this try.
+                current = None;
+            }
             rec.record(
                 &node,
                 Kind::PublishInvoke {
@@ -103,7 +122,8 @@ pub async fn publisher(urls: &[String], id: &str, rec: &mut Recorder, until: u64
                     topic: topic.clone(),
                 },
             );
-            let frame = json!({"op": "pub", "topic": topic, "data": event, "ref": event});
+            let frame =
+                json!({"op": "pub", "topic": topic, "data": event, "ref": event, "id": event});
             if client.send(&frame).await.is_err() {
                 continue 'connect;
             }
@@ -118,23 +138,26 @@ pub async fn publisher(urls: &[String], id: &str, rec: &mut Recorder, until: u64
             })
             .await;
             match answer {
-                Ok(Some(f)) if f["op"] == "ok" => rec.record(
-                    &node,
-                    Kind::PublishOk {
-                        id: event,
-                        topic,
-                        epoch: f["epoch"].as_str().unwrap_or("").to_owned(),
-                        seq: f["seq"].as_u64().unwrap_or(0),
-                    },
-                ),
-                Ok(Some(f)) => rec.record(
-                    &node,
-                    Kind::PublishFail {
-                        id: event,
-                        error: f["code"].as_str().unwrap_or("").to_owned(),
-                    },
-                ),
-                // No answer: the outcome is unknown; the checker treats it so.
+                Ok(Some(f)) if f["op"] == "ok" => {
+                    current = None;
+                    rec.record(
+                        &node,
+                        Kind::PublishOk {
+                            id: event,
+                            topic,
+                            epoch: f["epoch"].as_str().unwrap_or("").to_owned(),
+                            seq: f["seq"].as_u64().unwrap_or(0),
+                        },
+                    );
+                }
+                Ok(Some(f)) => {
+                    let error = f["code"].as_str().unwrap_or("").to_owned();
+                    if error != "unavailable" {
+                        current = None;
+                    }
+                    rec.record(&node, Kind::PublishFail { id: event, error });
+                }
+                // No answer: the outcome is unknown; sent again on the next connection.
                 _ => continue 'connect,
             }
             tokio::time::sleep(pause).await;

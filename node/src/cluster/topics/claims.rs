@@ -11,7 +11,8 @@ use super::{PublishError, RETRY_PAUSE};
 use crate::broker::TopicSnapshot;
 use crate::cluster::Cluster;
 use crate::cluster::link::{PeerLink, PeerMessage};
-use crate::cluster::transport::{event_from_pb, event_pb};
+use crate::cluster::transport::{event_from_pb, event_pb, remembered_from_pb, remembered_pb};
+use crate::routing::dedupe::RememberedId;
 use crate::routing::topics::newer_epoch;
 
 /// How long a claim keeps asking peers that refuse before starting a new epoch.
@@ -26,6 +27,9 @@ impl Cluster {
     pub(super) async fn claim(self: Arc<Self>, topic: Arc<str>) {
         let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
         let mut best: Option<TopicSnapshot> = None;
+        // The publish ids every answer remembers, not only the newest's: a retry after the
+        // owner failed over gets its original position from whichever node kept the id.
+        let mut ids: Vec<RememberedId> = Vec::new();
         let mut unsettled = false;
         loop {
             // A live peer this node cannot ask yet may be numbering the topic right now; and
@@ -56,7 +60,7 @@ impl Cluster {
             {
                 best = Some(own);
             }
-            let heard = weigh_claim_answers(answers, &mut best);
+            let heard = weigh_claim_answers(answers, &mut best, &mut ids);
             if !heard.refused && !heard.silent && !unlinked {
                 break;
             }
@@ -78,6 +82,7 @@ impl Cluster {
         if still_owner {
             // A peer that kept the topic may still be numbering it: never share its epoch.
             let known = if unsettled { None } else { best };
+            self.broker.remember_ids(&topic, ids);
             let epoch = self.broker.install_topic(&topic, known);
             tracing::debug!(%topic, %epoch, unsettled, "claimed topic");
         }
@@ -96,13 +101,13 @@ impl Cluster {
             };
             for queued in batch {
                 if still_owner {
-                    self.sequence_now(topic.clone(), queued.payload, queued.reply, 0);
+                    self.sequence_now(topic.clone(), queued.publication, queued.reply, 0);
                 } else if !majority {
                     queued
                         .reply
                         .send(Err(PublishError::unavailable(self.cut_off_reason())));
                 } else {
-                    self.route(topic.clone(), queued.payload, queued.reply, 0);
+                    self.route(topic.clone(), queued.publication, queued.reply, 0);
                 }
             }
         }
@@ -186,6 +191,7 @@ impl Cluster {
             reply.epoch = snapshot.epoch.to_string();
             reply.last_seq = snapshot.last_seq;
             reply.events = snapshot.events.iter().map(|e| event_pb(e)).collect();
+            reply.ids = snapshot.ids.iter().map(remembered_pb).collect();
         }
         link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::StateReply(reply)));
     }
@@ -209,10 +215,12 @@ struct Heard {
     silent: bool,
 }
 
-/// Folds one round of answers to a claim into `best`, the newest state known so far.
+/// Folds one round of answers to a claim into `best`, the newest state known so far, and
+/// the publish ids they remember into `ids`.
 fn weigh_claim_answers(
     answers: Vec<Option<pb::peer_frame::Msg>>,
     best: &mut Option<TopicSnapshot>,
+    ids: &mut Vec<RememberedId>,
 ) -> Heard {
     let mut heard = Heard::default();
     for answer in answers {
@@ -227,6 +235,7 @@ fn weigh_claim_answers(
         if !reply.found {
             continue;
         }
+        ids.extend(remembered_from_pb(reply.ids));
         let snapshot = TopicSnapshot {
             epoch: reply.epoch.into(),
             last_seq: reply.last_seq,
@@ -236,6 +245,7 @@ fn weigh_claim_answers(
                 .filter_map(event_from_pb)
                 .map(Arc::new)
                 .collect(),
+            ids: Vec::new(),
         };
         if best.as_ref().is_none_or(|b| is_newer(&snapshot, b)) {
             *best = Some(snapshot);
@@ -261,6 +271,7 @@ mod tests {
             epoch: epoch.into(),
             last_seq,
             events: Vec::new(),
+            ids: Vec::new(),
         }))
     }
 
@@ -269,6 +280,7 @@ mod tests {
             epoch: epoch.into(),
             last_seq,
             events: Vec::new(),
+            ids: Vec::new(),
         })
     }
 
@@ -279,28 +291,38 @@ mod tests {
         let heard = weigh_claim_answers(
             vec![reply(false, false, "", 0), reply(true, false, "e1", 6)],
             &mut best,
+            &mut Vec::new(),
         );
         assert_eq!(heard, Heard::default());
         assert_eq!(best.as_ref().map(|b| b.last_seq), Some(6));
 
         // An older answer does not replace what this node knows.
-        let heard = weigh_claim_answers(vec![reply(true, false, "e1", 2)], &mut best);
+        let heard = weigh_claim_answers(
+            vec![reply(true, false, "e1", 2)],
+            &mut best,
+            &mut Vec::new(),
+        );
         assert_eq!(heard, Heard::default());
         assert_eq!(best.as_ref().map(|b| b.last_seq), Some(6));
 
         // A peer that said nothing may hold a newer position than anyone who answered (the
         // claim that numbered #4–#6 twice after a pause: its link was being replaced).
         let mut best = known("e1", 3);
-        let heard = weigh_claim_answers(vec![reply(false, false, "", 0), None], &mut best);
+        let heard = weigh_claim_answers(
+            vec![reply(false, false, "", 0), None],
+            &mut best,
+            &mut Vec::new(),
+        );
         assert!(heard.silent && !heard.refused);
         assert_eq!(best.as_ref().map(|b| b.last_seq), Some(3));
 
         // A peer still owning the topic refuses.
-        let heard = weigh_claim_answers(vec![reply(false, true, "", 0)], &mut best);
+        let heard =
+            weigh_claim_answers(vec![reply(false, true, "", 0)], &mut best, &mut Vec::new());
         assert!(heard.refused && !heard.silent);
 
         // An answer of another kind is no answer.
         let odd = Some(pb::peer_frame::Msg::Leaving(pb::Leaving { generation: 1 }));
-        assert!(weigh_claim_answers(vec![odd], &mut best).silent);
+        assert!(weigh_claim_answers(vec![odd], &mut best, &mut Vec::new()).silent);
     }
 }

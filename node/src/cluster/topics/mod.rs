@@ -37,6 +37,7 @@ use super::link::{PeerLink, PeerMessage};
 pub use crate::broker::PublishPermit;
 use crate::broker::{Receipt, Sequenced};
 use crate::event::{Event, Payload};
+use crate::routing::dedupe::PublishId;
 use crate::routing::ownership::{owner, rank};
 
 mod claims;
@@ -129,9 +130,25 @@ impl ReplyTo {
     }
 }
 
+/// What is published: the data, and the idempotency key that makes sending it again safe.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub payload: Payload,
+    /// The client's id, or one this node gives it when it forwards it to the owner; the
+    /// owner and its replicas remember it for `dedupe_window`.
+    pub id: Option<PublishId>,
+}
+
+impl From<Payload> for Publication {
+    /// A publish without an id of its own.
+    fn from(payload: Payload) -> Self {
+        Self { payload, id: None }
+    }
+}
+
 /// A publish waiting for its topic to be claimed.
 pub(super) struct Queued {
-    payload: Payload,
+    publication: Publication,
     reply: ReplyTo,
 }
 
@@ -200,7 +217,7 @@ impl Cluster {
     pub fn submit(
         self: &Arc<Self>,
         topic: &str,
-        payload: Payload,
+        publication: impl Into<Publication>,
         permit: Option<PublishPermit>,
     ) -> oneshot::Receiver<PublishResult> {
         let (tx, rx) = oneshot::channel();
@@ -208,7 +225,7 @@ impl Cluster {
             answer: Answer::Local(tx),
             permit,
         };
-        self.route(topic.into(), payload, reply, 0);
+        self.route(topic.into(), publication.into(), reply, 0);
         rx
     }
 
@@ -218,14 +235,14 @@ impl Cluster {
     pub fn submit_unanswered(
         self: &Arc<Self>,
         topic: &str,
-        payload: Payload,
+        publication: impl Into<Publication>,
         permit: Option<PublishPermit>,
     ) {
         let reply = ReplyTo {
             answer: Answer::Nobody,
             permit,
         };
-        self.route(topic.into(), payload, reply, 0);
+        self.route(topic.into(), publication.into(), reply, 0);
     }
 
     /// Waits for room in the node's publish buffer for a publish of `bytes`: the
@@ -268,23 +285,37 @@ impl Cluster {
             .map(PublishPermit)
     }
 
-    fn route(self: &Arc<Self>, topic: Arc<str>, payload: Payload, reply: ReplyTo, attempt: u32) {
+    fn route(
+        self: &Arc<Self>,
+        topic: Arc<str>,
+        publication: Publication,
+        reply: ReplyTo,
+        attempt: u32,
+    ) {
         let owner = self.owner_of(&topic);
         if owner == self.id.name {
-            self.publish_as_owner(topic, payload, reply, attempt);
+            self.publish_as_owner(topic, publication, reply, attempt);
             return;
         }
         let Some(link) = self.link_to(&owner) else {
             self.retry(
                 topic,
-                payload,
+                publication,
                 reply,
                 attempt,
                 format!("owner {owner} is not reachable"),
             );
             return;
         };
-        let (data, encoding) = payload_pb(&payload);
+        let mut publication = publication;
+        if publication.id.is_none() && reply.wanted() {
+            // This node sends it again if the link ends before the answer: with an id, the
+            // owner (or the replica that takes over) answers that with the first position.
+            let (instance, counter) = &self.publish_ids;
+            let count = counter.fetch_add(1, Ordering::Relaxed);
+            publication.id = Some(PublishId::node(&self.id.name, *instance, count));
+        }
+        let (data, encoding) = payload_pb(&publication.payload);
         // Id 0 asks for no reply: the owner routes it on itself if it turns out not to own
         // the topic.
         let request = reply.wanted().then(|| self.request(&link));
@@ -304,6 +335,10 @@ impl Cluster {
                 data,
                 encoding: encoding as i32,
                 attempt,
+                publish_id: publication
+                    .id
+                    .as_ref()
+                    .map_or_else(String::new, |id| id.wire().to_owned()),
             }),
             permit,
         });
@@ -335,16 +370,18 @@ impl Cluster {
                 Some(pb::publish_reply::Result::NotOwner(_)) => {
                     cluster.retry(
                         topic,
-                        payload,
+                        publication,
                         reply,
                         attempt,
                         "nodes disagree on the owner".into(),
                     );
                 }
                 None => {
+                    // It may have been numbered before the link ended: sent again with the
+                    // same id, it is not numbered twice.
                     cluster.retry(
                         topic,
-                        payload,
+                        publication,
                         reply,
                         attempt,
                         format!("the link to {owner} closed"),
@@ -378,7 +415,7 @@ impl Cluster {
     fn retry(
         self: &Arc<Self>,
         topic: Arc<str>,
-        payload: Payload,
+        publication: Publication,
         reply: ReplyTo,
         attempt: u32,
         why: String,
@@ -394,7 +431,7 @@ impl Cluster {
         let cluster = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(RETRY_PAUSE).await;
-            cluster.route(topic, payload, reply, attempt + 1);
+            cluster.route(topic, publication, reply, attempt + 1);
         });
     }
 
@@ -402,7 +439,7 @@ impl Cluster {
     fn publish_as_owner(
         self: &Arc<Self>,
         topic: Arc<str>,
-        payload: Payload,
+        publication: Publication,
         reply: ReplyTo,
         attempt: u32,
     ) {
@@ -415,13 +452,13 @@ impl Cluster {
         }
         if self.leaving.load(Ordering::Acquire) {
             // The topic moves once this node has left; the publisher asks again by then.
-            self.retry(topic, payload, reply, 0, "the owner is leaving".into());
+            self.retry(topic, publication, reply, 0, "the owner is leaving".into());
             return;
         }
         {
             let mut claims = self.claims.lock();
             if let Some(waiting) = claims.get_mut(&topic) {
-                waiting.push(Queued { payload, reply });
+                waiting.push(Queued { publication, reply });
                 return;
             }
             if !self.broker.is_ready(&topic) && self.links().is_empty() {
@@ -429,13 +466,13 @@ impl Cluster {
                 let known = self.broker.topic_snapshot(&topic);
                 self.broker.install_topic(&topic, known);
             } else if !self.broker.is_ready(&topic) {
-                claims.insert(topic.clone(), vec![Queued { payload, reply }]);
+                claims.insert(topic.clone(), vec![Queued { publication, reply }]);
                 drop(claims);
                 tokio::spawn(self.clone().claim(topic));
                 return;
             }
         }
-        self.sequence_now(topic, payload, reply, attempt);
+        self.sequence_now(topic, publication, reply, attempt);
     }
 
     /// Sequences an event of a topic this node holds (no claim check); `attempt` counts the
@@ -443,7 +480,7 @@ impl Cluster {
     fn sequence_now(
         self: &Arc<Self>,
         topic: Arc<str>,
-        payload: Payload,
+        publication: Publication,
         reply: ReplyTo,
         attempt: u32,
     ) {
@@ -460,7 +497,7 @@ impl Cluster {
                 // Until the link is back, or the replica is declared down and the placement
                 // moves on, the event could not be stored on enough replicas.
                 let why = format!("no link to {replica}, a replica of {topic}");
-                self.retry(topic, payload, reply, attempt, why);
+                self.retry(topic, publication, reply, attempt, why);
                 return;
             }
         };
@@ -468,7 +505,8 @@ impl Cluster {
         let permit = reply.permit.take();
         match self.broker.sequence_holding(
             &topic,
-            payload.clone(),
+            publication.payload.clone(),
+            publication.id.clone(),
             &replicas,
             reply.wanted(),
             permit,
@@ -488,7 +526,9 @@ impl Cluster {
                 });
             }
             // Handed over between the check and now: route it to the new owner.
-            Sequenced::NotReady => self.retry(topic, payload, reply, 0, "the topic moved".into()),
+            Sequenced::NotReady => {
+                self.retry(topic, publication, reply, 0, "the topic moved".into());
+            }
         }
     }
 
@@ -654,6 +694,18 @@ impl Cluster {
             }));
             return;
         };
+        let id = if request.publish_id.is_empty() {
+            None
+        } else if let Some(id) = PublishId::from_wire(&request.publish_id) {
+            Some(id)
+        } else {
+            reply.send(Err(PublishError {
+                code: "invalid_request",
+                message: "malformed publish id".into(),
+            }));
+            return;
+        };
+        let publication = Publication { payload, id };
         if crate::routing::topic::validate_publish_topic(&request.topic, 4096).is_err() {
             reply.send(Err(PublishError {
                 code: "invalid_topic",
@@ -665,10 +717,16 @@ impl Cluster {
             // Nobody to tell that views disagree: route it on from here, within the same
             // retry budget the publishing node had.
             let why = format!("nodes disagree on the owner ({owner} here)");
-            self.retry(request.topic.into(), payload, reply, request.attempt, why);
+            self.retry(
+                request.topic.into(),
+                publication,
+                reply,
+                request.attempt,
+                why,
+            );
             return;
         }
-        self.publish_as_owner(request.topic.into(), payload, reply, 0);
+        self.publish_as_owner(request.topic.into(), publication, reply, 0);
     }
 
     /// A replica's copy of an event: store it and confirm.

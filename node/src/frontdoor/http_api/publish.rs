@@ -20,11 +20,12 @@ use tokio::sync::oneshot;
 
 use super::error::ErrorBody;
 use super::{ApiError, Caller, HttpApi, admit, forbidden};
-use crate::cluster::topics::PublishResult;
+use crate::cluster::topics::{Publication, PublishResult};
 use crate::event::Payload;
 use crate::frontdoor::listener::ClientConnection;
 use crate::node::NodeState;
 use crate::protocol::ErrorCode;
+use crate::routing::dedupe::PublishId;
 use crate::routing::topic;
 
 /// The most events one request may carry.
@@ -38,7 +39,8 @@ const PUBLISH_OVERHEAD_BYTES: usize = 64;
 struct EventRequest<'a> {
     topic: String,
     data: &'a RawValue,
-    /// Reserved for idempotent publishing: accepted, checked and echoed; not deduplicated.
+    /// Idempotency key, as a WebSocket `pub`'s `id` (the same key, so a publish sent again
+    /// over either gets the first one's position); echoed in the result.
     id: Option<String>,
 }
 
@@ -265,6 +267,9 @@ async fn submit(
             settings.max_id_bytes
         )));
     }
+    if event.id.as_ref().is_some_and(|id| id.is_empty()) {
+        return Pending::Refused(ApiError::invalid_request("`id` must not be empty"));
+    }
     if let Err(err) = topic::validate_publish_topic(&event.topic, settings.max_topic_bytes) {
         return Pending::Refused(ApiError::from_code(
             ErrorCode::InvalidTopic.as_str(),
@@ -303,8 +308,11 @@ async fn submit(
             ));
         }
     };
-    let payload = Payload::Json(Bytes::copy_from_slice(event.data.get().as_bytes()));
-    Pending::Waiting(node.cluster.submit(&event.topic, payload, Some(permit)))
+    let publication = Publication {
+        payload: Payload::Json(Bytes::copy_from_slice(event.data.get().as_bytes())),
+        id: event.id.as_deref().map(PublishId::client),
+    };
+    Pending::Waiting(node.cluster.submit(&event.topic, publication, Some(permit)))
 }
 
 /// Waits until the event is stored on its topic's owner and replicas, or refused.

@@ -9,8 +9,9 @@ use tokio::time::Instant;
 use super::replay::{REPLAY_PAGE, ReplayInProgress};
 use super::{Session, encode_reply};
 use crate::broker::Subscription;
-use crate::cluster::topics::PublishError;
+use crate::cluster::topics::{Publication, PublishError};
 use crate::protocol::{BatchLimits, ErrorCode, Format, Reply, Request, RequestError};
+use crate::routing::dedupe::PublishId;
 use crate::routing::topic;
 
 /// What a publish costs in the node's publish buffer beyond its topic and data: the request
@@ -231,6 +232,7 @@ impl Session {
                 topic: name,
                 payload,
                 reference,
+                id,
             } => {
                 topic::validate_publish_topic(&name, settings.max_topic_bytes).map_err(|e| {
                     RequestError::new(reference.as_deref(), ErrorCode::InvalidTopic, e.to_string())
@@ -250,13 +252,17 @@ impl Session {
                         ));
                     }
                 };
+                let publication = Publication {
+                    payload,
+                    id: id.as_deref().map(PublishId::client),
+                };
                 let Some(reference) = reference else {
                     self.node
                         .cluster
-                        .submit_unanswered(&name, payload, Some(permit));
+                        .submit_unanswered(&name, publication, Some(permit));
                     return Ok(Vec::new());
                 };
-                let mut outcome = self.node.cluster.submit(&name, payload, Some(permit));
+                let mut outcome = self.node.cluster.submit(&name, publication, Some(permit));
                 // Usually known at once (this node owns the topic and needs no replica);
                 // otherwise answered when the owner and replicas are done.
                 if let Ok(result) = outcome.try_recv() {

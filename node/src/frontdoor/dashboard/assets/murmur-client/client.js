@@ -139,7 +139,11 @@ export class Client extends Emitter {
      * `forbidden`, `rate_limited`, …) or `connection_lost`, `timeout`, `queue_full`, `closed`.
      * While disconnected it waits (up to `maxQueuedPublishes`) for the next connection.
      *
-     * `id` is sent along for idempotent publishing; nodes that don't support it ignore it.
+     * `id` makes the publish idempotent: the topic's owner and its replicas remember it for
+     * the node's `dedupe_window` (2 min by default), and a publish sent again with the same
+     * `id` gets the first one's `epoch`/`seq` instead of a second event. This client does not
+     * send a publish again by itself: after `unavailable`, `connection_lost` or `timeout`,
+     * call `publish` again with the same `id`.
      */
     publish(topic, data, options = {}) {
         if (data === undefined)
