@@ -5,7 +5,7 @@ ARGS ?=
 # the crates share one feature set, so no target rebuilds `murmur` for its own.
 RELEASE_TOOLS = $(CARGO) build --release -p murmur -p murmur-bench -p murmur-abuse -p murmur-chaos
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke perf-count abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke perf-count bench-scale abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ measure-topics: ## Heap per remembered topic, before and after topics are forgot
 
 bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian; JetStream for the acknowledged scenarios), and auth on / off: every scenario, writes docs/benchmarks.md (~7 min)
 	flock /tmp/murmur-bench.lock bench/run.sh
+
+bench-scale: ## Fan-out and fan-in on clusters of 3, 5 and 9 nodes (NODES="3 5 9"), the nodes' CPU and the bytes per delivery: checks docs/scaling.md's model (~4 min)
+	flock /tmp/murmur-bench.lock bench/scale.sh
 
 perf-count: ## Instructions per delivery, per fan-in event and per acknowledged publish, auth off and on (valgrind callgrind, one node, ~6 min): appends to bench/perf-count-history.tsv
 	bench/perf-count.sh

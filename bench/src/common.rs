@@ -9,6 +9,7 @@ use anyhow::Context;
 use futures_util::StreamExt;
 
 use crate::client::{Conn, Incoming, MurmurOptions, System, Target};
+use crate::counting::ReadCounter;
 use crate::jetstream::JetStreamOptions;
 use crate::report::{Latency, WARMUP, parse_payload};
 
@@ -53,10 +54,12 @@ impl Common {
             murmur: self.murmur.clone(),
             read_buffer: None,
             jetstream: self.jetstream.clone(),
+            read_bytes: ReadCounter::default(),
         }
     }
 
-    /// The target as the subscribers see it (with `--read-buffer`).
+    /// The target as the subscribers see it (with `--read-buffer`), with a byte counter of
+    /// its own for their sockets.
     pub fn subscriber_target(&self) -> Target {
         Target {
             read_buffer: self.read_buffer,
@@ -178,6 +181,11 @@ pub fn cpu_per_delivery_us(
     deliveries: usize,
 ) -> Option<f64> {
     Some((after? - before?) * 1e6 / deliveries.max(1) as f64)
+}
+
+/// `  N B/delivery` (bytes the subscribers' sockets read per delivery) for the table row.
+pub fn bytes_row(bytes: Option<f64>) -> String {
+    bytes.map_or_else(String::new, |b| format!("  {b:.1} B/delivery"))
 }
 
 /// `  servers' CPU X µs/delivery` for the table row, or nothing.
