@@ -67,15 +67,17 @@ trap cleanup EXIT INT TERM
 
 (umask 077; "$murmur" keygen >"$work/cluster.key")
 
-# start_murmur N: N nodes, seeded by the first two; waits until n1 sees all N alive.
+# start_murmur N: N nodes, seeded by the first two (a lone node has no seeds: with seeds it
+# would wait to find another member before taking publishes); waits until n1 sees all N alive.
 start_murmur() {
-  local n=$1 i base
+  local n=$1 i base seeds=()
+  [ "$n" -gt 1 ] && seeds=(--seeds 127.0.0.1:7601,127.0.0.1:7611)
   for i in $(seq 1 "$n"); do
     base=$((7600 + (i - 1) * 10))
     MURMUR_MAX_CONNECTIONS_PER_IP=0 "$murmur" serve --name "n$i" --cluster-key-file "$work/cluster.key" \
       --listen "127.0.0.1:$base" --gossip "127.0.0.1:$((base + 1))" --quic "127.0.0.1:$((base + 2))" \
       --admin-listen "127.0.0.1:$((base + 3))" \
-      --seeds 127.0.0.1:7601,127.0.0.1:7611 >"$out/scale-logs/murmur-$n-n$i.log" 2>&1 &
+      ${seeds[@]+"${seeds[@]}"} >"$out/scale-logs/murmur-$n-n$i.log" 2>&1 &
     pids+=($!)
   done
   for _ in $(seq 1 300); do
