@@ -184,6 +184,9 @@ impl Session {
             return after_write;
         }
         self.node.metrics.deliveries.inc_by(events as u64);
+        if events > 0 {
+            self.node.metrics.event_writes.inc();
+        }
         self.count_sent(&frames);
         let write_timeout = self.node.settings.write_timeout;
         let sink = &mut self.sink;
