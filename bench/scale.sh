@@ -31,6 +31,7 @@ NATS=${NATS:-no}
 MODES=${MODES:-plain}
 SCALE_SCENARIOS=${SCALE_SCENARIOS:-fanout topics}
 PAUSE=${PAUSE:-2}
+IDLE_SECONDS=${IDLE_SECONDS:-5}
 
 for n in $NODES; do
   if [ "$n" -lt 1 ] || [ "$n" -gt 9 ]; then
@@ -115,9 +116,58 @@ CONF
   sleep 3
 }
 
+# cpu_ticks PIDS...: user + system clock ticks (1/100 s) the processes used so far.
+cpu_ticks() {
+  local pid total=0 fields
+  for pid in "$@"; do
+    read -ra fields <"/proc/$pid/stat"
+    total=$((total + fields[13] + fields[14]))
+  done
+  echo "$total"
+}
+
+# metric_sum N NAME: NAME summed over the N Murmur nodes' /metrics (admin ports).
+metric_sum() {
+  local n=$1 name=$2 i total=0 value
+  for i in $(seq 1 "$n"); do
+    value=$( (exec 3<>"/dev/tcp/127.0.0.1/$((7603 + (i - 1) * 10))" &&
+      printf 'GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3 &&
+      cat <&3) 2>/dev/null | awk -v m="$name" '$1 == m {printf "%d", $2}')
+    total=$((total + ${value:-0}))
+  done
+  echo "$total"
+}
+
+# idle_cost N: what N idle nodes (formed, no clients) use: CPU over IDLE_SECONDS and RSS.
+idle_cost() {
+  local n=$1 before after rss=0 pid kib
+  before=$(cpu_ticks "${pids[@]}")
+  sleep "$IDLE_SECONDS"
+  after=$(cpu_ticks "${pids[@]}")
+  for pid in "${pids[@]}"; do
+    kib=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
+    rss=$((rss + kib))
+  done
+  echo "{\"scenario\":\"idle-cluster\",\"nodes\":$n,\"cpu_ms_per_s\":$(( (after - before) * 10 / IDLE_SECONDS )),\"rss_kib_total\":$rss}" | tee -a "$results"
+}
+
+# run SCENARIO ARGS...: one murmur-bench run; for Murmur runs (when MURMUR_NODES is set) the
+# events each socket write carried, from the nodes' murmur_deliveries / murmur_event_writes.
 run() {
+  local d0 w0 d1 w1
+  if [ -n "${MURMUR_NODES:-}" ]; then
+    d0=$(metric_sum "$MURMUR_NODES" murmur_deliveries_total)
+    w0=$(metric_sum "$MURMUR_NODES" murmur_event_writes_total)
+  fi
   if ! "$bench" "$@" | tee -a "$results"; then
     echo "FAILED: $*" | tee -a "$results"
+  fi
+  if [ -n "${MURMUR_NODES:-}" ]; then
+    d1=$(metric_sum "$MURMUR_NODES" murmur_deliveries_total)
+    w1=$(metric_sum "$MURMUR_NODES" murmur_event_writes_total)
+    if [ "$((w1 - w0))" -gt 0 ]; then
+      echo "{\"scenario\":\"writes\",\"args\":\"$*\",\"nodes\":$MURMUR_NODES,\"deliveries\":$((d1 - d0)),\"event_writes\":$((w1 - w0))}" | tee -a "$results"
+    fi
   fi
   sleep "$PAUSE"
 }
@@ -127,6 +177,7 @@ for n in $NODES; do
   murmur_urls=${murmur_urls%,}
   start_murmur "$n"
   server_pids=$(IFS=,; echo "${pids[*]}")
+  idle_cost "$n"
   nats_urls=""
   if [ "$NATS" = yes ]; then
     start_nats "$n"
@@ -142,16 +193,16 @@ for n in $NODES; do
           mode_args=()
           [ "$mode" = batch ] && mode_args=(--batch)
           [ "$mode" = compact ] && mode_args=(--batch --compact)
-          run fanout --system murmur --url "$murmur_urls" --server-pids "$server_pids" \
+          MURMUR_NODES=$n run fanout --system murmur --url "$murmur_urls" --server-pids "$server_pids" \
             --subscribers "$SUBSCRIBERS" --messages "$MESSAGES" --size "$SIZE" \
-            "${mode_args[@]}" --label "$label"
+            ${mode_args[@]+"${mode_args[@]}"} --label "$label"
         done
         if [ "$NATS" = yes ]; then
           run fanout --system nats --url "$nats_urls" --server-pids "$nats_server_pids" \
             --subscribers "$SUBSCRIBERS" --messages "$MESSAGES" --size "$SIZE" --label "$label"
         fi
       else
-        run topics --system murmur --url "$murmur_urls" --server-pids "$server_pids" \
+        MURMUR_NODES=$n run topics --system murmur --url "$murmur_urls" --server-pids "$server_pids" \
           --topics "$TOPICS" --messages "$TOPIC_MESSAGES" --size "$SIZE" --label "$label"
         if [ "$NATS" = yes ]; then
           run topics --system nats --url "$nats_urls" --server-pids "$nats_server_pids" \
