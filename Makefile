@@ -43,8 +43,9 @@ measure-topics: ## Heap per remembered topic, before and after topics are forgot
 bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian; JetStream for the acknowledged scenarios), and auth on / off: every scenario, writes docs/benchmarks.md (~7 min)
 	flock /tmp/murmur-bench.lock bench/run.sh
 
-bench-scale: ## Fan-out and fan-in on clusters of 3, 5 and 9 nodes (NODES="3 5 9"), the nodes' CPU and the bytes per delivery: checks docs/scaling.md's model (~4 min)
+bench-scale: ## Fan-out and fan-in on clusters of 1, 2, 3, 5 and 9 nodes: the nodes' CPU, bytes and events per write per delivery, then docs/scaling.md's model fitted and checked (~6 min)
 	flock /tmp/murmur-bench.lock bench/scale.sh
+	python3 bench/scale_model.py target/bench/scale.jsonl
 
 perf-count: ## Instructions per delivery, per fan-in event and per acknowledged publish, auth off and on (valgrind callgrind, one node, ~6 min): appends to bench/perf-count-history.tsv
 	bench/perf-count.sh

@@ -7,7 +7,9 @@
 # stops them. With NATS=yes it runs the same against an N-node NATS cluster (routes between
 # all, WebSocket listeners), and MODES adds Murmur's batch-frame modes to the fan-out.
 #
-#   bench/scale.sh                        # `make bench-scale`: N = 3, 5, 9 (~4 minutes)
+#   bench/scale.sh                        # `make bench-scale`: N = 1, 2, 3, 5, 9, plain frames
+#                                         # and compact batches (~6 minutes); then
+#   bench/scale_model.py                  # the model of docs/scaling.md, fitted and checked
 #   NODES="3 5" ROUNDS=1 bench/scale.sh   # counts can be overridden, see below
 #   NODES=3 NATS=yes MODES="plain batch compact" SCALE_SCENARIOS=fanout bench/scale.sh
 #                                         # bytes per delivery: Murmur's layouts vs NATS
@@ -20,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-NODES=${NODES:-3 5 9}
+NODES=${NODES:-1 2 3 5 9}
 ROUNDS=${ROUNDS:-3}
 SUBSCRIBERS=${SUBSCRIBERS:-300}
 MESSAGES=${MESSAGES:-1000}
@@ -28,7 +30,7 @@ TOPICS=${TOPICS:-300}
 TOPIC_MESSAGES=${TOPIC_MESSAGES:-100}
 SIZE=${SIZE:-128}
 NATS=${NATS:-no}
-MODES=${MODES:-plain}
+MODES=${MODES:-plain compact}
 SCALE_SCENARIOS=${SCALE_SCENARIOS:-fanout topics}
 PAUSE=${PAUSE:-2}
 IDLE_SECONDS=${IDLE_SECONDS:-5}

@@ -15,7 +15,8 @@ CPU per delivery (the nodes' user + system time over the deliveries, `server_cpu
 
 plus, in both, what the nodes spend while idle (gossip, QUIC keep-alives, timers), which a
 run pays for its whole length: N * i / rate, with i the CPU one formed, idle node uses per
-second (`idle-cluster` lines: measured before the runs) and rate the run's deliveries/s.
+second with N nodes formed (`idle-cluster` lines: measured before the runs) and rate the
+run's deliveries/s.
 
 E_in and E_out are the one-node runs' medians (less their idle share); m, the CPU a message
 between two nodes costs (both ends), is fitted from the three-node fan-in runs alone.
@@ -79,7 +80,7 @@ def medians(runs, system, case):
     """Per node count: (median CPU µs/delivery, median deliveries/s, median B/delivery, rounds, lost)."""
     by_n = {}
     for r in runs:
-        if r["system"] == system and r["case"] == case and r.get("server_cpu_us_per_delivery") is not None:
+        if r.get("system") == system and r.get("case") == case and r.get("server_cpu_us_per_delivery") is not None:
             by_n.setdefault(r["nodes"], []).append(r)
     out = {}
     for n, rs in sorted(by_n.items()):
@@ -124,22 +125,21 @@ def main():
     if 1 not in fan_in or 3 not in fan_in:
         sys.exit("need one-node and three-node fan-in runs (NODES=\"1 3 ...\")")
     idle = idle_per_node(runs)
-    i = statistics.median(v[0] for v in idle.values()) if idle else 0.0
 
     def idle_us(n, rate):
-        """The idle nodes' CPU a delivery carries, µs."""
-        return n * i / rate * 1e6
+        """The idle nodes' CPU a delivery carries, µs (measured with N nodes formed)."""
+        return n * idle.get(n, (0.0, 0.0))[0] / rate * 1e6
 
     e_in = fan_in[1][0] - idle_us(1, fan_in[1][1])
     m = (fan_in[3][0] - idle_us(3, fan_in[3][1]) - e_in) / k_in(3)
-    subscribers = next(r["subscribers"] for r in runs if r["case"] == "fanout-full")
+    subscribers = next(r["subscribers"] for r in runs if r.get("case") == "fanout-full")
     if idle:
         print("| nodes | idle CPU per node (ms/s) | RSS per node, idle (MiB) |")
         print("|---:|---:|---:|")
         for n, (cpu, rss) in sorted(idle.items()):
             print(f"| {n} | {cpu * 1000:.1f} | {rss:.1f} |")
         print()
-    print(f"Fitted: i = {i * 1000:.1f} ms/s of CPU per idle node (median), E_in = {e_in:.2f} µs (one node), "
+    print(f"Fitted: E_in = {e_in:.2f} µs (one node, less its idle share), "
           f"m = {m:.2f} µs per message between nodes (three-node fan-in); S = {subscribers}.")
     print()
     table("Fan-in (1 subscriber per topic, publishers on other nodes)", fan_in,
