@@ -303,3 +303,62 @@ async fn a_compact_request_with_a_bad_flag_is_refused() -> TestResult {
     assert_eq!(error["code"], "invalid_request");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_deliveries_in_compact_batches_come_one_per_run_and_can_be_acked() -> TestResult {
+    const EVENTS: usize = 50;
+    let node = start_node(|_| {}).await;
+    let url = ws_url(&node);
+    let (mut ws, _) = connect_async(url.as_str()).await?;
+    next_json(&mut ws).await?;
+    ws.send(Message::text(r#"{"op":"hello","batch":{"compact":true}}"#))
+        .await?;
+    next_json(&mut ws).await?;
+    ws.send(Message::text(
+        json!({"op": "sub", "id": "w", "topic": "jobs", "group": "workers"}).to_string(),
+    ))
+    .await?;
+    let (ok, _) = next_json(&mut ws).await?;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    let frames = (0..EVENTS)
+        .map(|i| Message::text(json!({"op": "pub", "topic": "jobs", "data": i}).to_string()))
+        .collect();
+    send_together(&mut ws, frames).await?;
+
+    let mut deliveries = Vec::new();
+    let mut runs_frames = 0;
+    while deliveries.len() < EVENTS {
+        let (frame, _) = next_json(&mut ws).await?;
+        let runs = match frame["op"].as_str() {
+            Some("event") => {
+                deliveries.push((frame["seq"].clone(), frame["delivery"].clone()));
+                continue;
+            }
+            Some("batch") => frame["runs"].as_array().cloned().unwrap_or_default(),
+            _ => anyhow::bail!("unexpected frame {frame}"),
+        };
+        runs_frames += 1;
+        for run in runs {
+            assert_eq!(run["data"].as_array().map(Vec::len), Some(1), "{run}");
+            assert_eq!(run["redelivered"], false, "{run}");
+            assert!(run["delivery"].is_string(), "{run}");
+            deliveries.push((run["seq"].clone(), run["delivery"].clone()));
+        }
+    }
+    assert!(runs_frames > 0, "some deliveries came in compact batches");
+    let seqs: Vec<u64> = deliveries
+        .iter()
+        .map(|(s, _)| s.as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(seqs, (1..=EVENTS as u64).collect::<Vec<_>>());
+    // Every ack is accepted: an unknown one would be answered with an error before the pong.
+    let acks = deliveries
+        .iter()
+        .map(|(_, d)| Message::text(json!({"op": "ack", "delivery": d}).to_string()))
+        .chain([Message::text(r#"{"op":"ping","ref":"acked"}"#)])
+        .collect();
+    send_together(&mut ws, acks).await?;
+    let (pong, _) = next_json(&mut ws).await?;
+    assert_eq!(pong, json!({"op": "pong", "ref": "acked"}));
+    Ok(())
+}
