@@ -76,6 +76,50 @@ def events_per_write(runs, scenario, compact):
     return {n: statistics.median(v) for n, v in by_n.items()}
 
 
+MASK = (1 << 64) - 1
+
+
+def weight(topic, member):
+    """routing::ownership::weight: FNV-1a over topic, 0xff, member, then splitmix64's finaliser."""
+    h = 0xCBF29CE484222325
+    for byte in topic.encode() + b"\xff" + member.encode():
+        h ^= byte
+        h = (h * 0x100000001B3) & MASK
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & MASK
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & MASK
+    return h ^ (h >> 31)
+
+
+def ranking(topic, members):
+    """routing::ownership::rank: the owner first, then the replicas."""
+    return sorted(members, key=lambda m: (-weight(topic, m), m))
+
+
+def fanout_roles(runs, system, e_out):
+    """Per node count: the median CPU per event (µs) each kind of node spent in the fan-out
+    runs beyond its local deliveries (its subscribers x E_out): the owner (sequences, sends a
+    Replicate and N - 1 Forwards), the replica, the publisher's node, and the others (each
+    receives one Forward per event)."""
+    by_n = {}
+    for r in runs:
+        if r.get("system") != system or r.get("case") != "fanout-full" or not r.get("server_cpu_s_each"):
+            continue
+        n, s, messages = r["nodes"], r["subscribers"], r["messages"]
+        names = [f"n{i}" for i in range(1, n + 1)]
+        ranked = ranking("bench.fanout", names)
+        owner, replica = ranked[0], (ranked[1] if n > 1 else None)
+        publisher = names[-1]
+        for i, (name, cpu) in enumerate(zip(names, r["server_cpu_s_each"])):
+            local = len(range(i, s, n))
+            extra = cpu * 1e6 / messages - local * e_out
+            role = ("owner" if name == owner else "replica" if name == replica
+                    else "publisher's node" if name == publisher else "other")
+            by_n.setdefault(n, {}).setdefault(role, []).append(extra)
+    return {n: {role: statistics.median(v) for role, v in roles.items()} for n, roles in by_n.items()}
+
+
 def medians(runs, system, case):
     """Per node count: (median CPU µs/delivery, median deliveries/s, median B/delivery, rounds, lost)."""
     by_n = {}
@@ -153,6 +197,19 @@ def main():
         table(f"{title} ({subscribers} subscribers on one topic)", measured,
               lambda n, rate, e_out=e_out: e_out + m * k_out(n) / subscribers + idle_us(n, rate), {1},
               events_per_write(runs, "fanout", is_compact))
+        system = "murmur-batch-compact" if is_compact else "murmur"
+        roles = fanout_roles(runs, system, e_out)
+        if roles:
+            print(f"Where it went, per node: µs of CPU per published event beyond the node's local "
+                  f"deliveries (its subscribers × {e_out:.2f} µs), medians:")
+            print()
+            print("| nodes | owner | replica | publisher's node | each other node |")
+            print("|---:|---:|---:|---:|---:|")
+            for n, by_role in sorted(roles.items()):
+                cells = [f"{by_role[k]:.1f}" if k in by_role else "—"
+                         for k in ("owner", "replica", "publisher's node", "other")]
+                print(f"| {n} | " + " | ".join(cells) + " |")
+            print()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ use serde_json::json;
 use crate::acked::publish_windowed;
 use crate::client::System;
 use crate::common::{
-    Common, Warmth, bytes_row, cpu_per_delivery_us, cpu_row, gather, server_cpu_seconds,
+    Common, Warmth, bytes_row, cpu_per_delivery_us, cpu_row, cpu_used_each, gather,
+    server_cpu_each, server_cpu_seconds,
 };
 use crate::counting::bytes_per_delivery;
 use crate::jetstream::Stream;
@@ -93,6 +94,7 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let cpu_before = server_cpu_seconds(&args.common.server_pids)?;
+    let cpu_before_each = server_cpu_each(&args.common.server_pids)?;
     let bytes_before = subscriber_target.read_bytes.load(Ordering::Relaxed);
     let first_send = start.elapsed().as_nanos();
     let mut publish_errors = 0usize;
@@ -127,6 +129,7 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
 
     let gathered = gather(tasks, first_send).await?;
     let cpu_after = server_cpu_seconds(&args.common.server_pids)?;
+    let cpu_after_each = server_cpu_each(&args.common.server_pids)?;
     let bytes_after = subscriber_target.read_bytes.load(Ordering::Relaxed);
     if let Some(stream) = stream {
         stream.delete().await?;
@@ -176,6 +179,7 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
             "ended_early": endings.count, "ended_sample": endings.sample,
             "server_cpu_us_per_delivery": cpu_us,
             "bytes_per_delivery": bytes,
+            "server_cpu_s_each": cpu_used_each(&cpu_before_each, &cpu_after_each),
             "read_buffer": args.common.read_buffer,
             "subscriber_threads": args.common.subscriber_threads,
         }),

@@ -17,7 +17,8 @@ use tokio::sync::Barrier;
 use crate::acked::{Answered, publish_windowed};
 use crate::client::{Conn, System, Target};
 use crate::common::{
-    Common, Warmth, bytes_row, cpu_per_delivery_us, cpu_row, gather, server_cpu_seconds,
+    Common, Warmth, bytes_row, cpu_per_delivery_us, cpu_row, cpu_used_each, gather,
+    server_cpu_each, server_cpu_seconds,
 };
 use crate::counting::{ReadCounter, bytes_per_delivery};
 use crate::jetstream::Stream;
@@ -105,12 +106,14 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     let mut first_send = u128::MAX;
     let mut cpu_before = None;
     let mut bytes_before = None;
+    let mut cpu_before_each = None;
     let (mut last_answer, mut publish_errors) = (0u128, 0usize);
     for publisher in publishers {
         let started = publisher.await??;
         first_send = first_send.min(started.first_send);
         cpu_before = cpu_before.or(started.server_cpu);
         bytes_before = bytes_before.or(started.subscriber_bytes);
+        cpu_before_each = cpu_before_each.or(started.server_cpu_each);
         if let Some(answered) = started.answered {
             last_answer = last_answer.max((answered.last_answer - start).as_nanos());
             publish_errors += answered.errors;
@@ -119,6 +122,7 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
 
     let gathered = gather(tasks, first_send).await?;
     let cpu_after = server_cpu_seconds(&args.common.server_pids)?;
+    let cpu_after_each = server_cpu_each(&args.common.server_pids)?;
     let bytes_after = subscriber_target.read_bytes.load(Ordering::Relaxed);
     if let Some(stream) = stream {
         stream.delete().await?;
@@ -164,6 +168,7 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
             "ended_early": endings.count, "ended_sample": endings.sample,
             "server_cpu_us_per_delivery": cpu_us,
             "bytes_per_delivery": bytes,
+            "server_cpu_s_each": cpu_before_each.map(|b| cpu_used_each(&b, &cpu_after_each)),
             "read_buffer": args.common.read_buffer,
             "subscriber_threads": args.common.subscriber_threads,
         }),
@@ -183,6 +188,8 @@ struct Started {
     /// Bytes the subscribers' sockets had read once every topic was warm, read by the
     /// same publisher as `server_cpu`.
     subscriber_bytes: Option<u64>,
+    /// Each server's CPU seconds at the same moment ([`server_cpu_each`]).
+    server_cpu_each: Option<Vec<f64>>,
 }
 
 /// One publisher: warms its topics up, waits for the others, then publishes M rounds over
@@ -220,13 +227,14 @@ async fn publish(
         conn.round_trip().await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (server_cpu, subscriber_bytes) = if barrier.wait().await.is_leader() {
+    let (server_cpu, subscriber_bytes, server_cpu_each) = if barrier.wait().await.is_leader() {
         (
             server_cpu_seconds(&server_pids)?,
             Some(subscriber_read_bytes.load(Ordering::Relaxed)),
+            Some(server_cpu_each(&server_pids)?),
         )
     } else {
-        (None, None)
+        (None, None, None)
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let first_send = start.elapsed().as_nanos();
@@ -244,6 +252,7 @@ async fn publish(
             server_cpu,
             answered: Some(answered),
             subscriber_bytes,
+            server_cpu_each,
         });
     }
     let mut queued = 0usize;
@@ -263,5 +272,6 @@ async fn publish(
         server_cpu,
         answered: None,
         subscriber_bytes,
+        server_cpu_each,
     })
 }
