@@ -5,7 +5,7 @@ ARGS ?=
 # the crates share one feature set, so no target rebuilds `murmur` for its own.
 RELEASE_TOOLS = $(CARGO) build --release -p murmur -p murmur-bench -p murmur-abuse -p murmur-chaos
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics measure-resume bench bench-smoke perf-count abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
+.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics measure-resume bench bench-smoke perf-count bench-scale abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -45,6 +45,10 @@ measure-resume: ## How long a resume takes on 1, 3, 5 and 9 in-process nodes: on
 
 bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian; JetStream for the acknowledged scenarios), and auth on / off: every scenario, writes docs/benchmarks.md (~7 min)
 	flock /tmp/murmur-bench.lock bench/run.sh
+
+bench-scale: ## Fan-out and fan-in on clusters of 1, 2, 3, 5 and 9 nodes: the nodes' CPU, bytes and events per write per delivery, then docs/scaling.md's model fitted and checked (~6 min)
+	flock /tmp/murmur-bench.lock bench/scale.sh
+	python3 bench/scale_model.py target/bench/scale.jsonl
 
 perf-count: ## Instructions per delivery, per fan-in event and per acknowledged publish, auth off and on (valgrind callgrind, one node, ~6 min): appends to bench/perf-count-history.tsv
 	bench/perf-count.sh

@@ -128,6 +128,7 @@ def machine_facts():
 def render(runs, rows, failed, args):
     facts = machine_facts()
     M, N, MB, MA = "murmur", "nats", "murmur-batch", "murmur-auth"
+    MC = "murmur-batch-compact"
     JM, JF, JC = "jetstream-mem", "jetstream-file", "jetstream-mem-core-sub"
     jetstreams = (JM, JF, JC)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -190,6 +191,22 @@ def render(runs, rows, failed, args):
         r = ratio(m, n)
         w(f"| the same, Murmur with batch frames (`hello` with `batch`) | {fmt(m)} | {fmt(n)} | "
           f"{fmt(r)} | ≥ 1.2× | {verdict(r is not None and r >= 1.2)} |")
+    m = median(runs, MC, "fanout-full", "deliveries_per_s")
+    if m is not None:
+        r = ratio(m, n)
+        w(f"| the same, Murmur with compact batch frames (`hello` with `batch: {{compact: true}}`) | {fmt(m)} | {fmt(n)} | "
+          f"{fmt(r)} | ≥ 1.5× | {verdict(r is not None and r >= 1.5)} |")
+    # Bytes the subscribers' sockets read per delivery (WebSocket framing included).
+    n = median(runs, N, "fanout-full", "bytes_per_delivery")
+    for system, label, target in [(M, "plain frames", "reported"), (MB, "batch frames", "reported"),
+                                  (MC, "compact batch frames", "≤ 1.0×")]:
+        m = median(runs, system, "fanout-full", "bytes_per_delivery")
+        if m is None or n is None:
+            continue
+        r = ratio(m, n)
+        met = verdict(r is not None and r <= 1.0) if target != "reported" else ""
+        w(f"| fan-out at full speed: bytes on the wire per delivery (subscribers' socket reads), Murmur {label} | "
+          f"{fmt(m, 1)} | {fmt(n, 1)} | {fmt(r)} | {target} | {met} |")
     n = median(runs, N, "fanout-rate", "latency_ms.p99")
     for system, label in [(M, f"the same at {rate} msg/s: p99 latency (ms)"),
                           (MB, f"the same at {rate} msg/s, batch frames: p99 latency (ms)")]:
@@ -299,9 +316,9 @@ def render(runs, rows, failed, args):
                           ("latency_ms.p90", "p90 ms"), ("latency_ms.p99", "p99 ms"),
                           ("latency_ms.p999", "p99.9 ms"), ("latency_ms.max", "max ms"), ("lost", "lost")]:
             n = median(runs, N, case, key)
-            for system, suffix in [(M, ""), (MB, ", batch frames")]:
+            for system, suffix in [(M, ""), (MB, ", batch frames"), (MC, ", compact batches")]:
                 m = median(runs, system, case, key)
-                if m is None and (n is None or system == MB):
+                if m is None and (n is None or system in (MB, MC)):
                     continue
                 w(f"| {label}{suffix} | {name} | {fmt(m)} | {fmt(n)} | {fmt(ratio(m, n)) if key != 'lost' else ''} |")
     if cost:

@@ -279,6 +279,9 @@ for round in $(seq 1 "$ROUNDS"); do
         --size "$SIZE" --batch --label "$label"
       run "$system" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$RATE_MESSAGES" \
         --size "$SIZE" --rate "$RATE" --batch --label "$label"
+      # The compact batch layout (runs: topic and epoch once per run of events).
+      run "$system" "$urls" fanout --subscribers "$SUBSCRIBERS" --messages "$MESSAGES" \
+        --size "$SIZE" --batch --compact --label "$label"
     fi
     # Acknowledged publishing: Murmur, or JetStream (memory, then file) on the NATS cluster.
     # JetStream's subscribers are push consumers (every stored message, from the stream);

@@ -240,6 +240,7 @@ async fn batched_protobuf_subscriber_gets_every_event_in_order_within_its_bounds
         batch: Some(pb::BatchLimits {
             max_events: 8,
             max_bytes: 0,
+            compact: false,
         }),
     })))
     .await?;
@@ -248,7 +249,8 @@ async fn batched_protobuf_subscriber_gets_every_event_in_order_within_its_bounds
             w.batch,
             Some(pb::BatchLimits {
                 max_events: 8,
-                max_bytes: 64 * 1024
+                max_bytes: 64 * 1024,
+                compact: false,
             })
         ),
         other => anyhow::bail!("expected welcome, got {other:?}"),

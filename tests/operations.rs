@@ -65,6 +65,7 @@ async fn metrics_expose_the_named_series_and_they_move_under_load() -> TestResul
         "murmur_events_received_total",
         "murmur_events_published_total",
         "murmur_deliveries_total",
+        "murmur_event_writes_total",
         "murmur_bytes_received_total",
         "murmur_bytes_sent_total",
         "murmur_slow_consumer_disconnects_total",
@@ -94,6 +95,9 @@ async fn metrics_expose_the_named_series_and_they_move_under_load() -> TestResul
         sample(&subscriber_side, "murmur_deliveries_total"),
         Some(50.0)
     );
+    // 50 events took at least one socket write and at most one each.
+    let writes = sample(&subscriber_side, "murmur_event_writes_total").unwrap_or(0.0);
+    assert!((1.0..=50.0).contains(&writes), "{writes} event writes");
     assert_eq!(sample(&subscriber_side, "murmur_subscriptions"), Some(1.0));
     assert_eq!(sample(&subscriber_side, "murmur_connections"), Some(1.0));
     let published: f64 = [&publisher_side, &subscriber_side]

@@ -19,9 +19,10 @@ use clap::ValueEnum;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::counting::{CountingStream, ReadCounter};
 use crate::{jetstream, nats};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,6 +67,10 @@ pub struct MurmurOptions {
     /// `batch`, docs/protocol.md).
     #[arg(long)]
     pub batch: bool,
+    /// With `--batch`: the compact batch layout (runs of one topic's events, the shared
+    /// fields once per run; `hello` with `batch: {"compact": true}`, docs/protocol.md).
+    #[arg(long, requires = "batch")]
+    pub compact: bool,
     /// A client token (JWT) for nodes with `auth = token`: every connection says `hello`
     /// with it first and waits for the `welcome` (`murmur token` mints one).
     #[arg(
@@ -81,7 +86,11 @@ impl MurmurOptions {
     fn hello(&self) -> String {
         let mut hello = json!({"op": "hello", "client": self.client_name});
         if self.batch {
-            hello["batch"] = json!(true);
+            hello["batch"] = if self.compact {
+                json!({"compact": true})
+            } else {
+                json!(true)
+            };
         }
         if let Some(token) = &self.token {
             hello["token"] = json!(token);
@@ -95,6 +104,9 @@ impl MurmurOptions {
         let mut args = vec!["--client-name".to_owned(), self.client_name.clone()];
         if self.batch {
             args.push("--batch".to_owned());
+        }
+        if self.compact {
+            args.push("--compact".to_owned());
         }
         args
     }
@@ -114,6 +126,9 @@ impl MurmurOptions {
         if self.batch {
             variant.push_str("-batch");
         }
+        if self.compact {
+            variant.push_str("-compact");
+        }
         if self.token.is_some() {
             variant.push_str("-auth");
         }
@@ -130,6 +145,9 @@ pub struct Target {
     /// (128 KiB) when absent.
     pub read_buffer: Option<usize>,
     pub jetstream: jetstream::JetStreamOptions,
+    /// Bytes read by the sockets of every connection made for this target (shared by its
+    /// clones): the subscribers' bytes on the wire.
+    pub read_bytes: ReadCounter,
 }
 
 impl Target {
@@ -164,7 +182,7 @@ pub enum Incoming {
 
 pub struct Conn {
     system: System,
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: WebSocketStream<CountingStream>,
     nats: nats::Parser,
     /// Decoded but not yet consumed, in arrival order.
     pending: VecDeque<Incoming>,
@@ -184,9 +202,19 @@ impl Conn {
             tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
                 .read_buffer_size(bytes)
         });
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, config, true)
+        // Plain `ws://` only (the bench runs on loopback); the socket counts what it reads.
+        let address = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .with_context(|| format!("a ws://host:port URL, not {url}"))?;
+        let socket = TcpStream::connect(address)
             .await
             .with_context(|| format!("connect {url}"))?;
+        socket.set_nodelay(true)?;
+        let stream = CountingStream::new(socket, target.read_bytes.clone());
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, config)
+            .await
+            .with_context(|| format!("WebSocket handshake with {url}"))?;
         let mut conn = Self {
             system: target.system,
             ws,
@@ -471,6 +499,9 @@ fn decode_murmur(frame: &Bytes, out: &mut VecDeque<Incoming>) {
         json_str_field(text, "op")
     };
     match op {
+        Some("batch") if text.starts_with(r#"{"op":"batch","runs":["#) => {
+            decode_runs(frame, text, out);
+        }
         Some("batch") => decode_batch(frame, text, out),
         Some("event") => {
             let Some(data) = json_str_field(text, "data") else {
@@ -515,6 +546,44 @@ fn decode_batch(frame: &Bytes, text: &str, out: &mut VecDeque<Incoming>) {
     }
 }
 
+/// A compact batch frame, `{"op":"batch","runs":[{"sub":…,"data":["…","…"]},…]}`: each
+/// run's `data` elements are events (the bench's payloads are strings without escapes); a
+/// run with `delivery` holds one queue delivery.
+fn decode_runs(frame: &Bytes, text: &str, out: &mut VecDeque<Incoming>) {
+    const RUN: &str = r#"{"sub":"#;
+    const DATA: &str = r#""data":["#;
+    let mut rest = 0;
+    while let Some(offset) = text[rest..].find(RUN) {
+        let begin = rest + offset;
+        let Some(data_at) = text[begin..].find(DATA).map(|d| begin + d + DATA.len()) else {
+            out.push_back(Incoming::Error(format!("a run without data: {text}")));
+            return;
+        };
+        let delivery = json_str_field(&text[begin..data_at], "delivery").map(str::to_owned);
+        let mut at = data_at;
+        loop {
+            let Some(open) = text[at..].strip_prefix('"') else {
+                out.push_back(Incoming::Error(format!("run data not strings: {text}")));
+                return;
+            };
+            let Some(len) = open.find('"') else {
+                out.push_back(Incoming::Error(format!("unterminated run data: {text}")));
+                return;
+            };
+            out.push_back(Incoming::Event {
+                payload: frame.slice(at + 1..at + 1 + len),
+                delivery: delivery.clone(),
+            });
+            at += len + 2;
+            match text.as_bytes().get(at) {
+                Some(b',') => at += 1,
+                _ => break,
+            }
+        }
+        rest = at;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,6 +603,7 @@ mod tests {
         let mut options = MurmurOptions {
             client_name: "b".to_owned(),
             batch: false,
+            compact: false,
             token: None,
         };
         let target = |murmur: &MurmurOptions| Target {
@@ -541,6 +611,7 @@ mod tests {
             murmur: murmur.clone(),
             read_buffer: None,
             jetstream: jetstream::JetStreamOptions::default(),
+            read_bytes: ReadCounter::default(),
         };
         assert_eq!(options.hello(), r#"{"op":"hello","client":"b"}"#);
         assert_eq!(target(&options).name(), "murmur");
@@ -575,6 +646,25 @@ mod tests {
                     payload: Bytes::from("two"),
                     delivery: Some("9".to_owned())
                 },
+            ]
+        );
+    }
+
+    #[test]
+    fn decodes_compact_batches_run_by_run() {
+        let mut out = VecDeque::new();
+        let frame = r#"{"op":"batch","runs":[{"sub":"b","topic":"t","epoch":"e","seq":1,"ts":5,"data":["one","two"],"dts":[1]},{"sub":"b","topic":"u","epoch":"e","seq":4,"ts":5,"delivery":"9","redelivered":false,"data":["three"]}]}"#;
+        decode_murmur(&Bytes::from(frame), &mut out);
+        let event = |p: &'static str, d: Option<&str>| Incoming::Event {
+            payload: Bytes::from(p),
+            delivery: d.map(str::to_owned),
+        };
+        assert_eq!(
+            out.into_iter().collect::<Vec<_>>(),
+            [
+                event("one", None),
+                event("two", None),
+                event("three", Some("9"))
             ]
         );
     }

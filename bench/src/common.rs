@@ -9,6 +9,7 @@ use anyhow::Context;
 use futures_util::StreamExt;
 
 use crate::client::{Conn, Incoming, MurmurOptions, System, Target};
+use crate::counting::ReadCounter;
 use crate::jetstream::JetStreamOptions;
 use crate::report::{Latency, WARMUP, parse_payload};
 
@@ -53,10 +54,12 @@ impl Common {
             murmur: self.murmur.clone(),
             read_buffer: None,
             jetstream: self.jetstream.clone(),
+            read_bytes: ReadCounter::default(),
         }
     }
 
-    /// The target as the subscribers see it (with `--read-buffer`).
+    /// The target as the subscribers see it (with `--read-buffer`), with a byte counter of
+    /// its own for their sockets.
     pub fn subscriber_target(&self) -> Target {
         Target {
             read_buffer: self.read_buffer,
@@ -171,6 +174,38 @@ pub fn server_cpu_seconds(pids: &[u32]) -> anyhow::Result<Option<f64>> {
     Ok(Some(ticks as f64 / USER_HZ))
 }
 
+/// Per process of `pids`, in order, the seconds its threads have run on a CPU so far (the
+/// first field of each thread's `/proc/<pid>/task/<tid>/schedstat`, in ns: finer than the
+/// 10 ms ticks of `/proc/<pid>/stat`, for splitting a run's cost between the nodes).
+/// Threads that ended meanwhile are not counted.
+pub fn server_cpu_each(pids: &[u32]) -> anyhow::Result<Vec<f64>> {
+    pids.iter()
+        .map(|pid| {
+            let mut ns = 0u64;
+            for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+                .with_context(|| format!("list /proc/{pid}/task"))?
+            {
+                let path = task?.path().join("schedstat");
+                // A thread may end between the listing and the read.
+                let Ok(stat) = std::fs::read_to_string(&path) else {
+                    continue;
+                };
+                ns += stat
+                    .split_whitespace()
+                    .next()
+                    .context("a schedstat line")?
+                    .parse::<u64>()?;
+            }
+            Ok(ns as f64 / 1e9)
+        })
+        .collect()
+}
+
+/// What each process of `--server-pids` used between two [`server_cpu_each`] samples, s.
+pub fn cpu_used_each(before: &[f64], after: &[f64]) -> Vec<f64> {
+    before.iter().zip(after).map(|(b, a)| a - b).collect()
+}
+
 /// The servers' CPU microseconds per delivery between two [`server_cpu_seconds`] samples.
 pub fn cpu_per_delivery_us(
     before: Option<f64>,
@@ -178,6 +213,11 @@ pub fn cpu_per_delivery_us(
     deliveries: usize,
 ) -> Option<f64> {
     Some((after? - before?) * 1e6 / deliveries.max(1) as f64)
+}
+
+/// `  N B/delivery` (bytes the subscribers' sockets read per delivery) for the table row.
+pub fn bytes_row(bytes: Option<f64>) -> String {
+    bytes.map_or_else(String::new, |b| format!("  {b:.1} B/delivery"))
 }
 
 /// `  servers' CPU X µs/delivery` for the table row, or nothing.
@@ -408,5 +448,10 @@ mod tests {
         assert!(server_cpu_seconds(&[u32::MAX]).is_err(), "no such process");
         assert_eq!(cpu_per_delivery_us(Some(1.0), Some(1.5), 1000), Some(500.0));
         assert_eq!(cpu_per_delivery_us(None, None, 1000), None);
+        let each = server_cpu_each(&[std::process::id()]).unwrap();
+        assert_eq!(each.len(), 1);
+        assert!(each[0] > 0.0, "{each:?}");
+        assert!(server_cpu_each(&[u32::MAX]).is_err(), "no such process");
+        assert_eq!(cpu_used_each(&[1.0, 2.0], &[1.5, 2.25]), [0.5, 0.25]);
     }
 }

@@ -14,7 +14,11 @@ use serde_json::json;
 
 use crate::acked::publish_windowed;
 use crate::client::System;
-use crate::common::{Common, Warmth, cpu_per_delivery_us, cpu_row, gather, server_cpu_seconds};
+use crate::common::{
+    Common, Warmth, bytes_row, cpu_per_delivery_us, cpu_row, cpu_used_each, gather,
+    server_cpu_each, server_cpu_seconds,
+};
+use crate::counting::bytes_per_delivery;
 use crate::jetstream::Stream;
 use crate::report::{WARMUP, emit, payload};
 
@@ -63,8 +67,9 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
         .map(|i| (urls[i % urls.len()].clone(), TOPIC.to_owned()))
         .collect();
     let pool = args.common.subscriber_pool()?;
+    let subscriber_target = args.common.subscriber_target();
     let subscribers = pool
-        .connect_subscribed(&args.common.subscriber_target(), plan, None)
+        .connect_subscribed(&subscriber_target, plan, None)
         .await?;
     let warmth = Warmth::new(args.subscribers);
     let publishing = Arc::new(AtomicBool::new(false));
@@ -89,6 +94,8 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let cpu_before = server_cpu_seconds(&args.common.server_pids)?;
+    let cpu_before_each = server_cpu_each(&args.common.server_pids)?;
+    let bytes_before = subscriber_target.read_bytes.load(Ordering::Relaxed);
     let first_send = start.elapsed().as_nanos();
     let mut publish_errors = 0usize;
     if args.acked {
@@ -122,6 +129,8 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
 
     let gathered = gather(tasks, first_send).await?;
     let cpu_after = server_cpu_seconds(&args.common.server_pids)?;
+    let cpu_after_each = server_cpu_each(&args.common.server_pids)?;
+    let bytes_after = subscriber_target.read_bytes.load(Ordering::Relaxed);
     if let Some(stream) = stream {
         stream.delete().await?;
     }
@@ -130,6 +139,7 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     let expected = args.subscribers * args.messages;
     let lost = (expected - received) as u64;
     let cpu_us = cpu_per_delivery_us(cpu_before, cpu_after, received);
+    let bytes = bytes_per_delivery(bytes_before, bytes_after, received);
     let name = target.name();
     let mode = match (args.acked, args.rate) {
         (true, _) => "acked".to_owned(),
@@ -156,7 +166,8 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
         args.size,
         latency.row(),
     ) + &endings.row()
-        + &cpu_row(cpu_us);
+        + &cpu_row(cpu_us)
+        + &bytes_row(bytes);
     emit(
         &row,
         json!({
@@ -167,6 +178,8 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
             "publish_errors": publish_errors, "lost": lost, "latency_ms": latency.json(),
             "ended_early": endings.count, "ended_sample": endings.sample,
             "server_cpu_us_per_delivery": cpu_us,
+            "bytes_per_delivery": bytes,
+            "server_cpu_s_each": cpu_used_each(&cpu_before_each, &cpu_after_each),
             "read_buffer": args.common.read_buffer,
             "subscriber_threads": args.common.subscriber_threads,
         }),

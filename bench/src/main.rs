@@ -20,6 +20,7 @@
 mod acked;
 mod client;
 mod common;
+mod counting;
 mod fanout;
 mod idle;
 mod jetstream;

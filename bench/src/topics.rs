@@ -16,7 +16,11 @@ use tokio::sync::Barrier;
 
 use crate::acked::{Answered, publish_windowed};
 use crate::client::{Conn, System, Target};
-use crate::common::{Common, Warmth, cpu_per_delivery_us, cpu_row, gather, server_cpu_seconds};
+use crate::common::{
+    Common, Warmth, bytes_row, cpu_per_delivery_us, cpu_row, cpu_used_each, gather,
+    server_cpu_each, server_cpu_seconds,
+};
+use crate::counting::{ReadCounter, bytes_per_delivery};
 use crate::jetstream::Stream;
 use crate::report::{WARMUP, emit, payload};
 
@@ -68,8 +72,9 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
         .map(|i| (urls[i % nodes].clone(), topic(i)))
         .collect();
     let pool = args.common.subscriber_pool()?;
+    let subscriber_target = args.common.subscriber_target();
     let subscribers = pool
-        .connect_subscribed(&args.common.subscriber_target(), plan, None)
+        .connect_subscribed(&subscriber_target, plan, None)
         .await?;
     let warmth = Warmth::new(args.topics);
     let publishing = Arc::new(AtomicBool::new(false));
@@ -94,16 +99,21 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
                 barrier.clone(),
                 args.common.server_pids.clone(),
                 args.acked.then_some(args.window),
+                subscriber_target.read_bytes.clone(),
             ))
         })
         .collect();
     let mut first_send = u128::MAX;
     let mut cpu_before = None;
+    let mut bytes_before = None;
+    let mut cpu_before_each = None;
     let (mut last_answer, mut publish_errors) = (0u128, 0usize);
     for publisher in publishers {
         let started = publisher.await??;
         first_send = first_send.min(started.first_send);
         cpu_before = cpu_before.or(started.server_cpu);
+        bytes_before = bytes_before.or(started.subscriber_bytes);
+        cpu_before_each = cpu_before_each.or(started.server_cpu_each);
         if let Some(answered) = started.answered {
             last_answer = last_answer.max((answered.last_answer - start).as_nanos());
             publish_errors += answered.errors;
@@ -112,6 +122,8 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
 
     let gathered = gather(tasks, first_send).await?;
     let cpu_after = server_cpu_seconds(&args.common.server_pids)?;
+    let cpu_after_each = server_cpu_each(&args.common.server_pids)?;
+    let bytes_after = subscriber_target.read_bytes.load(Ordering::Relaxed);
     if let Some(stream) = stream {
         stream.delete().await?;
     }
@@ -120,6 +132,7 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
     let expected = args.topics * args.messages;
     let lost = (expected - received) as u64;
     let cpu_us = cpu_per_delivery_us(cpu_before, cpu_after, received);
+    let bytes = bytes_before.and_then(|before| bytes_per_delivery(before, bytes_after, received));
     let name = target.name();
     let variant = args.common.subscriber_variant();
     let case = match (args.acked, variant.is_empty()) {
@@ -142,7 +155,8 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
         args.size,
         latency.row(),
     ) + &endings.row()
-        + &cpu_row(cpu_us);
+        + &cpu_row(cpu_us)
+        + &bytes_row(bytes);
     emit(
         &row,
         json!({
@@ -153,6 +167,8 @@ pub async fn run(args: Args) -> anyhow::Result<u64> {
             "deliveries_per_s": per_second, "lost": lost, "latency_ms": latency.json(),
             "ended_early": endings.count, "ended_sample": endings.sample,
             "server_cpu_us_per_delivery": cpu_us,
+            "bytes_per_delivery": bytes,
+            "server_cpu_s_each": cpu_before_each.map(|b| cpu_used_each(&b, &cpu_after_each)),
             "read_buffer": args.common.read_buffer,
             "subscriber_threads": args.common.subscriber_threads,
         }),
@@ -169,6 +185,11 @@ struct Started {
     server_cpu: Option<f64>,
     /// Acknowledged publishing: what the answers were and when the last came.
     answered: Option<Answered>,
+    /// Bytes the subscribers' sockets had read once every topic was warm, read by the
+    /// same publisher as `server_cpu`.
+    subscriber_bytes: Option<u64>,
+    /// Each server's CPU seconds at the same moment ([`server_cpu_each`]).
+    server_cpu_each: Option<Vec<f64>>,
 }
 
 /// One publisher: warms its topics up, waits for the others, then publishes M rounds over
@@ -185,6 +206,7 @@ async fn publish(
     barrier: Arc<Barrier>,
     server_pids: Vec<u32>,
     acked_window: Option<usize>,
+    subscriber_read_bytes: ReadCounter,
 ) -> anyhow::Result<Started> {
     let mut conn = Conn::connect(&target, &url).await?;
     let names: Vec<String> = topics.iter().map(|&i| topic(i)).collect();
@@ -205,10 +227,14 @@ async fn publish(
         conn.round_trip().await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let server_cpu = if barrier.wait().await.is_leader() {
-        server_cpu_seconds(&server_pids)?
+    let (server_cpu, subscriber_bytes, server_cpu_each) = if barrier.wait().await.is_leader() {
+        (
+            server_cpu_seconds(&server_pids)?,
+            Some(subscriber_read_bytes.load(Ordering::Relaxed)),
+            Some(server_cpu_each(&server_pids)?),
+        )
     } else {
-        None
+        (None, None, None)
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let first_send = start.elapsed().as_nanos();
@@ -225,6 +251,8 @@ async fn publish(
             first_send,
             server_cpu,
             answered: Some(answered),
+            subscriber_bytes,
+            server_cpu_each,
         });
     }
     let mut queued = 0usize;
@@ -243,5 +271,7 @@ async fn publish(
         first_send,
         server_cpu,
         answered: None,
+        subscriber_bytes,
+        server_cpu_each,
     })
 }

@@ -75,6 +75,9 @@ pub fn to_json(request: &Request) -> Option<String> {
                 if let Some(n) = batch.max_bytes {
                     limits.insert("max_bytes".into(), n.into());
                 }
+                if batch.compact {
+                    limits.insert("compact".into(), true.into());
+                }
                 put("batch", Value::Object(limits));
             }
         }
@@ -174,6 +177,7 @@ pub fn to_protobuf(request: &Request) -> Bytes {
             batch: batch.map(|b| pb::BatchLimits {
                 max_events: b.max_events.unwrap_or(0),
                 max_bytes: b.max_bytes.unwrap_or(0),
+                compact: b.compact,
             }),
         }),
         Request::Subscribe(sub) => {

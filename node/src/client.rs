@@ -43,6 +43,8 @@ pub enum ClientError {
     NoSystemRoots(String),
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("a batch frame the client cannot read: {0}")]
+    BadBatch(String),
 }
 
 /// The TLS settings for `wss://` URLs: certificates are checked against `ca` (a PEM file of
@@ -180,7 +182,30 @@ impl Client {
         max_events: Option<u32>,
         max_bytes: Option<u32>,
     ) -> Result<Value, ClientError> {
+        self.ask_for_batches(max_events, max_bytes, false).await
+    }
+
+    /// As [`Client::request_batches`], in the compact layout (runs of events sharing their
+    /// subscription, topic and epoch; the `welcome` says `"compact":true` when the node
+    /// grants it). [`Client::next_frame`] returns each event as its plain frame would be.
+    pub async fn request_compact_batches(
+        &mut self,
+        max_events: Option<u32>,
+        max_bytes: Option<u32>,
+    ) -> Result<Value, ClientError> {
+        self.ask_for_batches(max_events, max_bytes, true).await
+    }
+
+    async fn ask_for_batches(
+        &mut self,
+        max_events: Option<u32>,
+        max_bytes: Option<u32>,
+        compact: bool,
+    ) -> Result<Value, ClientError> {
         let mut batch = serde_json::Map::new();
+        if compact {
+            batch.insert("compact".into(), json!(true));
+        }
         if let Some(n) = max_events {
             batch.insert("max_events".into(), json!(n));
         }
@@ -210,6 +235,11 @@ impl Client {
                     if value["op"] == "batch" {
                         if let Value::Array(events) = value["events"].take() {
                             self.unread.extend(events);
+                        }
+                        if let Value::Array(runs) = value["runs"].take() {
+                            for run in &runs {
+                                expand_run(run, &mut self.unread)?;
+                            }
                         }
                         match self.unread.pop_front() {
                             Some(event) => return Ok(event),
@@ -455,6 +485,46 @@ impl ResumeCursor {
 /// `murmur pub chat.lobby hello` works without quoting.
 pub fn data_from_arg(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+/// The events of one run of a compact batch (docs/protocol.md, "Compact batches"), each as
+/// its plain `event` frame would be, appended to `out`.
+pub fn expand_run(
+    run: &Value,
+    out: &mut std::collections::VecDeque<Value>,
+) -> Result<(), ClientError> {
+    let bad = |what: &str| ClientError::BadBatch(format!("{what} in run {run}"));
+    let data = run["data"]
+        .as_array()
+        .ok_or_else(|| bad("no `data` array"))?;
+    let first_seq = run["seq"].as_u64().ok_or_else(|| bad("no `seq`"))?;
+    let mut ts = run["ts"].as_i64().ok_or_else(|| bad("no `ts`"))?;
+    let dts = match run.get("dts") {
+        None => None,
+        Some(Value::Array(dts)) if dts.len() + 1 == data.len() => Some(dts),
+        Some(_) => return Err(bad("`dts` not one number per event after the first")),
+    };
+    for (i, value) in data.iter().enumerate() {
+        if i > 0 {
+            ts += match dts {
+                Some(dts) => dts[i - 1]
+                    .as_i64()
+                    .ok_or_else(|| bad("a `dts` not a number"))?,
+                None => 0,
+            };
+        }
+        let mut event = json!({
+            "op": "event", "sub": run["sub"], "topic": run["topic"], "epoch": run["epoch"],
+            "seq": first_seq + i as u64, "data": value, "ts": ts,
+        });
+        for key in ["encoding", "delivery", "redelivered"] {
+            if let Some(field) = run.get(key) {
+                event[key] = field.clone();
+            }
+        }
+        out.push_back(event);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub events_received: Counter,
     /// `event` frames written to clients (replays included).
     pub deliveries: Counter,
+    /// Socket flushes that carried live events: `deliveries` over this is how many events a
+    /// connection's wake-up and write carry, which decides what a delivery costs.
+    pub event_writes: Counter,
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
     pub slow_consumer_disconnects: Counter,
@@ -42,7 +45,7 @@ pub struct Metrics {
 impl Metrics {
     fn registry(&self) -> Registry {
         let mut registry = Registry::default();
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 11] = [
             (
                 "murmur_events_received",
                 "Publish frames accepted from clients",
@@ -57,6 +60,11 @@ impl Metrics {
                 "murmur_bytes_received",
                 "WebSocket payload bytes received from clients",
                 &self.bytes_received,
+            ),
+            (
+                "murmur_event_writes",
+                "Socket flushes that carried live events (murmur_deliveries / this: events per write)",
+                &self.event_writes,
             ),
             (
                 "murmur_bytes_sent",
@@ -347,8 +355,8 @@ impl Collector for StateSnapshot {
         counter(
             &mut encoder,
             "murmur_resumes_asked_everyone",
-            "Single-topic resumes whose placement (owner and replicas) knew nothing of the \
-             topic, so every node was asked",
+            "Single-topic resumes whose placement (owner and replicas) could not replay the \
+             topic without a gap, so the other nodes were asked too",
             self.resumes_asked_everyone,
         )?;
         counter(

@@ -2,6 +2,7 @@ import { fullJitterDelay } from "./backoff.js";
 import { CursorStore } from "./cursor.js";
 import { Emitter } from "./emitter.js";
 import { MurmurError } from "./errors.js";
+import { expandRun, type WireRun } from "./runs.js";
 import {
   type EventHandler,
   Subscription,
@@ -385,9 +386,10 @@ export class Client extends Emitter<ClientEvents> {
     const batch = this.#options.batch ?? true;
     if (batch === true) hello["batch"] = true;
     else if (batch !== false) {
-      const bounds: Record<string, number> = {};
+      const bounds: Record<string, number | boolean> = {};
       if (batch.maxEvents !== undefined) bounds["max_events"] = batch.maxEvents;
       if (batch.maxBytes !== undefined) bounds["max_bytes"] = batch.maxBytes;
+      if (batch.compact === true) bounds["compact"] = true;
       hello["batch"] = bounds;
     }
     return hello;
@@ -408,6 +410,17 @@ export class Client extends Emitter<ClientEvents> {
         const events = frame["events"];
         if (Array.isArray(events)) {
           for (const event of events as WireEvent[]) this.#deliver(conn, event);
+        }
+        // The compact layout (asked for with `batch: {compact: true}`): runs of events.
+        const runs = frame["runs"];
+        if (Array.isArray(runs)) {
+          for (const run of runs as WireRun[]) {
+            const expanded = expandRun(run);
+            if (expanded.length === 0) {
+              this.emit("error", new MurmurError("bad_frame", "the node sent a batch run this client cannot read"));
+            }
+            for (const event of expanded) this.#deliver(conn, event);
+          }
         }
         return;
       }

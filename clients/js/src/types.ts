@@ -99,8 +99,13 @@ export interface ClientOptions {
   token?: string;
   /** The name sent in `hello` (only logged by the node). */
   clientName?: string;
-  /** Ask for batch frames (default `true`); or their bounds. */
-  batch?: boolean | { maxEvents?: number; maxBytes?: number };
+  /**
+   * Ask for batch frames (default `true`); or their bounds, and `compact: true` for the
+   * compact layout (runs of one topic's events, topic and epoch once per run: fewer bytes
+   * per event; needs a node that knows it, which answers a `hello` asking for it with
+   * `invalid_request` otherwise).
+   */
+  batch?: boolean | { maxEvents?: number; maxBytes?: number; compact?: boolean };
   /** Reconnect delays: full jitter, uniform in [0, min(maxDelayMs, initialDelayMs × 2^failures)]. Defaults 100 ms and 10 s. */
   reconnect?: { initialDelayMs?: number; maxDelayMs?: number };
   /** How long to wait for the node's answer to `hello` before trying the next URL (default 10 s). */

@@ -212,9 +212,10 @@ fn parse_from(value: Value) -> Result<ResumeFrom, String> {
     }
 }
 
-/// `"batch": true | false | {"max_events": N, "max_bytes": N}` (both optional).
+/// `"batch": true | false | {"max_events": N, "max_bytes": N, "compact": bool}` (each
+/// optional).
 fn parse_batch(value: Value) -> Result<Option<BatchRequest>, String> {
-    const USAGE: &str = "`batch` is true, false, or {\"max_events\": positive integer, \"max_bytes\": positive integer}";
+    const USAGE: &str = "`batch` is true, false, or {\"max_events\": positive integer, \"max_bytes\": positive integer, \"compact\": true or false}";
     let bound = |value: &Value, key: &str| -> Result<Option<u32>, String> {
         match value.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -225,13 +226,20 @@ fn parse_batch(value: Value) -> Result<Option<BatchRequest>, String> {
                 .ok_or_else(|| USAGE.to_owned()),
         }
     };
+    let known = |k: &String| k == "max_events" || k == "max_bytes" || k == "compact";
     match &value {
         Value::Bool(false) | Value::Null => Ok(None),
         Value::Bool(true) => Ok(Some(BatchRequest::default())),
-        Value::Object(map) if map.keys().all(|k| k == "max_events" || k == "max_bytes") => {
+        Value::Object(map) if map.keys().all(known) => {
+            let compact = match map.get("compact") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(USAGE.to_owned()),
+            };
             Ok(Some(BatchRequest {
                 max_events: bound(&value, "max_events")?,
                 max_bytes: bound(&value, "max_bytes")?,
+                compact,
             }))
         }
         _ => Err(USAGE.to_owned()),
@@ -280,6 +288,9 @@ pub fn encode_reply(reply: &Reply<'_>) -> String {
             if let Some(b) = batch {
                 v["batch"] =
                     serde_json::json!({"max_events": b.max_events, "max_bytes": b.max_bytes});
+                if b.compact {
+                    v["batch"]["compact"] = Value::Bool(true);
+                }
             }
             if let Some(user) = user {
                 v["user"] = Value::from(*user);
@@ -407,6 +418,41 @@ pub fn append_event(out: &mut String, sub: &str, event: &Event, delivery: Option
 
 const EVENT_START: &str = r#"{"op":"event","sub":"#;
 
+/// The JSON value of an event's `data` as every frame writes it (JSON text as published, or
+/// a base64 string for binary data): a slice of the event's shared encoding, so a compact
+/// batch copies it without checking or encoding the payload again per subscriber.
+pub fn data_value(event: &Event) -> &str {
+    let tail = event.json_tail.get_or_init(|| event_tail(event));
+    // The tail ends with `"data":<data>[,"encoding":"base64"],"ts":<ts>`.
+    let (data_len, after) = match &event.payload {
+        Payload::Json(text) => (text.len(), 0),
+        Payload::Binary(bytes) => (
+            base64::encoded_len(bytes.len(), true).unwrap_or(0) + 2,
+            BASE64_MARK.len(),
+        ),
+    };
+    let end = tail
+        .len()
+        .saturating_sub(TS_KEY.len() + decimal_len(event.ts) + after);
+    tail.get(end.saturating_sub(data_len)..end)
+        .unwrap_or("null")
+}
+
+const TS_KEY: &str = r#","ts":"#;
+const BASE64_MARK: &str = r#","encoding":"base64""#;
+
+/// Digits (and sign) of `n` written in decimal.
+pub fn decimal_len(n: i64) -> usize {
+    let sign = usize::from(n < 0);
+    let mut magnitude = n.unsigned_abs();
+    let mut digits = 1;
+    while magnitude >= 10 {
+        magnitude /= 10;
+        digits += 1;
+    }
+    sign + digits
+}
+
 /// The start of a `batch` frame; events follow, separated by [`BATCH_SEPARATOR`], and
 /// [`BATCH_END`] closes it.
 pub const BATCH_START: &str = r#"{"op":"batch","events":["#;
@@ -427,20 +473,21 @@ fn event_tail(event: &Event) -> Box<str> {
         Payload::Binary(bytes) => {
             out.push('"');
             base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut out);
-            out.push_str(r#"","encoding":"base64""#);
+            out.push('"');
+            out.push_str(BASE64_MARK);
         }
     }
-    let _ = write!(out, r#","ts":{}"#, event.ts);
+    let _ = write!(out, "{TS_KEY}{}", event.ts);
     out.into_boxed_str()
 }
 
 /// True when `s` is written in JSON as it is, between quotes.
-fn is_plain_json_string(s: &str) -> bool {
+pub(super) fn is_plain_json_string(s: &str) -> bool {
     s.bytes()
         .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
 }
 
-fn write_json_string(out: &mut String, s: &str) {
+pub(super) fn write_json_string(out: &mut String, s: &str) {
     // Ids and topics rarely need escaping: copy those as they are.
     if is_plain_json_string(s) {
         out.push('"');

@@ -6,6 +6,7 @@
 
 pub mod json;
 pub mod protobuf;
+pub mod runs;
 
 use std::collections::BTreeMap;
 
@@ -170,6 +171,9 @@ impl Cursor {
 pub struct BatchRequest {
     pub max_events: Option<u32>,
     pub max_bytes: Option<u32>,
+    /// The compact layout: runs of events of one subscription and topic, the shared fields
+    /// once per run (see `runs`).
+    pub compact: bool,
 }
 
 /// The bounds of one batch frame in effect for a connection.
@@ -177,6 +181,8 @@ pub struct BatchRequest {
 pub struct BatchLimits {
     pub max_events: u32,
     pub max_bytes: u32,
+    /// Batch frames in the compact layout (`runs`) instead of whole event objects.
+    pub compact: bool,
 }
 
 impl BatchLimits {
@@ -205,6 +211,7 @@ impl BatchLimits {
                 .filter(|&n| n > 0)
                 .unwrap_or(Self::DEFAULT_BYTES)
                 .clamp(Self::MIN_BYTES, Self::MAX_BYTES),
+            compact: request.compact,
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::event::{Delivery, Event, Payload};
 /// Field numbers of `ServerFrame.event` and of the per-subscriber `Event` fields, which
 /// [`encode_event`] writes by hand around the shared body.
 const SERVER_FRAME_EVENT: u32 = 2;
-const SERVER_FRAME_BATCH: u32 = 7;
+pub(super) const SERVER_FRAME_BATCH: u32 = 7;
 const EVENT_BATCH_EVENTS: u32 = 1;
 const EVENT_SUB: u32 = 1;
 const EVENT_DELIVERY: u32 = 8;
@@ -52,6 +52,7 @@ pub fn decode(frame: Bytes) -> Result<Request, RequestError> {
             batch: h.batch.map(|b| BatchRequest {
                 max_events: (b.max_events > 0).then_some(b.max_events),
                 max_bytes: (b.max_bytes > 0).then_some(b.max_bytes),
+                compact: b.compact,
             }),
         }),
         pb::client_frame::Op::Sub(s) => {
@@ -199,6 +200,7 @@ pub fn encode_reply(reply: &Reply<'_>) -> Bytes {
             batch: batch.map(|b| pb::BatchLimits {
                 max_events: b.max_events,
                 max_bytes: b.max_bytes,
+                compact: b.compact,
             }),
             node: (*node).to_owned(),
             session: (*session).to_owned(),
@@ -316,7 +318,7 @@ pub struct BatchFrame {
 }
 
 /// The room kept for the `ServerFrame.batch` key and length.
-const BATCH_HEADER_ROOM: usize = 1 + 10;
+pub(super) const BATCH_HEADER_ROOM: usize = 1 + 10;
 
 impl BatchFrame {
     pub fn new() -> Self {

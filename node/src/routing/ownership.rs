@@ -76,6 +76,17 @@ mod tests {
     }
 
     #[test]
+    fn the_ranking_is_pinned_across_builds() {
+        // Nodes of different builds must agree; bench/scale_model.py computes the same
+        // ranking to tell which node owned the bench's topic.
+        let members = ["n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8", "n9"];
+        assert_eq!(
+            rank("bench.fanout", members),
+            ["n1", "n6", "n4", "n9", "n7", "n2", "n8", "n3", "n5"]
+        );
+    }
+
+    #[test]
     fn losing_the_owner_promotes_the_first_replica() {
         let all = ["a", "b", "c", "d"];
         for i in 0..200 {

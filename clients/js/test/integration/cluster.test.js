@@ -77,6 +77,29 @@ function checkOncePerTopicInOrder(received, gaps) {
 }
 
 describe("a 3-node cluster", () => {
+  it("a subscriber with compact batches gets every event of a burst, with its topic, epoch and seq", async () => {
+    const subscriber = client(cluster.urls.slice(0, 1), { batch: { compact: true } });
+    const received = [];
+    const sub = subscriber.subscribe("compact.*", (e) => received.push(e));
+    await nextEvent(sub, "subscribed", 10_000);
+    await sleep(300);
+    const publisher = client(cluster.urls.slice(1, 2));
+    const topics = ["compact.a", "compact.b"];
+    // A burst: every publish in flight at once, so events queue up and go out in runs.
+    const acked = await Promise.all(
+      Array.from({ length: 400 }, (_, n) => publisher.publish(topics[n % 2], { n }).then((p) => ({ ...p, topic: topics[n % 2], n }))),
+    );
+    await until("every event", () => received.length === acked.length, 10_000);
+    const key = (e) => `${e.topic}/${e.epoch}/${e.seq}`;
+    const byKey = new Map(received.map((e) => [key(e), e]));
+    for (const a of acked) {
+      const got = byKey.get(key(a));
+      assert.ok(got, `${key(a)} not received`);
+      assert.deepEqual(got.data, { n: a.n }, `${key(a)} carries its own data`);
+    }
+    checkOncePerTopicInOrder(received, []);
+  });
+
   it("kill -9 the subscriber's node mid-stream: every event once, in order, or a gap", async () => {
     const subscriber = client(cluster.urls);
     const received = [];

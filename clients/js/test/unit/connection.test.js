@@ -45,6 +45,10 @@ describe("connecting", () => {
     await Promise.all([nextEvent(bounded, "connected"), nextEvent(plain, "connected")]);
     assert.deepEqual((await n1.connection()).hello.batch, { max_events: 10, max_bytes: 4096 });
     assert.equal("batch" in (await n2.connection()).hello, false);
+    const [n3] = await nodes("n3");
+    const compact = client(n3.url, { batch: { compact: true } });
+    await nextEvent(compact, "connected");
+    assert.deepEqual((await n3.connection()).hello.batch, { compact: true });
   });
 
   it("is connected only once the node answered hello (the first welcome is unasked)", async () => {

@@ -27,6 +27,29 @@ describe("subscribe", () => {
     assert.deepEqual(sub.cursor().topics, { "chat.a": { epoch: "e1", seq: 3 }, "chat.b": { epoch: "e1", seq: 1 } });
   });
 
+  it("delivers the events of compact batch runs, each with its topic, epoch, seq and time", async () => {
+    const n1 = await node();
+    const c = client(n1.url, { batch: { compact: true } });
+    const got = [];
+    const sub = c.subscribe("chat.*", (e) => got.push(e));
+    const conn = await n1.connection();
+    await conn.acceptSub();
+    conn.send({
+      op: "batch",
+      runs: [
+        { sub: sub.id, topic: "chat.a", epoch: "e1", seq: 1, ts: 1000, data: [{ n: 1 }, { n: 2 }, { n: 3 }], dts: [0, 2] },
+        { sub: sub.id, topic: "chat.b", epoch: "e2", seq: 7, ts: 1005, data: ["x"] },
+        { sub: sub.id, topic: "chat.a", epoch: "e1", seq: 4, ts: 1006, data: [4, 5] },
+      ],
+    });
+    await until("6 events", () => got.length === 6);
+    assert.deepEqual(seqs(got), ["chat.a#1", "chat.a#2", "chat.a#3", "chat.b#7", "chat.a#4", "chat.a#5"]);
+    assert.deepEqual(got.map((e) => e.ts), [1000, 1000, 1002, 1005, 1006, 1006]);
+    assert.deepEqual(got[3], { topic: "chat.b", epoch: "e2", seq: 7, data: "x", ts: 1005 });
+    assert.deepEqual(got[4].data, 4);
+    assert.deepEqual(sub.cursor().topics, { "chat.a": { epoch: "e1", seq: 5 }, "chat.b": { epoch: "e2", seq: 7 } });
+  });
+
   it("drops duplicates by (epoch, seq), takes a new epoch", async () => {
     const n1 = await node();
     const c = client(n1.url);

@@ -51,6 +51,7 @@ static ASSETS: &[Asset] = &[
     asset!("murmur-client/emitter.js", JS),
     asset!("murmur-client/errors.js", JS),
     asset!("murmur-client/index.js", JS),
+    asset!("murmur-client/runs.js", JS),
     asset!("murmur-client/subscription.js", JS),
     asset!("murmur-client/types.js", JS),
 ];

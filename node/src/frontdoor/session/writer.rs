@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::{Ending, Session, Unacked};
 use crate::broker::{Outbound, Subscription};
 use crate::event::{Delivery, Event};
-use crate::protocol::{Format, json, protobuf};
+use crate::protocol::{Format, json, protobuf, runs};
 
 /// Events written to the socket per flush, at most (without batch frames).
 const WRITE_BATCH: usize = 64;
@@ -26,51 +26,65 @@ pub(super) struct Admitted {
     delivery: Option<Delivery>,
 }
 
-/// One batch frame being built, in the connection's format.
+/// One batch frame being built, in the connection's format and batch layout.
 enum BatchBuilder {
     Json(String),
     Protobuf(protobuf::BatchFrame),
+    JsonRuns(runs::JsonRuns),
+    ProtobufRuns(runs::ProtobufRuns),
 }
 
 impl BatchBuilder {
-    fn new(format: Format) -> Self {
-        match format {
-            Format::Json => Self::Json(json::BATCH_START.to_owned()),
-            Format::Protobuf => Self::Protobuf(protobuf::BatchFrame::new()),
+    fn new(format: Format, compact: bool) -> Self {
+        match (format, compact) {
+            (Format::Json, false) => Self::Json(json::BATCH_START.to_owned()),
+            (Format::Protobuf, false) => Self::Protobuf(protobuf::BatchFrame::new()),
+            (Format::Json, true) => Self::JsonRuns(runs::JsonRuns::new()),
+            (Format::Protobuf, true) => Self::ProtobufRuns(runs::ProtobufRuns::new()),
         }
     }
 
-    fn len(&self) -> usize {
-        match self {
-            Self::Json(buf) => buf.len(),
-            Self::Protobuf(frame) => frame.len(),
-        }
-    }
-
-    /// The frame's size if it were finished now (at most; protobuf's header may be smaller).
-    fn finished_len(&self) -> usize {
-        match self {
-            Self::Json(buf) => buf.len() + json::BATCH_END.len(),
-            Self::Protobuf(frame) => frame.len(),
-        }
-    }
-
-    fn push(&mut self, sub: &str, event: &Event, delivery: Option<&Delivery>) {
+    /// Adds the event unless the frame would then exceed `max_bytes`; the frame's first
+    /// event is always taken (a frame of one is written as a plain event).
+    fn push_within(&mut self, a: &Admitted, first: bool, max_bytes: usize) -> bool {
+        let (sub, event, delivery) = (&a.sub.id, &*a.event, a.delivery.as_ref());
         match self {
             Self::Json(buf) => {
+                let mark = buf.len();
                 if buf.len() > json::BATCH_START.len() {
                     buf.push(json::BATCH_SEPARATOR);
                 }
                 json::append_event(buf, sub, event, delivery);
+                if !first && buf.len() + json::BATCH_END.len() > max_bytes {
+                    buf.truncate(mark);
+                    return false;
+                }
+                true
             }
-            Self::Protobuf(frame) => frame.push(sub, event, delivery),
-        }
-    }
-
-    fn truncate(&mut self, len: usize) {
-        match self {
-            Self::Json(buf) => buf.truncate(len),
-            Self::Protobuf(frame) => frame.truncate(len),
+            Self::Protobuf(frame) => {
+                let mark = frame.len();
+                frame.push(sub, event, delivery);
+                // At most: the header may take less than the room kept for it.
+                if !first && frame.len() > max_bytes {
+                    frame.truncate(mark);
+                    return false;
+                }
+                true
+            }
+            Self::JsonRuns(frame) => {
+                if !first && !frame.fits(sub, event, delivery, max_bytes) {
+                    return false;
+                }
+                frame.push(sub, event, delivery);
+                true
+            }
+            Self::ProtobufRuns(frame) => {
+                if !first && !frame.fits(sub, event, delivery, max_bytes) {
+                    return false;
+                }
+                frame.push(sub, event, delivery);
+                true
+            }
         }
     }
 
@@ -81,6 +95,8 @@ impl BatchBuilder {
                 Message::Text(Utf8Bytes::from(buf))
             }
             Self::Protobuf(frame) => Message::Binary(frame.finish()),
+            Self::JsonRuns(frame) => Message::Text(Utf8Bytes::from(frame.finish())),
+            Self::ProtobufRuns(frame) => Message::Binary(frame.finish()),
         }
     }
 }
@@ -168,6 +184,9 @@ impl Session {
             return after_write;
         }
         self.node.metrics.deliveries.inc_by(events as u64);
+        if events > 0 {
+            self.node.metrics.event_writes.inc();
+        }
         self.count_sent(&frames);
         let write_timeout = self.node.settings.write_timeout;
         let sink = &mut self.sink;
@@ -199,15 +218,11 @@ impl Session {
         let mut next = 0;
         while next < admitted.len() {
             let first = next;
-            let mut frame = BatchBuilder::new(self.format);
-            while next < admitted.len() && next - first < max_events {
-                let a = &admitted[next];
-                let mark = frame.len();
-                frame.push(&a.sub.id, &a.event, a.delivery.as_ref());
-                if next > first && frame.finished_len() > max_bytes {
-                    frame.truncate(mark);
-                    break;
-                }
+            let mut frame = BatchBuilder::new(self.format, limits.compact);
+            while next < admitted.len()
+                && next - first < max_events
+                && frame.push_within(&admitted[next], next == first, max_bytes)
+            {
                 next += 1;
             }
             if next - first == 1 {

@@ -4,6 +4,7 @@ import { fullJitterDelay } from "./backoff.js";
 import { CursorStore } from "./cursor.js";
 import { Emitter } from "./emitter.js";
 import { MurmurError } from "./errors.js";
+import { expandRun } from "./runs.js";
 import { Subscription, } from "./subscription.js";
 /**
  * The error codes the node sends just before closing, and the close code each stands for:
@@ -325,6 +326,8 @@ export class Client extends Emitter {
                 bounds["max_events"] = batch.maxEvents;
             if (batch.maxBytes !== undefined)
                 bounds["max_bytes"] = batch.maxBytes;
+            if (batch.compact === true)
+                bounds["compact"] = true;
             hello["batch"] = bounds;
         }
         return hello;
@@ -347,6 +350,18 @@ export class Client extends Emitter {
                 if (Array.isArray(events)) {
                     for (const event of events)
                         this.#deliver(conn, event);
+                }
+                // The compact layout (asked for with `batch: {compact: true}`): runs of events.
+                const runs = frame["runs"];
+                if (Array.isArray(runs)) {
+                    for (const run of runs) {
+                        const expanded = expandRun(run);
+                        if (expanded.length === 0) {
+                            this.emit("error", new MurmurError("bad_frame", "the node sent a batch run this client cannot read"));
+                        }
+                        for (const event of expanded)
+                            this.#deliver(conn, event);
+                    }
                 }
                 return;
             }
