@@ -5,7 +5,9 @@ ARGS ?=
 # the crates share one feature set, so no target rebuilds `murmur` for its own.
 RELEASE_TOOLS = $(CARGO) build --release -p murmur -p murmur-bench -p murmur-abuse -p murmur-chaos
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke perf-count abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
+IMAGE ?= murmur:latest
+
+.PHONY: image compose-test help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke perf-count abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -64,6 +66,14 @@ chaos: ## Every chaos nemesis on namespace hosts (root, ~20 min): chaos-out/<nem
 chaos-smoke: ## A short chaos matrix (root, ~3 min): kill -9, a short partition, QUIC packet loss, 15 s of load each
 	$(RELEASE_TOOLS)
 	flock /tmp/murmur-chaos.lock target/release/murmur-chaos matrix --nemeses kill,partition-short,quic-loss --seconds 15 --out chaos-out $(ARGS)
+
+image: ## Build deploy/Dockerfile into IMAGE (murmur:latest) with podman, from this machine's release build (root; base image made with debootstrap on first use)
+	$(RELEASE_TOOLS)
+	deploy/podman/build-image.sh $(IMAGE)
+
+compose-test: ## deploy/docker-compose.yml under podman-compose: kill, disconnect and roll nodes under load, checked (root, ~4 min after make image): compose-test-out/report.md
+	$(RELEASE_TOOLS)
+	flock /tmp/murmur-chaos.lock deploy/podman/compose-test.sh
 
 FUZZ_SECONDS ?= 300
 
