@@ -7,7 +7,7 @@ RELEASE_TOOLS = $(CARGO) build --release -p murmur -p murmur-bench -p murmur-abu
 
 IMAGE ?= murmur:latest
 
-.PHONY: image compose-test help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke perf-count abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
+.PHONY: image compose-test check-deploy help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics bench bench-smoke perf-count abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -59,7 +59,7 @@ abuse-smoke: ## The same loads, 8 s each, smaller history (about 2 minutes once 
 	$(RELEASE_TOOLS)
 	[ "$$(ulimit -n)" -ge 4096 ] || ulimit -n 4096; flock /tmp/murmur-abuse.lock target/release/murmur-abuse --seconds 8 --settle 2 --history-topics 10 --out abuse-out $(ARGS)
 
-chaos: ## Every chaos nemesis on namespace hosts (root, ~20 min): chaos-out/<nemesis>/report.md, chaos-out/summary.md
+chaos: ## Every chaos nemesis on namespace hosts (root, about 15 min): chaos-out/<nemesis>/report.md, chaos-out/summary.md
 	$(RELEASE_TOOLS)
 	flock /tmp/murmur-chaos.lock target/release/murmur-chaos matrix --out chaos-out $(ARGS)
 
@@ -71,7 +71,10 @@ image: ## Build deploy/Dockerfile into IMAGE (murmur:latest) with podman, from t
 	$(RELEASE_TOOLS)
 	deploy/podman/build-image.sh $(IMAGE)
 
-compose-test: ## deploy/docker-compose.yml under podman-compose: kill, disconnect and roll nodes under load, checked (root, ~4 min after make image): compose-test-out/report.md
+check-deploy: ## deploy/kubernetes/ against the Kubernetes 1.27 and 1.37 API schemas, strictly (kubernetes-validate pinned, venv in target/)
+	deploy/kubernetes/validate.sh
+
+compose-test: ## deploy/docker-compose.yml under podman-compose: kill, disconnect and roll nodes under load, checked (root, ~2 min after make image): compose-test-out/report.md
 	$(RELEASE_TOOLS)
 	flock /tmp/murmur-chaos.lock deploy/podman/compose-test.sh
 
@@ -83,7 +86,8 @@ fuzz: ## cargo fuzz every decoder (JSON, protobuf, peer frames, gossip envelope)
 fuzz-smoke: ## Each fuzz target for ~30 s (about 2 min once built); fails on any crash, panic, timeout or OOM
 	FUZZ_SECONDS=30 fuzz/run.sh smoke
 
-test: ## Run the whole test suite (unit, integration, CLI), then the JS client's (test-js)
+test: ## Run the whole test suite (unit, integration, CLI), then the JS client's (test-js); needs cargo-nextest
+	@$(CARGO) nextest --version >/dev/null 2>&1 || { echo "make test runs the tests with cargo-nextest, which is not installed: cargo install cargo-nextest --locked (or run one crate without it: cargo test -p murmur)" >&2; exit 1; }
 	$(CARGO) nextest run --workspace --all-targets $(NEXTEST_ARGS)
 	$(MAKE) test-js
 
