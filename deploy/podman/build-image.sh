@@ -2,7 +2,7 @@
 # Builds deploy/Dockerfile into an image with podman, from the murmur binary this machine
 # built (target/release/murmur), for machines where no Rust image can be pulled:
 #   deploy/podman/build-image.sh [IMAGE] [podman build options…]    (behind `make image`)
-# The Dockerfile's MURMUR_BINARY=prebuilt stage takes deploy/prebuilt/murmur instead of
+# The Dockerfile's `prebuilt` target takes deploy/prebuilt/murmur instead of
 # compiling; everything else (the runtime stage, user, ports, health check) is the image
 # `docker build -f deploy/Dockerfile .` makes. The binary must run on Debian bookworm
 # (glibc 2.36): build it on bookworm or older.
@@ -17,5 +17,5 @@ mkdir -p deploy/prebuilt
 # A hard link, not a 100 MB copy; relinked every time, since cargo replaces the file.
 ln -f "$bin" deploy/prebuilt/murmur 2>/dev/null || cp "$bin" deploy/prebuilt/murmur
 # --format docker keeps HEALTHCHECK (the OCI format has no field for it).
-podman build --format docker -f deploy/Dockerfile --build-arg MURMUR_BINARY=prebuilt \
+podman build --format docker -f deploy/Dockerfile --target prebuilt \
   -t "$image" "$@" .
