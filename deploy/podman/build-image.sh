@@ -14,6 +14,8 @@ bin=${MURMUR_BIN:-target/release/murmur}
 [ -x "$bin" ] || { echo "build-image.sh: no $bin; run cargo build --release -p murmur first" >&2; exit 1; }
 deploy/podman/base-image.sh
 mkdir -p deploy/prebuilt
+# Gone again after the build: a plain `docker build` would copy it into its builder stage.
+trap 'rm -rf deploy/prebuilt' EXIT
 # A hard link, not a 100 MB copy; relinked every time, since cargo replaces the file.
 ln -f "$bin" deploy/prebuilt/murmur 2>/dev/null || cp "$bin" deploy/prebuilt/murmur
 # --format docker keeps HEALTHCHECK (the OCI format has no field for it).
