@@ -5,7 +5,9 @@ ARGS ?=
 # the crates share one feature set, so no target rebuilds `murmur` for its own.
 RELEASE_TOOLS = $(CARGO) build --release -p murmur -p murmur-bench -p murmur-abuse -p murmur-chaos
 
-.PHONY: help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics measure-resume bench bench-smoke perf-count bench-scale abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
+IMAGE ?= murmur:latest
+
+.PHONY: image compose-test check-deploy help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics measure-resume bench bench-smoke perf-count bench-scale abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -64,13 +66,24 @@ abuse-smoke: ## The same loads, 8 s each, smaller history (about 2 minutes once 
 	$(RELEASE_TOOLS)
 	[ "$$(ulimit -n)" -ge 4096 ] || ulimit -n 4096; flock /tmp/murmur-abuse.lock target/release/murmur-abuse --seconds 8 --settle 2 --history-topics 10 --out abuse-out $(ARGS)
 
-chaos: ## Every chaos nemesis on namespace hosts (root, ~20 min): chaos-out/<nemesis>/report.md, chaos-out/summary.md
+chaos: ## Every chaos nemesis on namespace hosts (root, about 15 min): chaos-out/<nemesis>/report.md, chaos-out/summary.md
 	$(RELEASE_TOOLS)
 	flock /tmp/murmur-chaos.lock target/release/murmur-chaos matrix --out chaos-out $(ARGS)
 
 chaos-smoke: ## A short chaos matrix (root, ~3 min): kill -9, a short partition, QUIC packet loss, 15 s of load each
 	$(RELEASE_TOOLS)
 	flock /tmp/murmur-chaos.lock target/release/murmur-chaos matrix --nemeses kill,partition-short,quic-loss --seconds 15 --out chaos-out $(ARGS)
+
+image: ## Build deploy/Dockerfile into IMAGE (murmur:latest) with podman, from this machine's release build (root; base image made with debootstrap on first use)
+	$(RELEASE_TOOLS)
+	deploy/podman/build-image.sh $(IMAGE)
+
+check-deploy: ## deploy/kubernetes/ against the Kubernetes 1.27 and 1.37 API schemas, strictly (kubernetes-validate pinned, venv in target/)
+	deploy/kubernetes/validate.sh
+
+compose-test: ## deploy/docker-compose.yml under podman-compose: kill, disconnect and roll nodes under load, checked (root, ~2 min after make image): compose-test-out/report.md
+	$(RELEASE_TOOLS)
+	flock /tmp/murmur-chaos.lock deploy/podman/compose-test.sh
 
 FUZZ_SECONDS ?= 300
 
@@ -80,7 +93,8 @@ fuzz: ## cargo fuzz every decoder (JSON, protobuf, peer frames, gossip envelope)
 fuzz-smoke: ## Each fuzz target for ~30 s (about 2 min once built); fails on any crash, panic, timeout or OOM
 	FUZZ_SECONDS=30 fuzz/run.sh smoke
 
-test: ## Run the whole test suite (unit, integration, CLI), then the JS client's (test-js)
+test: ## Run the whole test suite (unit, integration, CLI), then the JS client's (test-js); needs cargo-nextest
+	@$(CARGO) nextest --version >/dev/null 2>&1 || { echo "make test runs the tests with cargo-nextest, which is not installed: cargo install cargo-nextest --locked (or run one crate without it: cargo test -p murmur)" >&2; exit 1; }
 	$(CARGO) nextest run --workspace --all-targets $(NEXTEST_ARGS)
 	$(MAKE) test-js
 

@@ -177,7 +177,7 @@ def render(runs, rows, failed, args):
     def verdict(ok):
         return "**met**" if ok else "**missed**"
 
-    w("### The issue's targets")
+    w("### Targets against NATS")
     w("")
     w("| figure | Murmur | NATS | Murmur / NATS | target | |")
     w("|---|---:|---:|---:|---|---|")

@@ -124,7 +124,7 @@ fn compose_uses_only_real_settings_and_ports() {
 #[test]
 fn kubernetes_manifests_parse_and_fit_together() {
     let (envs, _) = serve_help();
-    let secret = &yaml_documents("kubernetes/secret.yaml")[0];
+    let secret = &yaml_documents("kubernetes/secret.yaml.example")[0];
     let headless = &yaml_documents("kubernetes/headless-service.yaml")[0];
     let service = &yaml_documents("kubernetes/service.yaml")[0];
     let statefulset = &yaml_documents("kubernetes/statefulset.yaml")[0];
@@ -217,6 +217,129 @@ fn kubernetes_manifests_parse_and_fit_together() {
     assert_eq!(
         statefulset["spec"]["selector"]["matchLabels"], pdb["spec"]["selector"]["matchLabels"],
         "the budget covers the pods"
+    );
+}
+
+/// deploy/murmur.toml is the example "with every key": each setting `murmur serve` takes from
+/// the environment appears in it, set or commented out, and the file itself is valid.
+#[test]
+fn the_example_configuration_has_every_key() {
+    let (envs, _) = serve_help();
+    let example = read("murmur.toml");
+    let mentioned: HashSet<String> = example
+        .lines()
+        .map(|l| l.trim_start_matches('#').trim_start())
+        .filter_map(|l| {
+            let key = l.split(['=', ' ']).next()?;
+            let key = key.trim_start_matches('[').trim_end_matches(']');
+            Some(key.to_owned())
+        })
+        .collect();
+    let missing: Vec<String> = envs
+        .iter()
+        .filter(|e| *e != "MURMUR_CONFIG")
+        .filter_map(|e| e.strip_prefix("MURMUR_"))
+        .map(str::to_lowercase)
+        .filter(|key| !mentioned.contains(key))
+        .collect();
+    assert!(missing.is_empty(), "murmur.toml lacks {missing:?}");
+    assert!(mentioned.contains("history_overrides"));
+    let out = Command::new(murmur_binary())
+        .args(["config", "check"])
+        .arg(deploy("murmur.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// `kubectl apply -f deploy/kubernetes/` takes every .yaml, .yml and .json file there: none
+/// of them may hold a Secret, or applying the directory would overwrite the cluster key the
+/// README has you create with the example's placeholder.
+#[test]
+fn applying_the_kubernetes_directory_leaves_the_secret_alone() {
+    let dir = deploy("kubernetes");
+    let mut applied = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if !(name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json")) {
+            continue;
+        }
+        applied += 1;
+        for doc in yaml_documents(&format!("kubernetes/{name}")) {
+            assert_ne!(
+                doc["kind"], "Secret",
+                "kubectl apply would apply the Secret in {name}"
+            );
+        }
+    }
+    assert!(applied >= 5, "{applied} manifests");
+}
+
+/// The StatefulSet runs the nodes with the settings `make compose-test` exercises on the
+/// compose file: the same listen addresses, drain time, logs and lock-down, and a stop budget
+/// as long. Only what a platform decides differs (names, advertised IP, seeds, admin port).
+#[test]
+fn kubernetes_runs_the_nodes_as_the_compose_test_does() {
+    let compose = &yaml_documents("docker-compose.yml")[0];
+    let node = &compose["services"]["n1"];
+    let compose_env = node["environment"].as_mapping().unwrap();
+    let statefulset = &yaml_documents("kubernetes/statefulset.yaml")[0];
+    let pod = &statefulset["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let k8s_env = container["env"].as_sequence().unwrap();
+    let platform_specific = [
+        "MURMUR_NAME",
+        "MURMUR_ADVERTISE_IP",
+        "MURMUR_SEEDS",
+        "MURMUR_CLUSTER_KEY",
+    ];
+    for (key, value) in compose_env {
+        let key = key.as_str().unwrap();
+        if platform_specific.contains(&key) {
+            assert!(
+                k8s_env.iter().any(|e| e["name"] == key),
+                "the StatefulSet does not set {key}"
+            );
+            continue;
+        }
+        let k8s_value = k8s_env
+            .iter()
+            .find(|e| e["name"] == key)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("compose sets {key}, the StatefulSet does not"));
+        assert_eq!(
+            Some(k8s_value),
+            value.as_str(),
+            "{key} differs between compose and the StatefulSet"
+        );
+    }
+    let security = &container["securityContext"];
+    assert_eq!(node["read_only"].as_bool(), Some(true));
+    assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(node["cap_drop"][0], "ALL");
+    assert_eq!(security["capabilities"]["drop"][0], "ALL");
+    assert_eq!(node["security_opt"][0], "no-new-privileges:true");
+    assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
+    // Compose gives SIGTERM this long before SIGKILL; Kubernetes counts the preStop pause too.
+    let compose_stop = humantime::parse_duration(node["stop_grace_period"].as_str().unwrap())
+        .unwrap()
+        .as_secs();
+    let pre_stop: u64 = container["lifecycle"]["preStop"]["exec"]["command"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let termination = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        termination >= compose_stop + pre_stop,
+        "terminationGracePeriodSeconds {termination} < stop_grace_period {compose_stop} + preStop {pre_stop}"
+    );
+    // The one client port compose publishes is the one the client Service exposes.
+    let service = &yaml_documents("kubernetes/service.yaml")[0];
+    let published = port_of(node["ports"][0].as_str().unwrap());
+    assert_eq!(
+        service["spec"]["ports"][0]["port"].as_u64(),
+        Some(u64::from(published))
     );
 }
 
@@ -322,7 +445,7 @@ fn systemd_unit_and_dockerfile_run_the_real_binary() {
 /// the compose file has no default key at all: nobody runs a cluster on a published key.
 #[test]
 fn placeholder_cluster_keys_in_deploy_are_refused() {
-    let secret = &yaml_documents("kubernetes/secret.yaml")[0];
+    let secret = &yaml_documents("kubernetes/secret.yaml.example")[0];
     let mut placeholders = vec![
         secret["stringData"]["cluster-key"]
             .as_str()

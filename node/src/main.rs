@@ -45,7 +45,11 @@ enum Command {
         /// development.
         #[arg(long, env = "MURMUR_TOKEN", hide_env_values = true)]
         token: Option<String>,
-        /// Join a queue group: each event goes to one member of the group.
+        /// Join a queue group: each event goes to one member of the group. `murmur sub`
+        /// acknowledges each event as soon as it has written it to stdout, so the node does
+        /// not redeliver it even if whatever reads the output fails to handle it; a worker
+        /// that must finish its job before the ack should use a client library and send `ack`
+        /// itself (docs/protocol.md, queue groups).
         #[arg(long)]
         group: Option<String>,
         /// Exit after this many events.
@@ -225,7 +229,21 @@ enum CertCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// The binary's edge: a failure prints its message and causes on one line and exits 1.
+/// Returning the error from `main` would print anyhow's `Debug` form instead, which carries a
+/// stack backtrace whenever RUST_BACKTRACE is set (common on Rust developers' machines): noise
+/// around a message meant for the user, such as a refused setting or an unreachable node.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("Error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     // Parsed by hand, not with `Cli::parse`, to tell where the cluster key came from.
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
@@ -495,17 +513,19 @@ async fn relay(
         let frame = client.next_frame().await?;
         match frame["op"].as_str() {
             Some("event") => {
+                if cursor.observe(&frame) {
+                    writeln!(stdout, "{frame}")?;
+                    stdout.flush()?;
+                    *received += 1;
+                }
+                // A queue-group delivery is acknowledged once it is written out (a duplicate
+                // was written before): if stdout fails first, the node redelivers it to
+                // another member when the ack timeout passes.
                 if let Some(delivery) = frame["delivery"].as_str() {
                     client
                         .send(&json!({"op": "ack", "delivery": delivery}))
                         .await?;
                 }
-                if !cursor.observe(&frame) {
-                    continue;
-                }
-                writeln!(stdout, "{frame}")?;
-                stdout.flush()?;
-                *received += 1;
             }
             Some("gap") => {
                 cursor.observe(&frame);
@@ -557,14 +577,42 @@ async fn publish(
             refused_count += 1;
         }
     }
-    eprintln!(
-        "published {} events to {topic}",
-        outcomes.len() - refused_count
-    );
+    eprintln!("{}", stored_summary(topic, &outcomes));
     if refused_count > 0 {
         bail!("{refused_count} of {} events were refused", outcomes.len());
     }
     Ok(())
+}
+
+/// `published 3 events to chat.random: epoch 5f0c… seq 4..=6`: the positions the events
+/// got, per epoch in the order the epochs came (a new one when the topic's owner changed).
+fn stored_summary(topic: &str, outcomes: &[Outcome]) -> String {
+    let mut epochs: Vec<(&str, u64, u64)> = Vec::new();
+    let mut stored = 0usize;
+    for outcome in outcomes {
+        let Outcome::Stored { epoch, seq, .. } = outcome else {
+            continue;
+        };
+        stored += 1;
+        match epochs.iter_mut().find(|(e, _, _)| e == epoch) {
+            Some((_, low, high)) => {
+                *low = (*low).min(*seq);
+                *high = (*high).max(*seq);
+            }
+            None => epochs.push((epoch, *seq, *seq)),
+        }
+    }
+    let noun = if stored == 1 { "event" } else { "events" };
+    let mut text = format!("published {stored} {noun} to {topic}");
+    for (i, (epoch, low, high)) in epochs.iter().enumerate() {
+        text.push_str(if i == 0 { ": " } else { ", " });
+        if low == high {
+            text.push_str(&format!("epoch {epoch} seq {low}"));
+        } else {
+            text.push_str(&format!("epoch {epoch} seq {low}..={high}"));
+        }
+    }
+    text
 }
 
 async fn members(url: &str, raw: bool) -> anyhow::Result<()> {
@@ -576,23 +624,60 @@ async fn members(url: &str, raw: bool) -> anyhow::Result<()> {
     let view: serde_json::Value =
         serde_json::from_str(&body).context("the node answered /v1/cluster with invalid JSON")?;
     let me = view["self"].as_str().unwrap_or("");
-    println!(
-        "{:<24} {:<8} {:>15}  {:<22} {:<22} {:<22}",
-        "NAME", "STATE", "GENERATION", "LISTEN", "GOSSIP", "QUIC"
-    );
-    for m in view["members"].as_array().into_iter().flatten() {
-        let name = m["name"].as_str().unwrap_or("");
-        let marker = if name == me { " *" } else { "" };
-        println!(
-            "{:<24} {:<8} {:>15}  {:<22} {:<22} {:<22}",
-            format!("{name}{marker}"),
-            m["state"].as_str().unwrap_or(""),
-            m["generation"],
-            m["listen"].as_str().unwrap_or(""),
-            m["gossip"].as_str().unwrap_or(""),
-            m["quic"].as_str().unwrap_or(""),
-        );
+    let header = ["NAME", "STATE", "GENERATION", "LISTEN", "GOSSIP", "QUIC"];
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let rows: Vec<[String; 6]> = view["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let name = text(&m["name"]);
+            let marker = if name == me { " *" } else { "" };
+            [
+                format!("{name}{marker}"),
+                text(&m["state"]),
+                text(&m["generation"]),
+                text(&m["listen"]),
+                text(&m["gossip"]),
+                text(&m["quic"]),
+            ]
+        })
+        .collect();
+    // Each column as wide as its widest cell, so long names and IPv6 addresses stay aligned.
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: [&str; 6]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            // GENERATION is a number: right-aligned.
+            .map(|(i, (cell, w))| {
+                if i == 2 {
+                    format!("{cell:>w$}")
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header);
+    for row in &rows {
+        line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]].map(String::as_str));
     }
+    println!("* the node that answered ({url})");
     Ok(())
 }
 

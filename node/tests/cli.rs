@@ -139,7 +139,12 @@ fn sub_prints_events_that_pub_sends() {
         .unwrap();
     let out = from_stdin.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("published 2 events"));
+    // Each topic counts from 1: the two lines on chat.room are its seqs 1 and 2.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("published 2 events to chat.room: epoch ") && said.contains(" seq 1..=2"),
+        "{said}"
+    );
 
     let out = wait_with_timeout(sub, Duration::from_secs(20));
     assert!(out.status.success(), "{out:?}");
@@ -180,6 +185,46 @@ fn pub_reports_refusals_and_unreachable_nodes() {
     ]);
     assert!(!nowhere.status.success());
     assert!(String::from_utf8_lossy(&nowhere.stderr).contains("cannot connect"));
+}
+
+/// Many Rust users keep RUST_BACKTRACE=1 set: a mistake of theirs (a weak key, a node that
+/// is not there) still gets one clear line, not a stack backtrace of the binary.
+#[test]
+fn user_errors_print_the_message_alone_even_with_rust_backtrace_set() {
+    let weak_key = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--gossip", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+        .env_remove("MURMUR_CONFIG")
+        .env("MURMUR_CLUSTER_KEY", "change-me-to-a-long-random-secret")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let port = free_port().port();
+    let unreachable = Command::new(BIN)
+        .args([
+            "pub",
+            "a",
+            "1",
+            "--url",
+            &format!("ws://127.0.0.1:{port}/ws"),
+        ])
+        .env_remove("MURMUR_URL")
+        .env("RUST_BACKTRACE", "full")
+        .output()
+        .unwrap();
+    for (out, says) in [(weak_key, "too weak"), (unreachable, "cannot connect")] {
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("Error: ") && stderr.contains(says),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("backtrace") && !stderr.contains("Caused by"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    }
 }
 
 #[test]
@@ -303,6 +348,24 @@ fn cert_commands_make_a_pki_a_node_can_run_on() {
     let table = String::from_utf8(members.stdout).unwrap();
     assert!(
         table.contains("cli-test *") && table.contains("alive"),
+        "{table}"
+    );
+    // Columns line up under their headings, and the `*` is explained.
+    let lines: Vec<&str> = table.lines().collect();
+    let state_column = lines[0].find("STATE").expect("a STATE heading");
+    assert_eq!(lines[1].find("alive"), Some(state_column), "{table}");
+    let generation_end = lines[0].find("GENERATION").unwrap() + "GENERATION".len();
+    let generation = lines[1].split_whitespace().nth(3).unwrap();
+    assert_eq!(
+        lines[1].find(generation).map(|i| i + generation.len()),
+        Some(generation_end),
+        "{table}"
+    );
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with("* the node that answered"),
         "{table}"
     );
     drop(server);

@@ -95,7 +95,7 @@ enum Cmd {
         /// Run start, µs since the Unix epoch.
         #[arg(long)]
         t0: u64,
-        /// Stop at this many µs after t0.
+        /// Stop at this many µs after t0, or at SIGTERM if that comes first.
         #[arg(long)]
         until: u64,
         /// What a subscriber or queue member subscribes to: a topic or a wildcard pattern.
@@ -147,6 +147,13 @@ fn main() -> anyhow::Result<()> {
             let mut recorder = Recorder::create(&out, &id, t0)?;
             let rec = &mut recorder;
             runtime.block_on(async {
+                // SIGTERM ends the workload early, with the history complete.
+                let mut terminate =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::spawn(async move {
+                    terminate.recv().await;
+                    workload::stop();
+                });
                 match role {
                     Role::Publisher => workload::publisher(&urls, &id, rec, until, 50).await,
                     Role::Subscriber => {
@@ -156,7 +163,8 @@ fn main() -> anyhow::Result<()> {
                         workload::queue_member(&urls, &id, &pattern, &group, rec, until).await;
                     }
                 }
-            });
+                Ok::<_, std::io::Error>(())
+            })?;
             Ok(())
         }
         Cmd::Check { histories } => {

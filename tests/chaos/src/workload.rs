@@ -2,6 +2,7 @@
 //! as history lines. It runs as its own process inside the lab's client host.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use murmur::client::{Client, ResumeCursor};
@@ -16,6 +17,22 @@ pub fn now_us(t0: u64) -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     now.saturating_sub(t0)
+}
+
+/// Set by [`stop`]: every client loop ends as if `until` had passed.
+static STOPPED: AtomicBool = AtomicBool::new(false);
+
+/// Ends the workload early (on SIGTERM): a run whose faults take a varying time, such as
+/// `make compose-test`, stops its publishers when the last fault is over instead of guessing
+/// a length beforehand. Each client finishes the operation under way (a publish waits for
+/// its answer, at most 6 s), records it and flushes its history.
+pub fn stop() {
+    STOPPED.store(true, Ordering::Relaxed);
+}
+
+/// Whether a client goes on: not stopped and before `until` (µs since `t0`).
+fn running(t0: u64, until: u64) -> bool {
+    !STOPPED.load(Ordering::Relaxed) && now_us(t0) < until
 }
 
 pub struct Recorder {
@@ -98,11 +115,11 @@ pub async fn publisher(urls: &[String], id: &str, rec: &mut Recorder, until: u64
     // The event being published (its id, topic and attempts so far), kept across
     // reconnections until it is answered.
     let mut current: Option<(String, String, u32)> = None;
-    'connect: while now_us(rec.t0) < until {
+    'connect: while running(rec.t0, until) {
         let Some((mut client, node)) = connect_next(urls, &mut attempt).await else {
             continue;
         };
-        while now_us(rec.t0) < until {
+        while running(rec.t0, until) {
             let (event, topic, tries) = current.get_or_insert_with(|| {
                 n += 1;
                 let topic = TOPICS[usize::try_from(n).unwrap_or(0) % TOPICS.len()];
@@ -193,7 +210,7 @@ pub async fn subscriber(urls: &[String], id: &str, pattern: &str, rec: &mut Reco
     let mut cursor = ResumeCursor::starting_at(wall_ms());
     let mut subscribed = false;
     let mut attempt = 0usize;
-    while now_us(rec.t0) < until {
+    while running(rec.t0, until) {
         let Some((mut client, node)) = connect_next(urls, &mut attempt).await else {
             continue;
         };
@@ -217,7 +234,7 @@ pub async fn subscriber(urls: &[String], id: &str, pattern: &str, rec: &mut Reco
                 },
             );
         }
-        while now_us(rec.t0) < until {
+        while running(rec.t0, until) {
             let frame =
                 match tokio::time::timeout(Duration::from_millis(500), client.next_frame()).await {
                     Ok(Ok(f)) => f,
@@ -272,7 +289,7 @@ pub async fn queue_member(
 ) {
     let mut subscribed = false;
     let mut attempt = 0usize;
-    while now_us(rec.t0) < until {
+    while running(rec.t0, until) {
         let Some((mut client, node)) = connect_next(urls, &mut attempt).await else {
             continue;
         };
@@ -298,7 +315,7 @@ pub async fn queue_member(
         // Probe ref → (delivery, event id) of the acks sent and not yet confirmed.
         let mut pending: std::collections::HashMap<String, (String, String)> =
             std::collections::HashMap::new();
-        while now_us(rec.t0) < until {
+        while running(rec.t0, until) {
             let frame =
                 match tokio::time::timeout(Duration::from_millis(500), client.next_frame()).await {
                     Ok(Ok(f)) => f,
