@@ -8,47 +8,18 @@
 //! - acknowledged, one at a time: each `pub` waits for its `ok` (latency-bound);
 //! - acknowledged, pipelined: up to 256 `pub`s in flight.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use murmur::RunningNode;
 use murmur::client::Client;
-use murmur::config::Secret;
-use murmur::{RunningNode, Settings};
 use serde_json::json;
+
+use common::{connect, gossip, node};
 
 const EVENTS: usize = 20_000;
 const WINDOW: usize = 256;
-
-async fn node(name: &str, seeds: Vec<String>) -> RunningNode {
-    let settings = Settings {
-        name: name.into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        gossip: "127.0.0.1:0".parse().unwrap(),
-        quic: "127.0.0.1:0".parse().unwrap(),
-        seeds,
-        cluster_key: Some(Secret("kKDqibjKP6q35CdizaZgt5fZaJ7arAGkreGgPTWpROg".into())),
-        log: "warn".into(),
-        ..Settings::default()
-    };
-    RunningNode::start(settings).await.expect("node starts")
-}
-
-fn gossip(node: &RunningNode) -> String {
-    node.state()
-        .cluster
-        .gossip
-        .view
-        .read()
-        .myself()
-        .unwrap()
-        .gossip
-        .to_string()
-}
-
-async fn connect(node: &RunningNode) -> Client {
-    Client::connect(&format!("ws://{}/ws", node.local_addr()))
-        .await
-        .expect("connects")
-}
 
 async fn wait_reply(client: &mut Client) {
     loop {

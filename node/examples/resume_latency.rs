@@ -11,12 +11,15 @@
 //! nodes share one process and its 2 worker threads, so larger clusters pay for their nodes'
 //! background work too: compare the sizes with each other, not with another machine.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use murmur::RunningNode;
 use murmur::client::Client;
-use murmur::config::Secret;
-use murmur::{RunningNode, Settings};
 use serde_json::json;
+
+use common::{connect, gossip, node};
 
 const TOPICS: usize = 20;
 const EVENTS_PER_TOPIC: u64 = 50;
@@ -24,39 +27,6 @@ const RESUMES: usize = 200;
 const BACK: u64 = 10;
 /// `since` for the wildcard resume: later than any event, so only the cursor's topic replays.
 const FAR_FUTURE_MS: i64 = 4_102_444_800_000;
-
-async fn node(name: &str, seeds: Vec<String>) -> RunningNode {
-    let settings = Settings {
-        name: name.into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        gossip: "127.0.0.1:0".parse().unwrap(),
-        quic: "127.0.0.1:0".parse().unwrap(),
-        seeds,
-        cluster_key: Some(Secret("kKDqibjKP6q35CdizaZgt5fZaJ7arAGkreGgPTWpROg".into())),
-        log: "warn".into(),
-        ..Settings::default()
-    };
-    RunningNode::start(settings).await.expect("node starts")
-}
-
-fn gossip(node: &RunningNode) -> String {
-    node.state()
-        .cluster
-        .gossip
-        .view
-        .read()
-        .myself()
-        .unwrap()
-        .gossip
-        .to_string()
-}
-
-async fn connect(node: &RunningNode) -> Client {
-    Client::connect(&format!("ws://{}/ws", node.local_addr()))
-        .await
-        .expect("connects")
-}
 
 async fn cluster(size: usize) -> Vec<RunningNode> {
     let first = node("r0", Vec::new()).await;

@@ -18,14 +18,17 @@
 //! waited for: the table shows the copies actually held. VmRSS is printed too: the
 //! allocator keeps some freed memory for reuse, so RSS falls less than the live heap.
 
+mod common;
+
 use std::alloc::System;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use murmur::config::Secret;
 use murmur::event::Payload;
 use murmur::{RunningNode, Settings};
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
+
+use common::gossip;
 
 /// The system allocator, counting what is allocated and freed.
 #[global_allocator]
@@ -38,8 +41,6 @@ fn live_heap() -> usize {
         .bytes_allocated
         .saturating_sub(stats.bytes_deallocated)
 }
-
-const CLUSTER_KEY: &str = "kKDqibjKP6q35CdizaZgt5fZaJ7arAGkreGgPTWpROg";
 
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -55,27 +56,12 @@ fn rss_bytes() -> u64 {
 
 async fn node(name: &str, seeds: Vec<String>, idle: Duration, replication: usize) -> RunningNode {
     let settings = Settings {
-        name: name.into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        gossip: "127.0.0.1:0".parse().unwrap(),
-        quic: "127.0.0.1:0".parse().unwrap(),
-        seeds,
-        cluster_key: Some(Secret(CLUSTER_KEY.into())),
-        log: "warn".into(),
         history_max_age: Duration::from_secs(2),
         topic_idle_forget: idle,
         replication,
-        ..Settings::default()
+        ..common::loopback_settings(name, seeds)
     };
     RunningNode::start(settings).await.expect("node starts")
-}
-
-fn gossip(node: &RunningNode) -> String {
-    let view = node.state().cluster.gossip.view.read();
-    view.myself()
-        .expect("a node knows itself")
-        .gossip
-        .to_string()
 }
 
 /// Topic copies held across the nodes, and events retained.
