@@ -5,44 +5,18 @@
 //! publishes to its own subscription makes that certain: the node reads all the `pub` frames
 //! the client sent in one write before it drains the outbox.
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use murmur_proto::client::v1 as pb;
-use murmur_tests::{FRAME_TIMEOUT, WsClient, expect_error, start_node, ws_url};
+use murmur_tests::{
+    FRAME_TIMEOUT, RawSocket, WsClient, expect_error, next_raw_json, next_raw_message,
+    send_together, start_node, ws_url,
+};
 use prost::Message as _;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 type TestResult = anyhow::Result<()>;
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-async fn next_message(ws: &mut Socket) -> anyhow::Result<Message> {
-    loop {
-        let message = tokio::time::timeout(FRAME_TIMEOUT, ws.next())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("connection ended"))??;
-        if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
-            return Ok(message);
-        }
-    }
-}
-
-async fn next_json(ws: &mut Socket) -> anyhow::Result<(Value, usize)> {
-    match next_message(ws).await? {
-        Message::Text(text) => Ok((serde_json::from_str(text.as_str())?, text.len())),
-        other => anyhow::bail!("expected a text frame, got {other:?}"),
-    }
-}
-
-/// Sends every frame with one flush, so they reach the node together.
-async fn send_together(ws: &mut Socket, frames: Vec<Message>) -> anyhow::Result<()> {
-    for frame in frames {
-        ws.feed(frame).await?;
-    }
-    ws.flush().await?;
-    Ok(())
-}
 
 /// What a JSON client read until it had `expected` events: the events in order, and per
 /// frame that held events, how many and how many bytes. (The `pong` answering the closing
@@ -54,10 +28,10 @@ struct JsonRead {
     batch_frames: usize,
 }
 
-async fn read_json_events(ws: &mut Socket, expected: usize) -> anyhow::Result<JsonRead> {
+async fn read_json_events(ws: &mut RawSocket, expected: usize) -> anyhow::Result<JsonRead> {
     let mut read = JsonRead::default();
     while read.seqs.len() < expected {
-        let (frame, bytes) = next_json(ws).await?;
+        let (frame, bytes) = next_raw_json(ws).await?;
         match frame["op"].as_str() {
             Some("pong") => {}
             Some("event") => {
@@ -81,9 +55,9 @@ async fn read_json_events(ws: &mut Socket, expected: usize) -> anyhow::Result<Js
     Ok(read)
 }
 
-async fn connect_json(url: &str) -> anyhow::Result<Socket> {
+async fn connect_json(url: &str) -> anyhow::Result<RawSocket> {
     let (mut ws, _) = connect_async(url).await?;
-    let (welcome, _) = next_json(&mut ws).await?;
+    let (welcome, _) = next_raw_json(&mut ws).await?;
     anyhow::ensure!(
         welcome["op"] == "welcome",
         "expected welcome, got {welcome}"
@@ -91,12 +65,12 @@ async fn connect_json(url: &str) -> anyhow::Result<Socket> {
     Ok(ws)
 }
 
-async fn subscribe_json(ws: &mut Socket, topic: &str) -> anyhow::Result<()> {
+async fn subscribe_json(ws: &mut RawSocket, topic: &str) -> anyhow::Result<()> {
     ws.send(Message::text(
         json!({"op": "sub", "id": "s", "topic": topic}).to_string(),
     ))
     .await?;
-    let (ok, _) = next_json(ws).await?;
+    let (ok, _) = next_raw_json(ws).await?;
     anyhow::ensure!(ok["op"] == "ok", "expected ok, got {ok}");
     Ok(())
 }
@@ -122,7 +96,7 @@ async fn batched_json_subscriber_gets_every_event_in_order_within_its_bounds() -
                 .to_string(),
         ))
         .await?;
-    let (welcome, _) = next_json(&mut batched).await?;
+    let (welcome, _) = next_raw_json(&mut batched).await?;
     assert_eq!(welcome["op"], "welcome");
     assert_eq!(
         welcome["batch"],
@@ -163,7 +137,7 @@ async fn a_batch_never_exceeds_its_byte_bound() -> TestResult {
         r#"{"op":"hello","batch":{"max_bytes":2000}}"#,
     ))
     .await?;
-    let (welcome, _) = next_json(&mut ws).await?;
+    let (welcome, _) = next_raw_json(&mut ws).await?;
     assert_eq!(welcome["batch"]["max_bytes"], 2000);
     assert_eq!(welcome["batch"]["max_events"], 256);
     subscribe_json(&mut ws, "big").await?;
@@ -216,8 +190,8 @@ fn proto_frame(op: pb::client_frame::Op) -> Message {
     Message::binary(pb::ClientFrame { op: Some(op) }.encode_to_vec())
 }
 
-async fn next_proto(ws: &mut Socket) -> anyhow::Result<(pb::server_frame::Op, usize)> {
-    match next_message(ws).await? {
+async fn next_proto(ws: &mut RawSocket) -> anyhow::Result<(pb::server_frame::Op, usize)> {
+    match next_raw_message(ws).await? {
         Message::Binary(bytes) => {
             let len = bytes.len();
             let frame = pb::ServerFrame::decode(bytes)?;
@@ -340,20 +314,20 @@ async fn queue_deliveries_in_a_batch_carry_their_delivery_ids_and_can_be_acked()
     let mut ws = connect_json(&ws_url(&node)).await?;
     ws.send(Message::text(r#"{"op":"hello","batch":true}"#))
         .await?;
-    let (welcome, _) = next_json(&mut ws).await?;
+    let (welcome, _) = next_raw_json(&mut ws).await?;
     assert_eq!(welcome["op"], "welcome");
     ws.send(Message::text(
         json!({"op": "sub", "id": "s", "topic": "jobs", "group": "workers"}).to_string(),
     ))
     .await?;
-    let (ok, _) = next_json(&mut ws).await?;
+    let (ok, _) = next_raw_json(&mut ws).await?;
     assert_eq!(ok["op"], "ok");
     send_together(&mut ws, json_publishes("jobs", &json!("job"), EVENTS)).await?;
 
     let mut deliveries = Vec::new();
     let mut batches = 0;
     while deliveries.len() < EVENTS {
-        let (frame, _) = next_json(&mut ws).await?;
+        let (frame, _) = next_raw_json(&mut ws).await?;
         let events = match frame["op"].as_str() {
             Some("pong") => continue,
             Some("event") => vec![frame],
@@ -378,7 +352,7 @@ async fn queue_deliveries_in_a_batch_carry_their_delivery_ids_and_can_be_acked()
         .collect();
     send_together(&mut ws, acks).await?;
     loop {
-        let (frame, _) = next_json(&mut ws).await?;
+        let (frame, _) = next_raw_json(&mut ws).await?;
         assert_eq!(frame["op"], "pong", "only pongs are left: {frame}");
         if frame["ref"] == "acked" {
             return Ok(());

@@ -3,60 +3,38 @@
 //! runs that carry the shared fields once; fewer bytes than the default layout; JSON and
 //! protobuf; the Rust client reads it event by event.
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use murmur_proto::client::v1 as pb;
-use murmur_tests::{FRAME_TIMEOUT, start_node, ws_url};
+use murmur_tests::{
+    FRAME_TIMEOUT, RawSocket, next_raw_json, next_raw_message, send_together, start_node, ws_url,
+};
 use prost::Message as _;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 type TestResult = anyhow::Result<()>;
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-async fn next_message(ws: &mut Socket) -> anyhow::Result<Message> {
-    loop {
-        let message = tokio::time::timeout(FRAME_TIMEOUT, ws.next())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("connection ended"))??;
-        if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
-            return Ok(message);
-        }
-    }
-}
-
-async fn next_json(ws: &mut Socket) -> anyhow::Result<(Value, usize)> {
-    match next_message(ws).await? {
-        Message::Text(text) => Ok((serde_json::from_str(text.as_str())?, text.len())),
-        other => anyhow::bail!("expected a text frame, got {other:?}"),
-    }
-}
-
-async fn send_together(ws: &mut Socket, frames: Vec<Message>) -> anyhow::Result<()> {
-    for frame in frames {
-        ws.feed(frame).await?;
-    }
-    ws.flush().await?;
-    Ok(())
-}
 
 /// Connects, says `hello` with `batch` and subscribes `s` to `topic`; returns the `welcome`.
-async fn json_subscriber(url: &str, batch: Value, topic: &str) -> anyhow::Result<(Socket, Value)> {
+async fn json_subscriber(
+    url: &str,
+    batch: Value,
+    topic: &str,
+) -> anyhow::Result<(RawSocket, Value)> {
     let (mut ws, _) = connect_async(url).await?;
-    let (greeting, _) = next_json(&mut ws).await?;
+    let (greeting, _) = next_raw_json(&mut ws).await?;
     anyhow::ensure!(greeting["op"] == "welcome", "{greeting}");
     ws.send(Message::text(
         json!({"op": "hello", "batch": batch}).to_string(),
     ))
     .await?;
-    let (welcome, _) = next_json(&mut ws).await?;
+    let (welcome, _) = next_raw_json(&mut ws).await?;
     anyhow::ensure!(welcome["op"] == "welcome", "{welcome}");
     ws.send(Message::text(
         json!({"op": "sub", "id": "s", "topic": topic}).to_string(),
     ))
     .await?;
-    let (ok, _) = next_json(&mut ws).await?;
+    let (ok, _) = next_raw_json(&mut ws).await?;
     anyhow::ensure!(ok["op"] == "ok", "expected ok, got {ok}");
     Ok((ws, welcome))
 }
@@ -65,7 +43,7 @@ async fn json_subscriber(url: &str, batch: Value, topic: &str) -> anyhow::Result
 /// each, all sent together; returns each one's (topic, epoch, seq, data) from its `ok`.
 async fn burst(url: &str, topics: &[&str], count: usize) -> anyhow::Result<Vec<Value>> {
     let (mut ws, _) = connect_async(url).await?;
-    next_json(&mut ws).await?;
+    next_raw_json(&mut ws).await?;
     let frames = (0..count * topics.len())
         .map(|i| {
             let topic = topics[(i / 10) % topics.len()];
@@ -78,7 +56,7 @@ async fn burst(url: &str, topics: &[&str], count: usize) -> anyhow::Result<Vec<V
     send_together(&mut ws, frames).await?;
     let mut published = vec![Value::Null; count * topics.len()];
     for _ in 0..published.len() {
-        let (ok, _) = next_json(&mut ws).await?;
+        let (ok, _) = next_raw_json(&mut ws).await?;
         anyhow::ensure!(ok["op"] == "ok", "expected ok, got {ok}");
         let i: usize = ok["ref"].as_str().unwrap_or_default().parse()?;
         published[i] = json!({
@@ -97,10 +75,10 @@ struct Read {
     runs_frames: usize,
 }
 
-async fn read_compact(ws: &mut Socket, expected: usize) -> anyhow::Result<Read> {
+async fn read_compact(ws: &mut RawSocket, expected: usize) -> anyhow::Result<Read> {
     let mut read = Read::default();
     while read.events.len() < expected {
-        let (frame, bytes) = next_json(ws).await?;
+        let (frame, bytes) = next_raw_json(ws).await?;
         read.bytes += bytes;
         match frame["op"].as_str() {
             Some("event") => read.events.push(frame),
@@ -143,7 +121,7 @@ async fn a_compact_batch_subscriber_gets_every_event_with_its_topic_epoch_and_se
     let mut plain = Vec::new();
     let mut plain_bytes = 0;
     while plain.len() < published.len() {
-        let (frame, bytes) = next_json(&mut plain_batches).await?;
+        let (frame, bytes) = next_raw_json(&mut plain_batches).await?;
         plain_bytes += bytes;
         match frame["op"].as_str() {
             Some("event") => plain.push(frame),
@@ -184,8 +162,8 @@ async fn a_compact_batch_subscriber_gets_every_event_with_its_topic_epoch_and_se
     Ok(())
 }
 
-async fn next(ws: &mut Socket) -> anyhow::Result<pb::server_frame::Op> {
-    match next_message(ws).await? {
+async fn next(ws: &mut RawSocket) -> anyhow::Result<pb::server_frame::Op> {
+    match next_raw_message(ws).await? {
         Message::Binary(bytes) => pb::ServerFrame::decode(bytes)?
             .op
             .ok_or_else(|| anyhow::anyhow!("empty frame")),
@@ -296,10 +274,10 @@ async fn the_rust_client_reads_compact_batches_event_by_event() -> TestResult {
 async fn a_compact_request_with_a_bad_flag_is_refused() -> TestResult {
     let node = start_node(|_| {}).await;
     let (mut ws, _) = connect_async(ws_url(&node)).await?;
-    next_json(&mut ws).await?;
+    next_raw_json(&mut ws).await?;
     ws.send(Message::text(r#"{"op":"hello","batch":{"compact":"yes"}}"#))
         .await?;
-    let (error, _) = next_json(&mut ws).await?;
+    let (error, _) = next_raw_json(&mut ws).await?;
     assert_eq!(error["op"], "error");
     assert_eq!(error["code"], "invalid_request");
     Ok(())
@@ -311,15 +289,15 @@ async fn queue_deliveries_in_compact_batches_come_one_per_run_and_can_be_acked()
     let node = start_node(|_| {}).await;
     let url = ws_url(&node);
     let (mut ws, _) = connect_async(url.as_str()).await?;
-    next_json(&mut ws).await?;
+    next_raw_json(&mut ws).await?;
     ws.send(Message::text(r#"{"op":"hello","batch":{"compact":true}}"#))
         .await?;
-    next_json(&mut ws).await?;
+    next_raw_json(&mut ws).await?;
     ws.send(Message::text(
         json!({"op": "sub", "id": "w", "topic": "jobs", "group": "workers"}).to_string(),
     ))
     .await?;
-    let (ok, _) = next_json(&mut ws).await?;
+    let (ok, _) = next_raw_json(&mut ws).await?;
     assert_eq!(ok["op"], "ok", "{ok}");
     let frames = (0..EVENTS)
         .map(|i| Message::text(json!({"op": "pub", "topic": "jobs", "data": i}).to_string()))
@@ -329,7 +307,7 @@ async fn queue_deliveries_in_compact_batches_come_one_per_run_and_can_be_acked()
     let mut deliveries = Vec::new();
     let mut runs_frames = 0;
     while deliveries.len() < EVENTS {
-        let (frame, _) = next_json(&mut ws).await?;
+        let (frame, _) = next_raw_json(&mut ws).await?;
         let runs = match frame["op"].as_str() {
             Some("event") => {
                 deliveries.push((frame["seq"].clone(), frame["delivery"].clone()));
@@ -359,7 +337,7 @@ async fn queue_deliveries_in_compact_batches_come_one_per_run_and_can_be_acked()
         .chain([Message::text(r#"{"op":"ping","ref":"acked"}"#)])
         .collect();
     send_together(&mut ws, acks).await?;
-    let (pong, _) = next_json(&mut ws).await?;
+    let (pong, _) = next_raw_json(&mut ws).await?;
     assert_eq!(pong, json!({"op": "pong", "ref": "acked"}));
     Ok(())
 }

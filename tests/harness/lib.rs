@@ -651,3 +651,35 @@ impl Drop for TestPki {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A raw client socket, for tests that write frames exactly as they want them.
+pub type RawSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The next data frame (pings and pongs skipped), within [`FRAME_TIMEOUT`].
+pub async fn next_raw_message(ws: &mut RawSocket) -> anyhow::Result<Message> {
+    loop {
+        let message = tokio::time::timeout(FRAME_TIMEOUT, ws.next())
+            .await?
+            .ok_or_else(|| anyhow!("connection ended"))??;
+        if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
+            return Ok(message);
+        }
+    }
+}
+
+/// The next text frame as JSON, with its length in bytes.
+pub async fn next_raw_json(ws: &mut RawSocket) -> anyhow::Result<(Value, usize)> {
+    match next_raw_message(ws).await? {
+        Message::Text(text) => Ok((serde_json::from_str(text.as_str())?, text.len())),
+        other => bail!("expected a text frame, got {other:?}"),
+    }
+}
+
+/// Sends every frame with one flush, so they reach the node together.
+pub async fn send_together(ws: &mut RawSocket, frames: Vec<Message>) -> anyhow::Result<()> {
+    for frame in frames {
+        ws.feed(frame).await?;
+    }
+    ws.flush().await?;
+    Ok(())
+}
