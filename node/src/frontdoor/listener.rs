@@ -13,11 +13,14 @@
 //! accept (TLS handshake included) is closed; one that has, but has not upgraded by then, is
 //! closed once its request is answered. Only WebSockets outlive the deadline.
 //!
-//! Sockets that never send anything would otherwise hold the admitted places until their
-//! deadline, and a flood of them would keep every real client out for that long. So when
-//! the admitted places are all taken, a new connection takes the place of the oldest one
-//! that has not sent a complete request for at least [`EVICT_AFTER`]: that one is closed
-//! (counted as refused with reason `idle_evicted`).
+//! Sockets that never send anything would otherwise hold their places until their deadline,
+//! and a flood of them would keep every real client out for that long. So a connection that
+//! has not sent a complete request for at least [`EVICT_AFTER`] gives its place up when it
+//! is needed: when the admitted places are all taken, a new connection takes the oldest
+//! silent admitted one's place; when even the open places are taken, the accept loop closes
+//! the oldest silent connection of any kind and accepts the next one from the backlog (where
+//! a real client may wait behind more silent ones). Either way the closed one is counted as
+//! refused with reason `idle_evicted`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -161,12 +164,13 @@ struct Counts {
     open: usize,
     admitted: usize,
     by_address: HashMap<IpAddr, usize>,
-    /// Admitted connections without a complete request yet, oldest (lowest id) first.
+    /// Connections (admitted or refused) without a complete request yet, oldest (lowest id)
+    /// first.
     waiting: std::collections::BTreeMap<u64, WaitingConnection>,
     next_id: u64,
 }
 
-/// An admitted connection that has not sent a complete request yet.
+/// A connection that has not sent a complete request yet.
 #[derive(Debug)]
 struct WaitingConnection {
     accepted: Instant,
@@ -227,17 +231,15 @@ impl ConnectionLimiter {
         };
         let admitted = Arc::new(std::sync::atomic::AtomicBool::new(refusal.is_none()));
         let evict = CancellationToken::new();
-        if refusal.is_none() {
-            counts.waiting.insert(
-                id,
-                WaitingConnection {
-                    accepted: now,
-                    address,
-                    admitted: admitted.clone(),
-                    evict: evict.clone(),
-                },
-            );
-        }
+        counts.waiting.insert(
+            id,
+            WaitingConnection {
+                accepted: now,
+                address,
+                admitted: admitted.clone(),
+                evict: evict.clone(),
+            },
+        );
         drop(counts);
         self.sockets.inc();
         ConnectionSlot {
@@ -251,53 +253,102 @@ impl ConnectionLimiter {
     }
 
     /// Closes the oldest admitted connection that has sent no complete request for
-    /// [`EVICT_AFTER`], and frees its place at once.
+    /// [`EVICT_AFTER`], and frees its admitted place at once.
     fn evict_oldest_waiting(&self, counts: &mut Counts, now: Instant) {
-        let Some(entry) = counts.waiting.first_entry() else {
+        let victim = counts
+            .waiting
+            .iter()
+            .take_while(|(_, waiting)| {
+                now.saturating_duration_since(waiting.accepted) >= EVICT_AFTER
+            })
+            .find(|(_, waiting)| waiting.admitted.load(Ordering::Relaxed))
+            .map(|(id, _)| *id);
+        if let Some(id) = victim {
+            self.evict(counts, id);
+        }
+    }
+
+    /// When every open place is taken: closes the oldest connection, admitted or refused,
+    /// that has sent no complete request for [`EVICT_AFTER`]. Its open place comes back when
+    /// its task ends. Otherwise says when the oldest silent one becomes evictable, if any is.
+    fn evict_for_room(&self, now: Instant) -> RoomEviction {
+        let mut counts = self.counts.lock();
+        if counts.open < self.caps.open {
+            return RoomEviction::HasRoom;
+        }
+        let Some((&id, oldest)) = counts.waiting.first_key_value() else {
+            return RoomEviction::NoneSilent;
+        };
+        let evictable_at = oldest.accepted + EVICT_AFTER;
+        if now < evictable_at {
+            return RoomEviction::NotBefore(evictable_at);
+        }
+        self.evict(&mut counts, id);
+        RoomEviction::Evicted
+    }
+
+    fn evict(&self, counts: &mut Counts, id: u64) {
+        let Some(victim) = counts.waiting.remove(&id) else {
             return;
         };
-        if now.saturating_duration_since(entry.get().accepted) < EVICT_AFTER {
-            return;
-        }
-        let victim = entry.remove();
-        victim.admitted.store(false, Ordering::Relaxed);
         victim.evict.cancel();
-        counts.admitted -= 1;
-        if let Some(n) = counts.by_address.get_mut(&victim.address) {
-            *n -= 1;
-            if *n == 0 {
-                counts.by_address.remove(&victim.address);
+        if victim.admitted.swap(false, Ordering::Relaxed) {
+            counts.admitted -= 1;
+            if let Some(n) = counts.by_address.get_mut(&victim.address) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.by_address.remove(&victim.address);
+                }
             }
         }
         self.metrics.count_refusal("idle_evicted");
     }
 
+    #[cfg(test)]
     fn is_full(&self) -> bool {
         self.counts.lock().open >= self.caps.open
     }
 
-    /// Returns once a connection may be accepted (true), or at shutdown (false).
+    /// Returns once a connection may be accepted (true), or at shutdown (false). While the
+    /// listener is full, silent connections are evicted to make room (see the module doc).
     async fn wait_for_room(&self, shutdown: &CancellationToken, full: &LogThrottle) -> bool {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if !self.is_full() {
-                return true;
-            }
-            if let Some(suppressed) = full.ready() {
+            let eviction = self.evict_for_room(Instant::now());
+            let wake_at = match eviction {
+                RoomEviction::HasRoom => return true,
+                // Its task ends at once and frees the place: `freed` fires.
+                RoomEviction::Evicted => Instant::now() + EVICT_AFTER,
+                RoomEviction::NotBefore(at) => at,
+                RoomEviction::NoneSilent => Instant::now() + LOG_INTERVAL,
+            };
+            if !matches!(eviction, RoomEviction::Evicted)
+                && let Some(suppressed) = full.ready()
+            {
                 tracing::warn!(
                     open = self.caps.open,
                     suppressed,
-                    "listener full: not accepting connections until one closes"
+                    "listener full: not accepting connections until one closes or falls silent"
                 );
             }
             tokio::select! {
                 () = freed => {}
+                () = tokio::time::sleep_until(wake_at) => {}
                 () = shutdown.cancelled() => return false,
             }
         }
     }
+}
+
+/// What [`ConnectionLimiter::evict_for_room`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RoomEviction {
+    HasRoom,
+    Evicted,
+    NotBefore(Instant),
+    NoneSilent,
 }
 
 /// IPv6 clients usually hold a whole /64: they are counted per /64.
@@ -687,6 +738,50 @@ mod tests {
         let counts = limiter.counts.lock();
         assert_eq!((counts.open, counts.admitted), (0, 0));
         assert!(counts.waiting.is_empty() && counts.by_address.is_empty());
+    }
+
+    #[test]
+    fn a_full_listener_closes_the_oldest_silent_connection_refused_or_not() {
+        let caps = ConnectionCaps {
+            admitted: 1,
+            per_ip: 0,
+            open: 2,
+        };
+        let metrics = ListenerMetrics::default();
+        let limiter = ConnectionLimiter::new(caps, &metrics);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let start = Instant::now();
+        let talker = limiter.open_at(ip, start);
+        talker.settle();
+        let refused = limiter.open_at(ip, start);
+        assert_eq!(refused.refusal, Some(Refusal::MaxConnections));
+        assert_eq!(
+            limiter.evict_for_room(start),
+            RoomEviction::NotBefore(start + EVICT_AFTER),
+            "a connection just accepted keeps its place"
+        );
+        assert_eq!(
+            limiter.evict_for_room(start + EVICT_AFTER),
+            RoomEviction::Evicted
+        );
+        assert!(refused.evict.is_cancelled());
+        assert!(!talker.evict.is_cancelled(), "one that talked stays");
+        drop(refused);
+        assert_eq!(
+            limiter.evict_for_room(start + EVICT_AFTER),
+            RoomEviction::HasRoom
+        );
+        let another = limiter.open_at(ip, start + EVICT_AFTER);
+        another.settle();
+        assert_eq!(
+            limiter.evict_for_room(start + EVICT_AFTER * 5),
+            RoomEviction::NoneSilent,
+            "connections that talk are never closed for room"
+        );
+        drop((talker, another));
+        let counts = limiter.counts.lock();
+        assert_eq!((counts.open, counts.admitted), (0, 0));
+        assert!(counts.waiting.is_empty());
     }
 
     #[test]
