@@ -173,6 +173,10 @@ pub(crate) struct StateSnapshot {
     pub events_published: u64,
     pub events_from_peers: u64,
     pub group_deliveries_lost: u64,
+    pub group_events_kept: u64,
+    pub group_events_placed_late: u64,
+    pub group_events_gapped: u64,
+    pub group_events_waiting: i64,
     /// Publishes answered from a remembered id (no second event).
     pub publish_duplicates: u64,
     /// Publish ids remembered now, their bytes, and those forgotten early to stay under
@@ -237,6 +241,10 @@ impl StateSnapshot {
             events_published: broker.stats.events_published.load(Relaxed),
             events_from_peers: broker.stats.events_from_peers.load(Relaxed),
             group_deliveries_lost: broker.stats.group_deliveries_lost.load(Relaxed),
+            group_events_kept: broker.stats.group_events_kept.load(Relaxed),
+            group_events_placed_late: broker.stats.group_events_placed_late.load(Relaxed),
+            group_events_gapped: broker.stats.group_events_gapped.load(Relaxed),
+            group_events_waiting: broker.stats.group_events_waiting.load(Relaxed) as i64,
             publish_duplicates: broker.stats.publish_duplicates.load(Relaxed),
             dedupe_ids: dedupe_ids as i64,
             dedupe_bytes: dedupe_bytes as i64,
@@ -388,8 +396,34 @@ impl Collector for StateSnapshot {
         counter(
             &mut encoder,
             "murmur_queue_deliveries_lost",
-            "Queue-group events no member could take",
+            "Queue-group events dropped with no group left to tell: kept for a group without \
+             members past the history's max_age",
             self.group_deliveries_lost,
+        )?;
+        counter(
+            &mut encoder,
+            "murmur_queue_events_kept",
+            "Queue-group events no member could take at once, kept until one could",
+            self.group_events_kept,
+        )?;
+        counter(
+            &mut encoder,
+            "murmur_queue_events_placed_late",
+            "Kept queue-group events placed on a member later",
+            self.group_events_placed_late,
+        )?;
+        counter(
+            &mut encoder,
+            "murmur_queue_events_gapped",
+            "Kept queue-group events that reached the topic's history bound while waiting: \
+             named to the group as a gap",
+            self.group_events_gapped,
+        )?;
+        gauge(
+            &mut encoder,
+            "murmur_queue_events_waiting",
+            "Queue-group events waiting for a member now",
+            self.group_events_waiting,
         )?;
         counter(
             &mut encoder,

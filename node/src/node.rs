@@ -251,6 +251,7 @@ impl RunningNode {
         );
         let (client, admin) = listeners(&state, listener, admin_listener);
         tokio::spawn(expire_history(state.clone()));
+        tokio::spawn(place_waiting_group_events(state.clone()));
         let task = tokio::spawn(serve(client, admin, state.clone()));
         Ok(Self {
             state,
@@ -338,6 +339,22 @@ async fn expire_history(state: Arc<NodeState>) {
                 let claimed = state.cluster.claimed_topics();
                 state.broker.expire_history(&claimed);
             }
+        }
+    }
+}
+
+/// How often queue-group events waiting for a member are offered again: a member that
+/// acknowledged one frees room, and one that (re)joined may take them.
+const WAITING_GROUP_EVENTS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Places queue-group events that waited for a member (see `Broker::place_waiting`).
+async fn place_waiting_group_events(state: Arc<NodeState>) {
+    let mut tick = tokio::time::interval(WAITING_GROUP_EVENTS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            _ = tick.tick() => state.broker.place_waiting(),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use crate::cluster::link::{Interest, PeerLink, PeerMessage};
 use crate::event::{Event, GroupOrigin};
-use crate::routing::Match;
+use crate::routing::{Match, QueueGroup};
 
 use super::groups::PlacedOnPeer;
 use super::outbox::{Offer, Outbound};
@@ -28,6 +28,17 @@ pub(super) fn forward_entry<'f>(
     &mut forwards[i]
 }
 
+/// The interest (pattern and name) of a local queue group; its members share both.
+pub(super) fn group_interest(group: &QueueGroup<Subscriber>) -> Interest {
+    Interest {
+        pattern: group
+            .members()
+            .first()
+            .map_or_else(|| Arc::from(""), |m| m.0.pattern.clone()),
+        group: Some(group.name().clone()),
+    }
+}
+
 impl Broker {
     /// Queues `event` to every matching local subscription and peer; returns how many
     /// subscriptions and peers it was queued to. `hold` (the event's share of its
@@ -43,14 +54,14 @@ impl Broker {
             }
             Match::Group(group) => local_groups.push(group),
         });
+        // Groups whose members are all gone for now keep the event for when one is back.
+        self.keep_for_dormant_groups(event);
         if remote.is_empty() {
             for group in local_groups {
-                if self.offer_to_group(group, event, false, None, true, None) {
+                if self.offer_to_group(group, event, false, None, false, None) {
                     deliveries += 1;
                 } else {
-                    self.stats
-                        .group_deliveries_lost
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.keep_for_group(&group_interest(group), event, false);
                 }
             }
             return deliveries;

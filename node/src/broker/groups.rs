@@ -34,8 +34,8 @@ pub enum Redelivery {
     Placed,
     /// Another node placed it here: that node must place it elsewhere.
     ReturnToOrigin(Arc<GroupOrigin>),
-    /// No member anywhere could take it.
-    Lost,
+    /// No member could take it now: kept for the group until one can.
+    Kept,
 }
 
 impl Broker {
@@ -100,20 +100,10 @@ impl Broker {
                 }
             }
         }
+        // No member anywhere has room now (or the peers kept giving it back): it waits for
+        // one, marked as handed on.
+        self.keep_for_group(interest, event, true);
         drop((index, remote));
-        self.group_event_lost(event, name);
-    }
-
-    /// Counts a queue-group event that no member anywhere could take, with a log line at
-    /// most once a second (one per event would flood the log under exactly the load that
-    /// causes it).
-    fn group_event_lost(&self, event: &Event, group: &str) {
-        self.stats
-            .group_deliveries_lost
-            .fetch_add(1, Ordering::Relaxed);
-        if let Some(suppressed) = self.lost_log.allow() {
-            tracing::warn!(topic = %event.topic, seq = event.seq, group, suppressed, "queue-group event found no member able to take it (`suppressed` more since the last line)");
-        }
     }
 
     /// Picks the node that delivers `event` to a queue group present here (`local`), on
@@ -159,9 +149,9 @@ impl Broker {
                 (None, None) => {}
             }
         }
-        self.stats
-            .group_deliveries_lost
-            .fetch_add(1, Ordering::Relaxed);
+        if let Some(group) = local {
+            self.keep_for_group(&super::fan_out::group_interest(group), event, false);
+        }
         0
     }
 
@@ -176,7 +166,8 @@ impl Broker {
         origin: Option<Arc<GroupOrigin>>,
     ) -> Redelivery {
         let Some(name) = from.group.as_deref() else {
-            return Redelivery::Lost;
+            // Not a queue-group member: its deliveries are never handed on.
+            return Redelivery::Placed;
         };
         let interest = Interest {
             pattern: from.pattern.clone(),
@@ -205,10 +196,9 @@ impl Broker {
         {
             return Redelivery::Placed;
         }
-        self.stats
-            .group_deliveries_lost
-            .fetch_add(1, Ordering::Relaxed);
-        Redelivery::Lost
+        // It waits for a member with room, or for one to come back.
+        self.keep_for_group(&interest, event, true);
+        Redelivery::Kept
     }
 
     /// Round-robin over the group, skipping members whose queue is full and any member on
@@ -340,9 +330,11 @@ mod tests {
             broker.publish("jobs", json("1"));
         }
         assert_eq!(
-            broker.stats.group_deliveries_lost.load(Ordering::Relaxed),
-            1000
+            broker.stats.group_events_kept.load(Ordering::Relaxed),
+            1000,
+            "each waits for a member with room"
         );
+        assert_eq!(broker.stats.group_deliveries_lost.load(Ordering::Relaxed), 0);
         assert!(
             broker.placed_on_peers.lock().is_empty(),
             "nothing left tracked"
@@ -357,6 +349,10 @@ mod tests {
             Redelivery::Placed,
             "the same member gets it again when nobody else can"
         );
+        // The member has room for 15 more: the waiting events fill it, the rest wait on.
+        broker.place_waiting();
+        assert_eq!(drain(&outbox).len(), 16);
+        assert_eq!(broker.backlog.lock().events(), 1000 - 15);
     }
 
     #[test]
@@ -383,10 +379,76 @@ mod tests {
             assert!(bounces < 100, "the event circles without end");
         }
         assert_eq!(bounces, MAX_GROUP_BOUNCES as usize + 1);
+        assert_eq!(broker.stats.group_deliveries_lost.load(Ordering::Relaxed), 0);
         assert_eq!(
-            broker.stats.group_deliveries_lost.load(Ordering::Relaxed),
-            1
+            broker.backlog.lock().events(),
+            1,
+            "it stops circling and waits for room"
         );
+    }
+
+    #[test]
+    fn a_group_whose_members_all_left_keeps_its_events_for_the_next_member() {
+        let broker = Broker::new(Retention::default());
+        let first = Outbox::new(1, 100);
+        let member = subscription(&broker, "q", "jobs.*", Some("w"), &first);
+        broker.publish("jobs.a", json("1"));
+        assert!(broker.unsubscribe(&member));
+        for _ in 0..3 {
+            broker.publish("jobs.a", json("2"));
+        }
+        broker.publish("other", json("3"));
+        assert_eq!(drain(&first).len(), 1);
+        assert_eq!(broker.backlog.lock().events(), 3, "kept for the group");
+        let later = Outbox::new(2, 100);
+        subscription(&broker, "q2", "jobs.*", Some("w"), &later);
+        broker.publish("jobs.a", json("4"));
+        broker.place_waiting();
+        let mut got: Vec<u64> = drain(&later).iter().map(|g| g.1).collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![2, 3, 4, 5], "what the group had not processed, once");
+        assert!(broker.backlog.lock().is_empty());
+        assert_eq!(
+            broker.stats.group_events_placed_late.load(Ordering::Relaxed),
+            3
+        );
+    }
+
+    #[test]
+    fn past_the_topics_history_bound_the_group_gets_a_gap() {
+        use crate::routing::history::RetentionPolicy;
+        let retention = Retention::new(
+            RetentionPolicy {
+                max_events: 2,
+                max_age: std::time::Duration::from_secs(600),
+                max_bytes: usize::MAX,
+            },
+            usize::MAX,
+        );
+        let broker = Broker::new(retention);
+        let outbox = Outbox::new(1, 100);
+        let member = subscription(&broker, "q", "jobs", Some("w"), &outbox);
+        broker.unsubscribe(&member);
+        for _ in 0..5 {
+            broker.publish("jobs", json("1"));
+        }
+        let back = Outbox::new(2, 100);
+        subscription(&broker, "q", "jobs", Some("w"), &back);
+        broker.place_waiting();
+        let mut items = Vec::new();
+        back.take(usize::MAX, &mut items);
+        let seen: Vec<String> = items
+            .iter()
+            .map(|item| match item {
+                crate::broker::Outbound::Gap { gap, .. } => {
+                    format!("gap {}-{}", gap.from_seq, gap.to_seq)
+                }
+                crate::broker::Outbound::Event { event, .. } => format!("event {}", event.seq),
+                crate::broker::Outbound::Reply(_) => "reply".into(),
+            })
+            .collect();
+        assert_eq!(seen, vec!["gap 1-3", "event 4", "event 5"]);
+        assert_eq!(broker.stats.group_events_gapped.load(Ordering::Relaxed), 3);
     }
 
     #[test]

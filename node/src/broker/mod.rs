@@ -36,6 +36,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::cluster::link::{Interest, PeerLink, PeerMessage};
 use crate::routing::SubscriptionIndex;
 use crate::routing::dedupe::{DedupeBudget, DedupeStore};
+use crate::routing::group_backlog::GroupBacklog;
 use crate::routing::history::{HistoryStore, Retention};
 use crate::routing::topic::validate_pattern;
 use crate::routing::topics::TopicTable;
@@ -46,6 +47,7 @@ mod outbox;
 mod replay;
 mod retention;
 mod sequencing;
+mod waiting;
 
 use groups::PlacedOnPeer;
 pub use groups::Redelivery;
@@ -91,8 +93,18 @@ pub struct BrokerStats {
     pub events_published: AtomicU64,
     /// Events forwarded here by peers.
     pub events_from_peers: AtomicU64,
-    /// Queue-group deliveries that found no member able to take them.
+    /// Queue-group events dropped with no group left to tell: kept for a group that stayed
+    /// without members past the history's `max_age`, or past every bound on gap records.
     pub group_deliveries_lost: AtomicU64,
+    /// Queue-group events no member could take at once: kept until one can.
+    pub group_events_kept: AtomicU64,
+    /// Kept queue-group events placed on a member later.
+    pub group_events_placed_late: AtomicU64,
+    /// Kept queue-group events that reached the topic's history bound while waiting: named
+    /// to the group as a gap.
+    pub group_events_gapped: AtomicU64,
+    /// Queue-group events waiting for a member now (as of the last placing pass).
+    pub group_events_waiting: AtomicU64,
     /// Subscriptions and peers each event was queued to when fanned out.
     pub fanout: crate::metrics::CountHistogram,
     /// Publishes whose id was remembered: answered with the first one's position, no new
@@ -117,6 +129,12 @@ pub struct Broker {
     /// member acknowledged them; re-placed if the peer cannot take them or goes away.
     placed_on_peers: Mutex<HashMap<u64, PlacedOnPeer>>,
     next_token: AtomicU64,
+    /// Queue-group events waiting for a member, and groups without one (see `waiting.rs`).
+    backlog: Mutex<GroupBacklog>,
+    /// Set while the backlog holds anything: fan-out looks at it only then.
+    backlog_in_use: std::sync::atomic::AtomicBool,
+    /// The retention policies, for the bounds of what waits in the backlog.
+    retention: Retention,
     /// Limits the log line for queue-group events that no member could take.
     lost_log: crate::limits::LogLimiter,
     full_group_log: crate::limits::LogLimiter,
@@ -161,6 +179,12 @@ impl Broker {
             index: RwLock::new(SubscriptionIndex::new()),
             remote: RwLock::new(SubscriptionIndex::new()),
             interest: Mutex::new(InterestTable::default()),
+            backlog: Mutex::new(GroupBacklog::new(
+                retention.budget.limit(),
+                retention.default.max_age,
+            )),
+            backlog_in_use: std::sync::atomic::AtomicBool::new(false),
+            retention: retention.clone(),
             shards: (0..SEQUENCE_SHARDS)
                 .map(|_| {
                     Mutex::new(TopicShard {
@@ -239,15 +263,22 @@ impl Broker {
     pub fn subscribe(&self, subscription: Arc<Subscription>) {
         let group = subscription.group.clone();
         let pattern = subscription.pattern.clone();
-        self.index
-            .write()
-            .insert(&pattern, group.as_deref(), Subscriber(subscription));
-        self.interest_changed(Interest { pattern, group }, true);
+        let interest = Interest { pattern, group };
+        let mut index = self.index.write();
+        index.insert(
+            &interest.pattern,
+            interest.group.as_deref(),
+            Subscriber(subscription),
+        );
+        self.note_member_arrived(&interest);
+        drop(index);
+        self.interest_changed(interest, true);
     }
 
     pub fn unsubscribe(&self, subscription: &Arc<Subscription>) -> bool {
         subscription.active.store(false, Ordering::Release);
-        let removed = self.index.write().remove(
+        let mut index = self.index.write();
+        let removed = index.remove(
             &subscription.pattern,
             subscription.group.as_deref(),
             &Subscriber(subscription.clone()),
@@ -257,6 +288,10 @@ impl Broker {
                 pattern: subscription.pattern.clone(),
                 group: subscription.group.clone(),
             };
+            if interest.group.is_some() {
+                self.note_member_gone(&index, &self.remote.read(), &interest);
+            }
+            drop(index);
             self.interest_changed(interest, false);
         }
         removed
@@ -304,6 +339,7 @@ impl Broker {
     pub fn detach_peer(&self, link: &Arc<PeerLink>) {
         link.close();
         self.interest.lock().links.retain(|l| !Arc::ptr_eq(l, link));
+        let index = self.index.read();
         let mut remote = self.remote.write();
         for interest in link.interests.lock().drain() {
             remote.remove(
@@ -314,6 +350,7 @@ impl Broker {
                     interest: interest.clone(),
                 },
             );
+            self.note_member_gone(&index, &remote, &interest);
         }
     }
 
@@ -325,6 +362,8 @@ impl Broker {
         added: Vec<Interest>,
         removed: Vec<Interest>,
     ) {
+        // The lock order of fan-out: the subscription index, then the remote one.
+        let index = self.index.read();
         let mut remote = self.remote.write();
         if link.is_closed() {
             return;
@@ -350,6 +389,7 @@ impl Broker {
                         interest: interest.clone(),
                     },
                 );
+                self.note_member_gone(&index, &remote, &interest);
             }
         }
         for interest in added {
@@ -358,6 +398,7 @@ impl Broker {
                 continue;
             }
             if known.insert(interest.clone()) {
+                self.note_member_arrived(&interest);
                 let (pattern, group) = (interest.pattern.clone(), interest.group.clone());
                 remote.insert(
                     &pattern,

@@ -21,6 +21,12 @@ pub enum Outbound {
     /// A reply that completed after its request was handled (the `ok` of an acknowledged
     /// publish), written in turn with the events.
     Reply(axum::extract::ws::Message),
+    /// Events a queue group will never get (they waited for a member past the topic's
+    /// history bound), named to one member as a `gap`.
+    Gap {
+        sub: Arc<Subscription>,
+        gap: crate::routing::group_backlog::GroupGap,
+    },
 }
 
 /// The broker's handle on one client connection: a bounded queue its own task drains.
@@ -68,7 +74,7 @@ pub fn queued_bytes(event: &Event) -> usize {
 fn item_bytes(item: &Outbound) -> usize {
     match item {
         Outbound::Event { event, .. } => queued_bytes(event),
-        Outbound::Reply(_) => 0,
+        Outbound::Reply(_) | Outbound::Gap { .. } => 0,
     }
 }
 

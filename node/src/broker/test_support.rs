@@ -40,7 +40,7 @@ pub(super) fn drain(outbox: &Outbox) -> Vec<(String, u64, Option<Delivery>)> {
                 event,
                 delivery,
             } => Some((sub.id.to_string(), event.seq, delivery)),
-            Outbound::Reply(_) => None,
+            Outbound::Reply(_) | Outbound::Gap { .. } => None,
         })
         .collect()
 }

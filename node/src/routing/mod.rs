@@ -1,10 +1,12 @@
 //! The routing core: topics, the subscription index, topic placement, per-topic sequencing
-//! state, history and the publish ids remembered for idempotent publishing.
+//! state, history, the publish ids remembered for idempotent publishing and the queue-group
+//! events waiting for a member.
 //!
 //! Plain data structures without sockets, tasks or clocks, so that they are tested directly;
 //! the broker wraps them in locks and connects them to client connections.
 
 pub mod dedupe;
+pub mod group_backlog;
 pub mod history;
 pub mod index;
 pub mod ownership;

@@ -122,6 +122,19 @@ impl Session {
                     self.encode_events(&mut admitted, &mut frames);
                     frames.push(message);
                 }
+                Outbound::Gap { sub, gap } => {
+                    events += admitted.len();
+                    self.encode_events(&mut admitted, &mut frames);
+                    self.node.metrics.gaps_sent.inc();
+                    frames.push(self.encode(&crate::protocol::Reply::Gap {
+                        sub: &sub.id,
+                        topic: &gap.topic,
+                        epoch: &gap.epoch,
+                        from_seq: gap.from_seq,
+                        to_seq: gap.to_seq,
+                        reason: "retention",
+                    }));
+                }
                 Outbound::Event {
                     sub,
                     event,
