@@ -334,7 +334,10 @@ mod tests {
             1000,
             "each waits for a member with room"
         );
-        assert_eq!(broker.stats.group_deliveries_lost.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            broker.stats.group_deliveries_lost.load(Ordering::Relaxed),
+            0
+        );
         assert!(
             broker.placed_on_peers.lock().is_empty(),
             "nothing left tracked"
@@ -379,7 +382,10 @@ mod tests {
             assert!(bounces < 100, "the event circles without end");
         }
         assert_eq!(bounces, MAX_GROUP_BOUNCES as usize + 1);
-        assert_eq!(broker.stats.group_deliveries_lost.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            broker.stats.group_deliveries_lost.load(Ordering::Relaxed),
+            0
+        );
         assert_eq!(
             broker.backlog.lock().events(),
             1,
@@ -406,10 +412,17 @@ mod tests {
         broker.place_waiting();
         let mut got: Vec<u64> = drain(&later).iter().map(|g| g.1).collect();
         got.sort_unstable();
-        assert_eq!(got, vec![2, 3, 4, 5], "what the group had not processed, once");
+        assert_eq!(
+            got,
+            vec![2, 3, 4, 5],
+            "what the group had not processed, once"
+        );
         assert!(broker.backlog.lock().is_empty());
         assert_eq!(
-            broker.stats.group_events_placed_late.load(Ordering::Relaxed),
+            broker
+                .stats
+                .group_events_placed_late
+                .load(Ordering::Relaxed),
             3
         );
     }

@@ -251,11 +251,7 @@ impl GroupBacklog {
 
     /// Turns events kept past their topic's `max_age` into gaps, and forgets groups dormant
     /// for longer than `dormant_for` (what they still held is counted as forgotten).
-    pub fn expire(
-        &mut self,
-        now: Instant,
-        policy: impl Fn(&str) -> RetentionPolicy,
-    ) -> Dropped {
+    pub fn expire(&mut self, now: Instant, policy: impl Fn(&str) -> RetentionPolicy) -> Dropped {
         let mut dropped = Dropped::default();
         let mut gone_bytes = 0;
         let mut gone_events = 0;
@@ -323,9 +319,11 @@ fn record_gap(waiting: &mut WaitingGroup, event: &Event, dropped: &mut Dropped) 
 /// Adds `event` to the group's gaps: extends the last one when it is the next of its topic
 /// and epoch; beyond [`MAX_GAPS_PER_GROUP`] the record itself is dropped and counted.
 fn push_gap(gaps: &mut Vec<GroupGap>, event: &Event, dropped: &mut Dropped) {
-    if let Some(last) = gaps.iter_mut().rev().find(|g| {
-        g.topic == event.topic && g.epoch == event.epoch && g.to_seq + 1 >= event.seq
-    }) && event.seq >= last.from_seq
+    if let Some(last) = gaps
+        .iter_mut()
+        .rev()
+        .find(|g| g.topic == event.topic && g.epoch == event.epoch && g.to_seq + 1 >= event.seq)
+        && event.seq >= last.from_seq
     {
         last.to_seq = last.to_seq.max(event.seq);
         return;
@@ -406,7 +404,11 @@ mod tests {
         });
         assert_eq!(placed, 2);
         assert_eq!(offered, vec![1, 2, 3], "stops at the first one declined");
-        assert_eq!(seqs_placed(&mut backlog, &g, 2), vec![3, 4], "budget respected");
+        assert_eq!(
+            seqs_placed(&mut backlog, &g, 2),
+            vec![3, 4],
+            "budget respected"
+        );
         assert_eq!(seqs_placed(&mut backlog, &g, 100), vec![5]);
         assert!(backlog.is_empty(), "nothing left once all are placed");
         assert_eq!(backlog.bytes, 0);
@@ -477,7 +479,10 @@ mod tests {
             "a group dormant past its time is forgotten with its event and gap"
         );
         assert!(backlog.is_empty());
-        assert_eq!((backlog.events(), backlog.bytes, backlog.dormant), (0, 0, 0));
+        assert_eq!(
+            (backlog.events(), backlog.bytes, backlog.dormant),
+            (0, 0, 0)
+        );
     }
 
     #[test]

@@ -1,0 +1,126 @@
+//! Queue groups as work queues across a cluster of in-process nodes: an event that no member
+//! can take right now waits for one, also while the group has no member at all.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use murmur_tests::{WsClient, start_cluster, wait_until};
+use serde_json::json;
+
+type TestResult = anyhow::Result<()>;
+
+/// Waits until every node's view of peer interests is `count`.
+async fn wait_for_peer_interests(nodes: &[murmur::RunningNode], except: usize, count: usize) {
+    for (i, node) in nodes.iter().enumerate() {
+        if i == except {
+            continue;
+        }
+        wait_until(
+            "peer interest has propagated",
+            Duration::from_secs(10),
+            || node.state().broker.peer_interests() == count,
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_published_while_the_only_worker_reconnects_reach_it_on_another_node() -> TestResult {
+    let nodes = start_cluster(3, |_, _| {}).await;
+    let (mut worker, _) = WsClient::connect_json(&nodes[1]).await?;
+    worker.sub_group("w", "jobs.*", "workers").await?;
+    wait_for_peer_interests(&nodes, 1, 1).await;
+    let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
+    publisher.publish("jobs.a", json!("first"), "p0").await?;
+    let first = worker.recv_json().await?;
+    assert_eq!(first["data"], "first");
+    worker
+        .send_json(json!({"op": "ack", "delivery": first["delivery"]}))
+        .await?;
+
+    // The only worker goes away; every node sees the group without members.
+    worker.close().await;
+    wait_for_peer_interests(&nodes, 1, 0).await;
+    const JOBS: u64 = 30;
+    for i in 0..JOBS {
+        let topic = ["jobs.a", "jobs.b", "jobs.c"][i as usize % 3];
+        let (ok, _) = publisher
+            .publish(topic, json!(i), &format!("p{}", i + 1))
+            .await?;
+        assert!(ok["seq"].as_u64().is_some(), "acknowledged: {ok}");
+    }
+
+    // It comes back on another node and gets every job once, as first deliveries.
+    let (mut back, _) = WsClient::connect_json(&nodes[2]).await?;
+    back.sub_group("w", "jobs.*", "workers").await?;
+    let mut got = BTreeSet::new();
+    while (got.len() as u64) < JOBS {
+        let event = tokio::time::timeout(Duration::from_secs(10), back.recv_json())
+            .await
+            .map_err(|_| anyhow::anyhow!("only {} of {JOBS} jobs arrived: {got:?}", got.len()))??;
+        assert_eq!(event["op"], "event", "{event}");
+        assert_eq!(event["redelivered"], false, "nobody had it before: {event}");
+        assert!(
+            got.insert(event["data"].as_u64().unwrap()),
+            "a job arrived twice: {event}"
+        );
+        back.send_json(json!({"op": "ack", "delivery": event["delivery"]}))
+            .await?;
+    }
+    assert_eq!(got, (0..JOBS).collect());
+    // Nothing more is owed: a ping comes straight back.
+    back.ping("done").await?;
+    let waiting: u64 = nodes
+        .iter()
+        .map(|n| {
+            n.state()
+                .broker
+                .stats
+                .group_events_waiting
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert_eq!(waiting, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_wait_while_every_worker_is_busy_instead_of_being_dropped() -> TestResult {
+    // Each member holds at most 2 unacknowledged jobs.
+    let nodes = start_cluster(3, |_, s| s.max_unacked = 2).await;
+    let (mut worker, _) = WsClient::connect_json(&nodes[1]).await?;
+    worker.sub_group("w", "jobs.*", "workers").await?;
+    wait_for_peer_interests(&nodes, 1, 1).await;
+    let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
+    const JOBS: u64 = 12;
+    for i in 0..JOBS {
+        let topic = ["jobs.a", "jobs.b"][i as usize % 2];
+        publisher.publish(topic, json!(i), &format!("p{i}")).await?;
+    }
+    // The worker is slow: it acknowledges one job at a time, a while after it came.
+    let mut got = BTreeSet::new();
+    while (got.len() as u64) < JOBS {
+        let event = tokio::time::timeout(Duration::from_secs(10), worker.recv_json())
+            .await
+            .map_err(|_| anyhow::anyhow!("only {} of {JOBS} jobs arrived: {got:?}", got.len()))??;
+        assert_eq!(event["op"], "event", "{event}");
+        got.insert(event["data"].as_u64().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        worker
+            .send_json(json!({"op": "ack", "delivery": event["delivery"]}))
+            .await?;
+    }
+    assert_eq!(got, (0..JOBS).collect(), "every job, none dropped");
+    let lost: u64 = nodes
+        .iter()
+        .map(|n| {
+            n.state()
+                .broker
+                .stats
+                .group_deliveries_lost
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert_eq!(lost, 0);
+    Ok(())
+}
