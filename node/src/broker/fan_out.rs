@@ -58,7 +58,7 @@ impl Broker {
         self.keep_for_dormant_groups(event);
         if remote.is_empty() {
             for group in local_groups {
-                if self.offer_to_group(group, event, false, None, false, None) {
+                if self.offer_to_group(group, event, false, None, None) {
                     deliveries += 1;
                 } else {
                     self.keep_for_group(&group_interest(group), event, false);
@@ -206,9 +206,9 @@ impl Broker {
                     token: *token,
                 })
             });
-            let placed = index.group(&interest.pattern, name).is_some_and(|group| {
-                self.offer_to_group(group, event, redelivered, None, false, origin)
-            });
+            let placed = index
+                .group(&interest.pattern, name)
+                .is_some_and(|group| self.offer_to_group(group, event, redelivered, None, origin));
             if !placed {
                 tracing::debug!(topic = %event.topic, group = name, "forwarded queue-group event found no member here");
                 not_placed.push(*token);

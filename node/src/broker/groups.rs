@@ -82,7 +82,7 @@ impl Broker {
         let index = self.index.read();
         let remote = self.remote.read();
         let local = index.group(&interest.pattern, name);
-        if local.is_some_and(|g| self.offer_to_group(g, event, true, None, false, None)) {
+        if local.is_some_and(|g| self.offer_to_group(g, event, true, None, None)) {
             return;
         }
         if bounces <= MAX_GROUP_BOUNCES
@@ -127,14 +127,7 @@ impl Broker {
             let choice = (start + i) % candidates;
             match (local, choice.checked_sub(here)) {
                 (Some(group), None) => {
-                    if self.offer_to_group(
-                        group,
-                        event,
-                        false,
-                        None,
-                        remote_members.is_empty(),
-                        None,
-                    ) {
+                    if self.offer_to_group(group, event, false, None, None) {
                         return 1;
                     }
                 }
@@ -177,7 +170,7 @@ impl Broker {
         let remote = self.remote.read();
         let local = index.group(&from.pattern, name);
         let skip = Some(from.outbox.connection);
-        if local.is_some_and(|g| self.offer_to_group(g, event, true, skip, false, origin.clone())) {
+        if local.is_some_and(|g| self.offer_to_group(g, event, true, skip, origin.clone())) {
             return Redelivery::Placed;
         }
         if let Some(origin) = origin {
@@ -201,45 +194,24 @@ impl Broker {
         Redelivery::Kept
     }
 
-    /// Round-robin over the group, skipping members whose queue is full and any member on
-    /// `skip_connection`.
+    /// Round-robin over the group, skipping members whose queue is full or who hold
+    /// `max_unacked` deliveries, and any member on `skip_connection`. A member is never cut
+    /// off for it: an event that none can take waits for one (see `waiting.rs`).
     pub(super) fn offer_to_group(
         &self,
         group: &QueueGroup<Subscriber>,
         event: &Arc<Event>,
         redelivered: bool,
         skip_connection: Option<u64>,
-        mark_slow_when_full: bool,
         origin: Option<Arc<GroupOrigin>>,
     ) -> bool {
-        let mut first_full = None;
-        for Subscriber(member) in group.round_robin() {
-            if skip_connection == Some(member.outbox.connection) {
-                continue;
-            }
-            match self.offer_delivery(member, event, redelivered, origin.clone()) {
-                Offer::Queued => return true,
-                Offer::Full => {
-                    first_full.get_or_insert(member);
-                }
-                Offer::AtLimit | Offer::Refused => {}
-            }
-        }
-        if let Some(member) = first_full.filter(|_| mark_slow_when_full) {
-            // Every member is behind and no other node can take the event: the one whose
-            // turn it was is the slow consumer.
-            member.outbox.mark_overflowed();
-            if let Some(suppressed) = self.full_group_log.allow() {
-                tracing::warn!(
-                    topic = %event.topic,
-                    seq = event.seq,
-                    group = %group.name(),
-                    suppressed,
-                    "every queue-group member's buffer is full"
-                );
-            }
-        }
-        false
+        group.round_robin().any(|Subscriber(member)| {
+            skip_connection != Some(member.outbox.connection)
+                && matches!(
+                    self.offer_delivery(member, event, redelivered, origin.clone()),
+                    Offer::Queued
+                )
+        })
     }
 
     fn offer_delivery(

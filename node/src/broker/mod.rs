@@ -137,7 +137,6 @@ pub struct Broker {
     retention: Retention,
     /// Limits the log line for queue-group events that no member could take.
     lost_log: crate::limits::LogLimiter,
-    full_group_log: crate::limits::LogLimiter,
     /// A topic quiet for this long (and for its history's `max_age`) is forgotten (see
     /// [`Broker::sweep_at`]).
     topic_idle_forget: std::time::Duration,
@@ -200,7 +199,6 @@ impl Broker {
             placed_on_peers: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
             lost_log: crate::limits::LogLimiter::new(std::time::Duration::from_secs(1)),
-            full_group_log: crate::limits::LogLimiter::new(std::time::Duration::from_secs(1)),
             topic_idle_forget: crate::config::DEFAULT_TOPIC_IDLE_FORGET,
             started: std::time::Instant::now(),
             stall_fence: std::sync::OnceLock::new(),

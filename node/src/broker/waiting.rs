@@ -116,7 +116,7 @@ impl Broker {
             let mut forwarded = 0;
             let placed = backlog.place(&group, PLACED_PER_PASS, |kept| {
                 if local.is_some_and(|g| {
-                    self.offer_to_group(g, &kept.event, kept.redelivered, None, false, None)
+                    self.offer_to_group(g, &kept.event, kept.redelivered, None, None)
                 }) {
                     return true;
                 }
