@@ -8,44 +8,13 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use murmur::event::{Event, Payload};
 use murmur_tests::{
-    Acked, Record, TEST_CLUSTER_KEY, WsClient, gossip_addr, members_in_state, position, recv_n,
-    resuming_subscriber, seqs, start_cluster, start_node, steady_publisher,
+    Acked, Record, TEST_CLUSTER_KEY, WsClient, crash, gossip_addr, members_in_state, position,
+    recv_n, resuming_subscriber, seqs, start_cluster, start_node, steady_publisher, topic_owned_by,
     wait_for_interest_everywhere, wait_for_mesh, wait_until, ws_url,
 };
 use serde_json::json;
 
 type TestResult = anyhow::Result<()>;
-
-/// Halts the nodes named in `doomed`, as crashes, and waits until the others see them down.
-async fn crash(nodes: Vec<murmur::RunningNode>, doomed: &[String]) -> Vec<murmur::RunningNode> {
-    let mut survivors = Vec::new();
-    for node in nodes {
-        if doomed.contains(&node.state().cluster.name().to_owned()) {
-            node.halt();
-        } else {
-            survivors.push(node);
-        }
-    }
-    wait_until(
-        "the survivors see the crashed nodes down",
-        Duration::from_secs(15),
-        || {
-            survivors
-                .iter()
-                .all(|n| members_in_state(n, "down").len() == doomed.len())
-        },
-    )
-    .await;
-    survivors
-}
-
-/// A topic whose owner (in `node`'s view) is `owner`.
-fn topic_owned_by(node: &murmur::RunningNode, prefix: &str, owner: &str) -> String {
-    (0..)
-        .map(|i| format!("{prefix}{i}"))
-        .find(|t| node.state().cluster.placement(t)[0] == owner)
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_on_another_node_replays_exactly_the_missed_events() -> TestResult {

@@ -6,23 +6,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use murmur::RunningNode;
 use murmur_proto::client::v1 as pb;
 use murmur_tests::{
-    FRAME_TIMEOUT, WsClient, members_in_state, murmur_binary, recv_n, seqs, start_cluster,
-    start_node, wait_for_interest_everywhere, wait_until, ws_url,
+    FRAME_TIMEOUT, WsClient, crash, murmur_binary, recv_n, seqs, start_cluster, start_node,
+    topic_owned_by, wait_for_interest_everywhere, wait_until, ws_url,
 };
 use serde_json::{Value, json};
 
 type TestResult = anyhow::Result<()>;
-
-/// A topic whose owner (in `node`'s view) is `owner`.
-fn topic_owned_by(node: &RunningNode, prefix: &str, owner: &str) -> String {
-    (0..)
-        .map(|i| format!("{prefix}{i}"))
-        .find(|t| node.state().cluster.placement(t)[0] == owner)
-        .unwrap()
-}
 
 /// Publishes with `id` and returns (epoch, seq) from the `ok`, skipping events.
 async fn publish_with_id(
@@ -153,7 +144,7 @@ async fn after_the_window_the_same_id_is_a_new_event() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_the_owner_failed_over_gets_the_original_position() -> TestResult {
-    let mut nodes = start_cluster(3, |_, _| {}).await;
+    let nodes = start_cluster(3, |_, _| {}).await;
     let topic = topic_owned_by(&nodes[0], "pay.", "node-2");
     let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
     let mut positions = Vec::new();
@@ -162,18 +153,7 @@ async fn a_retry_after_the_owner_failed_over_gets_the_original_position() -> Tes
             publish_with_id(&mut publisher, &topic, json!(i), &format!("pay-{i}"), "p").await?,
         );
     }
-    let owner = nodes.pop().unwrap();
-    owner.halt();
-    wait_until(
-        "the survivors see the owner down",
-        Duration::from_secs(15),
-        || {
-            nodes
-                .iter()
-                .all(|n| members_in_state(n, "down") == ["node-2"])
-        },
-    )
-    .await;
+    let nodes = crash(nodes, &["node-2".to_owned()]).await;
     // The client never saw the `ok` of pay-3 (say) and sends it again: the replica that
     // took the topic over remembers it.
     for (i, original) in positions.iter().enumerate() {

@@ -1,10 +1,11 @@
 //! Queue groups as work queues across a cluster of in-process nodes: an event that no member
-//! can take right now waits for one, also while the group has no member at all.
+//! can take right now waits for one, also while the group has no member at all, and what
+//! the group had not acknowledged outlives the node that placed it.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use murmur_tests::{WsClient, start_cluster, wait_until};
+use murmur_tests::{WsClient, crash, start_cluster, topic_owned_by, wait_until};
 use serde_json::json;
 
 type TestResult = anyhow::Result<()>;
@@ -122,5 +123,67 @@ async fn jobs_wait_while_every_worker_is_busy_instead_of_being_dropped() -> Test
         })
         .sum();
     assert_eq!(lost, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_not_acknowledged_when_their_owner_dies_are_placed_again_by_the_next_owner()
+-> TestResult {
+    let nodes = start_cluster(3, |_, _| {}).await;
+    // Jobs on a topic node-2 places; the worker is on node-0, the publisher on node-1.
+    let topic = topic_owned_by(&nodes[0], "jobs.", "node-2");
+    let (mut worker, _) = WsClient::connect_json(&nodes[0]).await?;
+    worker.sub_group("w", "jobs.*", "workers").await?;
+    wait_for_peer_interests(&nodes, 0, 1).await;
+    let (mut publisher, _) = WsClient::connect_json(&nodes[1]).await?;
+    const JOBS: u64 = 10;
+    for i in 1..=JOBS {
+        publisher
+            .publish(&topic, json!(i), &format!("p{i}"))
+            .await?;
+    }
+    // The worker finishes the first half; the second half is in its hands when the owner dies.
+    for _ in 1..=JOBS {
+        let event = worker.recv_json().await?;
+        assert_eq!(event["redelivered"], false);
+        if event["seq"].as_u64().unwrap() <= JOBS / 2 {
+            worker
+                .send_json(json!({"op": "ack", "delivery": event["delivery"]}))
+                .await?;
+        }
+    }
+    worker.ping("acked").await?;
+    // The owner reports the group's progress to the topic's replica several times a second.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let survivors = crash(nodes, &["node-2".to_owned()]).await;
+
+    // The topic's new owner places the unacknowledged half again, marked as redelivered,
+    // and nothing of the acknowledged half.
+    let mut again = BTreeSet::new();
+    while (again.len() as u64) < JOBS / 2 {
+        let event = tokio::time::timeout(Duration::from_secs(10), worker.recv_json())
+            .await
+            .map_err(|_| anyhow::anyhow!("only {again:?} came again"))??;
+        assert_eq!(event["op"], "event", "{event}");
+        assert_eq!(event["redelivered"], true, "{event}");
+        assert!(again.insert(event["seq"].as_u64().unwrap()), "{event}");
+        worker
+            .send_json(json!({"op": "ack", "delivery": event["delivery"]}))
+            .await?;
+    }
+    assert_eq!(again, (JOBS / 2 + 1..=JOBS).collect());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.ping("nothing-more").await?;
+    let taken_over: u64 = survivors
+        .iter()
+        .map(|n| {
+            n.state()
+                .broker
+                .stats
+                .group_events_taken_over
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert_eq!(taken_over, JOBS / 2);
     Ok(())
 }

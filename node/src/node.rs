@@ -347,14 +347,19 @@ async fn expire_history(state: Arc<NodeState>) {
 /// acknowledged one frees room, and one that (re)joined may take them.
 const WAITING_GROUP_EVENTS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Places queue-group events that waited for a member (see `Broker::place_waiting`).
+/// Places queue-group events that waited for a member (see `Broker::place_waiting`), and
+/// reports the queue groups' progress to the topics' replicas (see
+/// `crate::routing::group_progress`).
 async fn place_waiting_group_events(state: Arc<NodeState>) {
     let mut tick = tokio::time::interval(WAITING_GROUP_EVENTS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = state.shutdown.cancelled() => return,
-            _ = tick.tick() => state.broker.place_waiting(),
+            _ = tick.tick() => {
+                state.broker.place_waiting();
+                state.cluster.report_group_progress();
+            }
         }
     }
 }

@@ -683,3 +683,36 @@ pub async fn send_together(ws: &mut RawSocket, frames: Vec<Message>) -> anyhow::
     ws.flush().await?;
     Ok(())
 }
+
+/// A topic whose owner (in `node`'s view) is `owner`: `prefix` and the first number that
+/// makes one.
+pub fn topic_owned_by(node: &RunningNode, prefix: &str, owner: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|t| node.state().cluster.placement(t)[0] == owner)
+        .expect("some topic is owned by every member")
+}
+
+/// Halts the nodes named in `doomed`, as crashes, and waits until the others see them down;
+/// returns the others.
+pub async fn crash(nodes: Vec<RunningNode>, doomed: &[String]) -> Vec<RunningNode> {
+    let mut survivors = Vec::new();
+    for node in nodes {
+        if doomed.contains(&node.state().cluster.name().to_owned()) {
+            node.halt();
+        } else {
+            survivors.push(node);
+        }
+    }
+    wait_until(
+        "the survivors see the crashed nodes down",
+        Duration::from_secs(15),
+        || {
+            survivors
+                .iter()
+                .all(|n| members_in_state(n, "down").len() == doomed.len())
+        },
+    )
+    .await;
+    survivors
+}

@@ -58,10 +58,12 @@ impl Broker {
         self.keep_for_dormant_groups(event);
         if remote.is_empty() {
             for group in local_groups {
+                let interest = group_interest(group);
+                self.record_placed(&interest, event);
                 if self.offer_to_group(group, event, false, None, None) {
                     deliveries += 1;
                 } else {
-                    self.keep_for_group(&group_interest(group), event, false);
+                    self.keep_for_group(&interest, event, false);
                 }
             }
             return deliveries;

@@ -53,7 +53,12 @@ impl Broker {
                 _ => None,
             }
         };
-        if let Some(placed) = placed.filter(|_| !acked) {
+        let Some(placed) = placed else {
+            return;
+        };
+        if acked {
+            self.record_acked(&placed.interest, &placed.event);
+        } else {
             self.place_again(
                 &placed.event,
                 &placed.interest,
@@ -122,6 +127,12 @@ impl Broker {
         if candidates == 0 {
             return 0;
         }
+        let interest = match (local, remote_members.first()) {
+            (Some(group), _) => super::fan_out::group_interest(group),
+            (None, Some(member)) => member.interest.clone(),
+            (None, None) => return 0,
+        };
+        self.record_placed(&interest, event);
         let start = self.group_turn.fetch_add(1, Ordering::Relaxed) % candidates;
         for i in 0..candidates {
             let choice = (start + i) % candidates;
@@ -142,9 +153,7 @@ impl Broker {
                 (None, None) => {}
             }
         }
-        if let Some(group) = local {
-            self.keep_for_group(&super::fan_out::group_interest(group), event, false);
-        }
+        self.keep_for_group(&interest, event, false);
         0
     }
 

@@ -37,6 +37,7 @@ use crate::cluster::link::{Interest, PeerLink, PeerMessage};
 use crate::routing::SubscriptionIndex;
 use crate::routing::dedupe::{DedupeBudget, DedupeStore};
 use crate::routing::group_backlog::GroupBacklog;
+use crate::routing::group_progress::{GroupProgress, PeerProgress};
 use crate::routing::history::{HistoryStore, Retention};
 use crate::routing::topic::validate_pattern;
 use crate::routing::topics::TopicTable;
@@ -44,6 +45,7 @@ use crate::routing::topics::TopicTable;
 mod fan_out;
 mod groups;
 mod outbox;
+mod progress;
 mod replay;
 mod retention;
 mod sequencing;
@@ -105,6 +107,8 @@ pub struct BrokerStats {
     pub group_events_gapped: AtomicU64,
     /// Queue-group events waiting for a member now (as of the last placing pass).
     pub group_events_waiting: AtomicU64,
+    /// Queue-group events placed again here because the node that placed them is gone.
+    pub group_events_taken_over: AtomicU64,
     /// Subscriptions and peers each event was queued to when fanned out.
     pub fanout: crate::metrics::CountHistogram,
     /// Publishes whose id was remembered: answered with the first one's position, no new
@@ -131,6 +135,10 @@ pub struct Broker {
     next_token: AtomicU64,
     /// Queue-group events waiting for a member, and groups without one (see `waiting.rs`).
     backlog: Mutex<GroupBacklog>,
+    /// Per topic and queue group, what this node placed and no member acknowledged yet.
+    progress: Mutex<GroupProgress>,
+    /// The same, as other placing nodes last reported it (this node replicates the topics).
+    peer_progress: Mutex<PeerProgress>,
     /// Set while the backlog holds anything: fan-out looks at it only then.
     backlog_in_use: std::sync::atomic::AtomicBool,
     /// The retention policies, for the bounds of what waits in the backlog.
@@ -183,6 +191,8 @@ impl Broker {
                 retention.default.max_age,
             )),
             backlog_in_use: std::sync::atomic::AtomicBool::new(false),
+            progress: Mutex::new(GroupProgress::default()),
+            peer_progress: Mutex::new(PeerProgress::default()),
             retention: retention.clone(),
             shards: (0..SEQUENCE_SHARDS)
                 .map(|_| {

@@ -49,6 +49,7 @@ impl Broker {
         }
         let dormant = self.backlog.lock().dormant_matching(&event.topic);
         for group in dormant {
+            self.record_placed(&group, event);
             self.keep_for_group(&group, event, false);
         }
     }
@@ -72,11 +73,7 @@ impl Broker {
         }
         let dropped = self.backlog.lock().set_dormant(interest, Instant::now());
         self.backlog_in_use.store(true, Ordering::Release);
-        if dropped.forgotten > 0 {
-            self.stats
-                .group_deliveries_lost
-                .fetch_add(dropped.forgotten, Ordering::Relaxed);
-        }
+        self.count_expired(dropped);
     }
 
     /// A member of `interest` arrived (here or on a peer): its group is no longer dormant.
@@ -181,6 +178,8 @@ impl Broker {
         }
     }
 
+    /// Counts what left the backlog without reaching a member; the group owes nothing for
+    /// it any more (it was told, or it is gone).
     fn count_expired(&self, dropped: Dropped) {
         self.stats
             .group_events_gapped
@@ -188,5 +187,11 @@ impl Broker {
         self.stats
             .group_deliveries_lost
             .fetch_add(dropped.forgotten, Ordering::Relaxed);
+        if !dropped.left.is_empty() {
+            let mut progress = self.progress.lock();
+            for (group, event) in &dropped.left {
+                progress.settled(group, event);
+            }
+        }
     }
 }

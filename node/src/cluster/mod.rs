@@ -11,6 +11,7 @@
 pub mod envelope;
 pub mod fence;
 pub mod gossip;
+mod group_progress;
 pub mod key_rules;
 pub mod link;
 pub mod membership;
@@ -375,6 +376,7 @@ impl Cluster {
         self.forget_requests_to(&id.name);
         let orphaned = self.broker.on_peer_gone(&id.name);
         self.ask_replicas_again(&id.name, orphaned);
+        self.take_over_group_progress(&id.name);
     }
 
     /// True when this node's membership view has `name` alive (or suspect) under
@@ -717,6 +719,9 @@ impl Cluster {
                     ids: transport::remembered_from_pb(sync.ids),
                 };
                 self.broker.store_copy(&sync.topic, snapshot);
+            }
+            pb::peer_frame::Msg::GroupProgress(progress) => {
+                self.on_group_progress(&link.name, progress);
             }
             pb::peer_frame::Msg::GroupSettled(settled) => {
                 self.broker

@@ -64,13 +64,16 @@ impl WaitingGroup {
 }
 
 /// What [`GroupBacklog::expire`] and the bounds let go of.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone)]
 pub struct Dropped {
     /// Events turned into gaps for their group.
     pub gapped: u64,
     /// Events or gap records dropped with no group left to tell (a dormant group forgotten,
     /// or more gaps than a group keeps).
     pub forgotten: u64,
+    /// The events that left without reaching a member (gapped or forgotten), with their
+    /// group: nothing is owed for them any more.
+    pub left: Vec<(Interest, Arc<Event>)>,
 }
 
 #[derive(Debug)]
@@ -127,6 +130,7 @@ impl GroupBacklog {
             // The node's budget is spent: this one is named as missed rather than kept.
             record_gap(waiting, &event, &mut dropped);
             dropped.gapped += 1;
+            dropped.left.push((group.clone(), event));
             return dropped;
         }
         let WaitingGroup { topics, gaps, .. } = waiting;
@@ -146,6 +150,7 @@ impl GroupBacklog {
             self.bytes -= retained_bytes(&oldest.event);
             push_gap(gaps, &oldest.event, &mut dropped);
             dropped.gapped += 1;
+            dropped.left.push((group.clone(), oldest.event));
         }
         dropped
     }
@@ -166,7 +171,7 @@ impl GroupBacklog {
                 .filter_map(|(g, w)| w.dormant_since.map(|since| (since, g.clone())))
                 .min_by_key(|(since, _)| *since);
             if let Some((_, g)) = longest {
-                dropped.forgotten += self.forget(&g);
+                self.forget(&g, &mut dropped);
             }
         }
         dropped
@@ -183,6 +188,19 @@ impl GroupBacklog {
         if waiting.is_idle() {
             self.groups.remove(group);
         }
+    }
+
+    /// Names events `group` will never get (a failed-over placer could not find them in its
+    /// history), to be told to one of its members.
+    pub fn add_gap(&mut self, group: &Interest, gap: GroupGap) -> Dropped {
+        let mut dropped = Dropped::default();
+        let waiting = self.groups.entry(group.clone()).or_default();
+        if waiting.gaps.len() >= MAX_GAPS_PER_GROUP {
+            dropped.forgotten += 1;
+        } else {
+            waiting.gaps.push(gap);
+        }
+        dropped
     }
 
     /// The dormant groups whose pattern matches `topic`.
@@ -255,7 +273,7 @@ impl GroupBacklog {
         let mut dropped = Dropped::default();
         let mut gone_bytes = 0;
         let mut gone_events = 0;
-        for waiting in self.groups.values_mut() {
+        for (group, waiting) in self.groups.iter_mut() {
             let WaitingGroup { topics, gaps, .. } = waiting;
             for (topic, queue) in topics.iter_mut() {
                 let max_age = policy(topic).max_age;
@@ -270,6 +288,7 @@ impl GroupBacklog {
                     gone_events += 1;
                     push_gap(gaps, &old.event, &mut dropped);
                     dropped.gapped += 1;
+                    dropped.left.push((group.clone(), old.event));
                 }
             }
             topics.retain(|_, q| !q.is_empty());
@@ -286,29 +305,29 @@ impl GroupBacklog {
             .map(|(g, _)| g.clone())
             .collect();
         for group in forgotten {
-            dropped.forgotten += self.forget(&group);
+            self.forget(&group, &mut dropped);
         }
         self.groups.retain(|_, w| !w.is_idle());
         dropped
     }
 
-    /// Forgets `group` and all it held; returns how many events and gap records that was.
-    fn forget(&mut self, group: &Interest) -> u64 {
+    /// Forgets `group` and all it held (counted in `dropped` as forgotten).
+    fn forget(&mut self, group: &Interest, dropped: &mut Dropped) {
         let Some(waiting) = self.groups.remove(group) else {
-            return 0;
+            return;
         };
         if waiting.dormant_since.is_some() {
             self.dormant -= 1;
         }
-        let mut held = waiting.gaps.len() as u64;
+        dropped.forgotten += waiting.gaps.len() as u64;
         for queue in waiting.topics.into_values() {
             for kept in queue {
                 self.events -= 1;
                 self.bytes -= retained_bytes(&kept.event);
-                held += 1;
+                dropped.forgotten += 1;
+                dropped.left.push((group.clone(), kept.event));
             }
         }
-        held
     }
 }
 

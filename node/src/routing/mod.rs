@@ -7,6 +7,7 @@
 
 pub mod dedupe;
 pub mod group_backlog;
+pub mod group_progress;
 pub mod history;
 pub mod index;
 pub mod ownership;

@@ -185,7 +185,7 @@ impl Cluster {
             .chain(std::iter::once(self.id.name.as_str()))
     }
 
-    fn link_to(&self, name: &str) -> Option<Arc<PeerLink>> {
+    pub(super) fn link_to(&self, name: &str) -> Option<Arc<PeerLink>> {
         self.peers
             .lock()
             .get(name)

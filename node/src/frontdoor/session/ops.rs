@@ -300,8 +300,13 @@ impl Session {
                 match known {
                     Some(unacked) => {
                         unacked.subscription.delivery_settled();
-                        if let Some(origin) = &unacked.origin {
-                            self.node.cluster.settle_group(origin, true);
+                        match &unacked.origin {
+                            // Placed by a peer: that node records the group's progress.
+                            Some(origin) => self.node.cluster.settle_group(origin, true),
+                            None => self
+                                .node
+                                .broker
+                                .group_delivery_acked(&unacked.subscription, &unacked.event),
                         }
                         Ok(Vec::new())
                     }
