@@ -348,8 +348,8 @@ async fn expire_history(state: Arc<NodeState>) {
 const WAITING_GROUP_EVENTS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Places queue-group events that waited for a member (see `Broker::place_waiting`), and
-/// reports the queue groups' progress to the topics' replicas (see
-/// `crate::routing::group_progress`).
+/// tells the topics' replicas where the queue groups stand (see
+/// `crate::routing::group_progress`) and how far the topics are committed.
 async fn place_waiting_group_events(state: Arc<NodeState>) {
     let mut tick = tokio::time::interval(WAITING_GROUP_EVENTS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -359,6 +359,7 @@ async fn place_waiting_group_events(state: Arc<NodeState>) {
             _ = tick.tick() => {
                 state.broker.place_waiting();
                 state.cluster.report_group_progress();
+                state.cluster.announce_commits();
             }
         }
     }

@@ -42,6 +42,7 @@ use crate::routing::history::{HistoryStore, Retention};
 use crate::routing::topic::validate_pattern;
 use crate::routing::topics::TopicTable;
 
+mod commits;
 mod fan_out;
 mod groups;
 mod outbox;
@@ -167,6 +168,8 @@ struct TopicShard {
     history: HistoryStore,
     /// The publish ids remembered for these topics (setting `dedupe_window`).
     dedupe: DedupeStore<DuplicateWaiter>,
+    /// Topics whose committed position moved since it was last announced to their replicas.
+    commit_moved: std::collections::HashSet<Arc<str>>,
 }
 
 /// A publish sent again with the id of one still waiting for its replicas: told when that
@@ -200,6 +203,7 @@ impl Broker {
                         topics: TopicTable::default(),
                         history: HistoryStore::new(retention.clone()),
                         dedupe: DedupeStore::new(dedupe_window, dedupe_budget.clone()),
+                        commit_moved: std::collections::HashSet::new(),
                     })
                 })
                 .collect(),

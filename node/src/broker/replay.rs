@@ -131,7 +131,7 @@ impl Broker {
                 // sequencing owner's own state answers until then: it may still go on.)
                 return;
             }
-            let replay = match from {
+            let mut replay = match from {
                 ResumeFrom::Latest => return,
                 ResumeFrom::Earliest => shard.history.earliest(topic),
                 ResumeFrom::Cursor(cursor) => Self::after_in(shard, topic, cursor),
@@ -143,10 +143,16 @@ impl Broker {
                     None => shard.history.since(topic, *since),
                 },
             };
+            // Only what is committed is served: an event beyond may still fail at its owner,
+            // which would then number another event in its place.
+            let committed = state.committed();
+            replay
+                .events
+                .retain(|e| *e.epoch != *state.epoch || e.seq <= committed);
             candidates.push(TopicReplay {
                 topic: topic.clone(),
                 epoch: state.epoch.clone(),
-                last_seq: state.last_seq,
+                last_seq: committed,
                 replay,
                 more: false,
             });

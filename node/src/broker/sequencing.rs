@@ -207,6 +207,9 @@ impl Broker {
     /// topic's shard locked, which keeps the order.
     fn complete(&self, shard: &mut TopicShard, done: Vec<Completed<StoredSignal>>) {
         for (event, signal) in done {
+            if !shard.commit_moved.contains(&event.topic) {
+                shard.commit_moved.insert(event.topic.clone());
+            }
             tracing::trace!(topic = %event.topic, seq = event.seq, "stored; fanning out");
             let (notify, hold) = signal.map_or((None, None), |s| (s.notify, s.permit));
             let deliveries = self.fan_out(&event, hold);
@@ -224,7 +227,7 @@ impl Broker {
 
     /// An event that failed (never stored on its replicas): its id is forgotten, so that
     /// the publish may be sent again, and the publishes of the same id waiting with it fail.
-    fn forget_failed(shard: &mut TopicShard, event: &Event) {
+    pub(super) fn forget_failed(shard: &mut TopicShard, event: &Event) {
         shard
             .history
             .forget_from(&event.topic, &event.epoch, event.seq);
@@ -381,7 +384,7 @@ impl Broker {
                 .dedupe
                 .remember_stored(&event.topic, id.clone(), position, clock);
         }
-        if held {
+        if held && !self.replace_stale_copy(&mut shard, &event) {
             return Ok(receipt);
         }
         shard.topics.replicated(&event, self.clock_ms());

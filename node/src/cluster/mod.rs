@@ -293,6 +293,7 @@ impl Cluster {
                 },
             };
             let had_majority = self.has_majority();
+            let lost_a_member = matches!(event, MemberEvent::Down(_));
             match event {
                 MemberEvent::Up(id) => self.on_member_up(id),
                 MemberEvent::Down(id) => self.on_member_down(&id),
@@ -314,6 +315,11 @@ impl Cluster {
                     "this node sees only a minority of the cluster: new epochs from here"
                 );
                 self.broker.relinquish_all();
+            }
+            if lost_a_member && has_majority {
+                // Topics whose owner went away: this node's copy is their history now.
+                self.broker
+                    .promote_copies(|topic| self.owner_of(topic) == self.name());
             }
         }
     }
@@ -720,6 +726,7 @@ impl Cluster {
                 };
                 self.broker.store_copy(&sync.topic, snapshot);
             }
+            pb::peer_frame::Msg::Commit(commit) => self.on_commit(commit),
             pb::peer_frame::Msg::GroupProgress(progress) => {
                 self.on_group_progress(&link.name, progress);
             }

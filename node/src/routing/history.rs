@@ -445,6 +445,15 @@ impl HistoryStore {
         self.topics.values().map(|h| h.bytes).sum()
     }
 
+    /// The retained event `seq` of `epoch` on `topic`, if any.
+    pub fn get(&self, topic: &str, epoch: &str, seq: u64) -> Option<&Arc<Event>> {
+        let history = self.topics.get(topic)?;
+        if &*history.epoch != epoch || seq < history.first_seq {
+            return None;
+        }
+        history.events.get((seq - history.first_seq) as usize)
+    }
+
     /// Everything retained for `topic`.
     pub fn earliest(&self, topic: &str) -> Replay {
         self.topics

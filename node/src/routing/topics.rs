@@ -64,6 +64,10 @@ pub struct TopicState<W> {
     pub last_seq: u64,
     /// Handed to a new owner: this node must not sequence it until it claims it again.
     pub moved: bool,
+    /// On a copy (`moved`): how far the owner said the topic is committed (stored on every
+    /// replica, so possibly acknowledged and fanned out) in `epoch`. What a copy holds
+    /// beyond may be an event that failed at its owner: it is not served.
+    announced_committed: u64,
     /// Events of this epoch failed here (a replica went away and no replica of the
     /// placement could be asked in their place, or this node gave its topics up): whether
     /// they are stored elsewhere is unknown, so this node must not number after them in this
@@ -81,6 +85,17 @@ pub struct TopicState<W> {
 impl<W> TopicState<W> {
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// The last `seq` of `epoch` known committed here: on the sequencing owner, every event
+    /// before the first still waiting for replicas; on a copy, what the owner announced.
+    pub fn committed(&self) -> u64 {
+        if self.moved {
+            return self.announced_committed.min(self.last_seq);
+        }
+        self.pending
+            .front()
+            .map_or(self.last_seq, |p| p.event.seq.saturating_sub(1))
     }
 }
 
@@ -137,6 +152,7 @@ impl<W> TopicTable<W> {
                 state.epoch = epoch;
                 state.last_seq = last_seq;
                 state.moved = false;
+                state.announced_committed = 0;
                 state.renew_epoch = false;
                 state.last_active_ms = state.last_active_ms.max(now_ms);
             }
@@ -149,6 +165,7 @@ impl<W> TopicTable<W> {
                         epoch,
                         last_seq,
                         moved: false,
+                        announced_committed: 0,
                         renew_epoch: false,
                         pending: VecDeque::new(),
                         synced: Vec::new(),
@@ -315,6 +332,7 @@ impl<W> TopicTable<W> {
         let Some(first) = state.pending.iter().position(|p| p.orphaned) else {
             return Vec::new();
         };
+        state.announced_committed = state.committed();
         state.moved = true;
         state.renew_epoch = true;
         state
@@ -331,6 +349,9 @@ impl<W> TopicTable<W> {
         let Some(state) = self.topics.get_mut(topic) else {
             return Vec::new();
         };
+        if !state.moved {
+            state.announced_committed = state.committed();
+        }
         state.moved = true;
         if state.pending.is_empty() {
             return Vec::new();
@@ -366,6 +387,8 @@ impl<W> TopicTable<W> {
         if state.has_pending() {
             return Err(HandOverRefused);
         }
+        // Nothing is pending: everything it sequenced is committed.
+        state.announced_committed = state.last_seq;
         state.moved = true;
         Ok(Some((state.epoch.clone(), state.last_seq)))
     }
@@ -389,6 +412,45 @@ impl<W> TopicTable<W> {
         true
     }
 
+    /// The owner announced `topic` committed up to `seq` of `epoch` (on a copy).
+    pub fn committed_to(&mut self, topic: &str, epoch: &str, seq: u64) {
+        if let Some(state) = self.topics.get_mut(topic)
+            && state.moved
+            && *state.epoch == *epoch
+        {
+            state.announced_committed = state.announced_committed.max(seq);
+        }
+    }
+
+    /// The copies (`moved`) this table holds.
+    pub fn copies(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.topics
+            .iter()
+            .filter(|(_, t)| t.moved)
+            .map(|(name, _)| name)
+    }
+
+    /// This node is `topic`'s owner now (its owner went away, and this node sees a majority):
+    /// whatever its copy holds is what it will sequence after once it claims the topic, so
+    /// it is served as committed already.
+    pub fn promote_copy(&mut self, topic: &str) {
+        if let Some(state) = self.topics.get_mut(topic)
+            && state.moved
+        {
+            state.announced_committed = state.last_seq;
+        }
+    }
+
+    /// Drops a copy's positions from `seq` on (an uncommitted event there turned out to
+    /// have failed at its owner); they are taken again from the owner.
+    pub fn truncate_copy(&mut self, topic: &str, seq: u64) {
+        if let Some(state) = self.topics.get_mut(topic)
+            && state.moved
+        {
+            state.last_seq = state.last_seq.min(seq.saturating_sub(1));
+        }
+    }
+
     /// Records a replicated event's position (on a replica).
     pub fn replicated(&mut self, event: &Event, now_ms: i64) {
         match self.topics.get_mut(&*event.topic) {
@@ -398,6 +460,9 @@ impl<W> TopicTable<W> {
             Some(state)
                 if *state.epoch == *event.epoch || newer_epoch(&event.epoch, &state.epoch) =>
             {
+                if *state.epoch != *event.epoch {
+                    state.announced_committed = 0;
+                }
                 state.epoch = event.epoch.clone();
                 state.last_seq = event.seq;
                 state.last_active_ms = state.last_active_ms.max(now_ms);
@@ -426,6 +491,9 @@ impl<W> TopicTable<W> {
     pub fn relinquish_all(&mut self) -> Vec<Completed<W>> {
         let mut failed = Vec::new();
         for state in self.topics.values_mut() {
+            if !state.moved {
+                state.announced_committed = state.committed();
+            }
             state.moved = true;
             if state.has_pending() {
                 failed.extend(state.pending.drain(..).map(|p| (p.event, p.waiter)));

@@ -41,6 +41,7 @@ use crate::routing::dedupe::PublishId;
 use crate::routing::ownership::{owner, rank};
 
 mod claims;
+mod commits;
 mod replay;
 
 /// What a publish costs in a publish buffer beyond its payload and topic name (its
