@@ -80,6 +80,10 @@ pub struct StallFence {
     hold: Duration,
     /// Stalls that fenced this node, for `murmur_stall_fences_total`.
     pub stalls: AtomicU64,
+    /// When gossip last came from each sender (ms since `origin`): whether this node is
+    /// still in touch with a majority, not just believes so (see
+    /// [`Self::heard_majority_within`]).
+    last_heard: Mutex<std::collections::HashMap<SocketAddr, u64>>,
 }
 
 impl StallFence {
@@ -93,6 +97,7 @@ impl StallFence {
             fenced: Mutex::new(None),
             hold,
             stalls: AtomicU64::new(0),
+            last_heard: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -170,6 +175,17 @@ impl StallFence {
 
     /// The gossip thread authenticated a packet from `from` stamped `sent_at_wall_ms`.
     pub fn heard_from(&self, from: SocketAddr, sent_at_wall_ms: u64) {
+        {
+            let now_ms = self.now_ms();
+            let mut last_heard = self.last_heard.lock();
+            if last_heard.len() >= MAX_HEARD && !last_heard.contains_key(&from) {
+                // Senders gone for long are of no use to the window asked about.
+                last_heard.retain(|_, at| now_ms.saturating_sub(*at) < 60_000);
+            }
+            if last_heard.len() < MAX_HEARD || last_heard.contains_key(&from) {
+                last_heard.insert(from, now_ms);
+            }
+        }
         if self.fenced_flag.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -228,6 +244,36 @@ impl StallFence {
         *fenced = None;
         self.fenced_flag.store(0, Ordering::Release);
         true
+    }
+
+    /// Whether gossip came within `window` from enough members (`is_member`) to make a
+    /// majority of `cluster_size` with this node. A node cut off by a partition still
+    /// counts the others as alive (or suspect) until failure detection ends; this tells
+    /// sooner that it no longer hears them.
+    pub fn heard_majority_within(
+        &self,
+        window: Duration,
+        cluster_size: usize,
+        is_member: impl Fn(&SocketAddr) -> bool,
+    ) -> bool {
+        self.heard_majority_within_at(self.now_ms(), window, cluster_size, is_member)
+    }
+
+    fn heard_majority_within_at(
+        &self,
+        now_ms: u64,
+        window: Duration,
+        cluster_size: usize,
+        is_member: impl Fn(&SocketAddr) -> bool,
+    ) -> bool {
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let heard = self
+            .last_heard
+            .lock()
+            .iter()
+            .filter(|(addr, at)| now_ms.saturating_sub(**at) <= window_ms && is_member(addr))
+            .count();
+        (heard + 1) * 2 > cluster_size
     }
 
     /// Starts the watchdog thread; it ends when `stop` is cancelled.
@@ -334,6 +380,28 @@ mod tests {
         assert!(!fence.try_lift_at(10_000, 5, members));
         fence.heard_from(addr(2), 1_006_300);
         assert!(fence.try_lift_at(10_000, 5, members));
+    }
+
+    #[test]
+    fn a_majority_heard_lately_is_counted_within_its_window() {
+        let fence = StallFence::new(Duration::from_secs(3));
+        let members = [addr(1), addr(2), addr(3), addr(4)];
+        let is_member = |a: &SocketAddr| members.contains(a);
+        fence.heard_from(addr(1), 0);
+        fence.heard_from(addr(9), 0);
+        let window = Duration::from_secs(3);
+        let now = fence.now_ms();
+        assert!(
+            !fence.heard_majority_within_at(now, window, 5, is_member),
+            "one member and a stranger are not two of four"
+        );
+        fence.heard_from(addr(2), 0);
+        assert!(fence.heard_majority_within_at(now, window, 5, is_member));
+        assert!(
+            !fence.heard_majority_within_at(now + 3_001, window, 5, is_member),
+            "heard too long ago"
+        );
+        assert!(fence.heard_majority_within_at(now, window, 1, is_member));
     }
 
     #[test]

@@ -57,6 +57,9 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// 8 s seen in the chaos runs) and a redial, since a replica whose link ended before it was
 /// declared down stays in the placement until then.
 const REPLACEMENT_PATIENCE: Duration = Duration::from_secs(15);
+/// A node heard from a majority within this long is in touch with it: about three probe
+/// periods, far shorter than the others need to declare a silent node down.
+const RECENTLY_HEARD: Duration = Duration::from_secs(3);
 /// Why a node cut off from most of the cluster refuses publishes.
 pub(super) const MINORITY: &str =
     "this node sees only a minority of the cluster (a partition?); publish through another node";
@@ -559,7 +562,11 @@ impl Cluster {
             let deadline = tokio::time::Instant::now() + REPLACEMENT_PATIENCE;
             let mut waiting = orphaned;
             loop {
-                let majority = cluster.compute_majority();
+                // A majority heard from lately, not just one believed alive: a node on the
+                // minority side of a partition that has not detected it yet must not store
+                // these on replicas from its own side and so complete them, while the
+                // majority (which declared it down) numbers the same positions anew.
+                let majority = cluster.compute_majority() && cluster.heard_majority_lately();
                 waiting.retain(|topic| {
                     if !cluster.broker.has_orphans(topic) {
                         return false;
@@ -587,6 +594,17 @@ impl Cluster {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         });
+    }
+
+    /// True when gossip came from a majority of the cluster (this node included) within
+    /// [`RECENTLY_HEARD`].
+    fn heard_majority_lately(&self) -> bool {
+        let view = self.gossip.view.read();
+        self.gossip
+            .fence
+            .heard_majority_within(RECENTLY_HEARD, view.cluster_size(), |addr| {
+                view.is_member_address(addr)
+            })
     }
 
     /// True when this node sees more than half of the cluster alive (see
