@@ -7,7 +7,7 @@ RELEASE_TOOLS = $(CARGO) build --release -p murmur -p murmur-bench -p murmur-abu
 
 IMAGE ?= murmur:latest
 
-.PHONY: image compose-test check-deploy help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics measure-resume bench bench-smoke perf-count bench-scale abuse abuse-smoke chaos chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
+.PHONY: image compose-test check-deploy help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics measure-resume bench bench-smoke perf-count bench-scale abuse abuse-smoke chaos chaos-soak chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -66,9 +66,14 @@ abuse-smoke: ## The same loads, 8 s each, smaller history (about 2 minutes once 
 	$(RELEASE_TOOLS)
 	[ "$$(ulimit -n)" -ge 4096 ] || ulimit -n 4096; flock /tmp/murmur-abuse.lock target/release/murmur-abuse --seconds 8 --settle 2 --history-topics 10 --out abuse-out $(ARGS)
 
-chaos: ## Every chaos nemesis on namespace hosts (root, about 15 min): chaos-out/<nemesis>/report.md, chaos-out/summary.md
+chaos: ## Every chaos nemesis on namespace hosts, on 3 and on 5 nodes (root, about 30 min): chaos-out/<nemesis>[-5n]/report.md, chaos-out/summary.md
 	$(RELEASE_TOOLS)
-	flock /tmp/murmur-chaos.lock target/release/murmur-chaos matrix --out chaos-out $(ARGS)
+	flock /tmp/murmur-chaos.lock target/release/murmur-chaos matrix --sizes 3,5 --out chaos-out $(ARGS)
+
+ROUNDS ?= 20
+chaos-soak: ## The chaos matrix (3 and 5 nodes) ROUNDS times (default 20) with fresh seeds (root, ~30 min a round): chaos-soak/soak.md
+	$(RELEASE_TOOLS)
+	flock /tmp/murmur-chaos.lock target/release/murmur-chaos soak --rounds $(ROUNDS) --sizes 3,5 --out chaos-soak $(ARGS)
 
 chaos-smoke: ## A short chaos matrix (root, ~3 min): kill -9, a short partition, QUIC packet loss, 15 s of load each
 	$(RELEASE_TOOLS)

@@ -6,6 +6,7 @@
 //!   murmur-chaos check chaos-out/*.jsonl
 
 mod nemesis;
+mod soak;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -79,6 +80,24 @@ enum Cmd {
         /// One seed for every run (default: a random one each, printed).
         #[arg(long)]
         seed: Option<u64>,
+        /// Also run every nemesis on clusters of these sizes (default: each nemesis's own
+        /// size only), e.g. `--sizes 3,5`.
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<usize>,
+        #[command(flatten)]
+        setup: Setup,
+    },
+    /// The matrix ROUNDS times with fresh seeds: each round in OUT/round-<n>/, and a table
+    /// of every round in OUT/soak.md. Exits non-zero when any run was not valid.
+    Soak {
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        #[arg(long, value_enum, value_delimiter = ',')]
+        nemeses: Vec<Nemesis>,
+        #[arg(long)]
+        seconds: Option<u64>,
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<usize>,
         #[command(flatten)]
         setup: Setup,
     },
@@ -220,10 +239,26 @@ fn main() -> anyhow::Result<()> {
             nemeses,
             seconds,
             seed,
+            sizes,
             setup,
         } => {
             nemesis::watch_signals();
-            matrix(&nemeses, seconds, seed, &setup)
+            let out = setup.out.clone();
+            let results = matrix(&nemeses, seconds, seed, &sizes, &setup.out, &setup)?;
+            report_failures(&out.join("summary.md"), &results);
+            Ok(())
+        }
+        Cmd::Soak {
+            rounds,
+            nemeses,
+            seconds,
+            sizes,
+            setup,
+        } => {
+            nemesis::watch_signals();
+            soak::soak(rounds, &setup.out, |round_out| {
+                matrix(&nemeses, seconds, None, &sizes, round_out, &setup)
+            })
         }
     }
 }
@@ -349,23 +384,38 @@ fn seconds_of(d: Option<f64>) -> String {
     d.map_or_else(|| "–".to_owned(), |s| format!("{s:.1} s"))
 }
 
+/// Runs every nemesis of `nemeses` (all when empty) on its own cluster size and on each of
+/// `sizes`, writing reports and the summary under `out`; returns every run's result.
 fn matrix(
     nemeses: &[Nemesis],
     seconds: Option<u64>,
     seed: Option<u64>,
+    sizes: &[usize],
+    out: &Path,
     setup: &Setup,
-) -> anyhow::Result<()> {
-    let out = setup.out.as_path();
+) -> anyhow::Result<Vec<RunResult>> {
     let all: Vec<Nemesis> = if nemeses.is_empty() {
         Nemesis::value_variants().to_vec()
     } else {
         nemeses.to_vec()
     };
+    let mut shapes = Vec::new();
+    for &nemesis in &all {
+        let (own, own_seconds) = nemesis.matrix_shape();
+        shapes.push((nemesis, own, own_seconds, nemesis.name()));
+        for &size in sizes.iter().filter(|&&n| n != own && nemesis.runs_on(n)) {
+            shapes.push((
+                nemesis,
+                size,
+                own_seconds,
+                format!("{}-{size}n", nemesis.name()),
+            ));
+        }
+    }
     std::fs::create_dir_all(out)?;
     let started = Instant::now();
     let mut results = Vec::new();
-    for &nemesis in &all {
-        let (count, own_seconds) = nemesis.matrix_shape();
+    for (nemesis, count, own_seconds, dir) in shapes {
         let options = RunOptions {
             nemesis,
             count,
@@ -373,44 +423,44 @@ fn matrix(
             seed: seed.unwrap_or_else(rand::random),
             convergence_bound: Duration::from_secs(setup.convergence_bound),
             murmur: setup.murmur.clone(),
-            out: out.join(nemesis.name()),
+            out: out.join(&dir),
         };
-        println!("\n=== {} (seed {})", nemesis.name(), options.seed);
+        println!("\n=== {dir} (seed {})", options.seed);
         let result = match run(&options) {
             Ok(result) => result,
             Err(error) => {
                 check_interrupted()?;
-                eprintln!("{}: {error:#}", nemesis.name());
+                eprintln!("{dir}: {error:#}");
                 RunResult::errored(&options, &error)
             }
         };
-        println!("=== {}: {}", nemesis.name(), result.verdict);
+        println!("=== {dir}: {}", result.verdict);
         results.push(result);
         write_summary(out, &results, started.elapsed())?;
     }
-    let failed: Vec<&str> = results
-        .iter()
-        .filter(|r| !r.passed())
-        .map(|r| r.nemesis.as_str())
-        .collect();
-    println!("summary: {}", out.join("summary.md").display());
-    if !failed.is_empty() {
-        // Printed last and without a backtrace: CI shows only the tail of the log, and the
-        // failed runs' verdicts, reasons and seeds are what a reader needs from it.
-        eprintln!("\n=== runs that did not pass");
-        for result in results.iter().filter(|r| !r.passed()) {
-            eprintln!(
-                "{} (nodes {}, seed {}): {}",
-                result.nemesis, result.nodes, result.seed, result.verdict
-            );
-            for reason in &result.reasons {
-                eprintln!("  {reason}");
-            }
-            eprintln!("  reproduce: {}", result.reproduce);
-        }
-        std::process::exit(1);
+    Ok(results)
+}
+
+/// Prints the runs that did not pass and exits non-zero if there were any.
+fn report_failures(summary: &Path, results: &[RunResult]) {
+    println!("summary: {}", summary.display());
+    if results.iter().all(RunResult::passed) {
+        return;
     }
-    Ok(())
+    // Printed last and without a backtrace: CI shows only the tail of the log, and the
+    // failed runs' verdicts, reasons and seeds are what a reader needs from it.
+    eprintln!("\n=== runs that did not pass");
+    for result in results.iter().filter(|r| !r.passed()) {
+        eprintln!(
+            "{} (nodes {}, seed {}): {}",
+            result.nemesis, result.nodes, result.seed, result.verdict
+        );
+        for reason in &result.reasons {
+            eprintln!("  {reason}");
+        }
+        eprintln!("  reproduce: {}", result.reproduce);
+    }
+    std::process::exit(1);
 }
 
 fn write_summary(out: &Path, results: &[RunResult], took: Duration) -> anyhow::Result<()> {

@@ -89,6 +89,15 @@ impl Nemesis {
         }
     }
 
+    /// Whether the nemesis makes sense on a cluster of `nodes`: a split needs a minority of
+    /// two and a majority, everything else a cluster that survives one node's loss.
+    pub fn runs_on(self, nodes: usize) -> bool {
+        match self {
+            Self::Split => nodes >= 5,
+            _ => nodes >= 3,
+        }
+    }
+
     /// Spare hosts the lab needs beyond the nodes it starts.
     pub fn spare_hosts(self) -> usize {
         usize::from(self == Self::LeaveJoin)
