@@ -5,24 +5,22 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use murmur_tests::{WsClient, crash, start_cluster, topic_owned_by, wait_until};
+use murmur_tests::{
+    WsClient, crash, start_cluster, topic_owned_by, wait_for_interest_everywhere, wait_until,
+};
 use serde_json::json;
 
 type TestResult = anyhow::Result<()>;
 
-/// Waits until every node's view of peer interests is `count`.
-async fn wait_for_peer_interests(nodes: &[murmur::RunningNode], except: usize, count: usize) {
-    for (i, node) in nodes.iter().enumerate() {
-        if i == except {
-            continue;
-        }
-        wait_until(
-            "peer interest has propagated",
-            Duration::from_secs(10),
-            || node.state().broker.peer_interests() == count,
-        )
-        .await;
-    }
+/// Sums one broker counter over `nodes`.
+fn total(
+    nodes: &[murmur::RunningNode],
+    counter: impl Fn(&murmur::broker::BrokerStats) -> &std::sync::atomic::AtomicU64,
+) -> u64 {
+    nodes
+        .iter()
+        .map(|n| counter(&n.state().broker.stats).load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,7 +28,7 @@ async fn jobs_published_while_the_only_worker_reconnects_reach_it_on_another_nod
     let nodes = start_cluster(3, |_, _| {}).await;
     let (mut worker, _) = WsClient::connect_json(&nodes[1]).await?;
     worker.sub_group("w", "jobs.*", "workers").await?;
-    wait_for_peer_interests(&nodes, 1, 1).await;
+    wait_for_interest_everywhere(&nodes, 1, 1).await;
     let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
     publisher.publish("jobs.a", json!("first"), "p0").await?;
     let first = worker.recv_json().await?;
@@ -41,7 +39,12 @@ async fn jobs_published_while_the_only_worker_reconnects_reach_it_on_another_nod
 
     // The only worker goes away; every node sees the group without members.
     worker.close().await;
-    wait_for_peer_interests(&nodes, 1, 0).await;
+    wait_until(
+        "every node sees the group without members",
+        Duration::from_secs(10),
+        || nodes.iter().all(|n| n.state().broker.peer_interests() == 0),
+    )
+    .await;
     const JOBS: u64 = 30;
     for i in 0..JOBS {
         let topic = ["jobs.a", "jobs.b", "jobs.c"][i as usize % 3];
@@ -71,17 +74,7 @@ async fn jobs_published_while_the_only_worker_reconnects_reach_it_on_another_nod
     assert_eq!(got, (0..JOBS).collect());
     // Nothing more is owed: a ping comes straight back.
     back.ping("done").await?;
-    let waiting: u64 = nodes
-        .iter()
-        .map(|n| {
-            n.state()
-                .broker
-                .stats
-                .group_events_waiting
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
-    assert_eq!(waiting, 0);
+    assert_eq!(total(&nodes, |s| &s.group_events_waiting), 0);
     Ok(())
 }
 
@@ -91,7 +84,7 @@ async fn jobs_wait_while_every_worker_is_busy_instead_of_being_dropped() -> Test
     let nodes = start_cluster(3, |_, s| s.max_unacked = 2).await;
     let (mut worker, _) = WsClient::connect_json(&nodes[1]).await?;
     worker.sub_group("w", "jobs.*", "workers").await?;
-    wait_for_peer_interests(&nodes, 1, 1).await;
+    wait_for_interest_everywhere(&nodes, 1, 1).await;
     let (mut publisher, _) = WsClient::connect_json(&nodes[0]).await?;
     const JOBS: u64 = 12;
     for i in 0..JOBS {
@@ -112,17 +105,7 @@ async fn jobs_wait_while_every_worker_is_busy_instead_of_being_dropped() -> Test
             .await?;
     }
     assert_eq!(got, (0..JOBS).collect(), "every job, none dropped");
-    let lost: u64 = nodes
-        .iter()
-        .map(|n| {
-            n.state()
-                .broker
-                .stats
-                .group_deliveries_lost
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
-    assert_eq!(lost, 0);
+    assert_eq!(total(&nodes, |s| &s.group_deliveries_lost), 0);
     Ok(())
 }
 
@@ -134,7 +117,7 @@ async fn jobs_not_acknowledged_when_their_owner_dies_are_placed_again_by_the_nex
     let topic = topic_owned_by(&nodes[0], "jobs.", "node-2");
     let (mut worker, _) = WsClient::connect_json(&nodes[0]).await?;
     worker.sub_group("w", "jobs.*", "workers").await?;
-    wait_for_peer_interests(&nodes, 0, 1).await;
+    wait_for_interest_everywhere(&nodes, 0, 1).await;
     let (mut publisher, _) = WsClient::connect_json(&nodes[1]).await?;
     const JOBS: u64 = 10;
     for i in 1..=JOBS {
@@ -174,16 +157,6 @@ async fn jobs_not_acknowledged_when_their_owner_dies_are_placed_again_by_the_nex
     assert_eq!(again, (JOBS / 2 + 1..=JOBS).collect());
     tokio::time::sleep(Duration::from_millis(300)).await;
     worker.ping("nothing-more").await?;
-    let taken_over: u64 = survivors
-        .iter()
-        .map(|n| {
-            n.state()
-                .broker
-                .stats
-                .group_events_taken_over
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
-    assert_eq!(taken_over, JOBS / 2);
+    assert_eq!(total(&survivors, |s| &s.group_events_taken_over), JOBS / 2);
     Ok(())
 }

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use crate::event::Event;
-use crate::routing::dedupe::Position;
 
 use super::{Broker, TopicShard};
 
@@ -59,7 +58,7 @@ impl Broker {
     /// it holds there is another event that never committed (it failed at its owner, which
     /// then numbered `event` in its place): that one and everything after it are dropped,
     /// and the caller stores `event`. A committed position is never rewritten.
-    pub(super) fn replace_stale_copy(&self, shard: &mut TopicShard, event: &Arc<Event>) -> bool {
+    pub(super) fn replace_stale_copy(shard: &mut TopicShard, event: &Arc<Event>) -> bool {
         let Some(stale) = shard
             .history
             .get(&event.topic, &event.epoch, event.seq)
@@ -74,18 +73,16 @@ impl Broker {
             return false;
         }
         tracing::debug!(topic = %event.topic, seq = event.seq, "replaced an uncommitted copy that failed at its owner");
-        Self::forget_failed(shard, &stale);
-        shard.topics.truncate_copy(&event.topic, event.seq);
-        if let Some(id) = &event.publish_id {
-            let position = Position {
-                epoch: event.epoch.clone(),
-                seq: event.seq,
-            };
-            let clock = self.clock_ms();
-            shard
-                .dedupe
-                .remember_stored(&event.topic, id.clone(), position, clock);
+        // It and what follows go, with their ids; the new event's id was remembered by the
+        // caller.
+        let last = shard.topics.get(&event.topic).map_or(0, |t| t.last_seq);
+        let dropped: Vec<Arc<Event>> = (stale.seq..=last)
+            .filter_map(|seq| shard.history.get(&event.topic, &event.epoch, seq).cloned())
+            .collect();
+        for gone in dropped.iter().rev() {
+            Self::forget_failed(shard, gone);
         }
+        shard.topics.truncate_copy(&event.topic, event.seq);
         true
     }
 }

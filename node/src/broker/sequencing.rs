@@ -384,7 +384,7 @@ impl Broker {
                 .dedupe
                 .remember_stored(&event.topic, id.clone(), position, clock);
         }
-        if held && !self.replace_stale_copy(&mut shard, &event) {
+        if held && !Self::replace_stale_copy(&mut shard, &event) {
             return Ok(receipt);
         }
         shard.topics.replicated(&event, self.clock_ms());

@@ -463,31 +463,39 @@ fn report_failures(summary: &Path, results: &[RunResult]) {
     std::process::exit(1);
 }
 
+/// The columns of a run in the summary and soak tables (without the leading `|`).
+const RUN_COLUMNS: &str = "nemesis | nodes | seed | acknowledged | lost | duplicated | \
+    published twice | reordered | unexpected | detection | convergence | verdict |";
+const RUN_ALIGNMENT: &str = "---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
+
+/// A run's cells, in [`RUN_COLUMNS`] order.
+fn run_cells(r: &RunResult) -> String {
+    format!(
+        "{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        r.nemesis,
+        r.nodes,
+        r.seed,
+        r.acknowledged,
+        r.lost,
+        r.duplicated,
+        r.published_twice,
+        r.reordered,
+        r.unexpected,
+        seconds_of(r.detection_s),
+        seconds_of(r.convergence_s),
+        r.verdict
+    )
+}
+
 fn write_summary(out: &Path, results: &[RunResult], took: Duration) -> anyhow::Result<()> {
     let mut text = format!(
         "# chaos matrix\n\n{} runs in {:.0} min; one report per run in <nemesis>/report.md.\n\n\
-         | nemesis | nodes | seed | acknowledged | lost | duplicated | published twice | reordered | unexpected | detection | convergence | verdict |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+         | {RUN_COLUMNS}\n|{RUN_ALIGNMENT}\n",
         results.len(),
         took.as_secs_f64() / 60.0
     );
     for r in results {
-        let _ = writeln!(
-            text,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.nemesis,
-            r.nodes,
-            r.seed,
-            r.acknowledged,
-            r.lost,
-            r.duplicated,
-            r.published_twice,
-            r.reordered,
-            r.unexpected,
-            seconds_of(r.detection_s),
-            seconds_of(r.convergence_s),
-            r.verdict
-        );
+        let _ = writeln!(text, "| {}", run_cells(r));
     }
     let mut reasons = String::new();
     for r in results.iter().filter(|r| !r.reasons.is_empty()) {

@@ -21,6 +21,8 @@ use rand::RngExt;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+mod compound;
+
 /// Ports every node listens on, on its own host.
 pub const WS_PORT: u16 = 7400;
 pub const GOSSIP_PORT: u16 = 7401;
@@ -70,6 +72,13 @@ pub enum Nemesis {
     LeaveJoin,
     /// SIGTERM, restart and wait for /readyz, one node after the other.
     RollingRestart,
+    /// Cut one node off, kill -9 it while it is cut off, heal, restart it.
+    KillInPartition,
+    /// Lose 30% of the QUIC packets into every node and SIGSTOP one node meanwhile, past
+    /// failure detection.
+    PauseLoss,
+    /// Cut one node off for 2 minutes (clients still reach it).
+    LongPartition,
 }
 
 impl Nemesis {
@@ -85,6 +94,7 @@ impl Nemesis {
             Self::Split => (5, 30),
             Self::Flap => (3, 40),
             Self::RollingRestart => (3, 45),
+            Self::LongPartition => (3, 200),
             _ => (3, 30),
         }
     }
@@ -898,6 +908,11 @@ fn inject_and_heal(
             tl.heal(&format!("{what} loss healed"));
         }
         Nemesis::Delay => delay(cluster, rng, tl, window, &mut outcome)?,
+        Nemesis::KillInPartition => {
+            compound::kill_in_partition(cluster, rng, tl, window, &mut outcome)?;
+        }
+        Nemesis::PauseLoss => compound::pause_loss(cluster, rng, tl, window, &mut outcome)?,
+        Nemesis::LongPartition => compound::long_partition(cluster, rng, tl, &mut outcome)?,
         Nemesis::Kill => {
             let victim = pick(rng, &running)?;
             let others = without(&running, &[victim]);

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::RunResult;
+use super::{RUN_ALIGNMENT, RUN_COLUMNS, RunResult, run_cells};
 
 /// Runs `round` (one matrix, into the directory it is given) `rounds` times, rewriting
 /// `out/soak.md` after each; fails when any run did not pass.
@@ -65,27 +65,11 @@ fn soak_table(done: &[Vec<RunResult>], rounds: usize, took: Duration) -> String 
     }
     let _ = write!(
         text,
-        "\n## Every run\n\n| round | nemesis | nodes | seed | acknowledged | lost | duplicated | \
-         published twice | reordered | unexpected | verdict |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+        "\n## Every run\n\n| round | {RUN_COLUMNS}\n|---:|{RUN_ALIGNMENT}\n"
     );
     for (i, round) in done.iter().enumerate() {
         for r in round {
-            let _ = writeln!(
-                text,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                i + 1,
-                r.nemesis,
-                r.nodes,
-                r.seed,
-                r.acknowledged,
-                r.lost,
-                r.duplicated,
-                r.published_twice,
-                r.reordered,
-                r.unexpected,
-                r.verdict
-            );
+            let _ = writeln!(text, "| {} | {}", i + 1, run_cells(r));
         }
     }
     let failures: Vec<(usize, &RunResult)> = done
@@ -110,4 +94,58 @@ fn soak_table(done: &[Vec<RunResult>], rounds: usize, took: Duration) -> String 
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(nemesis: &str, verdict: &str) -> RunResult {
+        RunResult {
+            nemesis: nemesis.into(),
+            seed: 7,
+            nodes: 3,
+            seconds: 30,
+            acknowledged: 100,
+            lost: usize::from(verdict == "INVALID"),
+            duplicated: 0,
+            published_twice: 0,
+            reordered: 0,
+            unexpected: 0,
+            detection_s: Some(4.2),
+            convergence_s: Some(0.1),
+            verdict: verdict.into(),
+            reasons: if verdict == "valid" {
+                Vec::new()
+            } else {
+                vec!["1 lost".into()]
+            },
+            reproduce: format!("murmur-chaos run --nemesis {nemesis} --seed 7"),
+        }
+    }
+
+    #[test]
+    fn the_table_counts_verdicts_per_round_and_the_clean_streaks() {
+        let rounds = vec![
+            vec![run("kill", "valid"), run("split", "valid")],
+            vec![run("kill", "valid"), run("split", "INVALID")],
+            vec![run("kill", "valid"), run("split", "valid")],
+            vec![run("kill", "valid"), run("split", "valid")],
+        ];
+        let table = soak_table(&rounds, 5, Duration::from_secs(600));
+        assert!(table.contains("4 of 5 rounds in 10 min"), "{table}");
+        assert!(
+            table.contains("Clean rounds in a row: 2 at most, 2 at the end."),
+            "{table}"
+        );
+        assert!(
+            table.contains("| 2 | 2 | 1 | 1 | 0 | 0 | **no** |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("- round 2, split on 3 nodes, seed 7: INVALID — 1 lost"),
+            "{table}"
+        );
+        assert_eq!(table.matches("| valid |\n").count(), 7, "every run listed");
+    }
 }
