@@ -123,6 +123,9 @@ enum Cmd {
         /// The queue group of a member.
         #[arg(long, default_value = "workers")]
         group: String,
+        /// A publisher's events per second (one in flight at a time).
+        #[arg(long, default_value_t = 50)]
+        rate: u64,
     },
     /// Hold each packet of an NFQUEUE for a while (started by `run` inside a node host).
     #[command(hide = true)]
@@ -159,6 +162,7 @@ fn main() -> anyhow::Result<()> {
             until,
             pattern,
             group,
+            rate,
         } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -174,7 +178,7 @@ fn main() -> anyhow::Result<()> {
                     workload::stop();
                 });
                 match role {
-                    Role::Publisher => workload::publisher(&urls, &id, rec, until, 50).await,
+                    Role::Publisher => workload::publisher(&urls, &id, rec, until, rate).await,
                     Role::Subscriber => {
                         workload::subscriber(&urls, &id, &pattern, rec, until).await;
                     }
@@ -587,6 +591,7 @@ fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
                 .args(["--urls", &rotated.join(",")])
                 .args(["--out", file.to_str().context("path")?])
                 .args(["--t0", &t0.to_string(), "--until", &until.to_string()])
+                .args(["--rate", &nemesis.publish_rate().to_string()])
                 .spawn()?,
         );
         histories.push(file);

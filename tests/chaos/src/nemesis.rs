@@ -79,6 +79,8 @@ pub enum Nemesis {
     PauseLoss,
     /// Cut one node off for 2 minutes (clients still reach it).
     LongPartition,
+    /// kill -9 one node, then start it again, with the publishers at 10× the rate.
+    HeavyKill,
 }
 
 impl Nemesis {
@@ -96,6 +98,14 @@ impl Nemesis {
             Self::RollingRestart => (3, 45),
             Self::LongPartition => (3, 200),
             _ => (3, 30),
+        }
+    }
+
+    /// Events per second each publisher of the workload sends (one in flight at a time).
+    pub fn publish_rate(self) -> u64 {
+        match self {
+            Self::HeavyKill => 500,
+            _ => 50,
         }
     }
 
@@ -913,7 +923,7 @@ fn inject_and_heal(
         }
         Nemesis::PauseLoss => compound::pause_loss(cluster, rng, tl, window, &mut outcome)?,
         Nemesis::LongPartition => compound::long_partition(cluster, rng, tl, &mut outcome)?,
-        Nemesis::Kill => {
+        Nemesis::Kill | Nemesis::HeavyKill => {
             let victim = pick(rng, &running)?;
             let others = without(&running, &[victim]);
             let name = Cluster::name(victim);
