@@ -37,6 +37,12 @@ impl Broker {
         self.progress.lock().settled(group, event);
     }
 
+    /// Queue-group events this node placed on peers' members that no member acknowledged
+    /// yet.
+    pub fn group_events_on_peers(&self) -> usize {
+        self.placed_on_peers.lock().len()
+    }
+
     /// What changed in this node's queue-group progress since the last call, for the
     /// topics' replicas.
     pub fn take_progress_reports(&self) -> Vec<ProgressReport> {

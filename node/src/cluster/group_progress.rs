@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use murmur_proto::cluster::v1 as pb;
 
 use super::Cluster;
-use super::link::PeerMessage;
+use super::link::{PeerLink, PeerMessage};
 use super::transport;
 use crate::routing::group_progress::ProgressReport;
 
@@ -66,7 +67,10 @@ impl Cluster {
 
     /// `peer` is down or left: for each topic it placed events for and this node owns now,
     /// what its groups had not acknowledged is placed again from this node's history.
-    pub(super) fn take_over_group_progress(&self, peer: &str) {
+    pub(super) fn take_over_group_progress(&self, peer: &str, link: Option<&PeerLink>) {
+        if let Some(link) = link {
+            link.groups_taken_over.store(true, Ordering::Release);
+        }
         let reports = self.broker.take_peer_progress(peer);
         let mut placed = 0;
         let mut topics = 0;

@@ -128,6 +128,11 @@ pub struct PeerLink {
     /// Set once the peer's interest snapshot has arrived: until then this node cannot know
     /// whether the peer's subscribers want an event.
     pub(crate) interest_known: std::sync::atomic::AtomicBool,
+    /// Set once this node took over the peer's queue-group progress (it left or was
+    /// declared down): queue-group placements it still sends are not taken, since this node
+    /// places those events again itself (control frames such as `Leaving` overtake the
+    /// forwards queued before them).
+    pub(crate) groups_taken_over: std::sync::atomic::AtomicBool,
     closed: CancellationToken,
     /// A `DropNotice` waits in the control queue (see [`PeerLink::announce_drop`]).
     drop_notice_pending: Arc<std::sync::atomic::AtomicBool>,
@@ -162,6 +167,7 @@ impl PeerLink {
             publishes,
             interests: Mutex::new(HashSet::new()),
             interest_known: std::sync::atomic::AtomicBool::new(false),
+            groups_taken_over: std::sync::atomic::AtomicBool::new(false),
             closed: CancellationToken::new(),
             drop_notice_pending: Arc::default(),
             stats: LinkStats::default(),

@@ -370,9 +370,9 @@ impl Cluster {
             }
             (link, dialer_aborted)
         };
-        if let Some(link) = link {
+        if let Some(link) = &link {
             tracing::info!(peer = %link.name, "peer is down: dropping its link and interest");
-            self.broker.detach_peer(&link);
+            self.broker.detach_peer(link);
             if dialer_aborted && !left {
                 // What the peer sequenced from now on never reaches this node's subscribers
                 // (a partition, or a pause): they resume elsewhere, or here once it is back.
@@ -382,7 +382,14 @@ impl Cluster {
         self.forget_requests_to(&id.name);
         let orphaned = self.broker.on_peer_gone(&id.name);
         self.ask_replicas_again(&id.name, orphaned);
-        self.take_over_group_progress(&id.name);
+        // A link that outlived the departure (a graceful leave's, say) is marked too.
+        let current = self
+            .peers
+            .lock()
+            .get(&id.name)
+            .and_then(|p| p.link.clone())
+            .filter(|l| l.generation <= id.generation);
+        self.take_over_group_progress(&id.name, link.as_deref().or(current.as_deref()));
     }
 
     /// True when this node's membership view has `name` alive (or suspect) under
@@ -668,12 +675,17 @@ impl Cluster {
                 };
                 link.stats.events_received.fetch_add(1, Ordering::Relaxed);
                 let tokens = forward.group_tokens.into_iter().chain(std::iter::repeat(0));
-                let groups: Vec<_> = forward
-                    .groups
-                    .into_iter()
-                    .map(transport::interest_from_pb)
-                    .zip(tokens)
-                    .collect();
+                let groups: Vec<_> = if link.groups_taken_over.load(Ordering::Acquire) {
+                    // This node places those again itself, from the peer's last report.
+                    Vec::new()
+                } else {
+                    forward
+                        .groups
+                        .into_iter()
+                        .map(transport::interest_from_pb)
+                        .zip(tokens)
+                        .collect()
+                };
                 let not_placed = self.broker.deliver_forwarded(
                     &Arc::new(event),
                     forward.plain,
@@ -773,13 +785,20 @@ impl Cluster {
         // Sequence nothing more, and let what is in flight be stored and sent on, so that
         // whoever takes the topics over continues right after the last event delivered.
         self.leaving.store(true, Ordering::Release);
+        // Queue-group events placed on peers' members are waited for too (within the same
+        // bound): acknowledged before this node goes, they are not placed again by the
+        // topics' next owners.
         let settle = async {
-            while self.broker.has_pending() {
+            while self.broker.has_pending() || self.broker.group_events_on_peers() > 0 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), settle).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
+        // The last word on what the groups still owe and how far the topics are committed,
+        // ahead of `Leaving` on the same queue.
+        self.report_group_progress();
+        self.announce_commits();
         let generation = self.current_generation();
         let mut sent = Vec::new();
         for link in self.links() {
