@@ -65,6 +65,11 @@ impl Broker {
     /// a member may have had it), or waits for a member. What the history no longer holds
     /// is named to the group as a gap. Returns how many events were placed again.
     pub fn take_over_group_progress(&self, report: &ProgressReport) -> usize {
+        if self.is_ready(&report.topic) {
+            // This node sequences the topic already (it was handed over before the peer
+            // went): the events after the report are its own to place, and it placed them.
+            return 0;
+        }
         let (events, first_retained) = {
             let shard = self.shard(&report.topic).lock();
             let retained = shard.history.earliest(&report.topic).events;
