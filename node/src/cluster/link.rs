@@ -129,9 +129,9 @@ pub struct PeerLink {
     /// whether the peer's subscribers want an event.
     pub(crate) interest_known: std::sync::atomic::AtomicBool,
     /// Set once this node took over the peer's queue-group progress (it left or was
-    /// declared down): queue-group placements it still sends are not taken, since this node
-    /// places those events again itself (control frames such as `Leaving` overtake the
-    /// forwards queued before them).
+    /// declared down): queue-group placements it still sends are given back rather than
+    /// taken, since this node places what the peer owed itself (control frames such as
+    /// `Leaving` overtake the forwards queued before them).
     pub(crate) groups_taken_over: std::sync::atomic::AtomicBool,
     closed: CancellationToken,
     /// A `DropNotice` waits in the control queue (see [`PeerLink::announce_drop`]).

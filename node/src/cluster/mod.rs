@@ -675,24 +675,34 @@ impl Cluster {
                 };
                 link.stats.events_received.fetch_add(1, Ordering::Relaxed);
                 let tokens = forward.group_tokens.into_iter().chain(std::iter::repeat(0));
-                let groups: Vec<_> = if link.groups_taken_over.load(Ordering::Acquire) {
-                    // This node places those again itself, from the peer's last report.
-                    Vec::new()
+                let groups: Vec<_> = forward
+                    .groups
+                    .into_iter()
+                    .map(transport::interest_from_pb)
+                    .zip(tokens)
+                    .collect();
+                let not_placed = if link.groups_taken_over.load(Ordering::Acquire) {
+                    // This node took the peer's queue-group progress over and places what it
+                    // owed itself (`Leaving` overtakes the forwards queued before it): a late
+                    // placement goes back to the peer, which places it again, marked, if it
+                    // is still there.
+                    self.broker.deliver_forwarded(
+                        &Arc::new(event),
+                        forward.plain,
+                        &[],
+                        &link.name,
+                        forward.redelivered,
+                    );
+                    groups.iter().map(|(_, token)| *token).collect()
                 } else {
-                    forward
-                        .groups
-                        .into_iter()
-                        .map(transport::interest_from_pb)
-                        .zip(tokens)
-                        .collect()
+                    self.broker.deliver_forwarded(
+                        &Arc::new(event),
+                        forward.plain,
+                        &groups,
+                        &link.name,
+                        forward.redelivered,
+                    )
                 };
-                let not_placed = self.broker.deliver_forwarded(
-                    &Arc::new(event),
-                    forward.plain,
-                    &groups,
-                    &link.name,
-                    forward.redelivered,
-                );
                 for token in not_placed.into_iter().filter(|t| *t != 0) {
                     link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::GroupSettled(
                         pb::GroupSettled {
