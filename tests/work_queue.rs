@@ -136,8 +136,22 @@ async fn jobs_not_acknowledged_when_their_owner_dies_are_placed_again_by_the_nex
         }
     }
     worker.ping("acked").await?;
-    // The owner reports the group's progress to the topic's replica several times a second.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The owner reports the group's progress to the topic's replica several times a second:
+    // wait until one holds the report naming exactly the unacknowledged half.
+    wait_until(
+        "the owner's report of the unacknowledged jobs reached a replica",
+        Duration::from_secs(10),
+        || {
+            nodes.iter().any(|n| {
+                n.state()
+                    .broker
+                    .peer_progress_of("node-2")
+                    .iter()
+                    .any(|r| r.placed_up_to == JOBS && r.unsettled == [(JOBS / 2 + 1, JOBS)])
+            })
+        },
+    )
+    .await;
     let survivors = crash(nodes, &["node-2".to_owned()]).await;
 
     // The topic's new owner places the unacknowledged half again, marked as redelivered,
@@ -155,8 +169,8 @@ async fn jobs_not_acknowledged_when_their_owner_dies_are_placed_again_by_the_nex
             .await?;
     }
     assert_eq!(again, (JOBS / 2 + 1..=JOBS).collect());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    worker.ping("nothing-more").await?;
+    // Everything taken over went out before the events above; the next frame is the pong.
     assert_eq!(total(&survivors, |s| &s.group_events_taken_over), JOBS / 2);
+    worker.ping("nothing-more").await?;
     Ok(())
 }

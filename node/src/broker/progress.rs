@@ -54,6 +54,11 @@ impl Broker {
         self.peer_progress.lock().store(peer, reports);
     }
 
+    /// What `peer` last reported about the groups it places events for.
+    pub fn peer_progress_of(&self, peer: &str) -> Vec<ProgressReport> {
+        self.peer_progress.lock().reports_of(peer)
+    }
+
     /// Takes what `peer` (now gone) reported; the caller acts on the topics it now owns.
     pub fn take_peer_progress(&self, peer: &str) -> Vec<ProgressReport> {
         self.peer_progress.lock().take(peer)

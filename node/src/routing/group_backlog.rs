@@ -110,7 +110,8 @@ impl GroupBacklog {
     }
 
     /// Groups remembered without a member.
-    pub fn dormant_groups(&self) -> usize {
+    #[cfg(test)]
+    fn dormant_groups(&self) -> usize {
         self.dormant
     }
 

@@ -113,7 +113,8 @@ impl GroupProgress {
     }
 
     /// Events placed and not acknowledged, across topics and groups.
-    pub fn unsettled(&self) -> usize {
+    #[cfg(test)]
+    fn unsettled(&self) -> usize {
         self.entries.values().map(|e| e.unsettled.len()).sum()
     }
 
@@ -181,13 +182,12 @@ impl PeerProgress {
             .unwrap_or_default()
     }
 
-    /// Reports kept, across peers.
-    pub fn len(&self) -> usize {
-        self.by_peer.values().map(HashMap::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// What `peer` last reported, per topic and group (none once it is gone).
+    pub fn reports_of(&self, peer: &str) -> Vec<ProgressReport> {
+        self.by_peer
+            .get(peer)
+            .map(|kept| kept.values().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -289,9 +289,9 @@ mod tests {
         };
         kept.store(&peer, vec![report(3)]);
         kept.store(&peer, vec![report(5)]);
-        assert_eq!(kept.len(), 1);
+        assert_eq!(kept.reports_of("node-1"), vec![report(5)]);
         assert!(kept.take("node-2").is_empty());
         assert_eq!(kept.take("node-1"), vec![report(5)]);
-        assert!(kept.is_empty());
+        assert!(kept.reports_of("node-1").is_empty());
     }
 }
