@@ -613,6 +613,88 @@ pub fn inject(
     result
 }
 
+/// A node killed with SIGKILL, to be restarted in place.
+struct Killed {
+    victim: usize,
+    pid: u32,
+    /// The generation the others knew it by: after the restart they must know a newer one.
+    generation: u64,
+}
+
+/// `kill -9` of `victim` (`how` is added to the timeline line).
+fn kill(
+    cluster: &mut Cluster<'_>,
+    victim: usize,
+    others: &[usize],
+    tl: &mut Timeline,
+    how: &str,
+) -> anyhow::Result<Killed> {
+    let pid = cluster.pid(victim)?;
+    let generation = cluster
+        .generation_seen(others[0], victim)
+        .context("the victim's generation")?;
+    cluster.kill(victim)?;
+    tl.fault(&format!(
+        "kill -9 {} (pid {pid}){how}",
+        Cluster::name(victim)
+    ));
+    Ok(Killed {
+        victim,
+        pid,
+        generation,
+    })
+}
+
+/// Starts a killed node again and checks it is a new process.
+fn restart(
+    cluster: &mut Cluster<'_>,
+    killed: Killed,
+    tl: &mut Timeline,
+    outcome: &mut Outcome,
+) -> anyhow::Result<()> {
+    let name = Cluster::name(killed.victim);
+    let before = killed.pid;
+    let after = cluster.start(killed.victim)?;
+    tl.heal(&format!("{name} restarted (pid {after})"));
+    if after == before {
+        bail!("{name} restarted with its old pid {before}: it was not killed");
+    }
+    outcome.checks.push(format!(
+        "{name} killed (pid {before}), seen down, restarted as pid {after}"
+    ));
+    outcome.restarted.push((killed.victim, killed.generation));
+    Ok(())
+}
+
+/// SIGSTOP of `victim` until every other node sees it down (and the rest of `window`),
+/// then SIGCONT (`how` is added to the timeline line).
+fn stop_until_seen_down(
+    cluster: &mut Cluster<'_>,
+    victim: usize,
+    others: &[usize],
+    tl: &mut Timeline,
+    outcome: &mut Outcome,
+    window: Duration,
+    how: &str,
+) -> anyhow::Result<()> {
+    let name = Cluster::name(victim);
+    let pid = cluster.pid(victim)?;
+    cluster.signal(victim, "-STOP")?;
+    tl.fault(&format!("SIGSTOP {name} (pid {pid}){how}"));
+    wait_for(
+        &format!("{name} is stopped"),
+        Duration::from_secs(2),
+        || process_state(pid) == Some('T'),
+    )?;
+    hold_until_seen_down(cluster, others, victim, tl, outcome, window)?;
+    cluster.signal(victim, "-CONT")?;
+    tl.heal(&format!("SIGCONT {name}"));
+    outcome.checks.push(format!(
+        "{name} (pid {pid}) was stopped (state T) and seen down by the others"
+    ));
+    Ok(())
+}
+
 /// Waits until every node of `others` sees `victim` down (the fault's detection, recorded in
 /// `outcome`), then keeps the fault on for the rest of `window`, at least 2 s.
 fn hold_until_seen_down(
@@ -926,42 +1008,14 @@ fn inject_and_heal(
         Nemesis::Kill | Nemesis::HeavyKill => {
             let victim = pick(rng, &running)?;
             let others = without(&running, &[victim]);
-            let name = Cluster::name(victim);
-            let before = cluster.pid(victim)?;
-            let generation = cluster
-                .generation_seen(others[0], victim)
-                .context("the victim's generation")?;
-            cluster.kill(victim)?;
-            tl.fault(&format!("kill -9 {name} (pid {before})"));
+            let killed = kill(cluster, victim, &others, tl, "")?;
             hold_until_seen_down(cluster, &others, victim, tl, &mut outcome, window)?;
-            let after = cluster.start(victim)?;
-            tl.heal(&format!("{name} restarted (pid {after})"));
-            if after == before {
-                bail!("{name} restarted with its old pid {before}: it was not killed");
-            }
-            outcome.checks.push(format!(
-                "{name} killed (pid {before}), seen down, restarted as pid {after}"
-            ));
-            outcome.restarted.push((victim, generation));
+            restart(cluster, killed, tl, &mut outcome)?;
         }
         Nemesis::Pause => {
             let victim = pick(rng, &running)?;
             let others = without(&running, &[victim]);
-            let name = Cluster::name(victim);
-            let pid = cluster.pid(victim)?;
-            cluster.signal(victim, "-STOP")?;
-            tl.fault(&format!("SIGSTOP {name} (pid {pid})"));
-            wait_for(
-                &format!("{name} is stopped"),
-                Duration::from_secs(2),
-                || process_state(pid) == Some('T'),
-            )?;
-            hold_until_seen_down(cluster, &others, victim, tl, &mut outcome, window)?;
-            cluster.signal(victim, "-CONT")?;
-            tl.heal(&format!("SIGCONT {name}"));
-            outcome.checks.push(format!(
-                "{name} (pid {pid}) was stopped (state T) and seen down by the others"
-            ));
+            stop_until_seen_down(cluster, victim, &others, tl, &mut outcome, window, "")?;
         }
         Nemesis::LeaveJoin => {
             let spare = cluster

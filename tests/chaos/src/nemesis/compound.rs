@@ -3,12 +3,11 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use rand::rngs::StdRng;
 
 use super::{
-    Cluster, LOSS, Outcome, QUIC_PORT, Timeline, hold_until_seen_down, ms, pause, pick,
-    process_state, wait_for, without,
+    Cluster, LOSS, Outcome, QUIC_PORT, Timeline, hold_until_seen_down, kill, ms, pause, pick,
+    restart, stop_until_seen_down, without,
 };
 
 /// How long `long-partition` keeps its victim cut off.
@@ -27,38 +26,25 @@ pub(super) fn kill_in_partition(
     let running = cluster.running();
     let victim = pick(rng, &running)?;
     let others = without(&running, &[victim]);
-    let name = Cluster::name(victim);
-    let before = cluster.pid(victim)?;
-    let generation = cluster
-        .generation_seen(others[0], victim)
-        .context("the victim's generation")?;
     lab.isolate(victim)?;
     tl.fault(&format!(
-        "kill-in-partition: {name} cut off from {}",
+        "kill-in-partition: {} cut off from {}",
+        Cluster::name(victim),
         Cluster::names(&others)
     ));
     pause(ms(rng, 1000..3000))?;
     let dropped = lab.dropped_on(&lab.nodes[victim])?;
-    cluster.kill(victim)?;
-    tl.fault(&format!(
-        "kill -9 {name} (pid {before}) while it is cut off"
-    ));
+    let killed = kill(cluster, victim, &others, tl, " while it is cut off")?;
     hold_until_seen_down(cluster, &others, victim, tl, outcome, window)?;
     lab.heal()?;
     tl.heal("partition healed");
-    let after = cluster.start(victim)?;
-    tl.heal(&format!("{name} restarted (pid {after})"));
+    restart(cluster, killed, tl, outcome)?;
     if dropped == 0 {
         anyhow::bail!("the partition dropped no packet before the kill: it did not take effect");
     }
-    if after == before {
-        anyhow::bail!("{name} restarted with its old pid {before}: it was not killed");
-    }
-    outcome.checks.push(format!(
-        "{name} cut off ({dropped} packets dropped), killed (pid {before}), seen down, \
-         restarted as pid {after}"
-    ));
-    outcome.restarted.push((victim, generation));
+    outcome
+        .checks
+        .push(format!("{dropped} packets dropped before the kill"));
     Ok(())
 }
 
@@ -83,18 +69,16 @@ pub(super) fn pause_loss(
     pause(ms(rng, 1000..2000))?;
     let victim = pick(rng, &running)?;
     let others = without(&running, &[victim]);
-    let name = Cluster::name(victim);
-    let pid = cluster.pid(victim)?;
-    cluster.signal(victim, "-STOP")?;
-    tl.fault(&format!("SIGSTOP {name} (pid {pid}) under the loss"));
-    wait_for(
-        &format!("{name} is stopped"),
-        Duration::from_secs(2),
-        || process_state(pid) == Some('T'),
+    stop_until_seen_down(
+        cluster,
+        victim,
+        &others,
+        tl,
+        outcome,
+        window,
+        " under the loss",
     )?;
-    hold_until_seen_down(cluster, &others, victim, tl, outcome, window)?;
-    cluster.signal(victim, "-CONT")?;
-    tl.heal(&format!("SIGCONT {name}; the loss goes on"));
+    // It wakes into the same loss.
     pause(ms(rng, 2000..4000))?;
     let mut total = 0;
     for &h in &running {
@@ -105,9 +89,9 @@ pub(super) fn pause_loss(
     if total == 0 {
         anyhow::bail!("the QUIC loss dropped no packet: it did not take effect");
     }
-    outcome.checks.push(format!(
-        "{name} (pid {pid}) stopped and seen down while {total} QUIC packets were lost"
-    ));
+    outcome
+        .checks
+        .push(format!("{total} QUIC packets lost meanwhile"));
     Ok(())
 }
 
