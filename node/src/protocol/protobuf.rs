@@ -346,15 +346,20 @@ impl BatchFrame {
     }
 
     pub fn finish(self) -> Bytes {
-        let inner_len = (self.buf.len() - BATCH_HEADER_ROOM) as u64;
-        let mut header = Vec::with_capacity(BATCH_HEADER_ROOM);
-        encode_key(SERVER_FRAME_BATCH, WireType::LengthDelimited, &mut header);
-        encode_varint(inner_len, &mut header);
-        let start = BATCH_HEADER_ROOM - header.len();
-        let mut buf = self.buf;
-        buf[start..BATCH_HEADER_ROOM].copy_from_slice(&header);
-        Bytes::from(buf).slice(start..)
+        finish_batch(self.buf)
     }
+}
+
+/// Completes a batch frame built after [`BATCH_HEADER_ROOM`] zero bytes: its field key and
+/// length go right before the body, and the frame starts where they do (no copy of the body).
+pub(super) fn finish_batch(mut buf: Vec<u8>) -> Bytes {
+    let inner_len = (buf.len() - BATCH_HEADER_ROOM) as u64;
+    let mut header = Vec::with_capacity(BATCH_HEADER_ROOM);
+    encode_key(SERVER_FRAME_BATCH, WireType::LengthDelimited, &mut header);
+    encode_varint(inner_len, &mut header);
+    let start = BATCH_HEADER_ROOM - header.len();
+    buf[start..BATCH_HEADER_ROOM].copy_from_slice(&header);
+    Bytes::from(buf).slice(start..)
 }
 
 impl Default for BatchFrame {

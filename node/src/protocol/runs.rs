@@ -18,7 +18,7 @@ use bytes::{BufMut, Bytes};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
 use super::json::{data_value, decimal_len, is_plain_json_string, write_json_string};
-use super::protobuf::{BATCH_HEADER_ROOM, SERVER_FRAME_BATCH};
+use super::protobuf::{BATCH_HEADER_ROOM, finish_batch};
 use crate::event::{Delivery, Event, Payload};
 
 /// The run an event would continue, if any: the fields every event of a run shares.
@@ -402,14 +402,7 @@ impl ProtobufRuns {
 
     pub fn finish(mut self) -> Bytes {
         self.close_run();
-        let inner_len = (self.buf.len() - BATCH_HEADER_ROOM) as u64;
-        let mut header = Vec::with_capacity(BATCH_HEADER_ROOM);
-        encode_key(SERVER_FRAME_BATCH, WireType::LengthDelimited, &mut header);
-        encode_varint(inner_len, &mut header);
-        let start = BATCH_HEADER_ROOM - header.len();
-        let mut buf = self.buf;
-        buf[start..BATCH_HEADER_ROOM].copy_from_slice(&header);
-        Bytes::from(buf).slice(start..)
+        finish_batch(self.buf)
     }
 }
 
