@@ -140,8 +140,11 @@ pub struct Broker {
     progress: Mutex<GroupProgress>,
     /// The same, as other placing nodes last reported it (this node replicates the topics).
     peer_progress: Mutex<PeerProgress>,
-    /// Set while the backlog holds anything: fan-out looks at it only then.
+    /// Set while the backlog holds anything: the placing pass looks at it only then.
     backlog_in_use: std::sync::atomic::AtomicBool,
+    /// Set while the backlog remembers a group without members: fan-out looks for dormant
+    /// groups only then (a backlog of busy groups costs it nothing).
+    any_dormant: std::sync::atomic::AtomicBool,
     /// The retention policies, for the bounds of what waits in the backlog.
     retention: Retention,
     /// Limits the log line for queue-group events that no member could take.
@@ -194,6 +197,7 @@ impl Broker {
                 retention.default.max_age,
             )),
             backlog_in_use: std::sync::atomic::AtomicBool::new(false),
+            any_dormant: std::sync::atomic::AtomicBool::new(false),
             progress: Mutex::new(GroupProgress::default()),
             peer_progress: Mutex::new(PeerProgress::default()),
             retention: retention.clone(),

@@ -44,7 +44,7 @@ impl Broker {
     /// fan-out with both indexes read-locked, so a group that got a member meanwhile is no
     /// longer dormant (the member's arrival wakes it under the index's write lock).
     pub(super) fn keep_for_dormant_groups(&self, event: &Arc<Event>) {
-        if !self.backlog_in_use.load(Ordering::Acquire) {
+        if !self.any_dormant.load(Ordering::Acquire) {
             return;
         }
         let dormant = self.backlog.lock().dormant_matching(&event.topic);
@@ -73,14 +73,18 @@ impl Broker {
         }
         let dropped = self.backlog.lock().set_dormant(interest, Instant::now());
         self.backlog_in_use.store(true, Ordering::Release);
+        self.any_dormant.store(true, Ordering::Release);
         self.count_expired(dropped);
     }
 
     /// A member of `interest` arrived (here or on a peer): its group is no longer dormant.
     /// Called with the index that got it write-locked.
     pub(super) fn note_member_arrived(&self, interest: &Interest) {
-        if interest.group.is_some() && self.backlog_in_use.load(Ordering::Acquire) {
-            self.backlog.lock().wake(interest);
+        if interest.group.is_some() && self.any_dormant.load(Ordering::Acquire) {
+            let mut backlog = self.backlog.lock();
+            backlog.wake(interest);
+            self.any_dormant
+                .store(backlog.dormant_groups() > 0, Ordering::Release);
         }
     }
 
@@ -144,6 +148,8 @@ impl Broker {
         if backlog.is_empty() {
             self.backlog_in_use.store(false, Ordering::Release);
         }
+        self.any_dormant
+            .store(backlog.dormant_groups() > 0, Ordering::Release);
         self.stats
             .group_events_waiting
             .store(backlog.events() as u64, Ordering::Relaxed);

@@ -110,8 +110,7 @@ impl GroupBacklog {
     }
 
     /// Groups remembered without a member.
-    #[cfg(test)]
-    fn dormant_groups(&self) -> usize {
+    pub fn dormant_groups(&self) -> usize {
         self.dormant
     }
 
