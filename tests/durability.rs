@@ -264,6 +264,19 @@ impl Load {
         }
     }
 
+    /// Lets the load run until `more` publishes beyond those acknowledged so far are
+    /// acknowledged (a new owner waits for the membership to settle before it claims a
+    /// topic, so a fixed time under load says little about how much load there was).
+    async fn run_until_acked(&self, more: usize) {
+        let target = self.acked.lock().unwrap().len() + more;
+        wait_until(
+            &format!("{more} more publishes acknowledged"),
+            Duration::from_secs(15),
+            || self.acked.lock().unwrap().len() >= target,
+        )
+        .await;
+    }
+
     /// Stops publishing, waits until every subscriber has every acknowledged event, stops.
     async fn finish(self) -> (Vec<Record>, Vec<(String, String, u64)>) {
         let _ = self.stop_publishers.send(true);
@@ -311,7 +324,7 @@ impl Load {
 async fn adding_a_node_under_load_loses_nothing_and_opens_no_gap() -> TestResult {
     let mut nodes = start_cluster(3, |_, _| {}).await;
     let load = start_load(&nodes).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.run_until_acked(60).await;
     let seed = gossip_addr(&nodes[0]);
     let newcomer = start_node(|s| {
         s.name = "node-3".into();
@@ -322,7 +335,7 @@ async fn adding_a_node_under_load_loses_nothing_and_opens_no_gap() -> TestResult
     load.add_node(&newcomer);
     nodes.push(newcomer);
     wait_for_mesh(&nodes).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    load.run_until_acked(80).await;
     let (records, acked) = load.finish().await;
     for (i, record) in records.iter().enumerate() {
         check_record(&format!("subscriber {i}"), record, &acked);
@@ -334,7 +347,7 @@ async fn adding_a_node_under_load_loses_nothing_and_opens_no_gap() -> TestResult
 async fn a_rolling_restart_under_load_loses_nothing_and_opens_no_gap() -> TestResult {
     let mut nodes = start_cluster(3, |_, s| s.shutdown_grace = Duration::from_secs(2)).await;
     let load = start_load(&nodes).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.run_until_acked(40).await;
     for i in 0..3 {
         let old = nodes.remove(i);
         old.shutdown();
@@ -350,7 +363,7 @@ async fn a_rolling_restart_under_load_loses_nothing_and_opens_no_gap() -> TestRe
         load.add_node(&restarted);
         nodes.insert(i, restarted);
         wait_for_mesh(&nodes).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        load.run_until_acked(40).await;
     }
     let (records, acked) = load.finish().await;
     for (i, record) in records.iter().enumerate() {

@@ -84,6 +84,8 @@ pub struct Cluster {
     leaving: std::sync::atomic::AtomicBool,
     /// Whether this node sees a majority of the cluster (see `has_majority`).
     majority: std::sync::atomic::AtomicBool,
+    /// When this node's view of the cluster last grew: claims wait for it to settle.
+    view_settle: topics::view_settle::ViewSettle,
     /// Bumped when this node may have missed events forwarded to its subscribers (a peer
     /// link was lost, or came back after being lost): connections then resync.
     resync: tokio::sync::watch::Sender<u64>,
@@ -177,6 +179,7 @@ impl Cluster {
             claims: Mutex::new(HashMap::new()),
             leaving: std::sync::atomic::AtomicBool::new(false),
             majority: std::sync::atomic::AtomicBool::new(alone_by_design),
+            view_settle: topics::view_settle::ViewSettle::default(),
             resync: tokio::sync::watch::Sender::new(0),
         });
         cluster.tasks.spawn(cluster.clone().member_events(events));
@@ -294,6 +297,10 @@ impl Cluster {
             };
             let had_majority = self.has_majority();
             let lost_a_member = matches!(event, MemberEvent::Down(_));
+            if matches!(event, MemberEvent::Up(_) | MemberEvent::Rejoined) {
+                // Members may still be coming back one by one: claims wait for the rest.
+                self.view_settle.grew();
+            }
             match event {
                 MemberEvent::Up(id) => self.on_member_up(id),
                 MemberEvent::Down(id) => self.on_member_down(&id),
@@ -309,6 +316,10 @@ impl Cluster {
             // Refreshed after every event, so that a node regains it too (it rejoined, or
             // found the cluster it was seeded with).
             let has_majority = self.refresh_majority();
+            if !had_majority && has_majority {
+                // What this node saw while cut off is stale: let the view catch up first.
+                self.view_settle.grew();
+            }
             if had_majority && !has_majority {
                 // Cut off from most of the cluster, which may carry on with these topics.
                 tracing::warn!(

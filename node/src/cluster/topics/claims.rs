@@ -1,12 +1,14 @@
-//! Claiming a topic: a node that becomes its owner asks every peer what it knows, takes
-//! over from the one that was sequencing it, and weighs the answers; and the answers this
-//! node gives to another node's claim.
+//! Claiming a topic: a node that becomes its owner waits for its view of the cluster to
+//! settle (`view_settle.rs`), asks every peer what it knows, takes over from the one that
+//! was sequencing it, and weighs the answers; and the answers this node gives to another
+//! node's claim.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use murmur_proto::cluster::v1 as pb;
 
+use super::view_settle::VIEW_SETTLE_PATIENCE;
 use super::{PublishError, RETRY_PAUSE};
 use crate::broker::TopicSnapshot;
 use crate::cluster::Cluster;
@@ -25,13 +27,23 @@ impl Cluster {
     /// Takes `topic` over: asks every peer what it knows, installs the newest state (or a
     /// new epoch), then serves the publishes that waited.
     pub(super) async fn claim(self: Arc<Self>, topic: Arc<str>) {
-        let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
+        let settle_deadline = tokio::time::Instant::now() + VIEW_SETTLE_PATIENCE;
+        let mut deadline = None;
         let mut best: Option<TopicSnapshot> = None;
         // The publish ids every answer remembers, not only the newest's: a retry after the
         // owner failed over gets its original position from whichever node kept the id.
         let mut ids: Vec<RememberedId> = Vec::new();
         let mut unsettled = false;
         loop {
+            // Members that are still coming back would not be asked (see `view_settle`).
+            let now = tokio::time::Instant::now();
+            if let Some(wait) = self.view_settle.remaining()
+                && now < settle_deadline
+            {
+                tokio::time::sleep(wait.min(settle_deadline - now)).await;
+                continue;
+            }
+            let deadline = *deadline.get_or_insert_with(|| now + CLAIM_PATIENCE);
             // A live peer this node cannot ask yet may be numbering the topic right now; and
             // until a peer's interest is known, its subscribers would miss what is sequenced.
             // Looked at before asking: a link that comes up while the others answer was not

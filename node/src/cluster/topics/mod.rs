@@ -11,8 +11,9 @@
 //!   A replica that fails (or leaves) before confirming is replaced by the next member of
 //!   the ranking, which is asked to store what it had not confirmed
 //!   (`Cluster::ask_replicas_again`): the owner's epoch goes on.
-//! - A node that becomes owner of a topic it holds no state for *claims* it: it asks every
-//!   peer what it knows. A peer that was sequencing the topic hands it over (once its
+//! - A node that becomes owner of a topic it holds no state for *claims* it: once its view
+//!   of the cluster has stopped growing for a moment (members coming back after a heal are
+//!   asked too; `view_settle.rs`), it asks every peer what it knows. A peer that was sequencing the topic hands it over (once its
 //!   pending events are stored) and stops; a peer that still owns the topic in its own view
 //!   refuses, and the claimant asks again; so does a peer that does not answer (its link is
 //!   being replaced, say, as after a generation change), since it may hold the newest
@@ -43,6 +44,7 @@ use crate::routing::ownership::{owner, rank};
 mod claims;
 mod commits;
 mod replay;
+pub mod view_settle;
 
 /// What a publish costs in a publish buffer beyond its payload and topic name (its
 /// bookkeeping), so that a flood of tiny publishes is bounded too.
