@@ -81,6 +81,9 @@ pub enum Nemesis {
     LongPartition,
     /// kill -9 one node, then start it again, with the publishers at 10× the rate.
     HeavyKill,
+    /// A rolling restart of every node while one of them is cut off past failure detection
+    /// (healed after the first restart, then restarted last).
+    PartitionRestart,
 }
 
 impl Nemesis {
@@ -96,6 +99,7 @@ impl Nemesis {
             Self::Split => (5, 30),
             Self::Flap => (3, 40),
             Self::RollingRestart => (3, 45),
+            Self::PartitionRestart => (3, 60),
             Self::LongPartition => (3, 200),
             _ => (3, 30),
         }
@@ -1067,37 +1071,56 @@ fn inject_and_heal(
             let mut order = running.clone();
             order.shuffle(rng);
             for &i in &order {
-                let name = Cluster::name(i);
-                let before = cluster.pid(i)?;
-                let others = without(&running, &[i]);
-                let generation = cluster
-                    .generation_seen(others[0], i)
-                    .context("the node's generation")?;
-                tl.fault(&format!("rolling restart: SIGTERM {name} (pid {before})"));
-                let status = cluster.stop(i, Duration::from_secs(15))?;
-                if !status.success() {
-                    bail!("{name} exited with {status} after SIGTERM");
-                }
-                let after = cluster.start(i)?;
-                if after == before {
-                    bail!("{name} restarted with its old pid {before}");
-                }
-                let ready = wait_for(
-                    &format!("{name} is ready again"),
-                    Duration::from_secs(30),
-                    || cluster.ready(i),
-                )?;
-                tl.heal(&format!(
-                    "{name} back as pid {after}, ready after {ready:.1?}"
-                ));
-                outcome.checks.push(format!(
-                    "{name} exited with {status}, restarted as pid {after} (was {before}), ready after {ready:.1?}"
-                ));
-                outcome.restarted.push((i, generation));
+                restart_gracefully(cluster, i, &running, tl, &mut outcome, "")?;
             }
+        }
+        Nemesis::PartitionRestart => {
+            compound::partition_during_rolling_restart(cluster, rng, tl, window, &mut outcome)?;
         }
     }
     Ok(outcome)
+}
+
+/// One step of a rolling restart: SIGTERM node `i` (a graceful leave), start it again and
+/// wait for its /readyz; records the generation it had, so the checks can tell it rejoined.
+fn restart_gracefully(
+    cluster: &mut Cluster<'_>,
+    i: usize,
+    running: &[usize],
+    tl: &mut Timeline,
+    outcome: &mut Outcome,
+    context: &str,
+) -> anyhow::Result<()> {
+    let name = Cluster::name(i);
+    let before = cluster.pid(i)?;
+    let others = without(running, &[i]);
+    let generation = cluster
+        .generation_seen(others[0], i)
+        .context("the node's generation")?;
+    tl.fault(&format!(
+        "rolling restart{context}: SIGTERM {name} (pid {before})"
+    ));
+    let status = cluster.stop(i, Duration::from_secs(15))?;
+    if !status.success() {
+        bail!("{name} exited with {status} after SIGTERM");
+    }
+    let after = cluster.start(i)?;
+    if after == before {
+        bail!("{name} restarted with its old pid {before}");
+    }
+    let ready = wait_for(
+        &format!("{name} is ready again"),
+        Duration::from_secs(30),
+        || cluster.ready(i),
+    )?;
+    tl.heal(&format!(
+        "{name} back as pid {after}, ready after {ready:.1?}"
+    ));
+    outcome.checks.push(format!(
+        "{name} exited with {status}, restarted as pid {after} (was {before}), ready after {ready:.1?}"
+    ));
+    outcome.restarted.push((i, generation));
+    Ok(())
 }
 
 /// The state letter of a process (`R`, `S`, `T` for stopped, …) from /proc.

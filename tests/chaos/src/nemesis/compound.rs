@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 
 use super::{
     Cluster, LOSS, Outcome, QUIC_PORT, Timeline, hold_until_seen_down, kill, ms, pause, pick,
-    restart, stop_until_seen_down, without,
+    restart, restart_gracefully, stop_until_seen_down, without,
 };
 
 /// How long `long-partition` keeps its victim cut off.
@@ -124,6 +126,62 @@ pub(super) fn long_partition(
     outcome.checks.push(format!(
         "{dropped} packets dropped on {name} over {}s; the others saw it down",
         LONG_PARTITION.as_secs()
+    ));
+    Ok(())
+}
+
+/// A rolling restart while a node is cut off: the partition holds through the first restart
+/// (the restarted node comes back into a cluster missing one member, and may not find it)
+/// and heals in the middle of the restart; the node that was cut off is restarted last.
+pub(super) fn partition_during_rolling_restart(
+    cluster: &mut Cluster<'_>,
+    rng: &mut StdRng,
+    tl: &mut Timeline,
+    window: Duration,
+    outcome: &mut Outcome,
+) -> anyhow::Result<()> {
+    let lab = cluster.lab;
+    let running = cluster.running();
+    let cut_off = pick(rng, &running)?;
+    let mut order = without(&running, &[cut_off]);
+    order.shuffle(rng);
+    lab.isolate(cut_off)?;
+    tl.fault(&format!(
+        "partition-restart: {} cut off from {}",
+        Cluster::name(cut_off),
+        Cluster::names(&order)
+    ));
+    // Long enough to be declared down, short enough to leave the restarts load to run with.
+    hold_until_seen_down(
+        cluster,
+        &order,
+        cut_off,
+        tl,
+        outcome,
+        window.min(Duration::from_secs(8)),
+    )?;
+    let dropped = lab.dropped_on(&lab.nodes[cut_off])?;
+    let (first, rest) = order.split_first().context("no node to restart")?;
+    restart_gracefully(
+        cluster,
+        *first,
+        &running,
+        tl,
+        outcome,
+        " during the partition",
+    )?;
+    lab.heal()?;
+    tl.heal("partition healed in the middle of the rolling restart");
+    pause(ms(rng, 500..2000))?;
+    for &i in rest.iter().chain(std::iter::once(&cut_off)) {
+        restart_gracefully(cluster, i, &running, tl, outcome, "")?;
+    }
+    if dropped == 0 {
+        anyhow::bail!("the partition dropped no packet: it did not take effect");
+    }
+    outcome.checks.push(format!(
+        "{dropped} packets dropped on {} before the first restart",
+        Cluster::name(cut_off)
     ));
     Ok(())
 }
