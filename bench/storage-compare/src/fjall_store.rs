@@ -208,4 +208,10 @@ impl Store for FjallStore {
         self.events.major_compact()?;
         Ok(())
     }
+
+    fn prepare_close(&mut self) -> Result<()> {
+        self.events.rotate_memtable_and_wait()?;
+        self.db.persist(PersistMode::SyncData)?;
+        Ok(())
+    }
 }

@@ -23,7 +23,7 @@ use clap::Parser;
 use crate::fjall_store::{FjallStore, TrimRules};
 use crate::redb_store::RedbStore;
 use crate::report::{AppendRow, HistoryRow, Report};
-use crate::store::{Fsync, Store, TrimRange, disk_usage, evict_page_cache};
+use crate::store::{Fsync, Store, TrimRange, disk_usage, evict_page_cache, list_files};
 use crate::workload::{Generator, Record, topic_name, topic_prefix};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -99,6 +99,9 @@ struct Args {
     /// Leave the stores on disk at the end.
     #[arg(long)]
     keep_dir: bool,
+    /// Print the files of each history store (after loading, compacting and closing).
+    #[arg(long)]
+    list_files: bool,
     /// Also write the report (markdown) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -117,6 +120,7 @@ struct Settings {
     page_events: usize,
     page_topics: usize,
     cache_bytes: u64,
+    list_files: bool,
 }
 
 /// Hard ceiling on any one loading loop, whatever the flags say.
@@ -157,6 +161,7 @@ fn main() -> Result<()> {
         page_events: args.page_events,
         page_topics: args.page_topics.clamp(1, args.topics),
         cache_bytes: args.cache_mib * 1024 * 1024,
+        list_files: args.list_files,
     };
     let root = match &args.dir {
         Some(dir) => dir.clone(),
@@ -408,6 +413,9 @@ fn history(engine: Engine, s: &Settings, dir: &Path) -> Result<HistoryRow> {
     row.load = load(store.as_mut(), s)?;
     drop(store);
     row.disk_loaded = disk_usage(dir)?.0;
+    if s.list_files {
+        list_files(dir, "loaded and closed")?;
+    }
 
     // Startup, cold: the store's files evicted from the page cache first.
     evict_page_cache(dir)?;
@@ -418,6 +426,14 @@ fn history(engine: Engine, s: &Settings, dir: &Path) -> Result<HistoryRow> {
     let (store, opened, scanned) = startup(engine, dir, s)?;
     row.open_warm = opened;
     row.positions_warm = scanned;
+    // Startup after a clean shutdown: flushed before closing, evicted, opened cold.
+    let mut store = store;
+    store.prepare_close()?;
+    drop(store);
+    evict_page_cache(dir)?;
+    let (store, opened, scanned) = startup(engine, dir, s)?;
+    row.open_clean = opened;
+    row.positions_clean = scanned;
     drop(store);
 
     // A page from each of `page_topics` topics: cold (evicted, reopened), then warm.
@@ -474,8 +490,14 @@ fn history(engine: Engine, s: &Settings, dir: &Path) -> Result<HistoryRow> {
     row.compact = start.elapsed();
     row.disk_compacted = disk_usage(dir)?.0;
     row.kept_topic0 = store.read_page(&all[0], 0, usize::MAX)?.0;
+    if s.list_files {
+        list_files(dir, "trimmed and compacted")?;
+    }
     drop(store);
     row.disk_closed = disk_usage(dir)?.0;
+    if s.list_files {
+        list_files(dir, "closed")?;
+    }
     Ok(row)
 }
 
@@ -509,7 +531,13 @@ fn history_fjall_filter(s: &Settings, dir: &Path) -> Result<HistoryRow> {
         left += store.read_page(prefix, 0, usize::MAX)?.0 as u64;
     }
     row.count_trimmed = s.history_events - left;
+    if s.list_files {
+        list_files(dir, "trimmed and compacted")?;
+    }
     drop(store);
     row.disk_closed = disk_usage(dir)?.0;
+    if s.list_files {
+        list_files(dir, "closed")?;
+    }
     Ok(row)
 }

@@ -154,4 +154,9 @@ impl Store for RedbStore {
         }
         Ok(())
     }
+
+    fn prepare_close(&mut self) -> Result<()> {
+        // Every commit of the load ended in an `Immediate` one: nothing to do.
+        Ok(())
+    }
 }

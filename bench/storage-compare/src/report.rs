@@ -28,6 +28,8 @@ pub struct HistoryRow {
     pub positions_cold: Duration,
     pub open_warm: Duration,
     pub positions_warm: Duration,
+    pub open_clean: Duration,
+    pub positions_clean: Duration,
     pub page_len: usize,
     pub page_cold: Vec<Duration>,
     pub page_warm: Vec<Duration>,
@@ -53,6 +55,8 @@ impl HistoryRow {
             positions_cold: Duration::ZERO,
             open_warm: Duration::ZERO,
             positions_warm: Duration::ZERO,
+            open_clean: Duration::ZERO,
+            positions_clean: Duration::ZERO,
             page_len: 0,
             page_cold: Vec::new(),
             page_warm: Vec::new(),
@@ -153,13 +157,16 @@ impl Report {
             let _ = writeln!(out, "### Load, startup and page reads\n");
             let _ = writeln!(
                 out,
-                "| engine | load s | disk MiB | open cold ms | positions cold ms | open warm ms | positions warm ms | page events | page cold median / max ms | page warm median / max ms |"
+                "| engine | load s | disk MiB | open cold ms | positions cold ms | open warm ms | positions warm ms | open cold after clean close ms | positions ms | page events | page cold median / max ms | page warm median / max ms |"
             );
-            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(
+                out,
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
             for r in &delete_rows {
                 let _ = writeln!(
                     out,
-                    "| {} | {:.2} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} |",
+                    "| {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} |",
                     r.engine,
                     r.load.as_secs_f64(),
                     mib(r.disk_loaded),
@@ -167,6 +174,8 @@ impl Report {
                     ms(r.positions_cold),
                     ms(r.open_warm),
                     ms(r.positions_warm),
+                    ms(r.open_clean),
+                    ms(r.positions_clean),
                     r.page_len,
                     ms(median(&r.page_cold)),
                     ms(max(&r.page_cold)),

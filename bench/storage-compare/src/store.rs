@@ -58,6 +58,9 @@ pub trait Store {
     fn delete(&mut self, ranges: &[TrimRange]) -> Result<u64>;
     /// Reclaims space: what the engine offers to drop deleted data from the files.
     fn compact(&mut self) -> Result<()>;
+    /// What a clean shutdown would do before closing, so that the next open is quick (fjall:
+    /// flush the memtable to a table, so the journal need not be replayed).
+    fn prepare_close(&mut self) -> Result<()>;
 }
 
 /// Bytes the files under `dir` take on disk (allocated blocks, as `du` counts) and their
@@ -84,6 +87,35 @@ pub fn disk_usage(dir: &Path) -> Result<(u64, u64)> {
         }
     }
     Ok((allocated, apparent))
+}
+
+/// Prints every file under `dir` with its size, to stderr (for `--list-files`).
+pub fn list_files(dir: &Path, label: &str) -> Result<()> {
+    let mut pending = vec![dir.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(path) = pending.pop() {
+        anyhow::ensure!(
+            files.len() < 100_000,
+            "too many files under {}",
+            dir.display()
+        );
+        for entry in std::fs::read_dir(&path)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                files.push((entry.path(), meta.len()));
+            }
+        }
+    }
+    files.sort();
+    eprintln!("files of {} ({label}):", dir.display());
+    for (path, len) in files {
+        let path = path.strip_prefix(dir).unwrap_or(&path);
+        eprintln!("  {len:>12}  {}", path.display());
+    }
+    Ok(())
 }
 
 /// Writes back and evicts the page cache of every file under `dir` (fsync, then
