@@ -54,10 +54,23 @@ impl Broker {
         moved
     }
 
-    /// A replica is sent `event` for a position it already holds. Returns true when what
-    /// it holds there is another event that never committed (it failed at its owner, which
-    /// then numbered `event` in its place): that one and everything after it are dropped,
-    /// and the caller stores `event`. A committed position is never rewritten.
+    /// Whether this replica holds another event, committed, at `event`'s position. Its
+    /// sender numbers from a stale copy (another node went on with the topic meanwhile): it
+    /// is refused, so that it fails the event instead of acknowledging it, and claims the
+    /// topic again. A committed position is never rewritten.
+    pub(super) fn committed_otherwise(shard: &TopicShard, event: &Event) -> bool {
+        let committed = shard.topics.get(&event.topic).map_or(0, |t| t.committed());
+        event.seq <= committed
+            && shard
+                .history
+                .get(&event.topic, &event.epoch, event.seq)
+                .is_some_and(|kept| !same_event(kept, event))
+    }
+
+    /// A replica is sent `event` for a position it already holds, not committed there
+    /// (see [`Self::committed_otherwise`]). Returns true when what it holds there is another
+    /// event (it failed at its owner, which then numbered `event` in its place): that one
+    /// and everything after it are dropped, and the caller stores `event`.
     pub(super) fn replace_stale_copy(shard: &mut TopicShard, event: &Arc<Event>) -> bool {
         let Some(stale) = shard
             .history
@@ -67,11 +80,6 @@ impl Broker {
         else {
             return false;
         };
-        let committed = shard.topics.get(&event.topic).map_or(0, |t| t.committed());
-        if stale.seq <= committed {
-            tracing::warn!(topic = %event.topic, seq = event.seq, "an owner sent a committed position again with another event; kept the committed one");
-            return false;
-        }
         tracing::debug!(topic = %event.topic, seq = event.seq, "replaced an uncommitted copy that failed at its owner");
         // It and what follows go, with their ids; the new event's id was remembered by the
         // caller.
@@ -101,6 +109,7 @@ fn same_event(kept: &Event, sent: &Event) -> bool {
 mod tests {
     use std::sync::Arc;
 
+    use crate::broker::sequencing::ReplicaRefusal;
     use crate::broker::test_support::json;
     use crate::broker::{Broker, ReplayPage, Sequenced, now_ms};
     use crate::cluster::link::PeerLink;
@@ -171,10 +180,13 @@ mod tests {
                 == 2,
             "what followed the failed event went with it"
         );
-        // The same event sent again, and a committed position sent with another event,
-        // change nothing.
+        // The same event sent again changes nothing; a committed position sent with another
+        // event is refused (its sender numbers from a stale copy), and changes nothing.
         replica.store_replica(event(2, "c")).unwrap();
-        replica.store_replica(event(1, "z")).unwrap();
+        assert_eq!(
+            replica.store_replica(event(1, "z")).unwrap_err(),
+            ReplicaRefusal::CommittedOtherwise
+        );
         assert_eq!(served(&replica), vec![(1, "a".into()), (2, "c".into())]);
     }
 

@@ -44,6 +44,8 @@ pub enum ReplicaRefusal {
     NewerEpoch,
     #[error("this node sequences the topic itself")]
     SequencesItself,
+    #[error("this node holds another event committed at that position")]
+    CommittedOtherwise,
 }
 
 /// The outcome of sequencing an event on its owner.
@@ -374,6 +376,9 @@ impl Broker {
             .topics
             .get(&event.topic)
             .is_some_and(|t| t.epoch == event.epoch && t.last_seq >= event.seq);
+        if held && Self::committed_otherwise(&shard, &event) {
+            return Err(ReplicaRefusal::CommittedOtherwise);
+        }
         if let Some(id) = &event.publish_id {
             let position = Position {
                 epoch: event.epoch.clone(),
