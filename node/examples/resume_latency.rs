@@ -62,10 +62,7 @@ async fn resume(client: &mut Client, frame: serde_json::Value, events: u64) -> D
     let took = started.elapsed();
     let id = frame["id"].as_str().unwrap().to_owned();
     // The `ok` of an `unsub` carries the subscription's id as its `ref`.
-    client
-        .send(&json!({"op":"unsub","id":&id}))
-        .await
-        .unwrap();
+    client.send(&json!({"op":"unsub","id":&id})).await.unwrap();
     loop {
         let frame = client.next_frame().await.expect("frame");
         if frame["op"] == "ok" && frame["ref"] == id.as_str() {
