@@ -28,6 +28,7 @@ pub mod node;
 pub mod protocol;
 pub mod publisher;
 pub mod routing;
+pub mod storage;
 pub mod tls_files;
 
 pub use config::Settings;

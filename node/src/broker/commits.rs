@@ -76,7 +76,6 @@ impl Broker {
             .history
             .get(&event.topic, &event.epoch, event.seq)
             .filter(|kept| !same_event(kept, event))
-            .cloned()
         else {
             return false;
         };
@@ -85,7 +84,7 @@ impl Broker {
         // caller.
         let last = shard.topics.get(&event.topic).map_or(0, |t| t.last_seq);
         let dropped: Vec<Arc<Event>> = (stale.seq..=last)
-            .filter_map(|seq| shard.history.get(&event.topic, &event.epoch, seq).cloned())
+            .filter_map(|seq| shard.history.get(&event.topic, &event.epoch, seq))
             .collect();
         for gone in dropped.iter().rev() {
             Self::forget_failed(shard, gone);
@@ -116,7 +115,7 @@ mod tests {
     use crate::event::Event;
     use crate::protocol::ResumeFrom;
     use crate::routing::dedupe::PublishId;
-    use crate::routing::history::Retention;
+    use crate::storage::Retention;
 
     fn event(seq: u64, id: &str) -> Arc<Event> {
         Arc::new(

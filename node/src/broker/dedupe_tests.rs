@@ -12,7 +12,7 @@ use super::{Broker, Outbox, Receipt, Sequenced, now_ms};
 use crate::cluster::link::{PeerLink, PeerMessage};
 use crate::event::Event;
 use crate::routing::dedupe::PublishId;
-use crate::routing::history::Retention;
+use crate::storage::Retention;
 
 fn id(text: &str) -> Option<PublishId> {
     Some(PublishId::client(text))

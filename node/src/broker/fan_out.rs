@@ -224,7 +224,7 @@ impl Broker {
 mod tests {
     use crate::broker::test_support::{drain, json, subscription};
     use crate::broker::{Broker, Outbox};
-    use crate::routing::history::Retention;
+    use crate::storage::Retention;
 
     #[test]
     fn publish_reaches_matching_subscriptions_in_order() {

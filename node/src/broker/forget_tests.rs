@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::{Broker, ReplayPage, now_ms};
 use crate::event::Payload;
 use crate::protocol::{Cursor, ResumeFrom};
-use crate::routing::history::{Retention, RetentionPolicy, reason};
+use crate::storage::{Retention, RetentionPolicy, reason};
 
 const IDLE: Duration = Duration::from_secs(2);
 

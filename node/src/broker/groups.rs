@@ -266,7 +266,7 @@ mod tests {
     use crate::broker::{Broker, Outbox, Redelivery};
     use crate::cluster::link::{Interest, PeerLink, PeerMessage};
     use crate::event::Event;
-    use crate::routing::history::Retention;
+    use crate::storage::Retention;
 
     #[test]
     fn queue_group_gets_one_delivery_per_event_and_skips_full_members() {
@@ -410,7 +410,7 @@ mod tests {
 
     #[test]
     fn past_the_topics_history_bound_the_group_gets_a_gap() {
-        use crate::routing::history::RetentionPolicy;
+        use crate::storage::RetentionPolicy;
         let retention = Retention::new(
             RetentionPolicy {
                 max_events: 2,

@@ -38,9 +38,9 @@ use crate::routing::SubscriptionIndex;
 use crate::routing::dedupe::{DedupeBudget, DedupeStore};
 use crate::routing::group_backlog::GroupBacklog;
 use crate::routing::group_progress::{GroupProgress, PeerProgress};
-use crate::routing::history::{HistoryStore, Retention};
 use crate::routing::topic::validate_pattern;
 use crate::routing::topics::TopicTable;
+use crate::storage::{HistoryStore, MemoryHistory, Retention};
 
 mod commits;
 mod fan_out;
@@ -145,7 +145,8 @@ pub struct Broker {
     /// Set while the backlog remembers a group without members: fan-out looks for dormant
     /// groups only then (a backlog of busy groups costs it nothing).
     any_dormant: std::sync::atomic::AtomicBool,
-    /// The retention policies, for the bounds of what waits in the backlog.
+    /// The retention policies: the bounds of what waits in the backlog, and how long a topic
+    /// must be quiet to be forgotten (see `idle_long_enough`). The shards' stores hold clones.
     retention: Retention,
     /// Limits the log line for queue-group events that no member could take.
     lost_log: crate::limits::LogLimiter,
@@ -168,7 +169,9 @@ pub struct Broker {
 #[derive(Debug)]
 struct TopicShard {
     topics: TopicTable<StoredSignal>,
-    history: HistoryStore,
+    /// The shard's topic history, behind the storage seam (`crate::storage`): the broker
+    /// never depends on which backend holds it.
+    history: Box<dyn HistoryStore>,
     /// The publish ids remembered for these topics (setting `dedupe_window`).
     dedupe: DedupeStore<DuplicateWaiter>,
     /// Topics whose committed position moved since it was last announced to their replicas.
@@ -205,7 +208,7 @@ impl Broker {
                 .map(|_| {
                     Mutex::new(TopicShard {
                         topics: TopicTable::default(),
-                        history: HistoryStore::new(retention.clone()),
+                        history: Box::new(MemoryHistory::new(retention.clone())),
                         dedupe: DedupeStore::new(dedupe_window, dedupe_budget.clone()),
                         commit_moved: std::collections::HashSet::new(),
                     })

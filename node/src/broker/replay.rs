@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use crate::protocol::{Cursor, ResumeFrom};
-use crate::routing::history::{Gap, Replay, reason};
 use crate::routing::topic::{is_wildcard, pattern_matches};
+use crate::storage::{Gap, Replay, reason};
 
 use super::{Broker, TopicShard};
 
@@ -122,11 +122,7 @@ impl Broker {
             let Some(state) = shard.topics.get(topic) else {
                 return;
             };
-            if state.moved
-                && shard
-                    .topics
-                    .is_idle(topic, self.idle_long_enough(&shard.history, clock))
-            {
+            if state.moved && shard.topics.is_idle(topic, self.idle_long_enough(clock)) {
                 // A copy as good as forgotten: the sweep takes it at its next pass. (The
                 // sequencing owner's own state answers until then: it may still go on.)
                 return;
@@ -244,7 +240,7 @@ mod tests {
     use crate::broker::test_support::json;
     use crate::broker::{Broker, ReplayPage};
     use crate::protocol::{Cursor, ResumeFrom};
-    use crate::routing::history::{Retention, reason};
+    use crate::storage::{Retention, reason};
 
     #[test]
     fn a_cursor_from_a_newer_epoch_gets_nothing_from_an_older_one() {

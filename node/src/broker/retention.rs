@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use crate::routing::history::HistoryStore;
-
 use super::{Broker, TopicShard, now_ms};
 
 impl Broker {
@@ -40,7 +38,7 @@ impl Broker {
             shard.history.expire(now_ms);
             shard.dedupe.expire(clock_ms);
             let gone = {
-                let idle = self.idle_long_enough(&shard.history, clock_ms);
+                let idle = self.idle_long_enough(clock_ms);
                 shard.topics.forget_idle(|topic, last_active| {
                     idle(topic, last_active) && !claimed.iter().any(|c| &**c == topic)
                 })
@@ -91,14 +89,10 @@ impl Broker {
     /// events at all, for its retention's `max_age`, so that they have expired too. Time
     /// alone decides (not whether events are left, which hangs on the owners' clocks), so
     /// every node forgets its knowledge of a topic in the order it gained it.
-    pub(super) fn idle_long_enough<'h>(
-        &self,
-        history: &'h HistoryStore,
-        clock_ms: i64,
-    ) -> impl Fn(&str, i64) -> bool + 'h {
+    pub(super) fn idle_long_enough(&self, clock_ms: i64) -> impl Fn(&str, i64) -> bool + '_ {
         let idle = self.topic_idle_forget;
         move |topic, last_active_ms| {
-            let policy = history.policy(topic);
+            let policy = self.retention.policy(topic);
             let quiet = if policy.max_events == 0 {
                 idle
             } else {
@@ -116,10 +110,7 @@ impl Broker {
         topic: &str,
         clock_ms: i64,
     ) -> bool {
-        if !shard
-            .topics
-            .is_idle(topic, self.idle_long_enough(&shard.history, clock_ms))
-        {
+        if !shard.topics.is_idle(topic, self.idle_long_enough(clock_ms)) {
             return false;
         }
         shard.topics.remove(topic);

@@ -549,7 +549,7 @@ mod tests {
     use crate::broker::{Broker, Outbox, Sequenced, TopicSnapshot};
     use crate::cluster::link::{PeerLink, PeerMessage};
     use crate::event::Event;
-    use crate::routing::history::Retention;
+    use crate::storage::Retention;
 
     #[test]
     fn a_replica_refuses_events_from_an_owner_it_no_longer_recognises() {

@@ -276,8 +276,8 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(10),
             history_max_events: 1000,
             history_max_age: Duration::from_secs(600),
-            history_max_bytes: crate::routing::history::RetentionPolicy::DEFAULT_MAX_BYTES,
-            history_max_total_bytes: crate::routing::history::Retention::DEFAULT_MAX_TOTAL_BYTES,
+            history_max_bytes: crate::storage::RetentionPolicy::DEFAULT_MAX_BYTES,
+            history_max_total_bytes: crate::storage::Retention::DEFAULT_MAX_TOTAL_BYTES,
             history_overrides: Vec::new(),
             topic_idle_forget: DEFAULT_TOPIC_IDLE_FORGET,
             dedupe_window: DEFAULT_DEDUPE_WINDOW,
@@ -415,8 +415,8 @@ impl Settings {
     }
 
     /// The history retention these settings describe.
-    pub fn retention(&self) -> crate::routing::history::Retention {
-        use crate::routing::history::{Retention, RetentionPolicy};
+    pub fn retention(&self) -> crate::storage::Retention {
+        use crate::storage::{Retention, RetentionPolicy};
         let default = RetentionPolicy {
             max_events: self.history_max_events,
             max_age: self.history_max_age,

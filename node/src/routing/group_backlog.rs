@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::link::Interest;
 use crate::event::Event;
-use crate::routing::history::{RetentionPolicy, retained_bytes};
 use crate::routing::topic::pattern_matches;
+use crate::storage::{RetentionPolicy, retained_bytes};
 
 /// Gap records kept per group while no member here can be told; more are merged or dropped
 /// (and counted).

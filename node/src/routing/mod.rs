@@ -1,5 +1,5 @@
 //! The routing core: topics, the subscription index, topic placement, per-topic sequencing
-//! state, history, the publish ids remembered for idempotent publishing and the queue-group
+//! state, the publish ids remembered for idempotent publishing and the queue-group
 //! events waiting for a member.
 //!
 //! Plain data structures without sockets, tasks or clocks, so that they are tested directly;
@@ -8,7 +8,6 @@
 pub mod dedupe;
 pub mod group_backlog;
 pub mod group_progress;
-pub mod history;
 pub mod index;
 pub mod ownership;
 pub mod topic;

@@ -13,9 +13,9 @@ use crate::cluster::Cluster;
 use crate::cluster::link::{PeerLink, PeerMessage};
 use crate::cluster::transport::{event_from_pb, event_pb};
 use crate::protocol::{Cursor, ResumeFrom};
-use crate::routing::history::{Gap, Replay, reason};
 use crate::routing::topic::is_wildcard;
 use crate::routing::topics::newer_epoch;
+use crate::storage::{Gap, Replay, reason};
 
 /// The largest page of a replay this node answers a peer with, whatever the peer asks: well
 /// within the largest peer frame.
