@@ -64,7 +64,7 @@ impl Broker {
             && shard
                 .history
                 .get(&event.topic, &event.epoch, event.seq)
-                .is_some_and(|kept| !same_event(kept, event))
+                .is_some_and(|kept| !same_event(&kept, event))
     }
 
     /// A replica is sent `event` for a position it already holds, not committed there
