@@ -485,11 +485,29 @@ fn history(engine: Engine, s: &Settings, dir: &Path) -> Result<HistoryRow> {
     row.age_trim = start.elapsed();
     row.disk_trimmed = disk_usage(dir)?.0;
 
+    compact_and_measure(store.as_mut(), dir, &all[0], &mut row)?;
+    close_and_measure(store, dir, s, &mut row)?;
+    Ok(row)
+}
+
+/// Compacts the store and records the time, the disk after it and what topic 0 kept.
+fn compact_and_measure(
+    store: &mut dyn Store,
+    dir: &Path,
+    topic0: &[u8],
+    row: &mut HistoryRow,
+) -> Result<()> {
     let start = Instant::now();
     store.compact()?;
     row.compact = start.elapsed();
     row.disk_compacted = disk_usage(dir)?.0;
-    row.kept_topic0 = store.read_page(&all[0], 0, usize::MAX)?.0;
+    row.kept_topic0 = store.read_page(topic0, 0, usize::MAX)?.0;
+    Ok(())
+}
+
+/// Closes the store (dropping it) and records the disk after it, listing the files before
+/// and after when asked.
+fn close_and_measure<S>(store: S, dir: &Path, s: &Settings, row: &mut HistoryRow) -> Result<()> {
     if s.list_files {
         list_files(dir, "trimmed and compacted")?;
     }
@@ -498,7 +516,7 @@ fn history(engine: Engine, s: &Settings, dir: &Path) -> Result<HistoryRow> {
     if s.list_files {
         list_files(dir, "closed")?;
     }
-    Ok(row)
+    Ok(())
 }
 
 /// fjall with a compaction filter: the trim only moves each topic's low mark and the age
@@ -520,24 +538,13 @@ fn history_fjall_filter(s: &Settings, dir: &Path) -> Result<HistoryRow> {
     row.count_trim = start.elapsed();
     row.disk_trimmed = disk_usage(dir)?.0;
 
-    let start = Instant::now();
-    store.compact()?;
-    row.compact = start.elapsed();
-    row.disk_compacted = disk_usage(dir)?.0;
-    row.kept_topic0 = store.read_page(&all[0], 0, usize::MAX)?.0;
+    compact_and_measure(&mut store, dir, &all[0], &mut row)?;
     // What the filter dropped: everything loaded minus what is left.
     let mut left = 0;
     for prefix in &all {
         left += store.read_page(prefix, 0, usize::MAX)?.0 as u64;
     }
     row.count_trimmed = s.history_events - left;
-    if s.list_files {
-        list_files(dir, "trimmed and compacted")?;
-    }
-    drop(store);
-    row.disk_closed = disk_usage(dir)?.0;
-    if s.list_files {
-        list_files(dir, "closed")?;
-    }
+    close_and_measure(store, dir, s, &mut row)?;
     Ok(row)
 }
