@@ -202,13 +202,18 @@ impl MembershipView {
 
     /// Names of the members currently alive or suspect, this node excluded.
     pub fn live_peers(&self) -> Vec<&NodeId> {
+        self.live_peers_iter().collect()
+    }
+
+    /// [`live_peers`](Self::live_peers) without collecting them: placement runs for every
+    /// publish and every sequenced event.
+    pub fn live_peers_iter(&self) -> impl Iterator<Item = &NodeId> {
         self.members
             .values()
             .filter(|(id, s)| {
                 matches!(s, foca::State::Alive | foca::State::Suspect) && !self.has_left(id)
             })
             .map(|(id, _)| id)
-            .collect()
     }
 }
 

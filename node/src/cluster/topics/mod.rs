@@ -39,7 +39,7 @@ pub use crate::broker::PublishPermit;
 use crate::broker::{Receipt, Sequenced};
 use crate::event::{Event, Payload};
 use crate::routing::dedupe::PublishId;
-use crate::routing::ownership::{owner, rank};
+use crate::routing::ownership::{best_ranked, owner, rank};
 
 mod claims;
 mod commits;
@@ -163,8 +163,7 @@ impl Cluster {
     /// topics now: this node and its live peers.
     pub fn placement(&self, topic: &str) -> Vec<String> {
         let view = self.gossip.view.read();
-        let peers = view.live_peers();
-        rank(topic, self.member_names(&peers))
+        rank(topic, self.member_names(&view))
             .into_iter()
             .map(str::to_owned)
             .collect()
@@ -174,19 +173,18 @@ impl Cluster {
     /// ranking the rest (this runs for every publish).
     pub fn owner_of(&self, topic: &str) -> String {
         let view = self.gossip.view.read();
-        let peers = view.live_peers();
-        owner(topic, self.member_names(&peers))
+        owner(topic, self.member_names(&view))
             .unwrap_or(&self.id.name)
             .to_owned()
     }
 
-    /// The names of `peers` and of this node: the members that can own topics now.
+    /// The names of the live peers in `view` and of this node: the members that can own
+    /// topics now.
     fn member_names<'a>(
         &'a self,
-        peers: &'a [&'a super::membership::NodeId],
+        view: &'a super::membership::MembershipView,
     ) -> impl Iterator<Item = &'a str> {
-        peers
-            .iter()
+        view.live_peers_iter()
             .map(|p| p.name.as_str())
             .chain(std::iter::once(self.id.name.as_str()))
     }
@@ -204,15 +202,16 @@ impl Cluster {
     /// placement before it is acknowledged, never on fewer because a link is down. Runs for
     /// every sequenced event, so the names stay borrowed.
     fn replica_links(&self, topic: &str) -> Result<Vec<Arc<PeerLink>>, String> {
+        let replicas = self.replication.saturating_sub(1);
+        if replicas == 0 {
+            return Ok(Vec::new());
+        }
         let view = self.gossip.view.read();
-        let peers = view.live_peers();
         // The placement after this node: the owner's replicas when it sequences, and still
         // whom to ask when it holds events in flight of a topic that a newcomer now outranks
         // it for (see `ask_replicas_again`), rather than itself.
-        rank(topic, self.member_names(&peers))
+        best_ranked(topic, self.member_names(&view), &self.id.name, replicas)
             .into_iter()
-            .filter(|name| *name != self.id.name)
-            .take(self.replication.saturating_sub(1))
             .map(|name| self.link_to(name).ok_or_else(|| name.to_owned()))
             .collect()
     }
