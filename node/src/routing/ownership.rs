@@ -5,14 +5,37 @@
 //! the next ones hold replicas. When a member joins or leaves, only the topics whose top
 //! ranks involve it move — about 1/n of them.
 
-/// A fixed hasher: every node must compute the same weights.
+/// A fixed hasher: every node must compute the same weights. std's hashers are not
+/// promised stable across Rust releases, and nodes of different builds must agree: FNV-1a
+/// over the topic, a 0xff separator and the member's name, then a mixer.
+///
+/// The topic's part of the hash is the same for every member, so it is computed once per
+/// ranking ([`topic_prefix`]) and each member only continues it ([`weight_after`]): placement
+/// runs for every publish and every sequenced event.
+#[cfg(test)]
 fn weight(topic: &str, member: &str) -> u64 {
-    // std's hashers are not promised stable across Rust releases, and nodes of different
-    // builds must agree: FNV-1a over both strings, then a mixer.
+    weight_after(topic_prefix(topic), member)
+}
+
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a's state after `topic` and the separator.
+fn topic_prefix(topic: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in topic.bytes().chain([0xff]).chain(member.bytes()) {
+    for &byte in topic.as_bytes() {
         h ^= u64::from(byte);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h ^= 0xff;
+    h.wrapping_mul(FNV_PRIME)
+}
+
+/// `member`'s weight for the topic whose [`topic_prefix`] is `prefix`.
+fn weight_after(prefix: u64, member: &str) -> u64 {
+    let mut h = prefix;
+    for &byte in member.as_bytes() {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(FNV_PRIME);
     }
     // splitmix64 finaliser: spreads FNV's weak low bits.
     h ^= h >> 30;
@@ -24,7 +47,11 @@ fn weight(topic: &str, member: &str) -> u64 {
 
 /// Members ranked for `topic`, best first; ties (practically impossible) broken by name.
 pub fn rank<'a>(topic: &str, members: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
-    let mut ranked: Vec<(u64, &str)> = members.into_iter().map(|m| (weight(topic, m), m)).collect();
+    let prefix = topic_prefix(topic);
+    let mut ranked: Vec<(u64, &str)> = members
+        .into_iter()
+        .map(|m| (weight_after(prefix, m), m))
+        .collect();
     ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
     ranked.dedup_by(|a, b| a.1 == b.1);
     ranked.into_iter().map(|(_, m)| m).collect()
@@ -39,12 +66,13 @@ pub fn best_ranked<'a>(
     skip: &str,
     k: usize,
 ) -> Vec<&'a str> {
+    let prefix = topic_prefix(topic);
     let mut best: Vec<(u64, &'a str)> = Vec::with_capacity(k + 1);
     for member in members {
         if member == skip || best.iter().any(|(_, m)| *m == member) {
             continue;
         }
-        let candidate = (weight(topic, member), member);
+        let candidate = (weight_after(prefix, member), member);
         // Rank's order: higher weight first, then the smaller name.
         let position = best
             .iter()
@@ -60,11 +88,14 @@ pub fn best_ranked<'a>(
 
 /// The owner of `topic` among `members`.
 pub fn owner<'a>(topic: &str, members: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    members.into_iter().max_by(|a, b| {
-        weight(topic, a)
-            .cmp(&weight(topic, b))
-            .then_with(|| b.cmp(a))
-    })
+    // Each member's weight once (comparing by recomputed weights hashed the topic again
+    // for every comparison); ties go to the smaller name, as in `rank`.
+    let prefix = topic_prefix(topic);
+    members
+        .into_iter()
+        .map(|m| (weight_after(prefix, m), m))
+        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+        .map(|(_, m)| m)
 }
 
 #[cfg(test)]
@@ -123,6 +154,13 @@ mod tests {
         }
         // Expect about a quarter.
         assert!((800..1200).contains(&moved), "moved {moved} of 4000");
+    }
+
+    #[test]
+    fn weights_are_pinned_across_builds() {
+        // The hash itself, not only the order it gives: FNV-1a over topic, 0xff, member.
+        assert_eq!(weight("bench.fanout", "n1"), 0xc8b5_8ac3_b967_431d);
+        assert_eq!(weight("", ""), 0x4f2d_b50f_1240_40cd);
     }
 
     #[test]
