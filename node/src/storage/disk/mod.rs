@@ -36,6 +36,8 @@ mod recovery;
 mod trim;
 
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod repair_tests;
 #[cfg(test)]
 mod tests;
