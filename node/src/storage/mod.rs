@@ -8,7 +8,8 @@
 //! retained / what follows a cursor / what came since a time, and report sizes for metrics.
 //! Fan-out, queue groups and the cluster code never see a store, so a backend can change
 //! without touching them. Backends: [`memory::MemoryHistory`] (events in RAM, today's only
-//! one); a disk backend is the next step of issue 17 (docs/storage.md).
+//! one); a disk backend is the next step of issue 17 (docs/storage.md), and its durable
+//! layer, [`disk::DiskLog`], is here, not wired in yet.
 //!
 //! Choices, and why:
 //! - **Synchronous.** Every call is made under the shard lock, which is what keeps a
@@ -49,6 +50,7 @@ use std::sync::Arc;
 
 use crate::event::Event;
 
+pub mod disk;
 pub mod memory;
 pub mod retention;
 
