@@ -7,7 +7,7 @@ RELEASE_TOOLS = $(CARGO) build --release -p murmur -p murmur-bench -p murmur-abu
 
 IMAGE ?= murmur:latest
 
-.PHONY: image compose-test check-deploy help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics measure-resume bench bench-smoke perf-count bench-scale storage-compare abuse abuse-smoke chaos chaos-soak chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
+.PHONY: image compose-test check-deploy help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics measure-resume bench bench-smoke perf-count perf-count-cluster bench-scale storage-compare abuse abuse-smoke chaos chaos-soak chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ storage-compare: ## fjall against redb on the history write pattern (appends per
 
 perf-count: ## Instructions per delivery, per fan-in event and per acknowledged publish, auth off and on (valgrind callgrind, one node, ~6 min): appends to bench/perf-count-history.tsv
 	bench/perf-count.sh
+
+perf-count-cluster: ## Instructions per fan-in event across three nodes, every hop included (valgrind callgrind, ~3 min): appends to bench/perf-count-history.tsv
+	bench/perf-count-cluster.sh
 
 bench-smoke: ## A short bench run (small counts, auth on too; under two minutes once built) that fails on any loss or error
 	flock /tmp/murmur-bench.lock bench/run.sh --smoke
