@@ -171,6 +171,7 @@ pub(crate) struct StateSnapshot {
     pub stall_fences: u64,
     pub fenced: bool,
     pub events_published: u64,
+    pub events_not_stored: u64,
     pub events_from_peers: u64,
     pub group_deliveries_lost: u64,
     pub group_events_kept: u64,
@@ -239,6 +240,7 @@ impl StateSnapshot {
             stall_fences: node.cluster.gossip.fence.stalls.load(Relaxed),
             fenced: node.cluster.gossip.fence.is_fenced(),
             events_published: broker.stats.events_published.load(Relaxed),
+            events_not_stored: broker.stats.events_not_stored.load(Relaxed),
             events_from_peers: broker.stats.events_from_peers.load(Relaxed),
             group_deliveries_lost: broker.stats.group_deliveries_lost.load(Relaxed),
             group_events_kept: broker.stats.group_events_kept.load(Relaxed),
@@ -386,6 +388,12 @@ impl Collector for StateSnapshot {
             "murmur_events_published",
             "Events sequenced by this node as their topic's owner",
             self.events_published,
+        )?;
+        counter(
+            &mut encoder,
+            "murmur_events_not_stored",
+            "Events (or whole copies of a topic) this node's history failed to store: the publish was refused, or the copy dropped",
+            self.events_not_stored,
         )?;
         counter(
             &mut encoder,

@@ -22,6 +22,7 @@ fn receipt_of(outcome: Sequenced) -> Receipt {
     match outcome {
         Sequenced::Done(r) | Sequenced::Waiting(r, _) => r,
         Sequenced::NotReady => panic!("the topic is held here"),
+        Sequenced::Failed(error) => panic!("the memory store refused it: {error}"),
     }
 }
 

@@ -94,6 +94,8 @@ struct InterestTable {
 pub struct BrokerStats {
     /// Events published by this node's clients.
     pub events_published: AtomicU64,
+    /// Events (or copies of a topic) this node's history refused to store.
+    pub events_not_stored: AtomicU64,
     /// Events forwarded here by peers.
     pub events_from_peers: AtomicU64,
     /// Queue-group events dropped with no group left to tell: kept for a group that stayed
@@ -226,6 +228,16 @@ impl Broker {
             dedupe_budget,
             stats: BrokerStats::default(),
         }
+    }
+
+    /// Replaces every shard's history with one `make` builds: the tests' way to put a store
+    /// that fails in the broker's place.
+    #[cfg(test)]
+    pub(crate) fn with_history(self, make: impl Fn() -> Box<dyn HistoryStore>) -> Self {
+        for shard in self.shards.iter() {
+            shard.lock().history = make();
+        }
+        self
     }
 
     /// Gives the broker the node's stall fence (see [`crate::cluster::fence`]); once only.
@@ -453,5 +465,7 @@ mod listing;
 mod dedupe_tests;
 #[cfg(test)]
 mod forget_tests;
+#[cfg(test)]
+mod storage_failure_tests;
 #[cfg(test)]
 mod test_support;

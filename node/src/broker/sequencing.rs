@@ -11,6 +11,7 @@ use crate::routing::dedupe::{Position, PublishId, RememberedId, Seen};
 use crate::routing::topics::{Completed, HandOverRefused, new_epoch, newer_epoch};
 
 use super::{Broker, DuplicateWaiter, PlacedOnPeer, TopicShard, now_ms};
+use crate::storage::StorageError;
 
 /// Where an accepted publish landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,9 @@ pub enum ReplicaRefusal {
     SequencesItself,
     #[error("this node holds another event committed at that position")]
     CommittedOtherwise,
+    /// Its history could not take the event (the cause is logged where it happened).
+    #[error("this node could not store the event")]
+    StorageFailed,
 }
 
 /// The outcome of sequencing an event on its owner.
@@ -58,6 +62,10 @@ pub enum Sequenced {
     Waiting(Receipt, tokio::sync::oneshot::Receiver<()>),
     /// This node does not hold the topic's state (never claimed, or handed on).
     NotReady,
+    /// The event could not be stored here: its position was given back, nothing was sent
+    /// to a replica or fanned out, and no publish id was remembered. The publisher is
+    /// answered `unavailable` and may publish it again.
+    Failed(StorageError),
 }
 
 /// What a node knows of a topic, for a new owner claiming it.
@@ -133,6 +141,32 @@ impl Broker {
         let Some((name, epoch, seq)) = shard.topics.next(topic, clock) else {
             return Sequenced::NotReady;
         };
+        let now = now_ms();
+        let event = Arc::new(
+            Event::new(name.clone(), epoch.clone(), seq, now, payload).with_publish_id(id.clone()),
+        );
+        // What a new replica gets is what was retained before this event (it gets this one
+        // as a `Replicate` after), so it is read before the append.
+        let ids: Vec<(Arc<str>, u64)> = replicas
+            .iter()
+            .map(|r| (r.name.clone(), r.generation))
+            .collect();
+        let needs_history = shard.topics.has_unsynced(topic, &ids);
+        let retained = needs_history.then(|| shard.history.earliest(topic).events);
+        // Stored here first: an event this node cannot keep is never sent, fanned out or
+        // acknowledged, and its position is given back (nobody saw it).
+        if let Err(error) = shard.history.append(event.clone(), now) {
+            // A failed write may have reached the disk in part, so the position is not used
+            // again: as when a replica refuses, what waits for replicas fails and the next
+            // publish claims the topic again, in a new epoch.
+            self.stats.events_not_stored.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic, seq, %error, "could not store a sequenced event; the publish is refused and the topic claimed again");
+            Self::forget_failed(&mut shard, &event);
+            for (failed, _signal) in shard.topics.fail_unstored(topic) {
+                Self::forget_failed(&mut shard, &failed);
+            }
+            return Sequenced::Failed(error);
+        }
         if let Some(id) = &id {
             let position = Position {
                 epoch: epoch.clone(),
@@ -142,19 +176,11 @@ impl Broker {
                 .dedupe
                 .remember_pending(&name, id.clone(), position, clock);
         }
-        let now = now_ms();
-        let event =
-            Arc::new(Event::new(name, epoch.clone(), seq, now, payload).with_publish_id(id));
         tracing::trace!(topic, seq, replicas = replicas.len(), "sequenced");
         // A replica new to this topic first gets everything retained so far, so that it can
         // serve resumes and take over with the whole history.
-        let ids: Vec<(Arc<str>, u64)> = replicas
-            .iter()
-            .map(|r| (r.name.clone(), r.generation))
-            .collect();
         let fresh = shard.topics.needs_sync(topic, &ids);
-        if !fresh.is_empty() {
-            let retained = shard.history.earliest(topic).events;
+        if let Some(retained) = retained {
             for replica in replicas
                 .iter()
                 .filter(|r| fresh.contains(&(r.name.clone(), r.generation)))
@@ -168,7 +194,6 @@ impl Broker {
                 });
             }
         }
-        shard.history.append(event.clone(), now);
         self.stats.events_published.fetch_add(1, Ordering::Relaxed);
         for replica in replicas {
             replica.send_control(PeerMessage::Replicate(event.clone()));
@@ -192,8 +217,9 @@ impl Broker {
         }
     }
 
-    /// Single-node convenience: claims the topic if needed (a fresh epoch) and sequences
-    /// without replicas.
+    /// Single-node convenience for tests: claims the topic if needed (a fresh epoch) and
+    /// sequences without replicas.
+    #[cfg(test)]
     pub fn publish(&self, topic: &str, payload: Payload) -> Receipt {
         if !self.is_ready(topic) {
             self.install_topic(topic, None);
@@ -201,6 +227,7 @@ impl Broker {
         match self.sequence(topic, payload, &[], true) {
             Sequenced::Done(receipt) | Sequenced::Waiting(receipt, _) => receipt,
             Sequenced::NotReady => unreachable!("installed just above"),
+            Sequenced::Failed(error) => panic!("the test's history refused the event: {error}"),
         }
     }
 
@@ -379,21 +406,30 @@ impl Broker {
         if held && Self::committed_otherwise(&shard, &event) {
             return Err(ReplicaRefusal::CommittedOtherwise);
         }
-        if let Some(id) = &event.publish_id {
-            let position = Position {
-                epoch: event.epoch.clone(),
-                seq: event.seq,
-            };
-            let clock = self.clock_ms();
-            shard
-                .dedupe
-                .remember_stored(&event.topic, id.clone(), position, clock);
-        }
+        let remember = |shard: &mut TopicShard| {
+            if let Some(id) = &event.publish_id {
+                let position = Position {
+                    epoch: event.epoch.clone(),
+                    seq: event.seq,
+                };
+                shard
+                    .dedupe
+                    .remember_stored(&event.topic, id.clone(), position, self.clock_ms());
+            }
+        };
         if held && !Self::replace_stale_copy(&mut shard, &event) {
+            remember(&mut shard);
             return Ok(receipt);
         }
+        // Stored first: a copy this node cannot keep is refused (its owner fails the event
+        // and acknowledges nothing), and neither its position nor its id is recorded here.
+        if let Err(error) = shard.history.append(event.clone(), now) {
+            self.stats.events_not_stored.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic = %event.topic, seq = event.seq, %error, "could not store a replica's copy; refused");
+            return Err(ReplicaRefusal::StorageFailed);
+        }
+        remember(&mut shard);
         shard.topics.replicated(&event, self.clock_ms());
-        shard.history.append(event, now);
         Ok(receipt)
     }
 
@@ -423,8 +459,14 @@ impl Broker {
         if shard
             .topics
             .install_copy(topic, snapshot.epoch, snapshot.last_seq, clock)
+            && let Err(error) = shard.history.replace(topic, snapshot.events, now)
         {
-            shard.history.replace(topic, snapshot.events, now);
+            // Kept in part, the copy would serve resumes with a hole: it goes, and this
+            // node knows nothing of the topic (the owner's next events start it afresh).
+            self.stats.events_not_stored.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic, %error, "could not store a topic's copy from its owner; dropped");
+            shard.topics.remove(topic);
+            shard.history.forget_one(topic);
         }
     }
 
@@ -485,8 +527,19 @@ impl Broker {
                     shard.topics.install(topic, epoch.clone(), last, clock);
                     return epoch;
                 }
-                for event in snapshot.events {
-                    shard.history.append(event, now);
+                let stored = snapshot
+                    .events
+                    .into_iter()
+                    .try_for_each(|event| shard.history.append(event, now));
+                if let Err(error) = stored {
+                    // Without the history it took over, this node cannot serve what the
+                    // epoch's positions stand for: a new epoch, so resumers are told.
+                    self.stats.events_not_stored.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(topic, %error, "could not store the history of a claimed topic; starting a new epoch");
+                    shard.history.forget_one(topic);
+                    let epoch = new_epoch(now, rand::random());
+                    shard.topics.install(topic, epoch.clone(), 0, clock);
+                    return epoch;
                 }
                 shard
                     .topics

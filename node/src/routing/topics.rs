@@ -342,6 +342,33 @@ impl<W> TopicTable<W> {
             .collect()
     }
 
+    /// This node could not store the event it just numbered for `topic`: the topic must be
+    /// claimed again in a new epoch (the position may be on disk in part, so it is not
+    /// numbered again), and every event waiting for replicas fails. Returns those events.
+    pub fn fail_unstored(&mut self, topic: &str) -> Vec<Completed<W>> {
+        let Some(state) = self.topics.get_mut(topic) else {
+            return Vec::new();
+        };
+        if !state.moved {
+            state.announced_committed = state.committed();
+        }
+        state.moved = true;
+        state.renew_epoch = true;
+        state
+            .pending
+            .drain(..)
+            .map(|p| (p.event, p.waiter))
+            .collect()
+    }
+
+    /// True when some of `replicas` have not been sent the topic's history yet (see
+    /// [`Self::needs_sync`], which also counts them as sent).
+    pub fn has_unsynced(&self, topic: &str, replicas: &[(Arc<str>, u64)]) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|state| replicas.iter().any(|r| !state.synced.contains(r)))
+    }
+
     /// Fails every event of `topic` waiting for replicas (a replica no longer recognises
     /// this node as the owner): the topic must be claimed again, in a new epoch unless
     /// another node knows it further. Returns the failed events.

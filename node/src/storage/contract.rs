@@ -115,7 +115,9 @@ fn seqs(replay: &Replay) -> Vec<u64> {
 pub(crate) fn replays_what_follows_a_cursor(new: NewStore<'_>) {
     let mut store = new(retention(100, 3600));
     for seq in 1..=5 {
-        store.append(event("t", "e1", seq, 1000 + seq as i64), 2000);
+        store
+            .append(event("t", "e1", seq, 1000 + seq as i64), 2000)
+            .expect("the store takes it");
     }
     assert_eq!(seqs(&store.after("t", "e1", 2)), vec![3, 4, 5]);
     assert!(store.after("t", "e1", 2).gaps.is_empty());
@@ -131,7 +133,9 @@ pub(crate) fn replays_what_follows_a_cursor(new: NewStore<'_>) {
 pub(crate) fn count_retention_yields_a_gap_naming_exactly_what_was_lost(new: NewStore<'_>) {
     let mut store = new(retention(3, 3600));
     for seq in 1..=10 {
-        store.append(event("t", "e1", seq, seq as i64), 10);
+        store
+            .append(event("t", "e1", seq, seq as i64), 10)
+            .expect("the store takes it");
     }
     let replay = store.after("t", "e1", 4);
     assert_eq!(
@@ -154,9 +158,15 @@ pub(crate) fn count_retention_yields_a_gap_naming_exactly_what_was_lost(new: New
 
 pub(crate) fn age_retention_trims_and_expires_topics(new: NewStore<'_>) {
     let mut store = new(retention(100, 10));
-    store.append(event("old", "e", 1, 1_000), 1_000);
-    store.append(event("old", "e", 2, 5_000), 5_000);
-    store.append(event("new", "e", 1, 14_000), 14_000);
+    store
+        .append(event("old", "e", 1, 1_000), 1_000)
+        .expect("the store takes it");
+    store
+        .append(event("old", "e", 2, 5_000), 5_000)
+        .expect("the store takes it");
+    store
+        .append(event("new", "e", 1, 14_000), 14_000)
+        .expect("the store takes it");
     store.expire(12_000);
     assert_eq!(seqs(&store.earliest("old")), vec![2]);
     store.expire(30_000);
@@ -176,10 +186,18 @@ pub(crate) fn age_retention_trims_and_expires_topics(new: NewStore<'_>) {
 
 pub(crate) fn a_new_epoch_is_a_gap_then_the_new_epoch_from_its_start(new: NewStore<'_>) {
     let mut store = new(retention(100, 3600));
-    store.append(event("t", "e1", 1, 1), 1);
-    store.append(event("t", "e1", 2, 2), 2);
-    store.append(event("t", "e2", 1, 3), 3);
-    store.append(event("t", "e2", 2, 4), 4);
+    store
+        .append(event("t", "e1", 1, 1), 1)
+        .expect("the store takes it");
+    store
+        .append(event("t", "e1", 2, 2), 2)
+        .expect("the store takes it");
+    store
+        .append(event("t", "e2", 1, 3), 3)
+        .expect("the store takes it");
+    store
+        .append(event("t", "e2", 2, 4), 4)
+        .expect("the store takes it");
     let replay = store.after("t", "e1", 1);
     assert_eq!(replay.gaps.len(), 1);
     assert_eq!(replay.gaps[0].reason, reason::EPOCH_CHANGED);
@@ -192,7 +210,9 @@ pub(crate) fn a_new_epoch_is_a_gap_then_the_new_epoch_from_its_start(new: NewSto
 pub(crate) fn since_replays_topics_new_to_the_subscriber(new: NewStore<'_>) {
     let mut store = new(retention(2, 3600));
     for seq in 1..=4 {
-        store.append(event("t", "e", seq, seq as i64 * 100), 500);
+        store
+            .append(event("t", "e", seq, seq as i64 * 100), 500)
+            .expect("the store takes it");
     }
     // Retained: 3 (ts 300) and 4 (ts 400); trimmed up to ts 200.
     let recent = store.since("t", 250);
@@ -223,14 +243,20 @@ pub(crate) fn prefix_overrides_pick_the_longest_match(new: NewStore<'_>) {
     assert_eq!(r.policy("chat.ephemeral.typing"), none);
     assert_eq!(r.policy("orders"), r.default);
     let mut store = new(r);
-    store.append(event("chat.ephemeral.typing", "e", 1, 1), 1);
+    store
+        .append(event("chat.ephemeral.typing", "e", 1, 1), 1)
+        .expect("the store takes it");
     assert_eq!(store.topics(), 0, "max_events 0 keeps nothing");
     assert_eq!(store.events(), 0);
     let missed = store.since("chat.ephemeral.typing", 0);
     assert!(missed.events.is_empty());
     assert_eq!(missed.gaps.len(), 1, "but says what was published");
-    store.append(event("chat.lobby", "e", 1, 1), 1);
-    store.append(event("chat.lobby", "e", 2, 1), 1);
+    store
+        .append(event("chat.lobby", "e", 1, 1), 1)
+        .expect("the store takes it");
+    store
+        .append(event("chat.lobby", "e", 2, 1), 1)
+        .expect("the store takes it");
     assert_eq!(seqs(&store.earliest("chat.lobby")), vec![2]);
 }
 
@@ -259,7 +285,9 @@ pub(crate) fn a_topic_keeps_at_most_its_bytes_and_reports_the_rest_as_a_retentio
     let one = retained_bytes(&sized("t", 1, 10_000));
     let mut store = new(Retention::new(policy(3 * one), usize::MAX));
     for seq in 1..=10 {
-        store.append(sized("t", seq, 10_000), 10);
+        store
+            .append(sized("t", seq, 10_000), 10)
+            .expect("the store takes it");
     }
     assert_eq!(store.events(), 3);
     assert_eq!(store.bytes(), 3 * one);
@@ -272,9 +300,13 @@ pub(crate) fn a_topic_keeps_at_most_its_bytes_and_reports_the_rest_as_a_retentio
 
 pub(crate) fn one_event_over_the_topic_bound_is_kept_until_the_next(new: NewStore<'_>) {
     let mut store = new(Retention::new(policy(100), usize::MAX));
-    store.append(sized("t", 1, 10_000), 10);
+    store
+        .append(sized("t", 1, 10_000), 10)
+        .expect("the store takes it");
     assert_eq!(store.events(), 1, "the newest event stays");
-    store.append(sized("t", 2, 10_000), 10);
+    store
+        .append(sized("t", 2, 10_000), 10)
+        .expect("the store takes it");
     assert_eq!(store.events(), 1);
     assert_eq!(store.earliest("t").events[0].seq, 2);
 }
@@ -287,10 +319,14 @@ pub(crate) fn the_node_bound_holds_across_stores_and_the_growing_topic_pays(new:
     let mut first = new(retention.clone());
     let mut second = new(retention);
     for seq in 1..=6 {
-        first.append(sized("a", seq, 1_000), 10);
+        first
+            .append(sized("a", seq, 1_000), 10)
+            .expect("the store takes it");
     }
     for seq in 1..=20 {
-        second.append(sized("b", seq, 1_000), 10);
+        second
+            .append(sized("b", seq, 1_000), 10)
+            .expect("the store takes it");
     }
     assert!(budget.used() <= budget.limit(), "{}", budget.used());
     assert_eq!(budget.used(), first.bytes() + second.bytes());
@@ -304,10 +340,14 @@ pub(crate) fn trimming_for_room_takes_the_oldest_events_across_topics_first(new:
     let mut store = new(Retention::new(policy(usize::MAX), usize::MAX));
     // ts = seq: a's events are older than b's.
     for seq in 1..=3 {
-        store.append(sized("a", seq, 100), 10);
+        store
+            .append(sized("a", seq, 100), 10)
+            .expect("the store takes it");
     }
     for seq in 4..=6 {
-        store.append(sized("b", seq, 100), 10);
+        store
+            .append(sized("b", seq, 100), 10)
+            .expect("the store takes it");
     }
     let one = retained_bytes(&sized("a", 1, 100));
     assert_eq!(store.trim_oldest(4 * one, Some("x")), 4 * one);
@@ -322,27 +362,37 @@ pub(crate) fn every_way_out_of_the_store_gives_its_bytes_back(new: NewStore<'_>)
     let budget = retention.budget.clone();
     let mut store = new(retention);
     for seq in 1..=5 {
-        store.append(sized("a", seq, 100), 10);
-        store.append(sized("b", seq, 100), 10);
-        store.append(sized("c", seq, 100), 10);
+        store
+            .append(sized("a", seq, 100), 10)
+            .expect("the store takes it");
+        store
+            .append(sized("b", seq, 100), 10)
+            .expect("the store takes it");
+        store
+            .append(sized("c", seq, 100), 10)
+            .expect("the store takes it");
     }
     store.forget_from("a", "e", 3);
     assert_eq!(budget.used(), store.bytes());
     store.forget_one("b");
     assert_eq!(budget.used(), store.bytes());
-    store.replace("c", vec![sized("c", 9, 100)], 10);
+    store
+        .replace("c", vec![sized("c", 9, 100)], 10)
+        .expect("the store takes it");
     assert_eq!(budget.used(), store.bytes());
     // A new epoch starts the history afresh.
-    store.append(
-        Arc::new(Event::new(
-            "c".into(),
-            "e2".into(),
-            1,
+    store
+        .append(
+            Arc::new(Event::new(
+                "c".into(),
+                "e2".into(),
+                1,
+                11,
+                Payload::Json(Bytes::from_static(b"1")),
+            )),
             11,
-            Payload::Json(Bytes::from_static(b"1")),
-        )),
-        11,
-    );
+        )
+        .expect("the store takes it");
     assert_eq!(budget.used(), store.bytes());
     store.expire(i64::MAX);
     assert_eq!(budget.used(), 0);
@@ -358,7 +408,7 @@ pub(crate) fn a_history_that_starts_mid_sequence_reports_what_came_before(new: N
         5_000,
         Payload::Json(Bytes::from_static(b"0")),
     ));
-    store.append(event, 5_000);
+    store.append(event, 5_000).expect("the store takes it");
     let replay = store.since("t", 1_000);
     assert_eq!(replay.gaps.len(), 1);
     assert_eq!((replay.gaps[0].from_seq, replay.gaps[0].to_seq), (1, 2));
@@ -371,7 +421,9 @@ pub(crate) fn failed_events_copies_and_forgotten_topics(new: NewStore<'_>) {
     let mut store = new(retention);
     assert!(!store.knows("t"));
     for seq in 1..=5 {
-        store.append(event("t", "e", seq, seq as i64), 10);
+        store
+            .append(event("t", "e", seq, seq as i64), 10)
+            .expect("the store takes it");
     }
     assert!(store.knows("t"));
     assert_eq!(store.get("t", "e", 3).map(|e| e.seq), Some(3));
@@ -392,20 +444,26 @@ pub(crate) fn failed_events_copies_and_forgotten_topics(new: NewStore<'_>) {
         "another epoch's failure leaves this one alone"
     );
     // The next event takes the failed one's position.
-    store.append(event("t", "e", 4, 20), 20);
+    store
+        .append(event("t", "e", 4, 20), 20)
+        .expect("the store takes it");
     assert_eq!(seqs(&store.earliest("t")), vec![1, 2, 3, 4]);
     // A copy from the owner replaces everything, even mid-sequence.
-    store.replace(
-        "t",
-        vec![event("t", "e2", 7, 30), event("t", "e2", 8, 31)],
-        31,
-    );
+    store
+        .replace(
+            "t",
+            vec![event("t", "e2", 7, 30), event("t", "e2", 8, 31)],
+            31,
+        )
+        .expect("the store takes it");
     assert_eq!(seqs(&store.earliest("t")), vec![7, 8]);
     assert!(store.get("t", "e", 1).is_none());
     let replay = store.after("t", "e2", 2);
     assert_eq!((replay.gaps[0].from_seq, replay.gaps[0].to_seq), (3, 6));
     assert_eq!(store.bytes(), budget.used());
-    store.append(event("u", "e", 1, 40), 40);
+    store
+        .append(event("u", "e", 1, 40), 40)
+        .expect("the store takes it");
     store.forget(&["t".into(), "u".into()]);
     assert!(!store.knows("t") && !store.knows("u"));
     assert_eq!((store.topics(), store.events(), store.bytes()), (0, 0, 0));

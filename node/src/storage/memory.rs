@@ -8,7 +8,8 @@ use std::sync::Arc;
 use foldhash::fast::RandomState;
 
 use super::{
-    Gap, HistoryBudget, HistoryStore, Replay, Retention, RetentionPolicy, reason, retained_bytes,
+    Gap, HistoryBudget, HistoryStore, Replay, Retention, RetentionPolicy, StorageError, reason,
+    retained_bytes,
 };
 use crate::event::Event;
 
@@ -121,7 +122,7 @@ impl MemoryHistory {
 }
 
 impl HistoryStore for MemoryHistory {
-    fn append(&mut self, event: Arc<Event>, now_ms: i64) {
+    fn append(&mut self, event: Arc<Event>, now_ms: i64) -> Result<(), StorageError> {
         // Even a topic that keeps nothing goes through the store: trimming at once still
         // records what was published, so resumers learn what they missed.
         let policy = self.retention.policy(&event.topic);
@@ -171,6 +172,8 @@ impl HistoryStore for MemoryHistory {
             let topic = history.events.back().map(|newest| newest.topic.clone());
             self.trim_oldest(excess, topic.as_deref());
         }
+        // RAM does not fail a write: over its bounds it trims.
+        Ok(())
     }
 
     fn forget_from(&mut self, topic: &str, epoch: &str, seq: u64) {
@@ -185,11 +188,17 @@ impl HistoryStore for MemoryHistory {
         }
     }
 
-    fn replace(&mut self, topic: &str, events: Vec<Arc<Event>>, now_ms: i64) {
+    fn replace(
+        &mut self,
+        topic: &str,
+        events: Vec<Arc<Event>>,
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
         self.forget_one(topic);
         for event in events {
-            self.append(event, now_ms);
+            self.append(event, now_ms)?;
         }
+        Ok(())
     }
 
     fn expire(&mut self, now_ms: i64) {

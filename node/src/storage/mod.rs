@@ -24,16 +24,15 @@
 //!   after would show it). Should it ever show, only the shard's field type and the one
 //!   place the shards are made change. The trait is `Send` so a shard's `Mutex` stays
 //!   `Sync`.
-//! - **Infallible, for now.** The memory backend cannot fail (it trims instead of running
-//!   out), and what a caller must do when a disk write fails is not a local decision: today
-//!   `Broker::sequence` takes the next seq (`TopicTable::next`), remembers the publish id
-//!   and sends a new replica the topic's history before it appends, so a refused append
-//!   must give the position back or renew the epoch, answer the publisher `unavailable`
-//!   and send no `Replicate`; a replica's failed append must not answer `Stored`; a failed
-//!   read during a resume needs an answer of its own. Result types now would be `expect`ed
-//!   or carry untested error branches with invented semantics; the disk step adds a typed
-//!   `StorageError` (thiserror) together with those call sites and the tests that provoke
-//!   it (a full tmpfs, issue 17 item 6).
+//! - **Writes can fail** ([`StorageError`]); reads of the memory backend cannot, and the
+//!   disk backend's read path is the next step. What a caller does when a write fails is
+//!   not a local decision, so each write site in the broker says it: the owner gives the
+//!   position back, remembers no publish id, sends no copy to a replica and answers the
+//!   publisher `unavailable` (`Sequenced::Failed`); a replica refuses the event
+//!   (`ReplicaRefusal::StorageFailed`, so its owner fails it too and nothing is
+//!   acknowledged); a replica's whole copy that cannot be stored is dropped rather than kept
+//!   in part; a claim that cannot store the history it took over starts a new epoch. The
+//!   memory backend never fails; the tests provoke each path with a store that does.
 //! - **Reads are `&self`** and return whole [`Replay`]s, as the broker pages them today
 //!   (`ReplayPage::fit` after the read). A disk backend keeps its cache behind interior
 //!   mutability, and will want the page bound passed down so that a resume from far back
@@ -57,6 +56,7 @@ pub mod retention;
 #[cfg(test)]
 pub(crate) mod contract;
 
+pub use disk::StorageError;
 pub use memory::MemoryHistory;
 pub use retention::{HistoryBudget, Retention, RetentionPolicy, retained_bytes};
 
@@ -72,12 +72,19 @@ pub use retention::{HistoryBudget, Retention, RetentionPolicy, retained_bytes};
 pub trait HistoryStore: Send + fmt::Debug {
     /// Appends a freshly sequenced (or replicated) event, then trims the topic by its
     /// retention and the node's budget. An event of another epoch, or one that does not
-    /// follow the last retained one, starts the topic's history afresh.
-    fn append(&mut self, event: Arc<Event>, now_ms: i64);
+    /// follow the last retained one, starts the topic's history afresh. On an error nothing
+    /// of the event is retained.
+    fn append(&mut self, event: Arc<Event>, now_ms: i64) -> Result<(), StorageError>;
 
     /// Replaces a topic's history with `events` (contiguous, oldest first): a replica
-    /// taking a whole copy from the owner.
-    fn replace(&mut self, topic: &str, events: Vec<Arc<Event>>, now_ms: i64);
+    /// taking a whole copy from the owner. On an error the topic's history may be left
+    /// partial: the caller forgets it.
+    fn replace(
+        &mut self,
+        topic: &str,
+        events: Vec<Arc<Event>>,
+        now_ms: i64,
+    ) -> Result<(), StorageError>;
 
     /// Forgets the topic's events of `epoch` from `seq` on: they failed on this node (their
     /// replicas did not confirm them) and must not be replayed from here. Not recorded as

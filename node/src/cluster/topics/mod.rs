@@ -530,6 +530,9 @@ impl Cluster {
                     }
                 });
             }
+            Sequenced::Failed(error) => reply.send(Err(PublishError::unavailable(format!(
+                "the topic's owner could not store the event ({error}); publish it again"
+            )))),
             // Handed over between the check and now: route it to the new owner.
             Sequenced::NotReady => {
                 self.retry(topic, publication, reply, 0, "the topic moved".into());
