@@ -51,15 +51,7 @@ pub fn validate_publish_topic(topic: &str, max_bytes: usize) -> Result<(), Topic
         }
         return Ok(());
     }
-    if topic.is_empty() {
-        return Err(TopicError::Empty);
-    }
-    if topic.len() > max_bytes {
-        return Err(TopicError::TooLong {
-            len: topic.len(),
-            max: max_bytes,
-        });
-    }
+    check_length(topic, max_bytes)?;
     let mut invalid = false;
     let mut wildcard = false;
     let mut empty_token = None;
@@ -144,7 +136,8 @@ pub fn pattern_matches(pattern: &str, topic: &str) -> bool {
     topic_tokens.next().is_none()
 }
 
-fn checked_tokens(topic: &str, max_bytes: usize) -> Result<std::str::Split<'_, char>, TopicError> {
+/// Not empty, and at most `max_bytes` long.
+fn check_length(topic: &str, max_bytes: usize) -> Result<(), TopicError> {
     if topic.is_empty() {
         return Err(TopicError::Empty);
     }
@@ -154,6 +147,11 @@ fn checked_tokens(topic: &str, max_bytes: usize) -> Result<std::str::Split<'_, c
             max: max_bytes,
         });
     }
+    Ok(())
+}
+
+fn checked_tokens(topic: &str, max_bytes: usize) -> Result<std::str::Split<'_, char>, TopicError> {
+    check_length(topic, max_bytes)?;
     if topic.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(TopicError::InvalidCharacter);
     }
