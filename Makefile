@@ -102,8 +102,8 @@ FUZZ_SECONDS ?= 300
 fuzz: ## cargo fuzz every decoder (JSON, protobuf, peer frames, gossip envelope), FUZZ_SECONDS (300) each; docs/fuzzing.md
 	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh full
 
-fuzz-smoke: ## Each fuzz target for ~30 s (about 2 min once built); fails on any crash, panic, timeout or OOM
-	FUZZ_SECONDS=30 fuzz/run.sh smoke
+fuzz-smoke: ## Each fuzz target for ~20 s (under 1.5 min once built); fails on any crash, panic, timeout or OOM
+	FUZZ_SECONDS=20 fuzz/run.sh smoke
 
 test: ## Run the whole test suite (unit, integration, CLI), then the JS client's (test-js); needs cargo-nextest
 	@$(CARGO) nextest --version >/dev/null 2>&1 || { echo "make test runs the tests with cargo-nextest, which is not installed: cargo install cargo-nextest --locked (or run one crate without it: cargo test -p murmur)" >&2; exit 1; }
