@@ -140,7 +140,13 @@ describe("a 3-node cluster", () => {
     assert.ok(load.acked.length > 100, `published ${load.acked.length}`);
     assert.equal(new Set(received.map(key)).size, received.length, "no event twice");
     checkOncePerTopicInOrder(received, gaps);
-    assert.equal(connections.length, 2, `connected to ${connections}`);
+    // Reconnected to a survivor. A survivor that notices the lost peer only after the
+    // client reconnected there tells its plain subscribers to resync (its link to the peer
+    // may have been dead before anyone knew, so what came over it could be missing): the
+    // client then resumes once more, again from its cursors. Either way nothing is lost or
+    // repeated (checked above), and it never goes back to the dead node.
+    assert.ok(connections.length >= 2 && connections.length <= 3, `connected to ${connections}`);
+    assert.ok(connections.slice(1).every((n) => n !== victim.name), `connected to ${connections}`);
     // The victim held its share of the topics' replicas, which live on: no gap is expected.
     assert.deepEqual(gaps, []);
   });
