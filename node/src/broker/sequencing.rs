@@ -142,9 +142,8 @@ impl Broker {
             return Sequenced::NotReady;
         };
         let now = now_ms();
-        let event = Arc::new(
-            Event::new(name.clone(), epoch.clone(), seq, now, payload).with_publish_id(id.clone()),
-        );
+        let event =
+            Arc::new(Event::new(name, epoch.clone(), seq, now, payload).with_publish_id(id));
         // What a new replica gets is what was retained before this event (it gets this one
         // as a `Replicate` after), so it is read before the append.
         let ids: Vec<(Arc<str>, u64)> = replicas
@@ -154,7 +153,7 @@ impl Broker {
         let needs_history = shard.topics.has_unsynced(topic, &ids);
         let retained = needs_history.then(|| shard.history.earliest(topic).events);
         // Stored here first: an event this node cannot keep is never sent, fanned out or
-        // acknowledged, and its position is given back (nobody saw it).
+        // acknowledged.
         if let Err(error) = shard.history.append(event.clone(), now) {
             // A failed write may have reached the disk in part, so the position is not used
             // again: as when a replica refuses, what waits for replicas fails and the next
@@ -167,20 +166,20 @@ impl Broker {
             }
             return Sequenced::Failed(error);
         }
-        if let Some(id) = &id {
+        if let Some(id) = &event.publish_id {
             let position = Position {
                 epoch: epoch.clone(),
                 seq,
             };
             shard
                 .dedupe
-                .remember_pending(&name, id.clone(), position, clock);
+                .remember_pending(&event.topic, id.clone(), position, clock);
         }
         tracing::trace!(topic, seq, replicas = replicas.len(), "sequenced");
         // A replica new to this topic first gets everything retained so far, so that it can
         // serve resumes and take over with the whole history.
-        let fresh = shard.topics.needs_sync(topic, &ids);
         if let Some(retained) = retained {
+            let fresh = shard.topics.needs_sync(topic, &ids);
             for replica in replicas
                 .iter()
                 .filter(|r| fresh.contains(&(r.name.clone(), r.generation)))

@@ -346,19 +346,11 @@ impl<W> TopicTable<W> {
     /// claimed again in a new epoch (the position may be on disk in part, so it is not
     /// numbered again), and every event waiting for replicas fails. Returns those events.
     pub fn fail_unstored(&mut self, topic: &str) -> Vec<Completed<W>> {
-        let Some(state) = self.topics.get_mut(topic) else {
-            return Vec::new();
-        };
-        if !state.moved {
-            state.announced_committed = state.committed();
+        let failed = self.fail_pending(topic);
+        if let Some(state) = self.topics.get_mut(topic) {
+            state.renew_epoch = true;
         }
-        state.moved = true;
-        state.renew_epoch = true;
-        state
-            .pending
-            .drain(..)
-            .map(|p| (p.event, p.waiter))
-            .collect()
+        failed
     }
 
     /// True when some of `replicas` have not been sent the topic's history yet (see
