@@ -39,6 +39,15 @@ ready() {
   [[ $status == *" 200 "* ]]
 }
 
+# True when the node whose admin port is $1 lists three members alive (GET /v1/cluster).
+members_alive() {
+  local body
+  body=$( (exec 3<>"/dev/tcp/127.0.0.1/$1" &&
+    printf 'GET /v1/cluster HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3 &&
+    cat <&3) 2>/dev/null) || return 1
+  [ "$(printf '%s' "$body" | grep -o '"state":"alive"' | wc -l)" -ge 3 ]
+}
+
 # run_once DIR MESSAGES: the three nodes' summed instructions for one bench run.
 run_once() {
   local dir=$1 n=$2 key urls="" total=0
@@ -62,7 +71,15 @@ run_once() {
       sleep 0.2
     done
   done
-  sleep 3 # every node sees the other two before the first publish
+  # Every node sees the other two alive before the first publish (else a publish could meet
+  # a node that does not know its topic's owner yet).
+  for i in 0 1 2; do
+    for attempt in $(seq 1 300); do
+      if members_alive $((first + i * 10 + 3)); then break; fi
+      [ "$attempt" = 300 ] && { echo "node n$((i + 1)) never saw all three members alive" >&2; exit 1; }
+      sleep 0.2
+    done
+  done
   "$bench" topics --topics "$TOPICS" --size 128 --messages "$n" --system murmur --url "$urls" \
     --fail-on-loss >"$dir/bench.txt" 2>&1 || { echo "bench failed: $dir/bench.txt" >&2; cat "$dir/bench.txt" >&2; exit 1; }
   for p in "${pids[@]}"; do kill -TERM "$p"; done
