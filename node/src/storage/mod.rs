@@ -49,14 +49,16 @@ use std::sync::Arc;
 
 use crate::event::Event;
 
+#[cfg(feature = "disk")]
 pub mod disk;
+mod error;
 pub mod memory;
 pub mod retention;
 
 #[cfg(test)]
 pub(crate) mod contract;
 
-pub use disk::StorageError;
+pub use error::StorageError;
 pub use memory::MemoryHistory;
 pub use retention::{HistoryBudget, Retention, RetentionPolicy, retained_bytes};
 

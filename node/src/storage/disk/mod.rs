@@ -30,7 +30,6 @@
 //!   after a failed one (its database is poisoned: what reached the disk is unknown), so a
 //!   log that failed must be reopened; reopening recovers everything acknowledged.
 
-mod error;
 mod layout;
 mod recovery;
 mod trim;
@@ -55,7 +54,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistM
 use foldhash::fast::RandomState;
 use parking_lot::{Mutex, RwLock};
 
-pub use error::StorageError;
+pub use super::StorageError;
 pub use layout::{MAX_TOPIC_BYTES, TopicRecord};
 pub use recovery::{Recovered, Repair, RepairKind};
 

@@ -1,4 +1,4 @@
-//! What can go wrong with history on disk, typed so that callers can tell a full disk (answer
+//! What can go wrong when history is stored, typed so that callers can tell a full disk (answer
 //! `unavailable`, keep serving reads, retry once space is back) from a broken store.
 
 use std::io;
@@ -41,6 +41,7 @@ pub enum StorageError {
     )]
     Format { found: String, expected: u8 },
     /// Anything else fjall reports (its journal or tables unreadable, ...).
+    #[cfg(feature = "disk")]
     #[error("storage engine: {0}")]
     Engine(#[source] fjall::Error),
 }
@@ -55,7 +56,8 @@ impl StorageError {
         }
     }
 
-    pub(super) fn from_io(error: io::Error) -> Self {
+    #[cfg(feature = "disk")]
+    pub(crate) fn from_io(error: io::Error) -> Self {
         if is_full(&error) {
             Self::DiskFull(error)
         } else {
@@ -64,6 +66,7 @@ impl StorageError {
     }
 }
 
+#[cfg(feature = "disk")]
 fn is_full(error: &io::Error) -> bool {
     matches!(
         error.kind(),
@@ -71,6 +74,7 @@ fn is_full(error: &io::Error) -> bool {
     )
 }
 
+#[cfg(feature = "disk")]
 impl From<fjall::Error> for StorageError {
     fn from(error: fjall::Error) -> Self {
         match error {
@@ -85,7 +89,7 @@ impl From<fjall::Error> for StorageError {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "disk"))]
 mod tests {
     use super::*;
 
