@@ -110,6 +110,17 @@ impl TopicHistory {
 pub struct MemoryHistory {
     topics: HashMap<Arc<str>, TopicHistory, RandomState>,
     retention: Retention,
+    /// When set (a cache in front of a durable store), every topic trimmed from the front,
+    /// with the first seq it keeps, so the store can be trimmed to match.
+    trims: Option<Vec<Trimmed>>,
+}
+
+/// A topic trimmed from the front: everything of `epoch` before `first_seq` is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Trimmed {
+    pub topic: Arc<str>,
+    pub epoch: Arc<str>,
+    pub first_seq: u64,
 }
 
 impl MemoryHistory {
@@ -117,7 +128,73 @@ impl MemoryHistory {
         Self {
             topics: HashMap::default(),
             retention,
+            trims: None,
         }
+    }
+
+    /// A store that records what its trimming removes ([`Self::take_trims`]): the serving
+    /// copy of a durable backend, which trims its own copy to match.
+    #[cfg_attr(not(feature = "disk"), allow(dead_code))]
+    pub(crate) fn recording_trims(retention: Retention) -> Self {
+        Self {
+            trims: Some(Vec::new()),
+            ..Self::new(retention)
+        }
+    }
+
+    /// The topics trimmed from the front since the last call (the last trim of a topic
+    /// says how far), when recording.
+    #[cfg_attr(not(feature = "disk"), allow(dead_code))]
+    pub(crate) fn take_trims(&mut self) -> Vec<Trimmed> {
+        self.trims.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn note_trim(
+        trims: &mut Option<Vec<Trimmed>>,
+        topic: &Arc<str>,
+        history: &TopicHistory,
+        before: u64,
+    ) {
+        if let Some(trims) = trims
+            && history.first_seq > before
+        {
+            trims.push(Trimmed {
+                topic: topic.clone(),
+                epoch: history.epoch.clone(),
+                first_seq: history.first_seq,
+            });
+        }
+    }
+
+    /// Puts back a topic's history as a durable store kept it: `events` (contiguous, of
+    /// `epoch`, from `first_seq` on; none when everything was trimmed) and when its newest
+    /// trimmed event was published. Then trims it by today's retention, which may be
+    /// tighter than the one it was kept under.
+    #[cfg_attr(not(feature = "disk"), allow(dead_code))]
+    pub(crate) fn restore(
+        &mut self,
+        topic: Arc<str>,
+        epoch: Arc<str>,
+        first_seq: u64,
+        trimmed_until_ts: i64,
+        events: Vec<Arc<Event>>,
+        now_ms: i64,
+    ) {
+        self.forget_one(&topic);
+        let budget = &*self.retention.budget;
+        let mut history = TopicHistory {
+            epoch,
+            events: VecDeque::with_capacity(events.len()),
+            first_seq,
+            trimmed_until_ts,
+            bytes: 0,
+        };
+        for event in events {
+            history.push_back(event, budget);
+        }
+        history.trim(self.retention.policy(&topic), now_ms, budget);
+        Self::note_trim(&mut self.trims, &topic, &history, first_seq);
+        self.topics.insert(topic, history);
     }
 }
 
@@ -127,6 +204,7 @@ impl HistoryStore for MemoryHistory {
         // records what was published, so resumers learn what they missed.
         let policy = self.retention.policy(&event.topic);
         let budget = &*self.retention.budget;
+        let topic = event.topic.clone();
         let history = self
             .topics
             .entry(event.topic.clone())
@@ -156,6 +234,7 @@ impl HistoryStore for MemoryHistory {
             }
             history.first_seq = event.seq;
         }
+        let first_seq = history.first_seq;
         history.push_back(event, budget);
         history.trim(policy, now_ms, budget);
         // Over the node's bound, the topic that grows pays first: its oldest events go
@@ -164,6 +243,7 @@ impl HistoryStore for MemoryHistory {
         while budget.over() && history.events.len() > 1 {
             history.trim_front(budget);
         }
+        Self::note_trim(&mut self.trims, &topic, history, first_seq);
         if budget.over() {
             // The topic holds only its newest event: older events of this store's other
             // topics go. (Other shards' stores are behind their own locks; the sweep
@@ -204,7 +284,9 @@ impl HistoryStore for MemoryHistory {
     fn expire(&mut self, now_ms: i64) {
         let retention = &self.retention;
         for (topic, history) in &mut self.topics {
+            let first_seq = history.first_seq;
             history.trim(retention.policy(topic), now_ms, &retention.budget);
+            Self::note_trim(&mut self.trims, topic, history, first_seq);
             if history.events.is_empty() && history.events.capacity() > 0 {
                 history.events = VecDeque::new();
             }
@@ -230,8 +312,10 @@ impl HistoryStore for MemoryHistory {
                 continue;
             };
             let before = history.bytes;
+            let first_seq = history.first_seq;
             history.trim_front(budget);
             freed += before - history.bytes;
+            Self::note_trim(&mut self.trims, &topic, history, first_seq);
             if let Some(next) = history.events.front() {
                 oldest.push(Reverse((next.ts, topic)));
             }

@@ -51,6 +51,8 @@ use crate::event::Event;
 
 #[cfg(feature = "disk")]
 pub mod disk;
+#[cfg(feature = "disk")]
+pub mod disk_history;
 mod error;
 pub mod memory;
 pub mod retention;
@@ -58,6 +60,8 @@ pub mod retention;
 #[cfg(test)]
 pub(crate) mod contract;
 
+#[cfg(feature = "disk")]
+pub use disk_history::DiskHistory;
 pub use error::StorageError;
 pub use memory::MemoryHistory;
 pub use retention::{HistoryBudget, Retention, RetentionPolicy, retained_bytes};
@@ -102,6 +106,12 @@ pub trait HistoryStore: Send + fmt::Debug {
     /// any topic but `spare`) until `bytes` are freed or nothing is left; returns the bytes
     /// freed (as [`retained_bytes`] counts them). What goes is recorded as trimmed.
     fn trim_oldest(&mut self, bytes: usize, spare: Option<&str>) -> usize;
+
+    /// The topic's owner says `topic` is committed up to `seq` of `epoch` (stored on every
+    /// replica): a durable backend records it, so that after a restart the node serves what
+    /// is committed and nothing past it before the topic is claimed again. Memory forgets
+    /// it with everything else.
+    fn note_committed(&mut self, _topic: &str, _epoch: &str, _seq: u64) {}
 
     /// Drops every record of `topic` (forgotten by the node).
     fn forget_one(&mut self, topic: &str);

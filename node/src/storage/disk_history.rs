@@ -1,0 +1,213 @@
+//! The disk backend (setting `storage = "disk"`): every write goes to the node's
+//! [`DiskLog`] first and then to a copy in memory that serves reads.
+//!
+//! - **Write-through, disk first.** An append is in the log (handed to the OS, or synced
+//!   with `fsync = "always"`) before the memory copy has it, so nothing the broker goes on
+//!   to acknowledge or fan out is missing from the disk; a write the log refuses leaves the
+//!   memory copy as it was and fails the call (the broker answers `unavailable`).
+//! - **One retention.** The memory copy is trimmed by the retention settings as the memory
+//!   backend is; whatever it trims (count, age, bytes, the node's budget) is trimmed from the
+//!   log too ([`MemoryHistory::take_trims`]), so the disk never serves what the node would
+//!   not, and never holds more than retention allows. Trims are record updates on disk
+//!   (compactions drop the events later), cheap enough to follow every append.
+//! - **Reads from memory**, as fast as the memory backend's. History beyond RAM, paged from
+//!   disk, is the next step of issue 17 (docs/storage.md); until then what a node retains
+//!   is bounded by `history_max_total_bytes` on disk as in memory.
+//! - **Recovery.** At start the node opens the log and puts every topic it kept back into
+//!   memory ([`DiskHistory::restore`]); the broker takes their epochs and positions as
+//!   copies a claim weighs (`Broker::with_disk_history`).
+//!
+//! Several stores (one per shard of the broker) share one log: each holds its own topics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::disk::{DiskLog, TopicRecord};
+use super::memory::MemoryHistory;
+use super::{HistoryBudget, HistoryStore, Replay, Retention, StorageError};
+use crate::event::Event;
+use crate::limits::LogLimiter;
+
+/// Events read from the log at once when a topic is restored.
+const RESTORE_PAGE_EVENTS: usize = 4096;
+
+/// A shard's topic history on disk, served from memory (see the module docs).
+#[derive(Debug)]
+pub struct DiskHistory {
+    cache: MemoryHistory,
+    log: Arc<DiskLog>,
+    /// Limits the warning for a trim or forget the log refused.
+    warn: LogLimiter,
+    /// What must live as long as the store in tests (the log's temporary directory).
+    #[cfg(test)]
+    keep_alive: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl DiskHistory {
+    pub fn new(log: Arc<DiskLog>, retention: Retention) -> Self {
+        Self {
+            cache: MemoryHistory::recording_trims(retention),
+            log,
+            warn: LogLimiter::new(std::time::Duration::from_secs(10)),
+            #[cfg(test)]
+            keep_alive: None,
+        }
+    }
+
+    /// Puts `record`'s topic back in memory from the log: its epoch, where it stands, and
+    /// its retained events (read in pages). Trimmed at once if today's retention is tighter
+    /// than the one the events were kept under.
+    pub fn restore(&mut self, record: &TopicRecord, now_ms: i64) -> Result<(), StorageError> {
+        let mut events = Vec::with_capacity(usize::try_from(record.len()).unwrap_or(0));
+        let mut from = record.low_seq;
+        while from <= record.high_seq {
+            let page = self
+                .log
+                .read(&record.topic, from, RESTORE_PAGE_EVENTS, usize::MAX)?;
+            let Some(last) = page.last() else { break };
+            from = last.seq + 1;
+            events.extend(page);
+        }
+        self.cache.restore(
+            record.topic.clone(),
+            record.epoch.clone(),
+            record.low_seq,
+            record.trimmed_until_ts,
+            events,
+            now_ms,
+        );
+        self.trim_log();
+        Ok(())
+    }
+
+    /// Trims the log as far as the memory copy was trimmed.
+    fn trim_log(&mut self) {
+        let trims = self.cache.take_trims();
+        if trims.is_empty() {
+            return;
+        }
+        // The last trim of a topic goes furthest.
+        let mut furthest: HashMap<Arc<str>, (Arc<str>, u64)> = HashMap::new();
+        for trim in trims {
+            let entry = furthest
+                .entry(trim.topic)
+                .or_insert((trim.epoch.clone(), trim.first_seq));
+            if entry.0 == trim.epoch {
+                entry.1 = entry.1.max(trim.first_seq);
+            } else {
+                *entry = (trim.epoch, trim.first_seq);
+            }
+        }
+        for (topic, (epoch, first_seq)) in furthest {
+            let on_disk = self.log.topic(&topic);
+            let behind = on_disk.is_some_and(|r| r.epoch == epoch && r.low_seq < first_seq);
+            if behind && let Err(error) = self.log.trim_front(&topic, first_seq - 1) {
+                self.warn_refused("trim", &topic, &error);
+            }
+        }
+    }
+
+    fn warn_refused(&self, what: &str, topic: &str, error: &StorageError) {
+        if self.warn.allow().is_some() {
+            tracing::warn!(
+                %topic,
+                %error,
+                "history on disk refused a {what}: the node serves what memory holds; \
+                 writes fail until the log is reopened (restart the node)"
+            );
+        }
+    }
+}
+
+impl HistoryStore for DiskHistory {
+    fn append(&mut self, event: Arc<Event>, now_ms: i64) -> Result<(), StorageError> {
+        self.log.append(std::slice::from_ref(&event))?;
+        self.cache.append(event, now_ms)?;
+        self.trim_log();
+        Ok(())
+    }
+
+    fn replace(
+        &mut self,
+        topic: &str,
+        events: Vec<Arc<Event>>,
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        self.log.replace(topic, &events)?;
+        self.cache.replace(topic, events, now_ms)?;
+        self.trim_log();
+        Ok(())
+    }
+
+    fn forget_from(&mut self, topic: &str, epoch: &str, seq: u64) {
+        if let Err(error) = self.log.forget_from(topic, epoch, seq) {
+            self.warn_refused("forget", topic, &error);
+        }
+        self.cache.forget_from(topic, epoch, seq);
+    }
+
+    fn expire(&mut self, now_ms: i64) {
+        self.cache.expire(now_ms);
+        self.trim_log();
+    }
+
+    fn trim_oldest(&mut self, bytes: usize, spare: Option<&str>) -> usize {
+        let freed = self.cache.trim_oldest(bytes, spare);
+        self.trim_log();
+        freed
+    }
+
+    fn forget_one(&mut self, topic: &str) {
+        if self.log.topic(topic).is_some()
+            && let Err(error) = self.log.forget_topic(topic)
+        {
+            self.warn_refused("forget", topic, &error);
+        }
+        self.cache.forget_one(topic);
+    }
+
+    fn note_committed(&mut self, topic: &str, epoch: &str, seq: u64) {
+        if let Err(error) = self.log.set_committed(topic, epoch, seq) {
+            self.warn_refused("commit", topic, &error);
+        }
+    }
+
+    fn knows(&self, topic: &str) -> bool {
+        self.cache.knows(topic)
+    }
+
+    fn get(&self, topic: &str, epoch: &str, seq: u64) -> Option<Arc<Event>> {
+        self.cache.get(topic, epoch, seq)
+    }
+
+    fn earliest(&self, topic: &str) -> Replay {
+        self.cache.earliest(topic)
+    }
+
+    fn after(&self, topic: &str, epoch: &str, seq: u64) -> Replay {
+        self.cache.after(topic, epoch, seq)
+    }
+
+    fn since(&self, topic: &str, since_ms: i64) -> Replay {
+        self.cache.since(topic, since_ms)
+    }
+
+    fn topics(&self) -> usize {
+        self.cache.topics()
+    }
+
+    fn events(&self) -> usize {
+        self.cache.events()
+    }
+
+    fn bytes(&self) -> usize {
+        self.cache.bytes()
+    }
+
+    fn budget(&self) -> &HistoryBudget {
+        self.cache.budget()
+    }
+}
+
+#[cfg(test)]
+mod tests;
