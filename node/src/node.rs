@@ -75,6 +75,9 @@ impl NodeState {
         if !cluster.is_settled() {
             return Err("connecting to peers".into());
         }
+        if cluster.is_recovering() {
+            return Err("claiming the topics recovered from disk".into());
+        }
         Ok(())
     }
 
@@ -106,6 +109,11 @@ pub enum StartError {
     NoAdvertiseIp {
         setting: &'static str,
         addr: SocketAddr,
+    },
+    #[error("history in {dir}: {source}")]
+    Storage {
+        dir: std::path::PathBuf,
+        source: crate::storage::StorageError,
     },
 }
 
@@ -200,11 +208,11 @@ impl RunningNode {
             advertise("quic", quic_addr)?,
             advertise("listen", local_addr)?,
         );
-        let broker = Arc::new(
-            Broker::new(settings.retention())
-                .with_topic_idle_forget(settings.topic_idle_forget)
-                .with_dedupe(settings.dedupe_window, settings.dedupe_max_bytes),
-        );
+        let broker = Broker::new(settings.retention())
+            .with_topic_idle_forget(settings.topic_idle_forget)
+            .with_dedupe(settings.dedupe_window, settings.dedupe_max_bytes);
+        let (broker, recovered) = open_history(broker, &settings)?;
+        let broker = Arc::new(broker);
         let cluster = Cluster::start(
             ClusterSetup {
                 id,
@@ -250,6 +258,9 @@ impl RunningNode {
             "murmur node serving: {scheme}://{local_addr}/ws (admin: http://{admin_addr}/metrics)"
         );
         let (client, admin) = listeners(&state, listener, admin_listener);
+        if !recovered.is_empty() {
+            tokio::spawn(state.cluster.start_reclaiming(recovered));
+        }
         tokio::spawn(expire_history(state.clone()));
         tokio::spawn(place_waiting_group_events(state.clone()));
         let task = tokio::spawn(serve(client, admin, state.clone()));
@@ -330,6 +341,51 @@ fn warn_unauthenticated(gossip: SocketAddr, quic: SocketAddr) {
 /// Trims history by age once a second, so quiet topics do not keep old events, and forgets
 /// topics quiet for `topic_idle_forget` with nothing retained, so the node's topic
 /// bookkeeping stays bounded (see `Broker::sweep`).
+/// Puts the broker's history where `storage` says; with `disk`, takes up what the node's
+/// data directory kept and returns those topics.
+fn open_history(
+    broker: Broker,
+    settings: &Settings,
+) -> Result<(Broker, Vec<Arc<str>>), StartError> {
+    match settings.storage {
+        crate::config::StorageMode::Memory => Ok((broker, Vec::new())),
+        #[cfg(feature = "disk")]
+        crate::config::StorageMode::Disk => {
+            use crate::storage::disk::DiskLog;
+            let dir = settings.data_dir.join("history");
+            let failed = |source| StartError::Storage {
+                dir: dir.clone(),
+                source,
+            };
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| failed(crate::storage::StorageError::from_io(e)))?;
+            let started = std::time::Instant::now();
+            let (log, recovered) = DiskLog::open(&dir, settings.fsync.into()).map_err(failed)?;
+            // Recovery logged each repair it made; the broker renews what they cut.
+            let (broker, topics) = broker
+                .with_disk_history(&Arc::new(log), &recovered.repairs)
+                .map_err(failed)?;
+            tracing::info!(
+                dir = %dir.display(),
+                fsync = %settings.fsync,
+                topics = topics.len(),
+                events = broker.history_size().1,
+                took_ms = started.elapsed().as_millis() as u64,
+                "history on disk opened"
+            );
+            Ok((broker, topics))
+        }
+        #[cfg(not(feature = "disk"))]
+        crate::config::StorageMode::Disk => {
+            Err(StartError::Config(crate::config::ConfigError::Invalid {
+                setting: "storage",
+                reason: "this build has no disk backend (built without the `disk` feature)"
+                    .to_owned(),
+            }))
+        }
+    }
+}
+
 async fn expire_history(state: Arc<NodeState>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {

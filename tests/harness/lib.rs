@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
+pub mod process;
+
 /// How long any single expected frame may take to arrive.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 

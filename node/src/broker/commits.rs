@@ -12,10 +12,9 @@ use super::{Broker, TopicShard};
 impl Broker {
     /// The owner of `topic` says it is committed up to `seq` of `epoch` (on a replica).
     pub fn on_commit(&self, topic: &str, epoch: &str, seq: u64) {
-        self.shard(topic)
-            .lock()
-            .topics
-            .committed_to(topic, epoch, seq);
+        let mut shard = self.shard(topic).lock();
+        shard.topics.committed_to(topic, epoch, seq);
+        shard.history.note_committed(topic, epoch, seq);
     }
 
     /// The copies this node holds of topics it owns now (`is_owned_here`; its owner went
@@ -45,9 +44,14 @@ impl Broker {
                 continue;
             }
             let topics = std::mem::take(&mut shard.commit_moved);
+            let shard = &mut *shard;
             for topic in topics {
                 if let Some(state) = shard.topics.get(&topic).filter(|t| !t.moved) {
-                    moved.push((topic, state.epoch.clone(), state.committed()));
+                    let (epoch, committed) = (state.epoch.clone(), state.committed());
+                    // Recorded with the history too: after a restart this node serves up
+                    // to here before it claims the topic again.
+                    shard.history.note_committed(&topic, &epoch, committed);
+                    moved.push((topic, epoch, committed));
                 }
             }
         }
@@ -96,7 +100,7 @@ impl Broker {
 
 /// Whether a copy and an event sent for the same position are the same publish: the same
 /// id, or the same payload and time.
-fn same_event(kept: &Event, sent: &Event) -> bool {
+pub(super) fn same_event(kept: &Event, sent: &Event) -> bool {
     match (&kept.publish_id, &sent.publish_id) {
         (Some(a), Some(b)) => a == b,
         (None, None) => kept.ts == sent.ts && kept.payload == sent.payload,

@@ -47,6 +47,8 @@ mod fan_out;
 mod groups;
 mod outbox;
 mod progress;
+#[cfg(feature = "disk")]
+mod recovery;
 mod replay;
 mod retention;
 mod sequencing;
@@ -444,7 +446,11 @@ impl Broker {
     }
 
     fn shard(&self, topic: &str) -> &Mutex<TopicShard> {
-        &self.shards[self.shard_hasher.hash_one(topic) as usize % self.shards.len()]
+        &self.shards[self.shard_index(topic)]
+    }
+
+    fn shard_index(&self, topic: &str) -> usize {
+        self.shard_hasher.hash_one(topic) as usize % self.shards.len()
     }
 }
 

@@ -526,10 +526,18 @@ impl Broker {
                     shard.topics.install(topic, epoch.clone(), last, clock);
                     return epoch;
                 }
-                let stored = snapshot
-                    .events
-                    .into_iter()
-                    .try_for_each(|event| shard.history.append(event, now));
+                // What this node's history holds of it already (the same events) is not written again (a
+                // node restarted from disk claims mostly what it holds itself).
+                let history = &mut shard.history;
+                let mut events = snapshot.events.into_iter().peekable();
+                while events
+                    .next_if(|e| {
+                        let held = history.get(topic, &e.epoch, e.seq);
+                        held.is_some_and(|held| super::commits::same_event(&held, e))
+                    })
+                    .is_some()
+                {}
+                let stored = events.try_for_each(|event| history.append(event, now));
                 if let Err(error) = stored {
                     // Without the history it took over, this node cannot serve what the
                     // epoch's positions stand for: a new epoch, so resumers are told.
@@ -543,6 +551,10 @@ impl Broker {
                 shard
                     .topics
                     .install(topic, snapshot.epoch.clone(), snapshot.last_seq, clock);
+                if snapshot.last_seq > 0 {
+                    // Everything taken over is committed: replicas that hold it serve it.
+                    shard.commit_moved.insert(Arc::from(topic));
+                }
                 snapshot.epoch
             }
             None => {

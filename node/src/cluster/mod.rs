@@ -84,6 +84,9 @@ pub struct Cluster {
     leaving: std::sync::atomic::AtomicBool,
     /// Whether this node sees a majority of the cluster (see `has_majority`).
     majority: std::sync::atomic::AtomicBool,
+    /// Set while topics recovered from disk wait to be claimed (`reclaim_recovered`): the
+    /// node is not ready meanwhile, so that clients come once it serves them in full.
+    recovering: std::sync::atomic::AtomicBool,
     /// When this node's view of the cluster last grew: claims wait for it to settle.
     view_settle: topics::view_settle::ViewSettle,
     /// Bumped when this node may have missed events forwarded to its subscribers (a peer
@@ -179,6 +182,7 @@ impl Cluster {
             claims: Mutex::new(HashMap::new()),
             leaving: std::sync::atomic::AtomicBool::new(false),
             majority: std::sync::atomic::AtomicBool::new(alone_by_design),
+            recovering: std::sync::atomic::AtomicBool::new(false),
             view_settle: topics::view_settle::ViewSettle::default(),
             resync: tokio::sync::watch::Sender::new(0),
         });

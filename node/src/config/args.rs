@@ -177,6 +177,18 @@ pub struct ServeArgs {
     /// Bytes of remembered publish ids on this node [default: 67108864 (64 MiB)].
     #[arg(long, env = "MURMUR_DEDUPE_MAX_BYTES", value_name = "BYTES")]
     pub dedupe_max_bytes: Option<usize>,
+    /// Where topic history lives: `memory` (lost with the node) or `disk` (under
+    /// --data-dir, taken up again on restart) [default: memory].
+    #[arg(long, env = "MURMUR_STORAGE", value_name = "BACKEND")]
+    pub storage: Option<crate::config::StorageMode>,
+    /// The node's data directory, for `--storage disk` (one node per directory)
+    /// [default: murmur-data].
+    #[arg(long, env = "MURMUR_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// When disk history is synced: `always` (before a publish is acknowledged),
+    /// `interval` or `interval:<duration>` (every 100 ms by default), `never` [default: interval].
+    #[arg(long, env = "MURMUR_FSYNC", value_name = "WHEN")]
+    pub fsync: Option<crate::config::Fsync>,
     /// Log filter in RUST_LOG syntax, e.g. `info` or `murmur=debug` [default: info].
     #[arg(long, env = "MURMUR_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -289,7 +301,10 @@ impl ServeArgs {
             log_format,
             auth,
             token_leeway,
-            hello_timeout
+            hello_timeout,
+            storage,
+            data_dir,
+            fsync
         );
         // Optional settings: a flag sets them, its absence keeps the file's value.
         macro_rules! apply_some {

@@ -27,6 +27,8 @@ const MAX_TOPIC_IDLE_FORGET: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
 /// The longest `dedupe_window` accepted: a day of ids is a memory bound in name only.
 const MAX_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// `data_dir` by default: beside where the node was started.
+pub const DEFAULT_DATA_DIR: &str = "murmur-data";
 /// `dedupe_max_bytes` by default: about 300 000 remembered ids of 60 bytes.
 pub const DEFAULT_DEDUPE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
@@ -189,6 +191,15 @@ pub struct Settings {
     /// With `auth = token`, a connection that has not said a valid `hello` by then is closed.
     #[serde(with = "humantime_serde")]
     pub hello_timeout: Duration,
+    /// Where topic history lives: `memory` (lost with the node) or `disk` (under
+    /// `data_dir`, taken up again when the node restarts).
+    pub storage: StorageMode,
+    /// The node's data directory (`storage = "disk"`): history goes in `history/` inside.
+    /// One node per directory.
+    pub data_dir: PathBuf,
+    /// When the disk backend syncs what it wrote: `always` (before a publish is
+    /// acknowledged), `interval` / `interval:<duration>` (every 100 ms by default), `never`.
+    pub fsync: Fsync,
 }
 
 /// How clients are authenticated.
@@ -294,6 +305,9 @@ impl Default for Settings {
             token_leeway: Duration::from_secs(30),
             anonymous_permissions: None,
             hello_timeout: Duration::from_secs(5),
+            storage: StorageMode::Memory,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            fsync: Fsync::default(),
         }
     }
 }
@@ -453,7 +467,10 @@ impl Settings {
 }
 
 mod args;
+mod storage;
 mod validate;
+
+pub use storage::{Fsync, StorageMode};
 
 pub use args::ServeArgs;
 

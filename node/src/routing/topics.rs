@@ -431,6 +431,29 @@ impl<W> TopicTable<W> {
         true
     }
 
+    /// Takes up a topic as a durable store kept it across a restart: a copy (claimed before
+    /// it is sequenced), committed as far as the store recorded, last active at
+    /// `last_active_ms` (on the caller's clock; may be before it started). `cut`: the store
+    /// lost events at the end of it, which others may have seen (see
+    /// [`Self::must_renew_epoch`]).
+    pub fn restore_copy(
+        &mut self,
+        topic: &str,
+        epoch: Arc<str>,
+        last_seq: u64,
+        committed: u64,
+        last_active_ms: i64,
+        cut: bool,
+    ) {
+        self.install(topic, epoch, last_seq, last_active_ms);
+        if let Some(state) = self.topics.get_mut(topic) {
+            state.moved = true;
+            state.announced_committed = committed;
+            state.last_active_ms = last_active_ms;
+            state.renew_epoch = cut;
+        }
+    }
+
     /// The owner announced `topic` committed up to `seq` of `epoch` (on a copy).
     pub fn committed_to(&mut self, topic: &str, epoch: &str, seq: u64) {
         if let Some(state) = self.topics.get_mut(topic)

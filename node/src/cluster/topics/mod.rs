@@ -43,6 +43,7 @@ use crate::routing::ownership::{best_ranked, owner, rank};
 
 mod claims;
 mod commits;
+mod reclaim;
 mod replay;
 pub mod view_settle;
 
@@ -466,8 +467,9 @@ impl Cluster {
                 waiting.push(Queued { publication, reply });
                 return;
             }
-            if !self.broker.is_ready(&topic) && self.links().is_empty() {
-                // Alone: nobody else can know the topic; take it over at once.
+            if !self.broker.is_ready(&topic) && self.gossip.view.read().live_peers().is_empty() {
+                // Alone: nobody else can know the topic; take it over at once. (No link is
+                // not enough: peers in the view whose links are not up yet may sequence it.)
                 let known = self.broker.topic_snapshot(&topic);
                 self.broker.install_topic(&topic, known);
             } else if !self.broker.is_ready(&topic) {

@@ -63,12 +63,12 @@ fn restored(log: &Arc<DiskLog>, retention: Retention, now_ms: i64) -> DiskHistor
 }
 
 /// What a resumer is told: gaps (epoch, range, reason), then (epoch, seq, payload).
-fn told(
-    replay: &Replay,
-) -> (
+type Told = (
     Vec<(String, u64, u64, &'static str)>,
     Vec<(String, u64, Payload)>,
-) {
+);
+
+fn told(replay: &Replay) -> Told {
     (
         replay
             .gaps
