@@ -326,3 +326,47 @@ fn the_topic_idle_forget_is_bounded() {
         Duration::from_secs(30)
     );
 }
+
+#[test]
+fn storage_settings_from_file_and_flags() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(
+        &path,
+        "storage = \"disk\"\ndata_dir = \"/var/lib/murmur\"\nfsync = \"interval:250ms\"\n",
+    )
+    .unwrap();
+    let args = ServeArgs {
+        config: Some(path.clone()),
+        ..ServeArgs::default()
+    };
+    let settings = args.settings().unwrap();
+    assert_eq!(settings.storage, StorageMode::Disk);
+    assert_eq!(settings.data_dir, PathBuf::from("/var/lib/murmur"));
+    assert_eq!(settings.fsync, Fsync::Interval(Duration::from_millis(250)));
+    let flagged = ServeArgs {
+        fsync: Some(Fsync::Always),
+        storage: Some(StorageMode::Memory),
+        ..args.clone()
+    };
+    let settings = flagged.settings().unwrap();
+    assert_eq!(
+        (settings.storage, settings.fsync),
+        (StorageMode::Memory, Fsync::Always)
+    );
+    let defaults = Settings::default();
+    assert_eq!(
+        (defaults.storage, defaults.fsync, defaults.data_dir),
+        (
+            StorageMode::Memory,
+            Fsync::Interval(Duration::from_millis(100)),
+            PathBuf::from("murmur-data")
+        )
+    );
+    std::fs::write(&path, "fsync = \"sometimes\"\n").unwrap();
+    let err = args.settings().unwrap_err().to_string();
+    assert!(err.contains("sometimes"), "{err}");
+    std::fs::write(&path, "storage = \"disk\"\ndata_dir = \"\"\n").unwrap();
+    let err = args.settings().unwrap_err().to_string();
+    assert!(err.contains("data_dir"), "{err}");
+}

@@ -148,6 +148,15 @@ impl Settings {
         if !(MIN_TOPIC_IDLE_FORGET..=MAX_TOPIC_IDLE_FORGET).contains(&self.topic_idle_forget) {
             return invalid("topic_idle_forget", "must be between 1s and 7days");
         }
+        if self.storage == StorageMode::Disk && self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir", "must name a directory with storage = \"disk\"");
+        }
+        if self.storage == StorageMode::Disk && !cfg!(feature = "disk") {
+            return invalid(
+                "storage",
+                "this build has no disk backend (built without the `disk` feature)",
+            );
+        }
         if self.dedupe_window > MAX_DEDUPE_WINDOW {
             return invalid("dedupe_window", "must be at most 1day (0 turns it off)");
         }
