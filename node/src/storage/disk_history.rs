@@ -7,9 +7,11 @@
 //!   memory copy as it was and fails the call (the broker answers `unavailable`).
 //! - **One retention.** The memory copy is trimmed by the retention settings as the memory
 //!   backend is; whatever it trims (count, age, bytes, the node's budget) is trimmed from the
-//!   log too ([`MemoryHistory::take_trims`]), so the disk never serves what the node would
-//!   not, and never holds more than retention allows. Trims are record updates on disk
-//!   (compactions drop the events later), cheap enough to follow every append.
+//!   log too ([`MemoryHistory::take_trims`]): record updates (compactions drop the events
+//!   later), gathered and written in one batch with the once-a-second expiry, or sooner when
+//!   4,096 are waiting. Reads come from memory, so a trim not yet on disk is never served;
+//!   after a crash the log may hold up to a second of events memory had trimmed, and the
+//!   restore trims them again by the same retention.
 //! - **Reads from memory**, as fast as the memory backend's. History beyond RAM, paged from
 //!   disk, is the next step of issue 17 (docs/storage.md); until then what a node retains
 //!   is bounded by `history_max_total_bytes` on disk as in memory.
@@ -23,13 +25,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::disk::{DiskLog, TopicRecord};
-use super::memory::MemoryHistory;
+use super::memory::{MemoryHistory, Trimmed};
 use super::{HistoryBudget, HistoryStore, Replay, Retention, StorageError};
 use crate::event::Event;
 use crate::limits::LogLimiter;
 
 /// Events read from the log at once when a topic is restored.
 const RESTORE_PAGE_EVENTS: usize = 4096;
+
+/// Trims of the memory copy waiting to be written to the log, at most: past it they are
+/// written at once rather than with the next second's [`HistoryStore::expire`].
+const TRIMS_WRITTEN_AT: usize = 4096;
 
 /// A shard's topic history on disk, served from memory (see the module docs).
 #[derive(Debug)]
@@ -80,30 +86,40 @@ impl DiskHistory {
         Ok(())
     }
 
-    /// Trims the log as far as the memory copy was trimmed.
+    /// Trims the log as far as the memory copy was trimmed: one batch for every topic
+    /// trimmed since the last call, each to the furthest point.
     fn trim_log(&mut self) {
         let trims = self.cache.take_trims();
         if trims.is_empty() {
             return;
         }
-        // The last trim of a topic goes furthest.
-        let mut furthest: HashMap<Arc<str>, (Arc<str>, u64)> = HashMap::new();
+        let mut furthest: HashMap<Arc<str>, Trimmed> = HashMap::with_capacity(trims.len());
         for trim in trims {
-            let entry = furthest
-                .entry(trim.topic)
-                .or_insert((trim.epoch.clone(), trim.first_seq));
-            if entry.0 == trim.epoch {
-                entry.1 = entry.1.max(trim.first_seq);
-            } else {
-                *entry = (trim.epoch, trim.first_seq);
+            match furthest.get_mut(&trim.topic) {
+                // The same epoch: trims only move forward. Another: the newer one counts.
+                Some(known) if known.epoch == trim.epoch && known.first_seq >= trim.first_seq => {}
+                Some(known) => *known = trim,
+                None => {
+                    furthest.insert(trim.topic.clone(), trim);
+                }
             }
         }
-        for (topic, (epoch, first_seq)) in furthest {
-            let on_disk = self.log.topic(&topic);
-            let behind = on_disk.is_some_and(|r| r.epoch == epoch && r.low_seq < first_seq);
-            if behind && let Err(error) = self.log.trim_front(&topic, first_seq - 1) {
-                self.warn_refused("trim", &topic, &error);
-            }
+        let batch: Vec<(Arc<str>, Arc<str>, u64, i64)> = furthest
+            .into_values()
+            .filter(|t| t.first_seq > 0)
+            .map(|t| (t.topic, t.epoch, t.first_seq - 1, t.trimmed_until_ts))
+            .collect();
+        if let Err(error) = self.log.trim_fronts(&batch) {
+            let topic = batch.first().map_or("", |t| &*t.0).to_owned();
+            self.warn_refused("trim", &topic, &error);
+        }
+    }
+
+    /// Trims the log now if many trims are waiting (they are otherwise written once a
+    /// second, by [`HistoryStore::expire`]).
+    fn trim_log_if_due(&mut self) {
+        if self.cache.trims_pending() >= TRIMS_WRITTEN_AT {
+            self.trim_log();
         }
     }
 
@@ -123,7 +139,7 @@ impl HistoryStore for DiskHistory {
     fn append(&mut self, event: Arc<Event>, now_ms: i64) -> Result<(), StorageError> {
         self.log.append(std::slice::from_ref(&event))?;
         self.cache.append(event, now_ms)?;
-        self.trim_log();
+        self.trim_log_if_due();
         Ok(())
     }
 
@@ -133,13 +149,17 @@ impl HistoryStore for DiskHistory {
         events: Vec<Arc<Event>>,
         now_ms: i64,
     ) -> Result<(), StorageError> {
+        // Trims waiting for this topic were of its old history: written first, so none
+        // lands on the new one.
+        self.trim_log();
         self.log.replace(topic, &events)?;
         self.cache.replace(topic, events, now_ms)?;
-        self.trim_log();
+        self.trim_log_if_due();
         Ok(())
     }
 
     fn forget_from(&mut self, topic: &str, epoch: &str, seq: u64) {
+        self.trim_log();
         if let Err(error) = self.log.forget_from(topic, epoch, seq) {
             self.warn_refused("forget", topic, &error);
         }
@@ -153,11 +173,12 @@ impl HistoryStore for DiskHistory {
 
     fn trim_oldest(&mut self, bytes: usize, spare: Option<&str>) -> usize {
         let freed = self.cache.trim_oldest(bytes, spare);
-        self.trim_log();
+        self.trim_log_if_due();
         freed
     }
 
     fn forget_one(&mut self, topic: &str) {
+        self.trim_log();
         if self.log.topic(topic).is_some()
             && let Err(error) = self.log.forget_topic(topic)
         {

@@ -115,12 +115,14 @@ pub struct MemoryHistory {
     trims: Option<Vec<Trimmed>>,
 }
 
-/// A topic trimmed from the front: everything of `epoch` before `first_seq` is gone.
+/// A topic trimmed from the front: everything of `epoch` before `first_seq` is gone, the
+/// newest of it published at `trimmed_until_ts`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Trimmed {
     pub topic: Arc<str>,
     pub epoch: Arc<str>,
     pub first_seq: u64,
+    pub trimmed_until_ts: i64,
 }
 
 impl MemoryHistory {
@@ -149,6 +151,12 @@ impl MemoryHistory {
         self.trims.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
+    /// How many trims [`Self::take_trims`] would return.
+    #[cfg_attr(not(feature = "disk"), allow(dead_code))]
+    pub(crate) fn trims_pending(&self) -> usize {
+        self.trims.as_ref().map_or(0, Vec::len)
+    }
+
     fn note_trim(
         trims: &mut Option<Vec<Trimmed>>,
         topic: &Arc<str>,
@@ -162,6 +170,7 @@ impl MemoryHistory {
                 topic: topic.clone(),
                 epoch: history.epoch.clone(),
                 first_seq: history.first_seq,
+                trimmed_until_ts: history.trimmed_until_ts,
             });
         }
     }

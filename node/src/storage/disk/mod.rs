@@ -271,6 +271,30 @@ impl DiskLog {
         })
     }
 
+    /// Trims several topics from the front in one batch, as [`Self::trim_front`] does one,
+    /// for a caller that knows the `ts` of the newest event each trim removes (no read of
+    /// it): `(topic, epoch, up_to_seq, newest_trimmed_ts)`. A trim of another epoch than the
+    /// topic's is ignored.
+    pub fn trim_fronts(
+        &self,
+        trims: &[(Arc<str>, Arc<str>, u64, i64)],
+    ) -> Result<(), StorageError> {
+        self.write(Durability::Relaxed, |txn| {
+            for (topic, epoch, up_to_seq, newest_ts) in trims {
+                let Some(mut record) = txn.record(topic) else {
+                    continue;
+                };
+                if record.epoch != *epoch || record.is_empty() || *up_to_seq < record.low_seq {
+                    continue;
+                }
+                record.low_seq = (*up_to_seq).min(record.high_seq) + 1;
+                record.trimmed_until_ts = record.trimmed_until_ts.max(*newest_ts);
+                txn.stage(record.topic.clone(), Some(record));
+            }
+            Ok(())
+        })
+    }
+
     /// Drops every record of `topic`; compactions drop its events.
     pub fn forget_topic(&self, topic: &str) -> Result<(), StorageError> {
         self.write(Durability::Mode, |txn| {

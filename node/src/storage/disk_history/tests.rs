@@ -164,15 +164,20 @@ fn the_log_is_trimmed_as_far_as_memory_is() {
             .append(event("t", "e1", seq, 1_000 * seq as i64), 10_000)
             .expect("the store takes it");
     }
+    // Trims are written with the next second's expiry.
+    assert_eq!(log.topic("t").expect("the log knows t").low_seq, 1);
+    store.expire(10_000);
     let record = log.topic("t").expect("the log knows t");
     assert_eq!(
         (record.low_seq, record.high_seq),
         (8, 10),
         "count retention"
     );
+    assert_eq!(record.trimmed_until_ts, 7_000);
     // For room: the oldest events go, on disk too.
     let freed = store.trim_oldest(1, None);
     assert!(freed > 0);
+    store.expire(10_000);
     assert_eq!(log.topic("t").expect("t").low_seq, 9);
     // By age: a minute after the newest, nothing is left, and the record says what was.
     store.expire(10_000 + 61_000);
@@ -183,6 +188,30 @@ fn the_log_is_trimmed_as_far_as_memory_is() {
         log.read("t", 0, usize::MAX, usize::MAX)
             .expect("reads")
             .is_empty()
+    );
+}
+
+#[test]
+fn many_waiting_trims_are_written_at_once() {
+    let dir = TempDir::new().expect("a temporary directory");
+    let log = open(dir.path());
+    let mut store = DiskHistory::new(log.clone(), retention(1, Duration::from_secs(3600)));
+    let topics = super::TRIMS_WRITTEN_AT as u64 + 10;
+    for seq in 1..=2 {
+        for topic in 0..topics {
+            store
+                .append(event(&format!("t{topic}"), "e1", seq, 1_000), 2_000)
+                .expect("the store takes it");
+        }
+    }
+    // Each topic was trimmed once by the second round; most of those trims are on disk
+    // without an expiry.
+    let trimmed = (0..topics)
+        .filter(|t| log.topic(&format!("t{t}")).expect("known").low_seq == 2)
+        .count();
+    assert!(
+        trimmed >= super::TRIMS_WRITTEN_AT,
+        "{trimmed} trimmed on disk"
     );
 }
 
