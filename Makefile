@@ -7,7 +7,7 @@ RELEASE_TOOLS = $(CARGO) build --release -p murmur -p murmur-bench -p murmur-abu
 
 IMAGE ?= murmur:latest
 
-.PHONY: image compose-test check-deploy help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics measure-resume bench bench-smoke perf-count perf-count-cluster bench-scale storage-compare abuse abuse-smoke chaos chaos-soak chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
+.PHONY: image compose-test check-deploy help build run cluster cluster-stop cluster-status measure-membership measure-publish measure-idle measure-topics measure-resume bench bench-smoke bench-storage perf-count perf-count-cluster bench-scale storage-compare abuse abuse-smoke chaos chaos-soak chaos-smoke fuzz fuzz-smoke test test-js test-browser demo demo-kill test-http-schema lint fmt bench-matching clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ bench: ## Murmur next to a 3-node NATS cluster (nats-server from Debian; JetStre
 bench-scale: ## Fan-out and fan-in on clusters of 1, 2, 3, 5 and 9 nodes: the nodes' CPU, bytes and events per write per delivery, then docs/scaling.md's model fitted and checked (~6 min)
 	flock /tmp/murmur-bench.lock bench/scale.sh
 	python3 bench/scale_model.py target/bench/scale.jsonl
+
+bench-storage: ## Acknowledged fan-in on 3 nodes with storage memory, disk+interval, disk+always, alternating (3 rounds, ~2 min): target/bench/storage-acked.jsonl
+	$(CARGO) build --release -p murmur -p murmur-bench
+	flock /tmp/murmur-bench-storage.lock bench/storage-acked.sh
 
 storage-compare: ## fjall against redb on the history write pattern (appends per fsync mode, startup, pages, trimming; ~2.5 min; QUICK=1 for ~25 s): docs/storage.md
 	$(CARGO) build --release -p storage-compare

@@ -6,6 +6,7 @@
 #
 #   bench/storage-acked.sh                 # `make bench-storage`: 3 rounds, 200 topics x 200
 #   ROUNDS=5 TOPICS=1000 MESSAGES=100 bench/storage-acked.sh
+#   NODE_ARGS="--history-max-events 50" bench/storage-acked.sh   # steady trimming
 #
 # Ports 7600/7610/7620 (WebSocket), +1 gossip, +2 QUIC, +3 admin; data directories in a
 # temporary directory, removed at the end. Results: target/bench/storage-acked.jsonl.
@@ -41,7 +42,7 @@ start() {
     MURMUR_MAX_CONNECTIONS_PER_IP=0 "$bin" serve --name "n$i" --cluster-key-file "$work/cluster.key" \
       --listen "127.0.0.1:$base" --gossip "127.0.0.1:$((base + 1))" --quic "127.0.0.1:$((base + 2))" \
       --admin-listen "127.0.0.1:$((base + 3))" --seeds 127.0.0.1:7601,127.0.0.1:7611 \
-      "$@" ${disk:+--data-dir "$work/data/n$i"} >"$work/$label-n$i.log" 2>&1 &
+      "$@" ${disk:+--data-dir "$work/data/n$i"} ${NODE_ARGS:-} >"$work/$label-n$i.log" 2>&1 &
     pids+=($!)
   done
   for _ in $(seq 1 150); do

@@ -3,8 +3,9 @@
 //!
 //! fjall replays its journal batch by batch and drops a torn last batch, and checksums
 //! every journal batch and table block; a record and the events it describes are written in
-//! one batch. So after a crash the two agree, unless something below broke that promise (a
-//! disk that lied about a sync, a bug, a hand edit). The check is there for that case and
+//! one batch, except that appends following a topic's history write only their events, and
+//! the record is extended over them here (`extend`). So after a crash the two agree, unless
+//! something below broke that promise (a disk that lied about a sync, a bug, a hand edit). The check is there for that case and
 //! costs little: for each topic the last [`TAIL_CHECK_EVENTS`] events of the recorded range
 //! are read backwards and decoded (key present, value well-formed, of the record's epoch).
 //! The retained history must stay contiguous, so:
@@ -174,11 +175,23 @@ pub(super) fn recover(
                 }
             },
         };
+        let decoded = record.clone();
+        let (record, stray) = extend(events, record)?;
+        if let (Some(&first), Some(&last)) = (stray.first(), stray.last()) {
+            repairs.push(Repair {
+                topic: topic.clone(),
+                epoch: record.epoch.clone(),
+                kind: RepairKind::CutTail,
+                from_seq: first,
+                to_seq: last,
+                reason: "events past a missing or unreadable one",
+            });
+        }
         let checked = check(events, record.clone())?;
-        for seq in &checked.cut_keys {
+        for seq in checked.cut_keys.iter().chain(&stray) {
             batch.remove(events, event_key(&topic, record.generation, *seq));
         }
-        if rebuilt || checked.record != record {
+        if rebuilt || checked.record != decoded {
             batch.insert(
                 topics,
                 layout::record_key(&topic),
@@ -204,6 +217,40 @@ pub(super) fn recover(
         repairs,
         next_gen,
     })
+}
+
+/// Extends `record` over the events written after it in its generation: appends that
+/// followed a topic's history write the events but not the record (see `DiskLog::write`).
+/// Stops at the first missing or unreadable event, or one of another epoch; a torn batch
+/// is never there (fjall drops it whole), so that is the end of what was appended. Keys
+/// found past that point (damage) are returned to be deleted, so that a later extension
+/// never reaches them.
+fn extend(
+    events: &Keyspace,
+    mut record: TopicRecord,
+) -> Result<(TopicRecord, Vec<u64>), StorageError> {
+    let mut stray = Vec::new();
+    let Some(next) = record.high_seq.checked_add(1) else {
+        return Ok((record, stray));
+    };
+    let range = event_key(&record.topic, record.generation, next)
+        ..=event_key(&record.topic, record.generation, u64::MAX);
+    let mut ended = false;
+    for item in events.range(range) {
+        let (key, value) = item.into_inner()?;
+        let Some((_, seq)) = split_event_key(&key) else {
+            continue;
+        };
+        let follows = seq == record.high_seq + 1;
+        let readable = view_event(&value).is_ok_and(|v| v.epoch == &*record.epoch);
+        if ended || !(follows && readable) {
+            ended = true;
+            stray.push(seq);
+            continue;
+        }
+        record.high_seq = seq;
+    }
+    Ok((record, stray))
 }
 
 struct Checked {

@@ -6,7 +6,7 @@ use tempfile::TempDir;
 
 use super::layout::{encode_event, view_event};
 use super::recovery::TAIL_CHECK_EVENTS;
-use super::tests::{all, append_range, open, raw_keys, reopen, seqs};
+use super::tests::{all, append_range, event, open, raw_keys, reopen, seqs};
 use super::*;
 use crate::event::Payload;
 
@@ -280,4 +280,51 @@ fn values_written_by_the_log_pass_its_own_check() {
         .with_publish_id(Some(id));
     assert!(check_event(&event).is_ok());
     assert!(view_event(&encode_event(&event)).is_ok());
+}
+
+#[test]
+fn appends_that_follow_are_found_past_the_record_and_strays_past_a_hole_are_cut() {
+    let dir = TempDir::new().expect("temp dir");
+    let (log, _) = open(dir.path());
+    append_range(&log, "t", "e", 1..=3);
+    // A trim writes the record (high_seq 3 then); the appends after it write only events.
+    log.trim_front("t", 1).expect("trims");
+    append_range(&log, "t", "e", 4..=9);
+    let stored = log
+        .topics
+        .get(layout::record_key("t"))
+        .expect("reads")
+        .expect("a record");
+    let on_disk = layout::decode_record("t".into(), &stored).expect("decodes");
+    assert_eq!(
+        (on_disk.low_seq, on_disk.high_seq),
+        (2, 3),
+        "not rewritten per append"
+    );
+    let generation = on_disk.generation;
+    let (log, recovered) = reopen(log, dir.path());
+    assert!(recovered.repairs.is_empty(), "{:?}", recovered.repairs);
+    let record = log.topic("t").expect("t");
+    assert_eq!(
+        (record.low_seq, record.high_seq),
+        (2, 9),
+        "extended over the appends"
+    );
+    assert_eq!(seqs(&all(&log, "t")), (2..=9).collect::<Vec<_>>());
+    // Damage: a hole at 11 with an event past it. The extension stops at the hole and the
+    // stray goes, so that appends filling 10 and 11 later never run into it.
+    let later = event("t", "e", 12);
+    put(&log, generation, 10, &encode_event(&event("t", "e", 10)));
+    put(&log, generation, 12, &encode_event(&later));
+    let (log, recovered) = reopen(log, dir.path());
+    let repair = only_repair(&recovered);
+    assert_eq!(
+        (repair.kind, repair.from_seq, repair.to_seq),
+        (RepairKind::CutTail, 12, 12)
+    );
+    assert_eq!(seqs(&all(&log, "t")), (2..=10).collect::<Vec<_>>());
+    let log = settled(&dir, log);
+    append_range(&log, "t", "e", 11..=11);
+    let (log, _) = reopen(log, dir.path());
+    assert_eq!(seqs(&all(&log, "t")), (2..=11).collect::<Vec<_>>());
 }
