@@ -186,3 +186,159 @@ fn logs(nodes: &[NodeProcess]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Runs the node in a user and mount namespace of its own with a 3 MiB tmpfs on its data
+/// directory, 1 MiB of it taken by `filler`; `None` when this machine cannot.
+fn spawn_on_small_tmpfs(dir: &Path, data: &Path) -> Option<NodeProcess> {
+    let probe = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("note: skipped: `unshare --user --map-root-user --mount` is not available here");
+        return None;
+    }
+    std::fs::create_dir_all(data).ok()?;
+    let script = r#"mount -t tmpfs -o size=3m murmur-full "$1" || exit 97
+dd if=/dev/zero of="$1/filler" bs=64k count=16 2>/dev/null || exit 98
+shift; exec "$@""#;
+    let data_arg = data.display().to_string();
+    let wrapper = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        &data_arg,
+    ];
+    let args = [
+        "--storage",
+        "disk",
+        "--data-dir",
+        &data_arg,
+        "--fsync",
+        "interval",
+    ];
+    Some(NodeProcess::spawn_under(
+        &wrapper,
+        "full",
+        free_udp(),
+        &[],
+        &args,
+        dir,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_publishes_keeps_serving_and_recovers_when_space_returns() -> TestResult
+{
+    let dir = tempfile::TempDir::new()?;
+    let data = dir.path().join("data");
+    let Some(mut node) = spawn_on_small_tmpfs(dir.path(), &data) else {
+        return Ok(());
+    };
+    node.wait_ready(READY_WITHIN).await;
+    let topic = "disk.full";
+    let mut client = connect(&node).await?;
+    // Incompressible (the store compresses): hex of a xorshift sequence.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let blob: String = (0..2048)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            format!("{state:016x}")
+        })
+        .collect();
+    let mut acked = Vec::new();
+    let mut epoch = String::new();
+    let mut refusal = Value::Null;
+    for n in 1..=1000u64 {
+        let data = json!({"n": n, "blob": blob});
+        client
+            .send_json(json!({"op": "pub", "topic": topic, "data": data, "ref": format!("p{n}")}))
+            .await?;
+        let answer = client.recv_json().await?;
+        if answer["op"] == "ok" {
+            epoch = answer["epoch"].as_str().unwrap_or_default().to_owned();
+            assert_eq!(answer["seq"], n, "{answer}");
+            acked.push(data);
+        } else {
+            refusal = answer;
+            break;
+        }
+    }
+    assert_eq!(
+        refusal["code"],
+        "unavailable",
+        "{refusal}\n{}",
+        node.log_tail()
+    );
+    let why = refusal["message"].as_str().unwrap_or_default();
+    assert!(why.contains("disk full"), "{why}");
+    assert!(
+        acked.len() > 10,
+        "{} acknowledged before the disk filled",
+        acked.len()
+    );
+    // Refused again while full: no position is used up meanwhile.
+    let (again, _) = client
+        .request(json!({"op": "pub", "topic": topic, "data": 0, "ref": "while-full"}))
+        .await
+        .map(|a| (a, ()))?;
+    assert_eq!(again["code"], "unavailable", "{again}");
+
+    // Reads go on: everything acknowledged is replayed.
+    let check = |expected: Vec<Value>, epoch: String| {
+        let node = &node;
+        async move {
+            let mut reader = connect(node).await?;
+            let ok = reader
+                .request(json!({"op": "sub", "id": "r", "topic": topic, "from": {"epoch": epoch, "seq": 0}}))
+                .await?;
+            assert_eq!(ok["op"], "ok", "{ok}");
+            let events = recv_n(&mut reader, expected.len()).await?;
+            let want: Vec<u64> = (1..=expected.len() as u64).collect();
+            assert_eq!(seqs(&events), want);
+            for (event, data) in events.iter().zip(&expected) {
+                assert_eq!(&event["data"], data);
+            }
+            reader.ping("nothing-more").await
+        }
+    };
+    check(acked.clone(), epoch.clone()).await?;
+
+    // Space returns: the node reopens its history within seconds and stores again, in the
+    // same epoch, right after what was acknowledged.
+    let filler = format!("/proc/{}/root{}/filler", node.child.id(), data.display());
+    std::fs::remove_file(&filler)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let next = json!({"after": "space came back"});
+    loop {
+        let (answer, _) = client
+            .request(json!({"op": "pub", "topic": topic, "data": next, "ref": "after"}))
+            .await
+            .map(|a| (a, ()))?;
+        if answer["op"] == "ok" {
+            assert_eq!(answer["epoch"], epoch.as_str(), "{answer}");
+            assert_eq!(answer["seq"], acked.len() as u64 + 1, "{answer}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still refused: {answer}\n{}",
+            node.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    acked.push(next);
+    check(acked, epoch).await?;
+    assert!(
+        node.log_tail().contains("history on disk reopened"),
+        "{}",
+        node.log_tail()
+    );
+    Ok(())
+}

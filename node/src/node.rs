@@ -362,8 +362,9 @@ fn open_history(
             let started = std::time::Instant::now();
             let (log, recovered) = DiskLog::open(&dir, settings.fsync.into()).map_err(failed)?;
             // Recovery logged each repair it made; the broker renews what they cut.
+            let log = Arc::new(crate::storage::disk_history::SharedLog::new(log));
             let (broker, topics) = broker
-                .with_disk_history(&Arc::new(log), &recovered.repairs)
+                .with_disk_history(log, &recovered.repairs)
                 .map_err(failed)?;
             tracing::info!(
                 dir = %dir.display(),
@@ -394,6 +395,8 @@ async fn expire_history(state: Arc<NodeState>) {
             _ = tick.tick() => {
                 let claimed = state.cluster.claimed_topics();
                 state.broker.expire_history(&claimed);
+                #[cfg(feature = "disk")]
+                state.broker.reopen_failed_history();
             }
         }
     }

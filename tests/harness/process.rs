@@ -45,6 +45,20 @@ impl NodeProcess {
         args: &[&str],
         log_dir: &Path,
     ) -> Self {
+        Self::spawn_under(&[], name, gossip, seeds, args, log_dir)
+    }
+
+    /// [`Self::spawn`], with the node's command line given to `wrapper` (a program and
+    /// its first arguments, e.g. `unshare … sh -c …`) rather than run itself; the wrapper
+    /// must `exec` it, so that the child is the node.
+    pub fn spawn_under(
+        wrapper: &[&str],
+        name: &str,
+        gossip: SocketAddr,
+        seeds: &[SocketAddr],
+        args: &[&str],
+        log_dir: &Path,
+    ) -> Self {
         let (listen, admin) = (free_tcp(), free_tcp());
         let log = log_dir.join(format!("{name}.log"));
         let stderr = std::fs::OpenOptions::new()
@@ -52,7 +66,14 @@ impl NodeProcess {
             .append(true)
             .open(&log)
             .expect("the node's log file opens");
-        let mut command = Command::new(murmur_binary());
+        let mut command = match wrapper.split_first() {
+            Some((program, first)) => {
+                let mut command = Command::new(program);
+                command.args(first).arg(murmur_binary());
+                command
+            }
+            None => Command::new(murmur_binary()),
+        };
         command
             .args(["serve", "--name", name, "--listen", &listen.to_string()])
             .args(["--admin-listen", &admin.to_string()])

@@ -165,6 +165,10 @@ pub struct Broker {
     stall_fence: std::sync::OnceLock<Arc<crate::cluster::fence::StallFence>>,
     /// Bounds the publish ids remembered across every shard (setting `dedupe_max_bytes`).
     dedupe_budget: Arc<DedupeBudget>,
+    /// The disk log behind the shards' histories (`storage = "disk"`), reopened after a
+    /// failure.
+    #[cfg(feature = "disk")]
+    disk: Option<recovery::DiskState>,
     pub stats: BrokerStats,
 }
 
@@ -228,6 +232,8 @@ impl Broker {
             started: std::time::Instant::now(),
             stall_fence: std::sync::OnceLock::new(),
             dedupe_budget,
+            #[cfg(feature = "disk")]
+            disk: None,
             stats: BrokerStats::default(),
         }
     }

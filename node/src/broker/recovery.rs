@@ -8,10 +8,24 @@
 //! position as recorded on disk (what the owner last said was stored on every replica).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use super::{Broker, now_ms};
-use crate::storage::disk::{DiskLog, Repair, RepairKind};
+use crate::storage::disk::{Repair, RepairKind};
+use crate::storage::disk_history::SharedLog;
 use crate::storage::{DiskHistory, HistoryStore, StorageError};
+
+/// How often a failed disk log is tried again.
+const REOPEN_EVERY: Duration = Duration::from_secs(5);
+
+/// The broker's disk log, for reopening it after a failure.
+#[derive(Debug)]
+pub(super) struct DiskState {
+    log: Arc<SharedLog>,
+    last_attempt: Mutex<Option<Instant>>,
+}
 
 impl Broker {
     /// Keeps history in `log` from now on, and takes up every topic it holds; returns the
@@ -24,7 +38,7 @@ impl Broker {
     /// claim then starts a new epoch, and cursors past the cut are told `epoch_changed`).
     pub fn with_disk_history(
         mut self,
-        log: &Arc<DiskLog>,
+        log: Arc<SharedLog>,
         repairs: &[Repair],
     ) -> Result<(Self, Vec<Arc<str>>), StorageError> {
         let now = now_ms();
@@ -33,7 +47,7 @@ impl Broker {
             .map(|_| DiskHistory::new(log.clone(), self.retention.clone()))
             .collect();
         let mut recovered = Vec::new();
-        for record in log.topics() {
+        for record in log.get()?.topics() {
             let index = self.shard_index(&record.topic);
             let store = &mut stores[index];
             store.restore(&record, now)?;
@@ -60,6 +74,64 @@ impl Broker {
         for (shard, store) in self.shards.iter_mut().zip(stores) {
             shard.get_mut().history = Box::new(store) as Box<dyn HistoryStore>;
         }
+        self.disk = Some(DiskState {
+            log,
+            last_attempt: Mutex::new(None),
+        });
         Ok((self, recovered))
+    }
+
+    /// True while the disk history refuses writes (after a failure, until it is reopened).
+    pub fn disk_history_failed(&self) -> bool {
+        self.disk.as_ref().is_some_and(|d| d.log.has_failed())
+    }
+
+    /// Reopens the disk history if it failed (at most every 5 s; see `SharedLog`): with
+    /// every shard locked, closes the log, opens it again (recovering what was
+    /// acknowledged), and has every shard write what it serves over what the failed writes
+    /// left; topics no shard holds any more are forgotten on disk. Publishes of the topics
+    /// wait for the locks meanwhile. Returns true when the log was reopened.
+    pub fn reopen_failed_history(&self) -> bool {
+        let Some(disk) = &self.disk else {
+            return false;
+        };
+        if !disk.log.has_failed() {
+            return false;
+        }
+        {
+            let mut last = disk.last_attempt.lock();
+            if last.is_some_and(|at| at.elapsed() < REOPEN_EVERY) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        let mut shards: Vec<_> = self.shards.iter().map(|s| s.lock()).collect();
+        if let Err(error) = disk.log.reopen() {
+            tracing::warn!(%error, "history on disk is still failing; publishes get `unavailable`, reads go on from memory; trying again in 5 s");
+            return false;
+        }
+        let mut held = std::collections::HashSet::new();
+        for shard in &mut shards {
+            match shard.history.rewrite_durable() {
+                Ok(topics) => held.extend(topics),
+                Err(error) => {
+                    tracing::warn!(%error, "history on disk failed again while it was rewritten; trying again in 5 s");
+                    return false;
+                }
+            }
+        }
+        let forgotten = disk.log.get().and_then(|log| {
+            let gone: Vec<_> = log.topics().filter(|r| !held.contains(&r.topic)).collect();
+            gone.iter().try_for_each(|r| log.forget_topic(&r.topic))
+        });
+        if let Err(error) = forgotten {
+            tracing::warn!(%error, "history on disk failed again while it was rewritten; trying again in 5 s");
+            return false;
+        }
+        tracing::info!(
+            topics = held.len(),
+            "history on disk reopened after a failure: publishes are stored again"
+        );
+        true
     }
 }

@@ -138,6 +138,15 @@ impl Broker {
                 }
             };
         }
+        if !shard.topics.is_ready(topic) {
+            return Sequenced::NotReady;
+        }
+        if let Err(error) = shard.history.writable() {
+            // The store refuses writes until it is reopened: no position is taken for an
+            // event that could not be kept.
+            self.stats.events_not_stored.fetch_add(1, Ordering::Relaxed);
+            return Sequenced::Failed(error);
+        }
         let Some((name, epoch, seq)) = shard.topics.next(topic, clock) else {
             return Sequenced::NotReady;
         };
@@ -155,15 +164,14 @@ impl Broker {
         // Stored here first: an event this node cannot keep is never sent, fanned out or
         // acknowledged.
         if let Err(error) = shard.history.append(event.clone(), now) {
-            // A failed write may have reached the disk in part, so the position is not used
-            // again: as when a replica refuses, what waits for replicas fails and the next
-            // publish claims the topic again, in a new epoch.
+            // Nothing of the event left this node: its position goes back, and the events
+            // before it (stored) go on. A write that reached the disk in part is no danger:
+            // a durable store that failed refuses writes (`writable`) until it is reopened
+            // and rewritten from memory, which does not hold this event.
             self.stats.events_not_stored.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(topic, seq, %error, "could not store a sequenced event; the publish is refused and the topic claimed again");
+            tracing::warn!(topic, seq, %error, "could not store a sequenced event; the publish is refused");
             Self::forget_failed(&mut shard, &event);
-            for (failed, _signal) in shard.topics.fail_unstored(topic) {
-                Self::forget_failed(&mut shard, &failed);
-            }
+            shard.topics.give_back(topic, seq);
             return Sequenced::Failed(error);
         }
         if let Some(id) = &event.publish_id {

@@ -19,6 +19,10 @@ use crate::storage::{HistoryBudget, HistoryStore, MemoryHistory, Replay, Retenti
 struct FailingHistory {
     inner: MemoryHistory,
     fail: Arc<AtomicBool>,
+    /// `writable` refuses while writes fail (a store that knows it failed and refuses until
+    /// reopened); otherwise it says yes and the write itself fails, as the first one on a
+    /// full disk does.
+    refuse_until_reopened: bool,
 }
 
 impl FailingHistory {
@@ -35,6 +39,13 @@ impl FailingHistory {
 }
 
 impl HistoryStore for FailingHistory {
+    fn writable(&self) -> Result<(), StorageError> {
+        if self.refuse_until_reopened {
+            self.refused()
+        } else {
+            Ok(())
+        }
+    }
     fn append(&mut self, event: Arc<Event>, now_ms: i64) -> Result<(), StorageError> {
         self.refused()?;
         self.inner.append(event, now_ms)
@@ -91,6 +102,11 @@ impl HistoryStore for FailingHistory {
 
 /// A broker whose history fails while the returned switch is on.
 fn failing_broker() -> (Broker, Arc<AtomicBool>) {
+    failing_broker_that(false)
+}
+
+/// The same, with `FailingHistory::refuse_until_reopened` set as given.
+fn failing_broker_that(refuse_until_reopened: bool) -> (Broker, Arc<AtomicBool>) {
     let fail = Arc::new(AtomicBool::new(false));
     let retention = Retention::default();
     let switch = fail.clone();
@@ -98,6 +114,7 @@ fn failing_broker() -> (Broker, Arc<AtomicBool>) {
         Box::new(FailingHistory {
             inner: MemoryHistory::new(retention.clone()),
             fail: switch.clone(),
+            refuse_until_reopened,
         })
     });
     (broker, fail)
@@ -114,7 +131,7 @@ fn replicated_seqs(queues: &mut crate::cluster::link::LinkQueues) -> Vec<u64> {
 }
 
 #[test]
-fn an_owner_that_cannot_store_an_event_refuses_it_sends_nothing_and_renews_the_epoch() {
+fn an_owner_that_cannot_store_an_event_refuses_it_sends_nothing_and_gives_its_position_back() {
     let (owner, fail) = failing_broker();
     let outbox = Outbox::new(1, 1024);
     subscription(&owner, "s", "t", None, &outbox);
@@ -153,23 +170,19 @@ fn an_owner_that_cannot_store_an_event_refuses_it_sends_nothing_and_renews_the_e
         "no copy of it sent"
     );
     assert!(drain(&outbox).is_empty(), "nothing fanned out");
-    assert!(
-        second_stored.try_recv().is_err(),
-        "what waited for its replica fails with it"
-    );
-    owner.on_stored("r", "t", &epoch, 2);
-    assert!(
-        drain(&outbox).is_empty(),
-        "the failed event is not delivered late"
-    );
-    assert!(!owner.is_ready("t"), "the topic must be claimed again");
     assert_eq!(owner.stats.events_not_stored.load(Ordering::Relaxed), 1);
 
-    // Room again: the claim starts a new epoch (the refused position may be on disk in
-    // part), and the same publish id makes a new event: it was never remembered.
+    // The event before it was stored here: it goes on, and is delivered once its replica
+    // confirms it.
+    owner.on_stored("r", "t", &epoch, 2);
+    assert!(second_stored.try_recv().is_ok(), "confirmed");
+    let delivered = drain(&outbox);
+    assert_eq!(delivered.iter().map(|d| d.1).collect::<Vec<_>>(), vec![2]);
+    assert!(owner.is_ready("t"), "still sequenced here");
+
+    // Room again: the refused position is numbered again, in the same epoch, and the same
+    // publish id makes the event (it was never remembered).
     fail.store(false, Ordering::Relaxed);
-    let renewed = owner.install_topic("t", owner.topic_snapshot("t"));
-    assert_ne!(renewed, epoch);
     let Sequenced::Done(again) = owner.sequence_holding(
         "t",
         json("3"),
@@ -180,10 +193,33 @@ fn an_owner_that_cannot_store_an_event_refuses_it_sends_nothing_and_renews_the_e
     ) else {
         panic!("stored without replicas");
     };
-    assert_eq!((&*again.epoch, again.seq), (&*renewed, 1));
+    assert_eq!((&*again.epoch, again.seq), (&*epoch, 3));
     let delivered = drain(&outbox);
-    assert_eq!(delivered.len(), 1);
-    assert_eq!(delivered[0].1, 1);
+    assert_eq!(delivered.iter().map(|d| d.1).collect::<Vec<_>>(), vec![3]);
+}
+
+#[test]
+fn a_store_that_refuses_writes_until_reopened_takes_no_position() {
+    let (owner, fail) = failing_broker_that(true);
+    let outbox = Outbox::new(1, 1024);
+    subscription(&owner, "s", "t", None, &outbox);
+    let epoch = owner.install_topic("t", None);
+    owner.sequence("t", json("1"), &[], true);
+    fail.store(true, Ordering::Relaxed);
+    for _ in 0..3 {
+        let refused = owner.sequence("t", json("x"), &[], true);
+        assert!(matches!(refused, Sequenced::Failed(_)), "{refused:?}");
+    }
+    fail.store(false, Ordering::Relaxed);
+    let Sequenced::Done(next) = owner.sequence("t", json("2"), &[], true) else {
+        panic!("stored");
+    };
+    assert_eq!(
+        (&*next.epoch, next.seq),
+        (&*epoch, 2),
+        "no position was used up"
+    );
+    assert_eq!(owner.stats.events_not_stored.load(Ordering::Relaxed), 3);
 }
 
 fn copy(seq: u64, id: &str) -> Arc<Event> {

@@ -342,15 +342,16 @@ impl<W> TopicTable<W> {
             .collect()
     }
 
-    /// This node could not store the event it just numbered for `topic`: the topic must be
-    /// claimed again in a new epoch (the position may be on disk in part, so it is not
-    /// numbered again), and every event waiting for replicas fails. Returns those events.
-    pub fn fail_unstored(&mut self, topic: &str) -> Vec<Completed<W>> {
-        let failed = self.fail_pending(topic);
-        if let Some(state) = self.topics.get_mut(topic) {
-            state.renew_epoch = true;
+    /// This node could not store the event it just numbered `seq` for `topic`: the position
+    /// goes back, to be numbered again by the next publish. (It never left this node, and
+    /// a durable store that failed is rewritten from memory before it takes writes again.)
+    pub fn give_back(&mut self, topic: &str, seq: u64) {
+        if let Some(state) = self.topics.get_mut(topic)
+            && !state.moved
+            && state.last_seq == seq
+        {
+            state.last_seq -= 1;
         }
-        failed
     }
 
     /// True when some of `replicas` have not been sent the topic's history yet (see

@@ -24,8 +24,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::disk::{DiskLog, TopicRecord};
-use super::memory::{MemoryHistory, Trimmed};
+use super::disk::TopicRecord;
+use super::memory::{Held, MemoryHistory, Trimmed};
 use super::{HistoryBudget, HistoryStore, Replay, Retention, StorageError};
 use crate::event::Event;
 use crate::limits::LogLimiter;
@@ -41,7 +41,7 @@ const TRIMS_WRITTEN_AT: usize = 4096;
 #[derive(Debug)]
 pub struct DiskHistory {
     cache: MemoryHistory,
-    log: Arc<DiskLog>,
+    log: Arc<SharedLog>,
     /// Limits the warning for a trim or forget the log refused.
     warn: LogLimiter,
     /// What must live as long as the store in tests (the log's temporary directory).
@@ -50,7 +50,7 @@ pub struct DiskHistory {
 }
 
 impl DiskHistory {
-    pub fn new(log: Arc<DiskLog>, retention: Retention) -> Self {
+    pub fn new(log: Arc<SharedLog>, retention: Retention) -> Self {
         Self {
             cache: MemoryHistory::recording_trims(retention),
             log,
@@ -65,11 +65,10 @@ impl DiskHistory {
     /// than the one the events were kept under.
     pub fn restore(&mut self, record: &TopicRecord, now_ms: i64) -> Result<(), StorageError> {
         let mut events = Vec::with_capacity(usize::try_from(record.len()).unwrap_or(0));
+        let log = self.log.get()?;
         let mut from = record.low_seq;
         while from <= record.high_seq {
-            let page = self
-                .log
-                .read(&record.topic, from, RESTORE_PAGE_EVENTS, usize::MAX)?;
+            let page = log.read(&record.topic, from, RESTORE_PAGE_EVENTS, usize::MAX)?;
             let Some(last) = page.last() else { break };
             from = last.seq + 1;
             events.extend(page);
@@ -109,7 +108,7 @@ impl DiskHistory {
             .filter(|t| t.first_seq > 0)
             .map(|t| (t.topic, t.epoch, t.first_seq - 1, t.trimmed_until_ts))
             .collect();
-        if let Err(error) = self.log.trim_fronts(&batch) {
+        if let Err(error) = self.log.get().and_then(|log| log.trim_fronts(&batch)) {
             let topic = batch.first().map_or("", |t| &*t.0).to_owned();
             self.warn_refused("trim", &topic, &error);
         }
@@ -136,8 +135,16 @@ impl DiskHistory {
 }
 
 impl HistoryStore for DiskHistory {
+    fn writable(&self) -> Result<(), StorageError> {
+        let log = self.log.get()?;
+        match log.failure() {
+            Some((cause, disk_full)) => Err(StorageError::Failed { cause, disk_full }),
+            None => Ok(()),
+        }
+    }
+
     fn append(&mut self, event: Arc<Event>, now_ms: i64) -> Result<(), StorageError> {
-        self.log.append(std::slice::from_ref(&event))?;
+        self.log.get()?.append(std::slice::from_ref(&event))?;
         self.cache.append(event, now_ms)?;
         self.trim_log_if_due();
         Ok(())
@@ -152,7 +159,7 @@ impl HistoryStore for DiskHistory {
         // Trims waiting for this topic were of its old history: written first, so none
         // lands on the new one.
         self.trim_log();
-        self.log.replace(topic, &events)?;
+        self.log.get()?.replace(topic, &events)?;
         self.cache.replace(topic, events, now_ms)?;
         self.trim_log_if_due();
         Ok(())
@@ -160,7 +167,11 @@ impl HistoryStore for DiskHistory {
 
     fn forget_from(&mut self, topic: &str, epoch: &str, seq: u64) {
         self.trim_log();
-        if let Err(error) = self.log.forget_from(topic, epoch, seq) {
+        if let Err(error) = self
+            .log
+            .get()
+            .and_then(|log| log.forget_from(topic, epoch, seq))
+        {
             self.warn_refused("forget", topic, &error);
         }
         self.cache.forget_from(topic, epoch, seq);
@@ -179,18 +190,58 @@ impl HistoryStore for DiskHistory {
 
     fn forget_one(&mut self, topic: &str) {
         self.trim_log();
-        if self.log.topic(topic).is_some()
-            && let Err(error) = self.log.forget_topic(topic)
-        {
+        let forgotten = self.log.get().and_then(|log| match log.topic(topic) {
+            Some(_) => log.forget_topic(topic),
+            None => Ok(()),
+        });
+        if let Err(error) = forgotten {
             self.warn_refused("forget", topic, &error);
         }
         self.cache.forget_one(topic);
     }
 
     fn note_committed(&mut self, topic: &str, epoch: &str, seq: u64) {
-        if let Err(error) = self.log.set_committed(topic, epoch, seq) {
+        if let Err(error) = self
+            .log
+            .get()
+            .and_then(|log| log.set_committed(topic, epoch, seq))
+        {
             self.warn_refused("commit", topic, &error);
         }
+    }
+
+    fn rewrite_durable(&mut self) -> Result<Vec<Arc<str>>, StorageError> {
+        // What memory holds is written as it is now: the trims waiting are part of it.
+        self.cache.take_trims();
+        let log = self.log.get()?;
+        let mut held = Vec::new();
+        for Held {
+            topic,
+            epoch,
+            first_seq,
+            len,
+            trimmed_until_ts: trimmed_ts,
+        } in self.cache.held()
+        {
+            let on_disk = log.topic(&topic);
+            if len > 0 {
+                let last_seq = first_seq + len as u64 - 1;
+                let same = on_disk.as_ref().is_some_and(|r| {
+                    r.epoch == epoch && r.low_seq == first_seq && r.high_seq == last_seq
+                });
+                if !same {
+                    log.replace(&topic, &self.cache.earliest(&topic).events)?;
+                }
+            } else if let Some(record) = on_disk.filter(|r| !r.is_empty()) {
+                if record.epoch == epoch {
+                    log.trim_fronts(&[(topic.clone(), epoch, record.high_seq, trimmed_ts)])?;
+                } else {
+                    log.forget_topic(&topic)?;
+                }
+            }
+            held.push(topic);
+        }
+        Ok(held)
     }
 
     fn knows(&self, topic: &str) -> bool {
@@ -230,5 +281,8 @@ impl HistoryStore for DiskHistory {
     }
 }
 
+mod shared_log;
 #[cfg(test)]
 mod tests;
+
+pub use shared_log::SharedLog;

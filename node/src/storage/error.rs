@@ -18,7 +18,9 @@ pub enum StorageError {
     /// An earlier write or sync of this opening failed (`cause`): fjall poisons the database
     /// then and refuses every later write, since what reached the disk is unknown. Reads
     /// still work; reopening recovers what was acknowledged.
-    #[error("history on disk refuses writes since an earlier failure ({cause}); reopen it")]
+    #[error(
+        "history on disk refuses writes since an earlier failure ({cause}); the node reopens it once it can"
+    )]
     Failed { cause: Arc<str>, disk_full: bool },
     /// Another open log (this process or another) holds the directory.
     #[error("the history directory is held by another open store")]

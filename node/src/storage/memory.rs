@@ -125,6 +125,18 @@ pub(crate) struct Trimmed {
     pub trimmed_until_ts: i64,
 }
 
+/// What a store holds of a topic: its epoch, the first seq retained (or the next, when
+/// none is), how many events, and when the newest trimmed one was published.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "disk"), allow(dead_code))]
+pub(crate) struct Held {
+    pub topic: Arc<str>,
+    pub epoch: Arc<str>,
+    pub first_seq: u64,
+    pub len: usize,
+    pub trimmed_until_ts: i64,
+}
+
 impl MemoryHistory {
     pub fn new(retention: Retention) -> Self {
         Self {
@@ -149,6 +161,21 @@ impl MemoryHistory {
     #[cfg_attr(not(feature = "disk"), allow(dead_code))]
     pub(crate) fn take_trims(&mut self) -> Vec<Trimmed> {
         self.trims.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Every topic held, as [`Held`].
+    #[cfg_attr(not(feature = "disk"), allow(dead_code))]
+    pub(crate) fn held(&self) -> Vec<Held> {
+        self.topics
+            .iter()
+            .map(|(topic, h)| Held {
+                topic: topic.clone(),
+                epoch: h.epoch.clone(),
+                first_seq: h.first_seq,
+                len: h.events.len(),
+                trimmed_until_ts: h.trimmed_until_ts,
+            })
+            .collect()
     }
 
     /// How many trims [`Self::take_trims`] would return.

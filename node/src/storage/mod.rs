@@ -82,6 +82,13 @@ pub trait HistoryStore: Send + fmt::Debug {
     /// of the event is retained.
     fn append(&mut self, event: Arc<Event>, now_ms: i64) -> Result<(), StorageError>;
 
+    /// Whether writes can be tried now: a durable backend whose store failed refuses every
+    /// write until it is reopened, and says so here, before the owner numbers an event it
+    /// could not keep. The memory backend always can.
+    fn writable(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// Replaces a topic's history with `events` (contiguous, oldest first): a replica
     /// taking a whole copy from the owner. On an error the topic's history may be left
     /// partial: the caller forgets it.
@@ -112,6 +119,14 @@ pub trait HistoryStore: Send + fmt::Debug {
     /// is committed and nothing past it before the topic is claimed again. Memory forgets
     /// it with everything else.
     fn note_committed(&mut self, _topic: &str, _epoch: &str, _seq: u64) {}
+
+    /// A durable backend whose store was reopened after a failure writes over it what it
+    /// holds in memory (what it serves), so that failed writes leave nothing behind; returns
+    /// the topics it holds. Nothing to do, and no topics, for a backend that keeps nothing
+    /// outside memory.
+    fn rewrite_durable(&mut self) -> Result<Vec<Arc<str>>, StorageError> {
+        Ok(Vec::new())
+    }
 
     /// Drops every record of `topic` (forgotten by the node).
     fn forget_one(&mut self, topic: &str);

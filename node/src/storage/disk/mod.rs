@@ -166,6 +166,20 @@ impl DiskLog {
         ))
     }
 
+    /// The directory the log lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The first write or sync that failed, if one did (cause, and whether the disk was
+    /// full): the log refuses every write since, until it is reopened.
+    pub fn failure(&self) -> Option<(Arc<str>, bool)> {
+        self.failure
+            .lock()
+            .as_ref()
+            .map(|f| (f.cause.clone(), f.disk_full))
+    }
+
     pub fn fsync(&self) -> FsyncMode {
         self.fsync
     }

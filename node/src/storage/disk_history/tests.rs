@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tempfile::TempDir;
 
-use super::DiskHistory;
+use super::{DiskHistory, SharedLog};
 use crate::event::{Event, Payload};
 use crate::storage::disk::{DiskLog, FsyncMode};
 use crate::storage::{HistoryStore, Replay, Retention, RetentionPolicy};
@@ -17,7 +17,7 @@ use crate::storage::{HistoryStore, Replay, Retention, RetentionPolicy};
 fn disk(retention: Retention) -> Box<dyn HistoryStore> {
     let dir = TempDir::new().expect("a temporary directory");
     let (log, _) = DiskLog::open(dir.path(), FsyncMode::Never).expect("the log opens");
-    let mut store = DiskHistory::new(Arc::new(log), retention);
+    let mut store = DiskHistory::new(Arc::new(SharedLog::new(log)), retention);
     store.keep_alive = Some(Box::new(dir));
     Box::new(store)
 }
@@ -53,9 +53,14 @@ fn open(dir: &Path) -> Arc<DiskLog> {
     )
 }
 
+/// A store over `log`, shared with the test (which reads the log itself).
+fn store_over(log: &Arc<DiskLog>, retention: Retention) -> DiskHistory {
+    DiskHistory::new(Arc::new(SharedLog::shared(log.clone())), retention)
+}
+
 /// A store over `log` with every topic the log kept put back.
 fn restored(log: &Arc<DiskLog>, retention: Retention, now_ms: i64) -> DiskHistory {
-    let mut store = DiskHistory::new(log.clone(), retention);
+    let mut store = store_over(log, retention);
     for record in log.topics() {
         store.restore(&record, now_ms).expect("the topic restores");
     }
@@ -117,7 +122,7 @@ fn a_store_reopened_from_its_log_serves_what_it_served_before() {
     let dir = TempDir::new().expect("a temporary directory");
     let hour = Duration::from_secs(3600);
     let log = open(dir.path());
-    let mut store = DiskHistory::new(log.clone(), retention(6, hour));
+    let mut store = store_over(&log, retention(6, hour));
     // `t`: trimmed by count (a retention gap before 5); `u`: a new epoch mid-way, then a
     // failed tail forgotten; `v`: forgotten altogether.
     for seq in 1..=10 {
@@ -158,7 +163,7 @@ fn a_store_reopened_from_its_log_serves_what_it_served_before() {
 fn the_log_is_trimmed_as_far_as_memory_is() {
     let dir = TempDir::new().expect("a temporary directory");
     let log = open(dir.path());
-    let mut store = DiskHistory::new(log.clone(), retention(3, Duration::from_secs(60)));
+    let mut store = store_over(&log, retention(3, Duration::from_secs(60)));
     for seq in 1..=10 {
         store
             .append(event("t", "e1", seq, 1_000 * seq as i64), 10_000)
@@ -195,7 +200,7 @@ fn the_log_is_trimmed_as_far_as_memory_is() {
 fn many_waiting_trims_are_written_at_once() {
     let dir = TempDir::new().expect("a temporary directory");
     let log = open(dir.path());
-    let mut store = DiskHistory::new(log.clone(), retention(1, Duration::from_secs(3600)));
+    let mut store = store_over(&log, retention(1, Duration::from_secs(3600)));
     let topics = super::TRIMS_WRITTEN_AT as u64 + 10;
     for seq in 1..=2 {
         for topic in 0..topics {
@@ -220,7 +225,7 @@ fn a_tighter_retention_at_restart_trims_the_log_too() {
     let dir = TempDir::new().expect("a temporary directory");
     let hour = Duration::from_secs(3600);
     let log = open(dir.path());
-    let mut store = DiskHistory::new(log.clone(), retention(100, hour));
+    let mut store = store_over(&log, retention(100, hour));
     for seq in 1..=10 {
         store
             .append(event("t", "e1", seq, 1_000 + seq as i64), 2_000)
@@ -244,7 +249,7 @@ fn committed_positions_and_replaced_copies_survive_a_restart() {
     let dir = TempDir::new().expect("a temporary directory");
     let hour = Duration::from_secs(3600);
     let log = open(dir.path());
-    let mut store = DiskHistory::new(log.clone(), retention(100, hour));
+    let mut store = store_over(&log, retention(100, hour));
     store
         .replace(
             "t",
