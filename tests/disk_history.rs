@@ -290,6 +290,8 @@ async fn a_full_disk_refuses_publishes_keeps_serving_and_recovers_when_space_ret
         .map(|a| (a, ()))?;
     assert_eq!(again["code"], "unavailable", "{again}");
 
+    assert_eq!(disk_failed_gauge(&node).await?, "1", "operators see it");
+
     // Reads go on: everything acknowledged is replayed.
     let check = |expected: Vec<Value>, epoch: String| {
         let node = &node;
@@ -335,10 +337,21 @@ async fn a_full_disk_refuses_publishes_keeps_serving_and_recovers_when_space_ret
     }
     acked.push(next);
     check(acked, epoch).await?;
+    assert_eq!(disk_failed_gauge(&node).await?, "0");
     assert!(
         node.log_tail().contains("history on disk reopened"),
         "{}",
         node.log_tail()
     );
     Ok(())
+}
+
+/// The node's `murmur_history_disk_failed` sample.
+async fn disk_failed_gauge(node: &NodeProcess) -> anyhow::Result<String> {
+    let metrics = murmur::client::http_get(&format!("http://{}", node.admin), "/metrics").await?;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("murmur_history_disk_failed "))
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no murmur_history_disk_failed in /metrics"))
 }

@@ -172,6 +172,7 @@ pub(crate) struct StateSnapshot {
     pub fenced: bool,
     pub events_published: u64,
     pub events_not_stored: u64,
+    pub history_disk_failed: bool,
     pub events_from_peers: u64,
     pub group_deliveries_lost: u64,
     pub group_events_kept: u64,
@@ -241,6 +242,7 @@ impl StateSnapshot {
             fenced: node.cluster.gossip.fence.is_fenced(),
             events_published: broker.stats.events_published.load(Relaxed),
             events_not_stored: broker.stats.events_not_stored.load(Relaxed),
+            history_disk_failed: disk_history_failed(broker),
             events_from_peers: broker.stats.events_from_peers.load(Relaxed),
             group_deliveries_lost: broker.stats.group_deliveries_lost.load(Relaxed),
             group_events_kept: broker.stats.group_events_kept.load(Relaxed),
@@ -279,6 +281,16 @@ impl StateSnapshot {
                 .collect(),
         }
     }
+}
+
+#[cfg(feature = "disk")]
+fn disk_history_failed(broker: &crate::broker::Broker) -> bool {
+    broker.disk_history_failed()
+}
+
+#[cfg(not(feature = "disk"))]
+fn disk_history_failed(_broker: &crate::broker::Broker) -> bool {
+    false
 }
 
 fn gauge(
@@ -394,6 +406,12 @@ impl Collector for StateSnapshot {
             "murmur_events_not_stored",
             "Events (or whole copies of a topic) this node's history failed to store: the publish was refused, or the copy dropped",
             self.events_not_stored,
+        )?;
+        gauge(
+            &mut encoder,
+            "murmur_history_disk_failed",
+            "1 while the history on disk refuses writes (a full disk, an I/O error) and publishes get unavailable; the node reopens it every 5 s",
+            i64::from(self.history_disk_failed),
         )?;
         counter(
             &mut encoder,
