@@ -87,7 +87,8 @@ macro_rules! contract_tests {
 }
 pub(crate) use contract_tests;
 
-fn retention(max_events: usize, max_age_s: u64) -> Retention {
+/// Retention of `max_events` and `max_age_s`, the default byte bounds.
+pub(crate) fn retention(max_events: usize, max_age_s: u64) -> Retention {
     Retention::new(
         RetentionPolicy {
             max_events,

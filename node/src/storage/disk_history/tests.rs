@@ -3,15 +3,15 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use tempfile::TempDir;
 
 use super::{DiskHistory, SharedLog};
 use crate::event::{Event, Payload};
+use crate::storage::contract::retention;
 use crate::storage::disk::{DiskLog, FsyncMode};
-use crate::storage::{HistoryStore, Replay, Retention, RetentionPolicy};
+use crate::storage::{HistoryStore, Replay, Retention};
 
 /// A store on a log of its own, in a directory that lives as long as the store.
 fn disk(retention: Retention) -> Box<dyn HistoryStore> {
@@ -23,17 +23,6 @@ fn disk(retention: Retention) -> Box<dyn HistoryStore> {
 }
 
 crate::storage::contract::contract_tests!(disk);
-
-fn retention(max_events: usize, max_age: Duration) -> Retention {
-    Retention::new(
-        RetentionPolicy {
-            max_events,
-            max_age,
-            max_bytes: RetentionPolicy::DEFAULT_MAX_BYTES,
-        },
-        Retention::DEFAULT_MAX_TOTAL_BYTES,
-    )
-}
 
 fn event(topic: &str, epoch: &str, seq: u64, ts: i64) -> Arc<Event> {
     Arc::new(Event::new(
@@ -120,7 +109,7 @@ fn every_read(store: &dyn HistoryStore) -> Vec<String> {
 #[test]
 fn a_store_reopened_from_its_log_serves_what_it_served_before() {
     let dir = TempDir::new().expect("a temporary directory");
-    let hour = Duration::from_secs(3600);
+    let hour = 3600;
     let log = open(dir.path());
     let mut store = store_over(&log, retention(6, hour));
     // `t`: trimmed by count (a retention gap before 5); `u`: a new epoch mid-way, then a
@@ -163,7 +152,7 @@ fn a_store_reopened_from_its_log_serves_what_it_served_before() {
 fn the_log_is_trimmed_as_far_as_memory_is() {
     let dir = TempDir::new().expect("a temporary directory");
     let log = open(dir.path());
-    let mut store = store_over(&log, retention(3, Duration::from_secs(60)));
+    let mut store = store_over(&log, retention(3, 60));
     for seq in 1..=10 {
         store
             .append(event("t", "e1", seq, 1_000 * seq as i64), 10_000)
@@ -200,7 +189,7 @@ fn the_log_is_trimmed_as_far_as_memory_is() {
 fn many_waiting_trims_are_written_at_once() {
     let dir = TempDir::new().expect("a temporary directory");
     let log = open(dir.path());
-    let mut store = store_over(&log, retention(1, Duration::from_secs(3600)));
+    let mut store = store_over(&log, retention(1, 3600));
     let topics = super::TRIMS_WRITTEN_AT as u64 + 10;
     for seq in 1..=2 {
         for topic in 0..topics {
@@ -223,7 +212,7 @@ fn many_waiting_trims_are_written_at_once() {
 #[test]
 fn a_tighter_retention_at_restart_trims_the_log_too() {
     let dir = TempDir::new().expect("a temporary directory");
-    let hour = Duration::from_secs(3600);
+    let hour = 3600;
     let log = open(dir.path());
     let mut store = store_over(&log, retention(100, hour));
     for seq in 1..=10 {
@@ -247,7 +236,7 @@ fn a_tighter_retention_at_restart_trims_the_log_too() {
 #[test]
 fn committed_positions_and_replaced_copies_survive_a_restart() {
     let dir = TempDir::new().expect("a temporary directory");
-    let hour = Duration::from_secs(3600);
+    let hour = 3600;
     let log = open(dir.path());
     let mut store = store_over(&log, retention(100, hour));
     store
