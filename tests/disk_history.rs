@@ -14,24 +14,30 @@ type TestResult = anyhow::Result<()>;
 
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
-fn disk_args(data_dir: &Path) -> Vec<String> {
+fn disk_args(data_dir: &Path, fsync: &str) -> Vec<String> {
     vec![
         "--storage".into(),
         "disk".into(),
         "--data-dir".into(),
         data_dir.display().to_string(),
         "--fsync".into(),
-        "interval".into(),
+        fsync.into(),
     ]
 }
 
+/// A node with `fsync = "interval"`, or `always` (group commit) when its name starts so.
 fn spawn(
     name: &str,
     gossip: std::net::SocketAddr,
     seeds: &[std::net::SocketAddr],
     dir: &Path,
 ) -> NodeProcess {
-    let args = disk_args(&dir.join(name));
+    let fsync = if name.starts_with("always") {
+        "always"
+    } else {
+        "interval"
+    };
+    let args = disk_args(&dir.join(name), fsync);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     NodeProcess::spawn(name, gossip, seeds, &args, dir)
 }
@@ -124,13 +130,14 @@ async fn check_numbering_goes_on(
 async fn a_node_killed_and_started_again_serves_everything_it_acknowledged() -> TestResult {
     let dir = tempfile::TempDir::new()?;
     let gossip = free_udp();
-    let mut node = spawn("solo", gossip, &[], dir.path());
+    // `fsync = "always"`: every acknowledgement waited for a (shared) sync.
+    let mut node = spawn("always-solo", gossip, &[], dir.path());
     node.wait_ready(READY_WITHIN).await;
     let topics: Vec<String> = (0..4).map(|i| format!("disk.solo.t{i}")).collect();
     let acked = publish_acknowledged(std::slice::from_ref(&node), &topics, 25).await?;
     node.kill9();
 
-    let mut node = spawn("solo", gossip, &[], dir.path());
+    let mut node = spawn("always-solo", gossip, &[], dir.path());
     node.wait_ready(READY_WITHIN).await;
     let nodes = [node];
     check_replays(&nodes, &acked).await?;

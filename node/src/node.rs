@@ -110,6 +110,8 @@ pub enum StartError {
         setting: &'static str,
         addr: SocketAddr,
     },
+    #[error("cannot start the thread that syncs history to disk: {0}")]
+    Syncer(std::io::Error),
     #[error("history in {dir}: {source}")]
     Storage {
         dir: std::path::PathBuf,
@@ -213,6 +215,12 @@ impl RunningNode {
             .with_dedupe(settings.dedupe_window, settings.dedupe_max_bytes);
         let (broker, recovered) = open_history(broker, &settings)?;
         let broker = Arc::new(broker);
+        if settings.storage == crate::config::StorageMode::Disk
+            && settings.fsync == crate::config::Fsync::Always
+        {
+            // Group commit: appends share their syncs (see `broker/syncing.rs`).
+            broker.start_syncer().map_err(StartError::Syncer)?;
+        }
         let cluster = Cluster::start(
             ClusterSetup {
                 id,

@@ -52,6 +52,7 @@ mod recovery;
 mod replay;
 mod retention;
 mod sequencing;
+mod syncing;
 mod waiting;
 
 use groups::PlacedOnPeer;
@@ -59,6 +60,7 @@ pub use groups::Redelivery;
 pub use outbox::{Outbound, Outbox, Subscription, queued_bytes};
 pub use replay::{ReplayPage, ResumeError, TopicReplay};
 pub use sequencing::{PublishPermit, Receipt, Sequenced, StoredSignal, TopicSnapshot};
+pub use syncing::AfterSync;
 
 /// Sequence shards: enough that publishes of different topics rarely wait on each other.
 const SEQUENCE_SHARDS: usize = 64;
@@ -169,6 +171,8 @@ pub struct Broker {
     /// failure.
     #[cfg(feature = "disk")]
     disk: Option<recovery::DiskState>,
+    /// The thread syncing appends for `fsync = "always"` (see `syncing.rs`), once started.
+    syncer: std::sync::OnceLock<syncing::Syncer>,
     pub stats: BrokerStats,
 }
 
@@ -234,6 +238,7 @@ impl Broker {
             dedupe_budget,
             #[cfg(feature = "disk")]
             disk: None,
+            syncer: std::sync::OnceLock::new(),
             stats: BrokerStats::default(),
         }
     }

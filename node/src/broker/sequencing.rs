@@ -11,7 +11,7 @@ use crate::routing::dedupe::{Position, PublishId, RememberedId, Seen};
 use crate::routing::topics::{Completed, HandOverRefused, new_epoch, newer_epoch};
 
 use super::{Broker, DuplicateWaiter, PlacedOnPeer, TopicShard, now_ms};
-use crate::storage::StorageError;
+use crate::storage::{StorageError, SyncTicket};
 
 /// Where an accepted publish landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,8 +205,11 @@ impl Broker {
         for replica in replicas {
             replica.send_control(PeerMessage::Replicate(event.clone()));
         }
+        // With `fsync = "always"` the event also waits for this node's disk (group commit,
+        // see `syncing.rs`).
+        let sync = shard.history.sync_ticket();
         let receipt = Receipt { epoch, seq };
-        let (notify, stored) = if replicas.is_empty() || !confirm {
+        let (notify, stored) = if (replicas.is_empty() && sync.is_none()) || !confirm {
             (None, None)
         } else {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -215,9 +218,20 @@ impl Broker {
         let signal =
             (notify.is_some() || permit.is_some()).then_some(StoredSignal { notify, permit });
         let waiting_for = replicas.iter().map(|r| r.name.clone()).collect();
-        let done = shard.topics.hold(event, waiting_for, signal);
+        let synced_topic = event.topic.clone();
+        let done = shard
+            .topics
+            .hold_unsynced(event, waiting_for, signal, sync.is_some());
         self.complete(&mut shard, done);
         drop(shard);
+        if let Some(ticket) = sync {
+            let after = super::AfterSync::Owner {
+                topic: synced_topic,
+                epoch: receipt.epoch.clone(),
+                seq,
+            };
+            self.after_sync(ticket, after);
+        }
         match stored {
             None => Sequenced::Done(receipt),
             Some(rx) => Sequenced::Waiting(receipt, rx),
@@ -241,7 +255,7 @@ impl Broker {
     /// Fans out events whose replicas have all stored them, in order, and tells their
     /// publishers (and those that sent the same publish again meanwhile). Called with the
     /// topic's shard locked, which keeps the order.
-    fn complete(&self, shard: &mut TopicShard, done: Vec<Completed<StoredSignal>>) {
+    pub(super) fn complete(&self, shard: &mut TopicShard, done: Vec<Completed<StoredSignal>>) {
         for (event, signal) in done {
             if !shard.commit_moved.contains(&event.topic) {
                 shard.commit_moved.insert(event.topic.clone());
@@ -392,6 +406,19 @@ impl Broker {
     /// the sender down meanwhile, and the topic moved). Stored, such an event would sit in
     /// this node's history at a position another owner numbers with another event.
     pub fn store_replica(&self, event: Arc<Event>) -> Result<Receipt, ReplicaRefusal> {
+        let (receipt, sync) = self.store_replica_unsynced(event)?;
+        match sync.map(SyncTicket::wait) {
+            Some(Err(_)) => Err(ReplicaRefusal::StorageFailed),
+            _ => Ok(receipt),
+        }
+    }
+
+    /// [`Self::store_replica`], leaving the sync `fsync = "always"` wants to the caller:
+    /// the copy may be confirmed once the ticket's sync is done (see `syncing.rs`).
+    pub fn store_replica_unsynced(
+        &self,
+        event: Arc<Event>,
+    ) -> Result<(Receipt, Option<SyncTicket>), ReplicaRefusal> {
         let mut shard = self.shard(&event.topic).lock();
         let now = now_ms();
         let receipt = Receipt {
@@ -426,7 +453,8 @@ impl Broker {
         };
         if held && !Self::replace_stale_copy(&mut shard, &event) {
             remember(&mut shard);
-            return Ok(receipt);
+            // Held already, and maybe not synced yet: confirmed after the next sync too.
+            return Ok((receipt, shard.history.sync_ticket()));
         }
         // Stored first: a copy this node cannot keep is refused (its owner fails the event
         // and acknowledges nothing), and neither its position nor its id is recorded here.
@@ -437,7 +465,7 @@ impl Broker {
         }
         remember(&mut shard);
         shard.topics.replicated(&event, self.clock_ms());
-        Ok(receipt)
+        Ok((receipt, shard.history.sync_ticket()))
     }
 
     /// A replica refused an event of `topic` (see [`Self::store_replica`]): this node is no

@@ -50,6 +50,9 @@ struct Pending<W> {
     asked: Vec<Arc<str>>,
     /// Replicas asked that have not confirmed it yet.
     missing: Vec<Arc<str>>,
+    /// Not yet synced to this node's own disk (`fsync = "always"`): it completes only once
+    /// it is ([`TopicTable::synced_locally`]), as if this node were one more replica.
+    unsynced: bool,
     /// A replica went away before confirming it: it completes only once the replicas of the
     /// placement as it is now have been asked too (see [`TopicTable::ask_again`]), never on
     /// fewer copies than a new event would get.
@@ -211,6 +214,18 @@ impl<W> TopicTable<W> {
         replicas: Vec<Arc<str>>,
         waiter: Option<W>,
     ) -> Vec<Completed<W>> {
+        self.hold_unsynced(event, replicas, waiter, false)
+    }
+
+    /// [`Self::hold`], for an event that also waits for this node's own disk when
+    /// `unsynced` (see [`Self::synced_locally`]).
+    pub fn hold_unsynced(
+        &mut self,
+        event: Arc<Event>,
+        replicas: Vec<Arc<str>>,
+        waiter: Option<W>,
+        unsynced: bool,
+    ) -> Vec<Completed<W>> {
         let Some(state) = self.topics.get_mut(&*event.topic) else {
             return vec![(event, waiter)];
         };
@@ -218,9 +233,28 @@ impl<W> TopicTable<W> {
             event,
             asked: replicas.clone(),
             missing: replicas,
+            unsynced,
             orphaned: false,
             waiter,
         });
+        Self::complete_front(state)
+    }
+
+    /// This node's disk holds `topic` up to `seq` of `epoch`: the events up to there no
+    /// longer wait for it.
+    pub fn synced_locally(&mut self, topic: &str, epoch: &str, seq: u64) -> Vec<Completed<W>> {
+        let Some(state) = self.topics.get_mut(topic) else {
+            return Vec::new();
+        };
+        let covered = state
+            .pending
+            .iter_mut()
+            .take_while(|p| &*p.event.epoch != epoch || p.event.seq <= seq);
+        for pending in covered {
+            if &*pending.event.epoch == epoch {
+                pending.unsynced = false;
+            }
+        }
         Self::complete_front(state)
     }
 
@@ -389,7 +423,7 @@ impl<W> TopicTable<W> {
         while state
             .pending
             .front()
-            .is_some_and(|p| p.missing.is_empty() && !p.orphaned)
+            .is_some_and(|p| p.missing.is_empty() && !p.unsynced && !p.orphaned)
         {
             if let Some(p) = state.pending.pop_front() {
                 done.push((p.event, p.waiter));
@@ -656,6 +690,35 @@ mod tests {
         assert_eq!(seqs(&table.stored("replica", "t", "e", 3)), vec![1, 2, 3]);
         assert!(table.stored("replica", "t", "other-epoch", 5).is_empty());
         assert_eq!(seqs(&table.stored("replica", "t", "e", 5)), vec![4, 5]);
+    }
+
+    #[test]
+    fn an_event_waiting_for_its_own_disk_completes_once_synced_and_stored() {
+        let mut table = TopicTable::<u64>::default();
+        table.install("t", "e".into(), 0, 0);
+        let r: Arc<str> = "replica".into();
+        let e1 = sequence(&mut table, "t");
+        assert!(
+            table
+                .hold_unsynced(e1, vec![r.clone()], Some(1), true)
+                .is_empty()
+        );
+        let e2 = sequence(&mut table, "t");
+        assert!(
+            table
+                .hold_unsynced(e2, Vec::new(), Some(2), true)
+                .is_empty()
+        );
+        assert!(
+            table.stored("replica", "t", "e", 1).is_empty(),
+            "stored on the replica, not synced here"
+        );
+        assert!(
+            table.synced_locally("t", "other", 2).is_empty(),
+            "another epoch's sync says nothing"
+        );
+        assert_eq!(seqs(&table.synced_locally("t", "e", 1)), vec![1]);
+        assert_eq!(seqs(&table.synced_locally("t", "e", 2)), vec![2]);
     }
 
     #[test]

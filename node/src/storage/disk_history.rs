@@ -24,9 +24,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::disk::TopicRecord;
+use super::disk::{FsyncMode, TopicRecord};
 use super::memory::{Held, MemoryHistory, Trimmed};
-use super::{HistoryBudget, HistoryStore, Replay, Retention, StorageError};
+use super::{HistoryBudget, HistoryStore, Replay, Retention, StorageError, SyncTicket};
 use crate::event::Event;
 use crate::limits::LogLimiter;
 
@@ -135,6 +135,17 @@ impl DiskHistory {
 }
 
 impl HistoryStore for DiskHistory {
+    fn sync_ticket(&self) -> Option<SyncTicket> {
+        Some(match self.log.get() {
+            Ok(log) if log.fsync() != FsyncMode::Always => return None,
+            Ok(log) => {
+                let mark = log.written_mark();
+                SyncTicket::new(move || log.sync_through(mark))
+            }
+            Err(error) => SyncTicket::new(move || Err(error)),
+        })
+    }
+
     fn writable(&self) -> Result<(), StorageError> {
         let log = self.log.get()?;
         match log.failure() {
@@ -144,7 +155,13 @@ impl HistoryStore for DiskHistory {
     }
 
     fn append(&mut self, event: Arc<Event>, now_ms: i64) -> Result<(), StorageError> {
-        self.log.get()?.append(std::slice::from_ref(&event))?;
+        let log = self.log.get()?;
+        if log.fsync() == FsyncMode::Always {
+            // Synced by whoever acknowledges it, with the appends around it.
+            log.append_unsynced(std::slice::from_ref(&event))?;
+        } else {
+            log.append(std::slice::from_ref(&event))?;
+        }
         self.cache.append(event, now_ms)?;
         self.trim_log_if_due();
         Ok(())

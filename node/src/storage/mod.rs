@@ -82,6 +82,13 @@ pub trait HistoryStore: Send + fmt::Debug {
     /// of the event is retained.
     fn append(&mut self, event: Arc<Event>, now_ms: i64) -> Result<(), StorageError>;
 
+    /// What every write so far still needs before it may be acknowledged: with `fsync =
+    /// "always"` a durable backend hands appends to the OS and leaves the sync to the
+    /// caller, so that many share one (group commit). `None`: nothing to wait for.
+    fn sync_ticket(&self) -> Option<SyncTicket> {
+        None
+    }
+
     /// Whether writes can be tried now: a durable backend whose store failed refuses every
     /// write until it is reopened, and says so here, before the owner numbers an event it
     /// could not keep. The memory backend always can.
@@ -169,6 +176,27 @@ pub trait HistoryStore: Send + fmt::Debug {
 
     /// The node-wide byte budget this store counts against (shared with its siblings).
     fn budget(&self) -> &HistoryBudget;
+}
+
+/// A sync still owed to appends (see [`HistoryStore::sync_ticket`]): [`Self::wait`] blocks
+/// until the disk holds them. Waiting for a ticket a later sync already covered returns at
+/// once, so a caller holding many waits for each in turn and pays for one sync.
+pub struct SyncTicket(Box<dyn FnOnce() -> Result<(), StorageError> + Send>);
+
+impl SyncTicket {
+    pub fn new(wait: impl FnOnce() -> Result<(), StorageError> + Send + 'static) -> Self {
+        Self(Box::new(wait))
+    }
+
+    pub fn wait(self) -> Result<(), StorageError> {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for SyncTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SyncTicket")
+    }
 }
 
 /// Why events cannot be replayed.

@@ -755,17 +755,31 @@ impl Cluster {
     }
 
     /// A replica's copy of an event: store it and confirm.
-    pub(super) fn on_replicate(&self, link: &PeerLink, event: Event) {
+    pub(super) fn on_replicate(&self, link: &Arc<PeerLink>, event: Event) {
         let topic = event.topic.to_string();
         let (epoch, seq) = (event.epoch.to_string(), event.seq);
-        match self.broker.store_replica(Arc::new(event)) {
-            Ok(receipt) => link.send_control(PeerMessage::Frame(pb::peer_frame::Msg::Stored(
-                pb::Stored {
-                    topic,
-                    epoch: receipt.epoch.to_string(),
-                    seq: receipt.seq,
-                },
-            ))),
+        match self.broker.store_replica_unsynced(Arc::new(event)) {
+            Ok((receipt, None)) => {
+                link.send_control(PeerMessage::Frame(stored_frame(topic, &receipt)))
+            }
+            Ok((receipt, Some(ticket))) => {
+                // `fsync = "always"`: confirmed once this node's disk holds it.
+                let link = link.clone();
+                let then = move |synced: Result<(), crate::storage::StorageError>| {
+                    let frame = match synced {
+                        Ok(()) => stored_frame(topic, &receipt),
+                        Err(error) => pb::peer_frame::Msg::Refused(pb::ReplicaRefused {
+                            topic,
+                            epoch: receipt.epoch.to_string(),
+                            seq: receipt.seq,
+                            reason: format!("this node could not store the event ({error})"),
+                        }),
+                    };
+                    link.send_control(PeerMessage::Frame(frame));
+                };
+                let after = crate::broker::AfterSync::Then(Box::new(then));
+                self.broker.after_sync(ticket, after);
+            }
             Err(refusal) => {
                 self.stats.replicas_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(peer = %link.name, %topic, %epoch, seq, %refusal, "refused to store an event from an owner this node no longer recognises");
@@ -780,6 +794,15 @@ impl Cluster {
             }
         }
     }
+}
+
+/// A replica's confirmation that it stored `topic` up to the receipt's position.
+fn stored_frame(topic: String, receipt: &crate::broker::Receipt) -> pb::peer_frame::Msg {
+    pb::peer_frame::Msg::Stored(pb::Stored {
+        topic,
+        epoch: receipt.epoch.to_string(),
+        seq: receipt.seq,
+    })
 }
 
 fn payload_pb(payload: &Payload) -> (bytes::Bytes, pb::Encoding) {

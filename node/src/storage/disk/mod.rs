@@ -98,6 +98,12 @@ pub struct DiskLog {
     failure: Arc<Mutex<Option<Failure>>>,
     /// `Interval` mode's syncing thread; stopped (and joined) when the log is dropped.
     flusher: Option<Flusher>,
+    /// Writes committed so far (each handed to the OS), and how many of them a sync is
+    /// known to cover: what [`Self::sync_through`] compares.
+    written: AtomicU64,
+    synced: AtomicU64,
+    /// Held by the one thread syncing for everyone at a time (group commit).
+    syncing: Mutex<()>,
 }
 
 impl fmt::Debug for DiskLog {
@@ -156,6 +162,9 @@ impl DiskLog {
             rules,
             failure,
             flusher,
+            written: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            syncing: Mutex::new(()),
         };
         Ok((
             log,
@@ -199,6 +208,50 @@ impl DiskLog {
             }
             Ok(())
         })
+    }
+
+    /// [`Self::append`] without the sync `FsyncMode::Always` makes: the events are handed to
+    /// the OS (a process crash loses nothing), and the returned mark is what
+    /// [`Self::sync_through`] takes to make them survive a power cut too. Many appends then
+    /// share one `fdatasync` (group commit) instead of each waiting for its own.
+    pub fn append_unsynced(&self, events: &[Arc<Event>]) -> Result<u64, StorageError> {
+        for event in events {
+            check_event(event)?;
+        }
+        self.write(Durability::Relaxed, |txn| {
+            for event in events {
+                txn.append(event);
+            }
+            Ok(())
+        })?;
+        Ok(self.written.load(Ordering::Acquire))
+    }
+
+    /// The mark of every write so far, for [`Self::sync_through`].
+    pub fn written_mark(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// The mark a sync is known to cover.
+    pub fn synced_mark(&self) -> u64 {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Returns once every write up to `mark` ([`Self::append_unsynced`]) is synced to the
+    /// disk: at once when a sync since covered it; else this thread syncs everything
+    /// written so far, for every caller waiting meanwhile.
+    pub fn sync_through(&self, mark: u64) -> Result<(), StorageError> {
+        if self.synced.load(Ordering::Acquire) >= mark {
+            return Ok(());
+        }
+        let _one_at_a_time = self.syncing.lock();
+        if self.synced.load(Ordering::Acquire) >= mark {
+            return Ok(());
+        }
+        let covered = self.written.load(Ordering::Acquire);
+        self.sync()?;
+        self.synced.fetch_max(covered, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Replaces `topic`'s history with `events` (contiguous, oldest first; all of `topic`):
@@ -525,6 +578,10 @@ impl DiskLog {
             .durability(Some(mode))
             .commit()
             .map_err(|e| record_failure(&self.failure, e))?;
+        let written = self.written.fetch_add(1, Ordering::AcqRel) + 1;
+        if mode == PersistMode::SyncData {
+            self.synced.fetch_max(written, Ordering::AcqRel);
+        }
         let mut changes = Vec::with_capacity(staged.len());
         {
             let mut index = self.index.write();
