@@ -7,6 +7,7 @@
 //! recording client; `murmur-chaos run` ties them together with a fault (a nemesis).
 
 pub mod checker;
+pub mod durability;
 pub mod history;
 pub mod lab;
 pub mod report;

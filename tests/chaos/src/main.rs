@@ -38,6 +38,9 @@ enum Role {
     Subscriber,
     /// A queue-group member that acknowledges every delivery.
     Member,
+    /// After the load: replays everything retained (`from: "earliest"`) until 3 s pass
+    /// without an event.
+    Replayer,
 }
 
 /// What a run and a matrix share: the bound, the binary, where the reports go.
@@ -184,6 +187,10 @@ fn main() -> anyhow::Result<()> {
                     }
                     Role::Member => {
                         workload::queue_member(&urls, &id, &pattern, &group, rec, until).await;
+                    }
+                    Role::Replayer => {
+                        let idle = Duration::from_secs(3);
+                        workload::replayer(&urls, &id, &pattern, rec, until, idle).await;
                     }
                 }
                 Ok::<_, std::io::Error>(())
@@ -540,7 +547,10 @@ fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
     let mut timeline = Timeline::create(out)?;
     let lab = Lab::build(count + nemesis.spare_hosts())
         .context("building the namespace lab (needs root, iproute2, iptables)")?;
-    let mut cluster = Cluster::new(&lab, &murmur, out)?;
+    let mut cluster = Cluster::new(&lab, &murmur, out, nemesis.on_disk())?;
+    if nemesis.on_disk() {
+        timeline.note("the nodes keep their history on disk (--storage disk --fsync interval)");
+    }
     for i in 0..count {
         cluster.start(i)?;
     }
@@ -656,6 +666,27 @@ fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
         let _ = client.wait();
     }
     timeline.note("workload done");
+    // On disk, every acknowledged event must still be there: a replay from the earliest
+    // retained event, before the nodes stop.
+    let replay = if nemesis.on_disk() {
+        let file = out.join("replay.jsonl");
+        let until = workload::now_us(t0) + 60_000_000;
+        let status = lab
+            .client
+            .command(self_exe.to_str().context("path")?)
+            .args(["client", "--role", "replayer", "--id", "replay"])
+            .args(["--pattern", "chaos.>", "--urls", &urls.join(",")])
+            .args(["--out", file.to_str().context("path")?])
+            .args(["--t0", &t0.to_string(), "--until", &until.to_string()])
+            .status()?;
+        if !status.success() {
+            reasons.push(format!("the replay client exited with {status}"));
+        }
+        timeline.note("replay from the earliest event done");
+        Some(file)
+    } else {
+        None
+    };
     cluster.stop_all();
 
     let mut report = format!(
@@ -681,6 +712,47 @@ fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
     );
     let verdict = check_files(&histories, Some(&mut report))?;
     report.push_str("```\n");
+    let mut durability = Vec::new();
+    if let Some(replay) = &replay {
+        let mut ops = Vec::new();
+        for path in &histories {
+            ops.extend(history::read(std::io::BufReader::new(
+                std::fs::File::open(path)?,
+            ))?);
+        }
+        let replayed = history::read(std::io::BufReader::new(std::fs::File::open(replay)?))?;
+        durability = murmur_chaos::durability::check(&ops, &replayed);
+        let (acknowledged, events) = murmur_chaos::durability::counts(&ops, &replayed);
+        let _ = writeln!(
+            report,
+            "\n## on disk\n\nreplay from the earliest event after the run: {events} events for \
+             {acknowledged} acknowledged; every acknowledged event must be replayed at its \
+             position, no subscriber told of a gap, every topic in one epoch.\n"
+        );
+        for problem in &durability {
+            let _ = writeln!(report, "- {problem}");
+        }
+        let _ = writeln!(
+            report,
+            "{}",
+            if durability.is_empty() {
+                "on disk: kept"
+            } else {
+                "on disk: BROKEN"
+            }
+        );
+        println!(
+            "on disk: {} ({events} replayed for {acknowledged} acknowledged)",
+            if durability.is_empty() {
+                "kept"
+            } else {
+                "BROKEN"
+            }
+        );
+        for problem in durability.iter().take(20) {
+            println!("  {problem}");
+        }
+    }
     // The first violations go into the reasons, so the summary (and a CI log's tail) shows
     // what broke without opening the report.
     let violations: Vec<_> = verdict
@@ -697,10 +769,19 @@ fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
     if violations.len() > 5 {
         reasons.push(format!("… and {} more violations", violations.len() - 5));
     }
+    for problem in durability.iter().take(5) {
+        reasons.push(format!("on disk: {problem}"));
+    }
+    if durability.len() > 5 {
+        reasons.push(format!(
+            "… and {} more on-disk violations",
+            durability.len() - 5
+        ));
+    }
     let status = if outcome.skipped.is_some() {
         reasons.extend(outcome.skipped.clone());
         "skipped"
-    } else if !verdict.is_valid() {
+    } else if !verdict.is_valid() || !durability.is_empty() {
         "INVALID"
     } else if !reasons.is_empty() {
         "FAILED"

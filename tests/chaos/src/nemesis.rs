@@ -22,6 +22,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 mod compound;
+mod kill_all;
 
 /// Ports every node listens on, on its own host.
 pub const WS_PORT: u16 = 7400;
@@ -84,6 +85,9 @@ pub enum Nemesis {
     /// A rolling restart of every node while one of them is cut off past failure detection
     /// (healed after the first restart, then restarted last).
     PartitionRestart,
+    /// kill -9 every node at once, then start them all again on their data dirs (the nodes
+    /// run with `--storage disk`): every acknowledged event must be replayed, in its epoch.
+    KillAll,
 }
 
 impl Nemesis {
@@ -120,6 +124,13 @@ impl Nemesis {
             Self::Split => nodes >= 5,
             _ => nodes >= 3,
         }
+    }
+
+    /// Whether the nodes keep their history on disk (`--storage disk --fsync interval`, each
+    /// in its own data dir that outlives a restart) instead of the default, memory. Only
+    /// `kill-all` needs it; the other nemeses check the default.
+    pub fn on_disk(self) -> bool {
+        self == Self::KillAll
     }
 
     /// Spare hosts the lab needs beyond the nodes it starts.
@@ -293,17 +304,53 @@ pub struct Cluster<'a> {
     harness: PathBuf,
     out: PathBuf,
     nodes: Vec<Option<Node>>,
+    /// With disk storage: the directory of the nodes' data dirs (`<out>/data/n<i>`), kept
+    /// across restarts and removed when the cluster is dropped.
+    data: Option<PathBuf>,
+}
+
+impl Drop for Cluster<'_> {
+    fn drop(&mut self) {
+        // The nodes first (killed and reaped), then what they wrote.
+        self.nodes.clear();
+        if let Some(data) = &self.data
+            && let Err(error) = std::fs::remove_dir_all(data)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("could not remove {}: {error}", data.display());
+        }
+    }
 }
 
 impl<'a> Cluster<'a> {
-    pub fn new(lab: &'a Lab, murmur: &Path, out: &Path) -> anyhow::Result<Self> {
+    /// A cluster of no node yet; with `on_disk`, its nodes run with `--storage disk`, each on
+    /// its own data dir under `<out>/data/`.
+    pub fn new(lab: &'a Lab, murmur: &Path, out: &Path, on_disk: bool) -> anyhow::Result<Self> {
+        let data = if on_disk {
+            let data = std::path::absolute(out.join("data"))?;
+            // A previous run's (one killed before it could clean up) must not be taken up.
+            if data.exists() {
+                std::fs::remove_dir_all(&data)
+                    .with_context(|| format!("remove the stale {}", data.display()))?;
+            }
+            std::fs::create_dir_all(&data)?;
+            Some(data)
+        } else {
+            None
+        };
         Ok(Self {
             lab,
             murmur: murmur.to_owned(),
             harness: std::env::current_exe()?,
             out: out.to_owned(),
             nodes: lab.nodes.iter().map(|_| None).collect(),
+            data,
         })
+    }
+
+    /// Node `i`'s data dir, with disk storage.
+    pub fn data_dir(&self, i: usize) -> Option<PathBuf> {
+        self.data.as_ref().map(|d| d.join(Self::name(i)))
     }
 
     pub fn name(i: usize) -> String {
@@ -338,8 +385,8 @@ impl<'a> Cluster<'a> {
             "{}:{GOSSIP_PORT},{}:{GOSSIP_PORT}",
             self.lab.nodes[0].ip, self.lab.nodes[1].ip
         );
-        let child = host
-            .command(self.murmur.to_str().context("murmur path")?)
+        let mut command = host.command(self.murmur.to_str().context("murmur path")?);
+        command
             .args(["serve", "--name", &name])
             .args(["--listen", &format!("{}:{WS_PORT}", host.ip)])
             .args(["--admin-listen", &format!("{}:{ADMIN_PORT}", host.ip)])
@@ -349,9 +396,13 @@ impl<'a> Cluster<'a> {
             .args(["--shutdown-grace", "3s", "--log-format", "json"])
             .env("MURMUR_CLUSTER_KEY", CHAOS_CLUSTER_KEY)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("start a node")?;
+            .stderr(log);
+        if let Some(dir) = self.data_dir(i) {
+            command
+                .args(["--storage", "disk", "--fsync", "interval", "--data-dir"])
+                .arg(&dir);
+        }
+        let child = command.spawn().context("start a node")?;
         let pid = child.id();
         self.nodes[i] = Some(Node { child });
         Ok(pid)
@@ -382,6 +433,24 @@ impl<'a> Cluster<'a> {
             node.child.wait()?;
         }
         Ok(())
+    }
+
+    /// kill -9 every node of `hosts` at once (every SIGKILL is sent before any is reaped),
+    /// then reap them; how they exited.
+    pub fn kill_at_once(&mut self, hosts: &[usize]) -> anyhow::Result<Vec<ExitStatus>> {
+        let mut killed = Vec::new();
+        for &i in hosts {
+            let mut node = self.nodes[i]
+                .take()
+                .with_context(|| format!("{} is not running", Self::name(i)))?;
+            node.child.kill()?;
+            killed.push(node);
+        }
+        let mut statuses = Vec::new();
+        for node in &mut killed {
+            statuses.push(node.child.wait()?);
+        }
+        Ok(statuses)
     }
 
     /// SIGTERM node `i` and wait up to `limit` for it to exit.
@@ -1077,6 +1146,7 @@ fn inject_and_heal(
         Nemesis::PartitionRestart => {
             compound::partition_during_rolling_restart(cluster, rng, tl, window, &mut outcome)?;
         }
+        Nemesis::KillAll => kill_all::kill_all(cluster, rng, tl, &mut outcome)?,
     }
     Ok(outcome)
 }

@@ -382,3 +382,84 @@ pub async fn queue_member(
     }
     rec.flush();
 }
+
+/// Replays everything the cluster retains under `pattern` (`from: "earliest"`) and records
+/// each event and gap, until nothing has come for `idle` or `until` (µs since t0) passes. A
+/// replay cut off by its connection resumes from its cursor on the next node. Run after the
+/// load: what it gets is what a new subscriber can still read.
+pub async fn replayer(
+    urls: &[String],
+    id: &str,
+    pattern: &str,
+    rec: &mut Recorder,
+    until: u64,
+    idle: Duration,
+) {
+    let mut cursor = ResumeCursor::starting_at(0);
+    let mut started = false;
+    let mut attempt = 0usize;
+    while running(rec.t0, until) {
+        let Some((mut client, node)) = connect_next(urls, &mut attempt).await else {
+            continue;
+        };
+        let from = if started {
+            cursor.to_from(pattern)
+        } else {
+            json!("earliest")
+        };
+        let subscribe = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.subscribe_from(id, pattern, None, Some(from)),
+        )
+        .await;
+        if !matches!(subscribe, Ok(Ok(()))) {
+            continue;
+        }
+        if !started {
+            started = true;
+            rec.record(
+                &node,
+                Kind::Subscribe {
+                    sub: id.to_owned(),
+                    pattern: pattern.to_owned(),
+                    group: None,
+                },
+            );
+        }
+        while running(rec.t0, until) {
+            let frame = match tokio::time::timeout(idle, client.next_frame()).await {
+                Ok(Ok(f)) => f,
+                Ok(Err(_)) => break,
+                // Nothing more for `idle`: the replay is over.
+                Err(_) => {
+                    rec.flush();
+                    return;
+                }
+            };
+            match frame["op"].as_str() {
+                // Recorded even when seen before: a replay that repeats itself is a finding.
+                Some("event") => {
+                    cursor.observe(&frame);
+                    rec.record(&node, deliver_kind(id, &frame));
+                }
+                Some("gap") => {
+                    cursor.observe(&frame);
+                    rec.record(
+                        &node,
+                        Kind::Gap {
+                            sub: id.to_owned(),
+                            topic: frame["topic"].as_str().unwrap_or("").to_owned(),
+                            epoch: frame["epoch"].as_str().unwrap_or("").to_owned(),
+                            from_seq: frame["from_seq"].as_u64().unwrap_or(0),
+                            to_seq: frame["to_seq"].as_u64().unwrap_or(0),
+                            reason: frame["reason"].as_str().unwrap_or("").to_owned(),
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+        rec.flush();
+    }
+    rec.flush();
+}
