@@ -126,6 +126,21 @@ async fn check_numbering_goes_on(
     Ok(())
 }
 
+/// Publishes on `disk.solo.ids` with publish id `id`: the (epoch, seq) acknowledged.
+async fn publish_with_id(node: &NodeProcess, id: &str) -> anyhow::Result<(String, u64)> {
+    let mut client = connect(node).await?;
+    let ok = client
+        .request(
+            json!({"op": "pub", "topic": "disk.solo.ids", "data": "once", "ref": "r", "id": id}),
+        )
+        .await?;
+    anyhow::ensure!(ok["op"] == "ok", "{ok}");
+    Ok((
+        ok["epoch"].as_str().unwrap_or_default().to_owned(),
+        ok["seq"].as_u64().unwrap_or_default(),
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_and_started_again_serves_everything_it_acknowledged() -> TestResult {
     let dir = tempfile::TempDir::new()?;
@@ -135,10 +150,14 @@ async fn a_node_killed_and_started_again_serves_everything_it_acknowledged() -> 
     node.wait_ready(READY_WITHIN).await;
     let topics: Vec<String> = (0..4).map(|i| format!("disk.solo.t{i}")).collect();
     let acked = publish_acknowledged(std::slice::from_ref(&node), &topics, 25).await?;
+    let first = publish_with_id(&node, "p-once").await?;
     node.kill9();
 
     let mut node = spawn("always-solo", gossip, &[], dir.path());
     node.wait_ready(READY_WITHIN).await;
+    // Sent again after the restart (its `ok` was lost, say): the first position, no second
+    // event.
+    assert_eq!(publish_with_id(&node, "p-once").await?, first);
     let nodes = [node];
     check_replays(&nodes, &acked).await?;
     check_numbering_goes_on(&nodes, &acked).await?;

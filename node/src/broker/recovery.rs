@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::{Broker, now_ms};
+use crate::routing::dedupe::{Position, RememberedId};
 use crate::storage::disk::{Repair, RepairKind};
 use crate::storage::disk_history::SharedLog;
 use crate::storage::{DiskHistory, HistoryStore, StorageError};
@@ -56,6 +57,29 @@ impl Broker {
             let newest_ts = store
                 .get(&record.topic, &record.epoch, record.high_seq)
                 .map_or(record.trimmed_until_ts, |e| e.ts);
+            // The publish ids its events carry, as if remembered when each was published: a
+            // publish sent again after the restart gets its first position, not a second
+            // event (idempotent publishing across a whole-cluster restart).
+            let ids: Vec<RememberedId> = store
+                .earliest(&record.topic)
+                .events
+                .iter()
+                .filter_map(|event| {
+                    let id = event.publish_id.clone()?;
+                    Some(RememberedId {
+                        id,
+                        position: Position {
+                            epoch: event.epoch.clone(),
+                            seq: event.seq,
+                        },
+                        age_ms: u64::try_from(now.saturating_sub(event.ts)).unwrap_or(0),
+                    })
+                })
+                .collect();
+            self.shards[index]
+                .get_mut()
+                .dedupe
+                .import(&record.topic, ids, clock);
             let quiet_ms = now.saturating_sub(newest_ts).max(0);
             let cut = repairs.iter().any(|r| {
                 r.topic == record.topic

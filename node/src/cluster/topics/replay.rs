@@ -24,7 +24,33 @@ const MAX_REPLAY_PAGE: ReplayPage = ReplayPage {
     max_bytes: 16 * 1024 * 1024,
 };
 
+/// How long a resume waits for links to every live member, after the view grew, before it
+/// asks the linked ones.
+const RESUME_LINK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Cluster {
+    /// Waits until this node has joined its cluster, its view has stopped growing (see
+    /// `view_settle`: members found one by one after a start) and it has a link to every
+    /// live member, at most `patience`.
+    async fn wait_for_links(&self, patience: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + patience;
+        while tokio::time::Instant::now() < deadline
+            && (!self.has_joined()
+                || self.view_settle.remaining().is_some()
+                || self.live_member_unlinked())
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// True when a live member has no open link from this node.
+    fn live_member_unlinked(&self) -> bool {
+        let view = self.gossip.view.read();
+        view.live_peers()
+            .iter()
+            .any(|p| self.link_to(&p.name).is_none_or(|link| link.is_closed()))
+    }
+
     /// What a subscription on `pattern` resuming `from` missed, from the newest knowledge
     /// anywhere in the cluster: per topic, gaps then events.
     pub async fn replay(
@@ -33,10 +59,20 @@ impl Cluster {
         from: &ResumeFrom,
         page: ReplayPage,
     ) -> Result<Vec<TopicReplay>, crate::broker::ResumeError> {
-        let mut candidates = self.broker.replay_candidates(pattern, from, page)?;
         if matches!(from, ResumeFrom::Latest) {
+            self.broker.replay_candidates(pattern, from, page)?;
             return Ok(Vec::new());
         }
+        // Before this node joined its cluster, and right after its view grew (it started,
+        // or members came back), a member it has not found or linked to yet would not be
+        // asked, and a topic only that member holds would be told `epoch_changed` although
+        // nothing changed (chaos `kill-all` on 5 nodes): wait for the view to settle and
+        // the links, at most 2 s. A member going down does not make the view grow, so a
+        // resume during a failover does not wait.
+        if !self.has_joined() || self.view_settle.remaining().is_some() {
+            self.wait_for_links(RESUME_LINK_PATIENCE).await;
+        }
+        let mut candidates = self.broker.replay_candidates(pattern, from, page)?;
         let request_from = replay_from_pb(from);
         let make = |id| {
             pb::peer_frame::Msg::ReplayRequest(pb::ReplayRequest {
