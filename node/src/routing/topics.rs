@@ -246,14 +246,8 @@ impl<W> TopicTable<W> {
         let Some(state) = self.topics.get_mut(topic) else {
             return Vec::new();
         };
-        let covered = state
-            .pending
-            .iter_mut()
-            .take_while(|p| &*p.event.epoch != epoch || p.event.seq <= seq);
-        for pending in covered {
-            if &*pending.event.epoch == epoch {
-                pending.unsynced = false;
-            }
+        for pending in Self::covered(state, epoch, seq) {
+            pending.unsynced = false;
         }
         Self::complete_front(state)
     }
@@ -263,19 +257,25 @@ impl<W> TopicTable<W> {
         let Some(state) = self.topics.get_mut(topic) else {
             return Vec::new();
         };
-        // Pending events are in sequencing order and epochs only move forward, so the walk
-        // ends at the first event of this epoch past `seq`: a busy topic's backlog is not
-        // scanned whole for every acknowledgement.
-        let covered = state
-            .pending
-            .iter_mut()
-            .take_while(|p| &*p.event.epoch != epoch || p.event.seq <= seq);
-        for pending in covered {
-            if &*pending.event.epoch == epoch {
-                pending.missing.retain(|p| &**p != peer);
-            }
+        for pending in Self::covered(state, epoch, seq) {
+            pending.missing.retain(|p| &**p != peer);
         }
         Self::complete_front(state)
+    }
+
+    /// The pending events of `epoch` up to `seq`. Pending events are in sequencing order and
+    /// epochs only move forward, so the walk ends at the first event of this epoch past
+    /// `seq`: a busy topic's backlog is not scanned whole for every acknowledgement.
+    fn covered<'a>(
+        state: &'a mut TopicState<W>,
+        epoch: &'a str,
+        seq: u64,
+    ) -> impl Iterator<Item = &'a mut Pending<W>> {
+        state
+            .pending
+            .iter_mut()
+            .take_while(move |p| &*p.event.epoch != epoch || p.event.seq <= seq)
+            .filter(move |p| &*p.event.epoch == epoch)
     }
 
     /// A replica is gone: nothing more will come from it, and what it did not confirm is

@@ -201,6 +201,17 @@ fn deliver_kind(sub: &str, frame: &serde_json::Value) -> Kind {
     }
 }
 
+fn gap_kind(sub: &str, frame: &serde_json::Value) -> Kind {
+    Kind::Gap {
+        sub: sub.to_owned(),
+        topic: frame["topic"].as_str().unwrap_or("").to_owned(),
+        epoch: frame["epoch"].as_str().unwrap_or("").to_owned(),
+        from_seq: frame["from_seq"].as_u64().unwrap_or(0),
+        to_seq: frame["to_seq"].as_u64().unwrap_or(0),
+        reason: frame["reason"].as_str().unwrap_or("").to_owned(),
+    }
+}
+
 /// Subscribes to `pattern` (an exact topic or a wildcard) and records every event and gap
 /// until `until`, reconnecting to the next URL and resuming from its cursor whenever its
 /// connection ends. The first `sub` already carries a `from` (the topics form with `since`
@@ -248,17 +259,7 @@ pub async fn subscriber(urls: &[String], id: &str, pattern: &str, rec: &mut Reco
                 }
                 Some("gap") => {
                     cursor.observe(&frame);
-                    rec.record(
-                        &node,
-                        Kind::Gap {
-                            sub: id.to_owned(),
-                            topic: frame["topic"].as_str().unwrap_or("").to_owned(),
-                            epoch: frame["epoch"].as_str().unwrap_or("").to_owned(),
-                            from_seq: frame["from_seq"].as_u64().unwrap_or(0),
-                            to_seq: frame["to_seq"].as_u64().unwrap_or(0),
-                            reason: frame["reason"].as_str().unwrap_or("").to_owned(),
-                        },
-                    );
+                    rec.record(&node, gap_kind(id, &frame));
                 }
                 _ => {}
             }
@@ -444,17 +445,7 @@ pub async fn replayer(
                 }
                 Some("gap") => {
                     cursor.observe(&frame);
-                    rec.record(
-                        &node,
-                        Kind::Gap {
-                            sub: id.to_owned(),
-                            topic: frame["topic"].as_str().unwrap_or("").to_owned(),
-                            epoch: frame["epoch"].as_str().unwrap_or("").to_owned(),
-                            from_seq: frame["from_seq"].as_u64().unwrap_or(0),
-                            to_seq: frame["to_seq"].as_u64().unwrap_or(0),
-                            reason: frame["reason"].as_str().unwrap_or("").to_owned(),
-                        },
-                    );
+                    rec.record(&node, gap_kind(id, &frame));
                 }
                 _ => {}
             }
